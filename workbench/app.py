@@ -1,0 +1,21 @@
+"""Entry point: parse the command line, then open the window or run a headless command.
+
+Kept light on purpose: torch and transformers are imported only when a command (or the
+worker thread, after the window is shown) needs them.
+"""
+
+from __future__ import annotations
+
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    from workbench import cli
+
+    parser = cli.build_parser()
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    if args.command is None:
+        from workbench.ui.launch import run_gui
+
+        return run_gui(args)
+    return cli.dispatch(args)

@@ -1,0 +1,151 @@
+"""The headless command line. Every command calls the same core functions as the GUI."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from workbench import APP_NAME, __version__
+from workbench.core.errors import Cancelled, WorkbenchError
+from workbench.core.jobs import LogLine, Progress
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python main.py",
+        description=f"{APP_NAME}: experiment with language models on your own machine. "
+                    "Without a command, opens the window.")
+    parser.add_argument("--version", action="version", version=f"{APP_NAME} {__version__}")
+    parser.add_argument("--model", help="model to load when the window opens "
+                        "(built-in name, folder, .gguf file or Hub id)")
+    parser.add_argument("--device", default=None, help="auto (default), cpu, cuda or mps")
+    parser.add_argument("--screenshot", metavar="DIR",
+                        help="open the window offscreen, save a PNG of each tab into DIR, exit")
+    parser.add_argument("--no-autoload", action="store_true",
+                        help="do not load the last model when the window opens")
+    parser.add_argument("--startup-probe", action="store_true", help=argparse.SUPPRESS)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    models = sub.add_parser("models", help="the model catalog")
+    models_sub = models.add_subparsers(dest="models_command", metavar="ACTION", required=True)
+    listing = models_sub.add_parser("list", help="built-in models and the Hugging Face cache")
+    listing.add_argument("--json", action="store_true", help="print one JSON document")
+    fetch = models_sub.add_parser("fetch", help="download a built-in model (or a Hub id)")
+    fetch.add_argument("name")
+    fetch.add_argument("--json", action="store_true", help="print one JSON document")
+
+    bench = sub.add_parser("bench", help="performance figures, each a ratio against a "
+                           "bare baseline measured in the same run")
+    bench.add_argument("--only", help="comma-separated figure names")
+    bench.add_argument("--json", action="store_true", help="print one JSON document")
+    return parser
+
+
+class TerminalProgress:
+    """A one-line progress bar on stderr (plain lines when stderr is not a terminal)."""
+
+    def __init__(self, quiet: bool = False) -> None:
+        self.quiet = quiet
+        self.tty = sys.stderr.isatty()
+        self.last = ""
+
+    def __call__(self, event: Any) -> None:
+        if self.quiet:
+            return
+        if isinstance(event, Progress):
+            if event.fraction is None:
+                text = f"{event.message}"
+            else:
+                filled = int(event.fraction * 30)
+                text = f"[{'#' * filled}{'.' * (30 - filled)}] {event.fraction:4.0%} {event.message}"
+            if self.tty:
+                sys.stderr.write("\r" + text[:120].ljust(120))
+                sys.stderr.flush()
+            elif event.message != self.last:
+                print(text, file=sys.stderr)
+            self.last = event.message
+        elif isinstance(event, LogLine) and event.level != "info":
+            self.finish()
+            print(f"{event.level}: {event.message}", file=sys.stderr)
+
+    def finish(self) -> None:
+        if self.tty and self.last:
+            sys.stderr.write("\n")
+            self.last = ""
+
+
+def _print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, default=str))
+
+
+def cmd_models_list(args: argparse.Namespace) -> int:
+    from workbench.core.catalog import list_models
+
+    rows = list_models()
+    if args.json:
+        _print_json({"models": [r.to_dict() for r in rows]})
+        return 0
+    print(f"{'NAME':40} {'TASK':10} {'AVAILABLE':10} SOURCE")
+    for r in rows:
+        where = f"{r.source}: {r.location}" if r.available else \
+            f"not downloaded (python main.py models fetch {r.name})"
+        flag = " (default)" if r.default else ""
+        print(f"{r.name + flag:40} {r.task:10} {'yes' if r.available else 'no':10} {where}")
+    return 0
+
+
+def cmd_models_fetch(args: argparse.Namespace) -> int:
+    from workbench.core import catalog
+    from workbench.core.jobs import JobContext
+
+    bar = TerminalProgress(quiet=args.json)
+    source = catalog.resolve(args.name, JobContext(emit=bar))
+    bar.finish()
+    if args.json:
+        _print_json({"name": args.name, "source": source.kind, "path": str(source.path)})
+    else:
+        print(f"{args.name}: {source.origin} -> {source.path}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from workbench.core.bench import FIGURES, run_bench
+
+    only = [n.strip() for n in args.only.split(",")] if args.only else None
+    unknown = [n for n in only or [] if n not in FIGURES]
+    if unknown:
+        raise WorkbenchError(f"Unknown bench figure(s): {', '.join(unknown)}; "
+                             f"known: {', '.join(FIGURES)}.")
+    bar = TerminalProgress(quiet=args.json)
+    results = run_bench(only, on_event=bar)
+    bar.finish()
+    if args.json:
+        _print_json(results)
+    else:
+        for name, fig in results.items():
+            status = "ok" if fig["met"] else "MISSED"
+            print(f"{name:22} {fig['value']:8.3f}  target {fig['target_text']:10} {status}  "
+                  f"{fig['detail']}")
+    return 0 if all(f["met"] for f in results.values()) else 3
+
+
+COMMANDS = {
+    ("models", "list"): cmd_models_list,
+    ("models", "fetch"): cmd_models_fetch,
+    ("bench", None): cmd_bench,
+}
+
+
+def dispatch(args: argparse.Namespace) -> int:
+    """Run one subcommand; bad input gives one line on stderr and a non-zero exit."""
+    handler = COMMANDS[(args.command, getattr(args, f"{args.command}_command", None))]
+    try:
+        return handler(args)
+    except WorkbenchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except (Cancelled, KeyboardInterrupt):
+        print("error: cancelled", file=sys.stderr)
+        return 130

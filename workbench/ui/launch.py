@@ -1,0 +1,107 @@
+"""Starting the GUI: the QApplication, the main window, ``--screenshot`` and the probe."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+ORGANIZATION = "LM Workbench"
+APPLICATION = "LM Workbench"
+
+
+def prepare_environment(offscreen: bool = False) -> None:
+    """Environment Qt needs before the QApplication exists."""
+    if offscreen:
+        os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        # Chromium (QtWebEngine) refuses to start its sandbox as root.
+        os.environ.setdefault("QTWEBENGINE_DISABLE_SANDBOX", "1")
+
+
+def make_application():
+    from PySide6.QtCore import QCoreApplication, Qt
+    from PySide6.QtWidgets import QApplication
+
+    app = QApplication.instance()
+    if app is None:
+        # QtWebEngine (bertviz views) needs shared GL contexts, set before the app exists.
+        QCoreApplication.setAttribute(Qt.ApplicationAttribute.AA_ShareOpenGLContexts)
+        app = QApplication(sys.argv[:1])
+    app.setOrganizationName(ORGANIZATION)
+    app.setApplicationName(APPLICATION)
+    return app
+
+
+def wait_until(app, condition, timeout_s: float) -> bool:
+    """Process events until ``condition()`` holds or the timeout passes."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        app.processEvents()
+        time.sleep(0.02)
+    return True
+
+
+def take_screenshots(window, folder: Path, app, demo: bool = True,
+                     timeout_s: float = 300) -> list[Path]:
+    """Save one PNG per tab; with ``demo``, after loading the model and a short generation."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if demo:
+        wait_until(app, lambda: window.loading, 5)  # the autoload is queued after show
+        wait_until(app, lambda: not window.loading, timeout_s)
+        generate = window.tab_pages[0]
+        if window.loaded is not None and generate.compatible(window.loaded):
+            generate.sample.setChecked(False)
+            generate.max_new.setValue(48)
+            generate.start()
+            wait_until(app, lambda: generate.job_id is None, timeout_s)
+    saved = []
+    for index, page in enumerate(window.tab_pages):
+        window.tabs.setCurrentIndex(index)
+        wait_until(app, lambda: False, 0.2)  # let layouts settle and paint
+        path = folder / f"{index + 1}-{page.title.lower().replace('-', '')}.png"
+        if not window.grab().save(str(path)):
+            raise OSError(f"could not write {path}")
+        saved.append(path)
+    return saved
+
+
+def run_gui(args: argparse.Namespace) -> int:
+    prepare_environment(offscreen=bool(args.screenshot or args.startup_probe))
+    app = make_application()
+    from PySide6.QtCore import QTimer
+
+    from workbench.ui.main_window import MainWindow
+
+    window = MainWindow(initial_model=args.model, device=args.device,
+                        autoload=not (args.no_autoload or args.startup_probe))
+    if args.screenshot:
+        window.persist = False  # a demo run must not change the user's settings
+        window.resize(1280, 820)
+    window.show()
+    exit_code = [0]
+    if args.startup_probe:
+        QTimer.singleShot(0, lambda: (print("window-shown", flush=True), app.quit()))
+    elif args.screenshot:
+        def shoot() -> None:
+            try:
+                for path in take_screenshots(window, Path(args.screenshot), app,
+                                             demo=not args.no_autoload):
+                    print(path)
+            except Exception as exc:  # one line, non-zero exit
+                print(f"error: screenshots failed: {exc}", file=sys.stderr)
+                exit_code[0] = 1
+            window.close()
+            app.quit()
+
+        QTimer.singleShot(0, shoot)
+    rc = app.exec()
+    if not window.worker.shutdown(5000):
+        # A job that cannot be interrupted (a first GGUF conversion) is still running:
+        # leave without waiting for it rather than hang; its output is never marked done.
+        os._exit(rc or exit_code[0])
+    return rc or exit_code[0]

@@ -1,0 +1,322 @@
+"""The main window: model bar, four tabs, log dock, status bar, menus, persisted settings."""
+
+from __future__ import annotations
+
+from PySide6.QtCore import QByteArray, QSettings, Qt, QTimer
+from PySide6.QtGui import QAction, QCloseEvent, QKeySequence
+from PySide6.QtWidgets import (QLabel, QMainWindow, QMessageBox, QProgressBar, QPushButton,
+                               QTabWidget, QToolBar, QWidget)
+
+from workbench import APP_NAME
+from workbench.core.catalog import DEFAULT_MODEL
+from workbench.core.errors import NeedsPickle, NeedsRemoteCode
+from workbench.core.jobs import LogLine, Progress
+from workbench.core.loader import LoadedModel, LoadOptions
+from workbench.ui.about import about_html
+from workbench.ui.attention_tab import AttentionTab
+from workbench.ui.evaluate_tab import EvaluateTab
+from workbench.ui.finetune_tab import FinetuneTab
+from workbench.ui.generate_tab import GenerateTab
+from workbench.ui.log_panel import LogPanel
+from workbench.ui.model_picker import ModelPicker
+from workbench.ui.state import restore_controls, save_controls
+from workbench.ui.tab_base import WorkbenchTab
+from workbench.ui.worker import ModelWorker
+
+
+class MainWindow(QMainWindow):
+    def __init__(self, initial_model: str | None = None, device: str | None = None,
+                 autoload: bool = True, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setWindowTitle(APP_NAME)
+        self.resize(1280, 820)
+        self.worker = ModelWorker(self)
+        self.loaded: LoadedModel | None = None
+        self.load_job: int | None = None
+        self.last_dialog: QMessageBox | None = None
+        self._requested: tuple[str, LoadOptions] | None = None
+        self.persist = True  # save settings on close (off for --screenshot)
+
+        self.picker = ModelPicker()
+        self.picker.load_requested.connect(self.load_model)
+        bar = QToolBar("Model")
+        bar.setObjectName("model-toolbar")
+        bar.setMovable(False)
+        bar.addWidget(self.picker)
+        self.addToolBar(bar)
+
+        self.tabs = QTabWidget()
+        self.tabs.setObjectName("tabs")
+        self.tab_pages: list[WorkbenchTab] = [
+            GenerateTab(self.worker), AttentionTab(self.worker), FinetuneTab(self.worker),
+            EvaluateTab(self.worker)]
+        for page in self.tab_pages:
+            self.tabs.addTab(page, page.title)
+            page.set_model(None)
+        self.setCentralWidget(self.tabs)
+
+        self.log = LogPanel(self)
+        self.addDockWidget(Qt.DockWidgetArea.BottomDockWidgetArea, self.log)
+
+        self._build_status_bar()
+        self._build_menus()
+        self._connect_worker()
+        self.memory_timer = QTimer(self)
+        self.memory_timer.setInterval(2000)
+        self.memory_timer.timeout.connect(self.update_memory)
+        self.memory_timer.start()
+
+        self.restore_settings()
+        if initial_model:
+            self.picker.set_reference(initial_model)
+        if device:
+            self.picker.device.setCurrentText(device)
+        self.autoload = autoload
+        QTimer.singleShot(0, self._after_show)
+
+    # --- construction -------------------------------------------------------------------
+    def _build_status_bar(self) -> None:
+        status = self.statusBar()
+        self.model_status = QLabel("No model")
+        self.model_status.setObjectName("model-status")
+        self.device_status = QLabel("")
+        self.memory_status = QLabel("")
+        self.job_status = QLabel("")
+        self.progress = QProgressBar()
+        self.progress.setMaximumWidth(220)
+        self.progress.setTextVisible(True)
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setToolTip("Cancel the running job (Esc)")
+        self.cancel_button.clicked.connect(self.cancel_job)
+        for widget in (self.model_status, self.device_status, self.memory_status):
+            status.addWidget(widget)
+        status.addPermanentWidget(self.job_status)
+        status.addPermanentWidget(self.progress)
+        status.addPermanentWidget(self.cancel_button)
+        self._set_busy(False)
+
+    def _action(self, menu, text: str, slot, shortcut=None) -> QAction:
+        action = QAction(text, self)
+        if shortcut is not None:
+            action.setShortcut(QKeySequence(shortcut))
+        action.triggered.connect(slot)
+        menu.addAction(action)
+        return action
+
+    def _build_menus(self) -> None:
+        menus = self.menuBar()
+        file_menu = menus.addMenu("&File")
+        self._action(file_menu, "Open model &folder…", self.picker.open_folder, "Ctrl+O")
+        self._action(file_menu, "Open &GGUF file…", self.picker.open_gguf, "Ctrl+Shift+O")
+        file_menu.addSeparator()
+        self._action(file_menu, "&Quit", self.close, QKeySequence.StandardKey.Quit)
+        model_menu = menus.addMenu("&Model")
+        self._action(model_menu, "&Load selected model", self.picker.request_load, "Ctrl+L")
+        self.cancel_action = self._action(model_menu, "&Cancel running job", self.cancel_job,
+                                          "Esc")
+        view_menu = menus.addMenu("&View")
+        for index, page in enumerate(self.tab_pages):
+            self._action(view_menu, page.title, lambda _=False, i=index: self.tabs.setCurrentIndex(i),
+                         f"Ctrl+{index + 1}")
+        view_menu.addSeparator()
+        toggle = self.log.toggleViewAction()
+        toggle.setShortcut(QKeySequence("Ctrl+Shift+L"))
+        view_menu.addAction(toggle)
+        help_menu = menus.addMenu("&Help")
+        self._action(help_menu, f"&About {APP_NAME}", self.show_about, "F1")
+
+    def _connect_worker(self) -> None:
+        w = self.worker
+        w.job_started.connect(self._job_started)
+        w.job_event.connect(self._job_event)
+        w.job_finished.connect(self._job_finished)
+        w.job_failed.connect(self._job_failed)
+        w.job_cancelled.connect(self._job_cancelled)
+        w.model_changed.connect(self._model_changed)
+        w.idle.connect(lambda: self._set_busy(False))
+        for page in self.tab_pages:
+            w.model_changed.connect(page.set_model)
+
+    def _after_show(self) -> None:
+        self._list_cached_models()
+        if self.autoload:
+            self.picker.request_load()
+
+    def _list_cached_models(self) -> None:
+        from workbench.core.catalog import hf_cache_models
+
+        self.picker.add_cached_models([row.name for row in hf_cache_models() if row.available])
+
+    # --- models ---------------------------------------------------------------------------
+    def _trust_key(self, reference: str, what: str) -> str:
+        return f"trust/{what}/{reference.replace('/', '|')}"
+
+    def load_options(self, reference: str, device: str, dtype: str) -> LoadOptions:
+        settings = QSettings()
+        return LoadOptions(
+            device=device, dtype=dtype,
+            trust_remote_code=settings.value(self._trust_key(reference, "remote_code"),
+                                             False, type=bool),
+            allow_pickle=settings.value(self._trust_key(reference, "pickle"), False, type=bool))
+
+    def load_model(self, reference: str, device: str = "auto", dtype: str = "auto") -> int:
+        options = self.load_options(reference, device, dtype)
+        self._requested = (reference, options)
+        self.log.append(f"Loading {reference} (device {device}, dtype {dtype})")
+        self.load_job = self.worker.submit_load(reference, options)
+        return self.load_job
+
+    def _model_changed(self, loaded: LoadedModel | None) -> None:
+        self.loaded = loaded
+        if loaded is None:
+            self.model_status.setText("No model")
+            self.device_status.setText("")
+            return
+        self.model_status.setText(f"Model: {loaded.name}")
+        self.model_status.setToolTip(f"{loaded.source.origin}\n{loaded.folder}")
+        self.device_status.setText(f"Device: {loaded.device} ({loaded.dtype})")
+        self.setWindowTitle(f"{loaded.name} — {APP_NAME}")
+        self.update_memory()
+
+    def update_memory(self) -> None:
+        from workbench.core.device import memory_in_use
+
+        self.memory_status.setText(memory_in_use().describe())
+
+    # --- jobs -------------------------------------------------------------------------------
+    def _set_busy(self, busy: bool) -> None:
+        self.progress.setVisible(busy)
+        self.cancel_button.setVisible(busy)
+        self.job_status.setVisible(busy)
+        for page in self.tab_pages:
+            page.busy_changed(busy)
+
+    def cancel_job(self) -> None:
+        if self.worker.busy:
+            self.log.append("Cancelling the running job…")
+            self.worker.cancel()
+
+    @property
+    def loading(self) -> bool:
+        """True from a load request until its result (or error) reached the window."""
+        return self.load_job is not None
+
+    def _load_ended(self, job_id: int) -> None:
+        if job_id == self.load_job:
+            self.load_job = None
+
+    def _job_started(self, job_id: int, title: str) -> None:
+        self._set_busy(True)
+        self.job_status.setText(title)
+        self.progress.setRange(0, 0)
+        self.log.append(f"Started: {title}")
+
+    def _job_event(self, job_id: int, event: object) -> None:
+        if isinstance(event, Progress):
+            self.job_status.setText(event.message[:60])
+            if event.fraction is None:
+                self.progress.setRange(0, 0)
+            else:
+                self.progress.setRange(0, 1000)
+                self.progress.setValue(int(event.fraction * 1000))
+            if event.fraction in (None, 0.0, 1.0):  # stage changes, not every tick
+                self.log.append(event.message)
+        elif isinstance(event, LogLine):
+            self.log.append(event.message, event.level)
+
+    def _job_finished(self, job_id: int, result: object) -> None:
+        self._load_ended(job_id)
+        if isinstance(result, LoadedModel):
+            self.log.append(f"Loaded {result.describe()} from {result.source.origin} "
+                            f"in {result.load_seconds:.1f} s")
+        else:
+            self.log.append("Finished.")
+
+    def _job_cancelled(self, job_id: int) -> None:
+        self._load_ended(job_id)
+        self.log.append("Cancelled.")
+
+    def _job_failed(self, job_id: int, error: object, details: str) -> None:
+        was_load = job_id == self.load_job
+        self._load_ended(job_id)
+        if was_load and isinstance(error, (NeedsRemoteCode, NeedsPickle)):
+            self._offer_permission(error)
+            return
+        self.show_error("The job failed", str(error), details)
+
+    def show_error(self, title: str, message: str, details: str = "") -> QMessageBox:
+        box = QMessageBox(QMessageBox.Icon.Critical, title, message,
+                          QMessageBox.StandardButton.Ok, self)
+        box.setObjectName("error-dialog")
+        if details:
+            box.setDetailedText(details)
+        box.open()  # window-modal, but does not block the event loop
+        self.last_dialog = box
+        return box
+
+    def _offer_permission(self, error: Exception) -> None:
+        assert self._requested is not None
+        reference, options = self._requested
+        what = "remote_code" if isinstance(error, NeedsRemoteCode) else "pickle"
+        box = QMessageBox(QMessageBox.Icon.Warning, "Allow this model?",
+                          f"{error}\n\nAllow this for {reference} only, and load it?",
+                          QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No, self)
+        box.setObjectName("permission-dialog")
+        box.setDefaultButton(QMessageBox.StandardButton.No)
+
+        def answered(button) -> None:
+            if box.standardButton(button) == QMessageBox.StandardButton.Yes:
+                QSettings().setValue(self._trust_key(reference, what), True)
+                self.log.append(f"Allowed {what.replace('_', ' ')} for {reference}.", "warning")
+                self.load_model(reference, options.device, options.dtype)
+            else:
+                self.log.append(f"Did not load {reference}.")
+
+        box.buttonClicked.connect(answered)
+        box.open()
+        self.last_dialog = box
+
+    def show_about(self) -> None:
+        box = QMessageBox(QMessageBox.Icon.Information, f"About {APP_NAME}",
+                          about_html(self.loaded.device if self.loaded else None),
+                          QMessageBox.StandardButton.Ok, self)
+        box.setObjectName("about-dialog")
+        box.open()
+        self.last_dialog = box
+
+    # --- settings ---------------------------------------------------------------------------
+    def save_settings(self) -> None:
+        settings = QSettings()
+        settings.setValue("window/geometry", self.saveGeometry())
+        settings.setValue("window/state", self.saveState())
+        settings.setValue("window/tab", self.tabs.currentIndex())
+        settings.setValue("model/last", self.loaded.reference if self.loaded
+                          else self.picker.reference())
+        save_controls(self.picker, settings, "model")
+        for page in self.tab_pages:
+            save_controls(page, settings, f"tabs/{page.objectName()}")
+        settings.sync()
+
+    def restore_settings(self) -> None:
+        settings = QSettings()
+        geometry = settings.value("window/geometry")
+        if isinstance(geometry, QByteArray):
+            self.restoreGeometry(geometry)
+        state = settings.value("window/state")
+        if isinstance(state, QByteArray):
+            self.restoreState(state)
+        restore_controls(self.picker, settings, "model")
+        self.picker.set_reference(str(settings.value("model/last", DEFAULT_MODEL)))
+        for page in self.tab_pages:
+            restore_controls(page, settings, f"tabs/{page.objectName()}")
+        self.tabs.setCurrentIndex(int(settings.value("window/tab", 0)))
+
+    def closeEvent(self, event: QCloseEvent) -> None:  # noqa: N802 (Qt API)
+        if self.persist:
+            self.save_settings()
+        self.memory_timer.stop()
+        if self.worker.busy:
+            self.log.append("Closing: cancelling the running job…")
+        if not self.worker.shutdown(5000):
+            self.log.append("The worker did not stop within 5 s.", "warning")
+        event.accept()

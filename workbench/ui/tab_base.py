@@ -1,0 +1,50 @@
+"""What every tab shares: the worker, the current model, and a note on compatibility."""
+
+from __future__ import annotations
+
+from PySide6.QtCore import Qt
+from PySide6.QtWidgets import QLabel, QWidget
+
+from workbench.core.loader import LoadedModel
+from workbench.ui.worker import ModelWorker
+
+
+class WorkbenchTab(QWidget):
+    """A tab wired to the shared worker and model picker."""
+
+    title = ""
+    #: model tasks this tab works with (empty: any)
+    tasks: tuple[str, ...] = ()
+    needs_text = ""
+
+    def __init__(self, worker: ModelWorker, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setObjectName(self.title.lower().replace("-", ""))
+        self.worker = worker
+        self.loaded: LoadedModel | None = None
+        self.model_label = QLabel("No model loaded")
+        self.model_label.setObjectName("model-note")
+        self.model_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.model_label.setWordWrap(True)
+
+    def compatible(self, loaded: LoadedModel | None) -> bool:
+        return loaded is not None and (not self.tasks or loaded.task in self.tasks)
+
+    def set_model(self, loaded: LoadedModel | None) -> None:
+        self.loaded = loaded
+        if loaded is None:
+            self.model_label.setText("No model loaded: pick one in the model bar and press Load.")
+        elif self.compatible(loaded):
+            layers = f", {loaded.layers} layers × {loaded.heads} heads" if loaded.layers else ""
+            self.model_label.setText(f"Model: <b>{loaded.name}</b> ({loaded.task}{layers}, "
+                                     f"{loaded.device}, {loaded.dtype})")
+        else:
+            self.model_label.setText(f"Model: <b>{loaded.name}</b> is a {loaded.task} model; "
+                                     f"this tab needs {self.needs_text}.")
+        self.model_changed(loaded)
+
+    def model_changed(self, loaded: LoadedModel | None) -> None:
+        """Override to react to a newly loaded model."""
+
+    def busy_changed(self, busy: bool) -> None:
+        """Override to enable or disable run buttons while the worker is busy."""

@@ -1,0 +1,198 @@
+"""The model worker: one long-lived thread that owns the loaded model and runs jobs.
+
+GPU memory belongs to one thread, so every model job runs here, one at a time, from a
+queue. Jobs are the Qt-free functions of ``workbench.core`` (see ``core/jobs.py``); the
+worker forwards their events to the GUI as signals and turns exceptions into an error
+signal, so the window shows a dialog and the next job still works.
+"""
+
+from __future__ import annotations
+
+import itertools
+import queue
+import threading
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from PySide6.QtCore import QObject, QThread, Signal
+
+from workbench.core.errors import Cancelled
+from workbench.core.jobs import CancelToken, JobContext, LogLine, drive
+from workbench.core.loader import LoadedModel, LoadOptions, load_model_job
+
+
+@dataclass
+class WorkerContext(JobContext):
+    """A job's context on the worker: cancel token, event sink and the model store."""
+
+    store: ModelStore | None = None
+
+    def model(self, reference: str | None = None, options: LoadOptions | None = None,
+              attentions: bool = False) -> LoadedModel:
+        """The loaded model (loading ``reference`` first if it is not the current one)."""
+        assert self.store is not None
+        return self.store.require(self, reference, options, attentions)
+
+
+class ModelStore:
+    """The worker thread's loaded model. Only the worker thread touches it."""
+
+    def __init__(self) -> None:
+        self.current: LoadedModel | None = None
+
+    def load(self, ctx: JobContext, reference: str, options: LoadOptions) -> LoadedModel:
+        # The old model stays usable until the new one has loaded.
+        loaded = drive(load_model_job(reference, options), ctx)
+        self.unload()
+        self.current = loaded
+        return loaded
+
+    def require(self, ctx: JobContext, reference: str | None, options: LoadOptions | None,
+                attentions: bool) -> LoadedModel:
+        from workbench.core.errors import WorkbenchError
+
+        current = self.current
+        if reference is not None and (current is None or current.reference != reference
+                                      or (options is not None and current.options != options)):
+            current = self.load(ctx, reference, options or LoadOptions())
+        if current is None:
+            raise WorkbenchError("No model is loaded: pick one in the model bar and press Load.")
+        if attentions:
+            current.ensure_attentions()
+        return current
+
+    def unload(self) -> None:
+        if self.current is not None:
+            self.current = None
+            import gc
+
+            gc.collect()
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+
+
+@dataclass
+class Job:
+    id: int
+    title: str
+    function: Callable[[WorkerContext], Any]
+    cancel: CancelToken = field(default_factory=CancelToken)
+
+
+class ModelWorker(QThread):
+    """Runs jobs one at a time; all signals arrive in the GUI thread (queued)."""
+
+    job_started = Signal(int, str)
+    job_event = Signal(int, object)
+    job_finished = Signal(int, object)
+    job_failed = Signal(int, object, str)  # job id, the exception, the traceback text
+    job_cancelled = Signal(int)
+    model_changed = Signal(object)  # LoadedModel or None
+    idle = Signal()
+
+    def __init__(self, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self.setObjectName("model-worker")
+        self.store = ModelStore()
+        self._queue: queue.Queue[Job | None] = queue.Queue()
+        self._ids = itertools.count(1)
+        self._lock = threading.Lock()
+        self._current: Job | None = None
+        self._pending: list[Job] = []
+
+    # --- called from the GUI thread -------------------------------------------------
+    def submit(self, title: str, function: Callable[[WorkerContext], Any]) -> int:
+        """Queue a job; returns its id. Jobs run in the order submitted."""
+        job = Job(next(self._ids), title, function)
+        with self._lock:
+            self._pending.append(job)
+        self._queue.put(job)
+        if not self.isRunning():
+            self.start()
+        return job.id
+
+    def submit_load(self, reference: str, options: LoadOptions) -> int:
+        """Queue loading ``reference`` as the current model."""
+
+        def load(ctx: WorkerContext) -> LoadedModel:
+            assert ctx.store is not None
+            model = ctx.store.load(ctx, reference, options)
+            return model
+
+        return self.submit(f"Load {reference}", load)
+
+    @property
+    def busy(self) -> bool:
+        with self._lock:
+            return self._current is not None or bool(self._pending)
+
+    def cancel(self, all_jobs: bool = False) -> None:
+        """Cancel the running job (and the queued ones with ``all_jobs``)."""
+        with self._lock:
+            if self._current is not None:
+                self._current.cancel.cancel()
+            if all_jobs:
+                for job in self._pending:
+                    job.cancel.cancel()
+
+    def shutdown(self, timeout_ms: int = 5000) -> bool:
+        """Cancel everything, stop the thread, and wait; True if it stopped in time."""
+        self.cancel(all_jobs=True)
+        self._queue.put(None)
+        if not self.isRunning():
+            return True
+        return self.wait(timeout_ms)
+
+    # --- the worker thread ----------------------------------------------------------
+    def run(self) -> None:
+        while True:
+            job = self._queue.get()
+            if job is None:
+                break
+            with self._lock:
+                if job in self._pending:
+                    self._pending.remove(job)
+                self._current = job
+            try:
+                self._run_one(job)
+            finally:
+                with self._lock:
+                    self._current = None
+                    more = bool(self._pending)
+                if not more:
+                    self.idle.emit()
+        self.store.current = None
+
+    def _run_one(self, job: Job) -> None:
+        if job.cancel.cancelled:
+            self.job_cancelled.emit(job.id)
+            return
+        self.job_started.emit(job.id, job.title)
+        before = self.store.current
+        ctx = WorkerContext(cancel=job.cancel, emit=lambda ev: self.job_event.emit(job.id, ev),
+                            store=self.store)
+        outcome: Any = None
+        error: Exception | None = None
+        details = ""
+        cancelled = False
+        try:
+            outcome = drive(job.function, ctx)
+        except Cancelled:
+            cancelled = True
+        except Exception as exc:  # every failure becomes a dialog, never a dead thread
+            error, details = exc, traceback.format_exc()
+        # The model change reaches the GUI before the job's end, so a handler of the end
+        # already sees the new model.
+        if self.store.current is not before:
+            self.model_changed.emit(self.store.current)
+        if cancelled:
+            self.job_cancelled.emit(job.id)
+        elif error is not None:
+            self.job_event.emit(job.id, LogLine(f"{job.title} failed: {error}", "error"))
+            self.job_failed.emit(job.id, error, details)
+        else:
+            self.job_finished.emit(job.id, outcome)
