@@ -9,6 +9,8 @@ probability. Stopping is a ``StoppingCriteria`` that watches the job's cancel to
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -82,6 +84,29 @@ class GenerationResult:
         return data
 
 
+@contextmanager
+def _recording_last(model: Any, recorder: Any) -> Iterator[None]:
+    """Append ``recorder`` after every processor and warper that generate() builds.
+
+    A ``logits_processor`` passed to generate() runs before the sampling warpers
+    (temperature, top-k, top-p), so it would not see the distribution actually sampled
+    from; generate() assembles its chain in ``_get_logits_processor``, and the recorder
+    is added to the end of that chain for this call only.
+    """
+    original = model._get_logits_processor
+
+    def with_recorder(*args: Any, **kwargs: Any):
+        chain = original(*args, **kwargs)
+        chain.append(recorder)
+        return chain
+
+    model._get_logits_processor = with_recorder
+    try:
+        yield
+    finally:
+        del model._get_logits_processor  # back to the class's own method
+
+
 def encode_prompt(tokenizer: Any, prompt: str, chat: bool):
     """Token ids of ``prompt``, through the chat template when asked and available."""
     if chat and getattr(tokenizer, "chat_template", None):
@@ -96,8 +121,7 @@ def generate(loaded: Any, prompt: str, settings: SamplingSettings, ctx: JobConte
              ) -> GenerationResult:
     """Generate from ``prompt`` with ``loaded`` (a LoadedModel), emitting TokenEvents."""
     import torch
-    from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria
-    from transformers import StoppingCriteriaList, set_seed
+    from transformers import LogitsProcessor, StoppingCriteria, StoppingCriteriaList, set_seed
     from transformers.generation.streamers import BaseStreamer
 
     from workbench.core.catalog import CAUSAL_LM
@@ -151,9 +175,8 @@ def generate(loaded: Any, prompt: str, settings: SamplingSettings, ctx: JobConte
 
     set_seed(settings.seed)
     start = time.perf_counter()
-    with torch.inference_mode():
+    with torch.inference_mode(), _recording_last(model, RecordDistribution()):
         model.generate(input_ids, attention_mask=torch.ones_like(input_ids),
-                       logits_processor=LogitsProcessorList([RecordDistribution()]),
                        stopping_criteria=StoppingCriteriaList([CancelCriteria()]),
                        streamer=Stream(), pad_token_id=tokenizer.pad_token_id,
                        **settings.generate_kwargs())

@@ -39,8 +39,9 @@ class WorkbenchTab(QWidget):
             self.model_label.setText(f"Model: <b>{loaded.name}</b> ({loaded.task}{layers}, "
                                      f"{loaded.device}, {loaded.dtype})")
         else:
-            self.model_label.setText(f"Model: <b>{loaded.name}</b> is a {loaded.task} model; "
-                                     f"this tab needs {self.needs_text}.")
+            article = "an" if loaded.task[0] in "aeiou" else "a"
+            self.model_label.setText(f"Model: <b>{loaded.name}</b> is {article} {loaded.task} "
+                                     f"model; this tab needs {self.needs_text}.")
         self.model_changed(loaded)
 
     def model_changed(self, loaded: LoadedModel | None) -> None:

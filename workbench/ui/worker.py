@@ -176,14 +176,14 @@ class ModelWorker(QThread):
         ctx = WorkerContext(cancel=job.cancel, emit=lambda ev: self.job_event.emit(job.id, ev),
                             store=self.store)
         outcome: Any = None
-        error: Exception | None = None
+        error: BaseException | None = None
         details = ""
         cancelled = False
         try:
             outcome = drive(job.function, ctx)
         except Cancelled:
             cancelled = True
-        except Exception as exc:  # every failure becomes a dialog, never a dead thread
+        except BaseException as exc:  # every failure becomes a dialog, never a dead thread
             error, details = exc, traceback.format_exc()
         # The model change reaches the GUI before the job's end, so a handler of the end
         # already sees the new model.

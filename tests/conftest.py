@@ -1,0 +1,71 @@
+"""Test setup: offscreen Qt, isolated caches and settings, tiny models built once."""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+# Before anything imports Qt or huggingface_hub (which read these at import time).
+_SANDBOX = Path(tempfile.mkdtemp(prefix="lmwb-tests-"))
+os.environ["QT_QPA_PLATFORM"] = "offscreen"
+os.environ.setdefault("QTWEBENGINE_DISABLE_SANDBOX", "1")
+os.environ["LMWB_CACHE_DIR"] = str(_SANDBOX / "cache")
+os.environ["LMWB_MODELS_DIR"] = str(_SANDBOX / "models")
+os.environ["HF_HOME"] = str(_SANDBOX / "hf")
+os.environ["HF_HUB_CACHE"] = str(_SANDBOX / "hf" / "hub")
+os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+os.environ["TOKENIZERS_PARALLELISM"] = "false"
+os.environ["HF_HUB_OFFLINE"] = "1"  # hermetic: tests never reach the Hub
+os.environ["XDG_CONFIG_HOME"] = str(_SANDBOX / "config")
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import pytest  # noqa: E402
+
+import tiny_models  # noqa: E402
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_settings():
+    from PySide6.QtCore import QSettings
+
+    QSettings.setDefaultFormat(QSettings.Format.IniFormat)
+    QSettings.setPath(QSettings.Format.IniFormat, QSettings.Scope.UserScope,
+                      str(_SANDBOX / "settings"))
+    yield
+
+
+@pytest.fixture(autouse=True)
+def _fresh_settings(_isolated_settings):
+    """Every test starts from empty settings (the GUI tests persist values)."""
+    from PySide6.QtCore import QCoreApplication, QSettings
+
+    QCoreApplication.setOrganizationName("LM Workbench Tests")
+    QCoreApplication.setApplicationName("LM Workbench Tests")
+    QSettings().clear()
+    yield
+
+
+@pytest.fixture(scope="session")
+def tiny_root(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("tiny-models")
+
+
+@pytest.fixture(scope="session")
+def tiny(tiny_root):
+    """``tiny(family)`` → folder of a tiny random model of that family (built once)."""
+    built: dict[str, Path] = {}
+
+    def get(family: str) -> Path:
+        if family not in built:
+            built[family] = tiny_models.build_model(family, tiny_root / family)
+        return built[family]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def sandbox() -> Path:
+    return _SANDBOX

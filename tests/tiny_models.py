@@ -1,0 +1,78 @@
+"""Tiny random-weight models of every family the app claims, built locally from configs.
+
+Each is saved as a real transformers folder (safetensors + config + a word-level
+tokenizer built with the ``tokenizers`` library), so tests exercise the same loading
+path as a downloaded model, in well under a second each.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+WORDS = ("the a cat dog sat on mat because it was tired sea is blue and green hello world "
+         "model token text of to in for with paris france capital river sky sun").split()
+
+
+def build_tokenizer(kind: str):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "<s>", "</s>"]
+    vocab = {tok: i for i, tok in enumerate(specials + WORDS + [w.upper() for w in WORDS])}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    if kind == "encoder":
+        return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]",
+                                       cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]",
+                                   bos_token="<s>", eos_token="</s>")
+
+
+def _configs():
+    import transformers as t
+
+    common = dict(vocab_size=80)
+    return {
+        "gpt2": (t.GPT2Config(n_embd=32, n_layer=2, n_head=2, n_positions=128, bos_token_id=5,
+                              eos_token_id=6, **common),
+                 t.GPT2LMHeadModel, "decoder"),
+        "llama": (t.LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                num_attention_heads=4, num_key_value_heads=2,
+                                max_position_embeddings=128, **common),
+                  t.LlamaForCausalLM, "decoder"),
+        "xlnet": (t.XLNetConfig(d_model=32, n_layer=2, n_head=2, d_inner=64, **common),
+                  t.XLNetLMHeadModel, "decoder"),
+        "bert": (t.BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                              intermediate_size=64, max_position_embeddings=128, **common),
+                 t.BertModel, "encoder"),
+        "roberta": (t.RobertaConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                    intermediate_size=64, max_position_embeddings=130,
+                                    pad_token_id=0, **common),
+                    t.RobertaForMaskedLM, "encoder"),
+        "albert": (t.AlbertConfig(hidden_size=32, embedding_size=16, num_hidden_layers=2,
+                                  num_attention_heads=2, intermediate_size=64,
+                                  max_position_embeddings=128, **common),
+                   t.AlbertForMaskedLM, "encoder"),
+        "bert-classifier": (t.BertConfig(hidden_size=32, num_hidden_layers=2,
+                                         num_attention_heads=2, intermediate_size=64,
+                                         max_position_embeddings=128, num_labels=2, **common),
+                            t.BertForSequenceClassification, "encoder"),
+    }
+
+
+FAMILIES = ("gpt2", "llama", "xlnet", "bert", "roberta", "albert", "bert-classifier")
+
+
+def build_model(family: str, folder: Path, safe: bool = True) -> Path:
+    import torch
+
+    torch.manual_seed(0)
+    config, cls, kind = _configs()[family]
+    model = cls(config)
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder)
+    build_tokenizer(kind).save_pretrained(folder)
+    if not safe:  # the old pickle format only, as many older checkpoints are
+        (folder / "model.safetensors").unlink()
+        torch.save(model.state_dict(), folder / "pytorch_model.bin")
+    return folder
