@@ -8,7 +8,9 @@ import sys
 from typing import Any
 
 from workbench import APP_NAME, __version__
+from workbench.core.catalog import DEFAULT_MODEL
 from workbench.core.errors import Cancelled, WorkbenchError
+from workbench.core.generation import SamplingSettings as SamplingDefaults
 from workbench.core.jobs import LogLine, Progress
 
 
@@ -36,6 +38,21 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.add_argument("name")
     fetch.add_argument("--json", action="store_true", help="print one JSON document")
 
+    gen = sub.add_parser("generate", help="generate text with the sampling options")
+    add_model_options(gen)
+    gen.add_argument("--prompt", required=True, help="the prompt text")
+    defaults = SamplingDefaults()
+    gen.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens)
+    gen.add_argument("--temperature", type=float, default=defaults.temperature)
+    gen.add_argument("--top-k", type=int, default=defaults.top_k, help="0 turns top-k off")
+    gen.add_argument("--top-p", type=float, default=defaults.top_p)
+    gen.add_argument("--repetition-penalty", type=float, default=defaults.repetition_penalty)
+    gen.add_argument("--seed", type=int, default=defaults.seed)
+    gen.add_argument("--greedy", action="store_true", help="greedy decoding (no sampling)")
+    gen.add_argument("--chat", action=argparse.BooleanOptionalAction, default=defaults.chat,
+                     help="wrap the prompt in the model's chat template (default: on)")
+    gen.add_argument("--json", action="store_true", help="print one JSON document")
+
     bench = sub.add_parser("bench", help="performance figures, each a ratio against a "
                            "bare baseline measured in the same run")
     bench.add_argument("--only", help="comma-separated figure names")
@@ -43,35 +60,53 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def add_model_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default=DEFAULT_MODEL,
+                        help=f"built-in name, folder, .gguf file or Hub id (default {DEFAULT_MODEL})")
+    parser.add_argument("--device", default="auto", help="auto (CUDA, MPS, CPU), cpu, cuda, mps")
+    parser.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16")
+    parser.add_argument("--trust-remote-code", action="store_true",
+                        help="allow Python code shipped with this model to run (only if you "
+                             "trust its author)")
+    parser.add_argument("--allow-pickle", action="store_true",
+                        help="allow pickle checkpoints (.bin/.pt), which can run code")
+
+
+def load_from_args(args: argparse.Namespace, bar: TerminalProgress):
+    from workbench.core.loader import LoadOptions, load_model
+
+    options = LoadOptions(device=args.device, dtype=args.dtype,
+                          trust_remote_code=args.trust_remote_code, allow_pickle=args.allow_pickle)
+    loaded = load_model(args.model, options, on_event=bar)
+    bar.finish()
+    return loaded
+
+
 class TerminalProgress:
-    """A one-line progress bar on stderr (plain lines when stderr is not a terminal)."""
+    """A one-line progress bar on stderr, when stderr is a terminal."""
 
     def __init__(self, quiet: bool = False) -> None:
-        self.quiet = quiet
+        # Only a terminal gets a bar: in logs and pipes, stderr is kept for errors.
         self.tty = sys.stderr.isatty()
+        self.quiet = quiet or not self.tty
         self.last = ""
 
     def __call__(self, event: Any) -> None:
-        if self.quiet:
-            return
-        if isinstance(event, Progress):
+        if isinstance(event, Progress) and not self.quiet:
             if event.fraction is None:
                 text = f"{event.message}"
             else:
                 filled = int(event.fraction * 30)
                 text = f"[{'#' * filled}{'.' * (30 - filled)}] {event.fraction:4.0%} {event.message}"
-            if self.tty:
-                sys.stderr.write("\r" + text[:120].ljust(120))
-                sys.stderr.flush()
-            elif event.message != self.last:
-                print(text, file=sys.stderr)
+            sys.stderr.write("\r" + text[:120].ljust(120))
+            sys.stderr.flush()
             self.last = event.message
         elif isinstance(event, LogLine) and event.level != "info":
             self.finish()
             print(f"{event.level}: {event.message}", file=sys.stderr)
 
     def finish(self) -> None:
-        if self.tty and self.last:
+        if self.last:
             sys.stderr.write("\n")
             self.last = ""
 
@@ -110,6 +145,36 @@ def cmd_models_fetch(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_generate(args: argparse.Namespace) -> int:
+    from workbench.core.generation import SamplingSettings, TokenEvent, generate
+    from workbench.core.jobs import JobContext
+
+    settings = SamplingSettings(
+        max_new_tokens=args.max_new_tokens, do_sample=not args.greedy,
+        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+        repetition_penalty=args.repetition_penalty, seed=args.seed, chat=args.chat)
+    settings.validate()  # before spending time on loading
+    bar = TerminalProgress(quiet=args.json)
+    loaded = load_from_args(args, bar)
+
+    def stream(event: Any) -> None:
+        if isinstance(event, TokenEvent) and not args.json:
+            sys.stdout.write(event.text)
+            sys.stdout.flush()
+
+    result = generate(loaded, args.prompt, settings, JobContext(emit=stream))
+    if args.json:
+        data = result.to_dict()
+        data.update(model=loaded.name, device=loaded.device, dtype=loaded.dtype,
+                    tokens=[loaded.tokenizer.convert_ids_to_tokens(i) for i in result.token_ids])
+        _print_json(data)
+    else:
+        print()
+        print(f"[{len(result.token_ids)} tokens, {result.tokens_per_second:.1f} tokens/s, "
+              f"{loaded.device}, {loaded.dtype}]", file=sys.stderr)
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from workbench.core.bench import FIGURES, run_bench
 
@@ -134,6 +199,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 COMMANDS = {
     ("models", "list"): cmd_models_list,
     ("models", "fetch"): cmd_models_fetch,
+    ("generate", None): cmd_generate,
     ("bench", None): cmd_bench,
 }
 
@@ -144,6 +210,8 @@ def dispatch(args: argparse.Namespace) -> int:
     try:
         return handler(args)
     except WorkbenchError as exc:
+        if sys.stderr.isatty():
+            sys.stderr.write("\n")
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except (Cancelled, KeyboardInterrupt):
