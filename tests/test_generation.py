@@ -1,4 +1,6 @@
-"""Generation runs transformers' own decoding; the app only watches it."""
+"""Generation runs transformers' own decoding; the app only records what it did."""
+
+import math
 
 import pytest
 import torch
@@ -8,27 +10,73 @@ from workbench.core.generation import SamplingSettings, TokenEvent, generate
 from workbench.core.jobs import CancelToken, JobContext
 from workbench.core.loader import load_model
 
+VOCAB = 80  # the tiny models' vocabulary: top_n=VOCAB records every candidate
+
 
 @pytest.fixture(scope="module")
 def llama(tiny):
     return load_model(str(tiny("llama")))
 
 
+def bare_ids(llama, prompt):
+    return llama.tokenizer(prompt, return_tensors="pt")["input_ids"]
+
+
 def test_greedy_matches_bare_generate(llama):
     settings = SamplingSettings(max_new_tokens=12, do_sample=False, chat=False)
     events = []
     result = generate(llama, "the cat sat on", settings, JobContext(emit=events.append))
-    ids = llama.tokenizer("the cat sat on", return_tensors="pt")["input_ids"]
+    ids = bare_ids(llama, "the cat sat on")
     bare = llama.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=12,
                                 do_sample=False, pad_token_id=llama.tokenizer.pad_token_id)
     assert result.token_ids == bare[0, ids.shape[1]:].tolist()
     tokens = [e for e in events if isinstance(e, TokenEvent)]
     assert [t.token_id for t in tokens] == result.token_ids
     assert "".join(t.text for t in tokens) == result.text
-    # greedy picks the most likely token: its probability is the largest of the step
     with torch.no_grad():
-        logits = llama.model(ids).logits[0, -1]
-    assert tokens[0].probability == pytest.approx(float(torch.softmax(logits, -1).max()), rel=1e-4)
+        probs = torch.softmax(llama.model(ids).logits[0, -1], -1)
+    first = result.sequences[0].steps[0]
+    assert first.raw_probability == pytest.approx(float(probs.max()), rel=1e-4)
+    assert first.probability == pytest.approx(float(probs.max()), rel=1e-4)  # greedy: no warping
+    assert first.surprisal == pytest.approx(-math.log2(float(probs.max())), rel=1e-4)
+    expected_entropy = float(-(probs * probs.log()).sum()) / math.log(2)
+    assert first.raw_entropy == pytest.approx(expected_entropy, rel=1e-4)
+    assert first.kept_count == VOCAB and first.kept_mass == pytest.approx(1.0, abs=1e-5)
+
+
+def test_processed_distribution_is_what_the_warpers_make(llama):
+    t = 0.5
+    result = generate(llama, "the sea is", SamplingSettings(
+        max_new_tokens=3, temperature=t, top_k=0, top_p=1.0, chat=False), top_n=VOCAB)
+    for step in result.sequences[0].steps:
+        raw = torch.tensor([c.raw_probability for c in step.candidates], dtype=torch.float64)
+        tempered = raw ** (1 / t) / (raw ** (1 / t)).sum()
+        got = torch.tensor([c.probability for c in step.candidates], dtype=torch.float64)
+        assert torch.allclose(got, tempered, atol=1e-5)
+
+
+def test_top_k_one_keeps_only_the_argmax(llama):
+    greedy = generate(llama, "hello", SamplingSettings(max_new_tokens=8, do_sample=False, chat=False))
+    topk1 = generate(llama, "hello", SamplingSettings(max_new_tokens=8, top_k=1, chat=False, seed=3))
+    assert topk1.token_ids == greedy.token_ids
+    for step in topk1.sequences[0].steps:
+        assert step.probability == pytest.approx(1.0)
+        assert step.kept_count == 1 and step.raw_probability < 1
+        assert step.kept_mass == pytest.approx(step.raw_probability)
+
+
+def test_top_p_keeps_the_smallest_set_reaching_p(llama):
+    p = 0.5
+    result = generate(llama, "the dog", SamplingSettings(
+        max_new_tokens=6, temperature=1.0, top_k=0, top_p=p, chat=False), top_n=VOCAB)
+    for step in result.sequences[0].steps:
+        kept = [c.raw_probability for c in step.candidates if c.kept]
+        assert len(kept) == step.kept_count
+        assert sum(kept) == pytest.approx(step.kept_mass, abs=1e-5)
+        assert step.kept_mass >= p - 1e-6
+        assert step.kept_mass - min(kept) < p  # dropping any kept token falls below p
+        dropped = [c.raw_probability for c in step.candidates if not c.kept]
+        assert not dropped or max(dropped) <= min(kept) + 1e-7
 
 
 def test_same_seed_same_text_and_seed_matters(llama):
@@ -39,19 +87,37 @@ def test_same_seed_same_text_and_seed_matters(llama):
     assert generate(llama, "the sea is", s).token_ids != a.token_ids
 
 
-def test_top_k_one_is_greedy(llama):
-    greedy = generate(llama, "hello", SamplingSettings(max_new_tokens=8, do_sample=False, chat=False))
-    topk1 = generate(llama, "hello", SamplingSettings(max_new_tokens=8, top_k=1, chat=False, seed=3))
-    assert topk1.token_ids == greedy.token_ids
-    assert all(p == pytest.approx(1.0) for p in topk1.probabilities)
+def test_several_sequences_in_one_batch(llama):
+    s = SamplingSettings(max_new_tokens=10, temperature=2.0, top_k=0, top_p=1.0,
+                         num_return_sequences=3, seed=1, chat=False)
+    events = []
+    result = generate(llama, "the", s, JobContext(emit=events.append))
+    assert len(result.sequences) == 3
+    assert len({tuple(seq.token_ids) for seq in result.sequences}) > 1
+    for row, seq in enumerate(result.sequences):
+        streamed = [e.token_id for e in events if isinstance(e, TokenEvent) and e.sequence == row]
+        assert streamed == seq.token_ids
+        assert seq.perplexity == pytest.approx(math.exp(-seq.mean_logprob))
+
+
+def test_beam_search_matches_bare_generate(llama):
+    s = SamplingSettings(max_new_tokens=8, do_sample=False, num_beams=3, num_return_sequences=2,
+                         chat=False)
+    result = generate(llama, "the cat", s)
+    ids = bare_ids(llama, "the cat")
+    bare = llama.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=8,
+                                do_sample=False, num_beams=3, num_return_sequences=2,
+                                pad_token_id=llama.tokenizer.pad_token_id)
+    for row in range(2):
+        assert result.sequences[row].token_ids == bare[row, ids.shape[1]:].tolist()[
+            :len(result.sequences[row].token_ids)]
+    assert all(0 < p <= 1 for p in result.sequences[0].probabilities)
 
 
 def test_stop_ends_within_one_step(llama):
     token = CancelToken()
-    events = []
 
     def on_event(event):
-        events.append(event)
         token.cancel()
 
     result = generate(llama, "the", SamplingSettings(max_new_tokens=50, do_sample=False,
@@ -60,10 +126,22 @@ def test_stop_ends_within_one_step(llama):
     assert 1 <= len(result.token_ids) <= 2
 
 
+def test_generation_config_round_trip():
+    s = SamplingSettings(temperature=0.8, top_k=40, top_p=0.95, min_p=0.05, typical_p=0.9,
+                         repetition_penalty=1.2, no_repeat_ngram_size=2, num_return_sequences=5,
+                         max_new_tokens=30)
+    config = s.to_generation_config()
+    assert config["top_k"] == 40 and config["no_repeat_ngram_size"] == 2
+    assert SamplingSettings.from_generation_config(config) == s
+
+
 @pytest.mark.parametrize("change, message", [
     (dict(temperature=0.0), "Temperature"),
     (dict(top_p=0.0), "Top-p"),
     (dict(max_new_tokens=0), "Max new tokens"),
+    (dict(min_p=1.5), "Min-p"),
+    (dict(do_sample=False, num_return_sequences=3), "Greedy decoding gives one sequence"),
+    (dict(do_sample=False, num_beams=2, num_return_sequences=3), "at most as many sequences"),
 ])
 def test_bad_settings_are_refused(llama, change, message):
     with pytest.raises(WorkbenchError, match=message):

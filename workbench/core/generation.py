@@ -1,110 +1,229 @@
-"""Text generation with transformers' own ``generate``, streamed token by token.
+"""Text generation with transformers' own ``generate``, streamed and inspected per step.
 
-The app adds inspection, not a parallel sampler: decoding is transformers' chain of
-``LogitsProcessor``s; a processor appended at the end of that chain records the
-distribution the sampler actually drew from, so each streamed token carries its
-probability. Stopping is a ``StoppingCriteria`` that watches the job's cancel token.
+The app adds inspection, not a parallel sampler. Decoding is transformers' chain of
+``LogitsProcessor``s; the app adds two recorders to that chain for the duration of one
+call: one at its start (the model's raw distribution) and one at its end (the
+distribution the sampler actually draws from, after temperature, top-k, top-p, ...).
+From the two, each step reports the chosen token's probability, the top-N candidates
+raw and processed, the kept set (what top-k / top-p / min-p left) and its mass, the
+entropy and the surprisal. Stopping is a ``StoppingCriteria`` watching the cancel token.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from workbench.core.errors import WorkbenchError
 from workbench.core.jobs import JobContext
 
+LOG2 = math.log(2.0)
+
 
 @dataclass
 class SamplingSettings:
-    """The decoding controls; ``do_sample=False`` is greedy decoding."""
+    """The decoding controls, named as in transformers' ``GenerationConfig``.
+
+    ``do_sample=False`` is greedy decoding (or beam search with ``num_beams > 1``).
+    ``top_k=0``, ``top_p=1``, ``min_p=0`` and ``typical_p=1`` turn those filters off.
+    """
 
     max_new_tokens: int = 64
     do_sample: bool = True
     temperature: float = 0.7
     top_k: int = 50
     top_p: float = 0.9
+    min_p: float = 0.0
+    typical_p: float = 1.0
     repetition_penalty: float = 1.0
+    no_repeat_ngram_size: int = 0
+    num_beams: int = 1
+    num_return_sequences: int = 1
     seed: int = 0
     chat: bool = True  # wrap the prompt in the tokenizer's chat template, if it has one
 
     def validate(self) -> None:
-        if self.max_new_tokens < 1:
-            raise WorkbenchError("Max new tokens must be at least 1.")
-        if self.do_sample and self.temperature <= 0:
-            raise WorkbenchError("Temperature must be above 0 when sampling (use greedy instead).")
-        if not 0 < self.top_p <= 1:
-            raise WorkbenchError("Top-p must be in (0, 1].")
-        if self.top_k < 0:
-            raise WorkbenchError("Top-k must be 0 (off) or more.")
-        if self.repetition_penalty <= 0:
-            raise WorkbenchError("Repetition penalty must be above 0.")
+        checks = [
+            (self.max_new_tokens >= 1, "Max new tokens must be at least 1."),
+            (not self.do_sample or self.temperature > 0,
+             "Temperature must be above 0 when sampling (use greedy instead)."),
+            (0 < self.top_p <= 1, "Top-p must be in (0, 1]."),
+            (self.top_k >= 0, "Top-k must be 0 (off) or more."),
+            (0 <= self.min_p < 1, "Min-p must be in [0, 1)."),
+            (0 < self.typical_p <= 1, "Typical-p must be in (0, 1]."),
+            (self.repetition_penalty > 0, "Repetition penalty must be above 0."),
+            (self.no_repeat_ngram_size >= 0, "No-repeat n-gram size must be 0 (off) or more."),
+            (self.num_beams >= 1, "The number of beams must be at least 1."),
+            (self.num_return_sequences >= 1, "The number of sequences must be at least 1."),
+            (self.num_beams == 1 or self.num_return_sequences <= self.num_beams,
+             "Beam search returns at most as many sequences as it has beams."),
+            (self.do_sample or self.num_beams > 1 or self.num_return_sequences == 1,
+             "Greedy decoding gives one sequence: sample, or use beams, for more."),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise WorkbenchError(message)
 
     def generate_kwargs(self) -> dict[str, Any]:
-        kwargs: dict[str, Any] = dict(max_new_tokens=self.max_new_tokens,
-                                      do_sample=self.do_sample,
-                                      repetition_penalty=self.repetition_penalty)
+        """Keyword arguments for ``model.generate`` (filters that are off are passed as off)."""
+        kwargs: dict[str, Any] = dict(
+            max_new_tokens=self.max_new_tokens, do_sample=self.do_sample,
+            num_beams=self.num_beams, num_return_sequences=self.num_return_sequences,
+            repetition_penalty=self.repetition_penalty,
+            no_repeat_ngram_size=self.no_repeat_ngram_size or None)
         if self.do_sample:
-            kwargs.update(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p)
+            kwargs.update(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p,
+                          min_p=self.min_p or None, typical_p=self.typical_p)
         else:  # override sampling defaults a model's generation_config may carry
-            kwargs.update(temperature=None, top_k=None, top_p=None)
+            kwargs.update(temperature=None, top_k=None, top_p=None, min_p=None, typical_p=None)
         return kwargs
+
+    def describe(self) -> str:
+        if not self.do_sample:
+            return "greedy" if self.num_beams == 1 else f"beam search ({self.num_beams} beams)"
+        parts = [f"temperature {self.temperature:g}"]
+        if self.top_k:
+            parts.append(f"top-k {self.top_k}")
+        if self.top_p < 1:
+            parts.append(f"top-p {self.top_p:g}")
+        if self.min_p:
+            parts.append(f"min-p {self.min_p:g}")
+        if self.typical_p < 1:
+            parts.append(f"typical-p {self.typical_p:g}")
+        return ", ".join(parts)
+
+    def to_generation_config(self) -> dict[str, Any]:
+        """The settings as a transformers ``GenerationConfig`` dictionary."""
+        from transformers import GenerationConfig
+
+        config = GenerationConfig(**{k: v for k, v in self.generate_kwargs().items()
+                                     if v is not None})
+        return config.to_diff_dict()
+
+    @classmethod
+    def from_generation_config(cls, data: dict[str, Any], base: SamplingSettings | None = None
+                               ) -> SamplingSettings:
+        """Settings from a ``GenerationConfig`` dictionary; unknown keys are ignored."""
+        settings = asdict(base or cls())
+        names = {f.name for f in fields(cls)}
+        for key, value in data.items():
+            if key in names and value is not None:
+                settings[key] = value
+        if data.get("no_repeat_ngram_size") is None and "no_repeat_ngram_size" in data:
+            settings["no_repeat_ngram_size"] = 0
+        return cls(**settings)
 
 
 @dataclass(frozen=True)
-class TokenEvent:
-    """One generated token: its id, its text and its probability under the sampler."""
+class Candidate:
+    """One candidate for the next token at a step."""
+
+    token_id: int
+    text: str
+    raw_probability: float  # softmax of the model's logits
+    probability: float  # after the processor chain: what the sampler drew from
+    kept: bool  # still possible after top-k / top-p / min-p ...
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    """What the sampler saw and did at one step of one sequence."""
 
     index: int
     token_id: int
     text: str
+    raw_probability: float
     probability: float
+    entropy: float  # bits, of the processed distribution
+    raw_entropy: float  # bits, of the model's distribution
+    surprisal: float  # bits, -log2 of the chosen token's raw probability
+    kept_count: int
+    kept_mass: float  # raw probability mass of the kept set
+    candidates: tuple[Candidate, ...] = ()
+
+
+@dataclass(frozen=True)
+class TokenEvent:
+    """One generated token of sequence ``sequence``, as it streams in."""
+
+    sequence: int
+    index: int
+    token_id: int
+    text: str  # the text this token adds
+    probability: float
+    step: StepRecord | None = None
+
+
+@dataclass
+class GeneratedSequence:
+    text: str
+    token_ids: list[int]
+    steps: list[StepRecord]
+
+    @property
+    def probabilities(self) -> list[float]:
+        return [s.probability for s in self.steps]
+
+    @property
+    def mean_logprob(self) -> float:
+        """Mean natural-log probability of the tokens under the model (raw distribution)."""
+        if not self.steps:
+            return float("nan")
+        return sum(math.log(max(s.raw_probability, 1e-45)) for s in self.steps) / len(self.steps)
+
+    @property
+    def perplexity(self) -> float:
+        return math.exp(-self.mean_logprob) if self.steps else float("nan")
 
 
 @dataclass
 class GenerationResult:
     prompt: str
-    text: str
-    token_ids: list[int]
-    probabilities: list[float]
+    sequences: list[GeneratedSequence]
     seconds: float
     stopped: bool
     settings: dict = field(default_factory=dict)
+    prompt_token_ids: list[int] = field(default_factory=list)
+
+    @property
+    def text(self) -> str:
+        return self.sequences[0].text
+
+    @property
+    def token_ids(self) -> list[int]:
+        return self.sequences[0].token_ids
+
+    @property
+    def probabilities(self) -> list[float]:
+        return self.sequences[0].probabilities
+
+    @property
+    def new_tokens(self) -> int:
+        return sum(len(s.token_ids) for s in self.sequences)
 
     @property
     def tokens_per_second(self) -> float:
-        return len(self.token_ids) / self.seconds if self.seconds > 0 else 0.0
+        return self.new_tokens / self.seconds if self.seconds > 0 else 0.0
 
-    def to_dict(self) -> dict:
-        data = asdict(self)
-        data["tokens_per_second"] = round(self.tokens_per_second, 2)
-        return data
+    def to_dict(self, top_n: int = 0) -> dict:
+        def step_dict(step: StepRecord) -> dict:
+            data = {k: v for k, v in asdict(step).items() if k != "candidates"}
+            if top_n:
+                data["candidates"] = [asdict(c) for c in step.candidates[:top_n]]
+            return data
 
-
-@contextmanager
-def _recording_last(model: Any, recorder: Any) -> Iterator[None]:
-    """Append ``recorder`` after every processor and warper that generate() builds.
-
-    A ``logits_processor`` passed to generate() runs before the sampling warpers
-    (temperature, top-k, top-p), so it would not see the distribution actually sampled
-    from; generate() assembles its chain in ``_get_logits_processor``, and the recorder
-    is added to the end of that chain for this call only.
-    """
-    original = model._get_logits_processor
-
-    def with_recorder(*args: Any, **kwargs: Any):
-        chain = original(*args, **kwargs)
-        chain.append(recorder)
-        return chain
-
-    model._get_logits_processor = with_recorder
-    try:
-        yield
-    finally:
-        del model._get_logits_processor  # back to the class's own method
+        return {
+            "prompt": self.prompt, "settings": self.settings, "seconds": round(self.seconds, 4),
+            "stopped": self.stopped, "tokens_per_second": round(self.tokens_per_second, 2),
+            "text": self.text, "token_ids": self.token_ids,
+            "sequences": [{"text": s.text, "token_ids": s.token_ids,
+                           "mean_logprob": s.mean_logprob, "perplexity": s.perplexity,
+                           "steps": [step_dict(st) for st in s.steps]} for s in self.sequences],
+        }
 
 
 def encode_prompt(tokenizer: Any, prompt: str, chat: bool):
@@ -117,41 +236,125 @@ def encode_prompt(tokenizer: Any, prompt: str, chat: bool):
     return tokenizer(prompt, return_tensors="pt")["input_ids"]
 
 
-def generate(loaded: Any, prompt: str, settings: SamplingSettings, ctx: JobContext | None = None
-             ) -> GenerationResult:
-    """Generate from ``prompt`` with ``loaded`` (a LoadedModel), emitting TokenEvents."""
-    import torch
-    from transformers import LogitsProcessor, StoppingCriteria, StoppingCriteriaList, set_seed
-    from transformers.generation.streamers import BaseStreamer
+@contextmanager
+def recording_chain(model: Any, first: Any = None, last: Any = None) -> Iterator[None]:
+    """Put ``first`` at the start and ``last`` at the end of generate()'s processor chain.
 
+    A ``logits_processor`` passed to generate() runs before the sampling warpers
+    (temperature, top-k, top-p), so it would not see the distribution actually sampled
+    from. generate() assembles its chain in ``_get_logits_processor``; the recorders are
+    added to that chain for this call only.
+    """
+    original = model._get_logits_processor
+
+    def with_recorders(*args: Any, **kwargs: Any):
+        chain = original(*args, **kwargs)
+        if first is not None:
+            chain.insert(0, first)
+        if last is not None:
+            chain.append(last)
+        return chain
+
+    model._get_logits_processor = with_recorders
+    try:
+        yield
+    finally:
+        del model._get_logits_processor  # back to the class's own method
+
+
+class StepInspector:
+    """Records the raw and processed distributions of each step; builds StepRecords."""
+
+    def __init__(self, tokenizer: Any, top_n: int) -> None:
+        import torch
+        from transformers import LogitsProcessor
+
+        self.tokenizer = tokenizer
+        self.top_n = top_n
+        self.raw: Any = None
+        self.processed: Any = None
+        inspector = self
+
+        class Raw(LogitsProcessor):
+            def __call__(self, ids: torch.LongTensor, scores: torch.FloatTensor):
+                inspector.raw = scores.detach().float()
+                return scores
+
+        class Processed(LogitsProcessor):
+            def __call__(self, ids: torch.LongTensor, scores: torch.FloatTensor):
+                inspector.processed = scores.detach().float()
+                return scores
+
+        self.first, self.last = Raw(), Processed()
+
+    def record(self, row: int, index: int, token: int, text: str) -> StepRecord:
+        import torch
+
+        raw_logp = torch.log_softmax(self.raw[row], dim=-1)
+        proc_logp = torch.log_softmax(self.processed[row], dim=-1)
+        raw_p, proc_p = raw_logp.exp(), proc_logp.exp()
+        kept = torch.isfinite(self.processed[row]) & (proc_p > 0)
+
+        def entropy(p, logp) -> float:
+            terms = torch.where(p > 0, p * logp, torch.zeros_like(p))
+            return float(-terms.sum()) / LOG2
+
+        candidates: tuple[Candidate, ...] = ()
+        if self.top_n:
+            top = torch.topk(raw_p, min(self.top_n, raw_p.shape[-1]))
+            ids = top.indices.tolist()
+            texts = self.tokenizer.convert_ids_to_tokens(ids)
+            candidates = tuple(
+                Candidate(i, self.tokenizer.convert_tokens_to_string([t]) if t else "",
+                          float(raw_p[i]), float(proc_p[i]), bool(kept[i]))
+                for i, t in zip(ids, texts, strict=True))
+        return StepRecord(
+            index=index, token_id=token, text=text, raw_probability=float(raw_p[token]),
+            probability=float(proc_p[token]), entropy=entropy(proc_p, proc_logp),
+            raw_entropy=entropy(raw_p, raw_logp), surprisal=float(-raw_logp[token]) / LOG2,
+            kept_count=int(kept.sum()), kept_mass=float(raw_p[kept].sum()),
+            candidates=candidates)
+
+
+def _check_model(loaded: Any, prompt: str) -> None:
     from workbench.core.catalog import CAUSAL_LM
 
-    ctx = ctx or JobContext()
-    settings.validate()
     if loaded.task != CAUSAL_LM:
         raise WorkbenchError(f"{loaded.name} is a {loaded.task} model; generation needs a "
                              "causal language model such as SmolLM2-135M-Instruct.")
     if not prompt.strip():
         raise WorkbenchError("The prompt is empty.")
+
+
+def generate(loaded: Any, prompt: str, settings: SamplingSettings, ctx: JobContext | None = None,
+             top_n: int = 10) -> GenerationResult:
+    """Generate from ``prompt`` with ``loaded`` (a LoadedModel), emitting TokenEvents.
+
+    Every step of every sequence is recorded (probabilities, entropy, kept set, the
+    ``top_n`` candidates). Beam search cannot stream: its steps are reported at the end
+    from the scores transformers returns, without candidates.
+    """
+    import torch
+    from transformers import StoppingCriteria, StoppingCriteriaList, set_seed
+    from transformers.generation.streamers import BaseStreamer
+
+    ctx = ctx or JobContext()
+    settings.validate()
+    _check_model(loaded, prompt)
     tokenizer, model = loaded.tokenizer, loaded.model
     input_ids = encode_prompt(tokenizer, prompt, settings.chat).to(model.device)
-    last_probs: list[torch.Tensor] = []
-
-    class RecordDistribution(LogitsProcessor):
-        """Last in the chain: keeps the distribution the next token is drawn from."""
-
-        def __call__(self, ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-            last_probs[:] = [torch.softmax(scores[0].float(), dim=-1)]
-            return scores
+    inspector = StepInspector(tokenizer, top_n)
+    eos = _eos_ids(model, tokenizer)
+    n = settings.num_return_sequences
+    ids_out: list[list[int]] = [[] for _ in range(n)]
+    steps_out: list[list[StepRecord]] = [[] for _ in range(n)]
+    texts = [""] * n
+    done = [False] * n
 
     class CancelCriteria(StoppingCriteria):
         def __call__(self, ids: torch.LongTensor, scores: torch.FloatTensor, **kw: Any):
             return torch.full((ids.shape[0],), ctx.cancel.cancelled, dtype=torch.bool,
                               device=ids.device)
-
-    ids_out: list[int] = []
-    probs_out: list[float] = []
-    emitted = [""]
 
     class Stream(BaseStreamer):
         def __init__(self) -> None:
@@ -161,26 +364,71 @@ def generate(loaded: Any, prompt: str, settings: SamplingSettings, ctx: JobConte
             if not self.prompt_seen:  # generate() first passes the prompt itself
                 self.prompt_seen = True
                 return
-            token = int(value.reshape(-1)[0])
-            prob = float(last_probs[0][token]) if last_probs else float("nan")
-            ids_out.append(token)
-            probs_out.append(prob)
-            text = tokenizer.decode(ids_out, skip_special_tokens=True)
-            delta = text[len(emitted[0]):] if text.startswith(emitted[0]) else text
-            emitted[0] = text
-            ctx.emit(TokenEvent(len(ids_out) - 1, token, delta, prob))
+            for row, token in enumerate(value.reshape(-1).tolist()):
+                if done[row]:
+                    continue  # finished rows keep receiving padding
+                ids_out[row].append(token)
+                text = tokenizer.decode(ids_out[row], skip_special_tokens=True)
+                delta = text[len(texts[row]):] if text.startswith(texts[row]) else text
+                texts[row] = text
+                step = inspector.record(row, len(ids_out[row]) - 1, token, delta)
+                steps_out[row].append(step)
+                ctx.emit(TokenEvent(row, step.index, token, delta, step.probability, step))
+                done[row] = token in eos
 
         def end(self) -> None:
             pass
 
+    beams = settings.num_beams > 1
     set_seed(settings.seed)
     start = time.perf_counter()
-    with torch.inference_mode(), _recording_last(model, RecordDistribution()):
-        model.generate(input_ids, attention_mask=torch.ones_like(input_ids),
-                       stopping_criteria=StoppingCriteriaList([CancelCriteria()]),
-                       streamer=Stream(), pad_token_id=tokenizer.pad_token_id,
-                       **settings.generate_kwargs())
+    with torch.inference_mode(), recording_chain(model, inspector.first, inspector.last):
+        out = model.generate(input_ids, attention_mask=torch.ones_like(input_ids),
+                             stopping_criteria=StoppingCriteriaList([CancelCriteria()]),
+                             streamer=None if beams else Stream(),
+                             pad_token_id=tokenizer.pad_token_id,
+                             return_dict_in_generate=True, output_scores=beams,
+                             **settings.generate_kwargs())
     seconds = time.perf_counter() - start
-    return GenerationResult(prompt=prompt, text=tokenizer.decode(ids_out, skip_special_tokens=True),
-                            token_ids=ids_out, probabilities=probs_out, seconds=seconds,
-                            stopped=ctx.cancel.cancelled, settings=asdict(settings))
+    if beams:
+        _beam_results(out, model, input_ids.shape[1], tokenizer, eos, ids_out, steps_out, ctx)
+    sequences = [GeneratedSequence(tokenizer.decode(ids, skip_special_tokens=True), ids, steps)
+                 for ids, steps in zip(ids_out, steps_out, strict=True)]
+    return GenerationResult(prompt=prompt, sequences=sequences, seconds=seconds,
+                            stopped=ctx.cancel.cancelled, settings=asdict(settings),
+                            prompt_token_ids=input_ids[0].tolist())
+
+
+def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
+    eos = model.generation_config.eos_token_id
+    if eos is None:
+        eos = tokenizer.eos_token_id
+    return set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+
+
+def _beam_results(out: Any, model: Any, prompt_len: int, tokenizer: Any, eos: set[int],
+                  ids_out: list[list[int]], steps_out: list[list[StepRecord]],
+                  ctx: JobContext) -> None:
+    """Tokens of beam search's returned sequences, with each token's probability as
+    transformers' ``compute_transition_scores`` gives it (no candidates: beams don't stream).
+    """
+    scores = model.compute_transition_scores(out.sequences, out.scores, out.beam_indices,
+                                             normalize_logits=False)
+    nan = float("nan")
+    for row, seq in enumerate(out.sequences):
+        ids: list[int] = []
+        for token in seq[prompt_len:].tolist():
+            if token in eos or token == tokenizer.pad_token_id:
+                if token in eos:
+                    ids.append(token)
+                break
+            ids.append(token)
+        ids_out[row] = ids
+        text = ""
+        for i, token in enumerate(ids):
+            full = tokenizer.decode(ids[:i + 1], skip_special_tokens=True)
+            delta, text = full[len(text):], full
+            p = math.exp(float(scores[row, i])) if i < scores.shape[1] else nan
+            step = StepRecord(i, token, delta, nan, p, nan, nan, nan, 0, nan)
+            steps_out[row].append(step)
+            ctx.emit(TokenEvent(row, i, token, delta, p, step))

@@ -47,7 +47,7 @@ def hub_reachable(timeout: float = 1.5, refresh: bool = False) -> bool:
         try:
             with socket.create_connection((host, port), timeout=timeout):
                 result.append(True)
-        except OSError:
+        except Exception:  # any failure to connect means "not reachable"
             result.append(False)
 
     thread = threading.Thread(target=probe, name="hub-probe", daemon=True)
