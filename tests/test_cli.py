@@ -71,3 +71,40 @@ def test_screenshot_with_the_default_model_shows_generated_text(tmp_path):
     coloured = sum(1 for x in range(330, 1260, 4) for y in range(270, 420, 4)
                    if image.pixelColor(x, y).saturation() > 40)
     assert coloured > 50
+
+
+def test_generate_json_has_tokens_probabilities_and_candidates(tiny):
+    result = run("generate", "--model", str(tiny("llama")), "--prompt", "the cat", "--greedy",
+                 "--no-chat", "--max-new-tokens", "5", "--top-n", "3", "--json")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert len(data["token_ids"]) == 5 and len(data["tokens"]) == 5
+    step = data["sequences"][0]["steps"][0]
+    assert step["token_id"] == data["token_ids"][0]
+    assert len(step["candidates"]) == 3
+    assert step["candidates"][0]["token_id"] == step["token_id"]  # greedy takes the top one
+    assert step["probability"] == pytest.approx(step["candidates"][0]["probability"])
+
+
+def test_generate_is_reproducible_with_a_seed(tiny):
+    args = ("generate", "--model", str(tiny("llama")), "--prompt", "the sea", "--no-chat",
+            "--temperature", "1.5", "--seed", "11", "--max-new-tokens", "8", "--json")
+    first, second = run(*args), run(*args)
+    assert json.loads(first.stdout)["token_ids"] == json.loads(second.stdout)["token_ids"]
+
+
+def test_compare_json_and_table(tiny):
+    args = ("compare", "--model", str(tiny("llama")), "--prompt", "the dog", "--no-chat",
+            "--strategy", "greedy", "--strategy", "temperature=1.5,n=2", "--max-new-tokens", "6")
+    data = json.loads(run(*args, "--json").stdout)
+    assert [s["name"] for s in data["strategies"]] == ["greedy", "temperature=1.5,n=2"]
+    assert len(data["strategies"][1]["texts"]) == 2
+    table = run(*args)
+    assert table.returncode == 0
+    assert "self-BLEU" in table.stdout and "=== greedy" in table.stdout
+
+
+def test_compare_needs_two_strategies(tiny):
+    result = run("compare", "--model", str(tiny("llama")), "--prompt", "x", "--strategy", "greedy")
+    assert result.returncode == 2
+    assert result.stderr.strip() == "error: Give 2 to 6 --strategy options, not 1."

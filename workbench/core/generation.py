@@ -237,7 +237,8 @@ def encode_prompt(tokenizer: Any, prompt: str, chat: bool):
 
 
 @contextmanager
-def recording_chain(model: Any, first: Any = None, last: Any = None) -> Iterator[None]:
+def recording_chain(model: Any, first: Any = None, last: Any = None,
+                    extra: tuple[Any, ...] = ()) -> Iterator[None]:
     """Put ``first`` at the start and ``last`` at the end of generate()'s processor chain.
 
     A ``logits_processor`` passed to generate() runs before the sampling warpers
@@ -251,6 +252,7 @@ def recording_chain(model: Any, first: Any = None, last: Any = None) -> Iterator
         chain = original(*args, **kwargs)
         if first is not None:
             chain.insert(0, first)
+        chain.extend(extra)
         if last is not None:
             chain.append(last)
         return chain
@@ -316,7 +318,7 @@ class StepInspector:
             candidates=candidates)
 
 
-def _check_model(loaded: Any, prompt: str) -> None:
+def check_model(loaded: Any, prompt: str) -> None:
     from workbench.core.catalog import CAUSAL_LM
 
     if loaded.task != CAUSAL_LM:
@@ -331,25 +333,46 @@ def generate(loaded: Any, prompt: str, settings: SamplingSettings, ctx: JobConte
     """Generate from ``prompt`` with ``loaded`` (a LoadedModel), emitting TokenEvents.
 
     Every step of every sequence is recorded (probabilities, entropy, kept set, the
-    ``top_n`` candidates). Beam search cannot stream: its steps are reported at the end
-    from the scores transformers returns, without candidates.
+    ``top_n`` candidates). Beam search cannot stream: its tokens are reported at the end,
+    with the probabilities transformers computes for them and no candidates.
+    """
+    ctx = ctx or JobContext()
+    settings.validate()
+    check_model(loaded, prompt)
+    input_ids = encode_prompt(loaded.tokenizer, prompt, settings.chat).to(loaded.model.device)
+    run = run_generation(loaded, input_ids, settings.num_return_sequences,
+                         settings.generate_kwargs(), settings.seed, ctx, top_n,
+                         beams=settings.num_beams > 1)
+    return GenerationResult(prompt=prompt, sequences=run.sequences, seconds=run.seconds,
+                            stopped=ctx.cancel.cancelled, settings=asdict(settings),
+                            prompt_token_ids=input_ids[0].tolist())
+
+
+@dataclass
+class GenerationRun:
+    sequences: list[GeneratedSequence]
+    seconds: float
+
+
+def run_generation(loaded: Any, input_ids: Any, rows: int, generate_kwargs: dict[str, Any],
+                   seed: int, ctx: JobContext, top_n: int, beams: bool = False,
+                   extra_processors: tuple[Any, ...] = ()) -> GenerationRun:
+    """One ``model.generate`` call with streaming, per-step records and cancel.
+
+    ``rows`` is the number of sequences it returns; ``extra_processors`` join the end of
+    transformers' chain (before the recorder of the processed distribution).
     """
     import torch
     from transformers import StoppingCriteria, StoppingCriteriaList, set_seed
     from transformers.generation.streamers import BaseStreamer
 
-    ctx = ctx or JobContext()
-    settings.validate()
-    _check_model(loaded, prompt)
     tokenizer, model = loaded.tokenizer, loaded.model
-    input_ids = encode_prompt(tokenizer, prompt, settings.chat).to(model.device)
     inspector = StepInspector(tokenizer, top_n)
     eos = _eos_ids(model, tokenizer)
-    n = settings.num_return_sequences
-    ids_out: list[list[int]] = [[] for _ in range(n)]
-    steps_out: list[list[StepRecord]] = [[] for _ in range(n)]
-    texts = [""] * n
-    done = [False] * n
+    ids_out: list[list[int]] = [[] for _ in range(rows)]
+    steps_out: list[list[StepRecord]] = [[] for _ in range(rows)]
+    texts = [""] * rows
+    done = [False] * rows
 
     class CancelCriteria(StoppingCriteria):
         def __call__(self, ids: torch.LongTensor, scores: torch.FloatTensor, **kw: Any):
@@ -379,24 +402,22 @@ def generate(loaded: Any, prompt: str, settings: SamplingSettings, ctx: JobConte
         def end(self) -> None:
             pass
 
-    beams = settings.num_beams > 1
-    set_seed(settings.seed)
+    set_seed(seed)
     start = time.perf_counter()
-    with torch.inference_mode(), recording_chain(model, inspector.first, inspector.last):
+    with torch.inference_mode(), recording_chain(model, inspector.first, inspector.last,
+                                                 extra_processors):
         out = model.generate(input_ids, attention_mask=torch.ones_like(input_ids),
                              stopping_criteria=StoppingCriteriaList([CancelCriteria()]),
                              streamer=None if beams else Stream(),
                              pad_token_id=tokenizer.pad_token_id,
                              return_dict_in_generate=True, output_scores=beams,
-                             **settings.generate_kwargs())
+                             **generate_kwargs)
     seconds = time.perf_counter() - start
     if beams:
         _beam_results(out, model, input_ids.shape[1], tokenizer, eos, ids_out, steps_out, ctx)
     sequences = [GeneratedSequence(tokenizer.decode(ids, skip_special_tokens=True), ids, steps)
                  for ids, steps in zip(ids_out, steps_out, strict=True)]
-    return GenerationResult(prompt=prompt, sequences=sequences, seconds=seconds,
-                            stopped=ctx.cancel.cancelled, settings=asdict(settings),
-                            prompt_token_ids=input_ids[0].tolist())
+    return GenerationRun(sequences, seconds)
 
 
 def _eos_ids(model: Any, tokenizer: Any) -> set[int]:

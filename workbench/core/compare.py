@@ -1,0 +1,272 @@
+"""Several decoding strategies on one prompt and seed, side by side.
+
+Sampled and greedy strategies run together in one batched ``generate`` call: the batch
+holds one row per returned sequence, and each row is shaped by its own strategy's chain,
+built from transformers' own processors and warpers in the order ``generate`` uses
+(repetition penalty, no-repeat n-gram, temperature, top-k, top-p, min-p, typical-p).
+Beam search cannot share a sampling batch and runs on its own.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any
+
+from workbench.core.errors import WorkbenchError
+from workbench.core.generation import (GeneratedSequence, SamplingSettings, TokenEvent,
+                                       check_model, encode_prompt, run_generation)
+from workbench.core.jobs import JobContext
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "greedy": dict(do_sample=False),
+    "top-k 40": dict(do_sample=True, temperature=1.0, top_k=40, top_p=1.0),
+    "nucleus 0.9": dict(do_sample=True, temperature=1.0, top_k=0, top_p=0.9),
+    "creative": dict(do_sample=True, temperature=1.3, top_k=0, top_p=0.95),
+    "min-p 0.1": dict(do_sample=True, temperature=1.0, top_k=0, top_p=1.0, min_p=0.1),
+}
+_ALIASES = {"beams": "num_beams", "beam": "num_beams", "n": "num_return_sequences",
+            "sequences": "num_return_sequences", "k": "top_k", "p": "top_p", "t": "temperature"}
+
+
+@dataclass
+class Strategy:
+    name: str
+    settings: SamplingSettings
+
+
+def parse_strategy(spec: str, base: SamplingSettings | None = None) -> Strategy:
+    """``"greedy"``, a preset name, or ``"top_k=40,temperature=0.8"`` (keys as in
+    SamplingSettings, ``-`` or ``_``). Keys other than ``do_sample`` switch sampling on
+    unless the spec says ``greedy`` or sets beams."""
+    base = base or SamplingSettings()
+    text = spec.strip()
+    if not text:
+        raise WorkbenchError("An empty strategy was given.")
+    if text.lower() in PRESETS:
+        return Strategy(text.lower(), replace(base, **PRESETS[text.lower()]))
+    types = {f.name: f.type for f in fields(SamplingSettings)}
+    values: dict[str, Any] = {}
+    greedy = False
+    for part in text.split(","):
+        part = part.strip()
+        if part.lower() == "greedy":
+            greedy = True
+            continue
+        key, sep, raw = part.partition("=")
+        key = key.strip().lower().replace("-", "_")
+        key = _ALIASES.get(key, key)
+        if not sep or key not in types or key in ("seed", "chat", "max_new_tokens"):
+            raise WorkbenchError(f"Cannot read strategy '{spec}': '{part}' is not "
+                                 "key=value with a decoding setting (e.g. top_k=40).")
+        try:
+            if types[key] in ("bool", bool):
+                values[key] = raw.strip().lower() in ("1", "true", "yes", "on")
+            elif types[key] in ("int", int):
+                values[key] = int(raw)
+            else:
+                values[key] = float(raw)
+        except ValueError:
+            raise WorkbenchError(f"Cannot read strategy '{spec}': '{raw}' is not a number.") from None
+    if greedy:
+        values.setdefault("do_sample", False)
+    elif values.get("num_beams", 1) > 1:
+        values.setdefault("do_sample", False)
+    else:
+        values.setdefault("do_sample", True)
+    if values["do_sample"]:  # filters not named in the spec are off
+        for key, off in (("top_k", 0), ("top_p", 1.0), ("temperature", 1.0)):
+            values.setdefault(key, off)
+    settings = replace(base, **values)
+    settings.validate()
+    return Strategy(text, settings)
+
+
+@dataclass
+class StrategyResult:
+    name: str
+    settings: dict
+    sequences: list[GeneratedSequence]
+    seconds: float
+    batched: bool
+    mean_logprob: float = float("nan")
+    perplexity: float = float("nan")
+    distinct_1: float = float("nan")
+    distinct_2: float = float("nan")
+    self_bleu: float | None = None
+    tokens_per_second: float = 0.0
+    diverges_at: int | None = None  # first token index where it leaves the first strategy
+
+    def summary(self) -> dict:
+        data = asdict(self)
+        data.pop("sequences")
+        data["texts"] = [s.text for s in self.sequences]
+        return data
+
+
+@dataclass
+class CompareResult:
+    prompt: str
+    seed: int
+    strategies: list[StrategyResult]
+    seconds: float
+    stopped: bool = False
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {"prompt": self.prompt, "seed": self.seed, "seconds": round(self.seconds, 4),
+                "stopped": self.stopped, "notes": self.notes,
+                "strategies": [s.summary() for s in self.strategies]}
+
+
+def row_chain(settings: SamplingSettings):
+    """The processors ``generate`` would apply for ``settings``, as one list."""
+    import torch
+    from transformers import (LogitsProcessor, LogitsProcessorList, MinPLogitsWarper,
+                              NoRepeatNGramLogitsProcessor, RepetitionPenaltyLogitsProcessor,
+                              TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper,
+                              TypicalLogitsWarper)
+
+    chain = LogitsProcessorList()
+    if settings.repetition_penalty != 1.0:
+        chain.append(RepetitionPenaltyLogitsProcessor(settings.repetition_penalty))
+    if settings.no_repeat_ngram_size > 0:
+        chain.append(NoRepeatNGramLogitsProcessor(settings.no_repeat_ngram_size))
+    if not settings.do_sample:
+        class ArgmaxOnly(LogitsProcessor):
+            """Greedy inside a sampling batch: only the most likely token stays possible."""
+
+            def __call__(self, ids: torch.LongTensor, scores: torch.FloatTensor):
+                keep = scores.argmax(dim=-1, keepdim=True)
+                out = torch.full_like(scores, -float("inf"))
+                return out.scatter(-1, keep, scores.gather(-1, keep))
+
+        chain.append(ArgmaxOnly())
+        return chain
+    if settings.temperature != 1.0:
+        chain.append(TemperatureLogitsWarper(settings.temperature))
+    if settings.top_k:
+        chain.append(TopKLogitsWarper(top_k=settings.top_k))
+    if settings.top_p < 1.0:
+        chain.append(TopPLogitsWarper(top_p=settings.top_p))
+    if settings.min_p:
+        chain.append(MinPLogitsWarper(min_p=settings.min_p))
+    if settings.typical_p < 1.0:
+        chain.append(TypicalLogitsWarper(mass=settings.typical_p))
+    return chain
+
+
+def per_row_processor(chains: list, row_owner: list[int]):
+    """One processor that applies ``chains[row_owner[row]]`` to each row of the batch."""
+    import torch
+    from transformers import LogitsProcessor
+
+    groups = [torch.tensor([r for r, o in enumerate(row_owner) if o == c]) for c in range(len(chains))]
+
+    class PerRow(LogitsProcessor):
+        def __call__(self, ids: torch.LongTensor, scores: torch.FloatTensor):
+            out = torch.empty_like(scores)
+            for chain, rows in zip(chains, groups, strict=True):
+                if len(rows):
+                    out[rows] = chain(ids[rows], scores[rows])
+            return out
+
+    return PerRow()
+
+
+def distinct_n(sequences: list[list[int]], n: int) -> float:
+    """Unique n-grams ÷ all n-grams over the sequences (token ids)."""
+    grams = [tuple(seq[i:i + n]) for seq in sequences for i in range(len(seq) - n + 1)]
+    return len(set(grams)) / len(grams) if grams else float("nan")
+
+
+def self_bleu(texts: list[str]) -> float | None:
+    """Mean sacrebleu sentence BLEU of each text against all the others (None below 2)."""
+    if len(texts) < 2:
+        return None
+    from sacrebleu.metrics import BLEU
+
+    bleu = BLEU(effective_order=True)
+    scores = [bleu.sentence_score(t, texts[:i] + texts[i + 1:]).score for i, t in enumerate(texts)]
+    return sum(scores) / len(scores)
+
+
+def compare(loaded: Any, prompt: str, strategies: list[Strategy], seed: int = 0,
+            max_new_tokens: int = 64, chat: bool = True, ctx: JobContext | None = None,
+            top_n: int = 10, batched: bool = True) -> CompareResult:
+    """Run 2–6 strategies on one prompt and seed; events are TokenEvents whose ``sequence``
+    is the row in the batch (see ``rows_of``)."""
+    ctx = ctx or JobContext()
+    if not 1 <= len(strategies) <= 6:
+        raise WorkbenchError(f"Compare takes 1 to 6 strategies, not {len(strategies)}.")
+    check_model(loaded, prompt)
+    for s in strategies:
+        s.settings.max_new_tokens, s.settings.seed, s.settings.chat = max_new_tokens, seed, chat
+        s.settings.validate()
+    input_ids = encode_prompt(loaded.tokenizer, prompt, chat).to(loaded.model.device)
+    start = time.perf_counter()
+    together = [i for i, s in enumerate(strategies) if s.settings.num_beams == 1]
+    if not batched:
+        together = []
+    results: dict[int, StrategyResult] = {}
+    if together:
+        owner = [i for i in together for _ in range(strategies[i].settings.num_return_sequences)]
+        chains = [row_chain(strategies[i].settings) for i in together]
+        processor = per_row_processor(chains, [together.index(o) for o in owner])
+        kwargs = dict(max_new_tokens=max_new_tokens, do_sample=True, temperature=1.0, top_k=0,
+                      top_p=1.0, min_p=None, typical_p=1.0, repetition_penalty=1.0,
+                      no_repeat_ngram_size=None, num_beams=1)
+        batch = input_ids.repeat(len(owner), 1)
+        run = run_generation(loaded, batch, len(owner), kwargs, seed, ctx, top_n,
+                             extra_processors=(processor,))
+        for i in together:
+            seqs = [seq for seq, o in zip(run.sequences, owner, strict=True) if o == i]
+            results[i] = StrategyResult(strategies[i].name, asdict(strategies[i].settings),
+                                        seqs, run.seconds, batched=True)
+    for i, s in enumerate(strategies):
+        if i in results or ctx.cancel.cancelled:
+            continue
+        run = run_generation(loaded, input_ids, s.settings.num_return_sequences,
+                             s.settings.generate_kwargs(), seed, _offset(ctx, i),
+                             top_n, beams=s.settings.num_beams > 1)
+        results[i] = StrategyResult(s.name, asdict(s.settings), run.sequences, run.seconds,
+                                    batched=False)
+    ordered = [results[i] for i in range(len(strategies)) if i in results]
+    _summarise(ordered)
+    notes = []
+    if together and len(together) > 1:
+        notes.append("Sampled and greedy strategies ran in one batch: with the same seed, a "
+                     "sampled strategy's text can differ from a run of it alone.")
+    return CompareResult(prompt, seed, ordered, time.perf_counter() - start,
+                         stopped=ctx.cancel.cancelled, notes=notes)
+
+
+def _offset(ctx: JobContext, index: int) -> JobContext:
+    """Events of a strategy run on its own, tagged with its index as ``sequence``."""
+
+    def emit(event: Any) -> None:
+        if isinstance(event, TokenEvent):
+            event = replace(event, sequence=1000 + index * 100 + event.sequence)
+        ctx.emit(event)
+
+    return JobContext(cancel=ctx.cancel, emit=emit)
+
+
+def _summarise(results: list[StrategyResult]) -> None:
+    reference = results[0].sequences[0].token_ids if results and results[0].sequences else []
+    for r in results:
+        steps = [st for seq in r.sequences for st in seq.steps]
+        logps = [math.log(max(st.raw_probability, 1e-45)) for st in steps
+                 if not math.isnan(st.raw_probability)]
+        if logps:
+            r.mean_logprob = sum(logps) / len(logps)
+            r.perplexity = math.exp(-r.mean_logprob)
+        ids = [seq.token_ids for seq in r.sequences]
+        r.distinct_1, r.distinct_2 = distinct_n(ids, 1), distinct_n(ids, 2)
+        r.self_bleu = self_bleu([seq.text for seq in r.sequences])
+        tokens = sum(len(t) for t in ids)
+        r.tokens_per_second = tokens / r.seconds if r.seconds > 0 else 0.0
+        first = ids[0] if ids else []
+        r.diverges_at = next((k for k, (a, b) in enumerate(zip(first, reference)) if a != b),
+                             None if len(first) == len(reference) else min(len(first), len(reference)))
