@@ -23,7 +23,6 @@ os.environ["XDG_CONFIG_HOME"] = str(_SANDBOX / "config")
 sys.path.insert(0, str(Path(__file__).parent))
 
 import pytest  # noqa: E402
-
 import tiny_models  # noqa: E402
 
 

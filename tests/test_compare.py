@@ -44,7 +44,7 @@ def test_a_strategy_in_the_batch_samples_as_generate_does_alone(llama, spec):
     batched = compare(llama, "the cat", [strategy], seed=4, max_new_tokens=12, chat=False)
     alone = generate(llama, "the cat", strategy.settings)
     assert batched.strategies[0].sequences[0].token_ids == alone.token_ids
-    for a, b in zip(batched.strategies[0].sequences[0].steps, alone.sequences[0].steps):
+    for a, b in zip(batched.strategies[0].sequences[0].steps, alone.sequences[0].steps, strict=True):
         assert a.probability == pytest.approx(b.probability, abs=1e-5)
         assert a.kept_count == b.kept_count
 

@@ -5,8 +5,8 @@ import shutil
 
 import pytest
 import torch
-
 from tiny_models import build_model
+
 from workbench.core.errors import NeedsPickle, NeedsRemoteCode, WorkbenchError
 from workbench.core.jobs import Progress
 from workbench.core.loader import LoadOptions, load_model

@@ -152,7 +152,7 @@ def test_settings_persist_between_launches(qtbot):
     tab = second.tab_pages[0]
     assert tab.temperature.value() == pytest.approx(1.3)
     assert tab.top_k.value() == 7
-    assert tab.sliders["Top-k"].slider.value() == 7  # the linked slider follows
+    assert tab.sliders["Top-k"].value() == 7  # the linked slider follows
     assert tab.prompt.toPlainText() == "Remember me"
     assert second.tab_pages[3].findChild(type(tab.top_k), "stride").value() == 256
     assert second.picker.device.currentText() == "cpu"

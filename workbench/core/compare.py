@@ -15,8 +15,14 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from workbench.core.errors import WorkbenchError
-from workbench.core.generation import (GeneratedSequence, SamplingSettings, TokenEvent,
-                                       check_model, encode_prompt, run_generation)
+from workbench.core.generation import (
+    GeneratedSequence,
+    SamplingSettings,
+    TokenEvent,
+    check_model,
+    encode_prompt,
+    run_generation,
+)
 from workbench.core.jobs import JobContext
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -123,10 +129,17 @@ class CompareResult:
 def row_chain(settings: SamplingSettings):
     """The processors ``generate`` would apply for ``settings``, as one list."""
     import torch
-    from transformers import (LogitsProcessor, LogitsProcessorList, MinPLogitsWarper,
-                              NoRepeatNGramLogitsProcessor, RepetitionPenaltyLogitsProcessor,
-                              TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper,
-                              TypicalLogitsWarper)
+    from transformers import (
+        LogitsProcessor,
+        LogitsProcessorList,
+        MinPLogitsWarper,
+        NoRepeatNGramLogitsProcessor,
+        RepetitionPenaltyLogitsProcessor,
+        TemperatureLogitsWarper,
+        TopKLogitsWarper,
+        TopPLogitsWarper,
+        TypicalLogitsWarper,
+    )
 
     chain = LogitsProcessorList()
     if settings.repetition_penalty != 1.0:
@@ -192,6 +205,24 @@ def self_bleu(texts: list[str]) -> float | None:
     return sum(scores) / len(scores)
 
 
+def batch_owners(strategies: list[Strategy]) -> list[int]:
+    """For each row of the shared batch, the index of the strategy it belongs to.
+
+    Strategies with beams run on their own; their TokenEvents carry ``sequence`` =
+    ``1000 + 100 * strategy index + sequence`` (see ``owner_of``).
+    """
+    return [i for i, s in enumerate(strategies) if s.settings.num_beams == 1
+            for _ in range(s.settings.num_return_sequences)]
+
+
+def owner_of(sequence: int, owners: list[int]) -> tuple[int, int]:
+    """(strategy index, sequence within that strategy) of a TokenEvent's ``sequence``."""
+    if sequence >= 1000:
+        return (sequence - 1000) // 100, (sequence - 1000) % 100
+    strategy = owners[sequence]
+    return strategy, owners[:sequence].count(strategy)
+
+
 def compare(loaded: Any, prompt: str, strategies: list[Strategy], seed: int = 0,
             max_new_tokens: int = 64, chat: bool = True, ctx: JobContext | None = None,
             top_n: int = 10, batched: bool = True) -> CompareResult:
@@ -211,7 +242,7 @@ def compare(loaded: Any, prompt: str, strategies: list[Strategy], seed: int = 0,
         together = []
     results: dict[int, StrategyResult] = {}
     if together:
-        owner = [i for i in together for _ in range(strategies[i].settings.num_return_sequences)]
+        owner = batch_owners(strategies)
         chains = [row_chain(strategies[i].settings) for i in together]
         processor = per_row_processor(chains, [together.index(o) for o in owner])
         kwargs = dict(max_new_tokens=max_new_tokens, do_sample=True, temperature=1.0, top_k=0,
@@ -268,5 +299,5 @@ def _summarise(results: list[StrategyResult]) -> None:
         tokens = sum(len(t) for t in ids)
         r.tokens_per_second = tokens / r.seconds if r.seconds > 0 else 0.0
         first = ids[0] if ids else []
-        r.diverges_at = next((k for k, (a, b) in enumerate(zip(first, reference)) if a != b),
+        r.diverges_at = next((k for k, (a, b) in enumerate(zip(first, reference, strict=False)) if a != b),
                              None if len(first) == len(reference) else min(len(first), len(reference)))

@@ -453,3 +453,51 @@ def _beam_results(out: Any, model: Any, prompt_len: int, tokenizer: Any, eos: se
             step = StepRecord(i, token, delta, nan, p, nan, nan, nan, 0, nan)
             steps_out[row].append(step)
             ctx.emit(TokenEvent(row, i, token, delta, p, step))
+
+
+def next_token_logits(loaded: Any, token_ids: list[int]) -> Any:
+    """The model's raw logits for the token after ``token_ids`` (a 1-D float tensor)."""
+    import torch
+
+    ids = torch.tensor([token_ids], device=loaded.model.device)
+    with torch.inference_mode():
+        logits = loaded.model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
+    return logits[0, -1].float().cpu()
+
+
+@dataclass(frozen=True)
+class Distribution:
+    """A next-token distribution before and after a chain of processors."""
+
+    token_ids: list[int]  # the top candidates by raw probability
+    raw: list[float]
+    processed: list[float]
+    kept: list[bool]
+    kept_count: int
+    kept_mass: float
+    entropy: float  # bits, processed
+
+
+def explore_distribution(logits: Any, settings: SamplingSettings, top_n: int = 20,
+                         prefix_ids: list[int] | None = None) -> Distribution:
+    """Reshape stored ``logits`` with ``settings``' processors, without running the model.
+
+    Uses the same transformers processors as generation (see ``compare.row_chain``).
+    """
+    import torch
+
+    from workbench.core.compare import row_chain
+
+    scores = logits.reshape(1, -1).float()
+    ids = torch.tensor([prefix_ids or [0]], dtype=torch.long)
+    processed = row_chain(settings)(ids, scores.clone())[0]
+    raw_p = torch.softmax(scores[0], -1)
+    proc_logp = torch.log_softmax(processed, -1)
+    proc_p = proc_logp.exp()
+    kept = proc_p > 0
+    top = torch.topk(raw_p, min(top_n, raw_p.shape[-1])).indices
+    terms = torch.where(proc_p > 0, proc_p * proc_logp, torch.zeros_like(proc_p))
+    return Distribution(token_ids=top.tolist(), raw=raw_p[top].tolist(),
+                        processed=proc_p[top].tolist(), kept=kept[top].tolist(),
+                        kept_count=int(kept.sum()), kept_mass=float(raw_p[kept].sum()),
+                        entropy=float(-terms.sum()) / LOG2)

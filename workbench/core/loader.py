@@ -169,7 +169,6 @@ def load_model_job(reference: str, options: LoadOptions | None = None):
         yield Progress("Checking the model files…", 0.5)
         raw_config = check_folder(folder, options)
 
-        import torch  # imported here so the window can appear before torch is loaded
         import transformers
 
         from workbench.core.device import pick_device, pick_dtype

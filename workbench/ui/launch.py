@@ -59,6 +59,9 @@ def take_screenshots(window, folder: Path, app, demo: bool = True,
             generate.max_new.setValue(48)
             generate.start()
             wait_until(app, lambda: generate.job_id is None, timeout_s)
+            steps = generate.current_steps()
+            if len(steps) > 2:  # show the candidates of an interesting (uncertain) step
+                generate.select_step(max(range(len(steps)), key=lambda i: steps[i].entropy))
     saved = []
     for index, page in enumerate(window.tab_pages):
         window.tabs.setCurrentIndex(index)

@@ -4,8 +4,16 @@ from __future__ import annotations
 
 from PySide6.QtCore import QByteArray, QSettings, Qt, QTimer
 from PySide6.QtGui import QAction, QCloseEvent, QKeySequence
-from PySide6.QtWidgets import (QLabel, QMainWindow, QMessageBox, QProgressBar, QPushButton,
-                               QTabWidget, QToolBar, QWidget)
+from PySide6.QtWidgets import (
+    QLabel,
+    QMainWindow,
+    QMessageBox,
+    QProgressBar,
+    QPushButton,
+    QTabWidget,
+    QToolBar,
+    QWidget,
+)
 
 from workbench import APP_NAME
 from workbench.core.catalog import DEFAULT_MODEL
@@ -138,6 +146,8 @@ class MainWindow(QMainWindow):
             w.model_changed.connect(page.set_model)
 
     def _after_show(self) -> None:
+        for page in self.tab_pages:
+            page.build_deferred()
         self._list_cached_models()
         if self.autoload:
             self.picker.request_load()

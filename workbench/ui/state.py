@@ -7,8 +7,16 @@ tab only has to name its controls for them to survive a restart.
 from __future__ import annotations
 
 from PySide6.QtCore import QSettings
-from PySide6.QtWidgets import (QAbstractButton, QAbstractSlider, QComboBox, QDoubleSpinBox,
-                               QLineEdit, QPlainTextEdit, QSpinBox, QWidget)
+from PySide6.QtWidgets import (
+    QAbstractButton,
+    QAbstractSlider,
+    QComboBox,
+    QDoubleSpinBox,
+    QLineEdit,
+    QPlainTextEdit,
+    QSpinBox,
+    QWidget,
+)
 
 _TYPES = (QSpinBox, QDoubleSpinBox, QComboBox, QLineEdit, QPlainTextEdit, QAbstractSlider,
           QAbstractButton)

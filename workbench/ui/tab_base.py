@@ -47,5 +47,8 @@ class WorkbenchTab(QWidget):
     def model_changed(self, loaded: LoadedModel | None) -> None:
         """Override to react to a newly loaded model."""
 
+    def build_deferred(self) -> None:
+        """Override to build costly widgets (charts) once the window is shown."""
+
     def busy_changed(self, busy: bool) -> None:
         """Override to enable or disable run buttons while the worker is busy."""

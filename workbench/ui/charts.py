@@ -1,0 +1,159 @@
+"""pyqtgraph charts of the Generate tab. Imported after the window is shown (start-up)."""
+
+from __future__ import annotations
+
+import math
+
+import pyqtgraph as pg
+from PySide6.QtCore import Qt
+from PySide6.QtWidgets import QVBoxLayout, QWidget
+
+pg.setConfigOptions(antialias=True, background="w", foreground="k")
+
+RAW_BRUSH = pg.mkBrush(170, 170, 170)
+KEPT_BRUSH = pg.mkBrush(52, 120, 200)
+CUT_BRUSH = pg.mkBrush(220, 90, 80, 200)
+CHOSEN_PEN = pg.mkPen(20, 20, 20, width=2)
+PALETTE = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
+           (140, 86, 75)]
+
+
+def token_label(text: str, limit: int = 10) -> str:
+    """A visible, short label for a token (spaces and newlines shown)."""
+    shown = text.replace("\n", "⏎").replace(" ", "·") or "∅"
+    return shown if len(shown) <= limit else shown[: limit - 1] + "…"
+
+
+class CandidateChart(QWidget):
+    """Top-N candidates of one step: raw probability (grey, red when cut) and the
+    processed probability the sampler drew from (blue); the chosen token is outlined."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.plot = pg.PlotWidget()
+        self.plot.setObjectName("candidate-chart")
+        self.plot.setLabel("left", "probability")
+        self.plot.setMouseEnabled(x=False, y=False)
+        self.plot.hideButtons()
+        self.plot.addLegend(offset=(-10, 10))
+        self.raw_bars = pg.BarGraphItem(x=[], height=[], width=0.38, brush=RAW_BRUSH,
+                                        name="model (raw)")
+        self.kept_bars = pg.BarGraphItem(x=[], height=[], width=0.38, brush=KEPT_BRUSH,
+                                         name="after processors")
+        self.chosen = pg.BarGraphItem(x=[], height=[], width=0.8, brush=pg.mkBrush(0, 0, 0, 0),
+                                      pen=CHOSEN_PEN)
+        for item in (self.raw_bars, self.kept_bars, self.chosen):
+            self.plot.addItem(item)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.plot)
+        self.labels: list[str] = []
+
+    def show_candidates(self, title: str, texts: list[str], raw: list[float],
+                        processed: list[float], kept: list[bool], chosen: int | None) -> None:
+        xs = list(range(len(texts)))
+        self.raw_bars.setOpts(x=[x - 0.2 for x in xs], height=raw,
+                              brushes=[RAW_BRUSH if k else CUT_BRUSH for k in kept])
+        self.kept_bars.setOpts(x=[x + 0.2 for x in xs], height=processed)
+        if chosen is not None and 0 <= chosen < len(xs):
+            top = max(raw[chosen], processed[chosen])
+            self.chosen.setOpts(x=[chosen], height=[top])
+        else:
+            self.chosen.setOpts(x=[], height=[])
+        self.labels = [token_label(t) for t in texts]
+        self.plot.getAxis("bottom").setTicks([list(enumerate(self.labels))])
+        self.plot.setTitle(title, size="9pt")
+        self.plot.setYRange(0, max([*raw, *processed, 0.05]) * 1.1)
+        self.plot.setXRange(-0.7, max(len(xs), 1) - 0.3)
+
+
+class StepCurves(QWidget):
+    """Per-step curves: entropy and surprisal (bits), and the size of the kept set."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.bits = pg.PlotWidget()
+        self.bits.setObjectName("step-curves")
+        self.bits.setLabel("left", "bits")
+        self.bits.addLegend(offset=(10, 5))
+        self.bits.showGrid(y=True, alpha=0.3)
+        self.entropy = self.bits.plot([], [], pen=pg.mkPen(PALETTE[0], width=2),
+                                      name="entropy (processed)")
+        self.surprisal = self.bits.plot([], [], pen=pg.mkPen(PALETTE[1], width=2),
+                                        symbol="o", symbolSize=4, symbolBrush=PALETTE[1],
+                                        name="surprisal of chosen token")
+        self.kept = pg.PlotWidget()
+        self.kept.setLabel("left", "kept set")
+        self.kept.setLabel("bottom", "step")
+        self.kept.setLogMode(y=True)
+        self.kept.setXLink(self.bits)
+        self.kept_curve = self.kept.plot([], [], pen=pg.mkPen(PALETTE[2], width=2),
+                                         stepMode=None)
+        self.markers = [pg.InfiniteLine(angle=90, pen=pg.mkPen(120, 120, 120, style=Qt.PenStyle.DashLine))
+                        for _ in range(2)]
+        self.bits.addItem(self.markers[0])
+        self.kept.addItem(self.markers[1])
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.bits, 3)
+        layout.addWidget(self.kept, 2)
+
+    def set_steps(self, entropy: list[float], surprisal: list[float], kept: list[int]) -> None:
+        xs = list(range(len(entropy)))
+        finite = [(x, e, s, k) for x, e, s, k in zip(xs, entropy, surprisal, kept, strict=True)
+                  if not (math.isnan(e) or math.isnan(s))]
+        self.entropy.setData([f[0] for f in finite], [f[1] for f in finite])
+        self.surprisal.setData([f[0] for f in finite], [f[2] for f in finite])
+        self.kept_curve.setData([f[0] for f in finite], [max(f[3], 1) for f in finite])
+
+    def mark(self, step: int | None) -> None:
+        for line in self.markers:
+            line.setVisible(step is not None)
+            if step is not None:
+                line.setValue(step)
+
+
+class OverlayCurves(QWidget):
+    """One curve per strategy (surprisal per step), with the first divergence marked."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.plot = pg.PlotWidget()
+        self.plot.setObjectName("overlay-curves")
+        self.plot.setLabel("left", "surprisal (bits)")
+        self.plot.setLabel("bottom", "step")
+        self.plot.showGrid(y=True, alpha=0.3)
+        self.legend = self.plot.addLegend(offset=(10, 5))
+        self.divergence = pg.InfiniteLine(angle=90, pen=pg.mkPen(200, 0, 0, style=Qt.PenStyle.DashLine),
+                                          label="diverge", labelOpts={"position": 0.9})
+        self.divergence.setVisible(False)
+        self.plot.addItem(self.divergence)
+        self.curves: list = []
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.plot)
+
+    def set_series(self, names: list[str], series: list[list[float]], diverge: int | None) -> None:
+        while len(self.curves) < len(names):
+            color = PALETTE[len(self.curves) % len(PALETTE)]
+            self.curves.append(self.plot.plot([], [], pen=pg.mkPen(color, width=2), symbol="o",
+                                              symbolSize=4, symbolBrush=color,
+                                              name=f"s{len(self.curves)}"))
+        for i, curve in enumerate(self.curves):
+            if i < len(names):
+                ys = [y for y in series[i] if not math.isnan(y)]
+                curve.setData(list(range(len(ys))), ys)
+                curve.setVisible(True)
+                label = self.legend.getLabel(curve) if hasattr(self.legend, "getLabel") else None
+                if label is not None:
+                    label.setText(names[i])
+            else:
+                curve.setVisible(False)
+        self.divergence.setVisible(diverge is not None)
+        if diverge is not None:
+            self.divergence.setValue(diverge)
+
+    def export_png(self, path: str) -> None:
+        from pyqtgraph.exporters import ImageExporter
+
+        ImageExporter(self.plot.plotItem).export(path)
