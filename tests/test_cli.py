@@ -108,3 +108,11 @@ def test_compare_needs_two_strategies(tiny):
     result = run("compare", "--model", str(tiny("llama")), "--prompt", "x", "--strategy", "greedy")
     assert result.returncode == 2
     assert result.stderr.strip() == "error: Give 2 to 6 --strategy options, not 1."
+
+
+def test_bench_reports_ratios_with_their_baselines():
+    result = run("bench", "--only", "startup", "--json", timeout=300)
+    assert result.returncode in (0, 3), result.stderr  # 3: a target missed on a busy machine
+    fig = json.loads(result.stdout)["startup"]
+    assert {"value", "target", "met", "seconds", "baseline_seconds"} <= set(fig)
+    assert fig["value"] == pytest.approx(fig["seconds"] / fig["baseline_seconds"], rel=0.05)

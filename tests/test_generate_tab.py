@@ -70,7 +70,7 @@ def test_explorer_reshapes_from_stored_logits(qtbot, tab, tiny):
     tab.top_k.setValue(3)  # the slider move redraws at once, without the model
     heights = list(tab.candidate_chart.kept_bars.opts["height"])
     assert sum(h > 0 for h in heights) == 3
-    expected = explore_distribution(tab.explore_logits, tab.settings(), 12, tab.explore_prefix)
+    expected = explore_distribution(tab.explore_logits, tab.settings(), 10, tab.explore_prefix)
     assert heights == pytest.approx(expected.processed)
     assert "kept 3 tokens" in tab.candidate_chart.plot.plotItem.titleLabel.text
 

@@ -244,6 +244,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from workbench.core.bench import FIGURES, run_bench
+    from workbench.ui.bench_ui import UI_FIGURES
+
+    FIGURES.update(UI_FIGURES)
 
     only = [n.strip() for n in args.only.split(",")] if args.only else None
     unknown = [n for n in only or [] if n not in FIGURES]

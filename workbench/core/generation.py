@@ -265,7 +265,11 @@ def recording_chain(model: Any, first: Any = None, last: Any = None,
 
 
 class StepInspector:
-    """Records the raw and processed distributions of each step; builds StepRecords."""
+    """Records the raw and processed distributions of each step; builds StepRecords.
+
+    The recorders compute each step's statistics for the whole batch at once (a few
+    vectorised operations); :meth:`record` then only picks a row's numbers.
+    """
 
     def __init__(self, tokenizer: Any, top_n: int) -> None:
         import torch
@@ -273,49 +277,59 @@ class StepInspector:
 
         self.tokenizer = tokenizer
         self.top_n = top_n
-        self.raw: Any = None
-        self.processed: Any = None
+        self.raw_logp: Any = None
+        self.proc_logp: Any = None
+        self.stats: dict[str, list] = {}
         inspector = self
 
         class Raw(LogitsProcessor):
             def __call__(self, ids: torch.LongTensor, scores: torch.FloatTensor):
-                inspector.raw = scores.detach().float()
+                inspector.raw_logp = torch.log_softmax(scores.detach().float(), dim=-1)
                 return scores
 
         class Processed(LogitsProcessor):
             def __call__(self, ids: torch.LongTensor, scores: torch.FloatTensor):
-                inspector.processed = scores.detach().float()
+                inspector.summarise(torch.log_softmax(scores.detach().float(), dim=-1))
                 return scores
 
         self.first, self.last = Raw(), Processed()
 
-    def record(self, row: int, index: int, token: int, text: str) -> StepRecord:
+    def summarise(self, proc_logp: Any) -> None:
         import torch
 
-        raw_logp = torch.log_softmax(self.raw[row], dim=-1)
-        proc_logp = torch.log_softmax(self.processed[row], dim=-1)
+        raw_logp = self.raw_logp
         raw_p, proc_p = raw_logp.exp(), proc_logp.exp()
-        kept = torch.isfinite(self.processed[row]) & (proc_p > 0)
+        kept = proc_p > 0
+        zero = torch.zeros_like(proc_p)
+        self.proc_logp = proc_logp
+        self.stats = {
+            "kept_count": kept.sum(-1).tolist(),
+            "kept_mass": torch.where(kept, raw_p, zero).sum(-1).tolist(),
+            "entropy": (-torch.where(kept, proc_p * proc_logp, zero).sum(-1) / LOG2).tolist(),
+            "raw_entropy": (-torch.where(raw_p > 0, raw_p * raw_logp, zero).sum(-1)
+                            / LOG2).tolist(),
+        }
+        if self.top_n:
+            top = torch.topk(raw_logp, min(self.top_n, raw_logp.shape[-1]), dim=-1).indices
+            self.stats.update(top_ids=top.tolist(), top_raw=raw_p.gather(-1, top).tolist(),
+                              top_proc=proc_p.gather(-1, top).tolist(),
+                              top_kept=kept.gather(-1, top).tolist())
 
-        def entropy(p, logp) -> float:
-            terms = torch.where(p > 0, p * logp, torch.zeros_like(p))
-            return float(-terms.sum()) / LOG2
-
+    def record(self, row: int, index: int, token: int, text: str) -> StepRecord:
+        st = self.stats
+        raw_logp = float(self.raw_logp[row, token])
         candidates: tuple[Candidate, ...] = ()
         if self.top_n:
-            top = torch.topk(raw_p, min(self.top_n, raw_p.shape[-1]))
-            ids = top.indices.tolist()
-            texts = self.tokenizer.convert_ids_to_tokens(ids)
             candidates = tuple(
-                Candidate(i, self.tokenizer.convert_tokens_to_string([t]) if t else "",
-                          float(raw_p[i]), float(proc_p[i]), bool(kept[i]))
-                for i, t in zip(ids, texts, strict=True))
+                Candidate(i, self.tokenizer.decode([i]), r, p, k) for i, r, p, k in zip(
+                    st["top_ids"][row], st["top_raw"][row], st["top_proc"][row],
+                    st["top_kept"][row], strict=True))
         return StepRecord(
-            index=index, token_id=token, text=text, raw_probability=float(raw_p[token]),
-            probability=float(proc_p[token]), entropy=entropy(proc_p, proc_logp),
-            raw_entropy=entropy(raw_p, raw_logp), surprisal=float(-raw_logp[token]) / LOG2,
-            kept_count=int(kept.sum()), kept_mass=float(raw_p[kept].sum()),
-            candidates=candidates)
+            index=index, token_id=token, text=text, raw_probability=math.exp(raw_logp),
+            probability=math.exp(float(self.proc_logp[row, token])),
+            entropy=st["entropy"][row], raw_entropy=st["raw_entropy"][row],
+            surprisal=-raw_logp / LOG2, kept_count=int(st["kept_count"][row]),
+            kept_mass=st["kept_mass"][row], candidates=candidates)
 
 
 def check_model(loaded: Any, prompt: str) -> None:

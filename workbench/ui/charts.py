@@ -18,7 +18,7 @@ PALETTE = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 1
            (140, 86, 75)]
 
 
-def token_label(text: str, limit: int = 10) -> str:
+def token_label(text: str, limit: int = 8) -> str:
     """A visible, short label for a token (spaces and newlines shown)."""
     shown = text.replace("\n", "⏎").replace(" ", "·") or "∅"
     return shown if len(shown) <= limit else shown[: limit - 1] + "…"
@@ -33,6 +33,7 @@ class CandidateChart(QWidget):
         self.plot = pg.PlotWidget()
         self.plot.setObjectName("candidate-chart")
         self.plot.setLabel("left", "probability")
+        self.plot.getAxis("left").enableAutoSIPrefix(False)
         self.plot.setMouseEnabled(x=False, y=False)
         self.plot.hideButtons()
         self.plot.addLegend(offset=(-10, 10))
@@ -85,7 +86,7 @@ class StepCurves(QWidget):
         self.kept = pg.PlotWidget()
         self.kept.setLabel("left", "kept set")
         self.kept.setLabel("bottom", "step")
-        self.kept.setLogMode(y=True)
+        self.kept.getAxis("left").enableAutoSIPrefix(False)
         self.kept.setXLink(self.bits)
         self.kept_curve = self.kept.plot([], [], pen=pg.mkPen(PALETTE[2], width=2),
                                          stepMode=None)
@@ -104,7 +105,7 @@ class StepCurves(QWidget):
                   if not (math.isnan(e) or math.isnan(s))]
         self.entropy.setData([f[0] for f in finite], [f[1] for f in finite])
         self.surprisal.setData([f[0] for f in finite], [f[2] for f in finite])
-        self.kept_curve.setData([f[0] for f in finite], [max(f[3], 1) for f in finite])
+        self.kept_curve.setData([f[0] for f in finite], [f[3] for f in finite])
 
     def mark(self, step: int | None) -> None:
         for line in self.markers:
@@ -122,8 +123,9 @@ class OverlayCurves(QWidget):
         self.plot.setObjectName("overlay-curves")
         self.plot.setLabel("left", "surprisal (bits)")
         self.plot.setLabel("bottom", "step")
+        self.plot.getViewBox().setDefaultPadding(0.05)
         self.plot.showGrid(y=True, alpha=0.3)
-        self.legend = self.plot.addLegend(offset=(10, 5))
+        self.legend = self.plot.addLegend(offset=(10, 2), colCount=3)
         self.divergence = pg.InfiniteLine(angle=90, pen=pg.mkPen(200, 0, 0, style=Qt.PenStyle.DashLine),
                                           label="diverge", labelOpts={"position": 0.9})
         self.divergence.setVisible(False)

@@ -58,7 +58,7 @@ from workbench.ui.skeleton import dspin, spin, text_box
 from workbench.ui.tab_base import WorkbenchTab
 from workbench.ui.worker import ModelWorker, WorkerContext
 
-TOP_N = 12
+TOP_N = 10
 SUMMARY_COLUMNS = ["strategy", "mean log-prob", "perplexity", "distinct-1", "distinct-2",
                    "self-BLEU", "tokens/s", "diverges at"]
 
@@ -169,7 +169,7 @@ class GenerateTab(WorkbenchTab):
         self.preset = QComboBox()
         self.preset.setToolTip("Apply a preset of decoding settings")
         self.reload_presets()
-        self.preset.activated.connect(lambda _: self.apply_preset(self.preset.currentText()))
+        self.preset.activated.connect(self._preset_chosen)
         save = QPushButton("Save…")
         save.setToolTip("Save the current settings as a preset")
         save.clicked.connect(self.save_preset)
@@ -312,10 +312,11 @@ class GenerateTab(WorkbenchTab):
         chart_layout.addWidget(self.explore)
         lower.addWidget(chart_side)
         lower.addWidget(self.curves_holder)
+        lower.setSizes([560, 400])
         vertical = QSplitter(Qt.Orientation.Vertical)
         vertical.addWidget(self.output)
         vertical.addWidget(lower)
-        vertical.setSizes([200, 260])
+        vertical.setSizes([150, 330])
         layout = QVBoxLayout(page)
         layout.addLayout(top)
         layout.addWidget(vertical, 1)
@@ -327,7 +328,7 @@ class GenerateTab(WorkbenchTab):
                                    "nucleus 0.9, creative, or key=value pairs such as "
                                    "top_k=40,temperature=0.8,n=3",
                                    "greedy\ntop-k 40\nnucleus 0.9\ntemperature=1.5")
-        self.strategies.setMaximumHeight(90)
+        self.strategies.setMaximumHeight(80)
         self.compare_button = QPushButton("Compare")
         self.compare_button.setObjectName("compare-button")
         self.compare_button.clicked.connect(self.start_compare)
@@ -365,7 +366,7 @@ class GenerateTab(WorkbenchTab):
         vertical = QSplitter(Qt.Orientation.Vertical)
         vertical.addWidget(self.columns)
         vertical.addWidget(lower)
-        vertical.setSizes([220, 200])
+        vertical.setSizes([170, 250])
         layout = QVBoxLayout(page)
         layout.addLayout(top)
         layout.addWidget(vertical, 1)
@@ -420,12 +421,18 @@ class GenerateTab(WorkbenchTab):
 
     def reload_presets(self) -> None:
         self.preset.clear()
+        self.preset.addItem("Choose…")  # the combo box acts as a menu of presets
         self.preset.addItems(list(PRESETS))
         settings = QSettings()
         settings.beginGroup("presets")
         for name in settings.childKeys():
             self.preset.addItem(name)
         settings.endGroup()
+
+    def _preset_chosen(self, index: int) -> None:
+        if index > 0:
+            self.apply_preset(self.preset.itemText(index))
+        self.preset.setCurrentIndex(0)
 
     def apply_preset(self, name: str) -> None:
         if name in PRESETS:
@@ -444,7 +451,6 @@ class GenerateTab(WorkbenchTab):
         if ok and name:
             QSettings().setValue(f"presets/{name}", json.dumps(asdict(self.settings())))
             self.reload_presets()
-            self.preset.setCurrentText(name)
 
     def import_config(self, path: str | None = None) -> None:
         if path is None:
@@ -584,7 +590,7 @@ class GenerateTab(WorkbenchTab):
             return
         chosen = next((i for i, c in enumerate(step.candidates) if c.token_id == step.token_id),
                       None)
-        title = (f"Step {step.index}: chose {step.text!r} (p = {step.probability:.3f}) · kept "
+        title = (f"Step {step.index}: chose {step.text!r} (p = {step.probability:.3f})<br>kept "
                  f"{step.kept_count} tokens, {step.kept_mass:.1%} of the model's mass")
         self.candidate_chart.show_candidates(
             title, [c.text for c in step.candidates], [c.raw_probability for c in step.candidates],
@@ -640,7 +646,7 @@ class GenerateTab(WorkbenchTab):
         tokenizer = self.loaded.tokenizer if self.loaded else None
         texts = [tokenizer.decode([t]) if tokenizer else str(t) for t in dist.token_ids]
         where = "after the prompt" if self.selected_step is None else f"at step {self.selected_step}"
-        title = (f"Explorer {where}: {settings.describe()} · kept {dist.kept_count} tokens, "
+        title = (f"Explorer {where}: {settings.describe()}<br>kept {dist.kept_count} tokens, "
                  f"{dist.kept_mass:.1%} of the mass, entropy {dist.entropy:.2f} bits")
         self.candidate_chart.show_candidates(title, texts, dist.raw, dist.processed, dist.kept,
                                              None)

@@ -49,14 +49,15 @@ def wait_until(app, condition, timeout_s: float) -> bool:
 def take_screenshots(window, folder: Path, app, demo: bool = True,
                      timeout_s: float = 300) -> list[Path]:
     """Save one PNG per tab; with ``demo``, after loading the model and a short generation."""
+    from workbench.core.generation import SamplingSettings
+
     folder.mkdir(parents=True, exist_ok=True)
     if demo:
         wait_until(app, lambda: window.loading, 5)  # the autoload is queued after show
         wait_until(app, lambda: not window.loading, timeout_s)
         generate = window.tab_pages[0]
         if window.loaded is not None and generate.compatible(window.loaded):
-            generate.sample.setChecked(False)
-            generate.max_new.setValue(48)
+            generate.set_settings(SamplingSettings(max_new_tokens=48, seed=1))
             generate.start()
             wait_until(app, lambda: generate.job_id is None, timeout_s)
             steps = generate.current_steps()

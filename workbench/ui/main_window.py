@@ -80,7 +80,8 @@ class MainWindow(QMainWindow):
         if device:
             self.picker.device.setCurrentText(device)
         self.autoload = autoload
-        QTimer.singleShot(0, self._after_show)
+        # Charts, the cache listing and the model load wait until the window has appeared.
+        QTimer.singleShot(50, self._after_show)
 
     # --- construction -------------------------------------------------------------------
     def _build_status_bar(self) -> None:
@@ -315,6 +316,9 @@ class MainWindow(QMainWindow):
         state = settings.value("window/state")
         if isinstance(state, QByteArray):
             self.restoreState(state)
+        else:  # first start: a slim log, most of the height for the tabs
+            QTimer.singleShot(0, lambda: self.resizeDocks([self.log], [110],
+                                                          Qt.Orientation.Vertical))
         restore_controls(self.picker, settings, "model")
         self.picker.set_reference(str(settings.value("model/last", DEFAULT_MODEL)))
         for page in self.tab_pages:

@@ -1,0 +1,111 @@
+"""Bench figures that need the window: responsiveness while the worker streams tokens,
+and the explorer's redraw time. Registered into ``core.bench.FIGURES`` by the CLI."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+from workbench.core.bench import figure
+from workbench.core.jobs import Progress
+
+
+def _window_with_model(emit: Callable[[Any], None]):
+    from workbench.ui.launch import make_application, prepare_environment, wait_until
+
+    prepare_environment(offscreen=True)
+    app = make_application()
+    from workbench.ui.main_window import MainWindow
+
+    window = MainWindow(initial_model="SmolLM2-135M-Instruct", autoload=True)
+    window.persist = False
+    window.resize(1280, 820)
+    window.show()
+    emit(Progress("loading SmolLM2 in the window", None))
+    wait_until(app, lambda: window.loading, 5)
+    wait_until(app, lambda: not window.loading, 600)
+    if window.loaded is None:
+        raise RuntimeError("SmolLM2 did not load in the window")
+    return app, window
+
+
+def _max_tick_gap(app, seconds: float | None, until: Callable[[], bool] | None = None) -> float:
+    """Longest gap (ms) between ticks of a 5 ms main-loop timer."""
+    from PySide6.QtCore import QTimer
+
+    ticks: list[float] = []
+    timer = QTimer()
+    timer.setInterval(5)
+    timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
+    timer.start()
+    start = time.perf_counter()
+    while True:
+        app.processEvents()
+        time.sleep(0.001)
+        if until is not None and until():
+            break
+        if seconds is not None and time.perf_counter() - start > seconds:
+            break
+    timer.stop()
+    return max((b - a for a, b in zip(ticks, ticks[1:], strict=False)), default=0.0) * 1000
+
+
+def bench_ui_stall(emit: Callable[[Any], None]) -> dict:
+    """Longest main-loop stall while 128 tokens stream into the Generate tab (≤ 50 ms);
+    the same timer's longest gap with the window idle is the baseline."""
+    from workbench.core.generation import SamplingSettings
+
+    app, window = _window_with_model(emit)
+    try:
+        tab = window.tab_pages[0]
+        tab.set_settings(SamplingSettings(max_new_tokens=128, temperature=1.0, seed=3))
+        tab.prompt.setPlainText("Tell me a long story about a lighthouse keeper.")
+        idle = _max_tick_gap(app, 1.0)
+        emit(Progress("ui_stall: streaming 128 tokens", 0.5))
+        tab.start()
+        busy = _max_tick_gap(app, None, lambda: tab.job_id is None)
+        tokens = len(tab.result.token_ids) if tab.result else 0
+    finally:
+        window.close()
+    return figure(busy, 50.0, "lower",
+                  f"longest stall {busy:.1f} ms while streaming {tokens} tokens "
+                  f"(idle window: {idle:.1f} ms)", idle_ms=round(idle, 2), tokens=tokens)
+
+
+def bench_explorer_redraw(emit: Callable[[Any], None], moves: int = 30) -> dict:
+    """Time to reshape SmolLM2's full next-token distribution (49k tokens) and redraw the
+    chart after a slider move (≤ 16 ms); a bare softmax of the same logits is the baseline."""
+    import torch
+
+    from workbench.ui.launch import wait_until
+
+    app, window = _window_with_model(emit)
+    try:
+        tab = window.tab_pages[0]
+        tab.sample.setChecked(True)
+        tab.explore.setChecked(True)
+        wait_until(app, lambda: tab.explore_logits is not None, 120)
+        vocab = int(tab.explore_logits.shape[-1])
+        times = []
+        for i in range(moves):
+            start = time.perf_counter()
+            tab.top_k.setValue(5 + (i * 7) % 90)  # a slider move: redraws synchronously
+            app.processEvents()
+            times.append((time.perf_counter() - start) * 1000)
+        bare = []
+        for _ in range(moves):
+            start = time.perf_counter()
+            torch.softmax(tab.explore_logits, -1)
+            bare.append((time.perf_counter() - start) * 1000)
+    finally:
+        window.close()
+    value = statistics.median(times)
+    return figure(value, 16.0, "lower",
+                  f"median redraw {value:.2f} ms over {moves} moves for {vocab} tokens "
+                  f"(bare softmax {statistics.median(bare):.2f} ms)", vocabulary=vocab,
+                  worst_ms=round(max(times), 2), bare_softmax_ms=round(statistics.median(bare), 3))
+
+
+UI_FIGURES = {"ui_stall": bench_ui_stall, "explorer_redraw": bench_explorer_redraw}
