@@ -136,7 +136,7 @@ def test_generation_config_round_trip():
 
 
 @pytest.mark.parametrize("change, message", [
-    (dict(temperature=0.0), "Temperature"),
+    (dict(temperature=-1.0), "Temperature"),
     (dict(top_p=0.0), "Top-p"),
     (dict(max_new_tokens=0), "Max new tokens"),
     (dict(min_p=1.5), "Min-p"),
@@ -153,6 +153,39 @@ def test_generation_needs_a_causal_lm(tiny):
         generate(load_model(str(tiny("bert"))), "hello", SamplingSettings())
 
 
-def test_empty_prompt_is_refused(llama):
-    with pytest.raises(WorkbenchError, match="prompt is empty"):
-        generate(llama, "   ", SamplingSettings())
+def test_temperature_zero_is_greedy_and_says_so(llama):
+    zero = generate(llama, "the cat", SamplingSettings(max_new_tokens=6, temperature=0.0, chat=False))
+    greedy = generate(llama, "the cat", SamplingSettings(max_new_tokens=6, do_sample=False, chat=False))
+    assert zero.token_ids == greedy.token_ids
+    assert any("greedy" in n for n in zero.notices)
+
+
+def test_empty_prompt_starts_from_the_start_token(llama):
+    result = generate(llama, "", SamplingSettings(max_new_tokens=4, do_sample=False, chat=False))
+    assert result.prompt_token_ids == [llama.tokenizer.bos_token_id]
+    assert "start token" in result.notices[0]
+
+
+def test_empty_prompt_without_a_start_token_is_refused(tiny):
+    bert_like_gpt2 = load_model(str(tiny("gpt2")))
+    bert_like_gpt2.tokenizer.bos_token = None
+    with pytest.raises(WorkbenchError, match="no start token"):
+        generate(bert_like_gpt2, "  ", SamplingSettings(chat=False))
+
+
+def test_too_long_prompt_keeps_its_end_with_a_notice(llama):
+    context = llama.model.config.max_position_embeddings  # 128 for the tiny model
+    prompt = " ".join(["the cat sat on the mat"] * 40)  # 240 tokens
+    result = generate(llama, prompt, SamplingSettings(max_new_tokens=8, do_sample=False, chat=False))
+    assert len(result.prompt_token_ids) == context - 8
+    assert "only its last 120 fit" in result.notices[0]
+    with pytest.raises(WorkbenchError, match="do not fit"):
+        generate(llama, "the", SamplingSettings(max_new_tokens=context, chat=False))
+
+
+def test_nan_logits_give_a_clear_message(tiny):
+    broken = load_model(str(tiny("llama")))
+    with torch.no_grad():
+        broken.model.lm_head.weight.fill_(float("nan"))
+    with pytest.raises(WorkbenchError, match="NaN logits at step 0"):
+        generate(broken, "the cat", SamplingSettings(max_new_tokens=4, chat=False))

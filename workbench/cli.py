@@ -196,6 +196,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         print()
         for i, seq in enumerate(result.sequences[1:], start=2):
             print(f"--- sequence {i}\n{seq.text}")
+        for notice in result.notices:
+            print(f"note: {notice}", file=sys.stderr)
         print(f"[{len(result.token_ids)} tokens, {result.tokens_per_second:.1f} tokens/s, "
               f"{loaded.device}, {loaded.dtype}]", file=sys.stderr)
     return 0

@@ -19,8 +19,7 @@ from workbench.core.generation import (
     GeneratedSequence,
     SamplingSettings,
     TokenEvent,
-    check_model,
-    encode_prompt,
+    prepare_prompt,
     run_generation,
 )
 from workbench.core.jobs import JobContext
@@ -227,15 +226,18 @@ def compare(loaded: Any, prompt: str, strategies: list[Strategy], seed: int = 0,
             max_new_tokens: int = 64, chat: bool = True, ctx: JobContext | None = None,
             top_n: int = 10, batched: bool = True) -> CompareResult:
     """Run 2–6 strategies on one prompt and seed; events are TokenEvents whose ``sequence``
-    is the row in the batch (see ``rows_of``)."""
+    is the row in the batch (see ``owner_of``)."""
     ctx = ctx or JobContext()
     if not 1 <= len(strategies) <= 6:
         raise WorkbenchError(f"Compare takes 1 to 6 strategies, not {len(strategies)}.")
-    check_model(loaded, prompt)
+    notes: list[str] = []
     for s in strategies:
         s.settings.max_new_tokens, s.settings.seed, s.settings.chat = max_new_tokens, seed, chat
         s.settings.validate()
-    input_ids = encode_prompt(loaded.tokenizer, prompt, chat).to(loaded.model.device)
+        s.settings, changed = s.settings.effective()
+        notes += [f"{s.name}: {n}" for n in changed]
+    input_ids, more = prepare_prompt(loaded, prompt, chat, max_new_tokens)
+    notes += more
     start = time.perf_counter()
     together = [i for i, s in enumerate(strategies) if s.settings.num_beams == 1]
     if not batched:
@@ -265,7 +267,6 @@ def compare(loaded: Any, prompt: str, strategies: list[Strategy], seed: int = 0,
                                     batched=False)
     ordered = [results[i] for i in range(len(strategies)) if i in results]
     _summarise(ordered)
-    notes = []
     if together and len(together) > 1:
         notes.append("Sampled and greedy strategies ran in one batch: with the same seed, a "
                      "sampled strategy's text can differ from a run of it alone.")

@@ -15,7 +15,7 @@ import math
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from workbench.core.errors import WorkbenchError
@@ -49,8 +49,7 @@ class SamplingSettings:
     def validate(self) -> None:
         checks = [
             (self.max_new_tokens >= 1, "Max new tokens must be at least 1."),
-            (not self.do_sample or self.temperature > 0,
-             "Temperature must be above 0 when sampling (use greedy instead)."),
+            (self.temperature >= 0, "Temperature must be 0 (greedy) or above."),
             (0 < self.top_p <= 1, "Top-p must be in (0, 1]."),
             (self.top_k >= 0, "Top-k must be 0 (off) or more."),
             (0 <= self.min_p < 1, "Min-p must be in [0, 1)."),
@@ -67,6 +66,13 @@ class SamplingSettings:
         for ok, message in checks:
             if not ok:
                 raise WorkbenchError(message)
+
+    def effective(self) -> tuple[SamplingSettings, list[str]]:
+        """The settings actually used, with a notice for each reinterpretation."""
+        if self.do_sample and self.temperature == 0:
+            return (replace(self, do_sample=False),
+                    ["Temperature 0 means always taking the most likely token: greedy decoding."])
+        return self, []
 
     def generate_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for ``model.generate`` (filters that are off are passed as off)."""
@@ -188,6 +194,7 @@ class GenerationResult:
     stopped: bool
     settings: dict = field(default_factory=dict)
     prompt_token_ids: list[int] = field(default_factory=list)
+    notices: list[str] = field(default_factory=list)
 
     @property
     def text(self) -> str:
@@ -219,6 +226,7 @@ class GenerationResult:
         return {
             "prompt": self.prompt, "settings": self.settings, "seconds": round(self.seconds, 4),
             "stopped": self.stopped, "tokens_per_second": round(self.tokens_per_second, 2),
+            "notices": self.notices,
             "text": self.text, "token_ids": self.token_ids,
             "sequences": [{"text": s.text, "token_ids": s.token_ids,
                            "mean_logprob": s.mean_logprob, "perplexity": s.perplexity,
@@ -280,10 +288,15 @@ class StepInspector:
         self.raw_logp: Any = None
         self.proc_logp: Any = None
         self.stats: dict[str, list] = {}
+        self.start = 0  # prompt length, to number steps in messages
         inspector = self
 
         class Raw(LogitsProcessor):
             def __call__(self, ids: torch.LongTensor, scores: torch.FloatTensor):
+                if torch.isnan(scores).any():
+                    raise WorkbenchError(
+                        f"The model returned NaN logits at step {ids.shape[1] - inspector.start}"
+                        " (its weights or this dtype may be broken: try float32).")
                 inspector.raw_logp = torch.log_softmax(scores.detach().float(), dim=-1)
                 return scores
 
@@ -332,14 +345,52 @@ class StepInspector:
             kept_mass=st["kept_mass"][row], candidates=candidates)
 
 
-def check_model(loaded: Any, prompt: str) -> None:
+def check_model(loaded: Any) -> None:
     from workbench.core.catalog import CAUSAL_LM
 
     if loaded.task != CAUSAL_LM:
         raise WorkbenchError(f"{loaded.name} is a {loaded.task} model; generation needs a "
                              "causal language model such as SmolLM2-135M-Instruct.")
+
+
+def context_length(model: Any) -> int | None:
+    config = model.config
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def prepare_prompt(loaded: Any, prompt: str, chat: bool, max_new_tokens: int
+                   ) -> tuple[Any, list[str]]:
+    """Prompt token ids (1 × n) ready for generate(), and notices about what was changed.
+
+    An empty prompt starts from the model's start token when it has one; a prompt too
+    long for the context keeps its end, with a notice.
+    """
+    import torch
+
+    check_model(loaded)
+    tokenizer, notices = loaded.tokenizer, []
     if not prompt.strip():
-        raise WorkbenchError("The prompt is empty.")
+        if tokenizer.bos_token_id is None:
+            raise WorkbenchError(f"The prompt is empty and {loaded.name} has no start token "
+                                 "to begin from: type a prompt.")
+        ids = torch.tensor([[tokenizer.bos_token_id]])
+        notices.append("Empty prompt: generating from the model's start token.")
+    else:
+        ids = encode_prompt(tokenizer, prompt, chat)
+    context = context_length(loaded.model)
+    if context is not None and ids.shape[1] + max_new_tokens > context:
+        keep = context - max_new_tokens
+        if keep < 1:
+            raise WorkbenchError(f"{max_new_tokens} new tokens do not fit the model's context "
+                                 f"of {context} tokens.")
+        notices.append(f"The prompt has {ids.shape[1]} tokens: only its last {keep} fit in "
+                       f"the model's context of {context} with {max_new_tokens} new tokens.")
+        ids = ids[:, -keep:]
+    return ids.to(loaded.model.device), notices
 
 
 def generate(loaded: Any, prompt: str, settings: SamplingSettings, ctx: JobContext | None = None,
@@ -352,14 +403,14 @@ def generate(loaded: Any, prompt: str, settings: SamplingSettings, ctx: JobConte
     """
     ctx = ctx or JobContext()
     settings.validate()
-    check_model(loaded, prompt)
-    input_ids = encode_prompt(loaded.tokenizer, prompt, settings.chat).to(loaded.model.device)
+    settings, notices = settings.effective()
+    input_ids, more = prepare_prompt(loaded, prompt, settings.chat, settings.max_new_tokens)
     run = run_generation(loaded, input_ids, settings.num_return_sequences,
                          settings.generate_kwargs(), settings.seed, ctx, top_n,
                          beams=settings.num_beams > 1)
     return GenerationResult(prompt=prompt, sequences=run.sequences, seconds=run.seconds,
                             stopped=ctx.cancel.cancelled, settings=asdict(settings),
-                            prompt_token_ids=input_ids[0].tolist())
+                            prompt_token_ids=input_ids[0].tolist(), notices=notices + more)
 
 
 @dataclass
@@ -382,6 +433,7 @@ def run_generation(loaded: Any, input_ids: Any, rows: int, generate_kwargs: dict
 
     tokenizer, model = loaded.tokenizer, loaded.model
     inspector = StepInspector(tokenizer, top_n)
+    inspector.start = input_ids.shape[1]
     eos = _eos_ids(model, tokenizer)
     ids_out: list[list[int]] = [[] for _ in range(rows)]
     steps_out: list[list[StepRecord]] = [[] for _ in range(rows)]

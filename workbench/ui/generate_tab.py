@@ -184,7 +184,7 @@ class GenerateTab(WorkbenchTab):
         self.chat = QCheckBox("Use the chat template")
         self.chat.setObjectName("chat")
         self.chat.setChecked(True)
-        self.temperature = dspin("temperature", 0.01, 5.0, 0.7)
+        self.temperature = dspin("temperature", 0.0, 5.0, 0.7)
         self.top_k = spin("top-k", 0, 1000, 50)
         self.top_p = dspin("top-p", 0.01, 1.0, 0.9)
         self.min_p = dspin("min-p", 0.0, 0.99, 0.0)
@@ -287,6 +287,7 @@ class GenerateTab(WorkbenchTab):
         self.sequence_picker.setVisible(False)
         self.stats = QLabel("")
         self.stats.setObjectName("generation-stats")
+        self.stats.setWordWrap(True)
         top.addWidget(self.stats, 1)
         top.addWidget(self.sequence_picker)
         self.output = TokenView("output", "Generated text appears here, token by token. Each "
@@ -616,13 +617,13 @@ class GenerateTab(WorkbenchTab):
         prefix = self._prefix()
         if prefix is None:
             prompt, chat = self.prompt.toPlainText(), self.chat.isChecked()
+            max_new = self.max_new.value()
 
             def job(ctx: WorkerContext):
-                from workbench.core.generation import check_model, encode_prompt
+                from workbench.core.generation import prepare_prompt
 
                 loaded = ctx.model()
-                check_model(loaded, prompt)
-                ids = encode_prompt(loaded.tokenizer, prompt, chat)[0].tolist()
+                ids = prepare_prompt(loaded, prompt, chat, max_new)[0][0].tolist()
                 return ids, next_token_logits(loaded, ids)
         else:
             def job(ctx: WorkerContext):
@@ -791,9 +792,11 @@ class GenerateTab(WorkbenchTab):
             self.result = result
             self.steps = {i: s.steps for i, s in enumerate(result.sequences)}
             note = " (stopped)" if result.stopped else ""
-            self.stats.setText(f"{result.new_tokens} tokens in {result.seconds:.1f} s, "
-                               f"{result.tokens_per_second:.1f} tokens/s{note} · "
-                               f"{self.settings().describe()} · click a token to inspect it")
+            used = SamplingSettings(**result.settings).describe()
+            self.stats.setText(" ".join(
+                [f"{result.new_tokens} tokens in {result.seconds:.1f} s, "
+                 f"{result.tokens_per_second:.1f} tokens/s{note} · {used} · click a token "
+                 "to inspect it."] + [f"<b>Note:</b> {n}" for n in result.notices]))
             if result.settings.get("num_beams", 1) > 1:
                 self.show_sequence(self.sequence_picker.currentIndex())
             self._done(job_id)
