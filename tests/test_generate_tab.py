@@ -167,3 +167,49 @@ def test_gui_and_core_give_the_same_sampled_text(qtbot, tab, tiny):
     run_generation(qtbot, tab)
     expected = generate(load_model(str(tiny("llama"))), "the cat sat on", tab.settings())
     assert tab.result.token_ids == expected.token_ids
+
+
+def click_candidate(qtbot, chart, index):
+    from PySide6.QtCore import QPointF
+
+    view = chart.plot.getViewBox()
+    scene_point = view.mapViewToScene(QPointF(index, 0.001))
+    point = chart.plot.mapFromScene(scene_point)
+    qtbot.mouseClick(chart.plot.viewport(), Qt.MouseButton.LeftButton, pos=point)
+
+
+def test_clicking_a_candidate_branches(qtbot, tab):
+    tab.sample.setChecked(False)
+    run_generation(qtbot, tab)
+    tab.select_step(2)
+    step = tab.current_steps()[2]
+    click_candidate(qtbot, tab.candidate_chart, 1)
+    qtbot.waitUntil(lambda: tab.branch_job is None and len(tab.branches) == 1, timeout=30000)
+    b = tab.branches[0]
+    assert b.step == 2 and b.sequence.token_ids[2] == step.candidates[1].token_id
+    assert b.sequence.token_ids[:2] == tab.result.token_ids[:2]
+    assert tab.sequence_picker.count() == 2 and tab.sequence_picker.isVisible()
+    assert tab.sequence_picker.currentText().startswith("Branch 1: branch at step 2")
+    assert tab.output.toPlainText() == b.sequence.text
+
+
+def test_save_and_open_a_session(qtbot, tab, tmp_path, window):
+    tab.temperature.setValue(1.4)
+    run_generation(qtbot, tab)
+    text = tab.output.toPlainText()
+    path = tmp_path / "session.json"
+    tab.save_session(str(path))
+    qtbot.waitUntil(lambda: tab.session_job is None, timeout=30000)
+    assert path.is_file()
+    tab.prompt.setPlainText("something else")
+    tab.temperature.setValue(0.2)
+    tab.output.clear_tokens()
+    tab.open_session(str(path))
+    assert tab.prompt.toPlainText() == "the cat sat on"
+    assert tab.temperature.value() == pytest.approx(1.4)
+    assert tab.output.toPlainText() == text
+    assert "Session from" in tab.stats.text() and "sha256" in tab.stats.text()
+    bad = tmp_path / "bad.json"
+    bad.write_text("[]")
+    tab.open_session(str(bad))
+    assert "not an LM Workbench session" in window.last_dialog.text()

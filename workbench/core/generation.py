@@ -567,3 +567,70 @@ def explore_distribution(logits: Any, settings: SamplingSettings, top_n: int = 2
                         processed=proc_p[top].tolist(), kept=kept[top].tolist(),
                         kept_count=int(kept.sum()), kept_mass=float(raw_p[kept].sum()),
                         entropy=float(-terms.sum()) / LOG2)
+
+
+@dataclass
+class Branch:
+    """A sequence that takes another candidate at one step and continues from there."""
+
+    parent: int  # the sequence it branches from
+    step: int
+    sequence: GeneratedSequence
+
+    @property
+    def cumulative_logprob(self) -> float:
+        """Sum of the natural-log probabilities of all its tokens under the model."""
+        return sum(math.log(max(s.raw_probability, 1e-45)) for s in self.sequence.steps)
+
+    @property
+    def label(self) -> str:
+        token = self.sequence.steps[self.step].text if self.step < len(self.sequence.steps) else ""
+        return f"branch at step {self.step} ({token!r}), log-prob {self.cumulative_logprob:.2f}"
+
+
+def branch(loaded: Any, result: GenerationResult, parent: int, step: int, token_id: int,
+           settings: SamplingSettings, ctx: JobContext | None = None, top_n: int = 10) -> Branch:
+    """Take ``token_id`` instead of the chosen token at ``step`` of sequence ``parent``,
+    then let the model continue with ``settings`` (one sampled or greedy sequence)."""
+    import torch
+
+    ctx = ctx or JobContext()
+    base = result.sequences[parent]
+    if not 0 <= step < len(base.steps):
+        raise WorkbenchError(f"Step {step} is not part of sequence {parent + 1}.")
+    settings, _ = replace(settings, num_beams=1, num_return_sequences=1).effective()
+    settings.validate()
+    prefix = result.prompt_token_ids + base.token_ids[:step]
+    forced = next((c for c in base.steps[step].candidates if c.token_id == token_id), None)
+    if forced is None:  # not among the recorded candidates: ask the model
+        logp = torch.log_softmax(next_token_logits(loaded, prefix), -1)
+        raw = float(logp[token_id].exp())
+        forced_step = replace(base.steps[step], token_id=token_id, raw_probability=raw,
+                              probability=float("nan"), surprisal=-float(logp[token_id]) / LOG2)
+    else:
+        forced_step = replace(base.steps[step], token_id=token_id,
+                              raw_probability=forced.raw_probability,
+                              probability=forced.probability,
+                              surprisal=-math.log(max(forced.raw_probability, 1e-45)) / LOG2)
+    tokenizer = loaded.tokenizer
+    head_ids = base.token_ids[:step] + [token_id]
+    head_text = tokenizer.decode(head_ids, skip_special_tokens=True)
+    forced_step = replace(forced_step, text=head_text[len(tokenizer.decode(
+        base.token_ids[:step], skip_special_tokens=True)):])
+    remaining = max(settings.max_new_tokens - step - 1, 0)
+    steps = list(base.steps[:step]) + [forced_step]
+    ids = list(head_ids)
+    if remaining and token_id not in _eos_ids(loaded.model, tokenizer):
+        input_ids = torch.tensor([prefix + [token_id]], device=loaded.model.device)
+        run = run_generation(loaded, input_ids, 1, replace(
+            settings, max_new_tokens=remaining).generate_kwargs(), settings.seed, ctx, top_n)
+        tail = run.sequences[0]
+        ids += tail.token_ids
+        # each step's text is what it adds to the whole branch's decoded text
+        shown = head_text
+        for s in tail.steps:
+            full = tokenizer.decode(ids[:step + 2 + s.index], skip_special_tokens=True)
+            steps.append(replace(s, index=step + 1 + s.index, text=full[len(shown):]))
+            shown = full
+    text = tokenizer.decode(ids, skip_special_tokens=True)
+    return Branch(parent, step, GeneratedSequence(text, ids, steps))

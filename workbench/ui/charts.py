@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 import pyqtgraph as pg
-from PySide6.QtCore import Qt
+from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import QVBoxLayout, QWidget
 
 pg.setConfigOptions(antialias=True, background="w", foreground="k")
@@ -26,7 +26,10 @@ def token_label(text: str, limit: int = 8) -> str:
 
 class CandidateChart(QWidget):
     """Top-N candidates of one step: raw probability (grey, red when cut) and the
-    processed probability the sampler drew from (blue); the chosen token is outlined."""
+    processed probability the sampler drew from (blue); the chosen token is outlined.
+    Clicking a candidate emits ``candidate_clicked(index)``."""
+
+    candidate_clicked = Signal(int)
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -49,6 +52,15 @@ class CandidateChart(QWidget):
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.plot)
         self.labels: list[str] = []
+        self.plot.scene().sigMouseClicked.connect(self._clicked)
+
+    def _clicked(self, event) -> None:
+        view = self.plot.getViewBox()
+        if not view.sceneBoundingRect().contains(event.scenePos()):
+            return
+        index = round(view.mapSceneToView(event.scenePos()).x())
+        if 0 <= index < len(self.labels):
+            self.candidate_clicked.emit(index)
 
     def show_candidates(self, title: str, texts: list[str], raw: list[float],
                         processed: list[float], kept: list[bool], chosen: int | None) -> None:

@@ -46,10 +46,12 @@ from workbench.core.compare import (
 )
 from workbench.core.errors import WorkbenchError
 from workbench.core.generation import (
+    Branch,
     GenerationResult,
     SamplingSettings,
     StepRecord,
     TokenEvent,
+    branch,
     explore_distribution,
     generate,
     next_token_logits,
@@ -144,6 +146,9 @@ class GenerateTab(WorkbenchTab):
         self.compare_owners: list[int] = []
         self.compare_views: list[TokenView] = []
         self.compare_pending: list[TokenEvent] = []
+        self.branches: list[Branch] = []
+        self.branch_job: int | None = None
+        self.session_job: int | None = None
 
         self._build_controls()
         self._build_outputs()
@@ -288,8 +293,16 @@ class GenerateTab(WorkbenchTab):
         self.stats = QLabel("")
         self.stats.setObjectName("generation-stats")
         self.stats.setWordWrap(True)
+        self.save_session_button = QPushButton("Save session…")
+        self.save_session_button.setToolTip("Save prompt, settings, model hash and outputs")
+        self.save_session_button.clicked.connect(lambda: self.save_session())
+        self.save_session_button.setEnabled(False)
+        self.open_session_button = QPushButton("Open session…")
+        self.open_session_button.clicked.connect(lambda: self.open_session())
         top.addWidget(self.stats, 1)
         top.addWidget(self.sequence_picker)
+        top.addWidget(self.open_session_button)
+        top.addWidget(self.save_session_button)
         self.output = TokenView("output", "Generated text appears here, token by token. Each "
                                 "token's background shows the probability the sampler gave it "
                                 "(red: unlikely, green: near certain); click a token to see "
@@ -381,6 +394,7 @@ class GenerateTab(WorkbenchTab):
         from workbench.ui.charts import CandidateChart, OverlayCurves, StepCurves
 
         self.candidate_chart = CandidateChart()
+        self.candidate_chart.candidate_clicked.connect(self.branch_from)
         self.chart_holder.layout().addWidget(self.candidate_chart)
         self.step_curves = StepCurves()
         self.curves_holder.layout().addWidget(self.step_curves)
@@ -513,6 +527,8 @@ class GenerateTab(WorkbenchTab):
         self.pending.clear()
         self.steps = {}
         self.result = None
+        self.branches = []
+        self.save_session_button.setEnabled(False)
         self.selected_step = None
         self.explore.setChecked(False)
         self.stats.setText("Generating…")
@@ -592,10 +608,96 @@ class GenerateTab(WorkbenchTab):
         chosen = next((i for i, c in enumerate(step.candidates) if c.token_id == step.token_id),
                       None)
         title = (f"Step {step.index}: chose {step.text!r} (p = {step.probability:.3f})<br>kept "
-                 f"{step.kept_count} tokens, {step.kept_mass:.1%} of the model's mass")
+                 f"{step.kept_count} tokens, {step.kept_mass:.1%} of the model's mass · "
+                 "click a candidate to branch")
         self.candidate_chart.show_candidates(
             title, [c.text for c in step.candidates], [c.raw_probability for c in step.candidates],
             [c.probability for c in step.candidates], [c.kept for c in step.candidates], chosen)
+
+    # --- branching and sessions --------------------------------------------------------------
+    def branch_from(self, candidate: int) -> None:
+        """Continue generation from the selected step with candidate ``candidate`` instead."""
+        if (self.result is None or self.selected_step is None or self.explore.isChecked()
+                or self.branch_job is not None or self.job_id is not None):
+            return
+        shown = max(self.sequence_picker.currentIndex(), 0)
+        steps = self.current_steps()
+        if candidate >= len(steps[self.selected_step].candidates):
+            return
+        token = steps[self.selected_step].candidates[candidate].token_id
+        base = self.result if shown < len(self.result.sequences) else GenerationResult(
+            self.result.prompt, [self.branches[shown - len(self.result.sequences)].sequence],
+            0.0, False, prompt_token_ids=self.result.prompt_token_ids)
+        parent = shown if shown < len(self.result.sequences) else 0
+        step, settings = self.selected_step, self.settings()
+
+        def job(ctx: WorkerContext) -> Branch:
+            return branch(ctx.model(), base, parent, step, token, settings, ctx, top_n=TOP_N)
+
+        self.branch_job = self.worker.submit("Branch", job)
+        self.stats.setText(f"Branching at step {step}…")
+
+    def _add_branch(self, b: Branch) -> None:
+        self.branches.append(b)
+        index = len(self.result.sequences) + len(self.branches) - 1 if self.result else 0
+        self.steps[index] = b.sequence.steps
+        self.sequence_picker.addItem(f"Branch {len(self.branches)}: {b.label}")
+        self.sequence_picker.setVisible(True)
+        self.sequence_picker.setCurrentIndex(index)
+        self.stats.setText(f"Branch {len(self.branches)}: {b.label}. The list beside holds "
+                           "every sequence and branch.")
+
+    def save_session(self, path: str | None = None) -> None:
+        if self.result is None:
+            return
+        if path is None:
+            path, _ = QFileDialog.getSaveFileName(self, "Save session", "session.json",
+                                                  "LM Workbench session (*.json)")
+        if not path:
+            return
+        prompt, settings, result = self.prompt.toPlainText(), self.settings(), self.result
+
+        def job(ctx: WorkerContext) -> str:
+            from workbench.core.session import model_fingerprint, save_session
+
+            ctx.progress("Hashing the model files…", None)
+            return str(save_session(path, prompt, settings, result, model_fingerprint(ctx.model())))
+
+        self.session_job = self.worker.submit("Save session", job)
+
+    def open_session(self, path: str | None = None) -> None:
+        from workbench.core.session import load_session
+
+        if path is None:
+            path, _ = QFileDialog.getOpenFileName(self, "Open session", "",
+                                                  "LM Workbench session (*.json);;All files (*)")
+        if not path:
+            return
+        try:
+            session = load_session(path)
+        except WorkbenchError as exc:
+            self.window_error("Cannot open the session", str(exc))
+            return
+        self.prompt.setPlainText(session.prompt)
+        self.set_settings(session.settings)
+        self.branches = []
+        if session.result is not None:
+            self._show_result(session.result)
+        model = session.model.get("name", "an unknown model")
+        digest = (session.model.get("files") or [{}])[0].get("sha256", "")[:12]
+        self.stats.setText(f"Session from {session.created[:19]} with {model}"
+                           + (f" (weights sha256 {digest}…)" if digest else "") + ".")
+
+    def _show_result(self, result: GenerationResult) -> None:
+        self.result = result
+        self.steps = {i: s.steps for i, s in enumerate(result.sequences)}
+        self.sequence_picker.blockSignals(True)
+        self.sequence_picker.clear()
+        self.sequence_picker.addItems([f"Sequence {i + 1}" for i in range(len(result.sequences))])
+        self.sequence_picker.blockSignals(False)
+        self.sequence_picker.setVisible(len(result.sequences) > 1)
+        self.save_session_button.setEnabled(True)
+        self.show_sequence(0)
 
     # --- the explorer ------------------------------------------------------------------------
     def _explore_toggled(self, on: bool) -> None:
@@ -781,6 +883,15 @@ class GenerateTab(WorkbenchTab):
 
     # --- job ends ----------------------------------------------------------------------------------
     def _on_finished(self, job_id: int, result: object) -> None:
+        if job_id == self.branch_job:
+            self.branch_job = None
+            if isinstance(result, Branch):
+                self._add_branch(result)
+            return
+        if job_id == self.session_job:
+            self.session_job = None
+            self.stats.setText(f"Session saved to {result}.")
+            return
         if job_id == self.explore_job:
             self.explore_job = None
             self.explore_prefix, self.explore_logits = result  # type: ignore[misc]
@@ -791,6 +902,7 @@ class GenerateTab(WorkbenchTab):
             self.flush_tokens()
             self.result = result
             self.steps = {i: s.steps for i, s in enumerate(result.sequences)}
+            self.save_session_button.setEnabled(True)
             note = " (stopped)" if result.stopped else ""
             used = SamplingSettings(**result.settings).describe()
             self.stats.setText(" ".join(
@@ -806,7 +918,10 @@ class GenerateTab(WorkbenchTab):
             self._done(job_id)
 
     def _on_failed(self, job_id: int, error: object, details: str) -> None:
-        if job_id == self.explore_job:
+        if job_id in (self.branch_job, self.session_job):
+            self.branch_job = self.session_job = None
+            self.stats.setText(f"Failed: {error}")
+        elif job_id == self.explore_job:
             self.explore_job = None
             self.explore.setChecked(False)
         elif job_id == self.job_id:
@@ -817,8 +932,8 @@ class GenerateTab(WorkbenchTab):
             self._done(job_id)
 
     def _on_cancelled(self, job_id: int) -> None:
-        if job_id == self.explore_job:
-            self.explore_job = None
+        if job_id in (self.explore_job, self.branch_job, self.session_job):
+            self.explore_job = self.branch_job = self.session_job = None
         elif job_id in (self.job_id, self.compare_job):
             (self.stats if job_id == self.job_id else self.compare_note).setText("Cancelled.")
             self._done(job_id)
