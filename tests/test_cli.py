@@ -116,3 +116,39 @@ def test_bench_reports_ratios_with_their_baselines():
     fig = json.loads(result.stdout)["startup"]
     assert {"value", "target", "met", "seconds", "baseline_seconds"} <= set(fig)
     assert fig["value"] == pytest.approx(fig["seconds"] / fig["baseline_seconds"], rel=0.05)
+
+
+def test_evaluate_perplexity_json(tiny, tmp_path):
+    text = tmp_path / "t.txt"
+    text.write_text("the cat sat on the mat because it was tired . " * 10)
+    result = run("evaluate", "perplexity", "--model", str(tiny("gpt2")), "--file", str(text),
+                 "--max-length", "32", "--stride", "16", "--json")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert {"perplexity", "nll_per_token", "bits_per_byte", "tokens", "max_length",
+            "stride"} <= set(data)
+    assert (data["max_length"], data["stride"]) == (32, 16)
+    assert data["perplexity"] == pytest.approx(2.718281828 ** data["nll_per_token"])
+
+
+def test_evaluate_bleu_json_and_errors(tmp_path):
+    hyp, ref, other, short = (tmp_path / n for n in ("h.txt", "r.txt", "o.txt", "s.txt"))
+    hyp.write_text("the cat sat on the mat\na dog barked\n")
+    ref.write_text("the cat is on the mat\nthe dog barked\n")
+    other.write_text("cat the mat\ndog a\n")
+    short.write_text("one line\n")
+    result = run("evaluate", "bleu", "--hyp", str(hyp), "--ref", str(ref), "--compare",
+                 str(other), "--samples", "100", "--json")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    import sacrebleu
+
+    expected = sacrebleu.corpus_bleu(["the cat sat on the mat", "a dog barked"],
+                                     [["the cat is on the mat", "the dog barked"]])
+    assert data["bleu"]["score"] == expected.score
+    assert data["bleu"]["signature"].startswith("nrefs:1|case:mixed")
+    assert {s["metric"] for s in data["significance"]} == {"BLEU", "chrF2", "TER"}
+    bad = run("evaluate", "bleu", "--hyp", str(hyp), "--ref", str(short))
+    assert bad.returncode == 2
+    assert bad.stderr.strip() == ("error: The hypothesis has 2 lines but reference 1 has 1: "
+                                  "they must be line-parallel.")

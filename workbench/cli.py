@@ -73,6 +73,32 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--top-n", type=int, default=0, help="with --json: per-step candidates")
     cmp.add_argument("--json", action="store_true", help="print one JSON document")
 
+    ev = sub.add_parser("evaluate", help="perplexity, or BLEU / chrF / TER with sacrebleu")
+    ev_sub = ev.add_subparsers(dest="evaluate_command", metavar="METRIC", required=True)
+    ppl = ev_sub.add_parser("perplexity", help="perplexity of a model on a text file")
+    add_model_options(ppl)
+    ppl.add_argument("--file", required=True, help="a UTF-8 text file")
+    ppl.add_argument("--max-length", type=int, default=None,
+                     help="window in tokens (default: the model's context)")
+    ppl.add_argument("--stride", type=int, default=None, help="default: half the window")
+    ppl.add_argument("--per-token", action="store_true", help="with --json: every token's NLL")
+    ppl.add_argument("--json", action="store_true", help="print one JSON document")
+    bleu = ev_sub.add_parser("bleu", help="BLEU, chrF and TER of a hypothesis file")
+    bleu.add_argument("--hyp", required=True, help="hypotheses, one segment a line")
+    bleu.add_argument("--ref", action="append", required=True, help="a reference file (repeat)")
+    bleu.add_argument("--metrics", default="bleu,chrf,ter",
+                      help="comma-separated: bleu, chrf, chrf++, ter")
+    bleu.add_argument("--tokenize", default=None,
+                      help="sacrebleu BLEU tokenizer (13a, intl, char, none, zh, ...)")
+    bleu.add_argument("--lowercase", action="store_true")
+    bleu.add_argument("--compare", metavar="HYP2", help="a second system: paired significance "
+                      "tests against the first")
+    bleu.add_argument("--test", default="bs", choices=["bs", "ar", "both"],
+                      help="paired bootstrap (bs), approximate randomization (ar), or both")
+    bleu.add_argument("--samples", type=int, default=0, help="resamples / trials (default: "
+                      "sacrebleu's, 1000 for bs and 10000 for ar)")
+    bleu.add_argument("--json", action="store_true", help="print one JSON document")
+
     bench = sub.add_parser("bench", help="performance figures, each a ratio against a "
                            "bare baseline measured in the same run")
     bench.add_argument("--only", help="comma-separated figure names")
@@ -244,6 +270,56 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate_perplexity(args: argparse.Namespace) -> int:
+    from workbench.core.evaluation import perplexity, read_text
+    from workbench.core.jobs import JobContext
+
+    text = read_text(args.file)
+    bar = TerminalProgress(quiet=args.json)
+    loaded = load_from_args(args, bar)
+    result = perplexity(loaded, text, args.max_length, args.stride, JobContext(emit=bar))
+    bar.finish()
+    if args.json:
+        data = result.to_dict(per_token=args.per_token)
+        data.update(device=loaded.device, dtype=loaded.dtype, file=args.file)
+        _print_json(data)
+        return 0
+    print(f"perplexity      {result.perplexity:.4f}")
+    print(f"nll per token   {result.nll_per_token:.4f} nats")
+    print(f"bits per byte   {result.bits_per_byte:.4f}")
+    print(f"tokens scored   {result.tokens}")
+    print(f"window, stride  {result.max_length}, {result.stride}")
+    print(f"model           {loaded.name} ({loaded.device}, {loaded.dtype})")
+    print("most surprising: " + ", ".join(f"{t!r} ({b:.1f} bits)" for _, t, b in result.worst(5)))
+    return 0
+
+
+def cmd_evaluate_bleu(args: argparse.Namespace) -> int:
+    from workbench.core.evaluation import read_lines, score_translation
+    from workbench.core.jobs import JobContext
+
+    metrics = tuple(m.strip().lower() for m in args.metrics.split(",") if m.strip())
+    hyps = read_lines(args.hyp)
+    refs = [read_lines(r) for r in args.ref]
+    other = read_lines(args.compare) if args.compare else None
+    tests = ("bs", "ar") if args.test == "both" else (args.test,)
+    bar = TerminalProgress(quiet=args.json)
+    result = score_translation(hyps, refs, metrics, args.tokenize, args.lowercase, other, tests,
+                               args.samples, JobContext(emit=bar))
+    bar.finish()
+    if args.json:
+        _print_json(result.to_dict())
+        return 0
+    for m in result.metrics:
+        print(f"{m.text}\n    signature: {m.signature}")
+    for s in result.significance:
+        p = "-" if s.p_value is None else f"{s.p_value:.4f}"
+        ci = "" if s.system_ci is None else f" (mean {s.system_mean:.2f} ± {s.system_ci:.2f})"
+        print(f"{s.test} {s.metric}: baseline {s.baseline:.2f}, system {s.system:.2f}{ci}, "
+              f"p = {p}")
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from workbench.core.bench import FIGURES, run_bench
     from workbench.ui.bench_ui import UI_FIGURES
@@ -273,6 +349,8 @@ COMMANDS = {
     ("models", "fetch"): cmd_models_fetch,
     ("generate", None): cmd_generate,
     ("compare", None): cmd_compare,
+    ("evaluate", "perplexity"): cmd_evaluate_perplexity,
+    ("evaluate", "bleu"): cmd_evaluate_bleu,
     ("bench", None): cmd_bench,
 }
 
