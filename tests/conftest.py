@@ -13,6 +13,7 @@ os.environ["QT_QPA_PLATFORM"] = "offscreen"
 os.environ.setdefault("QTWEBENGINE_DISABLE_SANDBOX", "1")
 os.environ["LMWB_CACHE_DIR"] = str(_SANDBOX / "cache")
 os.environ["LMWB_MODELS_DIR"] = str(_SANDBOX / "models")
+os.environ["LMWB_DATA_DIR"] = str(_SANDBOX / "data")
 os.environ["HF_HOME"] = str(_SANDBOX / "hf")
 os.environ["HF_HUB_CACHE"] = str(_SANDBOX / "hf" / "hub")
 os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
@@ -34,6 +35,12 @@ def _isolated_settings():
     QSettings.setPath(QSettings.Format.IniFormat, QSettings.Scope.UserScope,
                       str(_SANDBOX / "settings"))
     yield
+
+
+@pytest.fixture(autouse=True)
+def _fresh_data_dir(tmp_path, monkeypatch):
+    """Every test starts with an empty data folder (results history)."""
+    monkeypatch.setenv("LMWB_DATA_DIR", str(tmp_path / "data"))
 
 
 @pytest.fixture(autouse=True)

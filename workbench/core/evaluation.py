@@ -200,6 +200,11 @@ class TranslationScores:
                 "sentences": self.sentences}
 
 
+def _number(value: Any) -> float | None:
+    """sacrebleu's numpy scalars as plain floats (JSON, tables)."""
+    return None if value is None else float(value)
+
+
 def check_parallel(hyps: list[str], refs: list[list[str]], name: str = "hypothesis") -> None:
     for i, ref in enumerate(refs, start=1):
         if len(ref) != len(hyps):
@@ -263,7 +268,8 @@ def score_translation(hyps: list[str], refs: list[list[str]],
                 base, system = results[0], results[1]
                 significance.append(SignificanceResult(
                     test=test, metric=key, baseline=float(base.score),
-                    system=float(system.score), p_value=system.p_value,
-                    baseline_mean=base.mean, baseline_ci=base.ci, system_mean=system.mean,
-                    system_ci=system.ci, signature=str(sigs[key])))
+                    system=float(system.score), p_value=_number(system.p_value),
+                    baseline_mean=_number(base.mean), baseline_ci=_number(base.ci),
+                    system_mean=_number(system.mean), system_ci=_number(system.ci),
+                    signature=str(sigs[key])))
     return TranslationScores(scores, sentences, significance, len(hyps), len(refs))

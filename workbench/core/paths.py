@@ -16,6 +16,16 @@ def cache_dir() -> Path:
     return Path(user_cache_dir("lm-workbench", appauthor=False))
 
 
+def data_dir() -> Path:
+    """The user data folder (``LMWB_DATA_DIR`` overrides it): results history, runs."""
+    override = os.environ.get("LMWB_DATA_DIR")
+    if override:
+        return Path(override)
+    from platformdirs import user_data_dir
+
+    return Path(user_data_dir("lm-workbench", appauthor=False))
+
+
 def models_dir() -> Path:
     """Folder of local copies of the built-in models (``LMWB_MODELS_DIR`` overrides it).
 

@@ -1,12 +1,91 @@
-"""Evaluate tab: perplexity, BLEU / chrF / TER and significance tests (skeleton)."""
+"""Evaluate tab: perplexity with a per-token view, BLEU / chrF / TER with sacrebleu and
+significance tests, and a history of every result."""
 
 from __future__ import annotations
 
-from PySide6.QtWidgets import QHBoxLayout, QVBoxLayout, QWidget
+import difflib
+import html
+import math
 
-from workbench.ui.skeleton import combo, form_with_run, line, pending_panel, spin
+from PySide6.QtCore import Qt
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QCheckBox,
+    QFileDialog,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    QSplitter,
+    QTableWidget,
+    QTableWidgetItem,
+    QTabWidget,
+    QTextEdit,
+    QVBoxLayout,
+    QWidget,
+)
+
+from workbench.core.catalog import CAUSAL_LM
+from workbench.core.errors import WorkbenchError
+from workbench.core.evaluation import (
+    PerplexityResult,
+    TranslationScores,
+    perplexity,
+    read_lines,
+    read_text,
+    score_translation,
+)
+from workbench.core.history import HistoryEntry, add_entry, export_history, load_history
+from workbench.ui.skeleton import combo, line, spin, text_box
 from workbench.ui.tab_base import WorkbenchTab
-from workbench.ui.worker import ModelWorker
+from workbench.ui.widgets import TokenView
+from workbench.ui.worker import ModelWorker, WorkerContext
+
+SAMPLE_TEXT = ("The lighthouse stood at the end of the long stone pier. Every night the keeper "
+               "climbed the spiral stairs, lit the great lamp and watched the ships pass safely "
+               "through the narrow channel.")
+
+
+def table(columns: list[str], name: str) -> QTableWidget:
+    t = QTableWidget(0, len(columns))
+    t.setObjectName(name)
+    t.setHorizontalHeaderLabels(columns)
+    t.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+    t.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+    t.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+    t.horizontalHeader().setStretchLastSection(True)
+    return t
+
+
+def fill(t: QTableWidget, rows: list[list]) -> None:
+    t.setSortingEnabled(False)
+    t.setRowCount(len(rows))
+    for r, values in enumerate(rows):
+        for c, value in enumerate(values):
+            item = QTableWidgetItem()
+            item.setData(Qt.ItemDataRole.DisplayRole, value)
+            t.setItem(r, c, item)
+    t.horizontalHeader().setSortIndicator(-1, Qt.SortOrder.AscendingOrder)
+    t.setSortingEnabled(True)
+
+
+def word_diff(hypothesis: str, reference: str) -> str:
+    """HTML of the hypothesis against the reference: deletions red, insertions green."""
+    hyp, ref = hypothesis.split(), reference.split()
+    out = []
+    for op, a1, a2, b1, b2 in difflib.SequenceMatcher(a=ref, b=hyp).get_opcodes():
+        if op == "equal":
+            out.append(html.escape(" ".join(ref[a1:a2])))
+        if op in ("delete", "replace"):
+            out.append(f"<span style='background:#f8c8c8;text-decoration:line-through'>"
+                       f"{html.escape(' '.join(ref[a1:a2]))}</span>")
+        if op in ("insert", "replace"):
+            out.append(f"<span style='background:#c8f0c8'>{html.escape(' '.join(hyp[b1:b2]))}"
+                       "</span>")
+    return " ".join(out)
 
 
 class EvaluateTab(WorkbenchTab):
@@ -14,22 +93,331 @@ class EvaluateTab(WorkbenchTab):
 
     def __init__(self, worker: ModelWorker, parent: QWidget | None = None) -> None:
         super().__init__(worker, parent)
-        form, self.run_button = form_with_run("Evaluation", [
-            ("Metric", combo("metric", ["perplexity", "BLEU / chrF / TER",
-                                        "generate then score", "classification"])),
-            ("Text or hypothesis file", line("hyp-file", "", "a UTF-8 text file")),
-            ("Reference file(s)", line("ref-files", "", "for BLEU / chrF / TER")),
-            ("Window (tokens)", spin("max-length", 2, 32768, 1024)),
-            ("Stride", spin("stride", 1, 32768, 512)),
-        ], "Evaluate", "Evaluation is not built yet.")
-        results = pending_panel("Results", [
-            "perplexity, NLL per token and bits per byte, per-token surprisal",
-            "sacrebleu BLEU, chrF and TER with signatures and significance tests",
-            "a results history, exportable as CSV and JSON",
-        ])
-        body = QHBoxLayout()
-        body.addWidget(form, 1)
-        body.addWidget(results, 2)
+        self.ppl_job: int | None = None
+        self.bleu_job: int | None = None
+        self.ppl_result: PerplexityResult | None = None
+        self.bleu_result: TranslationScores | None = None
+        self.surprisal_plot = None
+        self.modes = QTabWidget()
+        self.modes.setObjectName("evaluate-modes")
+        self.modes.addTab(self._build_perplexity(), "Perplexity")
+        self.modes.addTab(self._build_bleu(), "BLEU / chrF / TER")
+        self.history = table(["time", "kind", "result", "inputs"], "history-table")
+        self.history.setMaximumHeight(110)
+        export = QPushButton("Export history…")
+        export.clicked.connect(lambda: self.export_history())
+        history_box = QGroupBox("History")
+        hl = QVBoxLayout(history_box)
+        hl.addWidget(self.history)
+        row = QHBoxLayout()
+        row.addStretch(1)
+        row.addWidget(export)
+        hl.addLayout(row)
         layout = QVBoxLayout(self)
         layout.addWidget(self.model_label)
-        layout.addLayout(body, 1)
+        layout.addWidget(self.modes, 1)
+        layout.addWidget(history_box)
+        self.entries: list[HistoryEntry] = []
+        self.reload_history()
+        worker.job_finished.connect(self._on_finished)
+        worker.job_failed.connect(self._on_failed)
+        worker.job_cancelled.connect(self._on_cancelled)
+
+    # --- perplexity ------------------------------------------------------------------------
+    def _build_perplexity(self) -> QWidget:
+        page = QWidget()
+        self.ppl_text = text_box("ppl-text", "Paste a text, or open a file", SAMPLE_TEXT)
+        self.ppl_file = line("ppl-file", "", "or a UTF-8 text file (used instead of the box)")
+        browse = QPushButton("Open file…")
+        browse.clicked.connect(self._browse_text)
+        file_row = QHBoxLayout()
+        file_row.addWidget(self.ppl_file, 1)
+        file_row.addWidget(browse)
+        self.window = spin("max-length", 0, 131072, 0)
+        self.window.setSpecialValueText("model context")
+        self.stride = spin("stride", 0, 131072, 0)
+        self.stride.setSpecialValueText("half the window")
+        self.ppl_button = QPushButton("Compute perplexity")
+        self.ppl_button.setObjectName("perplexity-button")
+        self.ppl_button.clicked.connect(self.start_perplexity)
+        form = QFormLayout()
+        form.addRow("Text", self.ppl_text)
+        form.addRow("File", file_row)
+        form.addRow("Window (tokens)", self.window)
+        form.addRow("Stride", self.stride)
+        form.addRow(self.ppl_button)
+        inputs = QWidget()
+        inputs.setLayout(form)
+        self.ppl_numbers = QLabel("Perplexity, NLL per token and bits per byte appear here.")
+        self.ppl_numbers.setObjectName("perplexity-numbers")
+        self.ppl_numbers.setWordWrap(True)
+        self.ppl_tokens = TokenView("perplexity-tokens", "Each token coloured by surprisal "
+                                    "(red: surprising)")
+        self.worst = table(["position", "token", "surprisal (bits)"], "worst-tokens")
+        self.plot_holder = QWidget()
+        QVBoxLayout(self.plot_holder).setContentsMargins(0, 0, 0, 0)
+        results = QSplitter(Qt.Orientation.Vertical)
+        top = QSplitter(Qt.Orientation.Horizontal)
+        top.addWidget(self.ppl_tokens)
+        top.addWidget(self.worst)
+        top.setSizes([520, 340])
+        results.addWidget(top)
+        results.addWidget(self.plot_holder)
+        right = QWidget()
+        rl = QVBoxLayout(right)
+        rl.setContentsMargins(0, 0, 0, 0)
+        rl.addWidget(self.ppl_numbers)
+        rl.addWidget(results, 1)
+        split = QSplitter(Qt.Orientation.Horizontal)
+        split.addWidget(inputs)
+        split.addWidget(right)
+        split.setSizes([380, 860])
+        QVBoxLayout(page).addWidget(split)
+        return page
+
+    def build_deferred(self) -> None:
+        if self.surprisal_plot is not None:
+            return
+        import pyqtgraph as pg
+
+        self.surprisal_plot = pg.PlotWidget()
+        self.surprisal_plot.setObjectName("surprisal-plot")
+        self.surprisal_plot.setLabel("left", "surprisal (bits)")
+        self.surprisal_plot.setLabel("bottom", "token position")
+        self.surprisal_plot.showGrid(y=True, alpha=0.3)
+        self.surprisal_curve = self.surprisal_plot.plot([], [], pen=pg.mkPen((31, 119, 180),
+                                                                             width=1.5))
+        self.plot_holder.layout().addWidget(self.surprisal_plot)
+
+    def _browse_text(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Open a text file", "",
+                                              "Text (*.txt);;All files (*)")
+        if path:
+            self.ppl_file.setText(path)
+
+    def start_perplexity(self) -> None:
+        if self.ppl_job is not None:
+            return
+        try:
+            source = self.ppl_file.text().strip()
+            text = read_text(source) if source else self.ppl_text.toPlainText()
+            if not text.strip():
+                raise WorkbenchError("The text is empty.")
+        except WorkbenchError as exc:
+            self.window_error("Cannot compute perplexity", str(exc))
+            return
+        max_length, stride = self.window.value() or None, self.stride.value() or None
+
+        def job(ctx: WorkerContext) -> PerplexityResult:
+            return perplexity(ctx.model(), text, max_length, stride, ctx)
+
+        self.ppl_inputs = {"source": source or "pasted text", "characters": len(text),
+                           "max_length": max_length, "stride": stride}
+        self.ppl_job = self.worker.submit("Perplexity", job)
+        self.ppl_button.setEnabled(False)
+        self.ppl_numbers.setText("Computing…")
+
+    def show_perplexity(self, r: PerplexityResult) -> None:
+        self.ppl_result = r
+        self.ppl_numbers.setText(
+            f"<b>Perplexity {r.perplexity:.3f}</b> · NLL {r.nll_per_token:.4f} nats/token · "
+            f"{r.bits_per_byte:.4f} bits/byte · {r.tokens} tokens scored · window "
+            f"{r.max_length}, stride {r.stride} · {r.model} · {r.tokens_per_second:.0f} tokens/s")
+        self.ppl_tokens.clear_tokens()
+        bits = [n / math.log(2) for n in r.token_nll]
+        top = max(bits, default=1.0) or 1.0
+        self.ppl_tokens.append_token(r.token_texts[0], float("nan"), "first token: not scored")
+        for i, b in enumerate(bits):
+            self.ppl_tokens.append_token(r.token_texts[i + 1], 1.0 - min(b / top, 1.0),
+                                         f"position {i + 1}: {b:.2f} bits")
+        fill(self.worst, [[pos, repr(text), round(b, 2)] for pos, text, b in r.worst(15)])
+        if self.surprisal_plot is not None:
+            self.surprisal_curve.setData(list(range(1, len(bits) + 1)), bits)
+        self._record("perplexity", f"perplexity {r.perplexity:.3f} ({r.model})",
+                     self.ppl_inputs | {"model": r.model}, r.to_dict())
+
+    # --- BLEU / chrF / TER ----------------------------------------------------------------------
+    def _build_bleu(self) -> QWidget:
+        page = QWidget()
+        self.hyp_file = line("hyp-file", "", "hypotheses, one segment a line")
+        self.ref_files = line("ref-files", "", "references; several separated by ;")
+        self.sys2_file = line("system2-file", "", "optional: a second system to test against")
+        self.metric_boxes = {}
+        metrics_row = QHBoxLayout()
+        for name, label, on in (("bleu", "BLEU", True), ("chrf", "chrF", True),
+                                ("chrf++", "chrF++", False), ("ter", "TER", True)):
+            box = QCheckBox(label)
+            box.setObjectName(f"metric-{name}")
+            box.setChecked(on)
+            self.metric_boxes[name] = box
+            metrics_row.addWidget(box)
+        self.tokenize = combo("bleu-tokenize", ["13a", "intl", "char", "none", "zh", "ja-mecab",
+                                                "ko-mecab", "flores101", "flores200"])
+        self.lowercase = QCheckBox("Lowercase")
+        self.lowercase.setObjectName("lowercase")
+        self.test = combo("significance-test", ["paired bootstrap", "approximate randomization",
+                                                "both"])
+        self.bleu_button = QPushButton("Score")
+        self.bleu_button.setObjectName("bleu-button")
+        self.bleu_button.clicked.connect(self.start_bleu)
+        form = QFormLayout()
+        for label, widget in (("Hypothesis", self.hyp_file), ("References", self.ref_files),
+                              ("Second system", self.sys2_file)):
+            row = QHBoxLayout()
+            row.addWidget(widget, 1)
+            browse = QPushButton("…")
+            browse.setMaximumWidth(30)
+            browse.clicked.connect(lambda _=False, w=widget: self._browse_into(w))
+            row.addWidget(browse)
+            form.addRow(label, row)
+        form.addRow("Metrics", metrics_row)
+        form.addRow("BLEU tokenizer", self.tokenize)
+        form.addRow("", self.lowercase)
+        form.addRow("Significance", self.test)
+        form.addRow(self.bleu_button)
+        inputs = QWidget()
+        inputs.setLayout(form)
+        self.corpus_table = table(["metric", "score", "signature"], "corpus-scores")
+        self.significance_table = table(["test", "metric", "baseline", "system", "p-value",
+                                         "system mean ± 95% CI"], "significance")
+        self.sentence_table = table(["line", "BLEU", "chrF", "TER", "hypothesis"], "sentences")
+        self.sentence_table.itemSelectionChanged.connect(self._show_diff)
+        self.diff = QTextEdit()
+        self.diff.setObjectName("diff-view")
+        self.diff.setReadOnly(True)
+        self.diff.setPlaceholderText("Select a line to see the hypothesis against its first "
+                                     "reference (red: missing, green: added).")
+        self.diff.setMaximumHeight(80)
+        right = QSplitter(Qt.Orientation.Vertical)
+        for w in (self.corpus_table, self.significance_table, self.sentence_table, self.diff):
+            right.addWidget(w)
+        right.setSizes([90, 90, 200, 70])
+        split = QSplitter(Qt.Orientation.Horizontal)
+        split.addWidget(inputs)
+        split.addWidget(right)
+        split.setSizes([420, 820])
+        QVBoxLayout(page).addWidget(split)
+        return page
+
+    def _browse_into(self, widget: QLineEdit) -> None:
+        paths, _ = QFileDialog.getOpenFileNames(self, "Choose text files", "",
+                                                "Text (*.txt);;All files (*)")
+        if paths:
+            widget.setText(";".join(paths))
+
+    def start_bleu(self) -> None:
+        if self.bleu_job is not None:
+            return
+        metrics = tuple(n for n, box in self.metric_boxes.items() if box.isChecked())
+        try:
+            if not metrics:
+                raise WorkbenchError("Choose at least one metric.")
+            if not self.hyp_file.text().strip():
+                raise WorkbenchError("Choose a hypothesis file.")
+            hyps = read_lines(self.hyp_file.text().strip())
+            refs = [read_lines(p.strip()) for p in self.ref_files.text().split(";") if p.strip()]
+            other = read_lines(self.sys2_file.text().strip()) if self.sys2_file.text().strip() \
+                else None
+        except WorkbenchError as exc:
+            self.window_error("Cannot score", str(exc))
+            return
+        tests = {"paired bootstrap": ("bs",), "approximate randomization": ("ar",),
+                 "both": ("bs", "ar")}[self.test.currentText()]
+        tokenize, lowercase = self.tokenize.currentText(), self.lowercase.isChecked()
+
+        def job(ctx: WorkerContext) -> TranslationScores:
+            return score_translation(hyps, refs, metrics, tokenize, lowercase, other, tests,
+                                     ctx=ctx)
+
+        self.bleu_inputs = {"hypothesis": self.hyp_file.text(), "references": self.ref_files.text(),
+                            "second_system": self.sys2_file.text(), "metrics": list(metrics),
+                            "tokenize": tokenize, "lowercase": lowercase, "tests": list(tests)}
+        self.bleu_job = self.worker.submit("BLEU / chrF / TER", job)
+        self.bleu_button.setEnabled(False)
+
+    def show_bleu(self, r: TranslationScores) -> None:
+        self.bleu_result = r
+        fill(self.corpus_table, [[m.metric, round(m.score, 2), m.signature] for m in r.metrics])
+        fill(self.significance_table, [
+            [s.test, s.metric, round(s.baseline, 2), round(s.system, 2),
+             "-" if s.p_value is None else round(s.p_value, 4),
+             "-" if s.system_ci is None else f"{s.system_mean:.2f} ± {s.system_ci:.2f}"]
+            for s in r.significance])
+        fill(self.sentence_table, [[row["line"], round(row.get("bleu", float("nan")), 2),
+                                    round(row.get("chrf", float("nan")), 2),
+                                    round(row.get("ter", float("nan")), 2), row["hypothesis"]]
+                                   for row in r.sentences])
+        summary = ", ".join(f"{m.metric} {m.score:.2f}" for m in r.metrics)
+        self._record("bleu", summary, self.bleu_inputs, r.to_dict())
+
+    def _show_diff(self) -> None:
+        rows = self.sentence_table.selectionModel().selectedRows()
+        if not rows or self.bleu_result is None:
+            return
+        line_no = int(self.sentence_table.item(rows[0].row(), 0).text())
+        row = self.bleu_result.sentences[line_no - 1]
+        self.diff.setHtml(f"<b>line {line_no}</b>: {word_diff(row['hypothesis'], row['references'][0])}")
+
+    # --- history --------------------------------------------------------------------------------
+    def _record(self, kind: str, summary: str, inputs: dict, results: dict) -> None:
+        try:
+            self.entries.append(add_entry(kind, summary, inputs, results))
+        except OSError as exc:
+            self.window_error("Cannot save the results history", str(exc))
+        self._fill_history()
+
+    def reload_history(self) -> None:
+        self.entries = load_history()
+        self._fill_history()
+
+    def _fill_history(self) -> None:
+        fill(self.history, [[e.time, e.kind, e.summary,
+                             ", ".join(f"{k}={v}" for k, v in e.inputs.items())]
+                            for e in reversed(self.entries)])
+
+    def export_history(self, path: str | None = None) -> None:
+        if path is None:
+            path, _ = QFileDialog.getSaveFileName(self, "Export the history", "history.csv",
+                                                  "CSV (*.csv);;JSON (*.json)")
+        if path:
+            try:
+                export_history(self.entries, path)
+            except OSError as exc:
+                self.window_error("Cannot export the history", str(exc))
+
+    # --- jobs ------------------------------------------------------------------------------------
+    def window_error(self, title: str, message: str) -> None:
+        window = self.window()
+        if hasattr(window, "show_error"):
+            window.show_error(title, message)
+
+    def model_changed(self, loaded) -> None:
+        self.ppl_button.setToolTip("" if loaded is None or loaded.task == CAUSAL_LM else
+                                   "Perplexity needs a causal language model")
+
+    def _on_finished(self, job_id: int, result: object) -> None:
+        if job_id == self.ppl_job:
+            self.ppl_job = None
+            self.ppl_button.setEnabled(True)
+            if isinstance(result, PerplexityResult):
+                self.show_perplexity(result)
+        elif job_id == self.bleu_job:
+            self.bleu_job = None
+            self.bleu_button.setEnabled(True)
+            if isinstance(result, TranslationScores):
+                self.show_bleu(result)
+
+    def _on_failed(self, job_id: int, error: object, details: str) -> None:
+        was_perplexity = job_id == self.ppl_job
+        self._on_cancelled(job_id)
+        if was_perplexity:
+            self.ppl_numbers.setText(f"Failed: {error}")
+
+    def _on_cancelled(self, job_id: int) -> None:
+        if job_id == self.ppl_job:
+            self.ppl_job = None
+            self.ppl_button.setEnabled(True)
+            self.ppl_numbers.setText("Cancelled.")
+        elif job_id == self.bleu_job:
+            self.bleu_job = None
+            self.bleu_button.setEnabled(True)

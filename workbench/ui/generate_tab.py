@@ -3,14 +3,12 @@ candidates, per-step curves, a distribution explorer, and strategies side by sid
 
 from __future__ import annotations
 
-import bisect
 import csv
 import json
 import math
 from dataclasses import asdict
 
-from PySide6.QtCore import QEvent, QObject, QSettings, Qt, QTimer, Signal
-from PySide6.QtGui import QColor, QTextCharFormat, QTextCursor
+from PySide6.QtCore import QSettings, Qt, QTimer
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QCheckBox,
@@ -30,7 +28,6 @@ from PySide6.QtWidgets import (
     QTableWidget,
     QTableWidgetItem,
     QTabWidget,
-    QTextEdit,
     QVBoxLayout,
     QWidget,
 )
@@ -58,62 +55,12 @@ from workbench.core.generation import (
 )
 from workbench.ui.skeleton import dspin, spin, text_box
 from workbench.ui.tab_base import WorkbenchTab
+from workbench.ui.widgets import TokenView
 from workbench.ui.worker import ModelWorker, WorkerContext
 
 TOP_N = 10
 SUMMARY_COLUMNS = ["strategy", "mean log-prob", "perplexity", "distinct-1", "distinct-2",
                    "self-BLEU", "tokens/s", "diverges at"]
-
-
-def probability_colour(p: float) -> QColor:
-    """Red for unlikely tokens through yellow to green for near-certain ones."""
-    if p != p:  # NaN: no probability known
-        return QColor(235, 235, 235)
-    return QColor.fromHsvF(max(0.0, min(1.0, p)) / 3.0, 0.35, 1.0)
-
-
-class TokenView(QTextEdit):
-    """Read-only text made of tokens; remembers where each token starts; emits clicks."""
-
-    token_clicked = Signal(int)
-
-    def __init__(self, name: str, placeholder: str = "") -> None:
-        super().__init__()
-        self.setObjectName(name)
-        self.setReadOnly(True)
-        self.setPlaceholderText(placeholder)
-        self.starts: list[int] = []
-        self.viewport().installEventFilter(self)
-
-    def clear_tokens(self) -> None:
-        self.clear()
-        self.starts = []
-
-    def append_token(self, text: str, probability: float, tooltip: str,
-                     highlight: bool = False) -> None:
-        cursor = self.textCursor()
-        cursor.movePosition(QTextCursor.MoveOperation.End)
-        self.starts.append(cursor.position())
-        fmt = QTextCharFormat()
-        fmt.setBackground(probability_colour(probability))
-        fmt.setToolTip(tooltip)
-        if highlight:
-            fmt.setFontUnderline(True)
-            fmt.setUnderlineColor(QColor(200, 0, 0))
-            fmt.setFontWeight(700)
-        cursor.insertText(text, fmt)  # an empty token (a special token) has no width
-        self.setTextCursor(cursor)
-
-    def token_at(self, position: int) -> int | None:
-        index = bisect.bisect_right(self.starts, position) - 1
-        return index if index >= 0 else None
-
-    def eventFilter(self, watched: QObject, event: QEvent) -> bool:  # noqa: N802 (Qt API)
-        if watched is self.viewport() and event.type() == QEvent.Type.MouseButtonRelease:
-            index = self.token_at(self.cursorForPosition(event.position().toPoint()).position())
-            if index is not None:
-                self.token_clicked.emit(index)
-        return super().eventFilter(watched, event)
 
 
 def token_tooltip(step: StepRecord) -> str:

@@ -63,6 +63,9 @@ def take_screenshots(window, folder: Path, app, demo: bool = True,
             steps = generate.current_steps()
             if len(steps) > 2:  # show the candidates of an interesting (uncertain) step
                 generate.select_step(max(range(len(steps)), key=lambda i: steps[i].entropy))
+            evaluate = window.tab_pages[3]
+            evaluate.start_perplexity()
+            wait_until(app, lambda: evaluate.ppl_job is None, timeout_s)
     saved = []
     for index, page in enumerate(window.tab_pages):
         window.tabs.setCurrentIndex(index)
