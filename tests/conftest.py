@@ -26,6 +26,14 @@ sys.path.insert(0, str(Path(__file__).parent))
 import pytest  # noqa: E402
 import tiny_models  # noqa: E402
 
+# QtWebEngine needs these before pytest-qt creates the QApplication.
+from PySide6.QtCore import QCoreApplication, Qt  # noqa: E402
+
+from workbench.ui.web_view import register_scheme  # noqa: E402
+
+register_scheme()
+QCoreApplication.setAttribute(Qt.ApplicationAttribute.AA_ShareOpenGLContexts)
+
 
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_settings():

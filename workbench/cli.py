@@ -73,6 +73,18 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--top-n", type=int, default=0, help="with --json: per-step candidates")
     cmp.add_argument("--json", action="store_true", help="print one JSON document")
 
+    att = sub.add_parser("attention", help="attention of a text: offline bertviz page and "
+                         "head statistics")
+    add_model_options(att)
+    att.add_argument("--text", required=True)
+    att.add_argument("--text-b", help="sentence B, for encoders")
+    att.add_argument("--view", choices=["head", "model"], default="head")
+    att.add_argument("--html", metavar="FILE", help="write the bertviz page (works offline)")
+    att.add_argument("--max-tokens", type=int, default=64)
+    att.add_argument("--layers", help="comma-separated layer indices for the page "
+                     "(default: all, or 6 spread over deeper models)")
+    att.add_argument("--json", action="store_true", help="print one JSON document")
+
     ev = sub.add_parser("evaluate", help="perplexity, or BLEU / chrF / TER with sacrebleu")
     ev_sub = ev.add_subparsers(dest="evaluate_command", metavar="METRIC", required=True)
     ppl = ev_sub.add_parser("perplexity", help="perplexity of a model on a text file")
@@ -270,6 +282,51 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_attention(args: argparse.Namespace) -> int:
+    from workbench.core.attention import bertviz_html, compute_attention, head_statistics
+
+    layers = None
+    if args.layers:
+        try:
+            layers = [int(x) for x in args.layers.split(",") if x.strip()]
+        except ValueError:
+            raise WorkbenchError(f"--layers takes numbers such as 0,5, not '{args.layers}'.") from None
+    bar = TerminalProgress(quiet=args.json)
+    loaded = load_from_args(args, bar)
+    result = compute_attention(loaded, args.text, args.text_b, args.max_tokens)
+    notices = list(result.notices)
+    if args.html:
+        page, more = bertviz_html(result, args.view, layers)
+        notices += more
+        try:
+            from pathlib import Path
+
+            Path(args.html).write_text(page, encoding="utf-8")
+        except OSError as exc:
+            raise WorkbenchError(f"Cannot write {args.html}: {exc.strerror or exc}") from None
+    stats = head_statistics(result)
+    if args.json:
+        _print_json({"model": loaded.name, "tokens": result.tokens, "layers": result.layers,
+                     "heads": result.heads, "sentence_b_start": result.sentence_b_start,
+                     "head_statistics": {k: v.round(5).tolist() for k, v in stats.items()},
+                     "html": args.html, "notices": notices})
+        return 0
+    print(f"{loaded.name}: {len(result.tokens)} tokens, {result.layers} layers × "
+          f"{result.heads} heads")
+    print("tokens: " + " ".join(repr(t) for t in result.tokens))
+    prev = stats["previous token"]
+    layer, head = divmod(int(prev.argmax()), result.heads)
+    print(f"most previous-token head: layer {layer} head {head} ({prev.max():.2f})")
+    ent = stats["entropy"]
+    layer, head = divmod(int(ent.argmin()), result.heads)
+    print(f"most focused head: layer {layer} head {head} (entropy {ent.min():.2f} bits)")
+    if args.html:
+        print(f"bertviz {args.view} view written to {args.html}")
+    for notice in notices:
+        print(f"note: {notice}", file=sys.stderr)
+    return 0
+
+
 def cmd_evaluate_perplexity(args: argparse.Namespace) -> int:
     from workbench.core.evaluation import perplexity, read_text
     from workbench.core.jobs import JobContext
@@ -349,6 +406,7 @@ COMMANDS = {
     ("models", "fetch"): cmd_models_fetch,
     ("generate", None): cmd_generate,
     ("compare", None): cmd_compare,
+    ("attention", None): cmd_attention,
     ("evaluate", "perplexity"): cmd_evaluate_perplexity,
     ("evaluate", "bleu"): cmd_evaluate_bleu,
     ("bench", None): cmd_bench,

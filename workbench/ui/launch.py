@@ -27,7 +27,11 @@ def make_application():
 
     app = QApplication.instance()
     if app is None:
-        # QtWebEngine (bertviz views) needs shared GL contexts, set before the app exists.
+        # QtWebEngine (bertviz views) needs shared GL contexts and its URL scheme declared
+        # before the app exists.
+        from workbench.ui.web_view import register_scheme
+
+        register_scheme()
         QCoreApplication.setAttribute(Qt.ApplicationAttribute.AA_ShareOpenGLContexts)
         app = QApplication(sys.argv[:1])
     app.setOrganizationName(ORGANIZATION)

@@ -1,0 +1,105 @@
+"""Attention weights, head statistics, logit lens and the offline, script-safe bertviz page."""
+
+import json
+import re
+
+import numpy as np
+import pytest
+import torch
+
+from workbench.core.attention import (
+    AttentionResult,
+    bertviz_html,
+    compute_attention,
+    head_statistics,
+    logit_lens,
+    script_safe_json,
+)
+from workbench.core.errors import WorkbenchError
+from workbench.core.loader import load_model
+
+HOSTILE = ["</script><script>window.__pwned=1</script>", "<!--", "a&b", "\u2028", "<img src=x>"]
+
+
+@pytest.fixture(scope="module")
+def bert(tiny):
+    return load_model(str(tiny("bert")))
+
+
+@pytest.fixture(scope="module")
+def llama(tiny):
+    return load_model(str(tiny("llama")))
+
+
+def test_weights_equal_the_models_own_attentions(bert):
+    result = compute_attention(bert, "the cat sat on the mat", "it was tired")
+    ids = bert.tokenizer("the cat sat on the mat", "it was tired", return_tensors="pt")
+    with torch.no_grad():
+        expected = bert.model(**ids, output_attentions=True).attentions
+    assert result.weights.shape == (2, 2, ids["input_ids"].shape[1], ids["input_ids"].shape[1])
+    assert np.allclose(result.weights[1, 0], expected[1][0, 0].numpy(), atol=1e-6)
+    assert result.tokens[0] == "[CLS]" and result.sentence_b_start == 8
+    assert np.allclose(result.weights.sum(-1), 1.0, atol=1e-5)
+
+
+def test_head_statistics_by_hand():
+    w = np.zeros((1, 2, 3, 3), dtype=np.float32)
+    w[0, 0] = [[1, 0, 0], [1, 0, 0], [0, 1, 0]]  # head 0: previous/first token
+    w[0, 1] = np.full((3, 3), 1 / 3)  # head 1: uniform
+    stats = head_statistics(AttentionResult("m", ["a", "b", "c"], w))
+    assert stats["entropy"][0, 0] == pytest.approx(0.0)
+    assert stats["entropy"][0, 1] == pytest.approx(np.log2(3))
+    assert stats["previous token"][0, 0] == pytest.approx(1.0)
+    assert stats["first token"][0, 0] == pytest.approx(2 / 3)
+    assert stats["mean distance"][0, 0] == pytest.approx((0 + 1 + 1) / 3)
+    assert stats["mean distance"][0, 1] == pytest.approx((1 + 2 / 3 + 1) / 3)
+
+
+def test_truncation_and_bad_input(bert, llama):
+    long = compute_attention(bert, "the cat " * 100, max_tokens=16)
+    assert len(long.tokens) == 16 and "only the first 16" in long.notices[0]
+    with pytest.raises(WorkbenchError, match="empty"):
+        compute_attention(bert, "  ")
+    with pytest.raises(WorkbenchError, match="Sentence pairs are for encoders"):
+        compute_attention(llama, "the cat", "the dog")
+    assert compute_attention(llama, "the cat").is_decoder
+    assert llama.model.config._attn_implementation == "eager"  # sdpa returns no weights
+
+
+def test_logit_lens_last_layer_is_the_models_prediction(llama):
+    lens = logit_lens(llama, "the cat sat on the")
+    ids = llama.tokenizer("the cat sat on the", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        top = llama.model(ids).logits[0].argmax(-1).tolist()
+    assert lens.top_tokens[-1] == [llama.tokenizer.decode([t]) for t in top]
+    assert len(lens.top_tokens) == 2 and all(0 < p <= 1 for p in lens.top_probs[0])
+
+
+def test_script_safe_json_round_trips():
+    text = script_safe_json({"tokens": HOSTILE})
+    assert "<" not in text and ">" not in text and "&" not in text and "\u2028" not in text
+    assert json.loads(text) == {"tokens": HOSTILE}
+
+
+def test_bertviz_page_is_offline_and_script_safe():
+    rng = np.random.default_rng(0)
+    w = rng.random((2, 3, len(HOSTILE), len(HOSTILE))).astype(np.float32)
+    w /= w.sum(-1, keepdims=True)
+    page, notices = bertviz_html(AttentionResult("m", HOSTILE, w), "head")
+    assert "cdnjs" not in page and not re.search(r"src=[\"']?https?:", page)
+    assert "require.config({" not in page
+    assert "__pwned" in page  # the token is there, but only in escaped form:
+    assert HOSTILE[0] not in page and "<img src=x>" not in page
+    assert "<!--" not in page.split("<body", 1)[1]
+    start = page.index("const params = ") + len("const params = ")
+    params = json.JSONDecoder().raw_decode(page, start)[0]
+    assert params["attention"][0]["left_text"] == HOSTILE
+    assert params["attention"][0]["attn"][0][0][0][0] == round(float(w[0, 0, 0, 0]), 3)
+
+
+def test_deep_models_get_a_layer_subset_with_a_notice():
+    w = np.full((30, 1, 2, 2), 0.5, dtype=np.float32)
+    page, notices = bertviz_html(AttentionResult("m", ["a", "b"], w), "model")
+    assert "Showing layers 0, 5, 10, 15, 20, 25 of 30" in notices[0]
+    with pytest.raises(WorkbenchError, match="do not exist"):
+        bertviz_html(AttentionResult("m", ["a", "b"], w), "head", layers=[31])

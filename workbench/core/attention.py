@@ -1,0 +1,275 @@
+"""Attention of a text: weights, head statistics, logit lens, and offline bertviz pages.
+
+bertviz renders the views; the page it returns loads require.js, d3 and jQuery from a
+CDN, which fails offline, and pastes the tokens into a ``<script>`` unescaped. The page is
+therefore rewritten here: the CDN loader is replaced by a few lines that hand the
+installed d3 v5 (from ``mpld3``) and jQuery (from ``XStatic-jQuery``) to bertviz's
+``requirejs`` call, and the parameters are re-serialised script-safe, with rounded weights.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from importlib import util as import_util
+from pathlib import Path
+from typing import Any
+
+from workbench.core.errors import WorkbenchError
+from workbench.core.jobs import JobContext
+
+DEFAULT_MAX_TOKENS = 64
+LN2 = math.log(2.0)
+
+
+@dataclass
+class AttentionResult:
+    """Attention weights of one forward pass: ``weights[layer, head, query, key]``."""
+
+    model: str
+    tokens: list[str]
+    weights: Any  # numpy float32 array, layers × heads × T × T
+    sentence_b_start: int | None = None
+    is_decoder: bool = False
+    notices: list[str] = field(default_factory=list)
+
+    @property
+    def layers(self) -> int:
+        return int(self.weights.shape[0])
+
+    @property
+    def heads(self) -> int:
+        return int(self.weights.shape[1])
+
+    def head(self, layer: int, head: int | None):
+        """One head's T × T weights, or the mean over heads when ``head`` is None."""
+        w = self.weights[layer]
+        return w.mean(axis=0) if head is None else w[head]
+
+
+def compute_attention(loaded: Any, text: str, text_b: str | None = None,
+                      max_tokens: int | None = DEFAULT_MAX_TOKENS,
+                      ctx: JobContext | None = None) -> AttentionResult:
+    """Run ``loaded`` on ``text`` (and ``text_b`` for an encoder pair) with attentions on."""
+    import numpy as np
+    import torch
+
+    from workbench.core.catalog import CAUSAL_LM
+    from workbench.core.generation import context_length
+
+    ctx = ctx or JobContext()
+    if not text.strip():
+        raise WorkbenchError("The text is empty.")
+    decoder = loaded.task == CAUSAL_LM
+    if text_b and text_b.strip() and decoder:
+        raise WorkbenchError(f"Sentence pairs are for encoders such as all-MiniLM-L6-v2; "
+                             f"{loaded.name} is a decoder: put the whole text in sentence A.")
+    text_b = text_b if text_b and text_b.strip() else None
+    tokenizer = loaded.tokenizer
+    context = context_length(loaded.model) or 512
+    limit = min(max_tokens or context, context)
+    full = tokenizer(text, text_b)["input_ids"]
+    notices = []
+    if len(full) > limit:
+        notices.append(f"The input has {len(full)} tokens: only the first {limit} are shown "
+                       f"({'the model context' if limit == context else 'the token cap'}).")
+    encoded = tokenizer(text, text_b, truncation="longest_first" if text_b else True,
+                        max_length=limit, return_tensors="pt")
+    loaded.ensure_attentions()
+    ctx.progress("Running the model with attentions…", None)
+    with torch.inference_mode():
+        try:
+            out = loaded.model(**{k: v.to(loaded.model.device) for k, v in encoded.items()},
+                               output_attentions=True)
+        except (TypeError, ValueError) as exc:
+            raise WorkbenchError(f"{loaded.name} cannot return attention weights: {exc}") from exc
+    attentions = getattr(out, "attentions", None)
+    if not attentions or any(a is None for a in attentions):
+        raise WorkbenchError(f"{loaded.name} returned no attention weights (its attention "
+                             "implementation does not expose them).")
+    weights = np.stack([a[0].float().cpu().numpy() for a in attentions])
+    ids = encoded["input_ids"][0].tolist()
+    tokens = [tokenizer.decode([i]) for i in ids]
+    b_start = None
+    if text_b is not None:
+        try:  # fast tokenizers know which sequence each token came from
+            marks = encoded.sequence_ids(0)
+        except (ValueError, AttributeError):
+            marks = encoded.get("token_type_ids", [[]])[0].tolist()
+        b_start = marks.index(1) if 1 in marks else None
+    return AttentionResult(loaded.name, tokens, weights, b_start, decoder, notices)
+
+
+STATISTICS = ("entropy", "previous token", "first token", "mean distance")
+
+
+def head_statistics(result: AttentionResult) -> dict[str, Any]:
+    """Per head (layers × heads): the mean over query positions of the attention row's
+    entropy (bits), weight on the previous token, weight on the first token, and mean
+    distance |query − key| weighted by attention."""
+    import numpy as np
+
+    w = result.weights.astype(np.float64)
+    t = w.shape[-1]
+    positions = np.arange(t)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        logs = np.where(w > 0, np.log2(np.where(w > 0, w, 1.0)), 0.0)
+    entropy = -(w * logs).sum(-1).mean(-1)
+    previous = w[..., positions[1:], positions[:-1]].mean(-1) if t > 1 else np.zeros(w.shape[:2])
+    first = w[..., :, 0].mean(-1)
+    distance = (w * np.abs(positions[:, None] - positions[None, :])).sum(-1).mean(-1)
+    return {"entropy": entropy, "previous token": previous, "first token": first,
+            "mean distance": distance}
+
+
+@dataclass
+class LogitLens:
+    tokens: list[str]
+    top_tokens: list[list[str]]  # [layer][position]
+    top_probs: list[list[float]]
+
+
+def _final_norm(model: Any):
+    for path in ("model.norm", "transformer.ln_f", "gpt_neox.final_layer_norm",
+                 "model.decoder.final_layer_norm", "transformer.norm_f"):
+        obj = model
+        for part in path.split("."):
+            obj = getattr(obj, part, None)
+            if obj is None:
+                break
+        if obj is not None:
+            return obj
+    return None
+
+
+def logit_lens(loaded: Any, text: str, max_tokens: int | None = DEFAULT_MAX_TOKENS) -> LogitLens:
+    """The most likely next token predicted from each layer's hidden state at each
+    position: the final norm and the output embedding applied to intermediate layers."""
+    import torch
+
+    from workbench.core.catalog import CAUSAL_LM
+
+    if loaded.task != CAUSAL_LM:
+        raise WorkbenchError("The logit lens needs a decoder (causal language model).")
+    if not text.strip():
+        raise WorkbenchError("The text is empty.")
+    model, tokenizer = loaded.model, loaded.tokenizer
+    encoded = tokenizer(text, truncation=True, max_length=max_tokens or 512, return_tensors="pt")
+    head = model.get_output_embeddings()
+    norm = _final_norm(model)
+    with torch.inference_mode():
+        out = model(**{k: v.to(model.device) for k, v in encoded.items()},
+                    output_hidden_states=True)
+        states = out.hidden_states  # embeddings, then every layer (the last one normed)
+        top_tokens, top_probs = [], []
+        for i, h in enumerate(states[1:], start=1):
+            if i < len(states) - 1 and norm is not None:
+                h = norm(h)
+            probs = torch.softmax(head(h)[0].float(), -1)
+            p, idx = probs.max(-1)
+            top_tokens.append([tokenizer.decode([t]) for t in idx.tolist()])
+            top_probs.append(p.tolist())
+    tokens = [tokenizer.decode([t]) for t in encoded["input_ids"][0].tolist()]
+    return LogitLens(tokens, top_tokens, top_probs)
+
+
+# --- bertviz, offline and script-safe --------------------------------------------------------
+def _asset(package: str, relative: str) -> Path:
+    spec = import_util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise WorkbenchError(f"The package that provides {relative} ({package}) is not installed.")
+    for root in spec.submodule_search_locations:
+        path = Path(root) / relative
+        if path.is_file():
+            return path
+    raise WorkbenchError(f"{package} does not contain {relative}.")
+
+
+def offline_assets() -> dict[str, bytes]:
+    """d3 v5 and jQuery from installed packages (never a CDN)."""
+    return {"d3.v5.min.js": _asset("mpld3", "js/d3.v5.min.js").read_bytes(),
+            "jquery.min.js": _asset("xstatic.pkg.jquery", "data/jquery.min.js").read_bytes()}
+
+
+def script_safe_json(data: Any) -> str:
+    """JSON that cannot end a ``<script>`` element or open an HTML comment in it."""
+    text = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+    return (text.replace("&", "\\u0026").replace("<", "\\u003c").replace(">", "\\u003e")
+            .replace("\u2028", "\\u2028").replace("\u2029", "\\u2029"))
+
+
+def _round_weights(node: Any, digits: int) -> Any:
+    if isinstance(node, float):
+        return round(node, digits)
+    if isinstance(node, list):
+        return [_round_weights(x, digits) for x in node]
+    if isinstance(node, dict):
+        return {k: (_round_weights(v, digits) if k == "attn" else v) for k, v in node.items()}
+    return node
+
+
+_SHIM = """<script>
+/* bertviz asks require.js for jquery and d3: hand it the copies inlined above. */
+var require = {config: function () {}};
+function requirejs(names, callback) {
+  var modules = {jquery: window.jQuery, d3: window.d3};
+  callback.apply(null, names.map(function (n) { return modules[n]; }));
+}
+</script>"""
+
+
+def bertviz_html(result: AttentionResult, view: str = "head", layers: list[int] | None = None,
+                 digits: int = 3) -> tuple[str, list[str]]:
+    """A self-contained bertviz page (works offline) and notices about what was left out.
+
+    ``layers`` defaults to all layers for small models and to an even subset of at most
+    6 layers for deeper ones (pages grow with layers × heads × tokens²).
+    """
+    import torch
+    from bertviz import head_view, model_view
+
+    notices = []
+    if layers is None:
+        layers = list(range(result.layers))
+        if result.layers > 6:
+            step = math.ceil(result.layers / 6)
+            layers = list(range(0, result.layers, step))
+            notices.append(f"Showing layers {', '.join(map(str, layers))} of {result.layers}; "
+                           "choose others with the layer list.")
+    bad = [layer for layer in layers if not 0 <= layer < result.layers]
+    if bad or not layers:
+        raise WorkbenchError(f"Layer(s) {bad or layers} do not exist: the model has "
+                             f"{result.layers} layers (0–{result.layers - 1}).")
+    attention = tuple(torch.from_numpy(result.weights[i])[None] for i in range(result.layers))
+    tokens = [t if t.strip() else t.replace(" ", "␣") or "∅" for t in result.tokens]
+    kwargs = dict(attention=attention, tokens=tokens, sentence_b_start=result.sentence_b_start,
+                  include_layers=layers, html_action="return")
+    if view == "head":
+        page = head_view(**kwargs).data
+    elif view == "model":
+        page = model_view(**kwargs).data
+    else:
+        raise WorkbenchError(f"Unknown view '{view}': use head or model.")
+    # 1. no CDN: drop the require.js tag and the require.config(...) block
+    page = re.sub(r"<script src=\"https://[^\"]+\"></script>", "", page)
+    page = re.sub(r"require\.config\(\{.*?\}\);", "", page, count=1, flags=re.S)
+    # 2. the parameters again, rounded and script-safe
+    marker = "const params = "
+    start = page.index(marker) + len(marker)
+    params, end = json.JSONDecoder().raw_decode(page, start)
+    params = {**params, "attention": _round_weights(params["attention"], digits)}
+    # bertviz pastes the same JSON a second time into a "// HACK: ..." comment, and a
+    # "</script>" ends the script element even there: replace every copy.
+    page = page.replace(page[start:end], script_safe_json(params))
+    assets = offline_assets()
+    scripts = "".join(f"<script>\n{assets[name].decode('utf-8')}\n</script>\n"
+                      for name in ("jquery.min.js", "d3.v5.min.js"))
+    title = f"{result.model}: bertviz {view} view"
+    document = ("<!DOCTYPE html>\n<html><head><meta charset='utf-8'>"
+                "<meta http-equiv='Content-Security-Policy' content=\"default-src 'none'; "
+                "script-src 'unsafe-inline'; style-src 'unsafe-inline'\">"
+                f"<title>{title}</title></head>\n<body style='font-family:sans-serif'>\n"
+                f"{scripts}{_SHIM}\n{page}\n</body></html>\n")
+    return document, notices
