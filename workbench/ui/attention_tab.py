@@ -1,12 +1,63 @@
-"""Attention tab: bertviz views, heatmaps, head statistics and logit lens (skeleton)."""
+"""Attention tab: bertviz head and model views (offline, script-safe), a heatmap of one
+head, a layers × heads grid of head statistics, and the logit lens of decoders."""
 
 from __future__ import annotations
 
-from PySide6.QtWidgets import QHBoxLayout, QVBoxLayout, QWidget
+import csv
+from dataclasses import dataclass
 
-from workbench.ui.skeleton import combo, form_with_run, line, pending_panel, spin, text_box
+from PySide6.QtCore import Qt
+from PySide6.QtGui import QColor
+from PySide6.QtWidgets import (
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QSpinBox,
+    QSplitter,
+    QTableWidget,
+    QTableWidgetItem,
+    QTabWidget,
+    QVBoxLayout,
+    QWidget,
+)
+
+from workbench.core.attention import (
+    STATISTICS,
+    AttentionResult,
+    LogitLens,
+    bertviz_html,
+    compute_attention,
+    head_statistics,
+    logit_lens,
+)
+from workbench.core.errors import WorkbenchError
+from workbench.ui.skeleton import combo, line, spin, text_box
 from workbench.ui.tab_base import WorkbenchTab
-from workbench.ui.worker import ModelWorker
+from workbench.ui.worker import ModelWorker, WorkerContext
+
+
+@dataclass
+class AttentionView:
+    """What one run produces for this tab."""
+
+    result: AttentionResult
+    page: str
+    notices: list[str]
+    lens: LogitLens | None
+
+
+def parse_layers(text: str) -> list[int] | None:
+    text = text.strip()
+    if not text or text.lower() == "all":
+        return None
+    try:
+        return [int(x) for x in text.replace(" ", "").split(",") if x]
+    except ValueError:
+        raise WorkbenchError(f"Layers are numbers separated by commas (e.g. 0,5), not "
+                             f"'{text}'.") from None
 
 
 class AttentionTab(WorkbenchTab):
@@ -15,28 +66,346 @@ class AttentionTab(WorkbenchTab):
 
     def __init__(self, worker: ModelWorker, parent: QWidget | None = None) -> None:
         super().__init__(worker, parent)
+        self.job_id: int | None = None
+        self.current: AttentionView | None = None
+        self.stats: dict | None = None
+        self.web = None
+        self.heat_plot = None
         self.text = text_box("text", "Sentence A: the text whose attention you want to see",
                              "The cat sat on the mat because it was tired.")
-        self.text.setMaximumHeight(90)
+        self.text.setMaximumHeight(80)
         self.text_b = text_box("text-b", "Sentence B (optional, encoders only)")
-        self.text_b.setMaximumHeight(60)
-        form, self.run_button = form_with_run("Input", [
-            ("Text", self.text),
-            ("Sentence B", self.text_b),
-            ("View", combo("view", ["head view", "model view", "heatmap", "head statistics",
-                                    "logit lens"])),
-            ("Max tokens", spin("max-tokens", 2, 1024, 64)),
-            ("Layers", line("layers", "", "all, or e.g. 0,5,11")),
-        ], "Show attention", "The attention views are not built yet.")
-        views = pending_panel("Views", [
-            "bertviz head and model views, offline and script-safe",
-            "a heatmap of one layer and head with token labels",
-            "a layers × heads grid of head statistics",
-            "the logit lens of decoder models",
-        ])
-        body = QHBoxLayout()
-        body.addWidget(form, 1)
-        body.addWidget(views, 2)
+        self.text_b.setMaximumHeight(50)
+        self.view = combo("view", ["head view", "model view"])
+        self.max_tokens = spin("max-tokens", 2, 1024, 64)
+        self.layers = line("layers", "", "all, or e.g. 0,5,11")
+        self.run_button = QPushButton("Show attention")
+        self.run_button.setObjectName("run-button")
+        self.run_button.clicked.connect(self.start)
+        form = QFormLayout()
+        form.addRow("Text", self.text)
+        form.addRow("Sentence B", self.text_b)
+        form.addRow("bertviz view", self.view)
+        form.addRow("Max tokens", self.max_tokens)
+        form.addRow("Layers (page)", self.layers)
+        form.addRow(self.run_button)
+        self.export_html_button = QPushButton("Export page…")
+        self.export_html_button.clicked.connect(lambda: self.export_html())
+        self.export_png_button = QPushButton("Export PNG…")
+        self.export_png_button.clicked.connect(lambda: self.export_png())
+        self.export_csv_button = QPushButton("Export CSV…")
+        self.export_csv_button.clicked.connect(lambda: self.export_csv())
+        exports = QHBoxLayout()
+        for b in (self.export_html_button, self.export_png_button, self.export_csv_button):
+            b.setEnabled(False)
+            exports.addWidget(b)
+        form.addRow(exports)
+        self.notice = QLabel("")
+        self.notice.setObjectName("attention-notice")
+        self.notice.setWordWrap(True)
+        form.addRow(self.notice)
+        inputs = QWidget()
+        inputs.setLayout(form)
+
+        self.results = QTabWidget()
+        self.results.setObjectName("attention-views")
+        self.web_holder = QWidget()
+        QVBoxLayout(self.web_holder).setContentsMargins(0, 0, 0, 0)
+        self.web_placeholder = QLabel("Run to see bertviz's view here (rendered offline).")
+        self.web_placeholder.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.web_holder.layout().addWidget(self.web_placeholder)
+        self.results.addTab(self.web_holder, "bertviz")
+        self.results.addTab(self._build_heatmap_page(), "Heatmap")
+        self.results.addTab(self._build_stats_page(), "Head statistics")
+        self.lens_table = QTableWidget(0, 0)
+        self.lens_table.setObjectName("logit-lens")
+        self.results.addTab(self.lens_table, "Logit lens")
+        split = QSplitter(Qt.Orientation.Horizontal)
+        split.addWidget(inputs)
+        split.addWidget(self.results)
+        split.setSizes([360, 900])
         layout = QVBoxLayout(self)
         layout.addWidget(self.model_label)
-        layout.addLayout(body, 1)
+        layout.addWidget(split, 1)
+        worker.job_finished.connect(self._on_finished)
+        worker.job_failed.connect(self._on_ended)
+        worker.job_cancelled.connect(self._on_ended)
+
+    def _build_heatmap_page(self) -> QWidget:
+        page = QWidget()
+        self.heat_layer = QSpinBox()
+        self.heat_layer.setObjectName("heat-layer")
+        self.heat_head = QComboBox()
+        self.heat_head.setObjectName("heat-head")
+        self.heat_layer.valueChanged.connect(self.draw_heatmap)
+        self.heat_head.currentIndexChanged.connect(self.draw_heatmap)
+        self.hover = QLabel("")
+        self.hover.setObjectName("heat-hover")
+        row = QHBoxLayout()
+        row.addWidget(QLabel("Layer"))
+        row.addWidget(self.heat_layer)
+        row.addWidget(QLabel("Head"))
+        row.addWidget(self.heat_head)
+        row.addWidget(self.hover, 1)
+        self.heat_holder = QWidget()
+        QVBoxLayout(self.heat_holder).setContentsMargins(0, 0, 0, 0)
+        layout = QVBoxLayout(page)
+        layout.addLayout(row)
+        layout.addWidget(self.heat_holder, 1)
+        return page
+
+    def _build_stats_page(self) -> QWidget:
+        page = QWidget()
+        self.statistic = QComboBox()
+        self.statistic.setObjectName("statistic")
+        self.statistic.addItems(list(STATISTICS))
+        self.statistic.currentIndexChanged.connect(self.draw_stats)
+        row = QHBoxLayout()
+        row.addWidget(QLabel("Statistic"))
+        row.addWidget(self.statistic)
+        row.addWidget(QLabel("Click a cell to open that head."), 1)
+        self.stats_holder = QWidget()
+        QVBoxLayout(self.stats_holder).setContentsMargins(0, 0, 0, 0)
+        layout = QVBoxLayout(page)
+        layout.addLayout(row)
+        layout.addWidget(self.stats_holder, 1)
+        return page
+
+    def build_deferred(self) -> None:
+        if self.heat_plot is not None:
+            return
+        import pyqtgraph as pg
+
+        self.heat_plot = pg.PlotWidget()
+        self.heat_plot.setObjectName("attention-heatmap")
+        self.heat_plot.invertY(True)
+        self.heat_plot.setAspectLocked(False)
+        self.heat_image = pg.ImageItem()
+        self.heat_plot.addItem(self.heat_image)
+        self.heat_plot.setLabel("left", "query (attends from)")
+        self.heat_plot.setLabel("bottom", "key (attends to)")
+        self.heat_bar = pg.ColorBarItem(values=(0, 1), colorMap=pg.colormap.get("viridis"))
+        self.heat_bar.setImageItem(self.heat_image, insert_in=self.heat_plot.getPlotItem())
+        self.heat_plot.scene().sigMouseMoved.connect(self._hovered)
+        self.heat_holder.layout().addWidget(self.heat_plot)
+        self.stats_plot = pg.PlotWidget()
+        self.stats_plot.setObjectName("head-statistics")
+        self.stats_plot.invertY(True)
+        self.stats_plot.setLabel("left", "layer")
+        self.stats_plot.setLabel("bottom", "head")
+        self.stats_image = pg.ImageItem()
+        self.stats_plot.addItem(self.stats_image)
+        self.stats_bar = pg.ColorBarItem(colorMap=pg.colormap.get("magma"))
+        self.stats_bar.setImageItem(self.stats_image, insert_in=self.stats_plot.getPlotItem())
+        self.stats_plot.scene().sigMouseClicked.connect(self._stats_clicked)
+        self.stats_holder.layout().addWidget(self.stats_plot)
+
+    # --- running ---------------------------------------------------------------------------------
+    def start(self) -> None:
+        if self.job_id is not None:
+            return
+        text, text_b = self.text.toPlainText(), self.text_b.toPlainText()
+        view = "head" if self.view.currentIndex() == 0 else "model"
+        max_tokens = self.max_tokens.value()
+        try:
+            layers = parse_layers(self.layers.text())
+        except WorkbenchError as exc:
+            self._error(str(exc))
+            return
+
+        def job(ctx: WorkerContext) -> AttentionView:
+            loaded = ctx.model(attentions=True)
+            result = compute_attention(loaded, text, text_b, max_tokens, ctx)
+            ctx.progress("Building the bertviz page…", None)
+            page, notices = bertviz_html(result, view, layers)
+            lens = logit_lens(loaded, text, max_tokens) if result.is_decoder else None
+            return AttentionView(result, page, result.notices + notices, lens)
+
+        self.job_id = self.worker.submit("Attention", job)
+        self.run_button.setEnabled(False)
+        self.notice.setText("Running…")
+
+    def _on_finished(self, job_id: int, outcome: object) -> None:
+        if job_id != self.job_id or not isinstance(outcome, AttentionView):
+            return
+        self.job_id = None
+        self.run_button.setEnabled(True)
+        self.show_view(outcome)
+
+    def _on_ended(self, job_id: int, *args) -> None:
+        if job_id == self.job_id:
+            self.job_id = None
+            self.run_button.setEnabled(True)
+            self.notice.setText("Failed: " + str(args[0]) if args else "Cancelled.")
+
+    def _error(self, message: str) -> None:
+        window = self.window()
+        if hasattr(window, "show_error"):
+            window.show_error("Cannot show attention", message)
+
+    def ensure_web(self):
+        if self.web is None:
+            from workbench.ui.web_view import OfflineWebView
+
+            self.web = OfflineWebView()
+            self.web_placeholder.hide()
+            self.web_holder.layout().addWidget(self.web)
+        return self.web
+
+    def show_view(self, view: AttentionView) -> None:
+        self.current = view
+        r = view.result
+        self.notice.setText(" ".join(view.notices) or
+                            f"{len(r.tokens)} tokens · {r.layers} layers × {r.heads} heads")
+        self.ensure_web().show_html(view.page)
+        self.heat_layer.blockSignals(True)
+        self.heat_layer.setRange(0, r.layers - 1)
+        self.heat_layer.blockSignals(False)
+        self.heat_head.blockSignals(True)
+        self.heat_head.clear()
+        self.heat_head.addItems(["mean over heads"] + [str(h) for h in range(r.heads)])
+        self.heat_head.blockSignals(False)
+        self.stats = head_statistics(r)
+        self.draw_heatmap()
+        self.draw_stats()
+        self.fill_lens(view.lens)
+        for b in (self.export_html_button, self.export_png_button, self.export_csv_button):
+            b.setEnabled(True)
+
+    # --- native views -------------------------------------------------------------------------
+    def selected_head(self) -> tuple[int, int | None]:
+        head = self.heat_head.currentIndex() - 1
+        return self.heat_layer.value(), (None if head < 0 else head)
+
+    def draw_heatmap(self) -> None:
+        if self.current is None or self.heat_plot is None:
+            return
+        r = self.current.result
+        layer, head = self.selected_head()
+        matrix = r.head(layer, head)
+        # ImageItem's first axis is x: transpose so rows are queries and columns keys
+        self.heat_image.setImage(matrix.T, autoLevels=False, levels=(0, float(matrix.max())))
+        self.heat_bar.setLevels((0, float(matrix.max())))
+        labels = [(i + 0.5, t.replace("\n", "⏎")[:12]) for i, t in enumerate(r.tokens)]
+        step = max(1, len(labels) // 40)  # keep labels readable on long inputs
+        ticks = [labels[::step]]
+        self.heat_plot.getAxis("left").setTicks(ticks)
+        self.heat_plot.getAxis("bottom").setTicks(ticks)
+        name = "mean over heads" if head is None else f"head {head}"
+        self.heat_plot.setTitle(f"Layer {layer}, {name}", size="9pt")
+
+    def _hovered(self, pos) -> None:
+        if self.current is None or self.heat_plot is None:
+            return
+        point = self.heat_plot.getViewBox().mapSceneToView(pos)
+        key, query = int(point.x()), int(point.y())
+        tokens = self.current.result.tokens
+        if 0 <= key < len(tokens) and 0 <= query < len(tokens):
+            layer, head = self.selected_head()
+            weight = float(self.current.result.head(layer, head)[query, key])
+            self.hover.setText(f"{tokens[query]!r} → {tokens[key]!r}: {weight:.3f}")
+
+    def draw_stats(self) -> None:
+        if self.stats is None or self.heat_plot is None:
+            return
+        values = self.stats[self.statistic.currentText()]
+        self.stats_image.setImage(values.T, autoLevels=True)
+        layers, heads = values.shape
+        self.stats_plot.getAxis("left").setTicks([[(i + 0.5, str(i)) for i in range(layers)]])
+        self.stats_plot.getAxis("bottom").setTicks([[(i + 0.5, str(i)) for i in range(heads)]])
+        self.stats_bar.setLevels((float(values.min()), float(values.max()) or 1.0))
+        self.stats_plot.setTitle(f"{self.statistic.currentText()} per head", size="9pt")
+
+    def _stats_clicked(self, event) -> None:
+        if self.stats is None:
+            return
+        view = self.stats_plot.getViewBox()
+        if not view.sceneBoundingRect().contains(event.scenePos()):
+            return
+        point = view.mapSceneToView(event.scenePos())
+        self.open_head(int(point.y()), int(point.x()))
+
+    def open_head(self, layer: int, head: int) -> None:
+        r = self.current.result if self.current else None
+        if r is None or not (0 <= layer < r.layers and 0 <= head < r.heads):
+            return
+        self.heat_layer.setValue(layer)
+        self.heat_head.setCurrentIndex(head + 1)
+        self.results.setCurrentIndex(1)
+        self.draw_heatmap()
+
+    def fill_lens(self, lens: LogitLens | None) -> None:
+        t = self.lens_table
+        if lens is None:
+            t.setRowCount(1)
+            t.setColumnCount(1)
+            t.setHorizontalHeaderLabels([""])
+            t.setItem(0, 0, QTableWidgetItem("The logit lens needs a decoder model."))
+            return
+        t.setRowCount(len(lens.top_tokens))
+        t.setColumnCount(len(lens.tokens))
+        t.setHorizontalHeaderLabels([tok.replace("\n", "⏎") for tok in lens.tokens])
+        t.setVerticalHeaderLabels([f"layer {i + 1}" for i in range(len(lens.top_tokens))])
+        for row, (toks, probs) in enumerate(zip(lens.top_tokens, lens.top_probs, strict=True)):
+            for col, (tok, p) in enumerate(zip(toks, probs, strict=True)):
+                item = QTableWidgetItem(tok.replace("\n", "⏎"))
+                item.setBackground(QColor.fromHsvF(0.6, min(1.0, p), 1.0))
+                item.setToolTip(f"p = {p:.3f}")
+                t.setItem(row, col, item)
+
+    # --- exports --------------------------------------------------------------------------------
+    def export_html(self, path: str | None = None) -> None:
+        if self.current is None:
+            return
+        if path is None:
+            path, _ = QFileDialog.getSaveFileName(self, "Export the bertviz page",
+                                                  "attention.html", "HTML (*.html)")
+        if path:
+            try:
+                with open(path, "w", encoding="utf-8") as f:
+                    f.write(self.current.page)
+            except OSError as exc:
+                self._error(str(exc))
+
+    def export_png(self, path: str | None = None) -> None:
+        if self.current is None or self.heat_plot is None:
+            return
+        if path is None:
+            path, _ = QFileDialog.getSaveFileName(self, "Export the view", "attention.png",
+                                                  "PNG (*.png)")
+        if path:
+            from pyqtgraph.exporters import ImageExporter
+
+            plot = self.stats_plot if self.results.currentIndex() == 2 else self.heat_plot
+            ImageExporter(plot.getPlotItem()).export(path)
+
+    def export_csv(self, path: str | None = None) -> None:
+        if self.current is None or self.stats is None:
+            return
+        if path is None:
+            path, _ = QFileDialog.getSaveFileName(self, "Export numbers", "attention.csv",
+                                                  "CSV (*.csv)")
+        if not path:
+            return
+        r = self.current.result
+        try:
+            with open(path, "w", newline="", encoding="utf-8") as f:
+                writer = csv.writer(f)
+                if self.results.currentIndex() == 2:
+                    writer.writerow(["layer", "head", *STATISTICS])
+                    for layer in range(r.layers):
+                        for head in range(r.heads):
+                            writer.writerow([layer, head, *(round(float(self.stats[s][layer, head]),
+                                                                  6) for s in STATISTICS)])
+                else:
+                    layer, head = self.selected_head()
+                    matrix = r.head(layer, head)
+                    writer.writerow(["query \\ key", *r.tokens])
+                    for token, row in zip(r.tokens, matrix, strict=True):
+                        writer.writerow([token, *(round(float(x), 6) for x in row)])
+        except OSError as exc:
+            self._error(str(exc))
+
+    def shutdown(self) -> None:
+        if self.web is not None:
+            self.web.shutdown()

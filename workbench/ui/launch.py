@@ -67,6 +67,14 @@ def take_screenshots(window, folder: Path, app, demo: bool = True,
             steps = generate.current_steps()
             if len(steps) > 2:  # show the candidates of an interesting (uncertain) step
                 generate.select_step(max(range(len(steps)), key=lambda i: steps[i].entropy))
+            attention = window.tab_pages[1]
+            attention.start()
+            wait_until(app, lambda: attention.job_id is None, timeout_s)
+            if attention.web is not None:
+                loaded: list[bool] = []
+                attention.web.loaded.connect(loaded.append)
+                wait_until(app, lambda: bool(loaded), 60)
+                wait_until(app, lambda: False, 1.5)  # let the page draw its SVG
             evaluate = window.tab_pages[3]
             evaluate.start_perplexity()
             wait_until(app, lambda: evaluate.ppl_job is None, timeout_s)

@@ -333,4 +333,6 @@ class MainWindow(QMainWindow):
             self.log.append("Closing: cancelling the running job…")
         if not self.worker.shutdown(5000):
             self.log.append("The worker did not stop within 5 s.", "warning")
+        for page in self.tab_pages:
+            page.shutdown()
         event.accept()

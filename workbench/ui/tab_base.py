@@ -50,5 +50,8 @@ class WorkbenchTab(QWidget):
     def build_deferred(self) -> None:
         """Override to build costly widgets (charts) once the window is shown."""
 
+    def shutdown(self) -> None:
+        """Override to release resources (web views) when the window closes."""
+
     def busy_changed(self, busy: bool) -> None:
         """Override to enable or disable run buttons while the worker is busy."""

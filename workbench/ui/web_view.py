@@ -101,6 +101,10 @@ class OfflineWebView(QWidget):
         self.page.runJavaScript(script, 0, callback)
 
     def shutdown(self) -> None:
-        """Release the page before its profile (Qt warns and may crash otherwise)."""
-        self.view.setPage(None)
-        self.page.deleteLater()
+        """Delete the view and its page now, before their profile (Qt warns otherwise)."""
+        import shiboken6
+
+        if shiboken6.isValid(self.view):
+            shiboken6.delete(self.view)
+        if shiboken6.isValid(self.page):
+            shiboken6.delete(self.page)
