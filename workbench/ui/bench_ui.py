@@ -12,22 +12,22 @@ from workbench.core.bench import figure
 from workbench.core.jobs import Progress
 
 
-def _window_with_model(emit: Callable[[Any], None]):
+def _window_with_model(emit: Callable[[Any], None], model: str = "SmolLM2-135M-Instruct"):
     from workbench.ui.launch import make_application, prepare_environment, wait_until
 
     prepare_environment(offscreen=True)
     app = make_application()
     from workbench.ui.main_window import MainWindow
 
-    window = MainWindow(initial_model="SmolLM2-135M-Instruct", autoload=True)
+    window = MainWindow(initial_model=model, autoload=True)
     window.persist = False
     window.resize(1280, 820)
     window.show()
-    emit(Progress("loading SmolLM2 in the window", None))
+    emit(Progress(f"loading {model} in the window", None))
     wait_until(app, lambda: window.loading, 5)
     wait_until(app, lambda: not window.loading, 600)
     if window.loaded is None:
-        raise RuntimeError("SmolLM2 did not load in the window")
+        raise RuntimeError(f"{model} did not load in the window")
     return app, window
 
 
@@ -108,4 +108,62 @@ def bench_explorer_redraw(emit: Callable[[Any], None], moves: int = 30) -> dict:
                   worst_ms=round(max(times), 2), bare_softmax_ms=round(statistics.median(bare), 3))
 
 
-UI_FIGURES = {"ui_stall": bench_ui_stall, "explorer_redraw": bench_explorer_redraw}
+def bench_attention_view(emit: Callable[[Any], None]) -> dict:
+    """Seconds from pressing Run to a drawn bertviz head view of 64 tokens on MiniLM (model
+    loaded; ≤ 2 s); a bare forward pass with attentions is the baseline beside it."""
+    import torch
+
+    from workbench.ui.launch import wait_until
+
+    app, window = _window_with_model(emit, "all-MiniLM-L6-v2")
+    try:
+        window.tabs.setCurrentIndex(1)
+        tab = window.tab_pages[1]
+        tab.text.setPlainText(" ".join(["the quick brown fox jumps over the lazy dog"] * 8))
+        tab.max_tokens.setValue(64)
+        tab.text_b.clear()
+        tab.start()  # a first run starts the web engine; the figure is a later run
+        wait_until(app, lambda: tab.job_id is None, 120)
+        drawn = _svg_ready(app, tab)
+        emit(Progress("attention_view: timing", 0.5))
+        loads: list[bool] = []
+        tab.web.loaded.connect(loads.append)
+        start = time.perf_counter()
+        tab.start()
+        wait_until(app, lambda: tab.job_id is None, 120)
+        wait_until(app, lambda: bool(loads), 60)  # the new page, not the previous one
+        drawn = _svg_ready(app, tab)
+        seconds = time.perf_counter() - start
+        loaded = window.loaded
+        ids = loaded.tokenizer(tab.text.toPlainText(), truncation=True, max_length=64,
+                               return_tensors="pt")
+        start = time.perf_counter()
+        with torch.inference_mode():
+            loaded.model(**ids, output_attentions=True)
+        forward = time.perf_counter() - start
+    finally:
+        window.close()
+    return figure(seconds, 2.0, "lower",
+                  f"Run to drawn head view {seconds:.2f} s (64 tokens; bare forward pass "
+                  f"{forward:.3f} s)", forward_seconds=round(forward, 4), drawn=drawn)
+
+
+def _svg_ready(app, tab, timeout: float = 60) -> bool:
+    """Wait until the web view shows the page's token labels."""
+    from workbench.ui.launch import wait_until
+
+    marker = len(tab.current.result.tokens) if tab.current else 1
+    answers: list = []
+    deadline = time.perf_counter() + timeout
+    while time.perf_counter() < deadline:
+        answers.clear()
+        tab.web.run_js("document.querySelectorAll('svg text').length", answers.append)
+        wait_until(app, lambda: bool(answers), 5)
+        if answers and (answers[0] or 0) >= marker:
+            return True
+        app.processEvents()
+    return False
+
+
+UI_FIGURES = {"ui_stall": bench_ui_stall, "explorer_redraw": bench_explorer_redraw,
+              "attention_view": bench_attention_view}
