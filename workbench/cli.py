@@ -85,6 +85,37 @@ def build_parser() -> argparse.ArgumentParser:
                      "(default: all, or 6 spread over deeper models)")
     att.add_argument("--json", action="store_true", help="print one JSON document")
 
+    ft = sub.add_parser("finetune", help="fine-tune a model into a run folder")
+    ft.add_argument("--task", choices=["lm", "classify"], required=True)
+    ft.add_argument("--model", default=None, help="default: SmolLM2 for lm, MiniLM for classify")
+    ft.add_argument("--train", required=True, help=".txt/.jsonl (lm) or .csv/.tsv/.jsonl")
+    ft.add_argument("--validation", help="a validation file (default: a split of --train)")
+    ft.add_argument("--text-column", default="text")
+    ft.add_argument("--label-column", default="label")
+    ft.add_argument("--output", required=True, help="the run folder")
+    ft.add_argument("--max-steps", type=int, default=-1)
+    ft.add_argument("--epochs", type=float, default=3.0)
+    ft.add_argument("--learning-rate", type=float, default=2e-5)
+    ft.add_argument("--batch-size", type=int, default=8)
+    ft.add_argument("--gradient-accumulation", type=int, default=1)
+    ft.add_argument("--max-length", type=int, default=128)
+    ft.add_argument("--weight-decay", type=float, default=0.0)
+    ft.add_argument("--warmup-steps", type=int, default=0)
+    ft.add_argument("--scheduler", default="linear", help="linear, cosine, constant, ...")
+    ft.add_argument("--seed", type=int, default=42)
+    ft.add_argument("--logging-steps", type=int, default=5)
+    ft.add_argument("--eval-steps", type=int, default=50)
+    ft.add_argument("--save-steps", type=int, default=50)
+    ft.add_argument("--probe", action="append", default=[], help="a probe prompt (lm; repeat)")
+    ft.add_argument("--probe-every", type=int, default=0)
+    ft.add_argument("--resume", action="store_true",
+                    help="continue the run in --output from its last checkpoint")
+    ft.add_argument("--json", action="store_true", help="print one JSON document at the end")
+    mon = sub.add_parser("monitor", help="progress of a run folder (this app's, any HF "
+                         "Trainer output, or TensorBoard events)")
+    mon.add_argument("run_dir")
+    mon.add_argument("--json", action="store_true", help="print one JSON document")
+
     ev = sub.add_parser("evaluate", help="perplexity, or BLEU / chrF / TER with sacrebleu")
     ev_sub = ev.add_subparsers(dest="evaluate_command", metavar="METRIC", required=True)
     ppl = ev_sub.add_parser("perplexity", help="perplexity of a model on a text file")
@@ -327,6 +358,70 @@ def cmd_attention(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from workbench.core.catalog import MINILM, SMOLLM2
+    from workbench.core.finetune import FinetuneConfig, ProbeText, TrainLog, run_finetune
+    from workbench.core.jobs import JobContext
+
+    model = args.model or (SMOLLM2.name if args.task == "lm" else MINILM.name)
+    config = FinetuneConfig(
+        task=args.task, model=model, train_file=args.train, output_dir=args.output,
+        validation_file=args.validation, text_column=args.text_column,
+        label_column=args.label_column, learning_rate=args.learning_rate,
+        lr_scheduler=args.scheduler, warmup_steps=args.warmup_steps, epochs=args.epochs,
+        max_steps=args.max_steps, batch_size=args.batch_size,
+        gradient_accumulation=args.gradient_accumulation, max_length=args.max_length,
+        weight_decay=args.weight_decay, seed=args.seed, logging_steps=args.logging_steps,
+        eval_steps=args.eval_steps, save_steps=args.save_steps, probe_prompts=args.probe,
+        probe_every=args.probe_every)
+    config.validate()
+    bar = TerminalProgress(quiet=args.json)
+
+    def report(event: Any) -> None:
+        bar(event)
+        if args.json:
+            return
+        if isinstance(event, TrainLog):
+            bar.finish()
+            parts = [f"step {event.step}/{event.max_steps}"]
+            if event.loss is not None:
+                parts.append(f"loss {event.loss:.4f}")
+            if event.eval_loss is not None:
+                parts.append(f"eval_loss {event.eval_loss:.4f}")
+            if event.eval_accuracy is not None:
+                parts.append(f"accuracy {event.eval_accuracy:.3f}")
+            if event.learning_rate is not None:
+                parts.append(f"lr {event.learning_rate:.2e}")
+            print("  ".join(parts), flush=True)
+        elif isinstance(event, ProbeText):
+            print(f"  probe @{event.step} {event.prompt!r} -> {event.text!r}", flush=True)
+
+    result = run_finetune(config, JobContext(emit=report), resume=args.resume)
+    bar.finish()
+    if args.json:
+        _print_json(vars(result))
+    else:
+        print(f"{'stopped' if result.stopped else 'finished'} at step {result.global_step}; "
+              f"final model: {result.final_model or '-'}; checkpoint: {result.checkpoint or '-'}")
+    return 0
+
+
+def cmd_monitor(args: argparse.Namespace) -> int:
+    from workbench.core.runs import read_run
+
+    snap = read_run(args.run_dir)
+    if args.json:
+        _print_json(snap.to_dict())
+        return 0
+    d = snap.to_dict()
+    total = f"/{d['max_steps']}" if d["max_steps"] else ""
+    print(f"{d['folder']} ({d['source']}): step {d['global_step']}{total}")
+    for key in ("loss", "eval_loss", "learning_rate"):
+        if d[key] is not None:
+            print(f"  {key:14} {d[key]:.6g}")
+    return 0
+
+
 def cmd_evaluate_perplexity(args: argparse.Namespace) -> int:
     from workbench.core.evaluation import perplexity, read_text
     from workbench.core.jobs import JobContext
@@ -407,6 +502,8 @@ COMMANDS = {
     ("generate", None): cmd_generate,
     ("compare", None): cmd_compare,
     ("attention", None): cmd_attention,
+    ("finetune", None): cmd_finetune,
+    ("monitor", None): cmd_monitor,
     ("evaluate", "perplexity"): cmd_evaluate_perplexity,
     ("evaluate", "bleu"): cmd_evaluate_bleu,
     ("bench", None): cmd_bench,

@@ -1,0 +1,150 @@
+"""Fine-tuning with transformers' Trainer: runs, stop and resume, monitoring, bad input."""
+
+import json
+
+import pytest
+
+from workbench.core.errors import WorkbenchError
+from workbench.core.finetune import FinetuneConfig, ProbeText, TrainLog, run_finetune
+from workbench.core.jobs import CancelToken, JobContext
+from workbench.core.loader import load_model
+from workbench.core.runs import read_run
+
+WORDS = "the cat sat on mat dog sea is blue and green hello world".split()
+
+
+def sentiment_csv(path, rows=40, labels=("good", "bad")):
+    lines = ["text,label"]
+    for i in range(rows):
+        label = labels[i % len(labels)]
+        lines.append(f"{'hello world' if label == 'good' else 'the sea is blue'} {WORDS[i % 13]},{label}")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return str(path)
+
+
+def corpus(path):
+    path.write_text("\n\n".join(" ".join(WORDS[(i + j) % 13] for j in range(30))
+                                for i in range(12)), encoding="utf-8")
+    return str(path)
+
+
+def config(tmp_path, tiny, task="classify", **changes):
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    base = dict(task=task, model=str(tiny("bert" if task == "classify" else "llama")),
+                train_file=sentiment_csv(tmp_path / "s.csv") if task == "classify"
+                else corpus(tmp_path / "c.txt"),
+                output_dir=str(tmp_path / "run"), max_steps=6, batch_size=4,
+                logging_steps=1, eval_steps=3, save_steps=3, learning_rate=1e-3, max_length=32)
+    base.update(changes)
+    return FinetuneConfig(**base)
+
+
+def test_classification_run_writes_a_complete_run_folder(tmp_path, tiny):
+    events = []
+    result = run_finetune(config(tmp_path, tiny), JobContext(emit=events.append))
+    run = tmp_path / "run"
+    assert result.global_step == 6 and not result.stopped
+    assert json.loads((run / "run.json").read_text())["task"] == "classify"
+    assert (run / "checkpoint-6" / "trainer_state.json").is_file()
+    logs = [e for e in events if isinstance(e, TrainLog)]
+    assert [e.step for e in logs if e.loss is not None] == [1, 2, 3, 4, 5, 6]
+    assert any(e.eval_accuracy is not None for e in logs)
+    assert logs[0].learning_rate > logs[-2].learning_rate  # the linear schedule decays
+    final = load_model(result.final_model)  # "Use this model": every tab can open it
+    assert final.task == "classifier"
+    assert final.model.config.id2label == {0: "bad", 1: "good"}
+    snap = read_run(run)
+    assert snap.source == "metrics.jsonl" and snap.global_step == 6 and snap.max_steps == 6
+    assert snap.latest("loss") == pytest.approx([e.loss for e in logs if e.loss][-1])
+
+
+def test_lm_run_with_probes(tmp_path, tiny):
+    events = []
+    cfg = config(tmp_path, tiny, "lm", probe_prompts=["the cat"], probe_every=3)
+    result = run_finetune(cfg, JobContext(emit=events.append))
+    probes = [e for e in events if isinstance(e, ProbeText)]
+    assert [p.step for p in probes] == [3, 6] and probes[0].prompt == "the cat"
+    assert load_model(result.final_model).task == "causal-lm"
+
+
+def test_stop_saves_a_checkpoint_and_resume_continues_the_same_schedule(tmp_path, tiny):
+    whole = []
+    run_finetune(config(tmp_path / "a", tiny, "lm", output_dir=str(tmp_path / "a" / "run")),
+                 JobContext(emit=whole.append))
+    token = CancelToken()
+    first = []
+
+    def stop_at_3(event):
+        first.append(event)
+        if isinstance(event, TrainLog) and event.step == 3 and event.loss is not None:
+            token.cancel()
+
+    cfg = config(tmp_path / "b", tiny, "lm", output_dir=str(tmp_path / "b" / "run"),
+                 save_steps=100)
+    stopped = run_finetune(cfg, JobContext(token, stop_at_3))
+    assert stopped.stopped and stopped.global_step == 3 and stopped.final_model is None
+    assert stopped.checkpoint.endswith("checkpoint-3")
+    second = []
+    resumed = run_finetune(cfg, JobContext(emit=second.append), resume=True)
+    assert resumed.global_step == 6 and resumed.final_model
+    lr = {e.step: e.learning_rate for e in whole if isinstance(e, TrainLog) and e.loss}
+    loss = {e.step: e.loss for e in whole if isinstance(e, TrainLog) and e.loss}
+    for e in second:
+        if isinstance(e, TrainLog) and e.loss is not None:
+            assert e.learning_rate == pytest.approx(lr[e.step])
+            assert e.loss == pytest.approx(loss[e.step], rel=1e-3)
+    assert sorted(e.step for e in second if isinstance(e, TrainLog) and e.loss) == [4, 5, 6]
+
+
+def test_a_run_folder_is_not_overwritten(tmp_path, tiny):
+    run_finetune(config(tmp_path, tiny, max_steps=1))
+    with pytest.raises(WorkbenchError, match="already holds a run"):
+        run_finetune(config(tmp_path, tiny, max_steps=1))
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(learning_rate=0), "learning rate must be above 0"),
+    (dict(batch_size=0), "batch size must be at least 1"),
+    (dict(label_column="sentiment"), "no column 'sentiment'"),
+])
+def test_bad_settings(tmp_path, tiny, change, message):
+    with pytest.raises(WorkbenchError, match=message):
+        run_finetune(config(tmp_path, tiny, **change))
+
+
+def test_bad_data(tmp_path, tiny):
+    one = sentiment_csv(tmp_path / "one.csv", labels=("good",))
+    with pytest.raises(WorkbenchError, match="single class"):
+        run_finetune(config(tmp_path, tiny, train_file=one))
+    val = sentiment_csv(tmp_path / "val.csv", labels=("good", "meh"))
+    with pytest.raises(WorkbenchError, match="labels that are not in the training data: meh"):
+        run_finetune(config(tmp_path, tiny, validation_file=val))
+    binary = tmp_path / "bin.csv"
+    binary.write_bytes(b"text,label\n\xff\xfe,good\n")
+    with pytest.raises(WorkbenchError, match="not UTF-8"):
+        run_finetune(config(tmp_path, tiny, train_file=str(binary)))
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    with pytest.raises(WorkbenchError, match="is empty"):
+        run_finetune(config(tmp_path, tiny, "lm", train_file=str(empty)))
+
+
+def test_nan_loss_stops_the_run(tmp_path, tiny):
+    with pytest.raises(WorkbenchError, match="NaN or infinite"):
+        run_finetune(config(tmp_path, tiny, "lm", learning_rate=1e12, max_steps=6))
+
+
+def test_monitor_reads_any_trainer_output(tmp_path):
+    ckpt = tmp_path / "other" / "checkpoint-40"
+    ckpt.mkdir(parents=True)
+    (ckpt / "trainer_state.json").write_text(json.dumps({
+        "global_step": 40, "max_steps": 100,
+        "log_history": [{"step": 20, "loss": 2.5, "learning_rate": 1e-4, "epoch": 0.5},
+                        {"step": 40, "loss": 2.1, "learning_rate": 8e-5, "epoch": 1.0},
+                        {"step": 40, "eval_loss": 2.3, "epoch": 1.0}]}))
+    snap = read_run(tmp_path / "other")
+    assert snap.source == "trainer_state.json"
+    assert (snap.global_step, snap.max_steps, snap.latest("loss"), snap.latest("eval_loss")) == (
+        40, 100, 2.1, 2.3)
+    with pytest.raises(WorkbenchError, match="not a training run"):
+        read_run(tmp_path)

@@ -1,0 +1,467 @@
+"""Fine-tuning with transformers' ``Trainer``: causal-LM training on a text corpus, or
+sequence classification on a labelled file, into a run folder that can be stopped,
+resumed and monitored.
+
+A run folder holds ``run.json`` (the configuration), ``metrics.jsonl`` (one line per
+logged step, written as training goes, so any process can follow it), the Trainer's
+``checkpoint-N`` folders with ``trainer_state.json``, TensorBoard event files when
+tensorboard is installed, and ``final/``: the trained model, loadable by every tab.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from workbench.core.errors import WorkbenchError
+from workbench.core.evaluation import read_text
+from workbench.core.jobs import JobContext
+
+RUN_FILE = "run.json"
+METRICS_FILE = "metrics.jsonl"
+FINAL_DIR = "final"
+
+
+@dataclass
+class FinetuneConfig:
+    """Everything a run needs; saved as ``run.json`` in the run folder."""
+
+    task: str  # "lm" or "classify"
+    model: str
+    train_file: str
+    output_dir: str
+    validation_file: str | None = None
+    text_column: str = "text"
+    label_column: str = "label"
+    validation_split: float = 0.1  # used when there is no validation file
+    learning_rate: float = 2e-5
+    lr_scheduler: str = "linear"
+    warmup_steps: int = 0
+    epochs: float = 3.0
+    max_steps: int = -1  # > 0 overrides epochs
+    batch_size: int = 8
+    gradient_accumulation: int = 1
+    max_length: int = 128
+    weight_decay: float = 0.0
+    seed: int = 42
+    logging_steps: int = 5
+    eval_steps: int = 50
+    save_steps: int = 50
+    probe_prompts: list[str] = field(default_factory=list)
+    probe_every: int = 0  # steps; 0: no probes
+
+    def validate(self) -> None:
+        checks = [
+            (self.task in ("lm", "classify"), f"Unknown task '{self.task}': use lm or classify."),
+            (self.learning_rate > 0, "The learning rate must be above 0."),
+            (self.batch_size >= 1, "The batch size must be at least 1."),
+            (self.gradient_accumulation >= 1, "Gradient accumulation must be at least 1."),
+            (self.max_steps > 0 or self.epochs > 0, "Give a positive number of epochs or steps."),
+            (self.max_length >= 8, "The maximum length must be at least 8 tokens."),
+            (0 <= self.validation_split < 1, "The validation split must be in [0, 1)."),
+            (self.logging_steps >= 1 and self.eval_steps >= 1 and self.save_steps >= 1,
+             "Logging, evaluation and save intervals must be at least 1 step."),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise WorkbenchError(message)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> FinetuneConfig:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+# --- data ---------------------------------------------------------------------------------
+def read_texts(path: str | Path, text_column: str = "text") -> list[str]:
+    """Training texts: paragraphs of a .txt file, or a text field of .jsonl / .csv / .tsv."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix in (".csv", ".tsv", ".jsonl"):
+        return [row[0] for row in read_rows(path, text_column, None)]
+    content = read_text(path)
+    paragraphs = [p.strip() for p in content.replace("\r\n", "\n").split("\n\n") if p.strip()]
+    return paragraphs or [content]
+
+
+def read_rows(path: str | Path, text_column: str, label_column: str | None
+              ) -> list[tuple[str, str | None]]:
+    """(text, label) rows of a .csv, .tsv or .jsonl file, with clear messages."""
+    path = Path(path)
+    content = read_text(path)
+    suffix = path.suffix.lower()
+    rows: list[tuple[str, str | None]] = []
+    if suffix == ".jsonl":
+        for number, line in enumerate(content.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise WorkbenchError(f"{path.name} line {number} is not JSON: {exc.msg}.") from None
+            if not isinstance(record, dict) or text_column not in record:
+                raise WorkbenchError(f"{path.name} line {number} has no '{text_column}' field.")
+            if label_column is not None and label_column not in record:
+                raise WorkbenchError(f"{path.name} line {number} has no '{label_column}' field.")
+            rows.append((str(record[text_column]),
+                         None if label_column is None else str(record[label_column])))
+    elif suffix in (".csv", ".tsv"):
+        reader = csv.DictReader(io.StringIO(content), delimiter="\t" if suffix == ".tsv" else ",")
+        columns = reader.fieldnames or []
+        for wanted in (text_column, label_column):
+            if wanted is not None and wanted not in columns:
+                raise WorkbenchError(f"{path.name} has no column '{wanted}' (its columns: "
+                                     f"{', '.join(columns) or 'none'}).")
+        for record in reader:
+            rows.append((record[text_column] or "",
+                         None if label_column is None else (record[label_column] or "")))
+    else:
+        raise WorkbenchError(f"{path.name}: labelled data must be .csv, .tsv or .jsonl.")
+    rows = [(t, lab) for t, lab in rows if t.strip()]
+    if not rows:
+        raise WorkbenchError(f"{path.name} has no rows with text.")
+    return rows
+
+
+class _Encoded:
+    """A list of feature dicts as a torch-style dataset."""
+
+    def __init__(self, items: list[dict]) -> None:
+        self.items = items
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict:
+        return self.items[index]
+
+
+def lm_blocks(tokenizer: Any, texts: list[str], max_length: int) -> list[dict]:
+    """The texts tokenised, joined with EOS and cut into blocks of ``max_length`` tokens."""
+    ids: list[int] = []
+    eos = tokenizer.eos_token_id
+    for text in texts:
+        ids += tokenizer(text, add_special_tokens=False)["input_ids"]
+        if eos is not None:
+            ids.append(eos)
+    blocks = [ids[i:i + max_length] for i in range(0, len(ids), max_length)]
+    blocks = [b for b in blocks if len(b) >= 2]
+    return [{"input_ids": b, "attention_mask": [1] * len(b)} for b in blocks]
+
+
+@dataclass
+class PreparedData:
+    train: Any
+    validation: Any | None
+    labels: list[str] = field(default_factory=list)
+    summary: str = ""
+
+
+def prepare_data(config: FinetuneConfig, tokenizer: Any) -> PreparedData:
+    """Read, check and tokenise the training (and validation) data."""
+    import random
+
+    rng = random.Random(config.seed)
+    if config.task == "lm":
+        texts = read_texts(config.train_file, config.text_column)
+        val_texts = read_texts(config.validation_file, config.text_column) \
+            if config.validation_file else []
+        train = lm_blocks(tokenizer, texts, config.max_length)
+        if not train:
+            raise WorkbenchError("The training text is too short to make one block of tokens.")
+        if val_texts:
+            validation = lm_blocks(tokenizer, val_texts, config.max_length)
+        elif config.validation_split > 0 and len(train) >= 4:
+            rng.shuffle(train)
+            cut = max(1, int(len(train) * config.validation_split))
+            validation, train = train[:cut], train[cut:]
+        else:
+            validation = []
+        summary = f"{len(train)} training blocks of up to {config.max_length} tokens" + \
+            (f", {len(validation)} validation blocks" if validation else "")
+        return PreparedData(_Encoded(train), _Encoded(validation) if validation else None,
+                            summary=summary)
+    rows = read_rows(config.train_file, config.text_column, config.label_column)
+    labels = sorted({lab for _, lab in rows if lab is not None})
+    if len(labels) < 2:
+        raise WorkbenchError(f"The training data has a single class ({labels[0] if labels else 'none'}"
+                             "): classification needs at least two labels.")
+    if config.validation_file:
+        val_rows = read_rows(config.validation_file, config.text_column, config.label_column)
+        unknown = sorted({lab for _, lab in val_rows} - set(labels))
+        if unknown:
+            raise WorkbenchError(f"The validation file has labels that are not in the training "
+                                 f"data: {', '.join(map(str, unknown))}.")
+    else:
+        rng.shuffle(rows)
+        cut = int(len(rows) * config.validation_split)
+        val_rows, rows = rows[:cut], rows[cut:]
+    index = {lab: i for i, lab in enumerate(labels)}
+
+    def encode(items: list[tuple[str, str | None]]) -> list[dict]:
+        out = []
+        for text, lab in items:
+            features = tokenizer(text, truncation=True, max_length=config.max_length)
+            out.append({**features, "labels": index[lab]})
+        return out
+
+    train, validation = encode(rows), encode(val_rows)
+    summary = f"{len(train)} training and {len(validation)} validation examples, labels " + \
+        ", ".join(labels)
+    return PreparedData(_Encoded(train), _Encoded(validation) if validation else None, labels,
+                        summary)
+
+
+# --- events -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TrainLog:
+    """One logged row: training loss rows and evaluation rows both come as TrainLog."""
+
+    step: int
+    max_steps: int
+    epoch: float
+    loss: float | None = None
+    eval_loss: float | None = None
+    eval_accuracy: float | None = None
+    learning_rate: float | None = None
+    grad_norm: float | None = None
+    samples_per_second: float | None = None
+    seconds: float = 0.0  # since the start of this session of training
+
+
+@dataclass(frozen=True)
+class ProbeText:
+    step: int
+    prompt: str
+    text: str
+
+
+@dataclass
+class RunResult:
+    output_dir: str
+    final_model: str | None
+    global_step: int
+    stopped: bool
+    checkpoint: str | None
+    train_loss: float | None
+    summary: str = ""
+
+
+# --- the run ------------------------------------------------------------------------------
+def latest_checkpoint(folder: Path) -> Path | None:
+    """The newest complete ``checkpoint-N`` (one with trainer_state.json) in ``folder``."""
+    found = []
+    for path in folder.glob("checkpoint-*"):
+        try:
+            step = int(path.name.split("-")[-1])
+        except ValueError:
+            continue
+        if (path / "trainer_state.json").is_file():
+            found.append((step, path))
+    return max(found)[1] if found else None
+
+
+def check_output_dir(config: FinetuneConfig, resume: bool) -> Path:
+    """The run folder, checked: writable, and not another run unless resuming."""
+    folder = Path(config.output_dir).expanduser()
+    existing = folder / RUN_FILE
+    if resume:
+        if not existing.is_file():
+            raise WorkbenchError(f"{folder} holds no run to resume (no {RUN_FILE}).")
+        if latest_checkpoint(folder) is None:
+            raise WorkbenchError(f"{folder} has no complete checkpoint to resume from.")
+    elif existing.is_file() or (folder.is_dir() and any(folder.glob("checkpoint-*"))):
+        raise WorkbenchError(f"{folder} already holds a run: resume it (--resume) or choose "
+                             "a new folder.")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / ".write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        raise WorkbenchError(f"Cannot write to {folder}: {exc.strerror or exc}.") from None
+    return folder
+
+
+def run_finetune(config: FinetuneConfig, ctx: JobContext | None = None, resume: bool = False,
+                 loaded: Any = None) -> RunResult:
+    """Train as ``config`` says (or resume the run in its folder) and return the outcome.
+
+    Events: :class:`TrainLog` rows and :class:`ProbeText`. Cancelling stops at the next
+    step boundary after writing a checkpoint, so the run can be resumed.
+    """
+    import torch
+    from transformers import (
+        DataCollatorForLanguageModeling,
+        DataCollatorWithPadding,
+        Trainer,
+        TrainerCallback,
+        TrainingArguments,
+    )
+
+    from workbench.core.loader import LoadOptions, load_model
+
+    ctx = ctx or JobContext()
+    config.validate()
+    folder = check_output_dir(config, resume)
+    checkpoint = latest_checkpoint(folder) if resume else None
+    if resume:  # the saved run decides the data and model; the new limits come from config
+        saved = FinetuneConfig.from_dict(json.loads((folder / RUN_FILE).read_text()))
+        saved.max_steps, saved.epochs = config.max_steps, config.epochs
+        config = saved
+    ctx.progress("Loading the model…", None)
+    if loaded is None or loaded.reference != config.model:
+        loaded = load_model(config.model, LoadOptions(), ctx.emit)
+    tokenizer = loaded.tokenizer
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    ctx.progress("Reading the data…", None)
+    data = prepare_data(config, tokenizer)
+    ctx.log(data.summary)
+    model = _model_for(config, loaded, data.labels)
+    (folder / RUN_FILE).write_text(config.to_json(), encoding="utf-8")
+    metrics_path = folder / METRICS_FILE
+    started = time.perf_counter()
+    state: dict[str, Any] = {"nan": None}
+
+    class Stream(TrainerCallback):
+        """Log rows to the app and to metrics.jsonl; carry Stop; stop on NaN; probes."""
+
+        def on_log(self, args, st, control, logs=None, **kwargs):
+            logs = logs or {}
+            row = TrainLog(
+                step=st.global_step, max_steps=st.max_steps, epoch=float(st.epoch or 0),
+                loss=logs.get("loss"), eval_loss=logs.get("eval_loss"),
+                eval_accuracy=logs.get("eval_accuracy"), learning_rate=logs.get("learning_rate"),
+                grad_norm=logs.get("grad_norm"),
+                samples_per_second=logs.get("train_samples_per_second"),
+                seconds=time.perf_counter() - started)
+            if row.loss is None and row.eval_loss is None:
+                return
+            with open(metrics_path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(asdict(row)) + "\n")
+            ctx.emit(row)
+            if ctx.cancel.cancelled:  # a log comes before the save check of its step
+                control.should_save = True
+                control.should_training_stop = True
+            for value in (row.loss, row.eval_loss):
+                if value is not None and not math.isfinite(value):
+                    state["nan"] = st.global_step
+                    control.should_training_stop = True
+
+        def on_step_end(self, args, st, control, **kwargs):
+            ctx.progress(f"Step {st.global_step} of {st.max_steps}",
+                         st.global_step / max(st.max_steps, 1))
+            if ctx.cancel.cancelled:
+                control.should_save = True  # Stop keeps everything: a checkpoint first
+                control.should_training_stop = True
+            if (config.task == "lm" and config.probe_every and config.probe_prompts
+                    and st.global_step % config.probe_every == 0):
+                for prompt, text in _probe(kwargs["model"], tokenizer, config.probe_prompts):
+                    ctx.emit(ProbeText(st.global_step, prompt, text))
+
+    args = TrainingArguments(
+        output_dir=str(folder), learning_rate=config.learning_rate,
+        lr_scheduler_type=config.lr_scheduler, warmup_steps=config.warmup_steps,
+        num_train_epochs=config.epochs, max_steps=config.max_steps,
+        per_device_train_batch_size=config.batch_size,
+        per_device_eval_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation,
+        weight_decay=config.weight_decay, seed=config.seed, logging_steps=config.logging_steps,
+        eval_strategy="steps" if data.validation is not None else "no",
+        eval_steps=config.eval_steps, save_strategy="steps", save_steps=config.save_steps,
+        report_to=["tensorboard"] if _has_tensorboard() else [], disable_tqdm=True,
+        logging_nan_inf_filter=False, use_cpu=loaded.device == "cpu",
+        dataloader_num_workers=0)
+    collator = DataCollatorForLanguageModeling(tokenizer, mlm=False) if config.task == "lm" \
+        else DataCollatorWithPadding(tokenizer)
+    trainer = Trainer(model=model, args=args, train_dataset=data.train,
+                      eval_dataset=data.validation, data_collator=collator,
+                      compute_metrics=_accuracy if config.task == "classify" else None,
+                      callbacks=[Stream()])
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    for noisy in (PrinterCallback, ProgressCallback):  # the app reports progress itself
+        trainer.remove_callback(noisy)
+    torch.manual_seed(config.seed)
+    try:
+        output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    except (OSError, RuntimeError) as exc:
+        if "No space left" in str(exc):
+            raise WorkbenchError("The disk is full: training stopped. The last complete "
+                                 "checkpoint is kept; free space and resume.") from exc
+        raise
+    if state["nan"] is not None:
+        raise WorkbenchError(f"The loss became NaN or infinite at step {state['nan']}: the run "
+                             "stopped. Lower the learning rate and start again (or resume "
+                             "from the last checkpoint).")
+    step = trainer.state.global_step
+    stopped = ctx.cancel.cancelled
+    if stopped:  # Stream set should_save with should_training_stop: the checkpoint exists
+        last = latest_checkpoint(folder)
+        ctx.log(f"Stopped at step {step}; checkpoint {last.name if last else '-'} saved.")
+        return RunResult(str(folder), None, step, True, str(last) if last else None,
+                         output.training_loss, data.summary)
+    ctx.progress("Saving the final model…", None)
+    final = folder / FINAL_DIR
+    trainer.save_model(str(final))
+    tokenizer.save_pretrained(str(final))
+    last = latest_checkpoint(folder)
+    return RunResult(str(folder), str(final), step, False, str(last) if last else None,
+                     output.training_loss, data.summary)
+
+
+def _model_for(config: FinetuneConfig, loaded: Any, labels: list[str]):
+    """A fresh copy of the model to train (the loaded one stays as it is)."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    from workbench.core.catalog import CAUSAL_LM
+
+    if config.task == "lm":
+        if loaded.task != CAUSAL_LM:
+            raise WorkbenchError(f"{loaded.name} is a {loaded.task} model: language-model "
+                                 "fine-tuning needs a causal LM such as SmolLM2.")
+        return AutoModelForCausalLM.from_pretrained(loaded.folder, local_files_only=True)
+    return AutoModelForSequenceClassification.from_pretrained(
+        loaded.folder, local_files_only=True, num_labels=len(labels),
+        id2label=dict(enumerate(labels)), label2id={lab: i for i, lab in enumerate(labels)})
+
+
+def _accuracy(prediction) -> dict:
+    import numpy as np
+
+    logits, labels = prediction
+    return {"accuracy": float((np.argmax(logits, axis=-1) == labels).mean())}
+
+
+def _has_tensorboard() -> bool:
+    from importlib.util import find_spec
+
+    return find_spec("tensorboard") is not None
+
+
+def _probe(model: Any, tokenizer: Any, prompts: list[str], tokens: int = 20):
+    import torch
+
+    was_training = model.training
+    model.eval()
+    try:
+        for prompt in prompts:
+            ids = tokenizer(prompt, return_tensors="pt")["input_ids"].to(model.device)
+            with torch.inference_mode():
+                out = model.generate(ids, attention_mask=torch.ones_like(ids),
+                                     max_new_tokens=tokens, do_sample=False,
+                                     pad_token_id=tokenizer.pad_token_id)
+            yield prompt, tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+    finally:
+        if was_training:
+            model.train()
