@@ -152,3 +152,42 @@ def test_evaluate_bleu_json_and_errors(tmp_path):
     assert bad.returncode == 2
     assert bad.stderr.strip() == ("error: The hypothesis has 2 lines but reference 1 has 1: "
                                   "they must be line-parallel.")
+
+
+def test_finetune_then_monitor_from_the_command_line(tiny, tmp_path):
+    data = tmp_path / "d.csv"
+    data.write_text("text,label\n" + "".join(
+        f"{'hello world' if i % 2 else 'the sea'} {i},{'good' if i % 2 else 'bad'}\n"
+        for i in range(24)))
+    run_dir = tmp_path / "run"
+    result = run("finetune", "--task", "classify", "--model", str(tiny("bert")), "--train",
+                 str(data), "--output", str(run_dir), "--max-steps", "4", "--batch-size", "4",
+                 "--logging-steps", "1", "--save-steps", "2", "--eval-steps", "2",
+                 "--learning-rate", "1e-3")
+    assert result.returncode == 0, result.stderr
+    assert "step 4/4" in result.stdout and "finished at step 4" in result.stdout
+    data_json = json.loads(run("monitor", str(run_dir), "--json").stdout)
+    assert data_json["global_step"] == 4 and data_json["loss"] is not None
+    again = run("finetune", "--task", "classify", "--model", str(tiny("bert")), "--train",
+                str(data), "--output", str(run_dir), "--max-steps", "6", "--batch-size", "4",
+                "--resume", "--json")
+    assert json.loads(again.stdout)["global_step"] == 6
+    clash = run("finetune", "--task", "classify", "--model", str(tiny("bert")), "--train",
+                str(data), "--output", str(run_dir))
+    assert clash.returncode == 2 and "already holds a run" in clash.stderr
+
+
+def test_train_entry_point_runs_an_exported_config(tiny, tmp_path):
+    from workbench.core.finetune import FinetuneConfig
+
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("the cat sat on the mat. " * 40)
+    config = FinetuneConfig(task="lm", model=str(tiny("llama")), train_file=str(corpus),
+                            output_dir=str(tmp_path / "run"), max_steps=2, batch_size=2,
+                            max_length=16, logging_steps=1)
+    (tmp_path / "launch.json").write_text(config.to_json())
+    result = subprocess.run([sys.executable, "-m", "workbench.train", "--config",
+                             str(tmp_path / "launch.json")], cwd=ROOT, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "run" / "final" / "config.json").is_file()

@@ -1,41 +1,456 @@
-"""Fine-tune tab: local fine-tuning with live charts and run monitoring (skeleton)."""
+"""Fine-tune tab: a form for a Trainer run, live charts, stop / resume, probe texts,
+"Use this model", and monitoring of any run folder written by another process."""
 
 from __future__ import annotations
 
-from PySide6.QtWidgets import QHBoxLayout, QVBoxLayout, QWidget
+import datetime
+import math
+import shlex
+from pathlib import Path
 
-from workbench.core.catalog import CAUSAL_LM, CLASSIFIER, ENCODER, MASKED_LM
-from workbench.ui.skeleton import combo, dspin, form_with_run, line, pending_panel, spin
+from PySide6.QtCore import QSettings, Qt, QTimer, Signal
+from PySide6.QtWidgets import (
+    QFileDialog,
+    QFormLayout,
+    QGridLayout,
+    QHBoxLayout,
+    QLabel,
+    QMessageBox,
+    QPlainTextEdit,
+    QProgressBar,
+    QPushButton,
+    QScrollArea,
+    QSlider,
+    QSplitter,
+    QVBoxLayout,
+    QWidget,
+)
+
+from workbench.core import paths
+from workbench.core.catalog import MINILM, SMOLLM2
+from workbench.core.errors import WorkbenchError
+from workbench.core.finetune import (
+    FinetuneConfig,
+    ProbeText,
+    RunResult,
+    TrainLog,
+    run_finetune,
+)
+from workbench.core.runs import read_run
+from workbench.ui.skeleton import combo, dspin, line, spin, text_box
 from workbench.ui.tab_base import WorkbenchTab
-from workbench.ui.worker import ModelWorker
+from workbench.ui.worker import ModelWorker, WorkerContext
+
+RESOURCES = Path(__file__).resolve().parents[2] / "resources" / "data"
+COLORS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189)]
+
+
+def ema(values: list[float], weight: float) -> list[float]:
+    """Exponential moving average (TensorBoard's smoothing), ``weight`` in [0, 1)."""
+    out, last = [], None
+    for v in values:
+        last = v if last is None else last * weight + (1 - weight) * v
+        out.append(last)
+    return out
+
+
+class RunCurves:
+    """The curves of one run on the shared charts."""
+
+    def __init__(self, charts: dict, name: str, color) -> None:
+        import pyqtgraph as pg
+
+        pen = pg.mkPen(color, width=2)
+        light = pg.mkPen((*color, 90), width=1)
+        self.name = name
+        self.raw = charts["loss"].plot([], [], pen=None, symbol="o", symbolSize=3,
+                                       symbolBrush=(*color, 120), symbolPen=None)
+        self.smooth = charts["loss"].plot([], [], pen=pen, name=f"{name} loss")
+        self.eval = charts["loss"].plot([], [], pen=pg.mkPen(color, width=2,
+                                                             style=Qt.PenStyle.DashLine),
+                                        symbol="s", symbolSize=6, symbolBrush=color,
+                                        name=f"{name} validation")
+        self.spikes = charts["loss"].plot([], [], pen=None, symbol="x", symbolSize=10,
+                                          symbolPen=pg.mkPen(220, 0, 0, width=2))
+        self.lr = charts["lr"].plot([], [], pen=pen)
+        self.grad = charts["grad"].plot([], [], pen=light, symbol="o", symbolSize=3,
+                                        symbolBrush=color, symbolPen=None)
+        self.speed = charts["speed"].plot([], [], pen=pen)
+
+    def update(self, rows: list[dict], smoothing: float) -> list[str]:
+        """Redraw from log rows; returns health warnings."""
+        train = [(r["step"], r["loss"]) for r in rows if r.get("loss") is not None]
+        evals = [(r["step"], r["eval_loss"]) for r in rows if r.get("eval_loss") is not None]
+        steps = [s for s, _ in train]
+        losses = [v for _, v in train]
+        smooth = ema(losses, smoothing)
+        self.raw.setData(steps, losses)  # every point: a one-step spike stays visible
+        self.smooth.setData(steps, smooth)
+        self.eval.setData([s for s, _ in evals], [v for _, v in evals])
+        spikes = [(s, v) for (s, v), m in zip(train, [None] + smooth[:-1], strict=True)
+                  if m is not None and math.isfinite(v) and v > 1.5 * m and v - m > 0.1]
+        self.spikes.setData([s for s, _ in spikes], [v for _, v in spikes])
+        lr = [(r["step"], r["learning_rate"]) for r in rows if r.get("learning_rate") is not None]
+        self.lr.setData([s for s, _ in lr], [v for _, v in lr])
+        grad = [(r["step"], r["grad_norm"]) for r in rows if r.get("grad_norm") is not None]
+        self.grad.setData([s for s, _ in grad], [v for _, v in grad])
+        speed = []
+        for a, b in zip(rows, rows[1:], strict=False):
+            if a.get("loss") is not None and b.get("loss") is not None and \
+                    b.get("seconds", 0) > a.get("seconds", 0) and b["step"] > a["step"]:
+                speed.append((b["step"], (b["step"] - a["step"]) / (b["seconds"] - a["seconds"])))
+        self.speed.setData([s for s, _ in speed], [v for _, v in speed])
+        warnings = []
+        if spikes:
+            warnings.append(f"{self.name}: loss spike at step {spikes[-1][0]}")
+        if len(evals) >= 2 and evals[-1][1] > evals[-2][1] and len(smooth) >= 2 and \
+                smooth[-1] < smooth[0]:
+            warnings.append(f"{self.name}: validation loss rising while training loss falls "
+                            "(overfitting?)")
+        return warnings
 
 
 class FinetuneTab(WorkbenchTab):
     title = "Fine-tune"
-    tasks = (CAUSAL_LM, CLASSIFIER, ENCODER, MASKED_LM)
-    needs_text = "a causal LM or an encoder"
+    use_model = Signal(str)  # a trained model folder for the other tabs
 
     def __init__(self, worker: ModelWorker, parent: QWidget | None = None) -> None:
         super().__init__(worker, parent)
-        form, self.run_button = form_with_run("Run", [
-            ("Task", combo("task", ["classify (sequence classification)",
-                                    "lm (causal language modelling)"])),
-            ("Training file", line("train-file", "", ".txt, .jsonl, .csv or .tsv")),
-            ("Validation file", line("validation-file", "", "optional")),
-            ("Learning rate", dspin("learning-rate", 1e-7, 1.0, 2e-5, decimals=7, step=1e-5)),
-            ("Epochs", spin("epochs", 1, 1000, 3)),
-            ("Batch size", spin("batch-size", 1, 4096, 8)),
-            ("Max length", spin("max-length", 8, 8192, 128)),
-            ("Output folder", line("output-dir", "", "a new folder for this run")),
-        ], "Start training", "Fine-tuning is not built yet.")
-        charts = pending_panel("Training charts", [
-            "training and validation loss, learning rate, gradient norm, throughput",
-            "stop, resume and probe prompts",
-            "attaching to any Hugging Face Trainer or TensorBoard run folder",
-        ])
-        body = QHBoxLayout()
-        body.addWidget(form, 1)
-        body.addWidget(charts, 2)
+        self.job_id: int | None = None
+        self.charts: dict | None = None
+        self.runs: dict[str, RunCurves] = {}
+        self.rows: dict[str, list[dict]] = {}
+        self.attached: list[str] = []
+        self.active_run: str | None = None
+        self.final_model: str | None = None
+        self._build_form()
+        self.chart_holder = QWidget()
+        QVBoxLayout(self.chart_holder).setContentsMargins(0, 0, 0, 0)
+        self.progress = QProgressBar()
+        self.progress.setObjectName("train-progress")
+        self.progress.setFormat("%p%")
+        self.eta = QLabel("")
+        self.eta.setObjectName("train-eta")
+        self.health = QLabel("")
+        self.health.setObjectName("train-health")
+        self.health.setStyleSheet("color: #b00000")
+        self.health.setWordWrap(True)
+        self.smoothing = QSlider(Qt.Orientation.Horizontal)
+        self.smoothing.setObjectName("smoothing")
+        self.smoothing.setRange(0, 99)
+        self.smoothing.setValue(60)
+        self.smoothing.valueChanged.connect(self.redraw)
+        self.probes = QPlainTextEdit()
+        self.probes.setObjectName("probe-texts")
+        self.probes.setReadOnly(True)
+        self.probes.setPlaceholderText("Probe generations appear here by step (causal LM runs "
+                                       "with probe prompts).")
+        self.probes.setMaximumHeight(90)
+        status = QHBoxLayout()
+        status.addWidget(self.progress, 2)
+        status.addWidget(self.eta, 1)
+        status.addWidget(QLabel("Smoothing"))
+        status.addWidget(self.smoothing, 1)
+        right = QWidget()
+        rl = QVBoxLayout(right)
+        rl.setContentsMargins(0, 0, 0, 0)
+        rl.addLayout(status)
+        rl.addWidget(self.health)
+        rl.addWidget(self.chart_holder, 1)
+        rl.addWidget(self.probes)
+        split = QSplitter(Qt.Orientation.Horizontal)
+        split.addWidget(self.form_scroll)
+        split.addWidget(right)
+        split.setSizes([380, 900])
         layout = QVBoxLayout(self)
         layout.addWidget(self.model_label)
-        layout.addLayout(body, 1)
+        layout.addWidget(split, 1)
+        self.poll = QTimer(self)
+        self.poll.setInterval(1000)
+        self.poll.timeout.connect(self.poll_attached)
+        worker.job_event.connect(self._on_event)
+        worker.job_finished.connect(self._on_finished)
+        worker.job_failed.connect(self._on_ended)
+        worker.job_cancelled.connect(self._on_ended)
+        self.task.currentIndexChanged.connect(self._task_changed)
+        self._task_changed()
+
+    def _build_form(self) -> None:
+        self.task = combo("task", ["classify (sequence classification)",
+                                   "lm (causal language modelling)"])
+        self.train_file = line("train-file", "", ".txt, .jsonl, .csv or .tsv")
+        self.validation_file = line("validation-file", "", "optional (default: 10% split)")
+        self.text_column = line("text-column", "text")
+        self.label_column = line("label-column", "label")
+        self.learning_rate = dspin("learning-rate", 1e-7, 1.0, 2e-5, decimals=7, step=1e-5)
+        self.epochs = dspin("epochs", 0.01, 1000, 3.0, decimals=2, step=1)
+        self.max_steps = spin("max-steps", 0, 10_000_000, 0)
+        self.max_steps.setSpecialValueText("by epochs")
+        self.batch_size = spin("batch-size", 1, 4096, 8)
+        self.grad_accum = spin("gradient-accumulation", 1, 1024, 1)
+        self.max_length = spin("max-length", 8, 8192, 128)
+        self.weight_decay = dspin("weight-decay", 0.0, 1.0, 0.0, decimals=4, step=0.01)
+        self.warmup = spin("warmup-steps", 0, 1_000_000, 0)
+        self.scheduler = combo("scheduler", ["linear", "cosine", "constant",
+                                             "constant_with_warmup", "polynomial"])
+        self.seed = spin("train-seed", 0, 2**31 - 1, 42)
+        self.logging_steps = spin("logging-steps", 1, 100000, 5)
+        self.eval_steps = spin("eval-steps", 1, 1_000_000, 50)
+        self.save_steps = spin("save-steps", 1, 1_000_000, 50)
+        self.output_dir = line("output-dir", "", "a new folder for this run (default: "
+                               "one in the app's data folder)")
+        self.probe_prompts = text_box("probe-prompts", "Probe prompts, one a line (lm)",
+                                      "The lighthouse keeper")
+        self.probe_prompts.setMaximumHeight(50)
+        self.probe_every = spin("probe-every", 0, 100000, 10)
+        self.start_button = QPushButton("Start training")
+        self.start_button.setObjectName("start-button")
+        self.start_button.clicked.connect(lambda: self.start())
+        self.stop_button = QPushButton("Stop")
+        self.stop_button.setObjectName("stop-training-button")
+        self.stop_button.setToolTip("Save a checkpoint and stop (resumable)")
+        self.stop_button.setEnabled(False)
+        self.stop_button.clicked.connect(self.stop)
+        self.resume_button = QPushButton("Resume")
+        self.resume_button.setToolTip("Continue the run in the output folder from its last "
+                                      "checkpoint, up to the epochs / max steps above")
+        self.resume_button.clicked.connect(lambda: self.start(resume=True))
+        self.use_button = QPushButton("Use this model")
+        self.use_button.setToolTip("Load the trained model for Generate, Attention and Evaluate")
+        self.use_button.setEnabled(False)
+        self.use_button.clicked.connect(lambda: self.use_model.emit(self.final_model or ""))
+        self.attach_button = QPushButton("Attach run folder…")
+        self.attach_button.setToolTip("Follow a run written by another process (this app's, "
+                                      "any Hugging Face Trainer output, TensorBoard events)")
+        self.attach_button.clicked.connect(lambda: self.attach())
+        self.export_button = QPushButton("Export launch command…")
+        self.export_button.clicked.connect(lambda: self.export_launch())
+        form = QFormLayout()
+        for label, widget in [
+                ("Task", self.task), ("Training file", self.train_file),
+                ("Validation file", self.validation_file), ("Text column", self.text_column),
+                ("Label column", self.label_column), ("Learning rate", self.learning_rate),
+                ("Schedule", self.scheduler), ("Warmup steps", self.warmup),
+                ("Epochs", self.epochs), ("Max steps", self.max_steps),
+                ("Batch size", self.batch_size), ("Gradient accumulation", self.grad_accum),
+                ("Max length", self.max_length), ("Weight decay", self.weight_decay),
+                ("Seed", self.seed), ("Log every", self.logging_steps),
+                ("Evaluate every", self.eval_steps), ("Save every", self.save_steps),
+                ("Output folder", self.output_dir), ("Probe prompts", self.probe_prompts),
+                ("Probe every (steps)", self.probe_every)]:
+            form.addRow(label, widget)
+        buttons = QGridLayout()
+        buttons.addWidget(self.start_button, 0, 0)
+        buttons.addWidget(self.stop_button, 0, 1)
+        buttons.addWidget(self.resume_button, 1, 0)
+        buttons.addWidget(self.use_button, 1, 1)
+        buttons.addWidget(self.attach_button, 2, 0)
+        buttons.addWidget(self.export_button, 2, 1)
+        form.addRow(buttons)
+        box = QWidget()
+        box.setLayout(form)
+        self.form_scroll = QScrollArea()
+        self.form_scroll.setWidgetResizable(True)
+        self.form_scroll.setWidget(box)
+
+    def build_deferred(self) -> None:
+        if self.charts is not None:
+            return
+        import pyqtgraph as pg
+
+        grid = pg.GraphicsLayoutWidget()
+        grid.setObjectName("training-charts")
+        self.charts = {}
+        for key, title, row, col in (("loss", "loss", 0, 0), ("lr", "learning rate", 0, 1),
+                                     ("grad", "gradient norm", 1, 0),
+                                     ("speed", "steps per second", 1, 1)):
+            plot = grid.addPlot(row=row, col=col, title=title)
+            plot.showGrid(y=True, alpha=0.3)
+            plot.setLabel("bottom", "step")
+            plot.getAxis("left").enableAutoSIPrefix(False)
+            self.charts[key] = plot
+        self.charts["loss"].addLegend(offset=(-5, 5))
+        self.chart_holder.layout().addWidget(grid)
+        self.chart_widget = grid
+        for folder in QSettings().value("finetune/attached", [], type=list) or []:
+            if Path(folder).is_dir():
+                self.attach(folder, remember=False)
+
+    # --- the form ----------------------------------------------------------------------------
+    def _task_changed(self) -> None:
+        lm = self.task.currentIndex() == 1
+        defaults = {str(RESOURCES / "sentiment.csv"), str(RESOURCES / "corpus.txt"), ""}
+        if self.train_file.text() in defaults:
+            self.train_file.setText(str(RESOURCES / ("corpus.txt" if lm else "sentiment.csv")))
+        self.label_column.setEnabled(not lm)
+        self.probe_prompts.setEnabled(lm)
+        self.probe_every.setEnabled(lm)
+
+    def config(self) -> FinetuneConfig:
+        lm = self.task.currentIndex() == 1
+        model = self.loaded.reference if self.loaded is not None else \
+            (SMOLLM2.name if lm else MINILM.name)
+        output = self.output_dir.text().strip() or str(
+            paths.data_dir() / "runs" / datetime.datetime.now().strftime("run-%Y%m%d-%H%M%S"))
+        return FinetuneConfig(
+            task="lm" if lm else "classify", model=model,
+            train_file=self.train_file.text().strip(), output_dir=output,
+            validation_file=self.validation_file.text().strip() or None,
+            text_column=self.text_column.text().strip() or "text",
+            label_column=self.label_column.text().strip() or "label",
+            learning_rate=self.learning_rate.value(), lr_scheduler=self.scheduler.currentText(),
+            warmup_steps=self.warmup.value(), epochs=self.epochs.value(),
+            max_steps=self.max_steps.value() or -1, batch_size=self.batch_size.value(),
+            gradient_accumulation=self.grad_accum.value(), max_length=self.max_length.value(),
+            weight_decay=self.weight_decay.value(), seed=self.seed.value(),
+            logging_steps=self.logging_steps.value(), eval_steps=self.eval_steps.value(),
+            save_steps=self.save_steps.value(),
+            probe_prompts=[p for p in self.probe_prompts.toPlainText().splitlines() if p.strip()]
+            if lm else [], probe_every=self.probe_every.value() if lm else 0)
+
+    # --- running --------------------------------------------------------------------------------
+    def start(self, resume: bool = False) -> None:
+        if self.job_id is not None:
+            return
+        config = self.config()
+        try:
+            config.validate()
+            if not config.train_file:
+                raise WorkbenchError("Choose a training file.")
+        except WorkbenchError as exc:
+            self._error(str(exc))
+            return
+        self.output_dir.setText(config.output_dir)
+        name = Path(config.output_dir).name
+        self.active_run = name
+        if not resume:
+            self.rows[name] = []
+        self.health.clear()
+        self.probes.clear()
+
+        def job(ctx: WorkerContext) -> RunResult:
+            loaded = ctx.store.current if ctx.store is not None else None
+            return run_finetune(config, ctx, resume=resume, loaded=loaded)
+
+        self.job_id = self.worker.submit("Fine-tune" + (" (resume)" if resume else ""), job)
+        self.start_button.setEnabled(False)
+        self.resume_button.setEnabled(False)
+        self.stop_button.setEnabled(True)
+        self.progress.setValue(0)
+        self.started = datetime.datetime.now()
+
+    def stop(self) -> None:
+        if self.job_id is not None:
+            self.worker.cancel()
+            self.eta.setText("Stopping: saving a checkpoint…")
+
+    def _on_event(self, job_id: int, event: object) -> None:
+        if job_id != self.job_id or self.active_run is None:
+            return
+        if isinstance(event, TrainLog):
+            from dataclasses import asdict
+
+            self.rows.setdefault(self.active_run, []).append(asdict(event))
+            if event.max_steps:
+                self.progress.setMaximum(event.max_steps)
+                self.progress.setValue(event.step)
+                if event.step and event.seconds:
+                    left = event.seconds / event.step * (event.max_steps - event.step)
+                    self.eta.setText(f"step {event.step}/{event.max_steps} · about "
+                                     f"{int(left // 60)} min {int(left % 60)} s left")
+            self.redraw()
+        elif isinstance(event, ProbeText):
+            self.probes.appendPlainText(f"step {event.step} · {event.prompt!r} → {event.text}")
+
+    def redraw(self) -> None:
+        if self.charts is None:
+            return
+        warnings = []
+        for i, (name, rows) in enumerate(self.rows.items()):
+            if name not in self.runs:
+                self.runs[name] = RunCurves(self.charts, name, COLORS[i % len(COLORS)])
+            warnings += self.runs[name].update(rows, self.smoothing.value() / 100)
+        self.health.setText(" · ".join(warnings))
+
+    def _on_finished(self, job_id: int, result: object) -> None:
+        if job_id != self.job_id or not isinstance(result, RunResult):
+            return
+        self._idle()
+        if result.stopped:
+            self.eta.setText(f"Stopped at step {result.global_step}; checkpoint saved: press "
+                             "Resume to continue.")
+        else:
+            self.final_model = result.final_model
+            self.use_button.setEnabled(bool(result.final_model))
+            self.eta.setText(f"Finished at step {result.global_step}; the model is in "
+                             f"{result.final_model}.")
+
+    def _on_ended(self, job_id: int, *args) -> None:
+        if job_id == self.job_id:
+            self._idle()
+            self.eta.setText(f"Failed: {args[0]}" if args else "Cancelled.")
+
+    def _idle(self) -> None:
+        self.job_id = None
+        self.start_button.setEnabled(True)
+        self.resume_button.setEnabled(True)
+        self.stop_button.setEnabled(False)
+
+    # --- monitoring ------------------------------------------------------------------------------
+    def attach(self, folder: str | None = None, remember: bool = True) -> None:
+        if folder is None:
+            folder = QFileDialog.getExistingDirectory(self, "Attach to a training run folder")
+        if not folder:
+            return
+        try:
+            read_run(folder)
+        except WorkbenchError as exc:
+            self._error(str(exc))
+            return
+        if folder not in self.attached:
+            self.attached.append(folder)
+        if remember:
+            recent = [f for f in QSettings().value("finetune/attached", [], type=list) or []
+                      if f != folder]
+            QSettings().setValue("finetune/attached", ([folder] + recent)[:5])
+        self.poll_attached()
+        self.poll.start()
+
+    def poll_attached(self) -> None:
+        for folder in list(self.attached):
+            try:
+                snap = read_run(folder)
+            except WorkbenchError:
+                continue  # a folder mid-write; try again next tick
+            name = f"{Path(folder).name} (attached)"
+            self.rows[name] = snap.rows
+        self.redraw()
+
+    def export_launch(self, path: str | None = None) -> str | None:
+        config = self.config()
+        try:
+            config.validate()
+        except WorkbenchError as exc:
+            self._error(str(exc))
+            return None
+        folder = Path(config.output_dir)
+        if path is None:
+            path = str(folder / "launch.json")
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(config.to_json(), encoding="utf-8")
+        command = f"accelerate launch -m workbench.train --config {shlex.quote(path)}"
+        box = QMessageBox(QMessageBox.Icon.Information, "Launch command",
+                          f"The run configuration is in {path}.\n\nRun it anywhere with:\n\n"
+                          f"{command}\n\nthen attach to {config.output_dir} here to follow it.",
+                          QMessageBox.StandardButton.Ok, self)
+        box.setObjectName("launch-dialog")
+        box.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        box.open()
+        self.launch_dialog = box
+        return command
+
+    def _error(self, message: str) -> None:
+        window = self.window()
+        if hasattr(window, "show_error"):
+            window.show_error("Cannot fine-tune", message)
+

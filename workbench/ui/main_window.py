@@ -145,6 +145,7 @@ class MainWindow(QMainWindow):
         w.idle.connect(lambda: self._set_busy(False))
         for page in self.tab_pages:
             w.model_changed.connect(page.set_model)
+        self.tab_pages[2].use_model.connect(self.use_trained_model)
 
     def _after_show(self) -> None:
         for page in self.tab_pages:
@@ -176,6 +177,14 @@ class MainWindow(QMainWindow):
         self.log.append(f"Loading {reference} (device {device}, dtype {dtype})")
         self.load_job = self.worker.submit_load(reference, options)
         return self.load_job
+
+    def use_trained_model(self, folder: str) -> None:
+        """Load a model the Fine-tune tab trained, and go to the Generate tab."""
+        if folder:
+            self.picker.set_reference(folder)
+            self.load_model(folder, self.picker.device.currentText(),
+                            self.picker.dtype.currentText())
+            self.tabs.setCurrentIndex(0)
 
     def _model_changed(self, loaded: LoadedModel | None) -> None:
         self.loaded = loaded

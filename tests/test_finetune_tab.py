@@ -1,0 +1,110 @@
+"""The Fine-tune tab: a run draws its curves, stops and resumes, and its model is used."""
+
+import json
+
+import pytest
+
+from workbench.ui.main_window import MainWindow
+
+
+@pytest.fixture
+def window(qtbot, tiny):
+    w = MainWindow(autoload=False)
+    qtbot.addWidget(w)
+    w.show()
+    w.load_model(str(tiny("bert")))
+    qtbot.waitUntil(lambda: not w.loading and w.tab_pages[2].charts is not None, timeout=60000)
+    return w
+
+
+def csv_file(path):
+    rows = ["text,label"] + [f"{'hello world' if i % 2 else 'the sea is blue'} {i},"
+                             f"{'good' if i % 2 else 'bad'}" for i in range(40)]
+    path.write_text("\n".join(rows) + "\n")
+    return str(path)
+
+
+def form(tab, tmp_path, steps=6):
+    tab.task.setCurrentIndex(0)
+    tab.train_file.setText(csv_file(tmp_path / "d.csv"))
+    tab.max_steps.setValue(steps)
+    tab.batch_size.setValue(4)
+    tab.logging_steps.setValue(1)
+    tab.eval_steps.setValue(3)
+    tab.save_steps.setValue(3)
+    tab.learning_rate.setValue(1e-3)
+    tab.max_length.setValue(32)
+    tab.output_dir.setText(str(tmp_path / "run"))
+
+
+def test_a_run_draws_live_curves_and_its_model_can_be_used(qtbot, window, tmp_path):
+    tab = window.tab_pages[2]
+    form(tab, tmp_path)
+    tab.start()
+    qtbot.waitUntil(lambda: tab.job_id is None, timeout=120000)
+    curves = tab.runs["run"]
+    steps, losses = curves.raw.getData()
+    assert list(steps) == [1, 2, 3, 4, 5, 6]
+    assert len(curves.eval.getData()[0]) == 2  # validation at steps 3 and 6
+    assert len(curves.lr.getData()[0]) == 6
+    assert tab.progress.value() == 6 and "Finished at step 6" in tab.eta.text()
+    assert tab.use_button.isEnabled()
+    tab.use_button.click()
+    qtbot.waitUntil(lambda: not window.loading, timeout=60000)
+    assert window.loaded.folder == tmp_path / "run" / "final"
+    assert window.loaded.task == "classifier" and window.tabs.currentIndex() == 0
+
+
+def test_stop_then_resume(qtbot, window, tmp_path):
+    tab = window.tab_pages[2]
+    form(tab, tmp_path, steps=40)
+    tab.save_steps.setValue(1000)
+    tab.start()
+    qtbot.waitUntil(lambda: len(tab.rows.get("run", [])) >= 2, timeout=120000)
+    tab.stop()
+    qtbot.waitUntil(lambda: tab.job_id is None, timeout=60000)
+    assert "Stopped at step" in tab.eta.text()
+    stopped_at = max(r["step"] for r in tab.rows["run"])
+    assert (tmp_path / "run" / f"checkpoint-{stopped_at}").is_dir()
+    tab.max_steps.setValue(stopped_at + 2)
+    tab.start(resume=True)
+    qtbot.waitUntil(lambda: tab.job_id is None, timeout=120000)
+    assert f"Finished at step {stopped_at + 2}" in tab.eta.text()
+    steps = [r["step"] for r in tab.rows["run"] if r.get("loss") is not None]
+    assert steps[-2:] == [stopped_at + 1, stopped_at + 2]
+
+
+def test_attach_follows_a_run_written_elsewhere(qtbot, window, tmp_path):
+    tab = window.tab_pages[2]
+    folder = tmp_path / "elsewhere"
+    folder.mkdir()
+    metrics = folder / "metrics.jsonl"
+    metrics.write_text(json.dumps({"step": 1, "loss": 2.0, "seconds": 1.0}) + "\n")
+    tab.attach(str(folder))
+    assert list(tab.runs["elsewhere (attached)"].raw.getData()[1]) == [2.0]
+    with metrics.open("a") as f:  # the other process goes on
+        f.write(json.dumps({"step": 2, "loss": 1.5, "seconds": 2.0}) + "\n")
+    qtbot.waitUntil(lambda: len(tab.runs["elsewhere (attached)"].raw.getData()[1]) == 2,
+                    timeout=5000)
+    again = MainWindow(autoload=False)  # recently attached runs come back after a restart
+    qtbot.addWidget(again)
+    again.show()
+    qtbot.waitUntil(lambda: "elsewhere (attached)" in again.tab_pages[2].runs, timeout=10000)
+
+
+def test_bad_input_is_a_dialog(qtbot, window, tmp_path):
+    tab = window.tab_pages[2]
+    form(tab, tmp_path)
+    tab.label_column.setText("sentiment")
+    tab.start()
+    qtbot.waitUntil(lambda: tab.job_id is None, timeout=60000)
+    assert "no column 'sentiment'" in window.last_dialog.text()
+
+
+def test_export_launch_command(qtbot, window, tmp_path):
+    tab = window.tab_pages[2]
+    form(tab, tmp_path)
+    command = tab.export_launch()
+    assert command == f"accelerate launch -m workbench.train --config {tmp_path / 'run' / 'launch.json'}"
+    data = json.loads((tmp_path / "run" / "launch.json").read_text())
+    assert data["max_steps"] == 6 and data["task"] == "classify"
