@@ -103,8 +103,8 @@ class RunCurves:
         warnings = []
         if spikes:
             warnings.append(f"{self.name}: loss spike at step {spikes[-1][0]}")
-        if len(evals) >= 2 and evals[-1][1] > evals[-2][1] and len(smooth) >= 2 and \
-                smooth[-1] < smooth[0]:
+        if len(evals) >= 3 and evals[-1][1] > evals[-2][1] > evals[-3][1] and \
+                len(smooth) >= 2 and smooth[-1] < smooth[0]:
             warnings.append(f"{self.name}: validation loss rising while training loss falls "
                             "(overfitting?)")
         return warnings
@@ -165,6 +165,11 @@ class FinetuneTab(WorkbenchTab):
         layout = QVBoxLayout(self)
         layout.addWidget(self.model_label)
         layout.addWidget(split, 1)
+        # Log rows can arrive many times a second: redraw at most every 400 ms.
+        self.redraw_timer = QTimer(self)
+        self.redraw_timer.setSingleShot(True)
+        self.redraw_timer.setInterval(400)
+        self.redraw_timer.timeout.connect(self.redraw)
         self.poll = QTimer(self)
         self.poll.setInterval(1000)
         self.poll.timeout.connect(self.poll_attached)
@@ -358,7 +363,8 @@ class FinetuneTab(WorkbenchTab):
                     left = event.seconds / event.step * (event.max_steps - event.step)
                     self.eta.setText(f"step {event.step}/{event.max_steps} · about "
                                      f"{int(left // 60)} min {int(left % 60)} s left")
-            self.redraw()
+            if not self.redraw_timer.isActive():
+                self.redraw_timer.start()
         elif isinstance(event, ProbeText):
             self.probes.appendPlainText(f"step {event.step} · {event.prompt!r} → {event.text}")
 
@@ -376,6 +382,7 @@ class FinetuneTab(WorkbenchTab):
         if job_id != self.job_id or not isinstance(result, RunResult):
             return
         self._idle()
+        self.redraw()
         if result.stopped:
             self.eta.setText(f"Stopped at step {result.global_step}; checkpoint saved: press "
                              "Resume to continue.")
@@ -388,6 +395,7 @@ class FinetuneTab(WorkbenchTab):
     def _on_ended(self, job_id: int, *args) -> None:
         if job_id == self.job_id:
             self._idle()
+            self.redraw()
             self.eta.setText(f"Failed: {args[0]}" if args else "Cancelled.")
 
     def _idle(self) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -75,6 +76,20 @@ def take_screenshots(window, folder: Path, app, demo: bool = True,
                 attention.web.loaded.connect(loaded.append)
                 wait_until(app, lambda: bool(loaded), 60)
                 wait_until(app, lambda: False, 1.5)  # let the page draw its SVG
+            finetune = window.tab_pages[2]  # a short causal-LM run on the bundled corpus
+            finetune.task.setCurrentIndex(1)
+            finetune.max_steps.setValue(12)
+            finetune.logging_steps.setValue(1)
+            finetune.eval_steps.setValue(4)
+            finetune.save_steps.setValue(12)
+            finetune.probe_every.setValue(6)
+            finetune.learning_rate.setValue(1e-4)
+            finetune.batch_size.setValue(4)
+            finetune.max_length.setValue(64)
+            run_root = tempfile.mkdtemp(prefix="lmwb-demo-run-")
+            finetune.output_dir.setText(str(Path(run_root) / "demo-run"))
+            finetune.start()
+            wait_until(app, lambda: finetune.job_id is None, timeout_s)
             evaluate = window.tab_pages[3]
             evaluate.start_perplexity()
             wait_until(app, lambda: evaluate.ppl_job is None, timeout_s)
