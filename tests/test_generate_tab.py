@@ -213,3 +213,15 @@ def test_save_and_open_a_session(qtbot, tab, tmp_path, window):
     bad.write_text("[]")
     tab.open_session(str(bad))
     assert "not an LM Workbench session" in window.last_dialog.text()
+
+
+def test_inspect_attention_opens_the_generated_text(qtbot, window, tab):
+    tab.sample.setChecked(False)
+    run_generation(qtbot, tab)
+    assert tab.inspect_button.isEnabled()
+    tab.inspect_button.click()
+    attention = window.tab_pages[1]
+    assert window.tabs.currentIndex() == 1
+    assert attention.text.toPlainText() == "the cat sat on" + tab.output.toPlainText()
+    qtbot.waitUntil(lambda: attention.job_id is None, timeout=60000)
+    assert attention.current is not None and attention.current.result.is_decoder

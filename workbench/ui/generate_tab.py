@@ -8,7 +8,7 @@ import json
 import math
 from dataclasses import asdict
 
-from PySide6.QtCore import QSettings, Qt, QTimer
+from PySide6.QtCore import QSettings, Qt, QTimer, Signal
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QCheckBox,
@@ -70,6 +70,7 @@ def token_tooltip(step: StepRecord) -> str:
 
 
 class GenerateTab(WorkbenchTab):
+    inspect_attention = Signal(str)  # the prompt and the shown sequence, for the Attention tab
     title = "Generate"
     tasks = (CAUSAL_LM,)
     needs_text = "a causal language model (e.g. SmolLM2-135M-Instruct)"
@@ -248,6 +249,12 @@ class GenerateTab(WorkbenchTab):
         self.open_session_button.clicked.connect(lambda: self.open_session())
         top.addWidget(self.stats, 1)
         top.addWidget(self.sequence_picker)
+        self.inspect_button = QPushButton("Inspect attention")
+        self.inspect_button.setToolTip("Open the prompt and this output in the Attention tab")
+        self.inspect_button.setEnabled(False)
+        self.inspect_button.clicked.connect(
+            lambda: self.inspect_attention.emit(self.prompt.toPlainText() + self.output.toPlainText()))
+        top.addWidget(self.inspect_button)
         top.addWidget(self.open_session_button)
         top.addWidget(self.save_session_button)
         self.output = TokenView("output", "Generated text appears here, token by token. Each "
@@ -850,6 +857,7 @@ class GenerateTab(WorkbenchTab):
             self.result = result
             self.steps = {i: s.steps for i, s in enumerate(result.sequences)}
             self.save_session_button.setEnabled(True)
+            self.inspect_button.setEnabled(True)
             note = " (stopped)" if result.stopped else ""
             used = SamplingSettings(**result.settings).describe()
             self.stats.setText(" ".join(

@@ -146,6 +146,7 @@ class MainWindow(QMainWindow):
         for page in self.tab_pages:
             w.model_changed.connect(page.set_model)
         self.tab_pages[2].use_model.connect(self.use_trained_model)
+        self.tab_pages[0].inspect_attention.connect(self.inspect_attention)
 
     def _after_show(self) -> None:
         for page in self.tab_pages:
@@ -177,6 +178,14 @@ class MainWindow(QMainWindow):
         self.log.append(f"Loading {reference} (device {device}, dtype {dtype})")
         self.load_job = self.worker.submit_load(reference, options)
         return self.load_job
+
+    def inspect_attention(self, text: str) -> None:
+        """Show the attention of a generated sequence in the Attention tab."""
+        attention = self.tab_pages[1]
+        attention.text.setPlainText(text)
+        attention.text_b.clear()
+        self.tabs.setCurrentIndex(1)
+        attention.start()
 
     def use_trained_model(self, folder: str) -> None:
         """Load a model the Fine-tune tab trained, and go to the Generate tab."""
