@@ -103,3 +103,21 @@ def test_deep_models_get_a_layer_subset_with_a_notice():
     assert "Showing layers 0, 5, 10, 15, 20, 25 of 30" in notices[0]
     with pytest.raises(WorkbenchError, match="do not exist"):
         bertviz_html(AttentionResult("m", ["a", "b"], w), "head", layers=[31])
+
+
+def test_position_embeddings_learned_and_rotary(tiny):
+    from workbench.core.attention import position_embeddings, sinusoidal_encoding
+
+    gpt2 = load_model(str(tiny("gpt2")))
+    learned = position_embeddings(gpt2, positions=16)
+    table = gpt2.model.transformer.wpe.weight.detach().numpy()[:16]
+    unit = table / np.linalg.norm(table, axis=1, keepdims=True)
+    assert learned.kind == "learned"
+    assert np.allclose(learned.learned_similarity, unit @ unit.T, atol=1e-5)
+    assert learned.sinusoidal_similarity.shape == (16, 16)
+    rotary = position_embeddings(load_model(str(tiny("llama"))))
+    assert rotary.kind == "rotary" and rotary.learned_similarity is None
+    assert "rotary position embeddings" in rotary.description
+    pe = sinusoidal_encoding(4, 6)
+    assert pe[1, 0] == pytest.approx(np.sin(1.0)) and pe[1, 1] == pytest.approx(np.cos(1.0))
+    assert pe[2, 2] == pytest.approx(np.sin(2 / 10000 ** (2 / 6)))

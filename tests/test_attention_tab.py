@@ -55,6 +55,8 @@ def test_run_on_an_encoder_pair(qtbot, window, tiny, tmp_path):
     assert np.allclose(tab.heat_image.image.T, r.weights[1, 1])
     assert "Layer 1, head 1" in tab.heat_plot.getPlotItem().titleLabel.text
     assert "needs a decoder" in tab.lens_table.item(0, 0).text()
+    assert "learns an absolute position table" in tab.positions_note.text()
+    assert tab.position_plots["learned"][1].image.shape == (128, 128)
     csv_path = tmp_path / "a.csv"
     tab.export_csv(str(csv_path))
     assert csv_path.read_text().splitlines()[0].startswith("query \\ key,[CLS],the")
@@ -72,6 +74,8 @@ def test_decoder_gets_a_logit_lens(qtbot, window, tiny):
     qtbot.waitUntil(lambda: tab.job_id is None, timeout=60000)
     assert tab.lens_table.rowCount() == 2 and tab.lens_table.columnCount() == 5
     assert tab.lens_table.horizontalHeaderItem(1).text() == "cat"
+    assert "rotary" in tab.positions_note.text()
+    assert not tab.position_plots["learned"][0].isVisible()
 
 
 def test_pair_on_a_decoder_is_a_dialog(qtbot, window, tiny):

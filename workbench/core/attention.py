@@ -273,3 +273,68 @@ def bertviz_html(result: AttentionResult, view: str = "head", layers: list[int] 
                 f"<title>{title}</title></head>\n<body style='font-family:sans-serif'>\n"
                 f"{scripts}{_SHIM}\n{page}\n</body></html>\n")
     return document, notices
+
+
+# --- position embeddings ------------------------------------------------------------------------
+@dataclass
+class PositionEmbeddings:
+    """How a model encodes positions, with similarity matrices to look at."""
+
+    kind: str  # "learned" | "rotary" | "none"
+    description: str
+    learned_similarity: Any = None  # positions × positions cosine similarity, or None
+    sinusoidal_similarity: Any = None  # the original Transformer's encoding, for comparison
+    positions: int = 0
+
+
+def sinusoidal_encoding(positions: int, dim: int):
+    """PE[pos, 2i] = sin(pos / 10000^(2i/d)), PE[pos, 2i+1] = cos(pos / 10000^(2i/d))."""
+    import numpy as np
+
+    pos = np.arange(positions)[:, None]
+    i = np.arange(0, dim, 2)[None, :]
+    angle = pos / np.power(10000.0, i / dim)
+    pe = np.zeros((positions, dim))
+    pe[:, 0::2] = np.sin(angle)
+    pe[:, 1::2] = np.cos(angle[:, : dim // 2])
+    return pe
+
+
+def cosine_similarity_matrix(vectors):
+    import numpy as np
+
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    unit = vectors / np.where(norms == 0, 1, norms)
+    return unit @ unit.T
+
+
+def position_embeddings(loaded: Any, positions: int = 128) -> PositionEmbeddings:
+    """The learned absolute position table (GPT-2, BERT, ...) as a similarity matrix, or a
+    note that the model uses rotary embeddings; the sinusoidal encoding of the original
+    Transformer is always given beside it, computed from its formula."""
+    config = loaded.model.config
+    dim = int(getattr(config, "hidden_size", None) or getattr(config, "n_embd", 64))
+    table = None
+    for name, param in loaded.model.named_parameters():
+        if name.endswith(("position_embeddings.weight", "wpe.weight", "embed_positions.weight")):
+            table = param.detach().float().cpu().numpy()
+            break
+    if table is not None:
+        n = min(positions, table.shape[0])
+        return PositionEmbeddings(
+            "learned", f"{loaded.name} learns an absolute position table "
+            f"({table.shape[0]} positions × {table.shape[1]}): cosine similarity of the first "
+            f"{n} positions, beside the sinusoidal encoding of the same size.",
+            cosine_similarity_matrix(table[:n]),
+            cosine_similarity_matrix(sinusoidal_encoding(n, table.shape[1])), n)
+    rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_theta", None)
+    sinus = cosine_similarity_matrix(sinusoidal_encoding(positions, dim))
+    if rope is not None or config.model_type in ("llama", "mistral", "qwen2", "gemma", "phi3"):
+        return PositionEmbeddings(
+            "rotary", f"{loaded.name} uses rotary position embeddings (RoPE): positions enter "
+            "as rotations of queries and keys inside attention, so there is no position "
+            "table to show. The sinusoidal encoding is shown for comparison.",
+            None, sinus, positions)
+    return PositionEmbeddings(
+        "none", f"{loaded.name} has no position table this app recognises. The sinusoidal "
+        "encoding is shown for comparison.", None, sinus, positions)

@@ -13,11 +13,10 @@ import json
 import os
 import tempfile
 from dataclasses import asdict, dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from workbench import __version__
+from workbench.core.environment import library_versions
 from workbench.core.errors import WorkbenchError
 from workbench.core.generation import (
     Candidate,
@@ -29,7 +28,6 @@ from workbench.core.generation import (
 
 FORMAT = "lm-workbench-session"
 VERSION = 1
-_LIBRARIES = ("torch", "transformers", "tokenizers", "sacrebleu")
 
 
 def file_sha256(path: Path) -> str:
@@ -49,16 +47,6 @@ def model_fingerprint(loaded: Any) -> dict:
             "task": loaded.task, "device": loaded.device, "dtype": loaded.dtype,
             "files": [{"name": p.name, "size": p.stat().st_size, "sha256": file_sha256(p)}
                       for p in files]}
-
-
-def library_versions() -> dict[str, str]:
-    versions = {"lm-workbench": __version__}
-    for name in _LIBRARIES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = "not installed"
-    return versions
 
 
 @dataclass

@@ -4,22 +4,9 @@ from __future__ import annotations
 
 import platform
 import sys
-from importlib import metadata
 
 from workbench import APP_NAME, __version__
-
-LIBRARIES = ("PySide6", "torch", "transformers", "accelerate", "safetensors", "gguf",
-             "huggingface_hub", "pyqtgraph", "bertviz", "sacrebleu")
-
-
-def library_versions() -> dict[str, str]:
-    versions = {}
-    for name in LIBRARIES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = "not installed"
-    return versions
+from workbench.core.environment import library_versions
 
 
 def device_summary() -> str:

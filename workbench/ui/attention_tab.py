@@ -28,10 +28,12 @@ from workbench.core.attention import (
     STATISTICS,
     AttentionResult,
     LogitLens,
+    PositionEmbeddings,
     bertviz_html,
     compute_attention,
     head_statistics,
     logit_lens,
+    position_embeddings,
 )
 from workbench.core.errors import WorkbenchError
 from workbench.ui.skeleton import combo, line, spin, text_box
@@ -47,6 +49,7 @@ class AttentionView:
     page: str
     notices: list[str]
     lens: LogitLens | None
+    positions: PositionEmbeddings | None = None
 
 
 def parse_layers(text: str) -> list[int] | None:
@@ -120,6 +123,16 @@ class AttentionTab(WorkbenchTab):
         self.lens_table = QTableWidget(0, 0)
         self.lens_table.setObjectName("logit-lens")
         self.results.addTab(self.lens_table, "Logit lens")
+        positions_page = QWidget()
+        self.positions_note = QLabel("Run to see how this model encodes positions.")
+        self.positions_note.setObjectName("positions-note")
+        self.positions_note.setWordWrap(True)
+        self.positions_holder = QWidget()
+        QHBoxLayout(self.positions_holder).setContentsMargins(0, 0, 0, 0)
+        pl = QVBoxLayout(positions_page)
+        pl.addWidget(self.positions_note)
+        pl.addWidget(self.positions_holder, 1)
+        self.results.addTab(positions_page, "Positions")
         split = QSplitter(Qt.Orientation.Horizontal)
         split.addWidget(inputs)
         split.addWidget(self.results)
@@ -199,6 +212,19 @@ class AttentionTab(WorkbenchTab):
         self.stats_bar.setImageItem(self.stats_image, insert_in=self.stats_plot.getPlotItem())
         self.stats_plot.scene().sigMouseClicked.connect(self._stats_clicked)
         self.stats_holder.layout().addWidget(self.stats_plot)
+        self.position_plots = {}
+        for key, title in (("learned", "learned positions: cosine similarity"),
+                           ("sinusoidal", "sinusoidal encoding: cosine similarity")):
+            plot = pg.PlotWidget(title=title)
+            plot.setObjectName(f"positions-{key}")
+            plot.invertY(True)
+            plot.setLabel("left", "position")
+            plot.setLabel("bottom", "position")
+            image = pg.ImageItem()
+            image.setColorMap(pg.colormap.get("viridis"))
+            plot.addItem(image)
+            self.position_plots[key] = (plot, image)
+            self.positions_holder.layout().addWidget(plot)
 
     # --- running ---------------------------------------------------------------------------------
     def start(self) -> None:
@@ -210,7 +236,7 @@ class AttentionTab(WorkbenchTab):
         try:
             layers = parse_layers(self.layers.text())
         except WorkbenchError as exc:
-            self._error(str(exc))
+            self.show_error("Cannot show attention", str(exc))
             return
 
         def job(ctx: WorkerContext) -> AttentionView:
@@ -219,7 +245,8 @@ class AttentionTab(WorkbenchTab):
             ctx.progress("Building the bertviz page…", None)
             page, notices = bertviz_html(result, view, layers)
             lens = logit_lens(loaded, text, max_tokens) if result.is_decoder else None
-            return AttentionView(result, page, result.notices + notices, lens)
+            return AttentionView(result, page, result.notices + notices, lens,
+                                 position_embeddings(loaded))
 
         self.job_id = self.worker.submit("Attention", job)
         self.run_button.setEnabled(False)
@@ -237,11 +264,6 @@ class AttentionTab(WorkbenchTab):
             self.job_id = None
             self.run_button.setEnabled(True)
             self.notice.setText("Failed: " + str(args[0]) if args else "Cancelled.")
-
-    def _error(self, message: str) -> None:
-        window = self.window()
-        if hasattr(window, "show_error"):
-            window.show_error("Cannot show attention", message)
 
     def ensure_web(self):
         if self.web is None:
@@ -269,6 +291,7 @@ class AttentionTab(WorkbenchTab):
         self.draw_heatmap()
         self.draw_stats()
         self.fill_lens(view.lens)
+        self.show_positions(view.positions)
         for b in (self.export_html_button, self.export_png_button, self.export_csv_button):
             b.setEnabled(True)
 
@@ -334,6 +357,17 @@ class AttentionTab(WorkbenchTab):
         self.results.setCurrentIndex(1)
         self.draw_heatmap()
 
+    def show_positions(self, positions: PositionEmbeddings | None) -> None:
+        if positions is None or self.heat_plot is None:
+            return
+        self.positions_note.setText(positions.description)
+        learned_plot, learned_image = self.position_plots["learned"]
+        learned_plot.setVisible(positions.learned_similarity is not None)
+        if positions.learned_similarity is not None:
+            learned_image.setImage(positions.learned_similarity.T, levels=(-1, 1))
+        self.position_plots["sinusoidal"][1].setImage(positions.sinusoidal_similarity.T,
+                                                      levels=(-1, 1))
+
     def fill_lens(self, lens: LogitLens | None) -> None:
         t = self.lens_table
         if lens is None:
@@ -365,7 +399,7 @@ class AttentionTab(WorkbenchTab):
                 with open(path, "w", encoding="utf-8") as f:
                     f.write(self.current.page)
             except OSError as exc:
-                self._error(str(exc))
+                self.show_error("Cannot show attention", str(exc))
 
     def export_png(self, path: str | None = None) -> None:
         if self.current is None or self.heat_plot is None:
@@ -404,7 +438,7 @@ class AttentionTab(WorkbenchTab):
                     for token, row in zip(r.tokens, matrix, strict=True):
                         writer.writerow([token, *(round(float(x), 6) for x in row)])
         except OSError as exc:
-            self._error(str(exc))
+            self.show_error("Cannot show attention", str(exc))
 
     def shutdown(self) -> None:
         if self.web is not None:

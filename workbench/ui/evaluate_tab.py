@@ -204,7 +204,7 @@ class EvaluateTab(WorkbenchTab):
             if not text.strip():
                 raise WorkbenchError("The text is empty.")
         except WorkbenchError as exc:
-            self.window_error("Cannot compute perplexity", str(exc))
+            self.show_error("Cannot compute perplexity", str(exc))
             return
         max_length, stride = self.window.value() or None, self.stride.value() or None
 
@@ -319,7 +319,7 @@ class EvaluateTab(WorkbenchTab):
             other = read_lines(self.sys2_file.text().strip()) if self.sys2_file.text().strip() \
                 else None
         except WorkbenchError as exc:
-            self.window_error("Cannot score", str(exc))
+            self.show_error("Cannot score", str(exc))
             return
         tests = {"paired bootstrap": ("bs",), "approximate randomization": ("ar",),
                  "both": ("bs", "ar")}[self.test.currentText()]
@@ -363,7 +363,7 @@ class EvaluateTab(WorkbenchTab):
         try:
             self.entries.append(add_entry(kind, summary, inputs, results))
         except OSError as exc:
-            self.window_error("Cannot save the results history", str(exc))
+            self.show_error("Cannot save the results history", str(exc))
         self._fill_history()
 
     def reload_history(self) -> None:
@@ -383,14 +383,9 @@ class EvaluateTab(WorkbenchTab):
             try:
                 export_history(self.entries, path)
             except OSError as exc:
-                self.window_error("Cannot export the history", str(exc))
+                self.show_error("Cannot export the history", str(exc))
 
     # --- jobs ------------------------------------------------------------------------------------
-    def window_error(self, title: str, message: str) -> None:
-        window = self.window()
-        if hasattr(window, "show_error"):
-            window.show_error(title, message)
-
     def model_changed(self, loaded) -> None:
         self.ppl_button.setToolTip("" if loaded is None or loaded.task == CAUSAL_LM else
                                    "Perplexity needs a causal language model")

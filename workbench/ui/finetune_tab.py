@@ -87,7 +87,8 @@ class RunCurves:
         self.raw.setData(steps, losses)  # every point: a one-step spike stays visible
         self.smooth.setData(steps, smooth)
         self.eval.setData([s for s, _ in evals], [v for _, v in evals])
-        spikes = [(s, v) for (s, v), m in zip(train, [None] + smooth[:-1], strict=True)
+        before = [None] + smooth[:-1] if smooth else []  # the EMA before each point
+        spikes = [(s, v) for (s, v), m in zip(train, before, strict=True)
                   if m is not None and math.isfinite(v) and v > 1.5 * m and v - m > 0.1]
         self.spikes.setData([s for s, _ in spikes], [v for _, v in spikes])
         lr = [(r["step"], r["learning_rate"]) for r in rows if r.get("learning_rate") is not None]
@@ -323,7 +324,7 @@ class FinetuneTab(WorkbenchTab):
             if not config.train_file:
                 raise WorkbenchError("Choose a training file.")
         except WorkbenchError as exc:
-            self._error(str(exc))
+            self.show_error("Cannot fine-tune", str(exc))
             return
         self.output_dir.setText(config.output_dir)
         name = Path(config.output_dir).name
@@ -413,7 +414,7 @@ class FinetuneTab(WorkbenchTab):
         try:
             read_run(folder)
         except WorkbenchError as exc:
-            self._error(str(exc))
+            self.show_error("Cannot fine-tune", str(exc))
             return
         if folder not in self.attached:
             self.attached.append(folder)
@@ -439,7 +440,7 @@ class FinetuneTab(WorkbenchTab):
         try:
             config.validate()
         except WorkbenchError as exc:
-            self._error(str(exc))
+            self.show_error("Cannot fine-tune", str(exc))
             return None
         folder = Path(config.output_dir)
         if path is None:
@@ -456,9 +457,3 @@ class FinetuneTab(WorkbenchTab):
         box.open()
         self.launch_dialog = box
         return command
-
-    def _error(self, message: str) -> None:
-        window = self.window()
-        if hasattr(window, "show_error"):
-            window.show_error("Cannot fine-tune", message)
-

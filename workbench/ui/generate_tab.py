@@ -20,7 +20,6 @@ from PySide6.QtWidgets import (
     QHeaderView,
     QInputDialog,
     QLabel,
-    QMessageBox,
     QPushButton,
     QScrollArea,
     QSlider,
@@ -412,7 +411,7 @@ class GenerateTab(WorkbenchTab):
         try:
             self.set_settings(SamplingSettings(**json.loads(str(raw))))
         except (TypeError, ValueError):
-            self.window_error("Cannot apply preset", f"The preset '{name}' is damaged.")
+            self.show_error("Cannot apply preset", f"The preset '{name}' is damaged.")
 
     def save_preset(self) -> None:
         name, ok = QInputDialog.getText(self, "Save preset", "Preset name:")
@@ -435,7 +434,7 @@ class GenerateTab(WorkbenchTab):
             settings = SamplingSettings.from_generation_config(data, base=self.settings())
             settings.validate()
         except (OSError, ValueError, TypeError, WorkbenchError) as exc:
-            self.window_error("Cannot import the generation config", f"{path}: {exc}")
+            self.show_error("Cannot import the generation config", f"{path}: {exc}")
             return
         self.set_settings(settings)
 
@@ -452,14 +451,7 @@ class GenerateTab(WorkbenchTab):
             with open(path, "w", encoding="utf-8") as f:
                 json.dump(data, f, indent=2)
         except (OSError, WorkbenchError) as exc:
-            self.window_error("Cannot export the generation config", str(exc))
-
-    def window_error(self, title: str, message: str) -> None:
-        window = self.window()
-        if hasattr(window, "show_error"):
-            window.show_error(title, message)
-        else:
-            QMessageBox.critical(self, title, message)
+            self.show_error("Cannot export the generation config", str(exc))
 
     # --- single generation -------------------------------------------------------------------
     def busy_changed(self, busy: bool) -> None:
@@ -474,7 +466,7 @@ class GenerateTab(WorkbenchTab):
         try:
             settings.validate()
         except WorkbenchError as exc:
-            self.window_error("Cannot generate", str(exc))
+            self.show_error("Cannot generate", str(exc))
             return
         self.modes.setCurrentIndex(0)
         self.output.clear_tokens()
@@ -630,7 +622,7 @@ class GenerateTab(WorkbenchTab):
         try:
             session = load_session(path)
         except WorkbenchError as exc:
-            self.window_error("Cannot open the session", str(exc))
+            self.show_error("Cannot open the session", str(exc))
             return
         self.prompt.setPlainText(session.prompt)
         self.set_settings(session.settings)
@@ -719,7 +711,7 @@ class GenerateTab(WorkbenchTab):
                 raise WorkbenchError(f"Give 2 to 6 strategies, one a line (now {len(specs)}).")
             strategies = [parse_strategy(spec, base) for spec in specs]
         except WorkbenchError as exc:
-            self.window_error("Cannot compare", str(exc))
+            self.show_error("Cannot compare", str(exc))
             return
         prompt = self.prompt.toPlainText()
         seed, max_new, chat = base.seed, base.max_new_tokens, base.chat
@@ -821,7 +813,7 @@ class GenerateTab(WorkbenchTab):
                 for r in self.compare_result.strategies:
                     writer.writerow(self.summary_row(r) + [r.sequences[0].text if r.sequences else ""])
         except OSError as exc:
-            self.window_error("Cannot export the table", str(exc))
+            self.show_error("Cannot export the table", str(exc))
 
     def export_plot(self, path: str | None = None) -> None:
         if self.overlay is None or self.compare_result is None:
@@ -833,7 +825,7 @@ class GenerateTab(WorkbenchTab):
             try:
                 self.overlay.export_png(path)
             except OSError as exc:
-                self.window_error("Cannot export the plot", str(exc))
+                self.show_error("Cannot export the plot", str(exc))
 
     # --- job ends ----------------------------------------------------------------------------------
     def _on_finished(self, job_id: int, result: object) -> None:

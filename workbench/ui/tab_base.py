@@ -47,6 +47,16 @@ class WorkbenchTab(QWidget):
     def model_changed(self, loaded: LoadedModel | None) -> None:
         """Override to react to a newly loaded model."""
 
+    def show_error(self, title: str, message: str) -> None:
+        """One clear dialog, through the main window when the tab is in one."""
+        window = self.window()
+        if window is not self and hasattr(window, "show_error"):
+            window.show_error(title, message)
+        else:
+            from PySide6.QtWidgets import QMessageBox
+
+            QMessageBox.critical(self, title, message)
+
     def build_deferred(self) -> None:
         """Override to build costly widgets (charts) once the window is shown."""
 
