@@ -55,6 +55,14 @@ def test_classification_run_writes_a_complete_run_folder(tmp_path, tiny):
     assert final.model.config.id2label == {0: "bad", 1: "good"}
     snap = read_run(run)
     assert snap.source == "metrics.jsonl" and snap.global_step == 6 and snap.max_steps == 6
+    events = list(run.rglob("events.out.tfevents.*"))  # TensorBoard, read back alone:
+    assert events
+    only_tb = tmp_path / "tb-only"
+    only_tb.mkdir()
+    (only_tb / events[0].name).write_bytes(events[0].read_bytes())
+    tb = read_run(only_tb)
+    assert tb.source == "tensorboard" and tb.global_step == 6
+    assert tb.latest("loss") == pytest.approx(snap.latest("loss"), rel=1e-5)
     assert snap.latest("loss") == pytest.approx([e.loss for e in logs if e.loss][-1])
 
 

@@ -205,11 +205,56 @@ def _bare_batch_ratio(loaded: Any, tokens: int) -> float:
     return timed(4) / timed(1)
 
 
+def bench_perplexity_overhead(emit: Callable[[Any], None], repeats: int = 2) -> dict:
+    """Tokens/s of the app's perplexity ÷ a bare sliding-window loop with transformers
+    (``model(input_ids, labels=...)`` per window) on the same text, window and stride."""
+    import torch
+
+    from workbench.core.evaluation import perplexity
+    from workbench.core.loader import load_model
+
+    loaded = load_model("SmolLM2-135M-Instruct")
+    corpus = Path(__file__).resolve().parents[2] / "resources" / "data" / "corpus.txt"
+    text = corpus.read_text(encoding="utf-8") * 3
+    max_length, stride = 256, 128
+    ids = loaded.tokenizer(text, return_tensors="pt")["input_ids"]
+
+    def bare() -> tuple[int, float]:
+        start, count, prev_end = time.perf_counter(), 0, 0
+        for begin in range(0, ids.shape[1], stride):
+            end = min(begin + max_length, ids.shape[1])
+            window = ids[:, begin:end]
+            target = window.clone()
+            target[:, : -(end - prev_end)] = -100
+            with torch.inference_mode():
+                loaded.model(window, labels=target)
+            count += int((target[:, 1:] != -100).sum())
+            prev_end = end
+            if end == ids.shape[1]:
+                break
+        return count, time.perf_counter() - start
+
+    perplexity(loaded, text, max_length, stride)  # warm-up
+    app_runs, bare_runs = [], []
+    for i in range(repeats):
+        emit(Progress("perplexity_overhead: timing", i / repeats))
+        bare_runs.append(bare())
+        start = time.perf_counter()
+        result = perplexity(loaded, text, max_length, stride)
+        app_runs.append((result.tokens, time.perf_counter() - start))
+    app, base = _median_rate(app_runs), _median_rate(bare_runs)
+    return figure(app / base, 0.95, "higher",
+                  f"app {app:.0f} tokens/s vs bare sliding window {base:.0f} tokens/s "
+                  f"({ids.shape[1]} tokens, window {max_length}, stride {stride})",
+                  app_tokens_per_second=round(app, 1), bare_tokens_per_second=round(base, 1))
+
+
 FIGURES: dict[str, Callable[[Callable[[Any], None]], dict]] = {
     "startup": bench_startup,
     "model_load_cached": bench_model_load_cached,
     "generate_overhead": bench_generate_overhead,
     "compare_batched": bench_compare_batched,
+    "perplexity_overhead": bench_perplexity_overhead,
 }
 
 
