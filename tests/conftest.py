@@ -46,6 +46,23 @@ def _isolated_settings():
 
 
 @pytest.fixture(autouse=True)
+def _collect_qt_garbage():
+    """After each test (and after pytest-qt has closed its widgets), delete what Qt was
+    asked to delete and collect Python garbage now, in a known order, rather than at a
+    random later moment in another test."""
+    yield
+    import gc
+
+    from PySide6.QtCore import QCoreApplication, QEvent
+
+    app = QCoreApplication.instance()
+    if app is not None:
+        QCoreApplication.sendPostedEvents(None, QEvent.Type.DeferredDelete)
+        app.processEvents()
+    gc.collect()
+
+
+@pytest.fixture(autouse=True)
 def _fresh_data_dir(tmp_path, monkeypatch):
     """Every test starts with an empty data folder (results history)."""
     monkeypatch.setenv("LMWB_DATA_DIR", str(tmp_path / "data"))

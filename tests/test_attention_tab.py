@@ -84,6 +84,7 @@ def test_pair_on_a_decoder_is_a_dialog(qtbot, window, tiny):
     tab.text_b.setPlainText("another sentence")
     tab.start()
     qtbot.waitUntil(lambda: tab.job_id is None, timeout=30000)
+    qtbot.waitUntil(lambda: window.last_dialog is not None, timeout=10000)  # its own event
     assert "Sentence pairs are for encoders" in window.last_dialog.text()
 
 

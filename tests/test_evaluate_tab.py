@@ -48,6 +48,7 @@ def test_perplexity_needs_a_language_model(qtbot, window, tab, tiny):
     qtbot.waitUntil(lambda: not window.loading, timeout=30000)
     tab.start_perplexity()
     qtbot.waitUntil(lambda: tab.ppl_job is None, timeout=30000)
+    qtbot.waitUntil(lambda: window.last_dialog is not None, timeout=10000)  # its own event
     assert "language-modelling head" in window.last_dialog.text()
     assert tab.ppl_numbers.text().startswith("Failed:")
 
@@ -85,6 +86,7 @@ def test_bleu_line_count_mismatch_is_a_dialog(qtbot, window, tab, tmp_path):
     tab.ref_files.setText(write(tmp_path / "r.txt", ["a"]))
     tab.start_bleu()
     qtbot.waitUntil(lambda: tab.bleu_job is None, timeout=30000)
+    qtbot.waitUntil(lambda: window.last_dialog is not None, timeout=10000)  # its own event
     assert "2 lines but reference 1 has 1" in window.last_dialog.text()
 
 

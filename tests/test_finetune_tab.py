@@ -98,6 +98,7 @@ def test_bad_input_is_a_dialog(qtbot, window, tmp_path):
     tab.label_column.setText("sentiment")
     tab.start()
     qtbot.waitUntil(lambda: tab.job_id is None, timeout=60000)
+    qtbot.waitUntil(lambda: window.last_dialog is not None, timeout=10000)  # its own event
     assert "no column 'sentiment'" in window.last_dialog.text()
 
 

@@ -457,3 +457,7 @@ class FinetuneTab(WorkbenchTab):
         box.open()
         self.launch_dialog = box
         return command
+
+    def shutdown(self) -> None:
+        self.poll.stop()
+        self.redraw_timer.stop()

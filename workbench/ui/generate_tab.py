@@ -897,3 +897,5 @@ class GenerateTab(WorkbenchTab):
             self.compare_button.setEnabled(True)
             self.stop_button.setEnabled(False)
 
+    def shutdown(self) -> None:
+        self.flush_timer.stop()

@@ -81,7 +81,8 @@ class MainWindow(QMainWindow):
             self.picker.device.setCurrentText(device)
         self.autoload = autoload
         # Charts, the cache listing and the model load wait until the window has appeared.
-        QTimer.singleShot(50, self._after_show)
+        # The window is the timer's context: a window closed and deleted sooner is not called.
+        QTimer.singleShot(50, self, self._after_show)
 
     # --- construction -------------------------------------------------------------------
     def _build_status_bar(self) -> None:
@@ -335,7 +336,7 @@ class MainWindow(QMainWindow):
         if isinstance(state, QByteArray):
             self.restoreState(state)
         else:  # first start: a slim log, most of the height for the tabs
-            QTimer.singleShot(0, lambda: self.resizeDocks([self.log], [110],
+            QTimer.singleShot(0, self, lambda: self.resizeDocks([self.log], [110],
                                                           Qt.Orientation.Vertical))
         restore_controls(self.picker, settings, "model")
         self.picker.set_reference(str(settings.value("model/last", DEFAULT_MODEL)))
