@@ -20,15 +20,19 @@ from typing import Any
 
 from workbench.core.jobs import Progress
 
-_BARE_WINDOW = """
-import sys, time
-from PySide6.QtWidgets import QApplication, QMainWindow
-from PySide6.QtCore import QTimer
-app = QApplication(sys.argv)
-w = QMainWindow(); w.resize(1200, 800); w.show()
-QTimer.singleShot(0, lambda: (print("window-shown", flush=True), app.quit()))
-app.exec()
-"""
+# The baseline: a bare PySide6 window in a new process (run as a script, never imported
+# by the core, which stays Qt-free).
+_BARE_WINDOW = "; ".join([
+    "import sys",
+    "from PySide6.QtWidgets import QApplication, QMainWindow",
+    "from PySide6.QtCore import QTimer",
+    "app = QApplication(sys.argv)",
+    "w = QMainWindow()",
+    "w.resize(1200, 800)",
+    "w.show()",
+    "QTimer.singleShot(0, lambda: (print('window-shown', flush=True), app.quit()))",
+    "app.exec()",
+])
 
 
 def _time_until_shown(cmd: list[str]) -> float:
