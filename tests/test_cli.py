@@ -131,6 +131,62 @@ def test_evaluate_perplexity_json(tiny, tmp_path):
     assert data["perplexity"] == pytest.approx(2.718281828 ** data["nll_per_token"])
 
 
+def test_evaluate_perplexity_of_two_models_side_by_side(tiny, tmp_path):
+    text = tmp_path / "t.txt"
+    text.write_text("the cat sat on the mat because it was tired . " * 10)
+    args = ("evaluate", "perplexity", "--model", str(tiny("gpt2")), "--compare-model",
+            str(tiny("llama")), "--file", str(text), "--max-length", "32")
+    data = json.loads(run(*args, "--json").stdout)
+    assert data["model"] == "gpt2" and data["compare"]["model"] == "llama"
+    assert data["same_tokens"] is True and data["compare"]["tokens"] == data["tokens"]
+    assert data["compare"]["perplexity"] != data["perplexity"]
+    table = run(*args).stdout
+    assert table.splitlines()[0].split() == ["model", "gpt2", "llama"]
+    assert f"{data['compare']['perplexity']:.4f}" in table
+
+
+def test_evaluate_generate_then_score(tiny, tmp_path):
+    pairs = tmp_path / "pairs.tsv"
+    pairs.write_text("source\treference\nthe cat\tthe cat sat\nthe dog\tthe dog was tired\n")
+    out = tmp_path / "scored"
+    result = run("evaluate", "generate", "--model", str(tiny("gpt2")), "--file", str(pairs),
+                 "--strategy", "greedy", "--max-new-tokens", "5", "--output", str(out), "--json")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    import sacrebleu
+
+    refs = [["the cat sat", "the dog was tired"]]
+    assert data["scores"]["bleu"]["score"] == sacrebleu.corpus_bleu(data["hypotheses"], refs).score
+    assert data["rows_done"] == 2 and data["strategy"] == "greedy"
+    assert (out / "outputs.tsv").is_file() and data["saved_to"] == str(out)
+    bad = run("evaluate", "generate", "--model", str(tiny("gpt2")), "--file", str(pairs),
+              "--strategy", "top_k=lots")
+    assert bad.returncode == 2 and "is not a number" in bad.stderr
+
+
+def test_evaluate_classify(tiny, tmp_path):
+    data = tmp_path / "labelled.csv"
+    data.write_text("text,label\nthe cat sat,LABEL_0\nthe dog,LABEL_1\nhello world,LABEL_1\n")
+    result = run("evaluate", "classify", "--model", str(tiny("bert-classifier")), "--file",
+                 str(data), "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    predicted = [r["predicted"] for r in report["rows"]]
+    from sklearn.metrics import accuracy_score, f1_score
+
+    true = ["LABEL_0", "LABEL_1", "LABEL_1"]
+    assert report["accuracy"] == pytest.approx(accuracy_score(true, predicted))
+    assert report["macro_f1"] == pytest.approx(f1_score(true, predicted, average="macro",
+                                                        zero_division=0))
+    text = run("evaluate", "classify", "--model", str(tiny("bert-classifier")), "--file",
+               str(data)).stdout
+    assert "confusion matrix" in text and "macro-F1" in text
+    bad = run("evaluate", "classify", "--model", str(tiny("bert-classifier")), "--file",
+              str(data), "--label-column", "sentiment")
+    assert bad.returncode == 2
+    assert bad.stderr.strip() == "error: labelled.csv has no column 'sentiment' (its columns: text, label)."
+
+
 def test_evaluate_bleu_json_and_errors(tmp_path):
     hyp, ref, other, short = (tmp_path / n for n in ("h.txt", "r.txt", "o.txt", "s.txt"))
     hyp.write_text("the cat sat on the mat\na dog barked\n")

@@ -116,7 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     mon.add_argument("run_dir")
     mon.add_argument("--json", action="store_true", help="print one JSON document")
 
-    ev = sub.add_parser("evaluate", help="perplexity, or BLEU / chrF / TER with sacrebleu")
+    ev = sub.add_parser("evaluate", help="perplexity, BLEU / chrF / TER with sacrebleu, "
+                        "generate-then-score, classifier metrics")
     ev_sub = ev.add_subparsers(dest="evaluate_command", metavar="METRIC", required=True)
     ppl = ev_sub.add_parser("perplexity", help="perplexity of a model on a text file")
     add_model_options(ppl)
@@ -125,6 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="window in tokens (default: the model's context)")
     ppl.add_argument("--stride", type=int, default=None, help="default: half the window")
     ppl.add_argument("--per-token", action="store_true", help="with --json: every token's NLL")
+    ppl.add_argument("--compare-model", metavar="M2",
+                     help="a second model scored on the same text and settings, side by side")
     ppl.add_argument("--json", action="store_true", help="print one JSON document")
     bleu = ev_sub.add_parser("bleu", help="BLEU, chrF and TER of a hypothesis file")
     bleu.add_argument("--hyp", required=True, help="hypotheses, one segment a line")
@@ -141,6 +144,32 @@ def build_parser() -> argparse.ArgumentParser:
     bleu.add_argument("--samples", type=int, default=0, help="resamples / trials (default: "
                       "sacrebleu's, 1000 for bs and 10000 for ar)")
     bleu.add_argument("--json", action="store_true", help="print one JSON document")
+
+    gs = ev_sub.add_parser("generate", help="generate-then-score: the model writes an output "
+                           "for each prompt of a TSV, scored against its references")
+    add_model_options(gs)
+    gs.add_argument("--file", required=True,
+                    help="TSV: prompt<TAB>reference[<TAB>reference2...] a line; optional header")
+    gs.add_argument("--strategy", default="greedy",
+                    help='"greedy", a preset (top-k 40, nucleus 0.9, creative, min-p 0.1) or '
+                         '"top_k=40,temperature=0.8" (as for compare)')
+    gs.add_argument("--max-new-tokens", type=int, default=48)
+    gs.add_argument("--seed", type=int, default=defaults.seed)
+    gs.add_argument("--chat", action=argparse.BooleanOptionalAction, default=defaults.chat)
+    gs.add_argument("--all-lines", action="store_true",
+                    help="score the whole output joined on one line (default: its first line)")
+    gs.add_argument("--metrics", default="bleu,chrf", help="comma-separated: bleu, chrf, "
+                    "chrf++, ter")
+    gs.add_argument("--output", metavar="DIR", help="folder for outputs.tsv and result.json "
+                    "(default: a new folder in the app's data folder)")
+    gs.add_argument("--json", action="store_true", help="print one JSON document")
+    cl = ev_sub.add_parser("classify", help="accuracy, macro-F1 and confusion matrix of a "
+                           "classifier on a labelled file")
+    add_model_options(cl)
+    cl.add_argument("--file", required=True, help="a labelled .csv, .tsv or .jsonl file")
+    cl.add_argument("--text-column", default="text")
+    cl.add_argument("--label-column", default="label")
+    cl.add_argument("--json", action="store_true", help="print one JSON document")
 
     bench = sub.add_parser("bench", help="performance figures, each a ratio against a "
                            "bare baseline measured in the same run")
@@ -429,20 +458,99 @@ def cmd_evaluate_perplexity(args: argparse.Namespace) -> int:
     text = read_text(args.file)
     bar = TerminalProgress(quiet=args.json)
     loaded = load_from_args(args, bar)
-    result = perplexity(loaded, text, args.max_length, args.stride, JobContext(emit=bar))
+    results = [(loaded, perplexity(loaded, text, args.max_length, args.stride,
+                                   JobContext(emit=bar)))]
+    if args.compare_model:
+        other = load_from_args(argparse.Namespace(**{**vars(args), "model": args.compare_model}),
+                               bar)
+        results.append((other, perplexity(other, text, args.max_length, args.stride,
+                                          JobContext(emit=bar))))
     bar.finish()
     if args.json:
-        data = result.to_dict(per_token=args.per_token)
-        data.update(device=loaded.device, dtype=loaded.dtype, file=args.file)
-        _print_json(data)
+        documents = []
+        for model, result in results:
+            data = result.to_dict(per_token=args.per_token)
+            data.update(device=model.device, dtype=model.dtype, file=args.file)
+            documents.append(data)
+        if len(documents) == 2:
+            documents[0]["compare"] = documents[1]
+            documents[0]["same_tokens"] = results[0][1].same_tokens(results[1][1])
+        _print_json(documents[0])
         return 0
-    print(f"perplexity      {result.perplexity:.4f}")
-    print(f"nll per token   {result.nll_per_token:.4f} nats")
-    print(f"bits per byte   {result.bits_per_byte:.4f}")
-    print(f"tokens scored   {result.tokens}")
-    print(f"window, stride  {result.max_length}, {result.stride}")
-    print(f"model           {loaded.name} ({loaded.device}, {loaded.dtype})")
-    print("most surprising: " + ", ".join(f"{t!r} ({b:.1f} bits)" for _, t, b in result.worst(5)))
+    rows = [("perplexity", lambda r: f"{r.perplexity:.4f}"),
+            ("nll per token", lambda r: f"{r.nll_per_token:.4f} nats"),
+            ("bits per byte", lambda r: f"{r.bits_per_byte:.4f}"),
+            ("tokens scored", lambda r: str(r.tokens)),
+            ("window, stride", lambda r: f"{r.max_length}, {r.stride}")]
+    print(f"{'model':16}" + "".join(f"{m.name[:30]:32}" for m, _ in results))
+    for label, show in rows:
+        print(f"{label:16}" + "".join(f"{show(r):32}" for _, r in results))
+    print(f"{'device':16}" + "".join(f"{m.device + ', ' + m.dtype:32}" for m, _ in results))
+    for model, result in results:
+        print(f"most surprising ({model.name}): " + ", ".join(
+            f"{t!r} ({b:.1f} bits)" for _, t, b in result.worst(5)))
+    if len(results) == 2 and not results[0][1].same_tokens(results[1][1]):
+        print("note: the models tokenize the text differently; compare bits per byte.")
+    return 0
+
+
+def cmd_evaluate_generate(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from workbench.core.compare import parse_strategy
+    from workbench.core.generate_score import generate_and_score, read_pairs, save_result
+    from workbench.core.generation import SamplingSettings
+    from workbench.core.jobs import JobContext
+
+    metrics = tuple(m.strip().lower() for m in args.metrics.split(",") if m.strip())
+    prompts, refs = read_pairs(args.file)
+    base = SamplingSettings(max_new_tokens=args.max_new_tokens, seed=args.seed, chat=args.chat)
+    strategy = parse_strategy(args.strategy, base)
+    settings = replace(strategy.settings, num_return_sequences=1)
+    bar = TerminalProgress(quiet=args.json)
+    loaded = load_from_args(args, bar)
+    result = generate_and_score(loaded, prompts, refs, settings, strategy.name, metrics,
+                                first_line=not args.all_lines, ctx=JobContext(emit=bar))
+    bar.finish()
+    folder = save_result(result, args.output)
+    if args.json:
+        _print_json(result.to_dict())
+        return 0
+    for m in result.scores.metrics:
+        print(f"{m.text}\n    signature: {m.signature}")
+    print(f"{result.rows_done} outputs by {loaded.name} ({result.strategy}), "
+          f"{result.new_tokens} tokens in {result.seconds:.1f} s; saved in {folder}")
+    for notice in result.notices:
+        print(f"note: {notice}")
+    return 0
+
+
+def cmd_evaluate_classify(args: argparse.Namespace) -> int:
+    from workbench.core.classification import evaluate_classifier
+    from workbench.core.finetune import read_rows
+    from workbench.core.jobs import JobContext
+
+    read_rows(args.file, args.text_column, args.label_column)  # bad files fail before loading
+    bar = TerminalProgress(quiet=args.json)
+    loaded = load_from_args(args, bar)
+    result = evaluate_classifier(loaded, args.file, args.text_column, args.label_column,
+                                 ctx=JobContext(emit=bar))
+    bar.finish()
+    if args.json:
+        _print_json(result.to_dict(with_rows=True))
+        return 0
+    print(f"accuracy   {result.accuracy:.4f}\nmacro-F1   {result.macro_f1:.4f}\n"
+          f"rows       {result.examples}")
+    width = max(8, *(len(label) for label in result.labels)) + 2
+    print(f"\n{'label':{width}}{'precision':>10}{'recall':>10}{'F1':>10}{'support':>9}")
+    for s in result.per_label:
+        print(f"{s.label:{width}}{s.precision:10.4f}{s.recall:10.4f}{s.f1:10.4f}{s.support:9}")
+    print(f"\nconfusion matrix (rows: true label, columns: predicted)\n{'':{width}}"
+          + "".join(f"{label[:9]:>10}" for label in result.labels))
+    for label, row in zip(result.labels, result.confusion, strict=True):
+        print(f"{label:{width}}" + "".join(f"{n:10}" for n in row))
+    for notice in result.notices:
+        print(f"note: {notice}")
     return 0
 
 
@@ -506,6 +614,8 @@ COMMANDS = {
     ("monitor", None): cmd_monitor,
     ("evaluate", "perplexity"): cmd_evaluate_perplexity,
     ("evaluate", "bleu"): cmd_evaluate_bleu,
+    ("evaluate", "generate"): cmd_evaluate_generate,
+    ("evaluate", "classify"): cmd_evaluate_classify,
     ("bench", None): cmd_bench,
 }
 

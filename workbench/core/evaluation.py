@@ -10,6 +10,7 @@ token is added beyond what the tokenizer adds by default.
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -59,6 +60,7 @@ class PerplexityResult:
     token_ids: list[int] = field(default_factory=list)
     token_texts: list[str] = field(default_factory=list)
     token_nll: list[float] = field(default_factory=list)  # nats; index i scores token i+1
+    char_ends: list[int] = field(default_factory=list)  # where each token ends in the text
     model: str = ""
 
     @property
@@ -70,9 +72,14 @@ class PerplexityResult:
         ranked = sorted(range(len(self.token_nll)), key=lambda i: -self.token_nll[i])[:n]
         return [(i + 1, self.token_texts[i + 1], self.token_nll[i] / LN2) for i in ranked]
 
+    def same_tokens(self, other: PerplexityResult) -> bool:
+        """Whether both results scored the same tokens (models sharing a tokenizer), so
+        their per-token numbers can be compared position by position."""
+        return self.token_ids == other.token_ids
+
     def to_dict(self, per_token: bool = False) -> dict:
         data = {k: v for k, v in asdict(self).items()
-                if k not in ("token_ids", "token_texts", "token_nll")}
+                if k not in ("token_ids", "token_texts", "token_nll", "char_ends")}
         data["tokens_per_second"] = round(self.tokens_per_second, 2)
         if per_token:
             data["per_token"] = [{"position": i + 1, "token": self.token_texts[i + 1],
@@ -106,7 +113,9 @@ def perplexity(loaded: Any, text: str, max_length: int | None = None, stride: in
         raise WorkbenchError(f"The stride ({stride}) is larger than the window ({max_length}):"
                              " tokens between windows would never be scored.")
     tokenizer, model = loaded.tokenizer, loaded.model
-    ids = tokenizer(text, return_tensors="pt")["input_ids"]
+    encoded = tokenizer(text, return_tensors="pt",
+                        return_offsets_mapping=bool(getattr(tokenizer, "is_fast", False)))
+    ids = encoded["input_ids"]
     n = ids.shape[1]
     if n < 2:
         raise WorkbenchError(f"The text has {n} token(s); perplexity needs at least 2.")
@@ -136,12 +145,18 @@ def perplexity(loaded: Any, text: str, max_length: int | None = None, stride: in
     count = len(token_nll)
     n_bytes = len(text.encode("utf-8"))
     mean = nll_sum / count
+    texts = [tokenizer.decode([t]) for t in ids[0].tolist()]
+    if "offset_mapping" in encoded:
+        # a special token maps to (0, 0): it keeps the position of the token before it
+        ends = list(itertools.accumulate((int(e) for _, e in
+                                          encoded["offset_mapping"][0].tolist()), max))
+    else:
+        ends = list(itertools.accumulate(len(t) for t in texts))
     return PerplexityResult(
         perplexity=math.exp(mean), nll_per_token=mean,
         bits_per_byte=nll_sum / LN2 / n_bytes, tokens=count, bytes=n_bytes,
         max_length=max_length, stride=stride, seconds=seconds, token_ids=ids[0].tolist(),
-        token_texts=[tokenizer.decode([t]) for t in ids[0].tolist()], token_nll=token_nll,
-        model=loaded.name)
+        token_texts=texts, token_nll=token_nll, char_ends=ends, model=loaded.name)
 
 
 # --- BLEU, chrF, TER -------------------------------------------------------------------------

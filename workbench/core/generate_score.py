@@ -1,0 +1,163 @@
+"""Generate-then-score: a model writes an output for every prompt of a TSV file with chosen
+decoding settings, and the outputs are scored against the file's references with
+sacrebleu, so the effect of a decoding strategy on BLEU / chrF shows as numbers.
+
+The TSV holds one prompt (or source sentence) and one or more references a line,
+separated by tabs; a first line whose first field is ``prompt``, ``source`` or ``input``
+is a header. Each prompt is generated with the same seed, so a run is reproducible.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from workbench.core.errors import Cancelled, WorkbenchError
+from workbench.core.evaluation import TranslationScores, make_metric, read_text, score_translation
+from workbench.core.generation import SamplingSettings, generate
+from workbench.core.jobs import JobContext
+
+HEADER_NAMES = ("prompt", "source", "input", "src")
+
+
+def read_pairs(path: str | Path) -> tuple[list[str], list[list[str]]]:
+    """Prompts and references (one list per reference column) of a TSV file."""
+    path = Path(path)
+    lines = read_text(path).replace("\r\n", "\n").rstrip("\n").split("\n")
+    numbered = [(i, line) for i, line in enumerate(lines, start=1) if line.strip()]
+    if numbered and numbered[0][1].split("\t")[0].strip().lower() in HEADER_NAMES:
+        numbered = numbered[1:]
+    if not numbered:
+        raise WorkbenchError(f"{path.name} has no rows after its header.")
+    width = len(numbered[0][1].split("\t"))
+    prompts: list[str] = []
+    references: list[list[str]] = [[] for _ in range(max(width - 1, 0))]
+    for number, line in numbered:
+        fields = line.split("\t")
+        if len(fields) < 2:
+            raise WorkbenchError(f"{path.name} line {number} has no tab: each line needs a "
+                                 "prompt, a tab and a reference.")
+        if len(fields) != width:
+            raise WorkbenchError(f"{path.name} line {number} has {len(fields)} fields but the "
+                                 f"first row has {width}: every row needs the same references.")
+        prompts.append(fields[0])
+        for column, ref in zip(references, fields[1:], strict=True):
+            column.append(ref.strip())
+    return prompts, references
+
+
+def clean_output(text: str, first_line: bool) -> str:
+    """The generated text as one segment: its first non-empty line, or all of it on one line."""
+    text = text.strip()
+    if first_line:
+        return next((part.strip() for part in text.split("\n") if part.strip()), "")
+    return " ".join(text.split())
+
+
+@dataclass
+class GenerateScoreResult:
+    model: str
+    strategy: str
+    settings: dict
+    prompts: list[str]
+    references: list[list[str]]
+    hypotheses: list[str]
+    scores: TranslationScores
+    rows_total: int
+    seconds: float
+    new_tokens: int
+    stopped: bool = False  # cancelled: the scores cover the rows generated before the stop
+    notices: list[str] = field(default_factory=list)
+    saved_to: str = ""
+
+    @property
+    def rows_done(self) -> int:
+        return len(self.hypotheses)
+
+    def to_dict(self) -> dict:
+        data = {k: v for k, v in asdict(self).items() if k != "scores"}
+        data["scores"] = self.scores.to_dict()
+        data["rows_done"] = self.rows_done
+        return data
+
+    def summary(self) -> str:
+        numbers = ", ".join(f"{m.metric} {m.score:.2f}" for m in self.scores.metrics)
+        partial = f" ({self.rows_done} of {self.rows_total} rows)" if self.stopped else ""
+        return f"{numbers} · {self.strategy} · {self.model}{partial}"
+
+
+def generate_and_score(loaded: Any, prompts: list[str], references: list[list[str]],
+                       settings: SamplingSettings, strategy: str = "",
+                       metrics: tuple[str, ...] = ("bleu", "chrf"), first_line: bool = True,
+                       tokenize: str | None = None, ctx: JobContext | None = None
+                       ) -> GenerateScoreResult:
+    """Generate one output per prompt with ``settings`` and score them (see module doc).
+
+    Cancelling keeps what is done: the rows generated so far are scored and the result
+    says it stopped; a cancel before the first row ends raises :class:`Cancelled`.
+    """
+    ctx = ctx or JobContext()
+    settings = SamplingSettings(**{**asdict(settings), "num_return_sequences": 1})
+    settings.validate()
+    for name in metrics:
+        make_metric(name)
+    hypotheses: list[str] = []
+    notices: list[str] = []
+    tokens = 0
+    quiet = JobContext(cancel=ctx.cancel)  # tokens are not streamed to the window
+    start = time.perf_counter()
+    for i, prompt in enumerate(prompts):
+        if ctx.cancel.cancelled:
+            break
+        ctx.progress(f"Generating {i + 1} of {len(prompts)}", i / len(prompts))
+        result = generate(loaded, prompt, settings, quiet, top_n=0)
+        if result.stopped:
+            break
+        for notice in result.notices:
+            if notice not in notices:
+                notices.append(notice)
+        hypotheses.append(clean_output(result.text, first_line))
+        tokens += result.new_tokens
+    seconds = time.perf_counter() - start
+    if not hypotheses:
+        raise Cancelled()
+    done = len(hypotheses)
+    refs = [column[:done] for column in references]
+    ctx.progress("Scoring…", None)
+    scores = score_translation(hypotheses, refs, metrics, tokenize)
+    return GenerateScoreResult(
+        model=loaded.name, strategy=strategy or settings.describe(), settings=asdict(settings),
+        prompts=prompts[:done], references=refs, hypotheses=hypotheses,
+        scores=scores, rows_total=len(prompts), seconds=seconds, new_tokens=tokens,
+        stopped=done < len(prompts), notices=notices)
+
+
+def save_result(result: GenerateScoreResult, folder: str | Path | None = None) -> Path:
+    """Write the outputs (``outputs.tsv``: prompt, hypothesis, sentence scores, references)
+    and the whole result (``result.json``) into a new folder; returns it."""
+    from workbench.core import paths
+
+    if folder is None:
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S-%f")
+        folder = paths.data_dir() / "generate-score" / stamp
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    result.saved_to = str(folder)
+    metric_names = [m.metric for m in result.scores.metrics]
+    header = ["prompt", "hypothesis", *metric_names,
+              *(f"reference {i + 1}" for i in range(len(result.references)))]
+    lines = ["\t".join(header)]
+    for row, prompt, hyp in zip(result.scores.sentences, result.prompts, result.hypotheses,
+                                strict=True):
+        values = [prompt, hyp, *(f"{row[m]:.4f}" for m in metric_names), *row["references"]]
+        lines.append("\t".join(v.replace("\t", " ").replace("\n", " ") for v in values))
+    for name, content in (("outputs.tsv", "\n".join(lines) + "\n"),
+                          ("result.json", json.dumps(result.to_dict(), indent=2))):
+        partial = folder / (name + ".partial")
+        partial.write_text(content, encoding="utf-8")
+        partial.replace(folder / name)
+    return folder
