@@ -29,7 +29,7 @@ def tab(window):
 def test_perplexity_of_pasted_text(qtbot, tab, tiny):
     text = "the cat sat on the mat because it was tired . " * 8
     tab.ppl_text.setPlainText(text)
-    tab.window.setValue(32)
+    tab.window_size.setValue(32)
     tab.stride.setValue(8)
     tab.start_perplexity()
     qtbot.waitUntil(lambda: tab.ppl_job is None, timeout=30000)
@@ -38,9 +38,16 @@ def test_perplexity_of_pasted_text(qtbot, tab, tiny):
     assert f"Perplexity {expected.perplexity:.3f}" in tab.ppl_numbers.text()
     assert tab.ppl_tokens.toPlainText() == "".join(expected.token_texts)
     assert tab.worst.rowCount() == 15
-    xs, ys = tab.surprisal_curve.getData()
+    xs, ys = tab.surprisal_curves[0].getData()
     assert len(ys) == expected.tokens
+    assert not tab.colour_by.isEnabled()  # one model: nothing to choose
     assert tab.history.rowCount() == 1 and "perplexity" in tab.history.item(0, 2).text()
+
+
+def test_empty_text_is_a_dialog(tab, window):
+    tab.ppl_text.setPlainText("  ")
+    tab.start_perplexity()
+    assert window.last_dialog.text() == "The text is empty." and tab.ppl_job is None
 
 
 def test_perplexity_needs_a_language_model(qtbot, window, tab, tiny):
@@ -97,3 +104,101 @@ def test_history_persists(qtbot, tab, tiny):
     again = MainWindow(autoload=False)
     qtbot.addWidget(again)
     assert again.tab_pages[3].history.rowCount() == tab.history.rowCount() >= 1
+
+
+def test_perplexity_of_two_models_side_by_side(qtbot, tab, tiny):
+    text = "the cat sat on the mat because it was tired . " * 6
+    tab.ppl_text.setPlainText(text)
+    tab.window_size.setValue(32)
+    tab.compare_model.setCurrentText(str(tiny("llama")))
+    tab.start_perplexity()
+    qtbot.waitUntil(lambda: tab.ppl_job is None, timeout=60000)
+    first = perplexity(load_model(str(tiny("gpt2"))), text, 32)
+    second = perplexity(load_model(str(tiny("llama"))), text, 32)
+    numbers = tab.ppl_numbers.text()
+    assert f"{first.perplexity:.3f}" in numbers and f"{second.perplexity:.3f}" in numbers
+    assert "tokenize the text alike" in numbers
+    assert [len(c.getData()[1]) for c in tab.surprisal_curves] == [first.tokens, second.tokens]
+    assert tab.colour_by.count() == 3 and "difference" in tab.colour_by.itemText(2)
+    tab.colour_by.setCurrentIndex(2)
+    tab.colour_by.activated.emit(2)
+    position = max(range(first.tokens), key=lambda i: abs(second.token_nll[i]
+                                                          - first.token_nll[i]))
+    assert tab.ppl_tokens.toPlainText() == "".join(first.token_texts)
+    assert tab.worker.store.current.name == "gpt2"  # the loaded model is still the first
+    assert tab.history.rowCount() == 2
+    assert position >= 0
+
+
+def test_generate_then_score(qtbot, window, tab, tiny, tmp_path):
+    pairs = tmp_path / "pairs.tsv"
+    pairs.write_text("prompt\treference\nthe cat\tthe cat sat\nthe sea\tthe sea is blue\n",
+                     encoding="utf-8")
+    page = tab.generate_page
+    assert page.strategy.itemText(0) == "Generate tab's settings"
+    page.pairs_file.setText(str(pairs))
+    page.strategy.setCurrentText("greedy")
+    page.max_new.setValue(5)
+    page.start()
+    qtbot.waitUntil(lambda: page.job is None, timeout=60000)
+    result = page.result
+    refs = [["the cat sat", "the sea is blue"]]
+    assert float(page.scores.item(0, 1).text()) == pytest.approx(
+        sacrebleu.corpus_bleu(result.hypotheses, refs).score, abs=0.01)
+    assert page.outputs.rowCount() == 2 and page.outputs.item(0, 4).text() == result.hypotheses[0]
+    assert "saved in" in page.status.text()
+    assert tab.history.item(0, 1).text() == "generate+score"
+    from pathlib import Path
+
+    assert (Path(result.saved_to) / "outputs.tsv").is_file()
+    # the Generate tab's own settings are used when chosen
+    generate = window.tab_pages[0]
+    generate.temperature.setValue(0)
+    page.strategy.setCurrentText("Generate tab's settings")
+    assert page.settings().max_new_tokens == 5
+    assert page.settings().temperature == 0
+
+
+def test_generate_then_score_bad_file_is_a_dialog(qtbot, window, tab, tmp_path):
+    pairs = tmp_path / "pairs.tsv"
+    pairs.write_text("no tab here\n", encoding="utf-8")
+    tab.generate_page.pairs_file.setText(str(pairs))
+    tab.generate_page.start()
+    assert "has no tab" in window.last_dialog.text()
+    assert tab.generate_page.job is None
+
+
+def test_classifier_metrics_and_confusion_matrix(qtbot, window, tab, tiny, tmp_path):
+    data = tmp_path / "labelled.csv"
+    data.write_text("text,label\nthe cat sat,LABEL_0\nthe dog,LABEL_1\nhello world,LABEL_1\n"
+                    "the sea is blue,LABEL_0\n", encoding="utf-8")
+    window.load_model(str(tiny("bert-classifier")))
+    qtbot.waitUntil(lambda: not window.loading, timeout=30000)
+    page = tab.classify_page
+    page.data_file.setText(str(data))
+    page.start()
+    qtbot.waitUntil(lambda: page.job is None, timeout=30000)
+    r = page.result
+    from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
+
+    true = ["LABEL_0", "LABEL_1", "LABEL_1", "LABEL_0"]
+    predicted = [row["predicted"] for row in r.rows]
+    assert f"Accuracy {accuracy_score(true, predicted):.4f}" in page.numbers.text()
+    assert f"macro-F1 {f1_score(true, predicted, average='macro', zero_division=0):.4f}" in \
+        page.numbers.text()
+    matrix = confusion_matrix(true, predicted, labels=["LABEL_0", "LABEL_1"])
+    assert [[int(page.confusion.item(i, j).text()) for j in range(2)] for i in range(2)] == \
+        matrix.tolist()
+    assert page.confusion.verticalHeaderItem(0).text() == "LABEL_0"
+    assert page.errors.rowCount() == sum(t != p for t, p in zip(true, predicted, strict=True))
+    assert tab.history.item(0, 1).text() == "classification"
+
+
+def test_classifier_on_a_language_model_is_a_dialog(qtbot, window, tab, tmp_path):
+    data = tmp_path / "labelled.csv"
+    data.write_text("text,label\nthe cat,a\nthe dog,b\n", encoding="utf-8")
+    tab.classify_page.data_file.setText(str(data))
+    tab.classify_page.start()
+    qtbot.waitUntil(lambda: tab.classify_page.job is None, timeout=30000)
+    qtbot.waitUntil(lambda: window.last_dialog is not None, timeout=10000)
+    assert "not a classifier" in window.last_dialog.text()

@@ -6,29 +6,28 @@ from __future__ import annotations
 import difflib
 import html
 import math
+from collections.abc import Callable
+from dataclasses import replace
 
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import (
-    QAbstractItemView,
     QCheckBox,
+    QComboBox,
     QFileDialog,
     QFormLayout,
     QGroupBox,
     QHBoxLayout,
-    QHeaderView,
     QLabel,
     QLineEdit,
     QPushButton,
     QSplitter,
-    QTableWidget,
-    QTableWidgetItem,
     QTabWidget,
     QTextEdit,
     QVBoxLayout,
     QWidget,
 )
 
-from workbench.core.catalog import CAUSAL_LM
+from workbench.core.catalog import BUILTIN_MODELS, CAUSAL_LM
 from workbench.core.errors import WorkbenchError
 from workbench.core.evaluation import (
     PerplexityResult,
@@ -38,8 +37,12 @@ from workbench.core.evaluation import (
     read_text,
     score_translation,
 )
+from workbench.core.generation import SamplingSettings
 from workbench.core.history import HistoryEntry, add_entry, export_history, load_history
-from workbench.ui.skeleton import combo, line, spin, text_box
+from workbench.core.jobs import drive
+from workbench.core.loader import load_model_job
+from workbench.ui.evaluate_pages import ClassifyPage, GenerateScorePage
+from workbench.ui.skeleton import combo, fill, line, spin, table, text_box
 from workbench.ui.tab_base import WorkbenchTab
 from workbench.ui.widgets import TokenView
 from workbench.ui.worker import ModelWorker, WorkerContext
@@ -47,29 +50,6 @@ from workbench.ui.worker import ModelWorker, WorkerContext
 SAMPLE_TEXT = ("The lighthouse stood at the end of the long stone pier. Every night the keeper "
                "climbed the spiral stairs, lit the great lamp and watched the ships pass safely "
                "through the narrow channel.")
-
-
-def table(columns: list[str], name: str) -> QTableWidget:
-    t = QTableWidget(0, len(columns))
-    t.setObjectName(name)
-    t.setHorizontalHeaderLabels(columns)
-    t.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
-    t.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
-    t.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
-    t.horizontalHeader().setStretchLastSection(True)
-    return t
-
-
-def fill(t: QTableWidget, rows: list[list]) -> None:
-    t.setSortingEnabled(False)
-    t.setRowCount(len(rows))
-    for r, values in enumerate(rows):
-        for c, value in enumerate(values):
-            item = QTableWidgetItem()
-            item.setData(Qt.ItemDataRole.DisplayRole, value)
-            t.setItem(r, c, item)
-    t.horizontalHeader().setSortIndicator(-1, Qt.SortOrder.AscendingOrder)
-    t.setSortingEnabled(True)
 
 
 def word_diff(hypothesis: str, reference: str) -> str:
@@ -91,17 +71,24 @@ def word_diff(hypothesis: str, reference: str) -> str:
 class EvaluateTab(WorkbenchTab):
     title = "Evaluate"
 
-    def __init__(self, worker: ModelWorker, parent: QWidget | None = None) -> None:
+    def __init__(self, worker: ModelWorker, parent: QWidget | None = None,
+                 current_settings: Callable[[], SamplingSettings] | None = None) -> None:
         super().__init__(worker, parent)
         self.ppl_job: int | None = None
         self.bleu_job: int | None = None
         self.ppl_result: PerplexityResult | None = None
+        self.ppl_results: list[PerplexityResult] = []
         self.bleu_result: TranslationScores | None = None
         self.surprisal_plot = None
         self.modes = QTabWidget()
         self.modes.setObjectName("evaluate-modes")
         self.modes.addTab(self._build_perplexity(), "Perplexity")
         self.modes.addTab(self._build_bleu(), "BLEU / chrF / TER")
+        self.generate_page = GenerateScorePage(worker, self._record, self.show_error,
+                                               current_settings)
+        self.modes.addTab(self.generate_page, "Generate then score")
+        self.classify_page = ClassifyPage(worker, self._record, self.show_error)
+        self.modes.addTab(self.classify_page, "Classification")
         self.history = table(["time", "kind", "result", "inputs"], "history-table")
         self.history.setMaximumHeight(110)
         export = QPushButton("Export history…")
@@ -133,18 +120,29 @@ class EvaluateTab(WorkbenchTab):
         file_row = QHBoxLayout()
         file_row.addWidget(self.ppl_file, 1)
         file_row.addWidget(browse)
-        self.window = spin("max-length", 0, 131072, 0)
-        self.window.setSpecialValueText("model context")
+        self.window_size = spin("max-length", 0, 131072, 0)
+        self.window_size.setSpecialValueText("model context")
         self.stride = spin("stride", 0, 131072, 0)
         self.stride.setSpecialValueText("half the window")
+        self.compare_model = QComboBox()
+        self.compare_model.setObjectName("compare-model")
+        self.compare_model.setEditable(True)
+        self.compare_model.addItems(["", *(entry.name for entry in BUILTIN_MODELS)])
+        self.compare_model.setToolTip("Optional: a second model (built-in name, folder or Hub "
+                                      "id) scored on the same text, side by side")
+        self.colour_by = QComboBox()
+        self.colour_by.setObjectName("colour-by")
+        self.colour_by.setToolTip("Which result colours the tokens")
+        self.colour_by.activated.connect(lambda _: self._show_tokens())
         self.ppl_button = QPushButton("Compute perplexity")
         self.ppl_button.setObjectName("perplexity-button")
         self.ppl_button.clicked.connect(self.start_perplexity)
         form = QFormLayout()
         form.addRow("Text", self.ppl_text)
         form.addRow("File", file_row)
-        form.addRow("Window (tokens)", self.window)
+        form.addRow("Window (tokens)", self.window_size)
         form.addRow("Stride", self.stride)
+        form.addRow("Compare with", self.compare_model)
         form.addRow(self.ppl_button)
         inputs = QWidget()
         inputs.setLayout(form)
@@ -167,6 +165,10 @@ class EvaluateTab(WorkbenchTab):
         rl = QVBoxLayout(right)
         rl.setContentsMargins(0, 0, 0, 0)
         rl.addWidget(self.ppl_numbers)
+        colour_row = QHBoxLayout()
+        colour_row.addWidget(QLabel("Colour tokens by"))
+        colour_row.addWidget(self.colour_by, 1)
+        rl.addLayout(colour_row)
         rl.addWidget(results, 1)
         split = QSplitter(Qt.Orientation.Horizontal)
         split.addWidget(inputs)
@@ -185,9 +187,13 @@ class EvaluateTab(WorkbenchTab):
         self.surprisal_plot.setLabel("left", "surprisal (bits)")
         self.surprisal_plot.setLabel("bottom", "token position")
         self.surprisal_plot.showGrid(y=True, alpha=0.3)
-        self.surprisal_curve = self.surprisal_plot.plot([], [], pen=pg.mkPen((31, 119, 180),
-                                                                             width=1.5))
+        self.surprisal_plot.addLegend(offset=(-10, 10))
+        self.surprisal_curves = [
+            self.surprisal_plot.plot([], [], pen=pg.mkPen(colour, width=1.5))
+            for colour in ((31, 119, 180), (255, 127, 14))]
         self.plot_holder.layout().addWidget(self.surprisal_plot)
+        if self.ppl_results:
+            self._plot_surprisal()
 
     def _browse_text(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "Open a text file", "",
@@ -206,35 +212,107 @@ class EvaluateTab(WorkbenchTab):
         except WorkbenchError as exc:
             self.show_error("Cannot compute perplexity", str(exc))
             return
-        max_length, stride = self.window.value() or None, self.stride.value() or None
+        max_length, stride = self.window_size.value() or None, self.stride.value() or None
+        other = self.compare_model.currentText().strip()
 
-        def job(ctx: WorkerContext) -> PerplexityResult:
-            return perplexity(ctx.model(), text, max_length, stride, ctx)
+        def job(ctx: WorkerContext) -> list[PerplexityResult]:
+            loaded = ctx.model()
+            results = [perplexity(loaded, text, max_length, stride, ctx)]
+            if other:
+                if other == loaded.reference:
+                    raise WorkbenchError(f"{other} is the loaded model: compare with another.")
+                ctx.log(f"Loading {other} for the comparison…")
+                second = drive(load_model_job(other, replace(loaded.options)), ctx)
+                try:
+                    results.append(perplexity(second, text, max_length, stride, ctx))
+                finally:
+                    del second  # only the loaded model stays in memory
+            return results
 
         self.ppl_inputs = {"source": source or "pasted text", "characters": len(text),
-                           "max_length": max_length, "stride": stride}
+                           "max_length": max_length, "stride": stride, "compare_model": other}
         self.ppl_job = self.worker.submit("Perplexity", job)
         self.ppl_button.setEnabled(False)
         self.ppl_numbers.setText("Computing…")
 
-    def show_perplexity(self, r: PerplexityResult) -> None:
-        self.ppl_result = r
-        self.ppl_numbers.setText(
-            f"<b>Perplexity {r.perplexity:.3f}</b> · NLL {r.nll_per_token:.4f} nats/token · "
-            f"{r.bits_per_byte:.4f} bits/byte · {r.tokens} tokens scored · window "
-            f"{r.max_length}, stride {r.stride} · {r.model} · {r.tokens_per_second:.0f} tokens/s")
+    def show_perplexity(self, results: list[PerplexityResult]) -> None:
+        self.ppl_results = results
+        self.ppl_result = r = results[0]
+        if len(results) == 1:
+            self.ppl_numbers.setText(
+                f"<b>Perplexity {r.perplexity:.3f}</b> · NLL {r.nll_per_token:.4f} nats/token · "
+                f"{r.bits_per_byte:.4f} bits/byte · {r.tokens} tokens scored · window "
+                f"{r.max_length}, stride {r.stride} · {r.model} · "
+                f"{r.tokens_per_second:.0f} tokens/s")
+        else:
+            cells = "".join(
+                f"<tr><td><b>{html.escape(x.model)}</b></td><td><b>{x.perplexity:.3f}</b></td>"
+                f"<td>{x.nll_per_token:.4f}</td><td>{x.bits_per_byte:.4f}</td><td>{x.tokens}"
+                f"</td><td>{x.tokens_per_second:.0f}</td></tr>" for x in results)
+            same = r.same_tokens(results[1])
+            note = ("Both models tokenize the text alike: per-token numbers compare position "
+                    "by position." if same else "The models tokenize the text differently: "
+                    "compare bits per byte; the chart runs along the characters.")
+            self.ppl_numbers.setText(
+                "<table cellspacing=6><tr><th align=left>model</th><th>perplexity</th>"
+                "<th>NLL/token</th><th>bits/byte</th><th>tokens</th><th>tokens/s</th></tr>"
+                f"{cells}</table>window {r.max_length}, stride {r.stride} · {note}")
+        self.colour_by.clear()
+        self.colour_by.addItems([f"surprisal under {x.model}" for x in results])
+        if len(results) == 2 and r.same_tokens(results[1]):
+            self.colour_by.addItem(f"difference: {results[1].model} − {r.model}")
+        self.colour_by.setEnabled(len(results) > 1)
+        self._show_tokens()
+        self._plot_surprisal()
+        for x in results:
+            self._record("perplexity", f"perplexity {x.perplexity:.3f} ({x.model})",
+                         self.ppl_inputs | {"model": x.model}, x.to_dict())
+
+    def _show_tokens(self) -> None:
+        """Colour the tokens by the chosen result's surprisal, or by the difference."""
+        if not self.ppl_results:
+            return
+        index = max(self.colour_by.currentIndex(), 0)
+        results = self.ppl_results
         self.ppl_tokens.clear_tokens()
-        bits = [n / math.log(2) for n in r.token_nll]
-        top = max(bits, default=1.0) or 1.0
+        if index < len(results):
+            r = results[index]
+            bits = [n / math.log(2) for n in r.token_nll]
+            top = max(bits, default=1.0) or 1.0
+            shades = [1.0 - min(b / top, 1.0) for b in bits]
+            tips = [f"position {i + 1}: {b:.2f} bits" for i, b in enumerate(bits)]
+        else:  # second minus first: green where the second model finds a token easier
+            r = results[0]
+            diff = [(b - a) / math.log(2) for a, b in zip(results[0].token_nll,
+                                                         results[1].token_nll, strict=True)]
+            top = max((abs(d) for d in diff), default=1.0) or 1.0
+            shades = [0.5 - 0.5 * d / top for d in diff]
+            tips = [f"position {i + 1}: {d:+.2f} bits ({results[1].model} − {r.model})"
+                    for i, d in enumerate(diff)]
         self.ppl_tokens.append_token(r.token_texts[0], float("nan"), "first token: not scored")
-        for i, b in enumerate(bits):
-            self.ppl_tokens.append_token(r.token_texts[i + 1], 1.0 - min(b / top, 1.0),
-                                         f"position {i + 1}: {b:.2f} bits")
+        for i, (shade, tip) in enumerate(zip(shades, tips, strict=True)):
+            self.ppl_tokens.append_token(r.token_texts[i + 1], shade, tip)
         fill(self.worst, [[pos, repr(text), round(b, 2)] for pos, text, b in r.worst(15)])
-        if self.surprisal_plot is not None:
-            self.surprisal_curve.setData(list(range(1, len(bits) + 1)), bits)
-        self._record("perplexity", f"perplexity {r.perplexity:.3f} ({r.model})",
-                     self.ppl_inputs | {"model": r.model}, r.to_dict())
+
+    def _plot_surprisal(self) -> None:
+        if self.surprisal_plot is None:
+            return
+        results = self.ppl_results
+        by_chars = len(results) == 2 and not results[0].same_tokens(results[1])
+        self.surprisal_plot.setLabel("bottom", "character position" if by_chars
+                                     else "token position")
+        legend = self.surprisal_plot.plotItem.legend
+        legend.clear()
+        for i, curve in enumerate(self.surprisal_curves):
+            if i >= len(results):
+                curve.setData([], [])
+                continue
+            r = results[i]
+            bits = [n / math.log(2) for n in r.token_nll]
+            xs = r.char_ends[1:] if by_chars else list(range(1, len(bits) + 1))
+            curve.setData(xs, bits)
+            if len(results) > 1:
+                legend.addItem(curve, r.model)
 
     # --- BLEU / chrF / TER ----------------------------------------------------------------------
     def _build_bleu(self) -> QWidget:
@@ -389,12 +467,13 @@ class EvaluateTab(WorkbenchTab):
     def model_changed(self, loaded) -> None:
         self.ppl_button.setToolTip("" if loaded is None or loaded.task == CAUSAL_LM else
                                    "Perplexity needs a causal language model")
+        self.classify_page.model_changed(loaded)
 
     def _on_finished(self, job_id: int, result: object) -> None:
         if job_id == self.ppl_job:
             self.ppl_job = None
             self.ppl_button.setEnabled(True)
-            if isinstance(result, PerplexityResult):
+            if isinstance(result, list) and result:
                 self.show_perplexity(result)
         elif job_id == self.bleu_job:
             self.bleu_job = None

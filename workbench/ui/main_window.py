@@ -55,9 +55,10 @@ class MainWindow(QMainWindow):
 
         self.tabs = QTabWidget()
         self.tabs.setObjectName("tabs")
+        generate = GenerateTab(self.worker)
         self.tab_pages: list[WorkbenchTab] = [
-            GenerateTab(self.worker), AttentionTab(self.worker), FinetuneTab(self.worker),
-            EvaluateTab(self.worker)]
+            generate, AttentionTab(self.worker), FinetuneTab(self.worker),
+            EvaluateTab(self.worker, current_settings=generate.settings)]
         for page in self.tab_pages:
             self.tabs.addTab(page, page.title)
             page.set_model(None)

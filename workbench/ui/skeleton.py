@@ -1,25 +1,18 @@
-"""Layout skeletons for tabs whose capability is not built yet.
-
-They show the real controls (saved between launches) and state plainly what is not
-available yet, instead of buttons that pretend to work.
-"""
+"""Small widget helpers the tabs share: named form controls and read-only tables."""
 
 from __future__ import annotations
 
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import (
+    QAbstractItemView,
     QComboBox,
     QDoubleSpinBox,
-    QFormLayout,
-    QGroupBox,
-    QHBoxLayout,
-    QLabel,
+    QHeaderView,
     QLineEdit,
     QPlainTextEdit,
-    QPushButton,
     QSpinBox,
-    QVBoxLayout,
-    QWidget,
+    QTableWidget,
+    QTableWidgetItem,
 )
 
 
@@ -63,32 +56,26 @@ def text_box(name: str, placeholder: str, text: str = "") -> QPlainTextEdit:
     return box
 
 
-def pending_panel(title: str, lines: list[str]) -> QGroupBox:
-    """A panel that says what will appear here, and that it is not built yet."""
-    group = QGroupBox(title)
-    layout = QVBoxLayout(group)
-    label = QLabel("<p><b>Not available yet.</b> This panel will show:</p><ul>"
-                   + "".join(f"<li>{t}</li>" for t in lines) + "</ul>")
-    label.setObjectName("pending-note")
-    label.setWordWrap(True)
-    label.setAlignment(Qt.AlignmentFlag.AlignTop | Qt.AlignmentFlag.AlignLeft)
-    layout.addWidget(label)
-    layout.addStretch(1)
-    return group
+def table(columns: list[str], name: str) -> QTableWidget:
+    """A read-only, row-selecting table whose columns fit their contents."""
+    t = QTableWidget(0, len(columns))
+    t.setObjectName(name)
+    t.setHorizontalHeaderLabels(columns)
+    t.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+    t.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+    t.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+    t.horizontalHeader().setStretchLastSection(True)
+    return t
 
 
-def form_with_run(title: str, rows: list[tuple[str, QWidget]], run_text: str,
-                  tooltip: str) -> tuple[QGroupBox, QPushButton]:
-    group = QGroupBox(title)
-    form = QFormLayout(group)
-    for label, widget in rows:
-        form.addRow(label, widget)
-    run = QPushButton(run_text)
-    run.setObjectName("run-button")
-    run.setEnabled(False)
-    run.setToolTip(tooltip)
-    buttons = QHBoxLayout()
-    buttons.addStretch(1)
-    buttons.addWidget(run)
-    form.addRow(buttons)
-    return group, run
+def fill(t: QTableWidget, rows: list[list]) -> None:
+    """Replace the rows of ``t``; numbers stay numbers, so sorting by a column is numeric."""
+    t.setSortingEnabled(False)
+    t.setRowCount(len(rows))
+    for r, values in enumerate(rows):
+        for c, value in enumerate(values):
+            item = QTableWidgetItem()
+            item.setData(Qt.ItemDataRole.DisplayRole, value)
+            t.setItem(r, c, item)
+    t.horizontalHeader().setSortIndicator(-1, Qt.SortOrder.AscendingOrder)
+    t.setSortingEnabled(True)

@@ -1,0 +1,357 @@
+"""The Evaluate tab's generate-then-score and classification pages.
+
+Each page runs its own job on the shared worker and hands finished results to the tab's
+history through ``record(kind, summary, inputs, results)``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import replace
+
+from PySide6.QtCore import QSettings, Qt
+from PySide6.QtGui import QColor
+from PySide6.QtWidgets import (
+    QCheckBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    QSplitter,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from workbench.core.catalog import CAUSAL_LM, CLASSIFIER
+from workbench.core.classification import ClassificationResult, evaluate_classifier
+from workbench.core.compare import PRESETS
+from workbench.core.errors import WorkbenchError
+from workbench.core.finetune import read_rows
+from workbench.core.generate_score import (
+    GenerateScoreResult,
+    generate_and_score,
+    read_pairs,
+    save_result,
+)
+from workbench.core.generation import SamplingSettings
+from workbench.ui.skeleton import combo, fill, line, spin, table
+from workbench.ui.worker import ModelWorker, WorkerContext
+
+GENERATE_TAB = "Generate tab's settings"
+Record = Callable[[str, str, dict, dict], None]
+
+
+def file_row(edit: QLineEdit, caption: str, filters: str) -> QHBoxLayout:
+    """A path line edit with a browse button."""
+    row = QHBoxLayout()
+    row.addWidget(edit, 1)
+    browse = QPushButton("…")
+    browse.setMaximumWidth(30)
+
+    def choose() -> None:
+        path, _ = QFileDialog.getOpenFileName(edit, caption, "", filters)
+        if path:
+            edit.setText(path)
+
+    browse.clicked.connect(choose)
+    row.addWidget(browse)
+    return row
+
+
+class JobPage(QWidget):
+    """A page with one run button whose job runs on the worker."""
+
+    job_title = ""
+
+    def __init__(self, worker: ModelWorker, record: Record, show_error) -> None:
+        super().__init__()
+        self.worker, self.record, self.show_error = worker, record, show_error
+        self.job: int | None = None
+        self.run_button = QPushButton(self.job_title)
+        self.run_button.clicked.connect(self.start)
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+        self.status.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        worker.job_finished.connect(self._finished)
+        worker.job_failed.connect(lambda job_id, error, details: self._ended(job_id,
+                                                                             f"Failed: {error}"))
+        worker.job_cancelled.connect(lambda job_id: self._ended(job_id, "Cancelled."))
+
+    def submit(self, function) -> None:
+        self.job = self.worker.submit(self.job_title, function)
+        self.run_button.setEnabled(False)
+        self.status.setText("Running… (Esc cancels)")
+
+    def _ended(self, job_id: int, message: str) -> bool:
+        if job_id != self.job:
+            return False
+        self.job = None
+        self.run_button.setEnabled(True)
+        self.status.setText(message)
+        return True
+
+    def _finished(self, job_id: int, result: object) -> None:
+        if self._ended(job_id, ""):
+            self.show_result(result)
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def show_result(self, result: object) -> None:
+        raise NotImplementedError
+
+
+class GenerateScorePage(JobPage):
+    """A TSV of prompts and references: generate with chosen settings, then score."""
+
+    job_title = "Generate and score"
+
+    def __init__(self, worker: ModelWorker, record: Record, show_error,
+                 current_settings: Callable[[], SamplingSettings] | None = None) -> None:
+        super().__init__(worker, record, show_error)
+        self.current_settings = current_settings
+        self.result: GenerateScoreResult | None = None
+        self.run_button.setObjectName("generate-score-button")
+        self.pairs_file = line("pairs-file", "", "TSV: prompt<TAB>reference a line")
+        self.strategy = combo("score-strategy", [])
+        self.reload_strategies()
+        self.max_new = spin("score-max-new-tokens", 1, 1024, 48)
+        self.chat = QCheckBox("Chat template (instruct models)")
+        self.chat.setObjectName("score-chat")
+        self.chat.setChecked(True)
+        self.first_line = QCheckBox("Score the first line of each output")
+        self.first_line.setObjectName("score-first-line")
+        self.first_line.setChecked(True)
+        self.metric_boxes = {}
+        metrics = QHBoxLayout()
+        for name, label, on in (("bleu", "BLEU", True), ("chrf", "chrF", True),
+                                ("chrf++", "chrF++", False), ("ter", "TER", False)):
+            box = QCheckBox(label)
+            box.setObjectName(f"score-metric-{name}")
+            box.setChecked(on)
+            self.metric_boxes[name] = box
+            metrics.addWidget(box)
+        stop = QPushButton("Stop")
+        stop.clicked.connect(lambda: self.job is not None and self.worker.cancel())
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.run_button, 1)
+        buttons.addWidget(stop)
+        form = QFormLayout()
+        form.addRow("Prompts and references", file_row(self.pairs_file, "Open a TSV file",
+                                                      "TSV (*.tsv *.txt);;All files (*)"))
+        form.addRow("Decoding", self.strategy)
+        form.addRow("Max new tokens", self.max_new)
+        form.addRow("", self.chat)
+        form.addRow("", self.first_line)
+        form.addRow("Metrics", metrics)
+        form.addRow(buttons)
+        form.addRow(self.status)
+        inputs = QWidget()
+        inputs.setLayout(form)
+        self.scores = table(["metric", "score", "signature"], "generate-score-metrics")
+        self.outputs = table(["line", "BLEU", "chrF", "prompt", "output", "reference"],
+                             "generate-score-outputs")
+        right = QSplitter(Qt.Orientation.Vertical)
+        right.addWidget(self.scores)
+        right.addWidget(self.outputs)
+        right.setSizes([90, 300])
+        split = QSplitter(Qt.Orientation.Horizontal)
+        split.addWidget(inputs)
+        split.addWidget(right)
+        split.setSizes([420, 820])
+        QVBoxLayout(self).addWidget(split)
+
+    def reload_strategies(self) -> None:
+        names = [GENERATE_TAB] if self.current_settings else []
+        names += list(PRESETS)
+        settings = QSettings()
+        settings.beginGroup("presets")
+        names += settings.childKeys()
+        settings.endGroup()
+        current = self.strategy.currentText()
+        self.strategy.clear()
+        self.strategy.addItems(names)
+        if current in names:
+            self.strategy.setCurrentText(current)
+
+    def settings(self) -> SamplingSettings:
+        """The chosen decoding settings with this page's length and chat choice."""
+        name = self.strategy.currentText()
+        if name == GENERATE_TAB and self.current_settings is not None:
+            base = self.current_settings()
+        elif name in PRESETS:
+            base = SamplingSettings.from_generation_config(PRESETS[name])
+        else:
+            try:
+                base = SamplingSettings(**json.loads(str(QSettings().value(f"presets/{name}"))))
+            except (TypeError, ValueError):
+                raise WorkbenchError(f"The preset '{name}' is damaged.") from None
+        return replace(base, max_new_tokens=self.max_new.value(), chat=self.chat.isChecked(),
+                       num_return_sequences=1)
+
+    def start(self) -> None:
+        if self.job is not None:
+            return
+        metrics = tuple(n for n, box in self.metric_boxes.items() if box.isChecked())
+        try:
+            if not metrics:
+                raise WorkbenchError("Choose at least one metric.")
+            if not self.pairs_file.text().strip():
+                raise WorkbenchError("Choose a TSV file of prompts and references.")
+            prompts, refs = read_pairs(self.pairs_file.text().strip())
+            settings = self.settings()
+            settings.validate()
+        except WorkbenchError as exc:
+            self.show_error("Cannot generate and score", str(exc))
+            return
+        strategy, first_line = self.strategy.currentText(), self.first_line.isChecked()
+        if strategy == GENERATE_TAB:
+            strategy = settings.describe()
+
+        def job(ctx: WorkerContext) -> GenerateScoreResult:
+            loaded = ctx.model()
+            if loaded.task != CAUSAL_LM:
+                raise WorkbenchError(f"{loaded.name} is a {loaded.task} model: generating needs "
+                                     "a causal language model such as SmolLM2.")
+            result = generate_and_score(loaded, prompts, refs, settings, strategy, metrics,
+                                        first_line, ctx=ctx)
+            try:
+                save_result(result)
+            except OSError as exc:
+                ctx.log(f"The outputs could not be saved: {exc}", "warning")
+            return result
+
+        self.inputs = {"file": self.pairs_file.text().strip(), "strategy": strategy,
+                       "max_new_tokens": settings.max_new_tokens, "chat": settings.chat,
+                       "first_line": first_line, "metrics": list(metrics)}
+        self.submit(job)
+
+    def show_result(self, result: object) -> None:
+        if not isinstance(result, GenerateScoreResult):
+            return
+        self.result = result
+        fill(self.scores, [[m.metric, round(m.score, 2), m.signature]
+                           for m in result.scores.metrics])
+        fill(self.outputs, [[row["line"], round(row.get("bleu", float("nan")), 2),
+                             round(row.get("chrf", float("nan")), 2), prompt, hyp,
+                             row["references"][0]]
+                            for row, prompt, hyp in zip(result.scores.sentences, result.prompts,
+                                                        result.hypotheses, strict=True)])
+        done = (f"Stopped: {result.rows_done} of {result.rows_total} rows scored"
+                if result.stopped else f"{result.rows_done} rows")
+        saved = f" · saved in {result.saved_to}" if result.saved_to else ""
+        self.status.setText(f"{done} · {result.strategy} · {result.new_tokens} tokens in "
+                            f"{result.seconds:.1f} s{saved}"
+                            + "".join(f"<br>{n}" for n in result.notices))
+        self.record("generate+score", result.summary(), self.inputs | {"model": result.model},
+                    result.to_dict())
+
+
+class ClassifyPage(JobPage):
+    """Accuracy, macro-F1 and the confusion matrix of a classifier on a labelled file."""
+
+    job_title = "Evaluate classifier"
+
+    def __init__(self, worker: ModelWorker, record: Record, show_error) -> None:
+        super().__init__(worker, record, show_error)
+        self.result: ClassificationResult | None = None
+        self.run_button.setObjectName("classify-button")
+        self.data_file = line("classify-file", "", "a labelled .csv, .tsv or .jsonl file")
+        self.text_column = line("classify-text-column", "text")
+        self.label_column = line("classify-label-column", "label")
+        form = QFormLayout()
+        form.addRow("Labelled file", file_row(self.data_file, "Open labelled data",
+                                              "Labelled data (*.csv *.tsv *.jsonl);;All files (*)"))
+        form.addRow("Text column", self.text_column)
+        form.addRow("Label column", self.label_column)
+        form.addRow(self.run_button)
+        form.addRow(self.status)
+        inputs = QWidget()
+        inputs.setLayout(form)
+        self.numbers = QLabel("Load a classifier (fine-tuned in the Fine-tune tab, then \"Use "
+                              "this model\"), choose its labelled file and press Evaluate.")
+        self.numbers.setObjectName("classify-numbers")
+        self.numbers.setWordWrap(True)
+        self.per_label = table(["label", "precision", "recall", "F1", "support"],
+                               "classify-per-label")
+        self.confusion = QTableWidget(0, 0)
+        self.confusion.setObjectName("confusion-matrix")
+        self.confusion.setToolTip("Rows: the true label; columns: the predicted label")
+        self.errors = table(["row", "label", "predicted", "confidence", "text"],
+                            "classify-errors")
+        tables = QSplitter(Qt.Orientation.Horizontal)
+        tables.addWidget(self.per_label)
+        tables.addWidget(self.confusion)
+        right = QSplitter(Qt.Orientation.Vertical)
+        right.addWidget(tables)
+        right.addWidget(self.errors)
+        holder = QWidget()
+        rl = QVBoxLayout(holder)
+        rl.setContentsMargins(0, 0, 0, 0)
+        rl.addWidget(self.numbers)
+        rl.addWidget(right, 1)
+        split = QSplitter(Qt.Orientation.Horizontal)
+        split.addWidget(inputs)
+        split.addWidget(holder)
+        split.setSizes([380, 860])
+        QVBoxLayout(self).addWidget(split)
+
+    def start(self) -> None:
+        if self.job is not None:
+            return
+        path = self.data_file.text().strip()
+        text_column, label_column = self.text_column.text().strip(), self.label_column.text().strip()
+        try:
+            if not path:
+                raise WorkbenchError("Choose a labelled file.")
+            read_rows(path, text_column, label_column)
+        except WorkbenchError as exc:
+            self.show_error("Cannot evaluate the classifier", str(exc))
+            return
+
+        def job(ctx: WorkerContext) -> ClassificationResult:
+            return evaluate_classifier(ctx.model(), path, text_column, label_column, ctx=ctx)
+
+        self.inputs = {"file": path, "text_column": text_column, "label_column": label_column}
+        self.submit(job)
+
+    def model_changed(self, loaded) -> None:
+        self.run_button.setToolTip("" if loaded is None or loaded.task == CLASSIFIER else
+                                   "Needs a sequence classifier")
+
+    def show_result(self, result: object) -> None:
+        if not isinstance(result, ClassificationResult):
+            return
+        self.result = r = result
+        self.numbers.setText(f"<b>Accuracy {r.accuracy:.4f}</b> · <b>macro-F1 {r.macro_f1:.4f}</b>"
+                             f" · {r.examples} rows · {r.model}"
+                             + "".join(f"<br>{n}" for n in r.notices))
+        fill(self.per_label, [[s.label, round(s.precision, 4), round(s.recall, 4),
+                               round(s.f1, 4), s.support] for s in r.per_label])
+        n = len(r.labels)
+        self.confusion.clear()
+        self.confusion.setRowCount(n)
+        self.confusion.setColumnCount(n)
+        self.confusion.setHorizontalHeaderLabels([f"→ {label}" for label in r.labels])
+        self.confusion.setVerticalHeaderLabels(r.labels)
+        for i, row in enumerate(r.confusion):
+            total = sum(row) or 1
+            for j, count in enumerate(row):
+                item = QTableWidgetItem(str(count))
+                item.setTextAlignment(Qt.AlignmentFlag.AlignCenter)
+                share = count / total
+                good = i == j
+                item.setBackground(QColor.fromHsvF(0.33 if good else 0.0, 0.65 * share, 1.0))
+                item.setToolTip(f"true {r.labels[i]}, predicted {r.labels[j]}: {count} "
+                                f"({share:.0%} of the true {r.labels[i]} rows)")
+                self.confusion.setItem(i, j, item)
+        self.confusion.resizeColumnsToContents()
+        fill(self.errors, [[e["row"], e["label"], e["predicted"], round(e["confidence"], 3),
+                            e["text"]] for e in r.errors()])
+        self.record("classification", f"accuracy {r.accuracy:.4f}, macro-F1 {r.macro_f1:.4f} "
+                    f"({r.model})", self.inputs | {"model": r.model}, r.to_dict())
