@@ -209,6 +209,8 @@ def load_model_job(reference: str, options: LoadOptions | None = None):
         entry = catalog.find_builtin(reference)
         name = entry.name if entry else (Path(reference).name if source.kind != "hf-cache"
                                          else reference)
+        if (Path(reference).parent / "run.json").is_file():  # a fine-tuning run's model
+            name = f"{Path(reference).parent.name}/{Path(reference).name}"
         seconds = time.perf_counter() - start
         yield Progress(f"Loaded {name} in {seconds:.1f} s", 1.0)
         return LoadedModel(

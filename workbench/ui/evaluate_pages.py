@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import replace
+from pathlib import Path
 
 from PySide6.QtCore import QSettings, Qt
 from PySide6.QtGui import QColor
@@ -17,6 +18,7 @@ from PySide6.QtWidgets import (
     QFileDialog,
     QFormLayout,
     QHBoxLayout,
+    QHeaderView,
     QLabel,
     QLineEdit,
     QPushButton,
@@ -43,6 +45,12 @@ from workbench.ui.skeleton import combo, fill, line, spin, table
 from workbench.ui.worker import ModelWorker, WorkerContext
 
 GENERATE_TAB = "Generate tab's settings"
+SAMPLE_DATA = Path(__file__).resolve().parents[2] / "resources" / "data"
+
+
+def sample(name: str) -> str:
+    """The path of a bundled sample file, or "" when it is not there (an installed wheel)."""
+    return str(SAMPLE_DATA / name) if (SAMPLE_DATA / name).is_file() else ""
 Record = Callable[[str, str, dict, dict], None]
 
 
@@ -117,7 +125,8 @@ class GenerateScorePage(JobPage):
         self.current_settings = current_settings
         self.result: GenerateScoreResult | None = None
         self.run_button.setObjectName("generate-score-button")
-        self.pairs_file = line("pairs-file", "", "TSV: prompt<TAB>reference a line")
+        self.pairs_file = line("pairs-file", sample("questions.tsv"),
+                               "TSV: prompt<TAB>reference a line")
         self.strategy = combo("score-strategy", [])
         self.reload_strategies()
         self.max_new = spin("score-max-new-tokens", 1, 1024, 48)
@@ -156,6 +165,10 @@ class GenerateScorePage(JobPage):
         self.scores = table(["metric", "score", "signature"], "generate-score-metrics")
         self.outputs = table(["line", "BLEU", "chrF", "prompt", "output", "reference"],
                              "generate-score-outputs")
+        for column, width in ((3, 240), (4, 280)):  # long texts must not hide the others
+            self.outputs.horizontalHeader().setSectionResizeMode(
+                column, QHeaderView.ResizeMode.Interactive)
+            self.outputs.setColumnWidth(column, width)
         right = QSplitter(Qt.Orientation.Vertical)
         right.addWidget(self.scores)
         right.addWidget(self.outputs)
@@ -261,7 +274,7 @@ class ClassifyPage(JobPage):
         super().__init__(worker, record, show_error)
         self.result: ClassificationResult | None = None
         self.run_button.setObjectName("classify-button")
-        self.data_file = line("classify-file", "", "a labelled .csv, .tsv or .jsonl file")
+        self.data_file = line("classify-file", sample("sentiment-test.csv"), "a labelled .csv, .tsv or .jsonl file")
         self.text_column = line("classify-text-column", "text")
         self.label_column = line("classify-label-column", "label")
         form = QFormLayout()
@@ -284,9 +297,14 @@ class ClassifyPage(JobPage):
         self.confusion.setToolTip("Rows: the true label; columns: the predicted label")
         self.errors = table(["row", "label", "predicted", "confidence", "text"],
                             "classify-errors")
+        matrix = QWidget()
+        ml = QVBoxLayout(matrix)
+        ml.setContentsMargins(0, 0, 0, 0)
+        ml.addWidget(QLabel("Confusion matrix: rows are the true labels, columns the predicted"))
+        ml.addWidget(self.confusion, 1)
         tables = QSplitter(Qt.Orientation.Horizontal)
         tables.addWidget(self.per_label)
-        tables.addWidget(self.confusion)
+        tables.addWidget(matrix)
         right = QSplitter(Qt.Orientation.Vertical)
         right.addWidget(tables)
         right.addWidget(self.errors)

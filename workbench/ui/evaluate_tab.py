@@ -260,7 +260,8 @@ class EvaluateTab(WorkbenchTab):
         self.colour_by.clear()
         self.colour_by.addItems([f"surprisal under {x.model}" for x in results])
         if len(results) == 2 and r.same_tokens(results[1]):
-            self.colour_by.addItem(f"difference: {results[1].model} − {r.model}")
+            self.colour_by.addItem(f"difference: {results[1].model} − {r.model} (green: "
+                                   f"{results[1].model} is less surprised)")
         self.colour_by.setEnabled(len(results) > 1)
         self._show_tokens()
         self._plot_surprisal()

@@ -90,9 +90,13 @@ def take_screenshots(window, folder: Path, app, demo: bool = True,
             finetune.output_dir.setText(str(Path(run_root) / "demo-run"))
             finetune.start()
             wait_until(app, lambda: finetune.job_id is None, timeout_s)
-            evaluate = window.tab_pages[3]
+            evaluate = window.tab_pages[3]  # the base model against the fine-tuned one
+            evaluate.compare_model.setCurrentText(finetune.final_model or "")
             evaluate.start_perplexity()
             wait_until(app, lambda: evaluate.ppl_job is None, timeout_s)
+            if evaluate.colour_by.count() == 3:  # where fine-tuning changed the surprisal
+                evaluate.colour_by.setCurrentIndex(2)
+                evaluate.colour_by.activated.emit(2)
     saved = []
     for index, page in enumerate(window.tab_pages):
         window.tabs.setCurrentIndex(index)
