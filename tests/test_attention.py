@@ -105,6 +105,21 @@ def test_deep_models_get_a_layer_subset_with_a_notice():
         bertviz_html(AttentionResult("m", ["a", "b"], w), "head", layers=[31])
 
 
+def test_the_page_draws_the_first_tokens_only_with_a_notice():
+    rng = np.random.default_rng(2)
+    w = rng.random((2, 2, 10, 10)).astype(np.float32)
+    tokens = [f"t{i}" for i in range(10)]
+    page, notices = bertviz_html(AttentionResult("m", tokens, w), "head", max_tokens=4)
+    params = json.JSONDecoder().raw_decode(page, page.index("const params = ") + 15)[0]
+    assert params["attention"][0]["left_text"] == tokens[:4]
+    assert params["attention"][0]["attn"][1][1][3] == [round(float(x), 3) for x in w[1, 1, 3, :4]]
+    assert "first 4 of 10 tokens" in notices[0]
+    page, notices = bertviz_html(AttentionResult("m", tokens, w, sentence_b_start=6), "head",
+                                 max_tokens=4)
+    assert "sentence A only" in notices[1]
+    assert bertviz_html(AttentionResult("m", tokens, w), "head", max_tokens=10)[1] == []
+
+
 def test_position_embeddings_learned_and_rotary(tiny):
     from workbench.core.attention import position_embeddings, sinusoidal_encoding
 

@@ -80,7 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
     att.add_argument("--text-b", help="sentence B, for encoders")
     att.add_argument("--view", choices=["head", "model"], default="head")
     att.add_argument("--html", metavar="FILE", help="write the bertviz page (works offline)")
-    att.add_argument("--max-tokens", type=int, default=64)
+    att.add_argument("--max-tokens", type=int, default=64,
+                     help="tokens analysed (head statistics); longer texts are cut, with a notice")
+    att.add_argument("--page-tokens", type=int, default=64,
+                     help="tokens drawn in the bertviz page (it grows with tokens²)")
     att.add_argument("--layers", help="comma-separated layer indices for the page "
                      "(default: all, or 6 spread over deeper models)")
     att.add_argument("--json", action="store_true", help="print one JSON document")
@@ -356,7 +359,7 @@ def cmd_attention(args: argparse.Namespace) -> int:
     result = compute_attention(loaded, args.text, args.text_b, args.max_tokens)
     notices = list(result.notices)
     if args.html:
-        page, more = bertviz_html(result, args.view, layers)
+        page, more = bertviz_html(result, args.view, layers, max_tokens=args.page_tokens)
         notices += more
         try:
             from pathlib import Path

@@ -20,7 +20,8 @@ from typing import Any
 from workbench.core.errors import WorkbenchError
 from workbench.core.jobs import JobContext
 
-DEFAULT_MAX_TOKENS = 64
+DEFAULT_MAX_TOKENS = 64  # tokens analysed (heatmaps, statistics, logit lens)
+DEFAULT_PAGE_TOKENS = 64  # tokens drawn by bertviz: its page grows with tokens²
 LN2 = math.log(2.0)
 
 
@@ -221,16 +222,30 @@ function requirejs(names, callback) {
 
 
 def bertviz_html(result: AttentionResult, view: str = "head", layers: list[int] | None = None,
-                 digits: int = 3) -> tuple[str, list[str]]:
+                 digits: int = 3, max_tokens: int | None = DEFAULT_PAGE_TOKENS
+                 ) -> tuple[str, list[str]]:
     """A self-contained bertviz page (works offline) and notices about what was left out.
 
-    ``layers`` defaults to all layers for small models and to an even subset of at most
-    6 layers for deeper ones (pages grow with layers × heads × tokens²).
+    bertviz draws one SVG line per head and token pair, so its page grows with
+    layers × heads × tokens²: ``max_tokens`` keeps the first tokens only (the native views
+    still get all of them), and ``layers`` defaults to all layers for small models and to
+    an even subset of at most 6 layers for deeper ones.
     """
     import torch
     from bertviz import head_view, model_view
 
     notices = []
+    n = len(result.tokens)
+    keep = n if not max_tokens or max_tokens >= n else max(max_tokens, 2)
+    sentence_b_start = result.sentence_b_start
+    if keep < n:
+        notices.append(f"bertviz shows the first {keep} of {n} tokens (its page grows with "
+                       "tokens²; raise \"bertviz tokens\" for more); the heatmap, statistics "
+                       "and logit lens cover all of them.")
+        if sentence_b_start is not None and sentence_b_start >= keep:
+            sentence_b_start = None
+            notices.append("Sentence B starts after the tokens shown, so the page shows "
+                           "sentence A only.")
     if layers is None:
         layers = list(range(result.layers))
         if result.layers > 6:
@@ -242,9 +257,10 @@ def bertviz_html(result: AttentionResult, view: str = "head", layers: list[int] 
     if bad or not layers:
         raise WorkbenchError(f"Layer(s) {bad or layers} do not exist: the model has "
                              f"{result.layers} layers (0–{result.layers - 1}).")
-    attention = tuple(torch.from_numpy(result.weights[i])[None] for i in range(result.layers))
-    tokens = [t if t.strip() else t.replace(" ", "␣") or "∅" for t in result.tokens]
-    kwargs = dict(attention=attention, tokens=tokens, sentence_b_start=result.sentence_b_start,
+    attention = tuple(torch.from_numpy(result.weights[i][:, :keep, :keep].copy())[None]
+                      for i in range(result.layers))
+    tokens = [t if t.strip() else t.replace(" ", "␣") or "∅" for t in result.tokens[:keep]]
+    kwargs = dict(attention=attention, tokens=tokens, sentence_b_start=sentence_b_start,
                   include_layers=layers, html_action="return")
     if view == "head":
         page = head_view(**kwargs).data

@@ -25,6 +25,8 @@ from PySide6.QtWidgets import (
 )
 
 from workbench.core.attention import (
+    DEFAULT_MAX_TOKENS,
+    DEFAULT_PAGE_TOKENS,
     STATISTICS,
     AttentionResult,
     LogitLens,
@@ -70,6 +72,7 @@ class AttentionTab(WorkbenchTab):
     def __init__(self, worker: ModelWorker, parent: QWidget | None = None) -> None:
         super().__init__(worker, parent)
         self.job_id: int | None = None
+        self.lens_job: int | None = None  # the logit lens runs after the page is shown
         self.current: AttentionView | None = None
         self.stats: dict | None = None
         self.web = None
@@ -80,7 +83,11 @@ class AttentionTab(WorkbenchTab):
         self.text_b = text_box("text-b", "Sentence B (optional, encoders only)")
         self.text_b.setMaximumHeight(50)
         self.view = combo("view", ["head view", "model view"])
-        self.max_tokens = spin("max-tokens", 2, 1024, 64)
+        self.max_tokens = spin("max-tokens", 2, 1024, DEFAULT_MAX_TOKENS)
+        self.max_tokens.setToolTip("Tokens analysed: heatmap, head statistics, logit lens")
+        self.page_tokens = spin("page-tokens", 2, 1024, DEFAULT_PAGE_TOKENS)
+        self.page_tokens.setToolTip("Tokens drawn by bertviz (its page grows with tokens²: "
+                                    "a few hundred tokens take minutes and gigabytes)")
         self.layers = line("layers", "", "all, or e.g. 0,5,11")
         self.run_button = QPushButton("Show attention")
         self.run_button.setObjectName("run-button")
@@ -90,6 +97,7 @@ class AttentionTab(WorkbenchTab):
         form.addRow("Sentence B", self.text_b)
         form.addRow("bertviz view", self.view)
         form.addRow("Max tokens", self.max_tokens)
+        form.addRow("bertviz tokens", self.page_tokens)
         form.addRow("Layers (page)", self.layers)
         form.addRow(self.run_button)
         self.export_html_button = QPushButton("Export page…")
@@ -232,7 +240,7 @@ class AttentionTab(WorkbenchTab):
             return
         text, text_b = self.text.toPlainText(), self.text_b.toPlainText()
         view = "head" if self.view.currentIndex() == 0 else "model"
-        max_tokens = self.max_tokens.value()
+        max_tokens, page_tokens = self.max_tokens.value(), self.page_tokens.value()
         try:
             layers = parse_layers(self.layers.text())
         except WorkbenchError as exc:
@@ -243,23 +251,39 @@ class AttentionTab(WorkbenchTab):
             loaded = ctx.model(attentions=True)
             result = compute_attention(loaded, text, text_b, max_tokens, ctx)
             ctx.progress("Building the bertviz page…", None)
-            page, notices = bertviz_html(result, view, layers)
-            lens = logit_lens(loaded, text, max_tokens) if result.is_decoder else None
-            return AttentionView(result, page, result.notices + notices, lens,
+            page, notices = bertviz_html(result, view, layers, max_tokens=page_tokens)
+            return AttentionView(result, page, result.notices + notices, None,
                                  position_embeddings(loaded))
+
+        def lens_job(ctx: WorkerContext) -> LogitLens:
+            ctx.progress("Logit lens…", None)
+            return logit_lens(ctx.model(), text, max_tokens)
+
+        self.lens_function = lens_job
 
         self.job_id = self.worker.submit("Attention", job)
         self.run_button.setEnabled(False)
         self.notice.setText("Running…")
 
     def _on_finished(self, job_id: int, outcome: object) -> None:
+        if job_id == self.lens_job:
+            self.lens_job = None
+            if isinstance(outcome, LogitLens) and self.current is not None:
+                self.current.lens = outcome
+                self.fill_lens(outcome)
+            return
         if job_id != self.job_id or not isinstance(outcome, AttentionView):
             return
         self.job_id = None
         self.run_button.setEnabled(True)
         self.show_view(outcome)
+        if outcome.result.is_decoder:
+            self.lens_job = self.worker.submit("Logit lens", self.lens_function)
 
     def _on_ended(self, job_id: int, *args) -> None:
+        if job_id == self.lens_job:
+            self.lens_job = None
+            self.fill_lens(None, "Failed: " + str(args[0]) if args else "Cancelled.")
         if job_id == self.job_id:
             self.job_id = None
             self.run_button.setEnabled(True)
@@ -290,7 +314,7 @@ class AttentionTab(WorkbenchTab):
         self.stats = head_statistics(r)
         self.draw_heatmap()
         self.draw_stats()
-        self.fill_lens(view.lens)
+        self.fill_lens(view.lens, "Computing the logit lens…" if r.is_decoder else "")
         self.show_positions(view.positions)
         for b in (self.export_html_button, self.export_png_button, self.export_csv_button):
             b.setEnabled(True)
@@ -368,13 +392,13 @@ class AttentionTab(WorkbenchTab):
         self.position_plots["sinusoidal"][1].setImage(positions.sinusoidal_similarity.T,
                                                       levels=(-1, 1))
 
-    def fill_lens(self, lens: LogitLens | None) -> None:
+    def fill_lens(self, lens: LogitLens | None, message: str = "") -> None:
         t = self.lens_table
         if lens is None:
             t.setRowCount(1)
             t.setColumnCount(1)
             t.setHorizontalHeaderLabels([""])
-            t.setItem(0, 0, QTableWidgetItem("The logit lens needs a decoder model."))
+            t.setItem(0, 0, QTableWidgetItem(message or "The logit lens needs a decoder model."))
             return
         t.setRowCount(len(lens.top_tokens))
         t.setColumnCount(len(lens.tokens))
