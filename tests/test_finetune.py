@@ -1,12 +1,21 @@
 """Fine-tuning with transformers' Trainer: runs, stop and resume, monitoring, bad input."""
 
+import errno
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 
 from workbench.core.errors import WorkbenchError
-from workbench.core.finetune import FinetuneConfig, ProbeText, TrainLog, run_finetune
-from workbench.core.jobs import CancelToken, JobContext
+from workbench.core.finetune import (
+    FinetuneConfig,
+    ProbeText,
+    TrainLog,
+    latest_checkpoint,
+    run_finetune,
+)
+from workbench.core.jobs import CancelToken, JobContext, LogLine
 from workbench.core.loader import load_model
 from workbench.core.runs import read_run
 
@@ -156,3 +165,110 @@ def test_monitor_reads_any_trainer_output(tmp_path):
         40, 100, 2.1, 2.3)
     with pytest.raises(WorkbenchError, match="not a training run"):
         read_run(tmp_path)
+
+
+# --- a disk that fills ----------------------------------------------------------------------
+def disk_full(*args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+@pytest.mark.parametrize("error", ["ENOSPC", "torch"])
+def test_a_full_disk_while_saving_a_checkpoint_keeps_the_run(tmp_path, tiny, monkeypatch, error):
+    from transformers import Trainer
+
+    real_save, real_usage = Trainer._save_optimizer_and_scheduler, shutil.disk_usage
+    full = {"now": False}
+
+    def fill_at_6(self, output_dir):  # the weights of checkpoint-6 are written, then no room
+        if output_dir.endswith("checkpoint-6"):
+            full["now"] = True
+            if error == "ENOSPC":
+                disk_full()
+            # what torch.save says on a full disk (measured on a full tmpfs)
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos "
+                               "117824 vs 117712")
+        real_save(self, output_dir)
+
+    monkeypatch.setattr(Trainer, "_save_optimizer_and_scheduler", fill_at_6)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: real_usage(path)._replace(
+        free=0 if full["now"] else real_usage(path).free))
+    cfg = config(tmp_path, tiny, "lm")
+    with pytest.raises(WorkbenchError) as info:
+        run_finetune(cfg)
+    run = tmp_path / "run"
+    assert str(info.value) == (
+        "The disk is full while saving checkpoint-6 (checkpoint-6 was incomplete and is "
+        f"removed): free space and resume; the last complete checkpoint is checkpoint-3 in {run}.")
+    assert not (run / "checkpoint-6").exists() and not (run / "final").exists()
+    assert (run / "checkpoint-3" / "trainer_state.json").is_file()
+    monkeypatch.undo()
+    resumed = run_finetune(cfg, resume=True)
+    assert resumed.global_step == 6 and load_model(resumed.final_model).task == "causal-lm"
+
+
+def test_other_errors_while_saving_are_not_called_a_full_disk(tmp_path, tiny, monkeypatch):
+    from transformers import Trainer
+
+    def broken(self, output_dir):
+        raise RuntimeError("unexpected pos 1 vs 2")
+
+    monkeypatch.setattr(Trainer, "_save_optimizer_and_scheduler", broken)
+    with pytest.raises(RuntimeError, match="unexpected pos"):  # plenty of space left
+        run_finetune(config(tmp_path, tiny, "lm", max_steps=3))
+    assert latest_checkpoint(tmp_path / "run") is None  # the partial one is not complete
+
+
+def test_a_half_written_checkpoint_is_never_resumed(tmp_path):
+    run = tmp_path / "run"
+    for step, state in ((3, '{"global_step": 3}'), (6, '{"global_st'), (9, None)):
+        (run / f"checkpoint-{step}").mkdir(parents=True)
+        (run / f"checkpoint-{step}" / "model.safetensors").write_bytes(b"x")
+        if state is not None:
+            (run / f"checkpoint-{step}" / "trainer_state.json").write_text(state)
+    assert latest_checkpoint(run) == run / "checkpoint-3"
+
+
+def test_a_full_disk_while_saving_the_final_model(tmp_path, tiny, monkeypatch):
+    from transformers import PreTrainedTokenizerBase
+
+    real = PreTrainedTokenizerBase.save_pretrained
+
+    def fill_in_final(self, folder, *args, **kwargs):  # the weights are written, then no room
+        if "final" in Path(folder).name:
+            disk_full()
+        return real(self, folder, *args, **kwargs)
+
+    monkeypatch.setattr(PreTrainedTokenizerBase, "save_pretrained", fill_in_final)
+    cfg = config(tmp_path, tiny, "lm")
+    with pytest.raises(WorkbenchError, match="The disk is full while saving the final model: "
+                       "free space and resume; the last complete checkpoint is checkpoint-6"):
+        run_finetune(cfg)
+    run = tmp_path / "run"
+    assert not any(p.name.startswith((".final", "final")) for p in run.iterdir())
+    monkeypatch.undo()
+    resumed = run_finetune(cfg, resume=True)  # nothing left to train: it saves the model
+    assert resumed.global_step == 6 and load_model(resumed.final_model).task == "causal-lm"
+
+
+def test_too_little_free_space_refuses_to_start(tmp_path, tiny, monkeypatch):
+    real = shutil.disk_usage
+    free = {"bytes": 1000}
+
+    def fake(path):
+        usage = real(path)
+        return usage._replace(free=free["bytes"]) if str(path).startswith(str(tmp_path)) \
+            else usage
+
+    monkeypatch.setattr(shutil, "disk_usage", fake)
+    with pytest.raises(WorkbenchError, match="Only 1000 bytes is free on the disk of .*: the "
+                       "trained model alone needs about .* KB. Free space or choose"):
+        run_finetune(config(tmp_path / "a", tiny))
+    assert not (tmp_path / "a" / "run" / "run.json").exists()  # nothing started
+    free["bytes"] = 200 * 1024  # room for the model (~100 KB), not for its checkpoints: on,
+    # with a warning
+    events = []
+    result = run_finetune(config(tmp_path / "b", tiny, max_steps=2, save_steps=1),
+                          JobContext(emit=events.append))
+    warnings = [e.message for e in events if isinstance(e, LogLine) and e.level == "warning"]
+    assert result.global_step == 2 and any("2 checkpoint(s) and final model" in w
+                                           for w in warnings)
