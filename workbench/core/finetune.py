@@ -6,6 +6,9 @@ A run folder holds ``run.json`` (the configuration), ``metrics.jsonl`` (one line
 logged step, written as training goes, so any process can follow it), the Trainer's
 ``checkpoint-N`` folders with ``trainer_state.json``, TensorBoard event files when
 tensorboard is installed, and ``final/``: the trained model, loadable by every tab.
+With LoRA (peft, causal LMs only) the checkpoints hold the adapter, ``adapter/`` keeps the
+trained adapter and ``final/`` holds the base model with the adapter merged in.
+
 A checkpoint counts as complete only once its ``trainer_state.json`` (which the Trainer
 writes last) is there and reads as JSON, and ``final/`` appears only once it is whole: a
 disk that fills during a run never leaves a half-written folder that looks finished.
@@ -32,6 +35,7 @@ from workbench.core.jobs import JobContext
 RUN_FILE = "run.json"
 METRICS_FILE = "metrics.jsonl"
 FINAL_DIR = "final"
+ADAPTER_DIR = "adapter"
 
 
 @dataclass
@@ -61,6 +65,16 @@ class FinetuneConfig:
     save_steps: int = 50
     probe_prompts: list[str] = field(default_factory=list)
     probe_every: int = 0  # steps; 0: no probes
+    lora: bool = False  # train a LoRA adapter (peft) instead of every weight; lm only
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    lora_target_modules: list[str] = field(default_factory=list)  # empty: peft's default
+
+    def __post_init__(self) -> None:
+        if isinstance(self.lora_target_modules, str):  # "q_proj, v_proj" in a hand-written file
+            self.lora_target_modules = split_names(self.lora_target_modules)
+
     def validate(self) -> None:
         checks = [
             (self.task in ("lm", "classify"), f"Unknown task '{self.task}': use lm or classify."),
@@ -73,6 +87,14 @@ class FinetuneConfig:
             (self.logging_steps >= 1 and self.eval_steps >= 1 and self.save_steps >= 1,
              "Logging, evaluation and save intervals must be at least 1 step."),
         ]
+        if self.lora:
+            checks += [
+                (self.task == "lm", "LoRA is for causal-LM fine-tuning (task lm) only: turn "
+                 "LoRA off to fine-tune a classifier."),
+                (self.lora_r >= 1, "The LoRA rank r must be at least 1."),
+                (self.lora_alpha > 0, "The LoRA alpha must be above 0."),
+                (0 <= self.lora_dropout < 1, "The LoRA dropout must be in [0, 1)."),
+            ]
         for ok, message in checks:
             if not ok:
                 raise WorkbenchError(message)
@@ -84,6 +106,11 @@ class FinetuneConfig:
     def from_dict(cls, data: dict) -> FinetuneConfig:
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def split_names(text: str) -> list[str]:
+    """``"q_proj, v_proj"`` → ``["q_proj", "v_proj"]`` (a comma list of module names)."""
+    return [name.strip() for name in text.split(",") if name.strip()]
 
 
 # --- data ---------------------------------------------------------------------------------
@@ -259,6 +286,7 @@ class RunResult:
     checkpoint: str | None
     train_loss: float | None
     summary: str = ""
+    adapter: str | None = None  # the LoRA adapter folder, when the run trained one
 
 
 # --- the run ------------------------------------------------------------------------------
@@ -346,7 +374,12 @@ def run_finetune(config: FinetuneConfig, ctx: JobContext | None = None, resume: 
     data = prepare_data(config, tokenizer)
     ctx.log(data.summary)
     model = _model_for(config, loaded, data.labels)
-    check_free_space(folder, model, _checkpoint_count(config, len(data.train)), ctx)
+    if config.lora:
+        torch.manual_seed(config.seed)  # the adapter's initial weights follow the run's seed
+        model, note = _with_lora(model, config)
+        ctx.log(note)
+    check_free_space(folder, model, _checkpoint_count(config, len(data.train)), config.lora,
+                     ctx)
     (folder / RUN_FILE).write_text(config.to_json(), encoding="utf-8")
     metrics_path = folder / METRICS_FILE
     started = time.perf_counter()
@@ -433,15 +466,76 @@ def run_finetune(config: FinetuneConfig, ctx: JobContext | None = None, resume: 
                          output.training_loss, data.summary)
     ctx.progress("Saving the final model…", None)
     final = folder / FINAL_DIR
+    adapter = folder / ADAPTER_DIR if config.lora else None
+    summary = data.summary
     try:
-        _save_whole(final, lambda out: (trainer.save_model(out), tokenizer.save_pretrained(out)))
+        if adapter is None:
+            _save_whole(final, lambda out: (trainer.save_model(out),
+                                            tokenizer.save_pretrained(out)))
+        elif trainer.args.should_save:  # one process writes (under accelerate launch)
+            peft_model = trainer.model
+            _save_whole(adapter, peft_model.save_pretrained)
+            merged = peft_model.merge_and_unload()  # plain weights: every tab can load them
+            _save_whole(final, lambda out: (merged.save_pretrained(out),
+                                            tokenizer.save_pretrained(out)))
     except Exception as exc:
         if not _is_disk_full(exc, folder):
             raise
         raise _disk_full_error(folder, "the final model", []) from exc
+    if adapter is not None:
+        summary += (f"; LoRA: the adapter is in {ADAPTER_DIR}/ and merged into the base "
+                    f"weights in {FINAL_DIR}/")
+        ctx.log(f"LoRA adapter saved in {adapter}; {final} holds the base model with the "
+                "adapter merged in.")
     last = latest_checkpoint(folder)
     return RunResult(str(folder), str(final), step, False, str(last) if last else None,
-                     output.training_loss, data.summary)
+                     output.training_loss, summary, str(adapter) if adapter else None)
+
+
+def _with_lora(model: Any, config: FinetuneConfig) -> tuple[Any, str]:
+    """``model`` wrapped by peft so that only a LoRA adapter trains, and a line saying how
+    many parameters that is."""
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    lora = LoraConfig(task_type=TaskType.CAUSAL_LM, r=config.lora_r,
+                      lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+                      target_modules=config.lora_target_modules or None)
+    kind = getattr(model.config, "model_type", "this")
+    layers = ", ".join(_linear_layer_names(model)) or "none found"
+    names = [name for name, _ in model.named_modules()]
+    # peft only complains when no name matches: a misspelt one among several would
+    # silently adapt fewer layers than asked.
+    missing = [t for t in config.lora_target_modules
+               if not any(n == t or n.endswith("." + t) for n in names)]
+    if missing:
+        raise WorkbenchError(f"This {kind} model has no module named {', '.join(missing)} for "
+                             f"LoRA; its linear layers: {layers}.")
+    try:
+        wrapped = get_peft_model(model, lora)
+    except ValueError as exc:
+        if "target_modules" in str(exc):
+            raise WorkbenchError(f"peft has no default LoRA target modules for {kind} models: "
+                                 f"name them (its linear layers: {layers}).") from None
+        raise WorkbenchError(f"peft cannot add LoRA to this {kind} model: {exc}") from None
+    trainable, total = wrapped.get_nb_trainable_parameters()
+    targets = wrapped.peft_config["default"].target_modules
+    targets = sorted(targets) if isinstance(targets, (set, list, tuple)) else [str(targets)]
+    return wrapped, (f"LoRA (r={config.lora_r}, alpha={config.lora_alpha}, dropout="
+                     f"{config.lora_dropout}) on {', '.join(targets)}: {trainable:,} trainable "
+                     f"parameters of {total:,} ({100 * trainable / max(total, 1):.2f}%); the "
+                     "base weights stay frozen.")
+
+
+def _linear_layer_names(model: Any) -> list[str]:
+    """The distinct names of the linear layers of ``model`` (what LoRA can target)."""
+    import torch
+
+    names = set()
+    for name, module in model.named_modules():
+        # transformers' Conv1D (GPT-2) is a linear layer too
+        if name and (isinstance(module, torch.nn.Linear) or type(module).__name__ == "Conv1D"):
+            names.add(name.rsplit(".", 1)[-1])
+    return sorted(names)
 
 
 # --- disk space ---------------------------------------------------------------------------
@@ -463,16 +557,17 @@ def _checkpoint_count(config: FinetuneConfig, train_items: int) -> int:
     return math.ceil(steps / config.save_steps)
 
 
-def check_free_space(folder: Path, model: Any, checkpoints: int, ctx: JobContext) -> None:
+def check_free_space(folder: Path, model: Any, checkpoints: int, lora: bool,
+                     ctx: JobContext) -> None:
     """Refuse to start when the disk of ``folder`` cannot even hold the trained model;
     warn when it cannot hold every checkpoint and the final model (the run will stop
     with a clear message when the disk fills, and can be resumed)."""
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
     trainable = sum(p.numel() * p.element_size() for p in model.parameters()
                     if p.requires_grad)
-    # A checkpoint: the weights and AdamW's two moments of each trained one; the final
-    # model: every weight.
-    checkpoint = weights + 2 * trainable
+    # A checkpoint: the weights that train (all of them, or the adapter) and AdamW's two
+    # moments of each; the final model: every weight.
+    checkpoint = (trainable if lora else weights) + 2 * trainable
     free = shutil.disk_usage(folder).free
     if free < weights:
         raise WorkbenchError(f"Only {_size(free)} is free on the disk of {folder}: the trained "
