@@ -233,6 +233,30 @@ def test_finetune_then_monitor_from_the_command_line(tiny, tmp_path):
     assert clash.returncode == 2 and "already holds a run" in clash.stderr
 
 
+def test_finetune_with_lora_from_the_command_line(tiny, tmp_path):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("the cat sat on the mat. " * 40)
+    run_dir = tmp_path / "run"
+    result = run("finetune", "--task", "lm", "--model", str(tiny("llama")), "--train",
+                 str(corpus), "--output", str(run_dir), "--max-steps", "2", "--batch-size", "2",
+                 "--max-length", "16", "--logging-steps", "1", "--lora", "--lora-r", "4",
+                 "--lora-alpha", "8", "--lora-dropout", "0.1",
+                 "--lora-target-modules", "q_proj,k_proj")
+    assert result.returncode == 0, result.stderr
+    saved = json.loads((run_dir / "run.json").read_text())
+    assert (saved["lora"], saved["lora_r"], saved["lora_alpha"], saved["lora_dropout"],
+            saved["lora_target_modules"]) == (True, 4, 8, 0.1, ["q_proj", "k_proj"])
+    assert "LoRA (r=4, alpha=8, dropout=0.1) on k_proj, q_proj:" in result.stdout
+    assert f"LoRA adapter: {run_dir / 'adapter'} (merged into the final model)" in result.stdout
+    assert (run_dir / "adapter" / "adapter_config.json").is_file()
+    assert (run_dir / "final" / "model.safetensors").is_file()
+    wrong = run("finetune", "--task", "classify", "--train", str(corpus), "--output",
+                str(tmp_path / "other"), "--lora")
+    assert wrong.returncode == 2
+    assert wrong.stderr.strip() == ("error: LoRA is for causal-LM fine-tuning (task lm) only: "
+                                    "turn LoRA off to fine-tune a classifier.")
+
+
 def test_train_entry_point_runs_an_exported_config(tiny, tmp_path):
     from workbench.core.finetune import FinetuneConfig
 

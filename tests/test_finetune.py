@@ -1,12 +1,23 @@
 """Fine-tuning with transformers' Trainer: runs, stop and resume, monitoring, bad input."""
 
+import errno
 import json
+import math
+import re
+import shutil
+from pathlib import Path
 
 import pytest
 
 from workbench.core.errors import WorkbenchError
-from workbench.core.finetune import FinetuneConfig, ProbeText, TrainLog, run_finetune
-from workbench.core.jobs import CancelToken, JobContext
+from workbench.core.finetune import (
+    FinetuneConfig,
+    ProbeText,
+    TrainLog,
+    latest_checkpoint,
+    run_finetune,
+)
+from workbench.core.jobs import CancelToken, JobContext, LogLine
 from workbench.core.loader import load_model
 from workbench.core.runs import read_run
 
@@ -156,3 +167,222 @@ def test_monitor_reads_any_trainer_output(tmp_path):
         40, 100, 2.1, 2.3)
     with pytest.raises(WorkbenchError, match="not a training run"):
         read_run(tmp_path)
+
+
+# --- LoRA (peft) ----------------------------------------------------------------------------
+def lora_config(tmp_path, tiny, **changes):
+    return config(tmp_path, tiny, "lm", lora=True, lora_r=4, lora_alpha=8, learning_rate=1e-2,
+                  **changes)
+
+
+def trainable_line(events):
+    lines = [e.message for e in events if isinstance(e, LogLine) and "trainable" in e.message]
+    assert len(lines) == 1, lines
+    trainable, total = re.search(r"([\d,]+) trainable parameters of ([\d,]+)", lines[0]).groups()
+    return int(trainable.replace(",", "")), int(total.replace(",", ""))
+
+
+def test_lora_trains_only_the_adapter_and_the_final_model_has_it_merged(tmp_path, tiny):
+    import torch
+    from peft import PeftModel
+    from safetensors import safe_open
+    from transformers import AutoModelForCausalLM
+
+    events = []
+    result = run_finetune(lora_config(tmp_path, tiny), JobContext(emit=events.append))
+    run = tmp_path / "run"
+    trainable, total = trainable_line(events)
+    assert 0 < trainable < total / 10
+    losses = [e.loss for e in events if isinstance(e, TrainLog) and e.loss is not None]
+    assert len(losses) == 6 and all(math.isfinite(v) for v in losses)
+    # Checkpoints hold the adapter only: nothing else was trained.
+    checkpoint = run / "checkpoint-6"
+    assert not (checkpoint / "model.safetensors").exists()
+    with safe_open(str(checkpoint / "adapter_model.safetensors"), "pt") as f:
+        sizes = {k: math.prod(f.get_slice(k).get_shape()) for k in f.keys()}
+    assert sizes and all("lora_" in k for k in sizes) and sum(sizes.values()) == trainable
+    assert result.adapter == str(run / "adapter") and "merged" in result.summary
+    # The final folder is a plain model every tab loads, with the adapter merged in ...
+    final = load_model(result.final_model)
+    assert final.task == "causal-lm" and not (run / "final" / "adapter_config.json").exists()
+    base = load_model(str(tiny("llama")))
+    tuned, frozen = final.model.state_dict(), base.model.state_dict()
+    assert tuned.keys() == frozen.keys()
+    changed = {k for k in tuned if not torch.equal(tuned[k], frozen[k])}
+    assert changed and all(("q_proj" in k or "v_proj" in k) for k in changed)
+    # ... and it is exactly the untouched base plus the saved adapter: the base weights did
+    # not move during training.
+    rebuilt = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(tiny("llama")), str(run / "adapter")
+    ).merge_and_unload().state_dict()
+    for key, value in tuned.items():
+        assert torch.allclose(rebuilt[key], value, atol=1e-6), key
+
+
+def test_lora_stop_and_resume_continue_at_the_same_step(tmp_path, tiny):
+    whole = []
+    run_finetune(lora_config(tmp_path / "a", tiny, output_dir=str(tmp_path / "a" / "run")),
+                 JobContext(emit=whole.append))
+    token = CancelToken()
+
+    def stop_at_3(event):
+        if isinstance(event, TrainLog) and event.step == 3 and event.loss is not None:
+            token.cancel()
+
+    cfg = lora_config(tmp_path / "b", tiny, output_dir=str(tmp_path / "b" / "run"),
+                      save_steps=100)
+    stopped = run_finetune(cfg, JobContext(token, stop_at_3))
+    assert stopped.stopped and stopped.checkpoint.endswith("checkpoint-3")
+    assert (tmp_path / "b" / "run" / "checkpoint-3" / "adapter_model.safetensors").is_file()
+    second = []
+    resumed = run_finetune(cfg, JobContext(emit=second.append), resume=True)
+    assert resumed.global_step == 6 and resumed.adapter and load_model(resumed.final_model)
+    lr = {e.step: e.learning_rate for e in whole if isinstance(e, TrainLog) and e.loss}
+    loss = {e.step: e.loss for e in whole if isinstance(e, TrainLog) and e.loss}
+    rows = [e for e in second if isinstance(e, TrainLog) and e.loss is not None]
+    assert [e.step for e in rows] == [4, 5, 6]
+    for e in rows:
+        assert e.learning_rate == pytest.approx(lr[e.step])
+        assert e.loss == pytest.approx(loss[e.step], rel=1e-3)
+
+
+@pytest.mark.parametrize("task, change, message", [
+    ("classify", {}, "LoRA is for causal-LM fine-tuning \\(task lm\\) only"),
+    ("lm", dict(lora_r=0), "LoRA rank r must be at least 1"),
+    ("lm", dict(lora_dropout=1.0), r"LoRA dropout must be in \[0, 1\)"),
+    ("lm", dict(lora_target_modules="q_proj, nope"),
+     "This llama model has no module named nope for LoRA; its linear layers: "
+     "down_proj, gate_proj, k_proj, lm_head, o_proj, q_proj, up_proj, v_proj"),
+    ("lm", dict(lora_target_modules="k_proj,o_proj"), None),  # named ones are used
+])
+def test_lora_settings(tmp_path, tiny, task, change, message):
+    if message is None:
+        events = []
+        run_finetune(config(tmp_path, tiny, task, lora=True, max_steps=1, **change),
+                     JobContext(emit=events.append))
+        assert any("on k_proj, o_proj:" in e.message for e in events if isinstance(e, LogLine))
+        return
+    with pytest.raises(WorkbenchError, match=message):
+        run_finetune(config(tmp_path, tiny, task, lora=True, **change))
+
+
+def test_lora_asks_for_target_modules_where_peft_has_no_default(tmp_path, tiny):
+    with pytest.raises(WorkbenchError, match="peft has no default LoRA target modules for "
+                       "xlnet models: name them \\(its linear layers: .*layer_1"):
+        run_finetune(config(tmp_path, tiny, "lm", model=str(tiny("xlnet")), lora=True))
+
+
+def test_lora_settings_survive_run_json():
+    cfg = FinetuneConfig.from_dict({"task": "lm", "model": "m", "train_file": "t",
+                                    "output_dir": "o", "lora": True,
+                                    "lora_target_modules": "q_proj, v_proj"})
+    assert cfg.lora_target_modules == ["q_proj", "v_proj"]
+    again = FinetuneConfig.from_dict(json.loads(cfg.to_json()))
+    assert again == cfg
+
+
+# --- a disk that fills ----------------------------------------------------------------------
+def disk_full(*args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+@pytest.mark.parametrize("error", ["ENOSPC", "torch"])
+def test_a_full_disk_while_saving_a_checkpoint_keeps_the_run(tmp_path, tiny, monkeypatch, error):
+    from transformers import Trainer
+
+    real_save, real_usage = Trainer._save_optimizer_and_scheduler, shutil.disk_usage
+    full = {"now": False}
+
+    def fill_at_6(self, output_dir):  # the weights of checkpoint-6 are written, then no room
+        if output_dir.endswith("checkpoint-6"):
+            full["now"] = True
+            if error == "ENOSPC":
+                disk_full()
+            # what torch.save says on a full disk (measured on a full tmpfs)
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos "
+                               "117824 vs 117712")
+        real_save(self, output_dir)
+
+    monkeypatch.setattr(Trainer, "_save_optimizer_and_scheduler", fill_at_6)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: real_usage(path)._replace(
+        free=0 if full["now"] else real_usage(path).free))
+    cfg = config(tmp_path, tiny, "lm")
+    with pytest.raises(WorkbenchError) as info:
+        run_finetune(cfg)
+    run = tmp_path / "run"
+    assert str(info.value) == (
+        "The disk is full while saving checkpoint-6 (checkpoint-6 was incomplete and is "
+        f"removed): free space and resume; the last complete checkpoint is checkpoint-3 in {run}.")
+    assert not (run / "checkpoint-6").exists() and not (run / "final").exists()
+    assert (run / "checkpoint-3" / "trainer_state.json").is_file()
+    monkeypatch.undo()
+    resumed = run_finetune(cfg, resume=True)
+    assert resumed.global_step == 6 and load_model(resumed.final_model).task == "causal-lm"
+
+
+def test_other_errors_while_saving_are_not_called_a_full_disk(tmp_path, tiny, monkeypatch):
+    from transformers import Trainer
+
+    def broken(self, output_dir):
+        raise RuntimeError("unexpected pos 1 vs 2")
+
+    monkeypatch.setattr(Trainer, "_save_optimizer_and_scheduler", broken)
+    with pytest.raises(RuntimeError, match="unexpected pos"):  # plenty of space left
+        run_finetune(config(tmp_path, tiny, "lm", max_steps=3))
+    assert latest_checkpoint(tmp_path / "run") is None  # the partial one is not complete
+
+
+def test_a_half_written_checkpoint_is_never_resumed(tmp_path):
+    run = tmp_path / "run"
+    for step, state in ((3, '{"global_step": 3}'), (6, '{"global_st'), (9, None)):
+        (run / f"checkpoint-{step}").mkdir(parents=True)
+        (run / f"checkpoint-{step}" / "model.safetensors").write_bytes(b"x")
+        if state is not None:
+            (run / f"checkpoint-{step}" / "trainer_state.json").write_text(state)
+    assert latest_checkpoint(run) == run / "checkpoint-3"
+
+
+def test_a_full_disk_while_saving_the_final_model(tmp_path, tiny, monkeypatch):
+    from transformers import PreTrainedTokenizerBase
+
+    real = PreTrainedTokenizerBase.save_pretrained
+
+    def fill_in_final(self, folder, *args, **kwargs):  # the weights are written, then no room
+        if "final" in Path(folder).name:
+            disk_full()
+        return real(self, folder, *args, **kwargs)
+
+    monkeypatch.setattr(PreTrainedTokenizerBase, "save_pretrained", fill_in_final)
+    cfg = config(tmp_path, tiny, "lm")
+    with pytest.raises(WorkbenchError, match="The disk is full while saving the final model: "
+                       "free space and resume; the last complete checkpoint is checkpoint-6"):
+        run_finetune(cfg)
+    run = tmp_path / "run"
+    assert not any(p.name.startswith((".final", "final")) for p in run.iterdir())
+    monkeypatch.undo()
+    resumed = run_finetune(cfg, resume=True)  # nothing left to train: it saves the model
+    assert resumed.global_step == 6 and load_model(resumed.final_model).task == "causal-lm"
+
+
+def test_too_little_free_space_refuses_to_start(tmp_path, tiny, monkeypatch):
+    real = shutil.disk_usage
+    free = {"bytes": 1000}
+
+    def fake(path):
+        usage = real(path)
+        return usage._replace(free=free["bytes"]) if str(path).startswith(str(tmp_path)) \
+            else usage
+
+    monkeypatch.setattr(shutil, "disk_usage", fake)
+    with pytest.raises(WorkbenchError, match="Only 1000 bytes is free on the disk of .*: the "
+                       "trained model alone needs about .* KB. Free space or choose"):
+        run_finetune(config(tmp_path / "a", tiny))
+    assert not (tmp_path / "a" / "run" / "run.json").exists()  # nothing started
+    free["bytes"] = 200 * 1024  # room for the model (~100 KB), not for its checkpoints: on,
+    # with a warning
+    events = []
+    result = run_finetune(config(tmp_path / "b", tiny, max_steps=2, save_steps=1),
+                          JobContext(emit=events.append))
+    warnings = [e.message for e in events if isinstance(e, LogLine) and e.level == "warning"]
+    assert result.global_step == 2 and any("2 checkpoint(s) and final model" in w
+                                           for w in warnings)

@@ -109,3 +109,29 @@ def test_export_launch_command(qtbot, window, tmp_path):
     assert command == f"accelerate launch -m workbench.train --config {tmp_path / 'run' / 'launch.json'}"
     data = json.loads((tmp_path / "run" / "launch.json").read_text())
     assert data["max_steps"] == 6 and data["task"] == "classify"
+
+
+def test_lora_controls_only_for_causal_lms_and_remembered(qtbot, window):
+    from PySide6.QtCore import QSettings
+
+    from workbench.ui.state import restore_controls, save_controls
+
+    tab = window.tab_pages[2]
+    tab.task.setCurrentIndex(1)  # lm
+    assert tab.lora.isEnabled() and not tab.lora_r.isEnabled()  # its settings wait for it
+    tab.lora.setChecked(True)
+    assert all(w.isEnabled() for w in (tab.lora_r, tab.lora_alpha, tab.lora_dropout,
+                                       tab.lora_targets))
+    tab.lora_r.setValue(4)
+    tab.lora_targets.setText("q_proj, v_proj")
+    config = tab.config()
+    assert (config.lora, config.lora_r, config.lora_alpha, config.lora_target_modules) == (
+        True, 4, 16, ["q_proj", "v_proj"])
+    tab.task.setCurrentIndex(0)  # classify: LoRA is off, whatever the box says
+    assert not tab.lora.isEnabled() and not tab.lora_r.isEnabled()
+    assert tab.config().lora is False
+    save_controls(tab, QSettings(), "check")  # as the window does when it closes
+    tab.lora.setChecked(False)
+    tab.lora_r.setValue(8)
+    restore_controls(tab, QSettings(), "check")
+    assert tab.lora.isChecked() and tab.lora_r.value() == 4

@@ -111,6 +111,15 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--save-steps", type=int, default=50)
     ft.add_argument("--probe", action="append", default=[], help="a probe prompt (lm; repeat)")
     ft.add_argument("--probe-every", type=int, default=0)
+    ft.add_argument("--lora", action="store_true",
+                    help="train a LoRA adapter (peft) instead of every weight (lm only); the "
+                    "final model has it merged in, the run's adapter/ keeps it")
+    ft.add_argument("--lora-r", type=int, default=8, help="LoRA rank")
+    ft.add_argument("--lora-alpha", type=int, default=16, help="LoRA scaling alpha")
+    ft.add_argument("--lora-dropout", type=float, default=0.05)
+    ft.add_argument("--lora-target-modules", default="", metavar="A,B",
+                    help="module names to adapt, e.g. q_proj,v_proj (default: peft's choice "
+                    "for the architecture)")
     ft.add_argument("--resume", action="store_true",
                     help="continue the run in --output from its last checkpoint")
     ft.add_argument("--json", action="store_true", help="print one JSON document at the end")
@@ -392,7 +401,13 @@ def cmd_attention(args: argparse.Namespace) -> int:
 
 def cmd_finetune(args: argparse.Namespace) -> int:
     from workbench.core.catalog import MINILM, SMOLLM2
-    from workbench.core.finetune import FinetuneConfig, ProbeText, TrainLog, run_finetune
+    from workbench.core.finetune import (
+        FinetuneConfig,
+        ProbeText,
+        TrainLog,
+        run_finetune,
+        split_names,
+    )
     from workbench.core.jobs import JobContext
 
     model = args.model or (SMOLLM2.name if args.task == "lm" else MINILM.name)
@@ -405,7 +420,9 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         gradient_accumulation=args.gradient_accumulation, max_length=args.max_length,
         weight_decay=args.weight_decay, seed=args.seed, logging_steps=args.logging_steps,
         eval_steps=args.eval_steps, save_steps=args.save_steps, probe_prompts=args.probe,
-        probe_every=args.probe_every)
+        probe_every=args.probe_every, lora=args.lora, lora_r=args.lora_r,
+        lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
+        lora_target_modules=split_names(args.lora_target_modules))
     config.validate()
     bar = TerminalProgress(quiet=args.json)
 
@@ -427,6 +444,9 @@ def cmd_finetune(args: argparse.Namespace) -> int:
             print("  ".join(parts), flush=True)
         elif isinstance(event, ProbeText):
             print(f"  probe @{event.step} {event.prompt!r} -> {event.text!r}", flush=True)
+        elif isinstance(event, LogLine) and event.level == "info" and \
+                event.message.startswith("LoRA"):
+            print(event.message, flush=True)  # what trains, and where the adapter went
 
     result = run_finetune(config, JobContext(emit=report), resume=args.resume)
     bar.finish()
@@ -434,7 +454,9 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         _print_json(vars(result))
     else:
         print(f"{'stopped' if result.stopped else 'finished'} at step {result.global_step}; "
-              f"final model: {result.final_model or '-'}; checkpoint: {result.checkpoint or '-'}")
+              f"final model: {result.final_model or '-'}; checkpoint: {result.checkpoint or '-'}"
+              + (f"; LoRA adapter: {result.adapter} (merged into the final model)"
+                 if result.adapter else ""))
     return 0
 
 

@@ -27,7 +27,9 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError, TypeError, WorkbenchError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"finished at step {result.global_step}: {result.final_model or result.checkpoint}")
+    print(f"finished at step {result.global_step}: {result.final_model or result.checkpoint}"
+          + (f" (LoRA adapter merged in; the adapter alone: {result.adapter})"
+             if result.adapter else ""))
     return 0
 
 

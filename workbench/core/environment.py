@@ -7,7 +7,7 @@ from importlib import metadata
 from workbench import __version__
 
 LIBRARIES = ("PySide6", "torch", "transformers", "tokenizers", "accelerate", "safetensors",
-             "gguf", "huggingface_hub", "pyqtgraph", "bertviz", "sacrebleu")
+             "gguf", "huggingface_hub", "pyqtgraph", "bertviz", "sacrebleu", "peft")
 
 
 def library_versions(names: tuple[str, ...] = LIBRARIES) -> dict[str, str]:

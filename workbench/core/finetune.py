@@ -6,14 +6,23 @@ A run folder holds ``run.json`` (the configuration), ``metrics.jsonl`` (one line
 logged step, written as training goes, so any process can follow it), the Trainer's
 ``checkpoint-N`` folders with ``trainer_state.json``, TensorBoard event files when
 tensorboard is installed, and ``final/``: the trained model, loadable by every tab.
+With LoRA (peft, causal LMs only) the checkpoints hold the adapter, ``adapter/`` keeps the
+trained adapter and ``final/`` holds the base model with the adapter merged in.
+
+A checkpoint counts as complete only once its ``trainer_state.json`` (which the Trainer
+writes last) is there and reads as JSON, and ``final/`` appears only once it is whole: a
+disk that fills during a run never leaves a half-written folder that looks finished.
 """
 
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
 import math
+import os
+import shutil
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -26,6 +35,7 @@ from workbench.core.jobs import JobContext
 RUN_FILE = "run.json"
 METRICS_FILE = "metrics.jsonl"
 FINAL_DIR = "final"
+ADAPTER_DIR = "adapter"
 
 
 @dataclass
@@ -55,6 +65,15 @@ class FinetuneConfig:
     save_steps: int = 50
     probe_prompts: list[str] = field(default_factory=list)
     probe_every: int = 0  # steps; 0: no probes
+    lora: bool = False  # train a LoRA adapter (peft) instead of every weight; lm only
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    lora_target_modules: list[str] = field(default_factory=list)  # empty: peft's default
+
+    def __post_init__(self) -> None:
+        if isinstance(self.lora_target_modules, str):  # "q_proj, v_proj" in a hand-written file
+            self.lora_target_modules = split_names(self.lora_target_modules)
 
     def validate(self) -> None:
         checks = [
@@ -68,6 +87,14 @@ class FinetuneConfig:
             (self.logging_steps >= 1 and self.eval_steps >= 1 and self.save_steps >= 1,
              "Logging, evaluation and save intervals must be at least 1 step."),
         ]
+        if self.lora:
+            checks += [
+                (self.task == "lm", "LoRA is for causal-LM fine-tuning (task lm) only: turn "
+                 "LoRA off to fine-tune a classifier."),
+                (self.lora_r >= 1, "The LoRA rank r must be at least 1."),
+                (self.lora_alpha > 0, "The LoRA alpha must be above 0."),
+                (0 <= self.lora_dropout < 1, "The LoRA dropout must be in [0, 1)."),
+            ]
         for ok, message in checks:
             if not ok:
                 raise WorkbenchError(message)
@@ -79,6 +106,11 @@ class FinetuneConfig:
     def from_dict(cls, data: dict) -> FinetuneConfig:
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def split_names(text: str) -> list[str]:
+    """``"q_proj, v_proj"`` → ``["q_proj", "v_proj"]`` (a comma list of module names)."""
+    return [name.strip() for name in text.split(",") if name.strip()]
 
 
 # --- data ---------------------------------------------------------------------------------
@@ -254,20 +286,34 @@ class RunResult:
     checkpoint: str | None
     train_loss: float | None
     summary: str = ""
+    adapter: str | None = None  # the LoRA adapter folder, when the run trained one
 
 
 # --- the run ------------------------------------------------------------------------------
-def latest_checkpoint(folder: Path) -> Path | None:
-    """The newest complete ``checkpoint-N`` (one with trainer_state.json) in ``folder``."""
+def _checkpoints(folder: Path) -> list[tuple[int, Path]]:
     found = []
     for path in folder.glob("checkpoint-*"):
         try:
-            step = int(path.name.split("-")[-1])
+            found.append((int(path.name.split("-")[-1]), path))
         except ValueError:
             continue
-        if (path / "trainer_state.json").is_file():
-            found.append((step, path))
-    return max(found)[1] if found else None
+    return sorted(found)
+
+
+def checkpoint_complete(path: Path) -> bool:
+    """True when the Trainer finished writing ``path``: it writes trainer_state.json last,
+    so a checkpoint cut short (a full disk, a crash) has none, or a truncated one."""
+    try:
+        json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def latest_checkpoint(folder: Path) -> Path | None:
+    """The newest complete ``checkpoint-N`` in ``folder`` (see :func:`checkpoint_complete`)."""
+    complete = [path for _, path in _checkpoints(folder) if checkpoint_complete(path)]
+    return complete[-1] if complete else None
 
 
 def check_output_dir(config: FinetuneConfig, resume: bool) -> Path:
@@ -328,6 +374,12 @@ def run_finetune(config: FinetuneConfig, ctx: JobContext | None = None, resume: 
     data = prepare_data(config, tokenizer)
     ctx.log(data.summary)
     model = _model_for(config, loaded, data.labels)
+    if config.lora:
+        torch.manual_seed(config.seed)  # the adapter's initial weights follow the run's seed
+        model, note = _with_lora(model, config)
+        ctx.log(note)
+    check_free_space(folder, model, _checkpoint_count(config, len(data.train)), config.lora,
+                     ctx)
     (folder / RUN_FILE).write_text(config.to_json(), encoding="utf-8")
     metrics_path = folder / METRICS_FILE
     started = time.perf_counter()
@@ -395,11 +447,12 @@ def run_finetune(config: FinetuneConfig, ctx: JobContext | None = None, resume: 
     torch.manual_seed(config.seed)
     try:
         output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    except (OSError, RuntimeError) as exc:
-        if "No space left" in str(exc):
-            raise WorkbenchError("The disk is full: training stopped. The last complete "
-                                 "checkpoint is kept; free space and resume.") from exc
-        raise
+    except Exception as exc:
+        if not _is_disk_full(exc, folder):
+            raise
+        removed = _drop_incomplete_checkpoints(folder)
+        what = removed[-1] if removed else f"the run's logs at step {trainer.state.global_step}"
+        raise _disk_full_error(folder, what, removed) from exc
     if state["nan"] is not None:
         raise WorkbenchError(f"The loss became NaN or infinite at step {state['nan']}: the run "
                              "stopped. Lower the learning rate and start again (or resume "
@@ -413,11 +466,177 @@ def run_finetune(config: FinetuneConfig, ctx: JobContext | None = None, resume: 
                          output.training_loss, data.summary)
     ctx.progress("Saving the final model…", None)
     final = folder / FINAL_DIR
-    trainer.save_model(str(final))
-    tokenizer.save_pretrained(str(final))
+    adapter = folder / ADAPTER_DIR if config.lora else None
+    summary = data.summary
+    try:
+        if adapter is None:
+            _save_whole(final, lambda out: (trainer.save_model(out),
+                                            tokenizer.save_pretrained(out)))
+        elif trainer.args.should_save:  # one process writes (under accelerate launch)
+            peft_model = trainer.model
+            _save_whole(adapter, peft_model.save_pretrained)
+            merged = peft_model.merge_and_unload()  # plain weights: every tab can load them
+            _save_whole(final, lambda out: (merged.save_pretrained(out),
+                                            tokenizer.save_pretrained(out)))
+    except Exception as exc:
+        if not _is_disk_full(exc, folder):
+            raise
+        raise _disk_full_error(folder, "the final model", []) from exc
+    if adapter is not None:
+        summary += (f"; LoRA: the adapter is in {ADAPTER_DIR}/ and merged into the base "
+                    f"weights in {FINAL_DIR}/")
+        ctx.log(f"LoRA adapter saved in {adapter}; {final} holds the base model with the "
+                "adapter merged in.")
     last = latest_checkpoint(folder)
     return RunResult(str(folder), str(final), step, False, str(last) if last else None,
-                     output.training_loss, data.summary)
+                     output.training_loss, summary, str(adapter) if adapter else None)
+
+
+def _with_lora(model: Any, config: FinetuneConfig) -> tuple[Any, str]:
+    """``model`` wrapped by peft so that only a LoRA adapter trains, and a line saying how
+    many parameters that is."""
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    lora = LoraConfig(task_type=TaskType.CAUSAL_LM, r=config.lora_r,
+                      lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+                      target_modules=config.lora_target_modules or None)
+    kind = getattr(model.config, "model_type", "this")
+    layers = ", ".join(_linear_layer_names(model)) or "none found"
+    names = [name for name, _ in model.named_modules()]
+    # peft only complains when no name matches: a misspelt one among several would
+    # silently adapt fewer layers than asked.
+    missing = [t for t in config.lora_target_modules
+               if not any(n == t or n.endswith("." + t) for n in names)]
+    if missing:
+        raise WorkbenchError(f"This {kind} model has no module named {', '.join(missing)} for "
+                             f"LoRA; its linear layers: {layers}.")
+    try:
+        wrapped = get_peft_model(model, lora)
+    except ValueError as exc:
+        if "target_modules" in str(exc):
+            raise WorkbenchError(f"peft has no default LoRA target modules for {kind} models: "
+                                 f"name them (its linear layers: {layers}).") from None
+        raise WorkbenchError(f"peft cannot add LoRA to this {kind} model: {exc}") from None
+    trainable, total = wrapped.get_nb_trainable_parameters()
+    targets = wrapped.peft_config["default"].target_modules
+    targets = sorted(targets) if isinstance(targets, (set, list, tuple)) else [str(targets)]
+    return wrapped, (f"LoRA (r={config.lora_r}, alpha={config.lora_alpha}, dropout="
+                     f"{config.lora_dropout}) on {', '.join(targets)}: {trainable:,} trainable "
+                     f"parameters of {total:,} ({100 * trainable / max(total, 1):.2f}%); the "
+                     "base weights stay frozen.")
+
+
+def _linear_layer_names(model: Any) -> list[str]:
+    """The distinct names of the linear layers of ``model`` (what LoRA can target)."""
+    import torch
+
+    names = set()
+    for name, module in model.named_modules():
+        # transformers' Conv1D (GPT-2) is a linear layer too
+        if name and (isinstance(module, torch.nn.Linear) or type(module).__name__ == "Conv1D"):
+            names.add(name.rsplit(".", 1)[-1])
+    return sorted(names)
+
+
+# --- disk space ---------------------------------------------------------------------------
+def _size(count: float) -> str:
+    for unit in ("bytes", "KB", "MB", "GB"):
+        if count < 1024:
+            return f"{count:.0f} {unit}" if unit == "bytes" else f"{count:.1f} {unit}"
+        count /= 1024
+    return f"{count:.1f} TB"
+
+
+def _checkpoint_count(config: FinetuneConfig, train_items: int) -> int:
+    """How many checkpoints the run will write (the Trainer also saves at the last step)."""
+    if config.max_steps > 0:
+        steps = config.max_steps
+    else:
+        per_epoch = math.ceil(train_items / config.batch_size / config.gradient_accumulation)
+        steps = math.ceil(per_epoch * config.epochs)
+    return math.ceil(steps / config.save_steps)
+
+
+def check_free_space(folder: Path, model: Any, checkpoints: int, lora: bool,
+                     ctx: JobContext) -> None:
+    """Refuse to start when the disk of ``folder`` cannot even hold the trained model;
+    warn when it cannot hold every checkpoint and the final model (the run will stop
+    with a clear message when the disk fills, and can be resumed)."""
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    trainable = sum(p.numel() * p.element_size() for p in model.parameters()
+                    if p.requires_grad)
+    # A checkpoint: the weights that train (all of them, or the adapter) and AdamW's two
+    # moments of each; the final model: every weight.
+    checkpoint = (trainable if lora else weights) + 2 * trainable
+    free = shutil.disk_usage(folder).free
+    if free < weights:
+        raise WorkbenchError(f"Only {_size(free)} is free on the disk of {folder}: the trained "
+                             f"model alone needs about {_size(weights)}. Free space or choose "
+                             "an output folder on another disk.")
+    whole = weights + checkpoints * checkpoint
+    if free < whole:
+        ctx.log(f"Only {_size(free)} is free on the disk of {folder}; this run's {checkpoints} "
+                f"checkpoint(s) and final model need about {_size(whole)}. It will stop with "
+                "a message if the disk fills: free space then and resume.", "warning")
+
+
+def _is_disk_full(exc: BaseException, folder: Path) -> bool:
+    """Whether ``exc`` (or an exception behind it) comes from a full disk (or quota)."""
+    seen = set()
+    error: BaseException | None = exc
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if "No space left" in str(error) or "Disk quota exceeded" in str(error):
+            return True  # safetensors says so in its own exception type
+        error = error.__cause__ or error.__context__
+    # torch.save on a full disk only says "unexpected pos …" (a RuntimeError): ask the disk.
+    if isinstance(exc, (OSError, RuntimeError)):
+        try:
+            return shutil.disk_usage(folder).free < 8 * 2**20
+        except OSError:
+            return False
+    return False
+
+
+def _drop_incomplete_checkpoints(folder: Path) -> list[str]:
+    """Remove checkpoint folders newer than the last complete one that were cut short
+    (they could never be resumed, and they hold the space that is missing)."""
+    last = latest_checkpoint(folder)
+    newest = int(last.name.split("-")[-1]) if last else -1
+    removed = []
+    for step, path in _checkpoints(folder):
+        if step > newest and not checkpoint_complete(path):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path.name)
+    return removed
+
+
+def _disk_full_error(folder: Path, what: str, removed: list[str]) -> WorkbenchError:
+    note = f" ({', '.join(removed)} was incomplete and is removed)" if removed else ""
+    last = latest_checkpoint(folder)
+    if last is None:
+        return WorkbenchError(f"The disk is full while saving {what}{note}: no checkpoint was "
+                              f"complete yet, so free space and start the run again in a new "
+                              f"folder.")
+    return WorkbenchError(f"The disk is full while saving {what}{note}: free space and resume; "
+                          f"the last complete checkpoint is {last.name} in {folder}.")
+
+
+def _save_whole(target: Path, write) -> None:
+    """``write(folder)`` into a scratch folder, renamed to ``target`` once it is all there:
+    a save cut short leaves no ``target`` that looks finished."""
+    scratch = target.with_name(f".{target.name}.incomplete")
+    shutil.rmtree(scratch, ignore_errors=True)
+    try:
+        write(str(scratch))
+    except BaseException:
+        shutil.rmtree(scratch, ignore_errors=True)
+        raise
+    if target.exists():  # a resumed run that goes further replaces its older final model
+        shutil.rmtree(target)
+    os.replace(scratch, target)
 
 
 def _model_for(config: FinetuneConfig, loaded: Any, labels: list[str]):

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from PySide6.QtCore import QSettings, Qt, QTimer, Signal
 from PySide6.QtWidgets import (
+    QCheckBox,
     QFileDialog,
     QFormLayout,
     QGridLayout,
@@ -35,6 +36,7 @@ from workbench.core.finetune import (
     RunResult,
     TrainLog,
     run_finetune,
+    split_names,
 )
 from workbench.core.runs import read_run
 from workbench.ui.skeleton import combo, dspin, line, spin, text_box
@@ -209,6 +211,17 @@ class FinetuneTab(WorkbenchTab):
                                       "The lighthouse keeper")
         self.probe_prompts.setMaximumHeight(50)
         self.probe_every = spin("probe-every", 0, 100000, 10)
+        self.lora = QCheckBox("Train a LoRA adapter (peft)")
+        self.lora.setObjectName("lora")
+        self.lora.setToolTip("Causal LM only: train small low-rank adapters instead of every "
+                             "weight. The final model has the adapter merged in; the run's "
+                             "adapter/ folder keeps it on its own.")
+        self.lora_r = spin("lora-r", 1, 4096, 8)
+        self.lora_alpha = spin("lora-alpha", 1, 65536, 16)
+        self.lora_dropout = dspin("lora-dropout", 0.0, 0.99, 0.05, decimals=2, step=0.05)
+        self.lora_targets = line("lora-target-modules", "", "default for the architecture "
+                                 "(e.g. q_proj,v_proj)")
+        self.lora.toggled.connect(self._task_changed)
         self.start_button = QPushButton("Start training")
         self.start_button.setObjectName("start-button")
         self.start_button.clicked.connect(lambda: self.start())
@@ -242,6 +255,9 @@ class FinetuneTab(WorkbenchTab):
                 ("Max length", self.max_length), ("Weight decay", self.weight_decay),
                 ("Seed", self.seed), ("Log every", self.logging_steps),
                 ("Evaluate every", self.eval_steps), ("Save every", self.save_steps),
+                ("LoRA", self.lora), ("LoRA rank r", self.lora_r),
+                ("LoRA alpha", self.lora_alpha), ("LoRA dropout", self.lora_dropout),
+                ("LoRA target modules", self.lora_targets),
                 ("Output folder", self.output_dir), ("Probe prompts", self.probe_prompts),
                 ("Probe every (steps)", self.probe_every)]:
             form.addRow(label, widget)
@@ -291,6 +307,9 @@ class FinetuneTab(WorkbenchTab):
         self.label_column.setEnabled(not lm)
         self.probe_prompts.setEnabled(lm)
         self.probe_every.setEnabled(lm)
+        self.lora.setEnabled(lm)  # peft's LoRA here is for causal LMs only
+        for widget in (self.lora_r, self.lora_alpha, self.lora_dropout, self.lora_targets):
+            widget.setEnabled(lm and self.lora.isChecked())
 
     def config(self) -> FinetuneConfig:
         lm = self.task.currentIndex() == 1
@@ -312,7 +331,10 @@ class FinetuneTab(WorkbenchTab):
             logging_steps=self.logging_steps.value(), eval_steps=self.eval_steps.value(),
             save_steps=self.save_steps.value(),
             probe_prompts=[p for p in self.probe_prompts.toPlainText().splitlines() if p.strip()]
-            if lm else [], probe_every=self.probe_every.value() if lm else 0)
+            if lm else [], probe_every=self.probe_every.value() if lm else 0,
+            lora=lm and self.lora.isChecked(), lora_r=self.lora_r.value(),
+            lora_alpha=self.lora_alpha.value(), lora_dropout=self.lora_dropout.value(),
+            lora_target_modules=split_names(self.lora_targets.text()))
 
     # --- running --------------------------------------------------------------------------------
     def start(self, resume: bool = False) -> None:
@@ -390,8 +412,10 @@ class FinetuneTab(WorkbenchTab):
         else:
             self.final_model = result.final_model
             self.use_button.setEnabled(bool(result.final_model))
+            merged = f" (LoRA adapter merged in; the adapter alone is in {result.adapter})" \
+                if result.adapter else ""
             self.eta.setText(f"Finished at step {result.global_step}; the model is in "
-                             f"{result.final_model}.")
+                             f"{result.final_model}{merged}.")
 
     def _on_ended(self, job_id: int, *args) -> None:
         if job_id == self.job_id:
