@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -54,9 +55,19 @@ def wait_until(app, condition, timeout_s: float) -> bool:
 def take_screenshots(window, folder: Path, app, demo: bool = True,
                      timeout_s: float = 300) -> list[Path]:
     """Save one PNG per tab; with ``demo``, after loading the model and a short generation."""
-    from workbench.core.generation import SamplingSettings
 
     folder.mkdir(parents=True, exist_ok=True)
+    run_root = tempfile.mkdtemp(prefix="lmwb-demo-run-")
+    try:
+        return _shoot(window, folder, app, demo, timeout_s, Path(run_root))
+    finally:  # the demo run's model is half a gigabyte: never leave it behind
+        shutil.rmtree(run_root, ignore_errors=True)
+
+
+def _shoot(window, folder: Path, app, demo: bool, timeout_s: float, run_root: Path
+           ) -> list[Path]:
+    from workbench.core.generation import SamplingSettings
+
     if demo:
         wait_until(app, lambda: window.loading, 5)  # the autoload is queued after show
         wait_until(app, lambda: not window.loading, timeout_s)
@@ -86,8 +97,7 @@ def take_screenshots(window, folder: Path, app, demo: bool = True,
             finetune.learning_rate.setValue(1e-4)
             finetune.batch_size.setValue(4)
             finetune.max_length.setValue(64)
-            run_root = tempfile.mkdtemp(prefix="lmwb-demo-run-")
-            finetune.output_dir.setText(str(Path(run_root) / "demo-run"))
+            finetune.output_dir.setText(str(run_root / "demo-run"))
             finetune.start()
             wait_until(app, lambda: finetune.job_id is None, timeout_s)
             evaluate = window.tab_pages[3]  # the base model against the fine-tuned one
