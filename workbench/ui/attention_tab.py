@@ -72,7 +72,8 @@ class AttentionTab(WorkbenchTab):
     def __init__(self, worker: ModelWorker, parent: QWidget | None = None) -> None:
         super().__init__(worker, parent)
         self.job_id: int | None = None
-        self.lens_job: int | None = None  # the logit lens runs after the page is shown
+        self.lens_job: int | None = None  # the logit lens runs after the page is drawn
+        self.lens_wanted = False  # a lens for the current view is still to be computed
         self.current: AttentionView | None = None
         self.stats: dict | None = None
         self.web = None
@@ -131,6 +132,8 @@ class AttentionTab(WorkbenchTab):
         self.lens_table = QTableWidget(0, 0)
         self.lens_table.setObjectName("logit-lens")
         self.results.addTab(self.lens_table, "Logit lens")
+        self.results.currentChanged.connect(
+            lambda _: self.results.currentWidget() is self.lens_table and self.start_lens())
         positions_page = QWidget()
         self.positions_note = QLabel("Run to see how this model encodes positions.")
         self.positions_note.setObjectName("positions-note")
@@ -276,8 +279,16 @@ class AttentionTab(WorkbenchTab):
             return
         self.job_id = None
         self.run_button.setEnabled(True)
+        self.lens_wanted = outcome.result.is_decoder
         self.show_view(outcome)
-        if outcome.result.is_decoder:
+        if self.results.currentWidget() is self.lens_table or self.web is None:
+            self.start_lens()
+
+    def start_lens(self, *_args) -> None:
+        """Compute the logit lens of the current view, once: after the bertviz page has
+        loaded (its drawing and the lens would share the CPU) or when the lens is opened."""
+        if self.lens_wanted and self.lens_job is None:
+            self.lens_wanted = False
             self.lens_job = self.worker.submit("Logit lens", self.lens_function)
 
     def _on_ended(self, job_id: int, *args) -> None:
@@ -294,6 +305,7 @@ class AttentionTab(WorkbenchTab):
             from workbench.ui.web_view import OfflineWebView
 
             self.web = OfflineWebView()
+            self.web.loaded.connect(self.start_lens)
             self.web_placeholder.hide()
             self.web_holder.layout().addWidget(self.web)
         return self.web

@@ -216,7 +216,8 @@ def _svg_ready(app, tab, timeout: float = 60) -> bool:
     """Wait until the web view shows the page's token labels."""
     from workbench.ui.launch import wait_until
 
-    marker = len(tab.current.result.tokens) if tab.current else 1
+    # the page draws the first "bertviz tokens" of the analysed ones
+    marker = min(len(tab.current.result.tokens), tab.page_tokens.value()) if tab.current else 1
     answers: list = []
     deadline = time.perf_counter() + timeout
     while time.perf_counter() < deadline:
