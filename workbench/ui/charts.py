@@ -9,6 +9,8 @@ from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import QVBoxLayout, QWidget
 
 pg.setConfigOptions(antialias=True, background="w", foreground="k")
+# Curves use 1-pixel pens: Qt strokes wider antialiased lines in software, about 4 times
+# slower, and the charts repaint while a model runs.
 
 RAW_BRUSH = pg.mkBrush(170, 170, 170)
 KEPT_BRUSH = pg.mkBrush(52, 120, 200)
@@ -80,6 +82,14 @@ class CandidateChart(QWidget):
         self.plot.setXRange(-0.7, max(len(xs), 1) - 0.3)
 
 
+def round_ceiling(value: float) -> float:
+    """The smallest of 1, 2, 5 × 10^k that is at least ``value``."""
+    if value <= 0 or not math.isfinite(value):
+        return 1.0
+    power = 10 ** math.floor(math.log10(value))
+    return next(m * power for m in (1, 2, 5, 10) if m * power >= value)
+
+
 class StepCurves(QWidget):
     """Per-step curves: entropy and surprisal (bits), and the size of the kept set."""
 
@@ -90,9 +100,9 @@ class StepCurves(QWidget):
         self.bits.setLabel("left", "bits")
         self.bits.addLegend(offset=(10, 5))
         self.bits.showGrid(y=True, alpha=0.3)
-        self.entropy = self.bits.plot([], [], pen=pg.mkPen(PALETTE[0], width=2),
+        self.entropy = self.bits.plot([], [], pen=pg.mkPen(PALETTE[0], width=1),
                                       name="entropy (processed)")
-        self.surprisal = self.bits.plot([], [], pen=pg.mkPen(PALETTE[1], width=2),
+        self.surprisal = self.bits.plot([], [], pen=pg.mkPen(PALETTE[1], width=1),
                                         symbol="o", symbolSize=4, symbolBrush=PALETTE[1],
                                         name="surprisal of chosen token")
         self.kept = pg.PlotWidget()
@@ -100,7 +110,7 @@ class StepCurves(QWidget):
         self.kept.setLabel("bottom", "step")
         self.kept.getAxis("left").enableAutoSIPrefix(False)
         self.kept.setXLink(self.bits)
-        self.kept_curve = self.kept.plot([], [], pen=pg.mkPen(PALETTE[2], width=2),
+        self.kept_curve = self.kept.plot([], [], pen=pg.mkPen(PALETTE[2], width=1),
                                          stepMode=None)
         self.markers = [pg.InfiniteLine(angle=90, pen=pg.mkPen(120, 120, 120, style=Qt.PenStyle.DashLine))
                         for _ in range(2)]
@@ -111,13 +121,27 @@ class StepCurves(QWidget):
         layout.addWidget(self.bits, 3)
         layout.addWidget(self.kept, 2)
 
-    def set_steps(self, entropy: list[float], surprisal: list[float], kept: list[int]) -> None:
+    def set_steps(self, entropy: list[float], surprisal: list[float], kept: list[int],
+                  streaming_to: int | None = None) -> None:
+        """Show the curves. While a generation of ``streaming_to`` steps streams in, the
+        ranges are fixed (x to every step, y to a round ceiling that rarely changes), so
+        a new point does not re-layout the axes; at the end they fit the data again."""
         xs = list(range(len(entropy)))
         finite = [(x, e, s, k) for x, e, s, k in zip(xs, entropy, surprisal, kept, strict=True)
                   if not (math.isnan(e) or math.isnan(s))]
         self.entropy.setData([f[0] for f in finite], [f[1] for f in finite])
         self.surprisal.setData([f[0] for f in finite], [f[2] for f in finite])
         self.kept_curve.setData([f[0] for f in finite], [f[3] for f in finite])
+        for plot, values in ((self.bits, [v for f in finite for v in f[1:3]]),
+                             (self.kept, [f[3] for f in finite])):
+            box = plot.getViewBox()
+            if streaming_to is None:
+                box.enableAutoRange()
+                continue
+            box.disableAutoRange()
+            top = round_ceiling(max(values, default=1.0))
+            if box.viewRange()[1] != [0, top] or box.viewRange()[0] != [0, streaming_to]:
+                box.setRange(xRange=(0, streaming_to), yRange=(0, top), padding=0)
 
     def mark(self, step: int | None) -> None:
         for line in self.markers:
@@ -150,7 +174,7 @@ class OverlayCurves(QWidget):
     def set_series(self, names: list[str], series: list[list[float]], diverge: int | None) -> None:
         while len(self.curves) < len(names):
             color = PALETTE[len(self.curves) % len(PALETTE)]
-            self.curves.append(self.plot.plot([], [], pen=pg.mkPen(color, width=2), symbol="o",
+            self.curves.append(self.plot.plot([], [], pen=pg.mkPen(color, width=1), symbol="o",
                                               symbolSize=4, symbolBrush=color,
                                               name=f"s{len(self.curves)}"))
         for i, curve in enumerate(self.curves):

@@ -189,7 +189,7 @@ class EvaluateTab(WorkbenchTab):
         self.surprisal_plot.showGrid(y=True, alpha=0.3)
         self.surprisal_plot.addLegend(offset=(-10, 10))
         self.surprisal_curves = [
-            self.surprisal_plot.plot([], [], pen=pg.mkPen(colour, width=1.5))
+            self.surprisal_plot.plot([], [], pen=pg.mkPen(colour, width=1))
             for colour in ((31, 119, 180), (255, 127, 14))]
         self.plot_holder.layout().addWidget(self.surprisal_plot)
         if self.ppl_results:

@@ -62,13 +62,13 @@ class RunCurves:
     def __init__(self, charts: dict, name: str, color) -> None:
         import pyqtgraph as pg
 
-        pen = pg.mkPen(color, width=2)
+        pen = pg.mkPen(color, width=1)
         light = pg.mkPen((*color, 90), width=1)
         self.name = name
         self.raw = charts["loss"].plot([], [], pen=None, symbol="o", symbolSize=3,
                                        symbolBrush=(*color, 120), symbolPen=None)
         self.smooth = charts["loss"].plot([], [], pen=pen, name=f"{name} loss")
-        self.eval = charts["loss"].plot([], [], pen=pg.mkPen(color, width=2,
+        self.eval = charts["loss"].plot([], [], pen=pg.mkPen(color, width=1,
                                                              style=Qt.PenStyle.DashLine),
                                         symbol="s", symbolSize=6, symbolBrush=color,
                                         name=f"{name} validation")

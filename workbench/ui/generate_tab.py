@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import time
 from dataclasses import asdict
 
 from PySide6.QtCore import QSettings, Qt, QTimer, Signal
@@ -90,6 +91,7 @@ class GenerateTab(WorkbenchTab):
         self.flush_timer = QTimer(self)  # tokens arrive faster than a repaint should happen
         self.flush_timer.setInterval(40)
         self.flush_timer.timeout.connect(self.flush_tokens)
+        self.curves_drawn = 0.0  # when the step curves were last redrawn while streaming
         self.compare_owners: list[int] = []
         self.compare_views: list[TokenView] = []
         self.compare_pending: list[TokenEvent] = []
@@ -506,7 +508,9 @@ class GenerateTab(WorkbenchTab):
         elif job_id == self.compare_job:
             self.compare_pending.append(event)
 
-    def flush_tokens(self) -> None:
+    def flush_tokens(self, final: bool = False) -> None:
+        """Show the tokens that arrived. The text follows every 40 ms; the curves, whose
+        repaint costs more, every 300 ms while streaming and once more at the end."""
         shown = max(self.sequence_picker.currentIndex(), 0)
         for event in self.pending:
             if event.step is not None:
@@ -515,7 +519,9 @@ class GenerateTab(WorkbenchTab):
                 self.output.append_token(event.text, event.probability, token_tooltip(event.step))
         if self.pending:
             self.output.ensureCursorVisible()
+        if (self.pending or final) and (final or time.monotonic() - self.curves_drawn > 0.3):
             self._update_curves()
+            self.curves_drawn = time.monotonic()
         self.pending.clear()
         self._flush_compare()
 
@@ -533,8 +539,9 @@ class GenerateTab(WorkbenchTab):
         if self.step_curves is None:
             return
         steps = self.current_steps()
+        streaming = self.settings().max_new_tokens if self.job_id is not None else None
         self.step_curves.set_steps([s.entropy for s in steps], [s.surprisal for s in steps],
-                                   [s.kept_count for s in steps])
+                                   [s.kept_count for s in steps], streaming)
         self.step_curves.mark(self.selected_step)
 
     def select_step(self, index: int) -> None:
@@ -886,9 +893,9 @@ class GenerateTab(WorkbenchTab):
             self._done(job_id)
 
     def _done(self, job_id: int) -> None:
-        self.flush_tokens()
         if job_id == self.job_id:
             self.job_id = None
+        self.flush_tokens(final=True)  # after job_id is cleared: the curves fit the data
         if job_id == self.compare_job:
             self.compare_job = None
         if self.job_id is None and self.compare_job is None:
