@@ -32,6 +32,20 @@ def _window_with_model(emit: Callable[[Any], None], model: str = "SmolLM2-135M-I
     return app, window
 
 
+def _run_loop_until(done: Callable[[], bool]) -> None:
+    """Run the event loop as the app does (blocking in exec) until ``done()``, checked
+    every 100 ms."""
+    from PySide6.QtCore import QEventLoop, QTimer
+
+    loop = QEventLoop()
+    timer = QTimer()
+    timer.setInterval(100)
+    timer.timeout.connect(lambda: done() and loop.quit())
+    timer.start()
+    loop.exec()
+    timer.stop()
+
+
 def _max_tick_gap(app, seconds: float | None, until: Callable[[], bool] | None = None) -> float:
     """Longest gap (ms) between ticks of a 5 ms timer while the event loop runs normally."""
     from PySide6.QtCore import QEventLoop, QTimer
@@ -238,7 +252,8 @@ def _steps_per_second(rows: list[dict]) -> float:
 
 def bench_finetune_overhead(emit: Callable[[Any], None], steps: int = 24) -> dict:
     """Steps/s of MiniLM classification driven by the window (charts updating) ÷ the same
-    run headless (≥ 0.95); the longest main-loop stall during the GUI run (≤ 50 ms)."""
+    run headless (≥ 0.95); the longest main-loop stall during a second run in the window
+    (≤ 50 ms), measured apart because the probe's 5 ms timer slows the worker itself."""
     import tempfile
     from dataclasses import asdict
     from pathlib import Path
@@ -267,18 +282,26 @@ def bench_finetune_overhead(emit: Callable[[Any], None], steps: int = 24) -> dic
             tab.logging_steps.setValue(1)
             tab.eval_steps.setValue(1000)
             tab.save_steps.setValue(1000)
+            # Throughput with the event loop running as it does for a user; the stall in a
+            # second run, since the 5 ms probe timer itself takes time from the worker.
             tab.output_dir.setText(str(Path(tmp) / "gui"))
-            emit(Progress("finetune_overhead: run in the window", 0.6))
+            emit(Progress("finetune_overhead: run in the window", 0.5))
+            tab.start()
+            _run_loop_until(lambda: tab.job_id is None)
+            gui = _steps_per_second(tab.rows["gui"])
+            tab.output_dir.setText(str(Path(tmp) / "probed"))
+            emit(Progress("finetune_overhead: main-loop stalls during a run", 0.75))
             tab.start()
             stall = _max_tick_gap(app, None, lambda: tab.job_id is None)
-            gui = _steps_per_second(tab.rows["gui"])
         finally:
             window.close()
-    return figure(gui / headless, 0.95, "higher",
-                  f"window {gui:.2f} steps/s vs headless {headless:.2f} steps/s; longest "
-                  f"stall during training {stall:.1f} ms (target ≤ 50 ms)",
-                  gui_steps_per_second=round(gui, 3), headless_steps_per_second=round(headless, 3),
-                  ui_stall_ms=round(stall, 2))
+    result = figure(gui / headless, 0.95, "higher",
+                    f"window {gui:.2f} steps/s vs headless {headless:.2f} steps/s; longest "
+                    f"stall during training {stall:.1f} ms (target ≤ 50 ms)",
+                    gui_steps_per_second=round(gui, 3),
+                    headless_steps_per_second=round(headless, 3), ui_stall_ms=round(stall, 2))
+    result["met"] = result["met"] and stall <= 50
+    return result
 
 
 UI_FIGURES = {"ui_stall": bench_ui_stall, "explorer_redraw": bench_explorer_redraw,

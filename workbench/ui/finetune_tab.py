@@ -79,30 +79,37 @@ class RunCurves:
                                         symbolBrush=color, symbolPen=None)
         self.speed = charts["speed"].plot([], [], pen=pen)
 
-    def update(self, rows: list[dict], smoothing: float) -> list[str]:
-        """Redraw from log rows; returns health warnings."""
+    def update(self, rows: list[dict], smoothing: float,
+               charts: tuple[str, ...] = ("loss", "lr", "grad", "speed")) -> list[str]:
+        """Redraw ``charts`` from log rows; returns health warnings."""
         train = [(r["step"], r["loss"]) for r in rows if r.get("loss") is not None]
         evals = [(r["step"], r["eval_loss"]) for r in rows if r.get("eval_loss") is not None]
         steps = [s for s, _ in train]
         losses = [v for _, v in train]
         smooth = ema(losses, smoothing)
-        self.raw.setData(steps, losses)  # every point: a one-step spike stays visible
-        self.smooth.setData(steps, smooth)
-        self.eval.setData([s for s, _ in evals], [v for _, v in evals])
         before = [None] + smooth[:-1] if smooth else []  # the EMA before each point
         spikes = [(s, v) for (s, v), m in zip(train, before, strict=True)
                   if m is not None and math.isfinite(v) and v > 1.5 * m and v - m > 0.1]
-        self.spikes.setData([s for s, _ in spikes], [v for _, v in spikes])
-        lr = [(r["step"], r["learning_rate"]) for r in rows if r.get("learning_rate") is not None]
-        self.lr.setData([s for s, _ in lr], [v for _, v in lr])
-        grad = [(r["step"], r["grad_norm"]) for r in rows if r.get("grad_norm") is not None]
-        self.grad.setData([s for s, _ in grad], [v for _, v in grad])
-        speed = []
-        for a, b in zip(rows, rows[1:], strict=False):
-            if a.get("loss") is not None and b.get("loss") is not None and \
-                    b.get("seconds", 0) > a.get("seconds", 0) and b["step"] > a["step"]:
-                speed.append((b["step"], (b["step"] - a["step"]) / (b["seconds"] - a["seconds"])))
-        self.speed.setData([s for s, _ in speed], [v for _, v in speed])
+        if "loss" in charts:
+            self.raw.setData(steps, losses)  # every point: a one-step spike stays visible
+            self.smooth.setData(steps, smooth)
+            self.eval.setData([s for s, _ in evals], [v for _, v in evals])
+            self.spikes.setData([s for s, _ in spikes], [v for _, v in spikes])
+        if "lr" in charts:
+            lr = [(r["step"], r["learning_rate"]) for r in rows
+                  if r.get("learning_rate") is not None]
+            self.lr.setData([s for s, _ in lr], [v for _, v in lr])
+        if "grad" in charts:
+            grad = [(r["step"], r["grad_norm"]) for r in rows if r.get("grad_norm") is not None]
+            self.grad.setData([s for s, _ in grad], [v for _, v in grad])
+        if "speed" in charts:
+            speed = []
+            for a, b in zip(rows, rows[1:], strict=False):
+                if a.get("loss") is not None and b.get("loss") is not None and \
+                        b.get("seconds", 0) > a.get("seconds", 0) and b["step"] > a["step"]:
+                    speed.append((b["step"],
+                                  (b["step"] - a["step"]) / (b["seconds"] - a["seconds"])))
+            self.speed.setData([s for s, _ in speed], [v for _, v in speed])
         warnings = []
         if spikes:
             warnings.append(f"{self.name}: loss spike at step {spikes[-1][0]}")
@@ -111,6 +118,9 @@ class RunCurves:
             warnings.append(f"{self.name}: validation loss rising while training loss falls "
                             "(overfitting?)")
         return warnings
+
+
+CHART_NAMES = ("loss", "lr", "grad", "speed")
 
 
 class FinetuneTab(WorkbenchTab):
@@ -168,11 +178,16 @@ class FinetuneTab(WorkbenchTab):
         layout = QVBoxLayout(self)
         layout.addWidget(self.model_label)
         layout.addWidget(split, 1)
-        # Log rows can arrive many times a second: redraw at most every 400 ms.
+        # Log rows can arrive many times a second: while a run goes, one chart is redrawn
+        # every 250 ms in turn (each about once a second), so no single pass of the event
+        # loop repaints all four while the worker keeps the CPU busy.
         self.redraw_timer = QTimer(self)
         self.redraw_timer.setSingleShot(True)
-        self.redraw_timer.setInterval(400)
-        self.redraw_timer.timeout.connect(self.redraw)
+        self.redraw_timer.setInterval(250)
+        self.redraw_timer.timeout.connect(self.redraw_next)
+        self.chart_turn = 0
+        self.row_count = 0  # log rows received; a chart is stale until it has drawn them all
+        self.drawn: dict[str, int] = {}
         self.poll = QTimer(self)
         self.poll.setInterval(1000)
         self.poll.timeout.connect(self.poll_attached)
@@ -379,6 +394,7 @@ class FinetuneTab(WorkbenchTab):
             from dataclasses import asdict
 
             self.rows.setdefault(self.active_run, []).append(asdict(event))
+            self.row_count += 1
             if event.max_steps:
                 self.progress.setMaximum(event.max_steps)
                 self.progress.setValue(event.step)
@@ -391,15 +407,28 @@ class FinetuneTab(WorkbenchTab):
         elif isinstance(event, ProbeText):
             self.probes.appendPlainText(f"step {event.step} · {event.prompt!r} → {event.text}")
 
-    def redraw(self) -> None:
+    def redraw(self, charts: tuple[str, ...] = CHART_NAMES) -> None:
         if self.charts is None:
             return
         warnings = []
         for i, (name, rows) in enumerate(self.rows.items()):
             if name not in self.runs:
                 self.runs[name] = RunCurves(self.charts, name, COLORS[i % len(COLORS)])
-            warnings += self.runs[name].update(rows, self.smoothing.value() / 100)
+            warnings += self.runs[name].update(rows, self.smoothing.value() / 100, charts)
         self.health.setText(" · ".join(warnings))
+
+    def redraw_next(self) -> None:
+        """Redraw the next chart that has rows it does not show yet, then wait for the
+        next turn while any other is behind."""
+        stale = [c for c in CHART_NAMES if self.drawn.get(c, -1) < self.row_count]
+        if not stale:
+            return
+        chart = next((c for c in CHART_NAMES[self.chart_turn:] if c in stale), stale[0])
+        self.chart_turn = (CHART_NAMES.index(chart) + 1) % len(CHART_NAMES)
+        self.drawn[chart] = self.row_count
+        self.redraw((chart,))
+        if len(stale) > 1:
+            self.redraw_timer.start()
 
     def _on_finished(self, job_id: int, result: object) -> None:
         if job_id != self.job_id or not isinstance(result, RunResult):
