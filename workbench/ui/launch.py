@@ -110,7 +110,8 @@ def _shoot(window, folder: Path, app, demo: bool, timeout_s: float, run_root: Pa
     saved = []
     for index, page in enumerate(window.tab_pages):
         window.tabs.setCurrentIndex(index)
-        wait_until(app, lambda: False, 0.2)  # let layouts settle and paint
+        # let layouts settle and paint; a web view shown again needs longer for its frame
+        wait_until(app, lambda: False, 1.5 if getattr(page, "web", None) is not None else 0.2)
         path = folder / f"{index + 1}-{page.title.lower().replace('-', '')}.png"
         if not window.grab().save(str(path)):
             raise OSError(f"could not write {path}")
