@@ -41,7 +41,7 @@ from workbench.core.generate_score import (
     save_result,
 )
 from workbench.core.generation import SamplingSettings
-from workbench.ui.skeleton import combo, fill, line, spin, table
+from workbench.ui.skeleton import combo, fill, line, metric_checkboxes, spin, table
 from workbench.ui.worker import ModelWorker, WorkerContext
 
 GENERATE_TAB = "Generate tab's settings"
@@ -136,15 +136,7 @@ class GenerateScorePage(JobPage):
         self.first_line = QCheckBox("Score the first line of each output")
         self.first_line.setObjectName("score-first-line")
         self.first_line.setChecked(True)
-        self.metric_boxes = {}
-        metrics = QHBoxLayout()
-        for name, label, on in (("bleu", "BLEU", True), ("chrf", "chrF", True),
-                                ("chrf++", "chrF++", False), ("ter", "TER", False)):
-            box = QCheckBox(label)
-            box.setObjectName(f"score-metric-{name}")
-            box.setChecked(on)
-            self.metric_boxes[name] = box
-            metrics.addWidget(box)
+        metrics, self.metric_boxes = metric_checkboxes("score-metric-", ("bleu", "chrf"))
         stop = QPushButton("Stop")
         stop.clicked.connect(lambda: self.job is not None and self.worker.cancel())
         buttons = QHBoxLayout()

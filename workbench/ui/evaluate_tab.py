@@ -42,7 +42,7 @@ from workbench.core.history import HistoryEntry, add_entry, export_history, load
 from workbench.core.jobs import drive
 from workbench.core.loader import load_model_job
 from workbench.ui.evaluate_pages import ClassifyPage, GenerateScorePage
-from workbench.ui.skeleton import combo, fill, line, spin, table, text_box
+from workbench.ui.skeleton import combo, fill, line, metric_checkboxes, spin, table, text_box
 from workbench.ui.tab_base import WorkbenchTab
 from workbench.ui.widgets import TokenView
 from workbench.ui.worker import ModelWorker, WorkerContext
@@ -321,15 +321,7 @@ class EvaluateTab(WorkbenchTab):
         self.hyp_file = line("hyp-file", "", "hypotheses, one segment a line")
         self.ref_files = line("ref-files", "", "references; several separated by ;")
         self.sys2_file = line("system2-file", "", "optional: a second system to test against")
-        self.metric_boxes = {}
-        metrics_row = QHBoxLayout()
-        for name, label, on in (("bleu", "BLEU", True), ("chrf", "chrF", True),
-                                ("chrf++", "chrF++", False), ("ter", "TER", True)):
-            box = QCheckBox(label)
-            box.setObjectName(f"metric-{name}")
-            box.setChecked(on)
-            self.metric_boxes[name] = box
-            metrics_row.addWidget(box)
+        metrics_row, self.metric_boxes = metric_checkboxes("metric-", ("bleu", "chrf", "ter"))
         self.tokenize = combo("bleu-tokenize", ["13a", "intl", "char", "none", "zh", "ja-mecab",
                                                 "ko-mecab", "flores101", "flores200"])
         self.lowercase = QCheckBox("Lowercase")

@@ -5,8 +5,10 @@ from __future__ import annotations
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import (
     QAbstractItemView,
+    QCheckBox,
     QComboBox,
     QDoubleSpinBox,
+    QHBoxLayout,
     QHeaderView,
     QLineEdit,
     QPlainTextEdit,
@@ -79,3 +81,19 @@ def fill(t: QTableWidget, rows: list[list]) -> None:
             t.setItem(r, c, item)
     t.horizontalHeader().setSortIndicator(-1, Qt.SortOrder.AscendingOrder)
     t.setSortingEnabled(True)
+
+
+METRIC_LABELS = (("bleu", "BLEU"), ("chrf", "chrF"), ("chrf++", "chrF++"), ("ter", "TER"))
+
+
+def metric_checkboxes(prefix: str, checked: tuple[str, ...]) -> tuple[QHBoxLayout, dict]:
+    """A row of sacrebleu metric check boxes named ``<prefix><metric>``, and the boxes."""
+    row = QHBoxLayout()
+    boxes = {}
+    for name, label in METRIC_LABELS:
+        box = QCheckBox(label)
+        box.setObjectName(f"{prefix}{name}")
+        box.setChecked(name in checked)
+        boxes[name] = box
+        row.addWidget(box)
+    return row, boxes
