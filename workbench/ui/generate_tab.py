@@ -488,7 +488,9 @@ class GenerateTab(WorkbenchTab):
         self.sequence_picker.setVisible(settings.num_return_sequences > 1)
 
         def job(ctx: WorkerContext) -> GenerationResult:
-            return generate(ctx.model(), prompt, settings, ctx, top_n=TOP_N)
+            loaded = ctx.model()
+            with ctx.leave_a_core(loaded):
+                return generate(loaded, prompt, settings, ctx, top_n=TOP_N)
 
         self.job_id = self.worker.submit("Generate", job)
         self.generate_button.setEnabled(False)
@@ -585,7 +587,9 @@ class GenerateTab(WorkbenchTab):
         step, settings = self.selected_step, self.settings()
 
         def job(ctx: WorkerContext) -> Branch:
-            return branch(ctx.model(), base, parent, step, token, settings, ctx, top_n=TOP_N)
+            loaded = ctx.model()
+            with ctx.leave_a_core(loaded):
+                return branch(loaded, base, parent, step, token, settings, ctx, top_n=TOP_N)
 
         self.branch_job = self.worker.submit("Branch", job)
         self.stats.setText(f"Branching at step {step}…")
