@@ -119,3 +119,15 @@ def test_streaming_on_the_cpu_leaves_a_core_to_the_window(monkeypatch):
             assert torch.get_num_threads() == 4  # one core: nothing to leave
     finally:
         torch.set_num_threads(before)
+
+
+def test_garbage_is_collected_on_the_gui_thread_only(qtbot):
+    import gc
+
+    from workbench.ui import worker
+    from workbench.ui.main_window import MainWindow
+
+    window = MainWindow(autoload=False)
+    qtbot.addWidget(window)
+    assert not gc.isenabled()  # no automatic collection in whichever thread allocates
+    assert worker._collector is not None and worker._collector.timer.isActive()

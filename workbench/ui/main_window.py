@@ -29,13 +29,14 @@ from workbench.ui.log_panel import LogPanel
 from workbench.ui.model_picker import ModelPicker
 from workbench.ui.state import restore_controls, save_controls
 from workbench.ui.tab_base import WorkbenchTab
-from workbench.ui.worker import ModelWorker
+from workbench.ui.worker import ModelWorker, gui_thread_garbage_collection
 
 
 class MainWindow(QMainWindow):
     def __init__(self, initial_model: str | None = None, device: str | None = None,
                  autoload: bool = True, parent: QWidget | None = None) -> None:
         super().__init__(parent)
+        gui_thread_garbage_collection()
         self.setWindowTitle(APP_NAME)
         self.resize(1280, 820)
         self.worker = ModelWorker(self)

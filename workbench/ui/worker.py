@@ -85,15 +85,30 @@ class ModelStore:
         return current
 
     def unload(self) -> None:
+        # No gc.collect() here: collecting on this thread can finalize Qt objects of the
+        # window, which deadlocks against the GUI thread (it did, in the test suite). The
+        # GUI thread collects instead (see gui_thread_garbage_collection).
         if self.current is not None:
             self.current = None
-            import gc
-
-            gc.collect()
             import torch
 
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
+
+
+_collector = None
+
+
+def gui_thread_garbage_collection() -> None:
+    """Collect cyclic garbage only on the GUI thread, on a timer (pyqtgraph's
+    GarbageCollector switches Python's automatic collection off). Automatic collection runs
+    in whichever thread happens to allocate, and when that is the worker it can finalize
+    Qt objects there: a deadlock or a crash. Call once, from the GUI thread."""
+    global _collector
+    if _collector is None:
+        from pyqtgraph.util.garbage_collector import GarbageCollector
+
+        _collector = GarbageCollector(interval=1.0)
 
 
 @dataclass
