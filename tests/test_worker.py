@@ -129,5 +129,7 @@ def test_garbage_is_collected_on_the_gui_thread_only(qtbot):
 
     window = MainWindow(autoload=False)
     qtbot.addWidget(window)
+    window.show()
+    qtbot.waitUntil(lambda: worker._collector is not None, timeout=10000)  # after showing
     assert not gc.isenabled()  # no automatic collection in whichever thread allocates
     assert worker._collector is not None and worker._collector.timer.isActive()

@@ -36,7 +36,6 @@ class MainWindow(QMainWindow):
     def __init__(self, initial_model: str | None = None, device: str | None = None,
                  autoload: bool = True, parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        gui_thread_garbage_collection()
         self.setWindowTitle(APP_NAME)
         self.resize(1280, 820)
         self.worker = ModelWorker(self)
@@ -152,6 +151,7 @@ class MainWindow(QMainWindow):
         self.tab_pages[0].inspect_attention.connect(self.inspect_attention)
 
     def _after_show(self) -> None:
+        gui_thread_garbage_collection()  # imports pyqtgraph: not before the window shows
         for page in self.tab_pages:
             page.build_deferred()
         self._list_cached_models()
