@@ -76,7 +76,6 @@ class EvaluateTab(WorkbenchTab):
         super().__init__(worker, parent)
         self.ppl_job: int | None = None
         self.bleu_job: int | None = None
-        self.ppl_result: PerplexityResult | None = None
         self.ppl_results: list[PerplexityResult] = []
         self.bleu_result: TranslationScores | None = None
         self.surprisal_plot = None
@@ -109,6 +108,11 @@ class EvaluateTab(WorkbenchTab):
         worker.job_finished.connect(self._on_finished)
         worker.job_failed.connect(self._on_failed)
         worker.job_cancelled.connect(self._on_cancelled)
+
+    @property
+    def ppl_result(self) -> PerplexityResult | None:
+        """The loaded model's perplexity result (the first of the side-by-side results)."""
+        return self.ppl_results[0] if self.ppl_results else None
 
     # --- perplexity ------------------------------------------------------------------------
     def _build_perplexity(self) -> QWidget:
@@ -237,7 +241,7 @@ class EvaluateTab(WorkbenchTab):
 
     def show_perplexity(self, results: list[PerplexityResult]) -> None:
         self.ppl_results = results
-        self.ppl_result = r = results[0]
+        r = results[0]
         if len(results) == 1:
             self.ppl_numbers.setText(
                 f"<b>Perplexity {r.perplexity:.3f}</b> · NLL {r.nll_per_token:.4f} nats/token · "

@@ -521,7 +521,7 @@ class GenerateTab(WorkbenchTab):
                 self.output.append_token(event.text, event.probability, token_tooltip(event.step))
         if self.pending:
             self.output.ensureCursorVisible()
-        if (self.pending or final) and (final or time.monotonic() - self.curves_drawn > 0.3):
+        if final or (self.pending and time.monotonic() - self.curves_drawn > 0.3):
             self._update_curves()
             self.curves_drawn = time.monotonic()
         self.pending.clear()
