@@ -135,3 +135,34 @@ def test_lora_controls_only_for_causal_lms_and_remembered(qtbot, window):
     tab.lora_r.setValue(8)
     restore_controls(tab, QSettings(), "check")
     assert tab.lora.isChecked() and tab.lora_r.value() == 4
+
+
+def test_charts_hold_their_ranges_during_a_run_and_fit_after(qtbot, window):
+    tab = window.tab_pages[2]
+    tab.rows["held"] = [{"step": s, "loss": 0.7 - s / 100, "learning_rate": 1e-3,
+                         "grad_norm": 2.0, "seconds": s / 4} for s in range(1, 11)]
+    tab.run_max_steps = 40
+    tab.redraw(hold=True)
+    box = tab.charts["loss"].getViewBox()
+    assert box.viewRange()[0] == [0, 40]  # every step of the run has its place already
+    bottom, top = box.viewRange()[1]
+    assert bottom <= 0.6 and 0.69 <= top <= 1.0
+    tab.rows["held"].append({"step": 11, "loss": 0.58, "learning_rate": 1e-3,
+                             "grad_norm": 2.0, "seconds": 2.75})
+    tab.redraw(hold=True)
+    assert box.viewRange() == [[0, 40], [bottom, top]]  # a new point: no new axis layout
+    assert list(tab.runs["held"].raw.getData()[0])[-1] == 11
+    tab.redraw(hold=False)
+    assert box.autoRangeEnabled()[0]  # the run is over: the charts fit the data
+
+
+def test_steady_range():
+    from workbench.ui.charts import steady_range
+
+    assert steady_range(None, 0.3, 0.72) == (0.2, 1.0)
+    assert steady_range(None, 0.0, 2e-5) == (0.0, 2e-5)  # a warm-up from 0 stays at 0
+    assert steady_range((0.2, 1.0), 0.25, 0.9) == (0.2, 1.0)  # still holds the data
+    assert steady_range((0.2, 1.0), 0.25, 1.3) == (0.0, 2.0)  # outgrown: a round new top
+    assert steady_range((0.0, 2.0), 0.1, 0.3) == (0.0, 0.5)  # data in a corner: refit
+    assert steady_range(None, -3, -1) == (-5, 0)
+    assert steady_range(None, 0, 0) == (0.0, 1.0)

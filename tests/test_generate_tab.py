@@ -225,3 +225,14 @@ def test_inspect_attention_opens_the_generated_text(qtbot, window, tab):
     assert attention.text.toPlainText() == "the cat sat on" + tab.output.toPlainText()
     qtbot.waitUntil(lambda: attention.job_id is None, timeout=60000)
     assert attention.current is not None and attention.current.result.is_decoder
+
+
+def test_the_stats_line_keeps_its_height_and_shows_all_in_its_tooltip(qtbot, tab):
+    height = tab.stats.height()
+    run_generation(qtbot, tab)  # "Generating…", then the stats of the result
+    assert "tokens in" in tab.stats.text() and tab.stats.toolTip() == tab.stats.text()
+    long = "a note that goes on and on " * 20
+    tab.stats.setText(long)
+    qtbot.wait(50)
+    # a text of another length does not re-lay out the tab (and repaint every chart)
+    assert tab.stats.height() == height and tab.stats.toolTip() == long

@@ -133,3 +133,40 @@ def test_garbage_is_collected_on_the_gui_thread_only(qtbot):
     qtbot.waitUntil(lambda: worker._collector is not None, timeout=10000)  # after showing
     assert not gc.isenabled()  # no automatic collection in whichever thread allocates
     assert worker._collector is not None and worker._collector.timer.isActive()
+
+
+class Node:
+    """A reference cycle that only the cyclic collector frees."""
+
+    def __init__(self):
+        self.me = self
+
+
+def test_gc_collect_elsewhere_waits_for_the_gui_thread_and_an_idle_worker(qtbot, worker):
+    import gc
+    import weakref
+
+    from workbench.ui.worker import gui_thread_garbage_collection
+
+    collector = gui_thread_garbage_collection()
+    assert not gc.isenabled()  # no automatic collection in whichever thread allocates
+    collector.full_requested = False
+    cycle = Node()
+    alive = weakref.ref(cycle)
+    del cycle
+    found = []
+    other = threading.Thread(target=lambda: found.append(gc.collect()))
+    other.start()
+    other.join()
+    # A library's gc.collect() on another thread collects nothing there...
+    assert found == [0] and alive() is not None and collector.full_requested
+    # ...and not while the worker runs a job...
+    worker.submit("busy", slow_job(steps=30))
+    qtbot.waitUntil(lambda: worker.busy, timeout=5000)
+    collector.check()
+    assert alive() is not None
+    worker.cancel()
+    qtbot.waitUntil(lambda: not worker.busy, timeout=5000)
+    # ...but on the GUI thread once the worker is idle.
+    collector.check()
+    assert alive() is None and not collector.full_requested

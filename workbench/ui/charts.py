@@ -90,6 +90,30 @@ def round_ceiling(value: float) -> float:
     return next(m * power for m in (1, 2, 5, 10) if m * power >= value)
 
 
+def steady_range(current: tuple[float, float] | None, low: float,
+                 high: float) -> tuple[float, float]:
+    """A y range for data from ``low`` to ``high`` that changes rarely while data streams
+    in (a new axis layout costs a chart 15-30 ms of the GUI thread here; a new point in a
+    held range a few ms). ``current`` is kept while it holds the data and the data reaches
+    above a third of its height; otherwise the top is the next 1, 2 or 5 × 10^k above the
+    data and the bottom is below the data's lowest value, in steps of a fifth of the top
+    (and not below zero for data that is not)."""
+    if not (math.isfinite(low) and math.isfinite(high)):
+        return current or (0.0, 1.0)
+    if current is not None and current[0] <= low and high <= current[1] and \
+            high - current[0] >= (current[1] - current[0]) / 3:
+        return current
+    if high <= 0 < -low:  # data below zero: the same, mirrored
+        top, bottom = steady_range(None, -high, -low)
+        return -bottom, -top
+    if high <= 0:
+        return 0.0, 1.0
+    top = round_ceiling(high)
+    step = top / 5
+    bottom = math.floor((low - step / 10) / step) * step  # not on the lowest point itself
+    return min(max(bottom, 0.0) if low >= 0 else bottom, top - step), top
+
+
 class StepCurves(QWidget):
     """Per-step curves: entropy and surprisal (bits), and the size of the kept set."""
 
@@ -110,6 +134,8 @@ class StepCurves(QWidget):
         self.kept.setLabel("bottom", "step")
         self.kept.getAxis("left").enableAutoSIPrefix(False)
         self.kept.setXLink(self.bits)
+        for plot in (self.bits, self.kept):  # tick labels of a new width would resize the
+            plot.getAxis("left").setWidth(48)  # plot mid-stream (a re-layout of both)
         self.kept_curve = self.kept.plot([], [], pen=pg.mkPen(PALETTE[2], width=1),
                                          stepMode=None)
         self.markers = [pg.InfiniteLine(angle=90, pen=pg.mkPen(120, 120, 120, style=Qt.PenStyle.DashLine))

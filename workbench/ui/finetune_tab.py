@@ -13,6 +13,7 @@ from PySide6.QtWidgets import (
     QCheckBox,
     QFileDialog,
     QFormLayout,
+    QGraphicsItem,
     QGridLayout,
     QHBoxLayout,
     QLabel,
@@ -78,10 +79,20 @@ class RunCurves:
         self.grad = charts["grad"].plot([], [], pen=light, symbol="o", symbolSize=3,
                                         symbolBrush=color, symbolPen=None)
         self.speed = charts["speed"].plot([], [], pen=pen)
+        self.drawn: dict[str, tuple] = {}  # chart -> the rows and smoothing it shows
+        self.warnings: list[str] = []
 
     def update(self, rows: list[dict], smoothing: float,
-               charts: tuple[str, ...] = ("loss", "lr", "grad", "speed")) -> list[str]:
-        """Redraw ``charts`` from log rows; returns health warnings."""
+               charts: tuple[str, ...] = ("loss", "lr", "grad", "speed")) -> None:
+        """Redraw those of ``charts`` that do not show these rows yet (a finished run's
+        curves are not set again on every redraw of a running one); the health warnings
+        are kept in ``warnings``."""
+        version = (len(rows), rows[-1] if rows else None, smoothing)
+        charts = tuple(c for c in charts if self.drawn.get(c) != version)
+        if not charts:
+            return
+        for chart in charts:
+            self.drawn[chart] = version
         train = [(r["step"], r["loss"]) for r in rows if r.get("loss") is not None]
         evals = [(r["step"], r["eval_loss"]) for r in rows if r.get("eval_loss") is not None]
         steps = [s for s, _ in train]
@@ -110,14 +121,13 @@ class RunCurves:
                     speed.append((b["step"],
                                   (b["step"] - a["step"]) / (b["seconds"] - a["seconds"])))
             self.speed.setData([s for s, _ in speed], [v for _, v in speed])
-        warnings = []
+        self.warnings = []
         if spikes:
-            warnings.append(f"{self.name}: loss spike at step {spikes[-1][0]}")
+            self.warnings.append(f"{self.name}: loss spike at step {spikes[-1][0]}")
         if len(evals) >= 3 and evals[-1][1] > evals[-2][1] > evals[-3][1] and \
                 len(smooth) >= 2 and smooth[-1] < smooth[0]:
-            warnings.append(f"{self.name}: validation loss rising while training loss falls "
-                            "(overfitting?)")
-        return warnings
+            self.warnings.append(f"{self.name}: validation loss rising while training loss "
+                                 "falls (overfitting?)")
 
 
 CHART_NAMES = ("loss", "lr", "grad", "speed")
@@ -180,14 +190,17 @@ class FinetuneTab(WorkbenchTab):
         layout.addWidget(split, 1)
         # Log rows can arrive many times a second: while a run goes, one chart is redrawn
         # every 250 ms in turn (each about once a second), so no single pass of the event
-        # loop repaints all four while the worker keeps the CPU busy.
+        # loop repaints all four while the worker keeps the CPU busy; and the charts hold
+        # their ranges (see steady_range), so a new point does not re-layout the axes.
         self.redraw_timer = QTimer(self)
         self.redraw_timer.setSingleShot(True)
         self.redraw_timer.setInterval(250)
         self.redraw_timer.timeout.connect(self.redraw_next)
         self.chart_turn = 0
-        self.row_count = 0  # log rows received; a chart is stale until it has drawn them all
+        self.data_version = 0  # bumped by new rows; a chart is stale until it has drawn it
         self.drawn: dict[str, int] = {}
+        self.held: dict[str, tuple[float, float]] = {}  # y ranges held during a run
+        self.run_max_steps = 0
         self.poll = QTimer(self)
         self.poll.setInterval(1000)
         self.poll.timeout.connect(self.poll_attached)
@@ -305,6 +318,12 @@ class FinetuneTab(WorkbenchTab):
             plot.showGrid(y=True, alpha=0.3)
             plot.setLabel("bottom", "step")
             plot.getAxis("left").enableAutoSIPrefix(False)
+            plot.getAxis("bottom").enableAutoSIPrefix(False)
+            # A fixed width: tick labels of a new width would re-lay out all four charts
+            # (twice the cost of a range change on the GUI thread).
+            plot.getAxis("left").setWidth(52)
+            for side in ("left", "bottom"):  # repainted from a pixmap until they change
+                plot.getAxis(side).setCacheMode(QGraphicsItem.CacheMode.DeviceCoordinateCache)
             self.charts[key] = plot
         self.charts["loss"].addLegend(offset=(-5, 5))
         self.chart_holder.layout().addWidget(grid)
@@ -368,6 +387,8 @@ class FinetuneTab(WorkbenchTab):
         self.active_run = name
         if not resume:
             self.rows[name] = []
+        self.run_max_steps = 0
+        self.held.clear()
         self.health.clear()
         self.probes.clear()
 
@@ -394,47 +415,78 @@ class FinetuneTab(WorkbenchTab):
             from dataclasses import asdict
 
             self.rows.setdefault(self.active_run, []).append(asdict(event))
-            self.row_count += 1
             if event.max_steps:
+                self.run_max_steps = event.max_steps
                 self.progress.setMaximum(event.max_steps)
                 self.progress.setValue(event.step)
                 if event.step and event.seconds:
                     left = event.seconds / event.step * (event.max_steps - event.step)
                     self.eta.setText(f"step {event.step}/{event.max_steps} · about "
                                      f"{int(left // 60)} min {int(left % 60)} s left")
-            if not self.redraw_timer.isActive():
-                self.redraw_timer.start()
+            self.charts_changed()
         elif isinstance(event, ProbeText):
             self.probes.appendPlainText(f"step {event.step} · {event.prompt!r} → {event.text}")
 
-    def redraw(self, charts: tuple[str, ...] = CHART_NAMES) -> None:
+    def redraw(self, charts: tuple[str, ...] = CHART_NAMES, hold: bool | None = None) -> None:
+        """Draw ``charts`` from the rows. Their ranges are held while a run goes here
+        (``hold`` None), or as ``hold`` says; otherwise they fit the data."""
         if self.charts is None:
             return
-        warnings = []
+        smoothing = self.smoothing.value() / 100
         for i, (name, rows) in enumerate(self.rows.items()):
             if name not in self.runs:
                 self.runs[name] = RunCurves(self.charts, name, COLORS[i % len(COLORS)])
-            warnings += self.runs[name].update(rows, self.smoothing.value() / 100, charts)
-        self.health.setText(" · ".join(warnings))
+            self.runs[name].update(rows, smoothing, charts)
+        self.health.setText(" · ".join(w for run in self.runs.values() for w in run.warnings))
+        from workbench.ui.charts import round_ceiling, steady_range
+
+        hold = self.job_id is not None if hold is None else hold
+        for chart in charts:
+            box = self.charts[chart].getViewBox()
+            if not hold:
+                self.held.pop(chart, None)
+                box.enableAutoRange()
+                continue
+            (x0, x1), (y0, y1) = [r if r is not None else (0.0, 1.0)
+                                  for r in box.childrenBounds()]
+            y = steady_range(self.held.get(chart), y0, y1)
+            right = max(self.run_max_steps, x1) if self.run_max_steps else round_ceiling(x1)
+            if y != self.held.get(chart) or box.viewRange()[0] != [0, right] or \
+                    box.autoRangeEnabled()[0]:
+                box.disableAutoRange()
+                box.setRange(xRange=(0, right), yRange=y, padding=0)
+                self.held[chart] = y
+
+    def charts_changed(self) -> None:
+        """The rows changed: every chart is stale and redraws in its turn."""
+        self.data_version += 1
+        if not self.redraw_timer.isActive():
+            self.redraw_timer.start()
 
     def redraw_next(self) -> None:
-        """Redraw the next chart that has rows it does not show yet, then wait for the
-        next turn while any other is behind."""
-        stale = [c for c in CHART_NAMES if self.drawn.get(c, -1) < self.row_count]
+        """Redraw the next chart that does not show the latest rows yet, then wait for
+        the next turn while any other is behind."""
+        stale = [c for c in CHART_NAMES if self.drawn.get(c, -1) < self.data_version]
         if not stale:
             return
         chart = next((c for c in CHART_NAMES[self.chart_turn:] if c in stale), stale[0])
         self.chart_turn = (CHART_NAMES.index(chart) + 1) % len(CHART_NAMES)
-        self.drawn[chart] = self.row_count
+        self.drawn[chart] = self.data_version
         self.redraw((chart,))
         if len(stale) > 1:
             self.redraw_timer.start()
 
+    def _run_ended(self) -> None:
+        """Draw every row in the held ranges now, then fit each chart to its data in
+        turn (a fit re-lays out the axes, too much for all four in one pass)."""
+        self._idle()
+        self.redraw(hold=True)
+        self.charts_changed()
+
     def _on_finished(self, job_id: int, result: object) -> None:
         if job_id != self.job_id or not isinstance(result, RunResult):
             return
-        self._idle()
-        self.redraw()
+        self._run_ended()
         if result.stopped:
             self.eta.setText(f"Stopped at step {result.global_step}; checkpoint saved: press "
                              "Resume to continue.")
@@ -448,8 +500,7 @@ class FinetuneTab(WorkbenchTab):
 
     def _on_ended(self, job_id: int, *args) -> None:
         if job_id == self.job_id:
-            self._idle()
-            self.redraw()
+            self._run_ended()
             self.eta.setText(f"Failed: {args[0]}" if args else "Cancelled.")
 
     def _idle(self) -> None:
@@ -476,6 +527,7 @@ class FinetuneTab(WorkbenchTab):
                       if f != folder]
             QSettings().setValue("finetune/attached", ([folder] + recent)[:5])
         self.poll_attached()
+        self.redraw()
         self.poll.start()
 
     def poll_attached(self) -> None:
@@ -485,8 +537,9 @@ class FinetuneTab(WorkbenchTab):
             except WorkbenchError:
                 continue  # a folder mid-write; try again next tick
             name = f"{Path(folder).name} (attached)"
-            self.rows[name] = snap.rows
-        self.redraw()
+            if snap.rows != self.rows.get(name):
+                self.rows[name] = snap.rows
+                self.charts_changed()
 
     def export_launch(self, path: str | None = None) -> str | None:
         config = self.config()

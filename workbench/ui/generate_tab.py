@@ -55,7 +55,7 @@ from workbench.core.generation import (
 )
 from workbench.ui.skeleton import dspin, spin, text_box
 from workbench.ui.tab_base import WorkbenchTab
-from workbench.ui.widgets import TokenView
+from workbench.ui.widgets import StatusLine, TokenView
 from workbench.ui.worker import ModelWorker, WorkerContext
 
 TOP_N = 10
@@ -239,9 +239,9 @@ class GenerateTab(WorkbenchTab):
         self.sequence_picker.setToolTip("Which returned sequence to show")
         self.sequence_picker.currentIndexChanged.connect(self.show_sequence)
         self.sequence_picker.setVisible(False)
-        self.stats = QLabel("")
-        self.stats.setObjectName("generation-stats")
-        self.stats.setWordWrap(True)
+        self.stats = StatusLine("generation-stats")
+        self.stats.setText("Press Generate: the text streams in below, each token coloured by "
+                           "its probability.")
         self.save_session_button = QPushButton("Save session…")
         self.save_session_button.setToolTip("Save prompt, settings, model hash and outputs")
         self.save_session_button.clicked.connect(lambda: self.save_session())

@@ -151,7 +151,7 @@ class MainWindow(QMainWindow):
         self.tab_pages[0].inspect_attention.connect(self.inspect_attention)
 
     def _after_show(self) -> None:
-        gui_thread_garbage_collection()  # imports pyqtgraph: not before the window shows
+        gui_thread_garbage_collection()
         for page in self.tab_pages:
             page.build_deferred()
         self._list_cached_models()

@@ -6,7 +6,7 @@ import bisect
 
 from PySide6.QtCore import QEvent, QObject, Signal
 from PySide6.QtGui import QColor, QTextCharFormat, QTextCursor
-from PySide6.QtWidgets import QTextEdit
+from PySide6.QtWidgets import QLabel, QTextEdit
 
 
 def probability_colour(p: float) -> QColor:
@@ -58,3 +58,20 @@ class TokenView(QTextEdit):
             if index is not None:
                 self.token_clicked.emit(index)
         return super().eventFilter(watched, event)
+
+
+class StatusLine(QLabel):
+    """A word-wrapped label of a fixed two-line height, with the whole text as its tooltip.
+    A label that grows or shrinks with its text re-lays out the tab under it, and every
+    chart there repaints (about 50 ms on the GUI thread here, at the start and end of each
+    generation)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__("")
+        self.setObjectName(name)
+        self.setWordWrap(True)
+        self.setFixedHeight(2 * self.fontMetrics().lineSpacing() + 4)
+
+    def setText(self, text: str) -> None:  # noqa: N802 (Qt's name)
+        super().setText(text)
+        self.setToolTip(text)

@@ -8,11 +8,13 @@ signal, so the window shows a dialog and the next job still works.
 
 from __future__ import annotations
 
+import gc
 import itertools
 import os
 import queue
 import threading
 import traceback
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -68,6 +70,7 @@ class ModelStore:
         loaded = drive(load_model_job(reference, options), ctx)
         self.unload()
         self.current = loaded
+        request_full_collection()
         return loaded
 
     def require(self, ctx: JobContext, reference: str | None, options: LoadOptions | None,
@@ -85,30 +88,102 @@ class ModelStore:
         return current
 
     def unload(self) -> None:
-        # No gc.collect() here: collecting on this thread can finalize Qt objects of the
-        # window, which deadlocks against the GUI thread (it did, in the test suite). The
-        # GUI thread collects instead (see gui_thread_garbage_collection).
+        # No collection on this thread: it can finalize Qt objects of the window, which
+        # deadlocks against the GUI thread (it did, in the test suite). The GUI thread is
+        # asked for a full collection instead: some models (MiniLM) hold reference cycles
+        # and are only freed by one.
         if self.current is not None:
             self.current = None
+            request_full_collection()
             import torch
 
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
 
 
-_collector = None
+class GuiThreadCollector(QObject):
+    """Python's cyclic garbage collection, done on the GUI thread only.
+
+    Automatic collection runs in whichever thread happens to allocate; on the worker it can
+    finalize Qt objects of the window there, a deadlock or a crash (it deadlocked the test
+    suite). So automatic collection is off, and a 100 ms timer on the GUI thread collects
+    the young generations on Python's own thresholds: often enough that each collection
+    is small (checked once a second, collections of what a model load or a generation
+    allocates took 40-270 ms).
+
+    A full collection of everything torch and transformers allocate holds the interpreter
+    for about 0.4 s, so full collections wait until the worker is idle, and what survives
+    one is frozen (``gc.freeze``): later ones only look at newer objects. After a model is
+    loaded or unloaded, everything is unfrozen and collected once (some models, MiniLM
+    among them, hold reference cycles and are only freed that way). ``gc.collect()``
+    called on any other thread (accelerate's ``free_memory`` does, at the start of every
+    ``Trainer.train``: it stalled the window 0.55 s) collects nothing there and asks for
+    a full collection here instead.
+    """
+
+    def __init__(self, interval_ms: int = 100) -> None:
+        super().__init__()
+        from PySide6.QtCore import QTimer
+
+        self.threshold = gc.get_threshold()
+        self.full_requested = False
+        self.unfreeze_requested = False
+        self.collect = gc.collect  # the interpreter's own, before it is wrapped
+        gc.disable()
+        gc.collect = self._collect_here_only  # type: ignore[assignment]
+        self.timer = QTimer(self)
+        self.timer.timeout.connect(self.check)
+        self.timer.start(interval_ms)
+
+    def _collect_here_only(self, generation: int = 2) -> int:
+        if threading.current_thread() is threading.main_thread():
+            return self.collect(generation)
+        self.full_requested = self.full_requested or generation == 2
+        return 0
+
+    def check(self) -> None:
+        young, middle, old = gc.get_count()
+        if young > self.threshold[0]:
+            self.collect(0)
+            if middle > self.threshold[1]:
+                self.collect(1)
+                if old > self.threshold[2]:
+                    self.full_requested = True
+        if self.full_requested and not any(worker.busy for worker in list(_workers)):
+            self.full_requested = False
+            if self.unfreeze_requested:
+                self.unfreeze_requested = False
+                gc.unfreeze()
+            self.collect(2)
+            gc.freeze()
+
+    def stop(self) -> None:
+        """Give collection back to the interpreter."""
+        self.timer.stop()
+        gc.collect = self.collect  # type: ignore[assignment]
+        gc.unfreeze()
+        gc.enable()
 
 
-def gui_thread_garbage_collection() -> None:
-    """Collect cyclic garbage only on the GUI thread, on a timer (pyqtgraph's
-    GarbageCollector switches Python's automatic collection off). Automatic collection runs
-    in whichever thread happens to allocate, and when that is the worker it can finalize
-    Qt objects there: a deadlock or a crash. Call once, from the GUI thread."""
+_collector: GuiThreadCollector | None = None
+_workers: weakref.WeakSet[ModelWorker] = weakref.WeakSet()
+
+
+def gui_thread_garbage_collection() -> GuiThreadCollector:
+    """Start the app's :class:`GuiThreadCollector` (once; call from the GUI thread)."""
     global _collector
     if _collector is None:
-        from pyqtgraph.util.garbage_collector import GarbageCollector
+        _collector = GuiThreadCollector()
+    return _collector
 
-        _collector = GarbageCollector(interval=1.0)
+
+def request_full_collection() -> None:
+    """A model was loaded or unloaded: ask for a full collection of everything, frozen
+    objects too, on the GUI thread when the worker is next idle (nothing happens where the
+    app's collector is not running, as with a bare worker in a test)."""
+    if _collector is not None:
+        _collector.unfreeze_requested = True
+        _collector.full_requested = True
 
 
 @dataclass
@@ -139,6 +214,7 @@ class ModelWorker(QThread):
         self._lock = threading.Lock()
         self._current: Job | None = None
         self._pending: list[Job] = []
+        _workers.add(self)
 
     # --- called from the GUI thread -------------------------------------------------
     def submit(self, title: str, function: Callable[[WorkerContext], Any]) -> int:
