@@ -13,6 +13,7 @@ import itertools
 import os
 import queue
 import threading
+import time
 import traceback
 import weakref
 from collections.abc import Callable, Iterator
@@ -115,7 +116,9 @@ class GuiThreadCollector(QObject):
     for about 0.4 s, so full collections wait until the worker is idle, and what survives
     one is frozen (``gc.freeze``): later ones only look at newer objects. After a model is
     loaded or unloaded, everything is unfrozen and collected once (some models, MiniLM
-    among them, hold reference cycles and are only freed that way). ``gc.collect()``
+    among them, hold reference cycles and are only freed that way), and so is everything
+    at the first full collection five minutes after that (cycles that died while frozen).
+    ``gc.collect()``
     called on any other thread (accelerate's ``free_memory`` does, at the start of every
     ``Trainer.train``: it stalled the window 0.55 s) collects nothing there and asks for
     a full collection here instead.
@@ -128,6 +131,7 @@ class GuiThreadCollector(QObject):
         self.threshold = gc.get_threshold()
         self.full_requested = False
         self.unfreeze_requested = False
+        self.unfrozen_at = time.monotonic()
         self.collect = gc.collect  # the interpreter's own, before it is wrapped
         gc.disable()
         gc.collect = self._collect_here_only  # type: ignore[assignment]
@@ -151,8 +155,9 @@ class GuiThreadCollector(QObject):
                     self.full_requested = True
         if self.full_requested and not any(worker.busy for worker in list(_workers)):
             self.full_requested = False
-            if self.unfreeze_requested:
-                self.unfreeze_requested = False
+            if self.unfreeze_requested or time.monotonic() - self.unfrozen_at > 300:
+                self.unfreeze_requested = False  # and what has died since the freeze goes
+                self.unfrozen_at = time.monotonic()
                 gc.unfreeze()
             self.collect(2)
             gc.freeze()
