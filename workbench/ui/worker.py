@@ -118,10 +118,10 @@ class GuiThreadCollector(QObject):
     loaded or unloaded, everything is unfrozen and collected once (some models, MiniLM
     among them, hold reference cycles and are only freed that way), and so is everything
     at the first full collection five minutes after that (cycles that died while frozen).
-    ``gc.collect()``
-    called on any other thread (accelerate's ``free_memory`` does, at the start of every
-    ``Trainer.train``: it stalled the window 0.55 s) collects nothing there and asks for
-    a full collection here instead.
+
+    ``gc.collect()`` called on any other thread (accelerate's ``free_memory`` does, at the
+    start of every ``Trainer.train``: it stalled the window 0.55 s) collects nothing there
+    and asks for a full collection here instead.
     """
 
     def __init__(self, interval_ms: int = 100) -> None:
