@@ -149,25 +149,27 @@ class StepCurves(QWidget):
 
     def set_steps(self, entropy: list[float], surprisal: list[float], kept: list[int],
                   streaming_to: int | None = None) -> None:
-        """Show the curves. While a generation of ``streaming_to`` steps streams in, the
-        ranges are fixed (x to every step, y to a round ceiling that rarely changes), so
-        a new point does not re-layout the axes; at the end they fit the data again."""
+        """Show the curves, in ranges that do not follow every new point: x to every step
+        of a generation of ``streaming_to`` steps while it streams in (then to the steps
+        there are), y from 0 to a round ceiling (1, 2 or 5 × 10^k) of the data. A new axis
+        layout costs both plots tens of milliseconds of the GUI thread; a generation that
+        runs to its last token needs none at the end."""
         xs = list(range(len(entropy)))
         finite = [(x, e, s, k) for x, e, s, k in zip(xs, entropy, surprisal, kept, strict=True)
                   if not (math.isnan(e) or math.isnan(s))]
         self.entropy.setData([f[0] for f in finite], [f[1] for f in finite])
         self.surprisal.setData([f[0] for f in finite], [f[2] for f in finite])
         self.kept_curve.setData([f[0] for f in finite], [f[3] for f in finite])
-        for plot, values in ((self.bits, [v for f in finite for v in f[1:3]]),
-                             (self.kept, [f[3] for f in finite])):
+        right = streaming_to if streaming_to is not None else max(len(xs), 1)
+        # bits start at 0-10 (most tokens' surprisal), so the first steps do not
+        # re-lay out the axis at each new power of ten
+        for plot, values, least in ((self.bits, [v for f in finite for v in f[1:3]], 10.0),
+                                    (self.kept, [f[3] for f in finite], 1.0)):
             box = plot.getViewBox()
-            if streaming_to is None:
-                box.enableAutoRange()
-                continue
-            box.disableAutoRange()
-            top = round_ceiling(max(values, default=1.0))
-            if box.viewRange()[1] != [0, top] or box.viewRange()[0] != [0, streaming_to]:
-                box.setRange(xRange=(0, streaming_to), yRange=(0, top), padding=0)
+            top = round_ceiling(max([*values, least]))
+            if box.viewRange() != [[0, right], [0, top]] or box.autoRangeEnabled()[0]:
+                box.disableAutoRange()
+                box.setRange(xRange=(0, right), yRange=(0, top), padding=0)
 
     def mark(self, step: int | None) -> None:
         for line in self.markers:

@@ -510,9 +510,10 @@ class GenerateTab(WorkbenchTab):
         elif job_id == self.compare_job:
             self.compare_pending.append(event)
 
-    def flush_tokens(self, final: bool = False) -> None:
+    def flush_tokens(self, final: bool = False, curves: bool = True) -> None:
         """Show the tokens that arrived. The text follows every 40 ms; the curves, whose
-        repaint costs more, every 300 ms while streaming and once more at the end."""
+        repaint costs more, every 300 ms while streaming (``curves``) and once more at the
+        end (``final``)."""
         shown = max(self.sequence_picker.currentIndex(), 0)
         for event in self.pending:
             if event.step is not None:
@@ -521,7 +522,7 @@ class GenerateTab(WorkbenchTab):
                 self.output.append_token(event.text, event.probability, token_tooltip(event.step))
         if self.pending:
             self.output.ensureCursorVisible()
-        if final or (self.pending and time.monotonic() - self.curves_drawn > 0.3):
+        if final or (curves and self.pending and time.monotonic() - self.curves_drawn > 0.3):
             self._update_curves()
             self.curves_drawn = time.monotonic()
         self.pending.clear()
@@ -856,7 +857,7 @@ class GenerateTab(WorkbenchTab):
                 self.redraw_explorer()
             return
         if job_id == self.job_id and isinstance(result, GenerationResult):
-            self.flush_tokens()
+            self.flush_tokens(curves=False)  # they are drawn once, at the end (in _done)
             self.result = result
             self.steps = {i: s.steps for i, s in enumerate(result.sequences)}
             self.save_session_button.setEnabled(True)
@@ -899,7 +900,7 @@ class GenerateTab(WorkbenchTab):
     def _done(self, job_id: int) -> None:
         if job_id == self.job_id:
             self.job_id = None
-        self.flush_tokens(final=True)  # after job_id is cleared: the curves fit the data
+        self.flush_tokens(final=True)  # after job_id is cleared: x to the steps there are
         if job_id == self.compare_job:
             self.compare_job = None
         if self.job_id is None and self.compare_job is None:
