@@ -277,9 +277,17 @@ def bench_finetune_overhead(emit: Callable[[Any], None], steps: int = 24,
         def headless(name: str) -> float:
             gc.collect()  # each run starts from a collected heap (this is the GUI thread)
             rows: list[dict] = []
-            run_finetune(replace(config, output_dir=str(Path(tmp) / name)),
-                         JobContext(emit=lambda e: rows.append(asdict(e))
-                                    if isinstance(e, TrainLog) else None))
+            # as in `main.py finetune`: with Python's automatic garbage collection, which
+            # the window switches off for its own (see GuiThreadCollector)
+            automatic = gc.isenabled()
+            gc.enable()
+            try:
+                run_finetune(replace(config, output_dir=str(Path(tmp) / name)),
+                             JobContext(emit=lambda e: rows.append(asdict(e))
+                                        if isinstance(e, TrainLog) else None))
+            finally:
+                if not automatic:
+                    gc.disable()
             return _steps_per_second(rows)
 
         app, window = _window_with_model(emit, "all-MiniLM-L6-v2")

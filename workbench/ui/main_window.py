@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from PySide6.QtCore import QByteArray, QSettings, Qt, QTimer
 from PySide6.QtGui import QAction, QCloseEvent, QKeySequence
 from PySide6.QtWidgets import (
@@ -94,6 +96,7 @@ class MainWindow(QMainWindow):
         self.memory_status = QLabel("")
         self.job_status = QLabel("")
         self.progress = QProgressBar()
+        self.progress_shown = 0.0  # when a progress tick was last shown
         self.progress.setMaximumWidth(220)
         self.progress.setTextVisible(True)
         self.cancel_button = QPushButton("Cancel")
@@ -245,13 +248,17 @@ class MainWindow(QMainWindow):
 
     def _job_event(self, job_id: int, event: object) -> None:
         if isinstance(event, Progress):
+            stage = event.fraction in (None, 0.0, 1.0)
+            if not stage and time.monotonic() - self.progress_shown < 0.25:
+                return  # ticks come many times a second; repainting each takes CPU from jobs
+            self.progress_shown = time.monotonic()
             self.job_status.setText(event.message[:60])
             if event.fraction is None:
                 self.progress.setRange(0, 0)
             else:
                 self.progress.setRange(0, 1000)
                 self.progress.setValue(int(event.fraction * 1000))
-            if event.fraction in (None, 0.0, 1.0):  # stage changes, not every tick
+            if stage:  # stage changes, not every tick
                 self.log.append(event.message)
         elif isinstance(event, LogLine):
             self.log.append(event.message, event.level)
