@@ -63,6 +63,11 @@ def test_run_on_an_encoder_pair(qtbot, window, tiny, tmp_path):
     html_path = tmp_path / "a.html"
     tab.export_html(str(html_path))
     assert html_path.read_text() == tab.current.page
+    png_path = tmp_path / "heatmap.png"
+    tab.export_png(str(png_path))
+    assert png_path.read_bytes().startswith(b"\x89PNG")
+    tab.export_png(str(tmp_path / "gone" / "heatmap.png"))  # a folder that is not there
+    assert "could not write" in window.last_dialog.text()
 
 
 def test_decoder_gets_a_logit_lens(qtbot, window, tiny):

@@ -84,7 +84,7 @@ def test_several_sequences_can_be_shown_one_by_one(qtbot, tab):
     assert tab.output.toPlainText() == tab.result.sequences[2].text
 
 
-def test_compare_fills_columns_table_and_plot(qtbot, tab, tiny, tmp_path):
+def test_compare_fills_columns_table_and_plot(qtbot, window, tab, tiny, tmp_path):
     tab.strategies.setPlainText("greedy\ntemperature=1.5,n=2\nbeams=2")
     tab.modes.setCurrentIndex(1)
     tab.start_compare()
@@ -110,6 +110,8 @@ def test_compare_fills_columns_table_and_plot(qtbot, tab, tiny, tmp_path):
     png = tmp_path / "plot.png"
     tab.export_plot(str(png))
     assert png.stat().st_size > 1000
+    tab.export_plot(str(tmp_path / "gone" / "plot.png"))  # a folder that is not there
+    assert "could not write" in window.last_dialog.text()
 
 
 def test_bad_strategy_list_gives_a_dialog(qtbot, window, tab):

@@ -444,10 +444,13 @@ class AttentionTab(WorkbenchTab):
             path, _ = QFileDialog.getSaveFileName(self, "Export the view", "attention.png",
                                                   "PNG (*.png)")
         if path:
-            from pyqtgraph.exporters import ImageExporter
+            from workbench.ui.charts import save_png
 
             plot = self.stats_plot if self.results.currentIndex() == 2 else self.heat_plot
-            ImageExporter(plot.getPlotItem()).export(path)
+            try:
+                save_png(plot.getPlotItem(), path)
+            except OSError as exc:
+                self.show_error("Cannot export the view", str(exc))
 
     def export_csv(self, path: str | None = None) -> None:
         if self.current is None or self.stats is None:

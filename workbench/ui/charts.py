@@ -220,6 +220,13 @@ class OverlayCurves(QWidget):
             self.divergence.setValue(diverge)
 
     def export_png(self, path: str) -> None:
-        from pyqtgraph.exporters import ImageExporter
+        save_png(self.plot.plotItem, path)
 
-        ImageExporter(self.plot.plotItem).export(path)
+
+def save_png(item, path: str) -> None:
+    """Export a plot item with pyqtgraph's ImageExporter; OSError when nothing was written
+    (the exporter only returns False: a folder that is gone or not writable)."""
+    from pyqtgraph.exporters import ImageExporter
+
+    if not ImageExporter(item).export(path):
+        raise OSError(f"could not write {path}")
