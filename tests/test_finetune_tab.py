@@ -75,6 +75,7 @@ def test_stop_then_resume(qtbot, window, tmp_path):
 
 
 def test_attach_follows_a_run_written_elsewhere(qtbot, window, tmp_path):
+    window.tabs.setCurrentIndex(2)
     tab = window.tab_pages[2]
     folder = tmp_path / "elsewhere"
     folder.mkdir()
@@ -166,3 +167,15 @@ def test_steady_range():
     assert steady_range((0.0, 2.0), 0.1, 0.3) == (0.0, 0.5)  # data in a corner: refit
     assert steady_range(None, -3, -1) == (-5, 0)
     assert steady_range(None, 0, 0) == (0.0, 1.0)
+
+
+def test_charts_wait_while_another_tab_is_shown(qtbot, window):
+    tab = window.tab_pages[2]
+    window.tabs.setCurrentIndex(0)
+    tab.rows["later"] = [{"step": 1, "loss": 0.5, "seconds": 0.1}]
+    tab.charts_changed()
+    qtbot.wait(1000)
+    assert "later" not in tab.runs  # no redraw work for a hidden tab
+    window.tabs.setCurrentIndex(2)
+    qtbot.waitUntil(lambda: "later" in tab.runs and
+                    list(tab.runs["later"].raw.getData()[1]) == [0.5], timeout=5000)

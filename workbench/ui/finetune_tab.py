@@ -462,6 +462,16 @@ class FinetuneTab(WorkbenchTab):
                 box.setRange(xRange=(0, right), yRange=y, padding=0)
                 self.held[chart] = y
 
+    def showEvent(self, event) -> None:  # noqa: N802 (Qt's name)
+        """Draw the rows that came while another tab was shown: in turn while a run goes,
+        all at once otherwise."""
+        super().showEvent(event)
+        if self.job_id is not None:
+            self.charts_changed()
+        elif any(self.drawn.get(c, -1) < self.data_version for c in CHART_NAMES):
+            self.drawn = dict.fromkeys(CHART_NAMES, self.data_version)
+            self.redraw()
+
     def charts_changed(self) -> None:
         """The rows changed: every chart is stale and redraws in its turn."""
         self.data_version += 1
@@ -472,7 +482,7 @@ class FinetuneTab(WorkbenchTab):
         """Redraw the next chart that does not show the latest rows yet, then wait for
         the next turn while any other is behind."""
         stale = [c for c in CHART_NAMES if self.drawn.get(c, -1) < self.data_version]
-        if not stale:
+        if not stale or not self.isVisible():  # another tab is shown: drawn when this is
             return
         chart = next((c for c in CHART_NAMES[self.chart_turn:] if c in stale), stale[0])
         self.chart_turn = (CHART_NAMES.index(chart) + 1) % len(CHART_NAMES)
