@@ -390,6 +390,8 @@ class FinetuneTab(WorkbenchTab):
         self.active_run = name
         if not resume:
             self.rows[name] = []
+        if self.charts is not None:
+            self._curves_for(name)  # added now, not while the worker competes for the CPU
         self.run_max_steps = 0
         self.held.clear()
         self.health.clear()
@@ -438,10 +440,8 @@ class FinetuneTab(WorkbenchTab):
         if self.charts is None:
             return
         smoothing = self.smoothing.value() / 100
-        for i, (name, rows) in enumerate(self.rows.items()):
-            if name not in self.runs:
-                self.runs[name] = RunCurves(self.charts, name, COLORS[i % len(COLORS)])
-            self.runs[name].update(rows, smoothing, charts)
+        for name, rows in self.rows.items():
+            self._curves_for(name).update(rows, smoothing, charts)
         self.health.setText(" · ".join(w for run in self.runs.values() for w in run.warnings))
         from workbench.ui.charts import round_ceiling, steady_range
 
@@ -471,6 +471,13 @@ class FinetuneTab(WorkbenchTab):
         elif any(self.drawn.get(c, -1) < self.data_version for c in CHART_NAMES):
             self.drawn = dict.fromkeys(CHART_NAMES, self.data_version)
             self.redraw()
+
+    def _curves_for(self, name: str) -> RunCurves:
+        """The curves of run ``name`` (a key of ``rows``), added to the charts if new."""
+        if name not in self.runs:
+            color = COLORS[list(self.rows).index(name) % len(COLORS)]
+            self.runs[name] = RunCurves(self.charts, name, color)
+        return self.runs[name]
 
     def charts_changed(self) -> None:
         """The rows changed: every chart is stale and redraws in its turn."""

@@ -102,6 +102,25 @@ class ModelStore:
                 torch.cuda.empty_cache()
 
 
+def share_malloc_arena() -> None:
+    """Let every thread allocate from glibc's main malloc arena (``M_ARENA_MAX`` 1).
+
+    By default a new thread gets an arena of its own, made of 64 MB heaps; MiniLM trained
+    about 5% slower on a worker thread than on the main thread here (4.05 vs 4.28 steps/s,
+    slower in each of 4 alternating pairs), and as fast with one arena (4.39 vs 4.43).
+    Must run before the worker thread starts; does nothing where the C library is not glibc.
+    """
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(-8, 1)  # M_ARENA_MAX in glibc's malloc.h
+    except (OSError, AttributeError):
+        pass
+
+
 class GuiThreadCollector(QObject):
     """Python's cyclic garbage collection, done on the GUI thread only.
 
@@ -220,6 +239,7 @@ class ModelWorker(QThread):
         self._current: Job | None = None
         self._pending: list[Job] = []
         _workers.add(self)
+        share_malloc_arena()  # before the thread starts (its first allocation picks one)
 
     # --- called from the GUI thread -------------------------------------------------
     def submit(self, title: str, function: Callable[[WorkerContext], Any]) -> int:
