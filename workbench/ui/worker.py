@@ -181,13 +181,6 @@ class GuiThreadCollector(QObject):
             self.collect(2)
             gc.freeze()
 
-    def stop(self) -> None:
-        """Give collection back to the interpreter."""
-        self.timer.stop()
-        gc.collect = self.collect  # type: ignore[assignment]
-        gc.unfreeze()
-        gc.enable()
-
 
 _collector: GuiThreadCollector | None = None
 _workers: weakref.WeakSet[ModelWorker] = weakref.WeakSet()
