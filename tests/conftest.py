@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -113,6 +114,8 @@ def pytest_unconfigure(config):
     the interpreter's last collection has crashed in a C extension; the tests are done by
     then, so exit with their status instead of risking that.
     """
+    # The sandbox holds the converted bundled models (about 700 MB): never leave it behind.
+    shutil.rmtree(_SANDBOX, ignore_errors=True)
     status = getattr(config, "_lmwb_exit_status", None)
     if status is not None:
         sys.stdout.flush()
