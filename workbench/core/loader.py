@@ -204,6 +204,12 @@ def load_model_job(reference: str, options: LoadOptions | None = None):
                                  f"{_first_line(exc)}") from exc
         model.to(device)
         model.eval()
+        import torch
+
+        from workbench.core.few_rows import few_rows_helps, use_few_rows_linears
+
+        if device == "cpu" and dtype == torch.float32 and few_rows_helps():
+            use_few_rows_linears(model)  # batched decoding (compare) about 1.8x faster
         if tokenizer.pad_token is None and tokenizer.eos_token is not None:
             tokenizer.pad_token = tokenizer.eos_token
         entry = catalog.find_builtin(reference)

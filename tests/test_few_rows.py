@@ -1,0 +1,76 @@
+"""FewRowsLinear: the same numbers as nn.Linear, a faster operand order for a few rows."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from workbench.core.few_rows import FewRowsLinear, few_rows_helps, use_few_rows_linears
+from workbench.core.loader import load_model
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("shape", [(1, 24), (2, 24), (4, 1, 24), (3, 5, 24), (16, 24),
+                                   (17, 24), (2, 9, 24)])
+def test_same_result_as_linear(shape, bias):
+    torch.manual_seed(0)
+    plain = nn.Linear(24, 40, bias=bias)
+    fast = copy.deepcopy(plain)
+    use_few_rows_linears(fast)
+    x = torch.randn(*shape)
+    with torch.inference_mode():
+        expected, got = plain(x), fast(x)
+    assert type(fast) is FewRowsLinear
+    assert got.shape == expected.shape == (*shape[:-1], 40)
+    assert got.is_contiguous()
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_with_gradients_it_is_linear_and_trains():
+    torch.manual_seed(0)
+    plain = nn.Linear(8, 3)
+    fast = copy.deepcopy(plain)
+    use_few_rows_linears(fast)
+    x = torch.randn(4, 8)
+    assert torch.equal(fast(x), plain(x))  # the same kernel, bit for bit
+    fast(x).sum().backward()
+    plain(x).sum().backward()
+    torch.testing.assert_close(fast.weight.grad, plain.weight.grad)
+
+
+def test_only_plain_linears_change_and_the_state_dict_stays(tiny):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny("llama"))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    linears = sum(type(m) is nn.Linear for m in model.modules())
+    assert use_few_rows_linears(model) == linears > 0
+    assert not any(type(m) is nn.Linear for m in model.modules())
+    after = model.state_dict()
+    assert after.keys() == before.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_a_batch_decodes_the_same_logits(tiny):
+    """Four rows of one decoding step: the logits of the converted model match."""
+    loaded = load_model(str(tiny("llama")))
+    model = loaded.model
+    reference = copy.deepcopy(model)
+    for module in reference.modules():
+        if type(module) is FewRowsLinear:
+            module.__class__ = nn.Linear
+    ids = torch.tensor([[5, 9, 2], [7, 1, 3], [4, 4, 4], [8, 6, 2]])
+    with torch.inference_mode():
+        got = model(ids[:, :1]).logits
+        expected = reference(ids[:, :1]).logits
+        greedy = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                                max_new_tokens=6, pad_token_id=0)
+        greedy_ref = reference.generate(ids, attention_mask=torch.ones_like(ids),
+                                        do_sample=False, max_new_tokens=6, pad_token_id=0)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+    assert torch.equal(greedy, greedy_ref)
+    if few_rows_helps():  # the loader converts float32 models on the CPU
+        assert any(type(m) is FewRowsLinear for m in model.modules())
