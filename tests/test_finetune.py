@@ -61,6 +61,8 @@ def test_classification_run_writes_a_complete_run_folder(tmp_path, tiny):
     assert [e.step for e in logs if e.loss is not None] == [1, 2, 3, 4, 5, 6]
     assert any(e.eval_accuracy is not None for e in logs)
     assert logs[0].learning_rate > logs[-2].learning_rate  # the linear schedule decays
+    tokens = [e.tokens for e in logs if e.loss is not None]  # for the throughput chart
+    assert all(b > a > 0 for a, b in zip(tokens, tokens[1:], strict=False))
     final = load_model(result.final_model)  # "Use this model": every tab can open it
     assert final.task == "classifier"
     assert final.model.config.id2label == {0: "bad", 1: "good"}
@@ -113,6 +115,10 @@ def test_stop_saves_a_checkpoint_and_resume_continues_the_same_schedule(tmp_path
             assert e.learning_rate == pytest.approx(lr[e.step])
             assert e.loss == pytest.approx(loss[e.step], rel=1e-3)
     assert sorted(e.step for e in second if isinstance(e, TrainLog) and e.loss) == [4, 5, 6]
+    tokens = {e.step: e.tokens for e in whole if isinstance(e, TrainLog) and e.loss}
+    for e in second:  # the token count goes on from the checkpoint, too
+        if isinstance(e, TrainLog) and e.loss is not None:
+            assert e.tokens == tokens[e.step]
 
 
 def test_a_run_folder_is_not_overwritten(tmp_path, tiny):
@@ -167,6 +173,17 @@ def test_monitor_reads_any_trainer_output(tmp_path):
         40, 100, 2.1, 2.3)
     with pytest.raises(WorkbenchError, match="not a training run"):
         read_run(tmp_path)
+
+
+def test_monitor_reads_token_counts_and_times_where_the_trainer_logged_them(tmp_path):
+    (tmp_path / "trainer_state.json").write_text(json.dumps({
+        "global_step": 20, "max_steps": 100,
+        "log_history": [{"step": 10, "loss": 2.5, "num_input_tokens_seen": 5120,
+                         "train_runtime": 4.0},
+                        {"step": 20, "loss": 2.2, "num_input_tokens_seen": 10240,
+                         "train_runtime": 6.0}]}))
+    rows = read_run(tmp_path).rows
+    assert [(r["tokens"], r["seconds"]) for r in rows] == [(5120, 4.0), (10240, 6.0)]
 
 
 # --- LoRA (peft) ----------------------------------------------------------------------------

@@ -47,6 +47,9 @@ def test_a_run_draws_live_curves_and_its_model_can_be_used(qtbot, window, tmp_pa
     assert list(steps) == [1, 2, 3, 4, 5, 6]
     assert len(curves.eval.getData()[0]) == 2  # validation at steps 3 and 6
     assert len(curves.lr.getData()[0]) == 6
+    speed_steps, speeds = curves.speed.getData()  # tokens per second between logged steps
+    assert tab.charts["speed"].titleLabel.text == "tokens per second"
+    assert len(speed_steps) >= 3 and all(v > 0 for v in speeds)
     assert tab.progress.value() == 6 and "Finished at step 6" in tab.eta.text()
     assert tab.use_button.isEnabled()
     tab.use_button.click()
@@ -179,3 +182,36 @@ def test_charts_wait_while_another_tab_is_shown(qtbot, window):
     window.tabs.setCurrentIndex(2)
     qtbot.waitUntil(lambda: "later" in tab.runs and
                     list(tab.runs["later"].raw.getData()[1]) == [0.5], timeout=5000)
+
+
+def test_the_loss_band_spans_the_raw_losses_the_smoothing_averages(qtbot, window):
+    tab = window.tab_pages[2]
+    losses = [1.0, 0.8, 2.0, 0.7, float("nan"), 0.6]
+    tab.rows["band"] = [{"step": s, "loss": v, "seconds": s / 4}
+                        for s, v in enumerate(losses, start=1)]
+    tab.smoothing.setValue(60)  # EMA weight 0.6: a window of 1 / 0.4 -> 3 points
+    tab.redraw(hold=False)
+    curves = tab.runs["band"]
+    steps, low = curves.band_low.getData()
+    assert list(steps) == [1, 2, 3, 4, 5, 6]
+    assert list(low) == [1.0, 0.8, 0.8, 0.7, 0.7, 0.6]  # the NaN is skipped, not drawn
+    assert list(curves.band_high.getData()[1]) == [1.0, 1.0, 2.0, 2.0, 2.0, 0.7]
+    tab.smoothing.setValue(0)  # no smoothing: the band is the raw points themselves
+    assert list(curves.band_high.getData()[1]) == [1.0, 0.8, 2.0, 0.7, 0.6]
+    assert curves.band in tab.charts["loss"].items
+
+
+def test_throughput_in_tokens_or_steps_per_second():
+    from workbench.ui.finetune_tab import speed_unit, throughput
+
+    rows = [{"step": 1, "loss": 1.0, "tokens": 100, "seconds": 1.0},
+            {"step": 2, "loss": 0.9, "tokens": 300, "seconds": 1.5},
+            {"step": 2, "eval_loss": 1.1, "tokens": 300, "seconds": 3.0},  # an evaluation
+            {"step": 3, "loss": 0.8, "tokens": 500, "seconds": 3.5},
+            {"step": 4, "loss": 0.7, "tokens": 600, "seconds": 4.5}]
+    assert throughput(rows, "tokens") == ([2, 4], [400.0, 100.0])  # not across the eval
+    assert throughput(rows, "steps") == ([2, 4], [2.0, 1.0])
+    untimed = [{"step": 5, "loss": 1.0}]  # a Trainer's state without times: no speed
+    older = [{"step": 1, "loss": 1.0, "seconds": 1.0}, {"step": 2, "loss": 1.0, "seconds": 2}]
+    assert speed_unit([rows, untimed]) == "tokens"
+    assert speed_unit([rows, older]) == "steps"  # a run without token counts: steps for all

@@ -268,6 +268,7 @@ class TrainLog:
     grad_norm: float | None = None
     samples_per_second: float | None = None
     seconds: float = 0.0  # since the start of this session of training
+    tokens: int | None = None  # input tokens trained on so far, padding not counted
 
 
 @dataclass(frozen=True)
@@ -396,7 +397,8 @@ def run_finetune(config: FinetuneConfig, ctx: JobContext | None = None, resume: 
                 eval_accuracy=logs.get("eval_accuracy"), learning_rate=logs.get("learning_rate"),
                 grad_norm=logs.get("grad_norm"),
                 samples_per_second=logs.get("train_samples_per_second"),
-                seconds=time.perf_counter() - started)
+                seconds=time.perf_counter() - started,
+                tokens=logs.get("num_input_tokens_seen"))
             if row.loss is None and row.eval_loss is None:
                 return
             with open(metrics_path, "a", encoding="utf-8") as f:
@@ -433,7 +435,8 @@ def run_finetune(config: FinetuneConfig, ctx: JobContext | None = None, resume: 
         eval_steps=config.eval_steps, save_strategy="steps", save_steps=config.save_steps,
         report_to=["tensorboard"] if _has_tensorboard() else [], disable_tqdm=True,
         logging_nan_inf_filter=False, use_cpu=loaded.device == "cpu",
-        dataloader_num_workers=0)
+        dataloader_num_workers=0,
+        include_num_input_tokens_seen="non_padding")  # for the throughput chart
     collator = DataCollatorForLanguageModeling(tokenizer, mlm=False) if config.task == "lm" \
         else DataCollatorWithPadding(tokenizer)
     trainer = Trainer(model=model, args=args, train_dataset=data.train,

@@ -72,6 +72,10 @@ def _from_trainer_state(path: Path) -> tuple[list[dict], int, int | None]:
                 row[key] = entry[key]
         if "train_samples_per_second" in entry:
             row["samples_per_second"] = entry["train_samples_per_second"]
+        if "num_input_tokens_seen" in entry:  # a Trainer that counts tokens also logs
+            row["tokens"] = entry["num_input_tokens_seen"]  # the time since its start
+            if "train_runtime" in entry:
+                row["seconds"] = entry["train_runtime"]
         if len(row) > 2:
             rows.append(row)
     return rows, int(state.get("global_step", 0)), state.get("max_steps")

@@ -7,6 +7,7 @@ import datetime
 import math
 import shlex
 import time
+import warnings
 from pathlib import Path
 
 from PySide6.QtCore import QSettings, Qt, QTimer, Signal
@@ -58,6 +59,53 @@ def ema(values: list[float], weight: float) -> list[float]:
     return out
 
 
+def band_window(weight: float) -> int:
+    """How many recent points the min/max band spans for EMA ``weight``: the EMA's
+    effective window, 1 / (1 - weight), rounded up."""
+    return max(1, math.ceil(1 / (1 - min(weight, 0.999)) - 1e-9))
+
+
+def rolling_min_max(values: list[float], window: int) -> tuple[list[float], list[float]]:
+    """The lowest and highest of each value and the ``window`` - 1 before it (NaN and
+    infinite values are skipped; a window with none finite gives NaN)."""
+    import numpy as np
+
+    if not values:
+        return [], []
+    data = np.asarray(values, dtype=float)
+    data[~np.isfinite(data)] = np.nan
+    padded = np.concatenate([np.full(window - 1, np.nan), data])
+    windows = np.lib.stride_tricks.sliding_window_view(padded, window)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a window with no finite value
+        return np.nanmin(windows, axis=1).tolist(), np.nanmax(windows, axis=1).tolist()
+
+
+def throughput(rows: list[dict], unit: str) -> tuple[list[int], list[float]]:
+    """Steps and the training speed up to each: input tokens per second (``unit``
+    "tokens", from the Trainer's count of non-padding tokens) or steps per second, between
+    two training rows in a row (not across an evaluation, nor a resume)."""
+    key = "tokens" if unit == "tokens" else "step"
+    steps, speeds = [], []
+    for a, b in zip(rows, rows[1:], strict=False):
+        if a.get("loss") is None or b.get("loss") is None or a.get(key) is None or \
+                b.get(key) is None or b["step"] <= a["step"]:
+            continue
+        seconds = (b.get("seconds") or 0) - (a.get("seconds") or 0)
+        if seconds > 0:
+            steps.append(b["step"])
+            speeds.append((b[key] - a[key]) / seconds)
+    return steps, speeds
+
+
+def speed_unit(runs: list[list[dict]]) -> str:
+    """"tokens" when every run with timed rows counted its tokens, else "steps"."""
+    timed = [rows for rows in runs if any(r.get("seconds") for r in rows[:2])]
+    if all(any(r.get("tokens") is not None for r in rows) for rows in timed):
+        return "tokens"
+    return "steps"
+
+
 class RunCurves:
     """The curves of one run on the shared charts."""
 
@@ -67,6 +115,11 @@ class RunCurves:
         pen = pg.mkPen(color, width=1)
         light = pg.mkPen((*color, 90), width=1)
         self.name = name
+        # The min/max band: the range of the raw losses the smoothed curve averages.
+        self.band_low = pg.PlotDataItem([], [], pen=None)
+        self.band_high = pg.PlotDataItem([], [], pen=None)
+        self.band = pg.FillBetweenItem(self.band_low, self.band_high, brush=(*color, 45))
+        charts["loss"].addItem(self.band)
         self.raw = charts["loss"].plot([], [], pen=None, symbol="o", symbolSize=3,
                                        symbolBrush=(*color, 120), symbolPen=None)
         self.smooth = charts["loss"].plot([], [], pen=pen, name=f"{name} loss")
@@ -84,11 +137,12 @@ class RunCurves:
         self.warnings: list[str] = []
 
     def update(self, rows: list[dict], smoothing: float,
-               charts: tuple[str, ...] = ("loss", "lr", "grad", "speed")) -> None:
+               charts: tuple[str, ...] = ("loss", "lr", "grad", "speed"),
+               unit: str = "tokens") -> None:
         """Redraw those of ``charts`` that do not show these rows yet (a finished run's
         curves are not set again on every redraw of a running one); the health warnings
-        are kept in ``warnings``."""
-        version = (len(rows), rows[-1] if rows else None, smoothing)
+        are kept in ``warnings``. ``unit``: the throughput's, see :func:`throughput`."""
+        version = (len(rows), rows[-1] if rows else None, smoothing, unit)
         charts = tuple(c for c in charts if self.drawn.get(c) != version)
         if not charts:
             return
@@ -104,6 +158,11 @@ class RunCurves:
                   if m is not None and math.isfinite(v) and v > 1.5 * m and v - m > 0.1]
         if "loss" in charts:
             self.raw.setData(steps, losses)  # every point: a one-step spike stays visible
+            low, high = rolling_min_max(losses, band_window(smoothing))
+            band = [(s, a, b) for s, a, b in zip(steps, low, high, strict=True)
+                    if math.isfinite(a) and math.isfinite(b)]
+            self.band_low.setData([s for s, _, _ in band], [a for _, a, _ in band])
+            self.band_high.setData([s for s, _, _ in band], [b for _, _, b in band])
             self.smooth.setData(steps, smooth)
             self.eval.setData([s for s, _ in evals], [v for _, v in evals])
             self.spikes.setData([s for s, _ in spikes], [v for _, v in spikes])
@@ -115,13 +174,7 @@ class RunCurves:
             grad = [(r["step"], r["grad_norm"]) for r in rows if r.get("grad_norm") is not None]
             self.grad.setData([s for s, _ in grad], [v for _, v in grad])
         if "speed" in charts:
-            speed = []
-            for a, b in zip(rows, rows[1:], strict=False):
-                if a.get("loss") is not None and b.get("loss") is not None and \
-                        b.get("seconds", 0) > a.get("seconds", 0) and b["step"] > a["step"]:
-                    speed.append((b["step"],
-                                  (b["step"] - a["step"]) / (b["seconds"] - a["seconds"])))
-            self.speed.setData([s for s, _ in speed], [v for _, v in speed])
+            self.speed.setData(*throughput(rows, unit))
         self.warnings = []
         if spikes:
             self.warnings.append(f"{self.name}: loss spike at step {spikes[-1][0]}")
@@ -147,6 +200,7 @@ class FinetuneTab(WorkbenchTab):
         self.attached: list[str] = []
         self.active_run: str | None = None
         self.final_model: str | None = None
+        self.speed_shown = "tokens"  # the unit of the throughput chart
         self._build_form()
         self.chart_holder = QWidget()
         QVBoxLayout(self.chart_holder).setContentsMargins(0, 0, 0, 0)
@@ -163,7 +217,7 @@ class FinetuneTab(WorkbenchTab):
         self.smoothing.setObjectName("smoothing")
         self.smoothing.setRange(0, 99)
         self.smoothing.setValue(60)
-        self.smoothing.valueChanged.connect(self.redraw)
+        self.smoothing.valueChanged.connect(lambda _value: self.redraw(("loss",)))
         self.probes = QPlainTextEdit()
         self.probes.setObjectName("probe-texts")
         self.probes.setReadOnly(True)
@@ -316,7 +370,7 @@ class FinetuneTab(WorkbenchTab):
         self.charts = {}
         for key, title, row, col in (("loss", "loss", 0, 0), ("lr", "learning rate", 0, 1),
                                      ("grad", "gradient norm", 1, 0),
-                                     ("speed", "steps per second", 1, 1)):
+                                     ("speed", "tokens per second", 1, 1)):
             plot = grid.addPlot(row=row, col=col, title=title)
             plot.showGrid(y=True, alpha=0.3)
             plot.setLabel("bottom", "step")
@@ -440,8 +494,12 @@ class FinetuneTab(WorkbenchTab):
         if self.charts is None:
             return
         smoothing = self.smoothing.value() / 100
+        unit = speed_unit(list(self.rows.values()))
+        if "speed" in charts and unit != self.speed_shown:
+            self.speed_shown = unit
+            self.charts["speed"].setTitle(f"{unit} per second")
         for name, rows in self.rows.items():
-            self._curves_for(name).update(rows, smoothing, charts)
+            self._curves_for(name).update(rows, smoothing, charts, unit)
         self.health.setText(" · ".join(w for run in self.runs.values() for w in run.warnings))
         from workbench.ui.charts import round_ceiling, steady_range
 
