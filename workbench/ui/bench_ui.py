@@ -258,8 +258,8 @@ def bench_finetune_overhead(emit: Callable[[Any], None], steps: int = 24,
     (≤ 50 ms), measured apart because the probe's 5 ms timer slows the worker itself.
 
     Runs vary by ±10% here one after another, and the first run in a process is the
-    fastest, so after an untimed warm-up run the headless and window runs alternate
-    ``rounds`` times and the medians are compared."""
+    fastest, so after an untimed warm-up run of each kind the headless and window runs
+    alternate ``rounds`` times and the medians are compared."""
     import tempfile
     from dataclasses import asdict, replace
     from pathlib import Path
@@ -309,8 +309,11 @@ def bench_finetune_overhead(emit: Callable[[Any], None], steps: int = 24,
                 _run_loop_until(lambda: tab.job_id is None)
                 return _steps_per_second(tab.rows[name])
 
-            emit(Progress("finetune_overhead: warm-up run", 0.05))
+            emit(Progress("finetune_overhead: warm-up runs", 0.05))
             headless("warm-up")
+            # and one in the window, so that every timed run follows one of the other kind
+            # (a headless run right after another was up to 20% faster here)
+            in_window("warm-up-window")
             headless_runs, gui_runs = [], []
             for i in range(rounds):
                 emit(Progress("finetune_overhead: headless and window runs in turn",

@@ -250,7 +250,7 @@ class FinetuneTab(WorkbenchTab):
         # their ranges (see steady_range), so a new point does not re-layout the axes.
         self.redraw_timer = QTimer(self)
         self.redraw_timer.setSingleShot(True)
-        self.redraw_timer.setInterval(400)
+        self.redraw_timer.setInterval(600)
         self.redraw_timer.timeout.connect(self.redraw_next)
         self.chart_turn = 0
         self.data_version = 0  # bumped by new rows; a chart is stale until it has drawn it
