@@ -184,7 +184,7 @@ def test_charts_wait_while_another_tab_is_shown(qtbot, window):
                     list(tab.runs["later"].raw.getData()[1]) == [0.5], timeout=5000)
 
 
-def test_the_loss_band_spans_the_raw_losses_the_smoothing_averages(qtbot, window):
+def test_the_loss_band_spans_the_raw_losses_around_each_step(qtbot, window):
     tab = window.tab_pages[2]
     losses = [1.0, 0.8, 2.0, 0.7, float("nan"), 0.6]
     tab.rows["band"] = [{"step": s, "loss": v, "seconds": s / 4}
@@ -194,8 +194,9 @@ def test_the_loss_band_spans_the_raw_losses_the_smoothing_averages(qtbot, window
     curves = tab.runs["band"]
     steps, low = curves.band_low.getData()
     assert list(steps) == [1, 2, 3, 4, 5, 6]
-    assert list(low) == [1.0, 0.8, 0.8, 0.7, 0.7, 0.6]  # the NaN is skipped, not drawn
-    assert list(curves.band_high.getData()[1]) == [1.0, 1.0, 2.0, 2.0, 2.0, 0.7]
+    assert list(low) == [0.8, 0.8, 0.7, 0.7, 0.6, 0.6]  # the NaN is skipped, not drawn
+    assert list(curves.band_high.getData()[1]) == [1.0, 2.0, 2.0, 2.0, 0.7, 0.6]
+    assert not curves.band.path().isEmpty()  # drawn as a filled area
     tab.smoothing.setValue(0)  # no smoothing: the band is the raw points themselves
     assert list(curves.band_high.getData()[1]) == [1.0, 0.8, 2.0, 0.7, 0.6]
     assert curves.band in tab.charts["loss"].items

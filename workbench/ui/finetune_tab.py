@@ -60,22 +60,24 @@ def ema(values: list[float], weight: float) -> list[float]:
 
 
 def band_window(weight: float) -> int:
-    """How many recent points the min/max band spans for EMA ``weight``: the EMA's
-    effective window, 1 / (1 - weight), rounded up."""
-    return max(1, math.ceil(1 / (1 - min(weight, 0.999)) - 1e-9))
+    """How many points the min/max band spans for EMA ``weight``: the EMA's effective
+    window, 1 / (1 - weight), rounded up to an odd number (it is centred on each point)."""
+    width = max(1, math.ceil(1 / (1 - min(weight, 0.999)) - 1e-9))
+    return width + 1 - width % 2
 
 
 def rolling_min_max(values: list[float], window: int) -> tuple[list[float], list[float]]:
-    """The lowest and highest of each value and the ``window`` - 1 before it (NaN and
-    infinite values are skipped; a window with none finite gives NaN)."""
+    """The lowest and highest of the values in a ``window`` centred on each (shorter at
+    the ends; NaN and infinite values are skipped; a window with none finite gives NaN)."""
     import numpy as np
 
     if not values:
         return [], []
     data = np.asarray(values, dtype=float)
     data[~np.isfinite(data)] = np.nan
-    padded = np.concatenate([np.full(window - 1, np.nan), data])
-    windows = np.lib.stride_tricks.sliding_window_view(padded, window)
+    half = window // 2
+    padded = np.concatenate([np.full(half, np.nan), data, np.full(half, np.nan)])
+    windows = np.lib.stride_tricks.sliding_window_view(padded, 2 * half + 1)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # a window with no finite value
         return np.nanmin(windows, axis=1).tolist(), np.nanmax(windows, axis=1).tolist()
@@ -115,9 +117,11 @@ class RunCurves:
         pen = pg.mkPen(color, width=1)
         light = pg.mkPen((*color, 90), width=1)
         self.name = name
-        # The min/max band: the range of the raw losses the smoothed curve averages.
-        self.band_low = pg.PlotDataItem([], [], pen=None)
-        self.band_high = pg.PlotDataItem([], [], pen=None)
+        # The min/max band: the range of the raw losses around each step, as wide as
+        # the smoothing's window.
+        # (curves that are not shown themselves: a PlotDataItem without a pen has no path)
+        self.band_low = pg.PlotCurveItem([], [], pen=pg.mkPen(None))
+        self.band_high = pg.PlotCurveItem([], [], pen=pg.mkPen(None))
         self.band = pg.FillBetweenItem(self.band_low, self.band_high, brush=(*color, 45))
         charts["loss"].addItem(self.band)
         self.raw = charts["loss"].plot([], [], pen=None, symbol="o", symbolSize=3,
