@@ -76,6 +76,9 @@ def test_classification_run_writes_a_complete_run_folder(tmp_path, tiny):
     tb = read_run(only_tb)
     assert tb.source == "tensorboard" and tb.global_step == 6
     assert tb.latest("loss") == pytest.approx(snap.latest("loss"), rel=1e-5)
+    timed = [r for r in tb.rows if "loss" in r]  # speed: when each loss was written, tokens
+    assert [r["tokens"] for r in timed] == [e.tokens for e in logs if e.loss is not None]
+    assert all(b["seconds"] > a["seconds"] for a, b in zip(timed, timed[1:], strict=False))
     assert snap.latest("loss") == pytest.approx([e.loss for e in logs if e.loss][-1])
 
 

@@ -93,7 +93,9 @@ def _from_tensorboard(folder: Path) -> list[dict] | None:
     by_step: dict[int, dict] = {}
     names = {"train/loss": "loss", "eval/loss": "eval_loss", "train/learning_rate":
              "learning_rate", "train/grad_norm": "grad_norm", "eval/accuracy": "eval_accuracy",
-             "loss": "loss", "learning_rate": "learning_rate"}
+             "loss": "loss", "learning_rate": "learning_rate",
+             "train/num_input_tokens_seen": "tokens"}
+    loss_times: dict[int, float] = {}
     for event_file in events:
         acc = EventAccumulator(str(event_file.parent))
         acc.Reload()
@@ -103,6 +105,12 @@ def _from_tensorboard(folder: Path) -> list[dict] | None:
                 continue
             for scalar in acc.Scalars(tag):
                 by_step.setdefault(scalar.step, {"step": scalar.step})[key] = scalar.value
+                if key == "loss":
+                    loss_times[scalar.step] = scalar.wall_time
+    if loss_times:  # when each training loss was written: the run's speed
+        start = min(loss_times.values())
+        for step, wall_time in loss_times.items():
+            by_step[step]["seconds"] = wall_time - start
     return [by_step[s] for s in sorted(by_step)]
 
 
