@@ -248,7 +248,7 @@ class FinetuneTab(WorkbenchTab):
         layout.addWidget(self.model_label)
         layout.addWidget(split, 1)
         # Log rows can arrive many times a second: while a run goes, one chart is redrawn
-        # every 400 ms in turn (each every 1.6 s), so no single pass of the event loop
+        # every 600 ms in turn (each every 2.4 s), so no single pass of the event loop
         # repaints all four, and the window's share of the CPU stays small (on the CPU
         # every millisecond it paints is one the training waits for); the charts hold
         # their ranges (see steady_range), so a new point does not re-layout the axes.
