@@ -170,6 +170,10 @@ class RunCurves:
             self.smooth.setData(steps, smooth)
             self.eval.setData([s for s, _ in evals], [v for _, v in evals])
             self.spikes.setData([s for s, _ in spikes], [v for _, v in spikes])
+            # empty markers are hidden: a scatter's bounds cost pyqtgraph Python work at
+            # every paint, even with no points
+            self.eval.setVisible(bool(evals))
+            self.spikes.setVisible(bool(spikes))
         if "lr" in charts:
             lr = [(r["step"], r["learning_rate"]) for r in rows
                   if r.get("learning_rate") is not None]
@@ -189,6 +193,7 @@ class RunCurves:
 
 
 CHART_NAMES = ("loss", "lr", "grad", "speed")
+CHART_TURNS = ("loss", "lr", "loss", "grad", "loss", "speed")  # the loss chart most often
 
 
 class FinetuneTab(WorkbenchTab):
@@ -248,13 +253,13 @@ class FinetuneTab(WorkbenchTab):
         layout.addWidget(self.model_label)
         layout.addWidget(split, 1)
         # Log rows can arrive many times a second: while a run goes, one chart is redrawn
-        # every 600 ms in turn (each every 2.4 s), so no single pass of the event loop
-        # repaints all four, and the window's share of the CPU stays small (on the CPU
+        # each second in turn (the loss chart every 2 s, the others every 6 s), so no
+        # single pass of the event loop repaints all four, and the window's share of the
+        # CPU stays small (on the CPU
         # every millisecond it paints is one the training waits for); the charts hold
         # their ranges (see steady_range), so a new point does not re-layout the axes.
         self.redraw_timer = QTimer(self)
         self.redraw_timer.setSingleShot(True)
-        self.redraw_timer.setInterval(600)
         self.redraw_timer.timeout.connect(self.redraw_next)
         self.chart_turn = 0
         self.data_version = 0  # bumped by new rows; a chart is stale until it has drawn it
@@ -450,6 +455,7 @@ class FinetuneTab(WorkbenchTab):
             self.rows[name] = []
         if self.charts is not None:
             self._curves_for(name)  # added now, not while the worker competes for the CPU
+            self.chart_widget.viewport().repaint()  # and painted now, for the same reason
         self.run_max_steps = 0
         self.held.clear()
         self.health.clear()
@@ -545,7 +551,7 @@ class FinetuneTab(WorkbenchTab):
         """The rows changed: every chart is stale and redraws in its turn."""
         self.data_version += 1
         if not self.redraw_timer.isActive():
-            self.redraw_timer.start()
+            self.redraw_timer.start(1000 if self.job_id is not None else 300)
 
     def redraw_next(self) -> None:
         """Redraw the next chart that does not show the latest rows yet, then wait for
@@ -553,12 +559,16 @@ class FinetuneTab(WorkbenchTab):
         stale = [c for c in CHART_NAMES if self.drawn.get(c, -1) < self.data_version]
         if not stale or not self.isVisible():  # another tab is shown: drawn when this is
             return
-        chart = next((c for c in CHART_NAMES[self.chart_turn:] if c in stale), stale[0])
-        self.chart_turn = (CHART_NAMES.index(chart) + 1) % len(CHART_NAMES)
+        turns = CHART_TURNS[self.chart_turn:] + CHART_TURNS[:self.chart_turn]
+        index = next(i for i, c in enumerate(turns) if c in stale)
+        chart = turns[index]
+        self.chart_turn = (self.chart_turn + index + 1) % len(CHART_TURNS)
         self.drawn[chart] = self.data_version
         self.redraw((chart,))
         if len(stale) > 1:
-            self.redraw_timer.start()
+            # while a run goes, slowly: every millisecond the window paints is one the
+            # training waits for; a finished run's charts fit quickly
+            self.redraw_timer.start(1000 if self.job_id is not None else 300)
 
     def _run_ended(self) -> None:
         """Draw every row in the held ranges now, then fit each chart to its data in
