@@ -200,6 +200,10 @@ def test_the_loss_band_spans_the_raw_losses_around_each_step(qtbot, window):
     tab.smoothing.setValue(0)  # no smoothing: the band is the raw points themselves
     assert list(curves.band_high.getData()[1]) == [1.0, 0.8, 2.0, 0.7, 0.6]
     assert curves.band in tab.charts["loss"].items
+    tab.rows["band"] = [{"step": 1, "loss": float("nan"), "seconds": 0.25}]
+    tab.redraw(hold=True)  # nothing to fill: hidden, and not a point at 0 in the range
+    assert not curves.band.isVisible()
+    assert tab.charts["loss"].getViewBox().childrenBounds()[1] is None
 
 
 def test_throughput_in_tokens_or_steps_per_second():

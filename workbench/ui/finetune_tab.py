@@ -102,7 +102,7 @@ def throughput(rows: list[dict], unit: str) -> tuple[list[int], list[float]]:
 
 def speed_unit(runs: list[list[dict]]) -> str:
     """"tokens" when every run with timed rows counted its tokens, else "steps"."""
-    timed = [rows for rows in runs if any(r.get("seconds") for r in rows[:2])]
+    timed = [rows for rows in runs if any(r.get("seconds") is not None for r in rows[:2])]
     if all(any(r.get("tokens") is not None for r in rows) for rows in timed):
         return "tokens"
     return "steps"
@@ -170,10 +170,11 @@ class RunCurves:
             self.smooth.setData(steps, smooth)
             self.eval.setData([s for s, _ in evals], [v for _, v in evals])
             self.spikes.setData([s for s, _ in spikes], [v for _, v in spikes])
-            # empty markers are hidden: a scatter's bounds cost pyqtgraph Python work at
-            # every paint, even with no points
-            self.eval.setVisible(bool(evals))
+            # empty items are hidden: a scatter's bounds cost pyqtgraph Python work at
+            # every paint, even with no points, and an empty fill counts as a point at
+            # (0, 0) in the chart's range (validation keeps its legend entry: shown)
             self.spikes.setVisible(bool(spikes))
+            self.band.setVisible(bool(band))
         if "lr" in charts:
             lr = [(r["step"], r["learning_rate"]) for r in rows
                   if r.get("learning_rate") is not None]
