@@ -184,6 +184,7 @@ def test_charts_wait_while_another_tab_is_shown(qtbot, window):
                     list(tab.runs["later"].raw.getData()[1]) == [0.5], timeout=5000)
 
 
+@pytest.mark.filterwarnings("ignore:All-NaN slice:RuntimeWarning")  # pyqtgraph, a NaN loss
 def test_the_loss_band_spans_the_raw_losses_around_each_step(qtbot, window):
     tab = window.tab_pages[2]
     losses = [1.0, 0.8, 2.0, 0.7, float("nan"), 0.6]
