@@ -115,7 +115,6 @@ class RunCurves:
         import pyqtgraph as pg
 
         pen = pg.mkPen(color, width=1)
-        light = pg.mkPen((*color, 90), width=1)
         self.name = name
         # The min/max band: the range of the raw losses around each step, as wide as
         # the smoothing's window.
@@ -134,8 +133,7 @@ class RunCurves:
         self.spikes = charts["loss"].plot([], [], pen=None, symbol="x", symbolSize=10,
                                           symbolPen=pg.mkPen(220, 0, 0, width=2))
         self.lr = charts["lr"].plot([], [], pen=pen)
-        self.grad = charts["grad"].plot([], [], pen=light, symbol="o", symbolSize=3,
-                                        symbolBrush=color, symbolPen=None)
+        self.grad = charts["grad"].plot([], [], pen=pen)
         self.speed = charts["speed"].plot([], [], pen=pen)
         self.drawn: dict[str, tuple] = {}  # chart -> the rows and smoothing it shows
         self.warnings: list[str] = []
