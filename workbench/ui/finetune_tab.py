@@ -6,7 +6,6 @@ from __future__ import annotations
 import datetime
 import math
 import shlex
-import time
 import warnings
 from pathlib import Path
 
@@ -44,6 +43,7 @@ from workbench.core.finetune import (
 from workbench.core.runs import read_run
 from workbench.ui.skeleton import combo, dspin, line, spin, text_box
 from workbench.ui.tab_base import WorkbenchTab
+from workbench.ui.widgets import ProgressThrottle
 from workbench.ui.worker import ModelWorker, WorkerContext
 
 RESOURCES = Path(__file__).resolve().parents[2] / "resources" / "data"
@@ -254,9 +254,9 @@ class FinetuneTab(WorkbenchTab):
         # Log rows can arrive many times a second: while a run goes, one chart is redrawn
         # each second in turn (the loss chart every 2 s, the others every 6 s), so no
         # single pass of the event loop repaints all four, and the window's share of the
-        # CPU stays small (on the CPU
-        # every millisecond it paints is one the training waits for); the charts hold
-        # their ranges (see steady_range), so a new point does not re-layout the axes.
+        # CPU stays small (on the CPU every millisecond it paints is one the training
+        # waits for); the charts hold their ranges (see steady_range), so a new point does
+        # not re-layout the axes.
         self.redraw_timer = QTimer(self)
         self.redraw_timer.setSingleShot(True)
         self.redraw_timer.timeout.connect(self.redraw_next)
@@ -265,7 +265,7 @@ class FinetuneTab(WorkbenchTab):
         self.drawn: dict[str, int] = {}
         self.held: dict[str, tuple[float, float]] = {}  # y ranges held during a run
         self.run_max_steps = 0
-        self.progress_shown = 0.0
+        self.progress_ticks = ProgressThrottle()
         self.poll = QTimer(self)
         self.poll.setInterval(1000)
         self.poll.timeout.connect(self.poll_attached)
@@ -484,9 +484,7 @@ class FinetuneTab(WorkbenchTab):
 
             self.rows.setdefault(self.active_run, []).append(asdict(event))
             self.run_max_steps = event.max_steps or self.run_max_steps
-            last = event.step >= event.max_steps
-            if event.max_steps and (last or time.monotonic() - self.progress_shown > 0.25):
-                self.progress_shown = time.monotonic()  # a progress bar repaints at once
+            if event.max_steps and self.progress_ticks.due(force=event.step >= event.max_steps):
                 self.progress.setMaximum(event.max_steps)
                 self.progress.setValue(event.step)
                 if event.step and event.seconds:
@@ -550,7 +548,13 @@ class FinetuneTab(WorkbenchTab):
         """The rows changed: every chart is stale and redraws in its turn."""
         self.data_version += 1
         if not self.redraw_timer.isActive():
-            self.redraw_timer.start(1000 if self.job_id is not None else 300)
+            self._next_turn()
+
+    def _next_turn(self) -> None:
+        """Start the wait for the next chart's turn: a second while a run goes (every
+        millisecond the window paints is one the training waits for); a finished run's
+        charts fit quickly."""
+        self.redraw_timer.start(1000 if self.job_id is not None else 300)
 
     def redraw_next(self) -> None:
         """Redraw the next chart that does not show the latest rows yet, then wait for
@@ -565,9 +569,7 @@ class FinetuneTab(WorkbenchTab):
         self.drawn[chart] = self.data_version
         self.redraw((chart,))
         if len(stale) > 1:
-            # while a run goes, slowly: every millisecond the window paints is one the
-            # training waits for; a finished run's charts fit quickly
-            self.redraw_timer.start(1000 if self.job_id is not None else 300)
+            self._next_turn()
 
     def _run_ended(self) -> None:
         """Draw every row in the held ranges now, then fit each chart to its data in

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 from PySide6.QtCore import QByteArray, QSettings, Qt, QTimer
 from PySide6.QtGui import QAction, QCloseEvent, QKeySequence
 from PySide6.QtWidgets import (
@@ -31,6 +29,7 @@ from workbench.ui.log_panel import LogPanel
 from workbench.ui.model_picker import ModelPicker
 from workbench.ui.state import restore_controls, save_controls
 from workbench.ui.tab_base import WorkbenchTab
+from workbench.ui.widgets import ProgressThrottle
 from workbench.ui.worker import ModelWorker, gui_thread_garbage_collection
 
 
@@ -96,7 +95,7 @@ class MainWindow(QMainWindow):
         self.memory_status = QLabel("")
         self.job_status = QLabel("")
         self.progress = QProgressBar()
-        self.progress_shown = 0.0  # when a progress tick was last shown
+        self.progress_ticks = ProgressThrottle()
         self.progress.setMaximumWidth(220)
         self.progress.setTextVisible(True)
         self.cancel_button = QPushButton("Cancel")
@@ -249,9 +248,8 @@ class MainWindow(QMainWindow):
     def _job_event(self, job_id: int, event: object) -> None:
         if isinstance(event, Progress):
             stage = event.fraction in (None, 0.0, 1.0)
-            if not stage and time.monotonic() - self.progress_shown < 0.25:
-                return  # ticks come many times a second; repainting each takes CPU from jobs
-            self.progress_shown = time.monotonic()
+            if not self.progress_ticks.due(force=stage):
+                return
             self.job_status.setText(event.message[:60])
             if event.fraction is None:
                 self.progress.setRange(0, 0)

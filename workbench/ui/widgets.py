@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bisect
+import time
 
 from PySide6.QtCore import QEvent, QObject, Signal
 from PySide6.QtGui import QColor, QTextCharFormat, QTextCursor
@@ -75,3 +76,20 @@ class StatusLine(QLabel):
     def setText(self, text: str) -> None:  # noqa: N802 (Qt's name)
         super().setText(text)
         self.setToolTip(text)
+
+
+class ProgressThrottle:
+    """Whether a progress tick should be shown now: at most ``per_second`` a second, and
+    always when ``force``d (a stage change, the last step). Ticks can come many times a
+    second, and a progress bar repaints at once: each repaint takes CPU from the job."""
+
+    def __init__(self, per_second: float = 4.0) -> None:
+        self.interval = 1.0 / per_second
+        self.shown = float("-inf")
+
+    def due(self, force: bool = False) -> bool:
+        now = time.monotonic()
+        if not force and now - self.shown < self.interval:
+            return False
+        self.shown = now
+        return True
