@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 from workbench import APP_NAME, __version__
@@ -96,8 +97,11 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--text-column", default="text")
     ft.add_argument("--label-column", default="label")
     ft.add_argument("--output", required=True, help="the run folder")
-    ft.add_argument("--max-steps", type=int, default=-1)
-    ft.add_argument("--epochs", type=float, default=3.0)
+    ft.add_argument("--max-steps", type=int, default=None,
+                    help="stop after this many optimizer steps (overrides --epochs); with "
+                    "--resume, a new limit (default: the run's own)")
+    ft.add_argument("--epochs", type=float, default=None,
+                    help="default 3; with --resume, a new limit (default: the run's own)")
     ft.add_argument("--learning-rate", type=float, default=2e-5)
     ft.add_argument("--batch-size", type=int, default=8)
     ft.add_argument("--gradient-accumulation", type=int, default=1)
@@ -371,7 +375,6 @@ def cmd_attention(args: argparse.Namespace) -> int:
         page, more = bertviz_html(result, args.view, layers, max_tokens=args.page_tokens)
         notices += more
         try:
-            from pathlib import Path
 
             Path(args.html).write_text(page, encoding="utf-8")
         except OSError as exc:
@@ -403,20 +406,27 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     from workbench.core.catalog import MINILM, SMOLLM2
     from workbench.core.finetune import (
         FinetuneConfig,
-        ProbeText,
-        TrainLog,
+        format_train_log,
         run_finetune,
+        saved_config,
         split_names,
     )
-    from workbench.core.jobs import JobContext
+    from workbench.core.jobs import JobContext, stop_on_signals
 
     model = args.model or (SMOLLM2.name if args.task == "lm" else MINILM.name)
+    max_steps, epochs = args.max_steps, args.epochs
+    if args.resume and max_steps is None and epochs is None:  # the run's own limits
+        saved = saved_config(Path(args.output).expanduser())
+        max_steps, epochs = saved.max_steps, saved.epochs
+    elif epochs is not None and max_steps is None:
+        max_steps = -1  # an epoch limit
     config = FinetuneConfig(
         task=args.task, model=model, train_file=args.train, output_dir=args.output,
         validation_file=args.validation, text_column=args.text_column,
         label_column=args.label_column, learning_rate=args.learning_rate,
-        lr_scheduler=args.scheduler, warmup_steps=args.warmup_steps, epochs=args.epochs,
-        max_steps=args.max_steps, batch_size=args.batch_size,
+        lr_scheduler=args.scheduler, warmup_steps=args.warmup_steps,
+        epochs=3.0 if epochs is None else epochs, max_steps=-1 if max_steps is None else max_steps,
+        batch_size=args.batch_size,
         gradient_accumulation=args.gradient_accumulation, max_length=args.max_length,
         weight_decay=args.weight_decay, seed=args.seed, logging_steps=args.logging_steps,
         eval_steps=args.eval_steps, save_steps=args.save_steps, probe_prompts=args.probe,
@@ -430,25 +440,22 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         bar(event)
         if args.json:
             return
-        if isinstance(event, TrainLog):
+        line = format_train_log(event)
+        if line is not None:
             bar.finish()
-            parts = [f"step {event.step}/{event.max_steps}"]
-            if event.loss is not None:
-                parts.append(f"loss {event.loss:.4f}")
-            if event.eval_loss is not None:
-                parts.append(f"eval_loss {event.eval_loss:.4f}")
-            if event.eval_accuracy is not None:
-                parts.append(f"accuracy {event.eval_accuracy:.3f}")
-            if event.learning_rate is not None:
-                parts.append(f"lr {event.learning_rate:.2e}")
-            print("  ".join(parts), flush=True)
-        elif isinstance(event, ProbeText):
-            print(f"  probe @{event.step} {event.prompt!r} -> {event.text!r}", flush=True)
+            print(line, flush=True)
         elif isinstance(event, LogLine) and event.level == "info" and \
-                event.message.startswith("LoRA"):
+                event.message.startswith(("LoRA", "Stopped")):
             print(event.message, flush=True)  # what trains, and where the adapter went
 
-    result = run_finetune(config, JobContext(emit=report), resume=args.resume)
+    ctx = JobContext(emit=report)
+
+    def say(message: str) -> None:
+        bar.finish()
+        print(message, file=sys.stderr, flush=True)
+
+    stop_on_signals(ctx, say)  # Ctrl-C: a checkpoint at the step boundary; twice: at once
+    result = run_finetune(config, ctx, resume=args.resume)
     bar.finish()
     if args.json:
         _print_json(vars(result))
@@ -457,7 +464,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
               f"final model: {result.final_model or '-'}; checkpoint: {result.checkpoint or '-'}"
               + (f"; LoRA adapter: {result.adapter} (merged into the final model)"
                  if result.adapter else ""))
-    return 0
+    return 130 if result.stopped and ctx.cancel.cancelled else 0
 
 
 def cmd_monitor(args: argparse.Namespace) -> int:

@@ -1,8 +1,13 @@
 """Run a fine-tuning configuration headless: ``python -m workbench.train --config run.json``.
 
-The same entry point works under ``accelerate launch -m workbench.train --config run.json``
-to take an identical run to several GPUs or machines; the Fine-tune tab monitors it by
-attaching to its output folder.
+This is how the Fine-tune tab starts every run: as a process of its own, which outlives the
+window, writes everything to the run folder and is followed there. The same entry point
+works under ``accelerate launch -m workbench.train --config run.json`` to take an identical
+run to several processes, GPUs or machines.
+
+Stopping: Ctrl-C or SIGTERM (or a ``stop-request`` file in the run folder, which is how the
+window asks) stops at the next step boundary after saving a complete checkpoint; a second
+Ctrl-C leaves at once.
 """
 
 from __future__ import annotations
@@ -12,24 +17,59 @@ import json
 import sys
 
 from workbench.core.errors import WorkbenchError
-from workbench.core.finetune import FinetuneConfig, run_finetune
+from workbench.core.finetune import FinetuneConfig, format_train_log, run_finetune
+from workbench.core.jobs import JobContext, LogLine, stop_on_signals
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m workbench.train")
     parser.add_argument("--config", required=True, help="a run.json written by the app")
-    parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run in the config's output folder")
+    parser.add_argument("--max-steps", type=int, default=None,
+                        help="with --resume: a new step limit (default: the run's own)")
+    parser.add_argument("--epochs", type=float, default=None,
+                        help="with --resume: a new epoch limit (default: the run's own)")
     args = parser.parse_args(argv)
+
+    def say(message: str) -> None:
+        print(message, flush=True)
+
+    def report(event) -> None:
+        line = format_train_log(event)
+        if line is not None:
+            say(line)
+        elif isinstance(event, LogLine):
+            say(("warning: " if event.level == "warning" else "") + event.message)
+
+    ctx = JobContext(emit=report)
+    stop_on_signals(ctx, say)
     try:
-        with open(args.config, encoding="utf-8") as f:
-            config = FinetuneConfig.from_dict(json.load(f))
-        result = run_finetune(config, resume=args.resume)
+        with open(args.config, "rb") as f:
+            data = json.loads(f.read().decode("utf-8"))
+        if not isinstance(data, dict):
+            raise WorkbenchError(f"{args.config} does not hold a run configuration.")
+        config = FinetuneConfig.from_dict(data)
+        if args.max_steps is not None:
+            config.max_steps = args.max_steps
+        if args.epochs is not None:
+            config.epochs = args.epochs
+            if args.max_steps is None:
+                config.max_steps = -1  # an epoch limit replaces the step limit
+        result = run_finetune(config, ctx, resume=args.resume)
     except (OSError, ValueError, TypeError, WorkbenchError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {exc}", file=sys.stderr, flush=True)
         return 2
-    print(f"finished at step {result.global_step}: {result.final_model or result.checkpoint}"
-          + (f" (LoRA adapter merged in; the adapter alone: {result.adapter})"
-             if result.adapter else ""))
+    except KeyboardInterrupt:
+        print("error: interrupted without saving a checkpoint", file=sys.stderr, flush=True)
+        return 130
+    if result.stopped:
+        say(f"stopped at step {result.global_step}; checkpoint: {result.checkpoint or '-'} "
+            "(resume with --resume)")
+        return 130 if ctx.cancel.cancelled else 0
+    say(f"finished at step {result.global_step}: {result.final_model or result.checkpoint}"
+        + (f" (LoRA adapter merged in; the adapter alone: {result.adapter})"
+           if result.adapter else ""))
     return 0
 
 

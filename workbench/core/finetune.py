@@ -31,11 +31,27 @@ from typing import Any
 from workbench.core.errors import WorkbenchError
 from workbench.core.evaluation import read_text
 from workbench.core.jobs import JobContext
+from workbench.core.training_process import (
+    ADAPTER_DIR,
+    FINAL_DIR,
+    METRICS_FILE,
+    PROBES_FILE,
+    RUN_FILE,
+    RunStatus,
+    checkpoint_complete,
+    checkpoints,
+    clear_stop_request,
+    latest_checkpoint,
+    process_alive,
+    read_status,
+    stop_requested,
+    this_process_started,
+    write_status,
+)
 
-RUN_FILE = "run.json"
-METRICS_FILE = "metrics.jsonl"
-FINAL_DIR = "final"
-ADAPTER_DIR = "adapter"
+__all__ = ["ADAPTER_DIR", "FINAL_DIR", "METRICS_FILE", "RUN_FILE", "FinetuneConfig",
+           "RunResult", "TrainLog", "ProbeText", "checkpoint_complete", "latest_checkpoint",
+           "run_finetune"]
 
 
 @dataclass
@@ -76,9 +92,35 @@ class FinetuneConfig:
             self.lora_target_modules = split_names(self.lora_target_modules)
 
     def validate(self) -> None:
+        """Raise a WorkbenchError naming the first setting that cannot work."""
+        numbers = (self.learning_rate, self.epochs, self.weight_decay, self.validation_split,
+                   self.lora_dropout, self.lora_alpha)
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                   for v in numbers):
+            raise WorkbenchError("Learning rate, epochs, weight decay, validation split and "
+                                 "LoRA alpha and dropout must be finite numbers.")
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in (
+                self.warmup_steps, self.max_steps, self.batch_size, self.gradient_accumulation,
+                self.max_length, self.seed, self.logging_steps, self.eval_steps, self.save_steps,
+                self.probe_every, self.lora_r)):
+            raise WorkbenchError("Step counts, sizes, intervals and the seed must be whole "
+                                 "numbers.")
+        if not all(isinstance(v, str) for v in (self.task, self.model, self.train_file,
+                                                 self.output_dir, self.lr_scheduler)):
+            raise WorkbenchError("The task, model, files and schedule must be text.")
+        if not (self.validation_file is None or isinstance(self.validation_file, str)) or \
+                not all(isinstance(v, list) and all(isinstance(x, str) for x in v)
+                        for v in (self.probe_prompts, self.lora_target_modules)):
+            raise WorkbenchError("The validation file must be text, and the probe prompts and "
+                                 "LoRA target modules lists of text.")
         checks = [
             (self.task in ("lm", "classify"), f"Unknown task '{self.task}': use lm or classify."),
+            (self.lr_scheduler in _schedulers(), f"Unknown learning-rate schedule "
+             f"'{self.lr_scheduler}': use one of {', '.join(_schedulers())}."),
             (self.learning_rate > 0, "The learning rate must be above 0."),
+            (self.warmup_steps >= 0, "The warmup steps cannot be negative."),
+            (0 <= self.seed < 2**32, "The seed must be in [0, 2³²)."),
+            (self.weight_decay >= 0, "The weight decay cannot be negative."),
             (self.batch_size >= 1, "The batch size must be at least 1."),
             (self.gradient_accumulation >= 1, "Gradient accumulation must be at least 1."),
             (self.max_steps > 0 or self.epochs > 0, "Give a positive number of epochs or steps."),
@@ -106,6 +148,13 @@ class FinetuneConfig:
     def from_dict(cls, data: dict) -> FinetuneConfig:
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def _schedulers() -> list[str]:
+    """The learning-rate schedules transformers' Trainer knows by name."""
+    from transformers.trainer_utils import SchedulerType
+
+    return [kind.value for kind in SchedulerType]
 
 
 def split_names(text: str) -> list[str]:
@@ -291,60 +340,163 @@ class RunResult:
 
 
 # --- the run ------------------------------------------------------------------------------
-def _checkpoints(folder: Path) -> list[tuple[int, Path]]:
-    found = []
-    for path in folder.glob("checkpoint-*"):
-        try:
-            found.append((int(path.name.split("-")[-1]), path))
-        except ValueError:
-            continue
-    return sorted(found)
-
-
-def checkpoint_complete(path: Path) -> bool:
-    """True when the Trainer finished writing ``path``: it writes trainer_state.json last,
-    so a checkpoint cut short (a full disk, a crash) has none, or a truncated one."""
-    try:
-        json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return True
-
-
-def latest_checkpoint(folder: Path) -> Path | None:
-    """The newest complete ``checkpoint-N`` in ``folder`` (see :func:`checkpoint_complete`)."""
-    complete = [path for _, path in _checkpoints(folder) if checkpoint_complete(path)]
-    return complete[-1] if complete else None
+def _existing_ancestor(folder: Path) -> Path:
+    for parent in (folder, *folder.parents):
+        if parent.exists():
+            return parent
+    return Path(".")
 
 
 def check_output_dir(config: FinetuneConfig, resume: bool) -> Path:
-    """The run folder, checked: writable, and not another run unless resuming."""
+    """The run folder, checked without writing anything: writable, not a live run, and not
+    another run (nor a model) unless resuming. A folder whose earlier attempt ended before
+    its first complete checkpoint can be started again."""
     folder = Path(config.output_dir).expanduser()
-    existing = folder / RUN_FILE
+    if folder.exists() and not folder.is_dir():
+        raise WorkbenchError(f"{folder} is a file, not a folder: choose a folder for the run.")
+    status = read_status(folder) if folder.is_dir() else None
+    if status is not None and status.state == "running" and \
+            process_alive(status.pid, status.started):
+        raise WorkbenchError(f"The run in {folder} is running now (process {status.pid}): "
+                             "stop it first, or follow it in the Fine-tune tab or with "
+                             "'monitor'.")
     if resume:
-        if not existing.is_file():
+        if not (folder / RUN_FILE).is_file():
             raise WorkbenchError(f"{folder} holds no run to resume (no {RUN_FILE}).")
         if latest_checkpoint(folder) is None:
             raise WorkbenchError(f"{folder} has no complete checkpoint to resume from.")
-    elif existing.is_file() or (folder.is_dir() and any(folder.glob("checkpoint-*"))):
-        raise WorkbenchError(f"{folder} already holds a run: resume it (--resume) or choose "
-                             "a new folder.")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / ".write-test"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as exc:
-        raise WorkbenchError(f"Cannot write to {folder}: {exc.strerror or exc}.") from None
+    elif folder.is_dir():
+        if latest_checkpoint(folder) is not None or (folder / FINAL_DIR).is_dir():
+            raise WorkbenchError(f"{folder} already holds a run: resume it (--resume) or "
+                                 "choose a new folder.")
+        if not (folder / RUN_FILE).is_file() and (
+                (folder / "config.json").is_file() or any(folder.glob("*.safetensors"))
+                or any(folder.glob("*.bin"))):
+            raise WorkbenchError(f"{folder} holds a model, not a run: choose a new folder for "
+                                 "the run (it would be mixed with the model's files).")
+    parent = _existing_ancestor(folder)
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise WorkbenchError(f"Cannot write to {folder}: {parent} is not a writable folder.")
     return folder
+
+
+def saved_config(folder: Path) -> FinetuneConfig:
+    """The ``run.json`` of ``folder``, checked whole."""
+    try:
+        data = json.loads((folder / RUN_FILE).read_bytes().decode("utf-8"))
+        if not isinstance(data, dict):
+            raise ValueError("not an object")
+        saved = FinetuneConfig.from_dict(data)
+        saved.validate()
+    except (OSError, ValueError, TypeError) as exc:
+        raise WorkbenchError(f"{folder / RUN_FILE} is damaged ({exc}): the run cannot be "
+                             "resumed from it.") from None
+    return saved
+
+
+def _checkpoint_step(path: Path) -> int:
+    try:
+        state = json.loads((path / "trainer_state.json").read_bytes().decode("utf-8"))
+        return int(state.get("global_step", 0))
+    except (OSError, ValueError, TypeError, AttributeError):
+        return int(path.name.split("-")[-1])
+
+
+def _keep_lines(path: Path, keep) -> None:
+    """Rewrite the JSON-lines file ``path`` with only the complete lines ``keep`` accepts
+    (atomically: a reader sees the old file or the new one)."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_bytes().decode("utf-8", errors="replace").splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue  # a line cut short when the process was killed
+        if isinstance(row, dict) and keep(row):
+            kept.append(line + "\n")
+    scratch = path.with_name(f".{path.name}.tmp")
+    scratch.write_text("".join(kept), encoding="utf-8")
+    os.replace(scratch, path)
+
+
+def _is_main_process() -> bool:
+    """The process that writes the run's logs and status (rank 0 under accelerate)."""
+    return os.environ.get("RANK", "0") == "0"
+
+
+def _agree(flag: bool, device: Any) -> bool:
+    """``flag`` made the same in every process of a distributed run (any one wanting to
+    stop stops them all at the same step, or they would wait for each other forever)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return flag
+    import torch
+
+    value = torch.tensor([int(flag)], device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
+def _weights_finite(checkpoint: Path) -> bool:
+    """Whether every floating-point weight saved in ``checkpoint`` is finite (safetensors
+    files; other formats are never unpickled to look)."""
+    import torch
+    from safetensors import safe_open
+
+    for file in checkpoint.glob("*.safetensors"):
+        with safe_open(str(file), framework="pt") as weights:
+            for key in weights.keys():  # noqa: SIM118 (safe_open has no __iter__)
+                tensor = weights.get_tensor(key)
+                if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                    return False
+    return True
+
+
+def _set_aside_nonfinite(folder: Path) -> tuple[list[str], Path | None]:
+    """Rename the newest checkpoints whose weights are not all finite to
+    ``nonfinite-checkpoint-N`` (kept, but never resumed), and return their new names and
+    the newest checkpoint left, whose weights are all finite."""
+    moved = []
+    for _, path in reversed(checkpoints(folder)):
+        if not checkpoint_complete(path):
+            continue
+        if _weights_finite(path):
+            return moved, path
+        target = path.with_name(f"nonfinite-{path.name}")
+        os.replace(path, target)
+        moved.append(target.name)
+    return moved, None
+
+
+def format_train_log(event: Any) -> str | None:
+    """One line of a run's output for a log row or a probe (the CLI and train.log)."""
+    if isinstance(event, TrainLog):
+        parts = [f"step {event.step}/{event.max_steps}"]
+        if event.loss is not None:
+            parts.append(f"loss {event.loss:.4f}")
+        if event.eval_loss is not None:
+            parts.append(f"eval_loss {event.eval_loss:.4f}")
+        if event.eval_accuracy is not None:
+            parts.append(f"accuracy {event.eval_accuracy:.3f}")
+        if event.learning_rate is not None:
+            parts.append(f"lr {event.learning_rate:.2e}")
+        return "  ".join(parts)
+    if isinstance(event, ProbeText):
+        return f"  probe @{event.step} {event.prompt!r} -> {event.text!r}"
+    return None
 
 
 def run_finetune(config: FinetuneConfig, ctx: JobContext | None = None, resume: bool = False,
                  loaded: Any = None) -> RunResult:
     """Train as ``config`` says (or resume the run in its folder) and return the outcome.
 
-    Events: :class:`TrainLog` rows and :class:`ProbeText`. Cancelling stops at the next
-    step boundary after writing a checkpoint, so the run can be resumed.
+    Events: :class:`TrainLog` rows and :class:`ProbeText`. Cancelling (the context's token,
+    or a stop file in the run folder, see ``training_process``) stops at the next step
+    boundary after writing a checkpoint, so the run can be resumed. On resume the saved run
+    decides the data and model, and ``config``'s ``max_steps`` and ``epochs`` are the new
+    limits. Everything is checked before anything is written.
     """
     import torch
     from transformers import (
@@ -358,12 +510,15 @@ def run_finetune(config: FinetuneConfig, ctx: JobContext | None = None, resume: 
     from workbench.core.loader import LoadOptions, load_model
 
     ctx = ctx or JobContext()
+    started_at = this_process_started() or time.time()
+    main = _is_main_process()
     config.validate()
     folder = check_output_dir(config, resume)
     checkpoint = latest_checkpoint(folder) if resume else None
     if resume:  # the saved run decides the data and model; the new limits come from config
-        saved = FinetuneConfig.from_dict(json.loads((folder / RUN_FILE).read_text()))
+        saved = saved_config(folder)
         saved.max_steps, saved.epochs = config.max_steps, config.epochs
+        saved.validate()
         config = saved
     ctx.progress("Loading the model…", None)
     if loaded is None or loaded.reference != config.model:
@@ -379,12 +534,15 @@ def run_finetune(config: FinetuneConfig, ctx: JobContext | None = None, resume: 
         torch.manual_seed(config.seed)  # the adapter's initial weights follow the run's seed
         model, note = _with_lora(model, config)
         ctx.log(note)
-    check_free_space(folder, model, _checkpoint_count(config, len(data.train)), config.lora,
-                     ctx)
-    (folder / RUN_FILE).write_text(config.to_json(), encoding="utf-8")
+    check_free_space(_existing_ancestor(folder), model,
+                     _checkpoint_count(config, len(data.train)), config.lora, ctx)
     metrics_path = folder / METRICS_FILE
+    probes_path = folder / PROBES_FILE
     started = time.perf_counter()
-    state: dict[str, Any] = {"nan": None}
+    state: dict[str, Any] = {"nan": None, "stop": False}
+
+    def stop_wanted() -> bool:
+        return ctx.cancel.cancelled or stop_requested(folder, started_at)
 
     class Stream(TrainerCallback):
         """Log rows to the app and to metrics.jsonl; carry Stop; stop on NaN; probes."""
@@ -401,27 +559,30 @@ def run_finetune(config: FinetuneConfig, ctx: JobContext | None = None, resume: 
                 tokens=logs.get("num_input_tokens_seen"))
             if row.loss is None and row.eval_loss is None:
                 return
-            with open(metrics_path, "a", encoding="utf-8") as f:
-                f.write(json.dumps(asdict(row)) + "\n")
-            ctx.emit(row)
-            if ctx.cancel.cancelled:  # a log comes before the save check of its step
-                control.should_save = True
-                control.should_training_stop = True
+            if st.is_world_process_zero:
+                with open(metrics_path, "a", encoding="utf-8") as f:
+                    f.write(json.dumps(asdict(row)) + "\n")
+                ctx.emit(row)
+            self.on_step_end(args, st, control, probe=False)  # the log comes after it
             for value in (row.loss, row.eval_loss):
                 if value is not None and not math.isfinite(value):
                     state["nan"] = st.global_step
                     control.should_training_stop = True
 
-        def on_step_end(self, args, st, control, **kwargs):
+        def on_step_end(self, args, st, control, probe=True, **kwargs):
             ctx.progress(f"Step {st.global_step} of {st.max_steps}",
                          st.global_step / max(st.max_steps, 1))
-            if ctx.cancel.cancelled:
+            if not state["stop"] and _agree(stop_wanted(), args.device):
+                state["stop"] = True
                 control.should_save = True  # Stop keeps everything: a checkpoint first
                 control.should_training_stop = True
-            if (config.task == "lm" and config.probe_every and config.probe_prompts
-                    and st.global_step % config.probe_every == 0):
+            if (probe and config.task == "lm" and config.probe_every and config.probe_prompts
+                    and st.global_step % config.probe_every == 0 and st.is_world_process_zero):
                 for prompt, text in _probe(kwargs["model"], tokenizer, config.probe_prompts):
-                    ctx.emit(ProbeText(st.global_step, prompt, text))
+                    probe = ProbeText(st.global_step, prompt, text)
+                    with open(probes_path, "a", encoding="utf-8") as f:
+                        f.write(json.dumps(asdict(probe)) + "\n")
+                    ctx.emit(probe)
 
     args = TrainingArguments(
         output_dir=str(folder), learning_rate=config.learning_rate,
@@ -447,52 +608,115 @@ def run_finetune(config: FinetuneConfig, ctx: JobContext | None = None, resume: 
 
     for noisy in (PrinterCallback, ProgressCallback):  # the app reports progress itself
         trainer.remove_callback(noisy)
+    # How far the run goes, as the Trainer itself computes it from the limits and the data
+    target = trainer.set_initial_training_values(args, trainer.get_train_dataloader())[-1]
+    done = _checkpoint_step(checkpoint) if checkpoint else 0
+    if checkpoint and (done > target or done == target and (folder / FINAL_DIR).is_dir()):
+        finished = " and finished" if (folder / FINAL_DIR).is_dir() else ""
+        raise WorkbenchError(
+            f"The run in {folder} already reached step {done}{finished}; with these limits it "
+            f"would end at step {target}: nothing to train. Give more steps or epochs to train "
+            "further.")
+    # At its limit without a final model (the disk filled while saving it, or a new limit
+    # at the step reached): nothing to train, the final model is saved from the checkpoint.
+    finish_only = checkpoint is not None and done == target
+
+    # --- everything is checked: from here on the run folder is written -----------------------
+    folder.mkdir(parents=True, exist_ok=True)
+    if main:
+        if resume:  # what was logged after the checkpoint is logged again from there
+            _keep_lines(metrics_path, lambda row: _row_step(row) <= done)
+            _keep_lines(probes_path, lambda row: _row_step(row) <= done)
+        else:  # an earlier attempt that ended before its first checkpoint
+            for leftover in (metrics_path, probes_path):
+                leftover.unlink(missing_ok=True)
+        scratch = folder / f".{RUN_FILE}.tmp"
+        scratch.write_text(config.to_json(), encoding="utf-8")
+        os.replace(scratch, folder / RUN_FILE)
+        clear_stop_request(folder, started_at)
+        write_status(folder, RunStatus("running", os.getpid(), started_at, done))
+
+    def ended(status: str, step: int, message: str = "", final: str | None = None) -> None:
+        if main:
+            last = latest_checkpoint(folder)
+            write_status(folder, RunStatus(status, os.getpid(), started_at, step, message, final,
+                                           str(last) if last else None))
+
     torch.manual_seed(config.seed)
     try:
-        output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    except Exception as exc:
-        if not _is_disk_full(exc, folder):
-            raise
-        removed = _drop_incomplete_checkpoints(folder)
-        what = removed[-1] if removed else f"the run's logs at step {trainer.state.global_step}"
-        raise _disk_full_error(folder, what, removed) from exc
-    if state["nan"] is not None:
-        raise WorkbenchError(f"The loss became NaN or infinite at step {state['nan']}: the run "
-                             "stopped. Lower the learning rate and start again (or resume "
-                             "from the last checkpoint).")
-    step = trainer.state.global_step
-    stopped = ctx.cancel.cancelled
-    if stopped:  # Stream set should_save with should_training_stop: the checkpoint exists
+        try:
+            if finish_only:
+                ctx.log(f"The run is at step {done} of {target}: nothing to train; the final "
+                        f"model is saved from {checkpoint.name}.")
+                trainer._load_from_checkpoint(str(checkpoint))  # what train() would load
+                trainer.state.global_step = done
+                training_loss = None
+            else:
+                output = trainer.train(
+                    resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+                training_loss = output.training_loss
+        except Exception as exc:
+            if not _is_disk_full(exc, folder):
+                raise
+            removed = _drop_incomplete_checkpoints(folder)
+            what = removed[-1] if removed else f"the run's logs at step {trainer.state.global_step}"
+            raise _disk_full_error(folder, what, removed) from exc
+        step = trainer.state.global_step
+        if state["nan"] is not None:
+            moved, finite = _set_aside_nonfinite(folder) if main else ([], None)
+            aside = f" ({', '.join(moved)} had non-finite weights and {'are' if len(moved) > 1 else 'is'} " \
+                "kept under that name, never resumed)" if moved else ""
+            where = f"resume from {finite.name}, the last checkpoint whose weights are all " \
+                f"finite{aside}" if finite else f"no checkpoint has finite weights{aside}: " \
+                "start again in a new folder"
+            raise WorkbenchError(f"The loss became NaN or infinite at step {state['nan']}: the "
+                                 f"run stopped. Lower the learning rate; {where}.")
+        if state["stop"]:  # Stream set should_save with should_training_stop: it exists
+            last = latest_checkpoint(folder)
+            message = f"Stopped at step {step}; checkpoint {last.name if last else '-'} saved."
+            ctx.log(message)
+            ended("stopped", step, message)
+            return RunResult(str(folder), None, step, True, str(last) if last else None,
+                             training_loss, data.summary)
+        ctx.progress("Saving the final model…", None)
+        final = folder / FINAL_DIR
+        adapter = folder / ADAPTER_DIR if config.lora else None
+        summary = data.summary
+        try:
+            if not trainer.args.should_save:
+                pass  # one process writes (under accelerate launch)
+            elif adapter is None:
+                _save_whole(final, lambda out: (trainer.save_model(out),
+                                                tokenizer.save_pretrained(out)))
+            else:
+                peft_model = trainer.model
+                _save_whole(adapter, peft_model.save_pretrained)
+                merged = peft_model.merge_and_unload()  # plain weights: every tab loads them
+                _save_whole(final, lambda out: (merged.save_pretrained(out),
+                                                tokenizer.save_pretrained(out)))
+        except Exception as exc:
+            if not _is_disk_full(exc, folder):
+                raise
+            raise _disk_full_error(folder, "the final model", []) from exc
+        if adapter is not None:
+            summary += (f"; LoRA: the adapter is in {ADAPTER_DIR}/ and merged into the base "
+                        f"weights in {FINAL_DIR}/")
+            ctx.log(f"LoRA adapter saved in {adapter}; {final} holds the base model with the "
+                    "adapter merged in.")
         last = latest_checkpoint(folder)
-        ctx.log(f"Stopped at step {step}; checkpoint {last.name if last else '-'} saved.")
-        return RunResult(str(folder), None, step, True, str(last) if last else None,
-                         output.training_loss, data.summary)
-    ctx.progress("Saving the final model…", None)
-    final = folder / FINAL_DIR
-    adapter = folder / ADAPTER_DIR if config.lora else None
-    summary = data.summary
-    try:
-        if adapter is None:
-            _save_whole(final, lambda out: (trainer.save_model(out),
-                                            tokenizer.save_pretrained(out)))
-        elif trainer.args.should_save:  # one process writes (under accelerate launch)
-            peft_model = trainer.model
-            _save_whole(adapter, peft_model.save_pretrained)
-            merged = peft_model.merge_and_unload()  # plain weights: every tab can load them
-            _save_whole(final, lambda out: (merged.save_pretrained(out),
-                                            tokenizer.save_pretrained(out)))
-    except Exception as exc:
-        if not _is_disk_full(exc, folder):
-            raise
-        raise _disk_full_error(folder, "the final model", []) from exc
-    if adapter is not None:
-        summary += (f"; LoRA: the adapter is in {ADAPTER_DIR}/ and merged into the base "
-                    f"weights in {FINAL_DIR}/")
-        ctx.log(f"LoRA adapter saved in {adapter}; {final} holds the base model with the "
-                "adapter merged in.")
-    last = latest_checkpoint(folder)
-    return RunResult(str(folder), str(final), step, False, str(last) if last else None,
-                     output.training_loss, summary, str(adapter) if adapter else None)
+        ended("finished", step, f"Finished at step {step}.", str(final))
+        return RunResult(str(folder), str(final), step, False, str(last) if last else None,
+                         training_loss, summary, str(adapter) if adapter else None)
+    except BaseException as exc:
+        reason = "Interrupted." if isinstance(exc, KeyboardInterrupt) else \
+            str(exc) or type(exc).__name__
+        ended("failed", trainer.state.global_step, reason)
+        raise
+
+
+def _row_step(row: dict) -> float:
+    step = row.get("step")
+    return step if isinstance(step, (int, float)) and not isinstance(step, bool) else math.inf
 
 
 def _with_lora(model: Any, config: FinetuneConfig) -> tuple[Any, str]:
@@ -609,7 +833,7 @@ def _drop_incomplete_checkpoints(folder: Path) -> list[str]:
     last = latest_checkpoint(folder)
     newest = int(last.name.split("-")[-1]) if last else -1
     removed = []
-    for step, path in _checkpoints(folder):
+    for step, path in checkpoints(folder):
         if step > newest and not checkpoint_complete(path):
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path.name)

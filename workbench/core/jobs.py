@@ -93,3 +93,21 @@ def run_job(job: JobFunction, on_event: Callable[[Any], None] | None = None,
     """Run ``job`` to completion on this thread, passing every event to ``on_event``."""
     return drive(job, JobContext(cancel=cancel or CancelToken(),
                                  emit=on_event or (lambda event: None)))
+
+
+def stop_on_signals(ctx: JobContext, say: Callable[[str], None] = print) -> None:
+    """The first Ctrl-C (or SIGTERM) cancels ``ctx`` (a training run then stops at the next
+    step boundary with a checkpoint); the second raises KeyboardInterrupt: leave at once.
+    Main thread only."""
+    import signal
+
+    def handler(signum, frame):
+        if ctx.cancel.cancelled:
+            raise KeyboardInterrupt
+        ctx.cancel.cancel()
+        say("Stopping at the end of this step: saving a checkpoint… (Ctrl-C again to leave "
+            "at once, without it)")
+
+    for name in ("SIGINT", "SIGTERM"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), handler)
