@@ -41,7 +41,7 @@ def test_a_run_draws_live_curves_and_its_model_can_be_used(qtbot, window, tmp_pa
     tab = window.tab_pages[2]
     form(tab, tmp_path)
     tab.start()
-    qtbot.waitUntil(lambda: tab.job_id is None, timeout=120000)
+    qtbot.waitUntil(lambda: not tab.running, timeout=180000)
     curves = tab.runs["run"]
     steps, losses = curves.raw.getData()
     assert list(steps) == [1, 2, 3, 4, 5, 6]
@@ -60,18 +60,20 @@ def test_a_run_draws_live_curves_and_its_model_can_be_used(qtbot, window, tmp_pa
 
 def test_stop_then_resume(qtbot, window, tmp_path):
     tab = window.tab_pages[2]
-    form(tab, tmp_path, steps=40)
-    tab.save_steps.setValue(1000)
+    form(tab, tmp_path, steps=5000)  # far more than it reaches before Stop
+    tab.save_steps.setValue(10000)
+    tab.eval_steps.setValue(10000)
     tab.start()
     qtbot.waitUntil(lambda: len(tab.rows.get("run", [])) >= 2, timeout=120000)
     tab.stop()
-    qtbot.waitUntil(lambda: tab.job_id is None, timeout=60000)
+    assert tab.eta.text() == "Stopping: saving a checkpoint…"
+    qtbot.waitUntil(lambda: not tab.running, timeout=120000)
     assert "Stopped at step" in tab.eta.text()
     stopped_at = max(r["step"] for r in tab.rows["run"])
     assert (tmp_path / "run" / f"checkpoint-{stopped_at}").is_dir()
     tab.max_steps.setValue(stopped_at + 2)
     tab.start(resume=True)
-    qtbot.waitUntil(lambda: tab.job_id is None, timeout=120000)
+    qtbot.waitUntil(lambda: not tab.running, timeout=180000)
     assert f"Finished at step {stopped_at + 2}" in tab.eta.text()
     steps = [r["step"] for r in tab.rows["run"] if r.get("loss") is not None]
     assert steps[-2:] == [stopped_at + 1, stopped_at + 2]
@@ -84,8 +86,9 @@ def test_attach_follows_a_run_written_elsewhere(qtbot, window, tmp_path):
     folder.mkdir()
     metrics = folder / "metrics.jsonl"
     metrics.write_text(json.dumps({"step": 1, "loss": 2.0, "seconds": 1.0}) + "\n")
-    tab.attach(str(folder))
-    assert list(tab.runs["elsewhere (attached)"].raw.getData()[1]) == [2.0]
+    tab.attach(str(folder))  # read on the reader thread, drawn by the window
+    qtbot.waitUntil(lambda: "elsewhere (attached)" in tab.runs and list(
+        tab.runs["elsewhere (attached)"].raw.getData()[1]) == [2.0], timeout=5000)
     with metrics.open("a") as f:  # the other process goes on
         f.write(json.dumps({"step": 2, "loss": 1.5, "seconds": 2.0}) + "\n")
     qtbot.waitUntil(lambda: len(tab.runs["elsewhere (attached)"].raw.getData()[1]) == 2,
@@ -93,6 +96,7 @@ def test_attach_follows_a_run_written_elsewhere(qtbot, window, tmp_path):
     again = MainWindow(autoload=False)  # recently attached runs come back after a restart
     qtbot.addWidget(again)
     again.show()
+    again.tabs.setCurrentIndex(2)
     qtbot.waitUntil(lambda: "elsewhere (attached)" in again.tab_pages[2].runs, timeout=10000)
 
 
@@ -101,7 +105,7 @@ def test_bad_input_is_a_dialog(qtbot, window, tmp_path):
     form(tab, tmp_path)
     tab.label_column.setText("sentiment")
     tab.start()
-    qtbot.waitUntil(lambda: tab.job_id is None, timeout=60000)
+    qtbot.waitUntil(lambda: not tab.running, timeout=120000)
     qtbot.waitUntil(lambda: window.last_dialog is not None, timeout=10000)  # its own event
     assert "no column 'sentiment'" in window.last_dialog.text()
 

@@ -4,9 +4,15 @@
 from __future__ import annotations
 
 import datetime
+import json
 import math
+import os
 import shlex
+import signal
+import subprocess
 import warnings
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from PySide6.QtCore import QSettings, Qt, QTimer, Signal
@@ -34,17 +40,27 @@ from workbench.core.catalog import MINILM, SMOLLM2
 from workbench.core.errors import WorkbenchError
 from workbench.core.finetune import (
     FinetuneConfig,
-    ProbeText,
-    RunResult,
-    TrainLog,
-    run_finetune,
+    check_output_dir,
+    saved_config,
     split_names,
 )
-from workbench.core.runs import read_run
+from workbench.core.runs import RunMonitor, read_run
+from workbench.core.training_process import (
+    LOG_FILE,
+    PROBES_FILE,
+    RUN_FILE,
+    RunState,
+    kill_run,
+    launch,
+    request_stop,
+    run_state,
+    train_command,
+)
 from workbench.ui.skeleton import combo, dspin, line, spin, text_box
+from workbench.ui.state import remembered_folders
 from workbench.ui.tab_base import WorkbenchTab
 from workbench.ui.widgets import ProgressThrottle
-from workbench.ui.worker import ModelWorker, WorkerContext
+from workbench.ui.worker import ModelWorker
 
 RESOURCES = Path(__file__).resolve().parents[2] / "resources" / "data"
 COLORS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189)]
@@ -191,6 +207,94 @@ class RunCurves:
                                  "falls (overfitting?)")
 
 
+@dataclass(eq=False)
+class FollowedRun:
+    """A run folder the tab follows: one it started (its state, output and probes are
+    followed too) or one attached to (its numbers only)."""
+
+    name: str
+    folder: Path
+    monitor: RunMonitor
+    started_here: bool = False
+    process: subprocess.Popen | None = None  # when this session of the window started it
+    log_offset: int = 0
+    probe_offset: int = 0
+    reported: bool = False  # its end has been shown
+    last_error: str | None = None
+    seen: tuple = ()
+
+
+@dataclass
+class PollResult:
+    run: FollowedRun
+    rows: list[dict] | None
+    rows_changed: bool
+    log_lines: list[str] = field(default_factory=list)
+    probes: list[dict] = field(default_factory=list)
+    state: RunState | None = None
+    ended: bool = False
+    error: str | None = None
+
+
+def read_new_lines(path: Path, offset: int, limit: int = 1 << 20) -> tuple[list[str], int]:
+    """The complete lines added to ``path`` after byte ``offset`` (at most ``limit`` bytes
+    a call), and the offset to read from next time. A file that shrank (rewritten) is read
+    again from its start."""
+    try:
+        with open(path, "rb") as f:
+            size = f.seek(0, os.SEEK_END)
+            if size < offset:
+                offset = 0
+            f.seek(offset)
+            data = f.read(min(limit, size - offset))
+    except OSError:
+        return [], offset
+    end = data.rfind(b"\n") + 1  # a line being written waits for its end
+    lines = data[:end].decode("utf-8", errors="replace").splitlines()
+    return lines, offset + end
+
+
+def poll_runs(runs: list[FollowedRun]) -> list[PollResult]:
+    """What each followed run folder added since the last call (Qt-free: it runs on a
+    reader thread, never on the GUI thread)."""
+    results = []
+    for run in runs:
+        try:
+            rows: list[dict] | None = run.monitor.poll().rows
+        except WorkbenchError:
+            rows = None  # a folder being written; read again at the next tick
+        changed = False
+        if rows is not None:
+            seen = (len(rows), id(rows[-1]) if rows else None)
+            changed, run.seen = seen != run.seen, seen
+            rows = list(rows) if changed else rows
+        result = PollResult(run, rows, changed)
+        if run.started_here:
+            result.log_lines, run.log_offset = read_new_lines(run.folder / LOG_FILE,
+                                                              run.log_offset)
+            for line in result.log_lines:
+                if line.startswith("error: "):
+                    run.last_error = line[len("error: "):]
+            probe_lines, run.probe_offset = read_new_lines(run.folder / PROBES_FILE,
+                                                           run.probe_offset)
+            for line in probe_lines:
+                try:
+                    probe = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(probe, dict):
+                    result.probes.append(probe)
+            if not run.reported:
+                code = run.process.poll() if run.process is not None else None
+                result.state = run_state(run.folder)
+                result.ended = code is not None if run.process is not None \
+                    else not result.state.live
+                if result.ended and code:
+                    result.error = run.last_error
+        results.append(result)
+    return results
+
+
 CHART_NAMES = ("loss", "lr", "grad", "speed")
 CHART_TURNS = ("loss", "lr", "loss", "grad", "loss", "speed")  # the loss chart most often
 
@@ -199,9 +303,15 @@ class FinetuneTab(WorkbenchTab):
     title = "Fine-tune"
     use_model = Signal(str)  # a trained model folder for the other tabs
 
+    log_line = Signal(str, str)  # a line for the log dock, its level
+
     def __init__(self, worker: ModelWorker, parent: QWidget | None = None) -> None:
         super().__init__(worker, parent)
-        self.job_id: int | None = None
+        self.followed: dict[str, FollowedRun] = {}
+        self.active: FollowedRun | None = None  # the run this tab started or found going
+        self.stopping = False
+        self.reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="run-reader")
+        self.pending: Future | None = None
         self.charts: dict | None = None
         self.runs: dict[str, RunCurves] = {}
         self.rows: dict[str, list[dict]] = {}
@@ -266,13 +376,11 @@ class FinetuneTab(WorkbenchTab):
         self.held: dict[str, tuple[float, float]] = {}  # y ranges held during a run
         self.run_max_steps = 0
         self.progress_ticks = ProgressThrottle()
+        # Run folders are read on a reader thread; each tick applies what it read and
+        # asks for the next read.
         self.poll = QTimer(self)
-        self.poll.setInterval(1000)
-        self.poll.timeout.connect(self.poll_attached)
-        worker.job_event.connect(self._on_event)
-        worker.job_finished.connect(self._on_finished)
-        worker.job_failed.connect(self._on_ended)
-        worker.job_cancelled.connect(self._on_ended)
+        self.poll.setInterval(500)
+        self.poll.timeout.connect(self._poll_tick)
         self.task.currentIndexChanged.connect(self._task_changed)
         self._task_changed()
 
@@ -315,6 +423,10 @@ class FinetuneTab(WorkbenchTab):
         self.lora_targets = line("lora-target-modules", "", "default for the architecture "
                                  "(e.g. q_proj,v_proj)")
         self.lora.toggled.connect(self._task_changed)
+        self.processes = spin("processes", 1, 64, 1)
+        self.processes.setToolTip("Training processes: more than 1 launches the run with "
+                                  "accelerate launch --num_processes N (data parallel; on the "
+                                  "CPU with --cpu, on GPUs one process each)")
         self.start_button = QPushButton("Start training")
         self.start_button.setObjectName("start-button")
         self.start_button.clicked.connect(lambda: self.start())
@@ -351,6 +463,7 @@ class FinetuneTab(WorkbenchTab):
                 ("LoRA", self.lora), ("LoRA rank r", self.lora_r),
                 ("LoRA alpha", self.lora_alpha), ("LoRA dropout", self.lora_dropout),
                 ("LoRA target modules", self.lora_targets),
+                ("Processes", self.processes),
                 ("Output folder", self.output_dir), ("Probe prompts", self.probe_prompts),
                 ("Probe every (steps)", self.probe_every)]:
             form.addRow(label, widget)
@@ -393,9 +506,10 @@ class FinetuneTab(WorkbenchTab):
         self.charts["loss"].addLegend(offset=(-5, 5))
         self.chart_holder.layout().addWidget(grid)
         self.chart_widget = grid
-        for folder in QSettings().value("finetune/attached", [], type=list) or []:
+        for folder in remembered_folders("finetune/attached"):
             if Path(folder).is_dir():
                 self.attach(folder, remember=False)
+        self.find_started_runs()
 
     # --- the form ----------------------------------------------------------------------------
     def _task_changed(self) -> None:
@@ -436,64 +550,319 @@ class FinetuneTab(WorkbenchTab):
             lora_target_modules=split_names(self.lora_targets.text()))
 
     # --- running --------------------------------------------------------------------------------
+    @property
+    def running(self) -> bool:
+        """Whether a run started (or found) by this tab is going."""
+        return self.active is not None
+
+    def live_run(self) -> FollowedRun | None:
+        return self.active
+
     def start(self, resume: bool = False) -> None:
-        if self.job_id is not None:
+        """Start a run as a process of its own (``python -m workbench.train``), or resume
+        the run in the output folder; the tab then follows its folder."""
+        if self.active is not None:
             return
         config = self.config()
+        if resume and not (Path(config.output_dir).expanduser() / RUN_FILE).is_file():
+            chosen = QFileDialog.getExistingDirectory(self, "Resume which run folder?")
+            if not chosen:
+                return
+            config.output_dir = chosen
         try:
             config.validate()
-            if not config.train_file:
+            if not config.train_file and not resume:
                 raise WorkbenchError("Choose a training file.")
+            folder = check_output_dir(config, resume)
+            if resume:
+                saved_config(folder)  # readable and valid
         except WorkbenchError as exc:
             self.show_error("Cannot fine-tune", str(exc))
             return
-        self.output_dir.setText(config.output_dir)
-        name = Path(config.output_dir).name
-        self.active_run = name
+        self.output_dir.setText(str(folder))
+        limits = {"max_steps": config.max_steps if config.max_steps > 0 else None,
+                  "epochs": None if config.max_steps > 0 else config.epochs}
+        processes = self.processes.value()
+        cpu = not (self.loaded is not None and self.loaded.device.startswith("cuda"))
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            if resume:
+                command = train_command(folder / RUN_FILE, True, processes=processes, cpu=cpu,
+                                        **limits)
+            else:
+                scratch = folder / f".{RUN_FILE}.tmp"
+                scratch.write_text(config.to_json(), encoding="utf-8")
+                os.replace(scratch, folder / RUN_FILE)
+                command = train_command(folder / RUN_FILE, processes=processes, cpu=cpu)
+            process = launch(folder, command)
+        except OSError as exc:
+            self.show_error("Cannot fine-tune", f"Cannot start the run in {folder}: "
+                            f"{exc.strerror or exc}.")
+            return
+        self.remember_run(folder)
+        name = folder.name
         if not resume:
             self.rows[name] = []
+        run = self.follow(folder, name, started_here=True, process=process)
+        run.log_offset = self._log_size(folder)  # the new launch line onwards
+        self.log_line.emit(f"{name}: started {' '.join(command)} (output in "
+                           f"{folder / LOG_FILE})", "info")
+        self._became_active(run, "Starting: loading the model and the data…")
+
+    def _became_active(self, run: FollowedRun, message: str) -> None:
+        self.active = run
+        self.active_run = run.name
         if self.charts is not None:
-            self._curves_for(name)  # added now, not while the worker competes for the CPU
+            self._curves_for(run.name)  # added now, not while the run competes for the CPU
             self.chart_widget.viewport().repaint()  # and painted now, for the same reason
         self.run_max_steps = 0
         self.held.clear()
         self.health.clear()
         self.probes.clear()
-
-        def job(ctx: WorkerContext) -> RunResult:
-            loaded = ctx.store.current if ctx.store is not None else None
-            return run_finetune(config, ctx, resume=resume, loaded=loaded)
-
-        self.job_id = self.worker.submit("Fine-tune" + (" (resume)" if resume else ""), job)
+        self.progress.setValue(0)
+        self.eta.setText(message)
+        self.stopping = False
         self.start_button.setEnabled(False)
         self.resume_button.setEnabled(False)
+        self.stop_button.setText("Stop")
+        self.stop_button.setToolTip("Save a checkpoint at the next step and stop (resumable)")
         self.stop_button.setEnabled(True)
-        self.progress.setValue(0)
-        self.started = datetime.datetime.now()
+        self.use_button.setEnabled(False)
+        self.poll.start()
 
     def stop(self) -> None:
-        if self.job_id is not None:
-            self.worker.cancel()
-            self.eta.setText("Stopping: saving a checkpoint…")
-
-    def _on_event(self, job_id: int, event: object) -> None:
-        if job_id != self.job_id or self.active_run is None:
+        """First press: ask the run to stop at the next step with a checkpoint. Second
+        press ("Stop now…"), after a confirmation: end its processes without saving."""
+        run = self.active
+        if run is None:
             return
-        if isinstance(event, TrainLog):
-            from dataclasses import asdict
+        if not self.stopping:
+            try:
+                request_stop(run.folder)
+            except OSError as exc:
+                self.show_error("Cannot stop the run", f"Cannot write the stop request in "
+                                f"{run.folder}: {exc.strerror or exc}.")
+                return
+            self.stopping = True
+            self.eta.setText("Stopping: saving a checkpoint…")
+            self.stop_button.setText("Stop now…")
+            self.stop_button.setToolTip("End the run at once, without saving a checkpoint")
+            return
+        if self.confirm_stop_now():
+            self.stop_now()
 
-            self.rows.setdefault(self.active_run, []).append(asdict(event))
-            self.run_max_steps = event.max_steps or self.run_max_steps
-            if event.max_steps and self.progress_ticks.due(force=event.step >= event.max_steps):
-                self.progress.setMaximum(event.max_steps)
-                self.progress.setValue(event.step)
-                if event.step and event.seconds:
-                    left = event.seconds / event.step * (event.max_steps - event.step)
-                    self.eta.setText(f"step {event.step}/{event.max_steps} · about "
-                                     f"{int(left // 60)} min {int(left % 60)} s left")
+    def confirm_stop_now(self) -> bool:
+        answer = QMessageBox.question(
+            self, "Stop now?", "End the run at once, without saving a checkpoint? Training "
+            "since its last checkpoint is lost.",
+            QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
+            QMessageBox.StandardButton.No)
+        return answer == QMessageBox.StandardButton.Yes
+
+    def stop_now(self) -> None:
+        run = self.active
+        if run is None:
+            return
+        killed = False
+        if run.process is not None and run.process.poll() is None and hasattr(os, "killpg"):
+            try:
+                os.killpg(run.process.pid, signal.SIGKILL)  # the session launch() made
+                killed = True
+            except OSError:
+                pass
+        if not killed:
+            kill_run(run_state(run.folder))
+        self.eta.setText("Stopped without saving.")
+
+    def ask_close_choice(self) -> str:
+        """While a run goes and the window closes: "keep" it training in the background
+        (the default), "stop" it with a checkpoint, or "cancel" the close."""
+        box = QMessageBox(QMessageBox.Icon.Question, "A fine-tuning run is going",
+                          f"The run {self.active.name if self.active else ''} trains in a "
+                          "process of its own. Keep it training after the window closes? "
+                          "The Fine-tune tab finds it again at the next start.",
+                          QMessageBox.StandardButton.NoButton, self)
+        keep = box.addButton("Keep training in the background",
+                             QMessageBox.ButtonRole.AcceptRole)
+        stop = box.addButton("Stop with a checkpoint", QMessageBox.ButtonRole.DestructiveRole)
+        box.addButton(QMessageBox.StandardButton.Cancel)
+        box.setDefaultButton(keep)
+        box.exec()
+        clicked = box.clickedButton()
+        return "keep" if clicked is keep else "stop" if clicked is stop else "cancel"
+
+    def remember_run(self, folder: Path) -> None:
+        started = [f for f in remembered_folders("finetune/runs") if f != str(folder)]
+        QSettings().setValue("finetune/runs", ([str(folder)] + started)[:10])
+
+    def find_started_runs(self) -> None:
+        """At start: follow the runs this tab started in an earlier session that still go
+        (the newest becomes the tab's run), and show the newest other one as it ended."""
+        shown_ended = False
+        for folder in remembered_folders("finetune/runs"):
+            path = Path(folder)
+            if not path.is_dir():
+                continue
+            try:
+                state = run_state(path)
+            except Exception as exc:  # a damaged folder never stops the window
+                self.log_line.emit(f"Skipped the remembered run {folder}: {exc}", "warning")
+                continue
+            if state.live:
+                run = self.follow(path, path.name, started_here=True)
+                run.log_offset = self._log_size(path)
+                if self.active is None:
+                    self._became_active(run, f"Following the run in {path} (it kept "
+                                        "training while the window was closed)…")
+                    self.output_dir.setText(str(path))
+                self.log_line.emit(f"{path.name}: still training (process {state.pid}); "
+                                   "following it", "info")
+            elif not shown_ended and state.state != "prepared":
+                shown_ended = True
+                run = self.follow(path, path.name, started_here=True)
+                run.log_offset = self._log_size(path)
+                run.reported = True
+                self._show_end(run, state, dialog=False)
+
+    @staticmethod
+    def _log_size(folder: Path) -> int:
+        try:
+            return (folder / LOG_FILE).stat().st_size
+        except OSError:
+            return 0
+
+    # --- following run folders -------------------------------------------------------------------
+    def follow(self, folder: Path, name: str, started_here: bool = False,
+               process: subprocess.Popen | None = None) -> FollowedRun:
+        run = FollowedRun(name, Path(folder), RunMonitor(folder), started_here, process)
+        self.followed[name] = run
+        self.rows.setdefault(name, [])
+        self.poll.start()
+        return run
+
+    def attach(self, folder: str | None = None, remember: bool = True) -> None:
+        if folder is None:
+            folder = QFileDialog.getExistingDirectory(self, "Attach to a training run folder")
+        if not folder:
+            return
+        try:
+            read_run(folder)
+        except WorkbenchError as exc:
+            self.show_error("Cannot attach to the run", str(exc))
+            return
+        if folder not in self.attached:
+            self.attached.append(folder)
+        if remember:
+            recent = [f for f in remembered_folders("finetune/attached") if f != folder]
+            QSettings().setValue("finetune/attached", ([folder] + recent)[:5])
+        name = f"{Path(folder).name} (attached)"
+        if name not in self.followed:
+            self.follow(Path(folder), name)
+        self.poll_attached()
+
+    def poll_attached(self) -> None:
+        """Read what every followed folder added, off the GUI thread; the result is applied
+        by a later tick of the poll timer (see :meth:`_poll_tick`)."""
+        if self.pending is None and self.followed:
+            runs = list(self.followed.values())
+            self.pending = self.reader.submit(poll_runs, runs)
+
+    def _poll_tick(self) -> None:
+        if self.pending is not None and self.pending.done():
+            future, self.pending = self.pending, None
+            try:
+                results = future.result()
+            except Exception as exc:  # never the window's end; said once in the log
+                self.log_line.emit(f"Reading the run folders failed: {exc}", "warning")
+                results = []
+            self._apply(results)
+        if self.pending is None:
+            if not self.followed:
+                self.poll.stop()
+                return
+            self.poll_attached()
+
+    def _apply(self, results: list[PollResult]) -> None:
+        changed = False
+        for result in results:
+            run = result.run
+            if self.followed.get(run.name) is not run:
+                continue  # no longer followed
+            if result.rows is not None and result.rows_changed:
+                self.rows[run.name] = result.rows
+                changed = True
+            for text in result.log_lines:
+                self.log_line.emit(f"{run.name}: {text}", "info")
+            for probe in result.probes:
+                self.probes.appendPlainText(f"step {probe.get('step')} · {probe.get('prompt')!r}"
+                                            f" → {probe.get('text')}")
+            if run is self.active:
+                self._show_progress(self.rows.get(run.name, []))
+                if result.ended:
+                    self._show_end(run, result.state, dialog=True, log_error=result.error)
+        if changed:
             self.charts_changed()
-        elif isinstance(event, ProbeText):
-            self.probes.appendPlainText(f"step {event.step} · {event.prompt!r} → {event.text}")
+
+    def _show_progress(self, rows: list[dict]) -> None:
+        last = next((r for r in reversed(rows) if r.get("max_steps")), None)
+        if last is None:
+            return
+        step, total = int(last.get("step") or 0), int(last["max_steps"])
+        self.run_max_steps = total
+        if self.progress_ticks.due(force=step >= total):
+            self.progress.setMaximum(total)
+            self.progress.setValue(min(step, total))
+            seconds = last.get("seconds") or 0
+            if step and seconds and not self.stopping:
+                left = seconds / max(step - self._first_step(rows), 1) * (total - step)
+                self.eta.setText(f"step {step}/{total} · about {int(left // 60)} min "
+                                 f"{int(left % 60)} s left")
+
+    @staticmethod
+    def _first_step(rows: list[dict]) -> int:
+        """The step this session of the run started from (0, or a resumed checkpoint's)."""
+        first = 0
+        for a, b in zip(rows, rows[1:], strict=False):
+            if (b.get("seconds") or 0) < (a.get("seconds") or 0):  # a resume started here
+                first = int(a.get("step") or 0)
+        return first
+
+    def _show_end(self, run: FollowedRun, state: RunState | None, dialog: bool,
+                  log_error: str | None = None) -> None:
+        """The tab's run ended: say how, and make Resume or Use this model available."""
+        if run is self.active:
+            self.active = None
+            self._run_ended()
+        run.reported = True
+        if state is None:
+            state = run_state(run.folder)
+        if state.state == "finished":
+            self.final_model = state.final_model
+            self.use_button.setEnabled(bool(state.final_model))
+            self.eta.setText(f"Finished at step {state.step}; the model is in "
+                             f"{state.final_model}.")
+        elif state.state == "stopped":
+            self.eta.setText(f"Stopped at step {state.step}; checkpoint saved: press Resume "
+                             "to continue.")
+        elif state.state == "failed" or log_error:
+            message = state.message if state.state == "failed" else log_error
+            self.eta.setText(f"Failed: {message}")
+            if dialog:
+                self.show_error("Fine-tuning failed", message or "The run failed.")
+        else:  # interrupted ("Stop now", killed) or never got going
+            self.eta.setText(state.message or "The run's process ended.")
+        self.output_dir.setText(str(run.folder))
+
+    def _run_ended(self) -> None:
+        """Draw every row in the held ranges now, then fit each chart to its data in
+        turn (a fit re-lays out the axes, too much for all four in one pass)."""
+        self.stopping = False
+        self.start_button.setEnabled(True)
+        self.resume_button.setEnabled(True)
+        self.stop_button.setText("Stop")
+        self.stop_button.setEnabled(False)
+        self.redraw(hold=True)
+        self.charts_changed()
 
     def redraw(self, charts: tuple[str, ...] = CHART_NAMES, hold: bool | None = None) -> None:
         """Draw ``charts`` from the rows. Their ranges are held while a run goes here
@@ -510,7 +879,7 @@ class FinetuneTab(WorkbenchTab):
         self.health.setText(" · ".join(w for run in self.runs.values() for w in run.warnings))
         from workbench.ui.charts import round_ceiling, steady_range
 
-        hold = self.job_id is not None if hold is None else hold
+        hold = self.running if hold is None else hold
         for chart in charts:
             box = self.charts[chart].getViewBox()
             if not hold:
@@ -531,7 +900,7 @@ class FinetuneTab(WorkbenchTab):
         """Draw the rows that came while another tab was shown: in turn while a run goes,
         all at once otherwise."""
         super().showEvent(event)
-        if self.job_id is not None:
+        if self.running:
             self.charts_changed()
         elif any(self.drawn.get(c, -1) < self.data_version for c in CHART_NAMES):
             self.drawn = dict.fromkeys(CHART_NAMES, self.data_version)
@@ -540,7 +909,7 @@ class FinetuneTab(WorkbenchTab):
     def _curves_for(self, name: str) -> RunCurves:
         """The curves of run ``name`` (a key of ``rows``), added to the charts if new."""
         if name not in self.runs:
-            color = COLORS[list(self.rows).index(name) % len(COLORS)]
+            color = COLORS[len(self.runs) % len(COLORS)]
             self.runs[name] = RunCurves(self.charts, name, color)
         return self.runs[name]
 
@@ -554,7 +923,7 @@ class FinetuneTab(WorkbenchTab):
         """Start the wait for the next chart's turn: a second while a run goes (every
         millisecond the window paints is one the training waits for); a finished run's
         charts fit quickly."""
-        self.redraw_timer.start(1000 if self.job_id is not None else 300)
+        self.redraw_timer.start(1000 if self.running else 300)
 
     def redraw_next(self) -> None:
         """Redraw the next chart that does not show the latest rows yet, then wait for
@@ -570,71 +939,6 @@ class FinetuneTab(WorkbenchTab):
         self.redraw((chart,))
         if len(stale) > 1:
             self._next_turn()
-
-    def _run_ended(self) -> None:
-        """Draw every row in the held ranges now, then fit each chart to its data in
-        turn (a fit re-lays out the axes, too much for all four in one pass)."""
-        self._idle()
-        self.redraw(hold=True)
-        self.charts_changed()
-
-    def _on_finished(self, job_id: int, result: object) -> None:
-        if job_id != self.job_id or not isinstance(result, RunResult):
-            return
-        self._run_ended()
-        if result.stopped:
-            self.eta.setText(f"Stopped at step {result.global_step}; checkpoint saved: press "
-                             "Resume to continue.")
-        else:
-            self.final_model = result.final_model
-            self.use_button.setEnabled(bool(result.final_model))
-            merged = f" (LoRA adapter merged in; the adapter alone is in {result.adapter})" \
-                if result.adapter else ""
-            self.eta.setText(f"Finished at step {result.global_step}; the model is in "
-                             f"{result.final_model}{merged}.")
-
-    def _on_ended(self, job_id: int, *args) -> None:
-        if job_id == self.job_id:
-            self._run_ended()
-            self.eta.setText(f"Failed: {args[0]}" if args else "Cancelled.")
-
-    def _idle(self) -> None:
-        self.job_id = None
-        self.start_button.setEnabled(True)
-        self.resume_button.setEnabled(True)
-        self.stop_button.setEnabled(False)
-
-    # --- monitoring ------------------------------------------------------------------------------
-    def attach(self, folder: str | None = None, remember: bool = True) -> None:
-        if folder is None:
-            folder = QFileDialog.getExistingDirectory(self, "Attach to a training run folder")
-        if not folder:
-            return
-        try:
-            read_run(folder)
-        except WorkbenchError as exc:
-            self.show_error("Cannot fine-tune", str(exc))
-            return
-        if folder not in self.attached:
-            self.attached.append(folder)
-        if remember:
-            recent = [f for f in QSettings().value("finetune/attached", [], type=list) or []
-                      if f != folder]
-            QSettings().setValue("finetune/attached", ([folder] + recent)[:5])
-        self.poll_attached()
-        self.redraw()
-        self.poll.start()
-
-    def poll_attached(self) -> None:
-        for folder in list(self.attached):
-            try:
-                snap = read_run(folder)
-            except WorkbenchError:
-                continue  # a folder mid-write; try again next tick
-            name = f"{Path(folder).name} (attached)"
-            if snap.rows != self.rows.get(name):
-                self.rows[name] = snap.rows
-                self.charts_changed()
 
     def export_launch(self, path: str | None = None) -> str | None:
         config = self.config()
@@ -660,5 +964,7 @@ class FinetuneTab(WorkbenchTab):
         return command
 
     def shutdown(self) -> None:
+        """The window closes: stop reading run folders (the runs themselves go on)."""
         self.poll.stop()
         self.redraw_timer.stop()
+        self.reader.shutdown(wait=False, cancel_futures=True)

@@ -150,12 +150,17 @@ class MainWindow(QMainWindow):
         for page in self.tab_pages:
             w.model_changed.connect(page.set_model)
         self.tab_pages[2].use_model.connect(self.use_trained_model)
+        self.tab_pages[2].log_line.connect(self.log.append)
         self.tab_pages[0].inspect_attention.connect(self.inspect_attention)
 
     def _after_show(self) -> None:
         gui_thread_garbage_collection()
         for page in self.tab_pages:
-            page.build_deferred()
+            try:
+                page.build_deferred()
+            except Exception as exc:  # a page that cannot build never stops the start-up
+                self.log.append(f"The {page.title} tab could not restore everything: {exc}",
+                                "warning")
         self._list_cached_models()
         if self.autoload:
             self.picker.request_load()
@@ -352,6 +357,14 @@ class MainWindow(QMainWindow):
         self.tabs.setCurrentIndex(int(settings.value("window/tab", 0)))
 
     def closeEvent(self, event: QCloseEvent) -> None:  # noqa: N802 (Qt API)
+        finetune = self.tab_pages[2]
+        if finetune.live_run() is not None:  # it trains in a process of its own
+            choice = finetune.ask_close_choice()
+            if choice == "cancel":
+                event.ignore()
+                return
+            if choice == "stop":
+                finetune.stop()  # the run saves a checkpoint and ends by itself
         if self.persist:
             self.save_settings()
         self.memory_timer.stop()

@@ -78,3 +78,17 @@ def restore_controls(root: QWidget, settings: QSettings, group: str) -> None:
                 continue  # a value from an older version: keep the default
     finally:
         settings.endGroup()
+
+
+def remembered_folders(key: str) -> list[str]:
+    """A remembered list of folders (attached or started runs), only its text items: a
+    damaged or foreign value gives an empty list, never an exception."""
+    try:
+        value = QSettings().value(key, [])
+    except Exception:
+        return []
+    if isinstance(value, str):  # an INI file holds a one-item list as plain text
+        value = [value]
+    if not isinstance(value, (list, tuple)):
+        return []
+    return [item for item in value if isinstance(item, str) and item.strip()]
