@@ -597,6 +597,10 @@ def run_finetune(config: FinetuneConfig, ctx: JobContext | None = None, resume: 
         report_to=["tensorboard"] if _has_tensorboard() else [], disable_tqdm=True,
         logging_nan_inf_filter=False, use_cpu=loaded.device == "cpu",
         dataloader_num_workers=0,
+        # Under accelerate launch with N processes, True multiplies each process's loss by N
+        # (for token-exact gradients) and the logged losses came out N times too high;
+        # DDP's mean of the per-process means keeps the logged loss the run's real loss.
+        average_tokens_across_devices=False,
         include_num_input_tokens_seen="non_padding")  # for the throughput chart
     collator = DataCollatorForLanguageModeling(tokenizer, mlm=False) if config.task == "lm" \
         else DataCollatorWithPadding(tokenizer)

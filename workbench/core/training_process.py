@@ -223,7 +223,8 @@ def train_command(config_path: str | Path, resume: bool = False, max_steps: int 
                   epochs: float | None = None, processes: int = 1,
                   cpu: bool = True) -> list[str]:
     """The command that runs ``config_path`` (a ``run.json``): ``python -m workbench.train``,
-    or under ``accelerate launch --num_processes N`` (``--cpu`` where there is no GPU)."""
+    or under ``accelerate launch --num_processes N`` (one process a GPU, or N CPU processes
+    sharing the cores, where there is no GPU)."""
     tail = ["-m", "workbench.train", "--config", str(config_path)]
     if resume:
         tail.append("--resume")
@@ -233,13 +234,14 @@ def train_command(config_path: str | Path, resume: bool = False, max_steps: int 
         tail += ["--epochs", repr(float(epochs))]
     if processes <= 1:
         return [sys.executable, *tail]
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes",
-              str(processes), "--num_machines", "1", "--mixed_precision", "no",
-              "--dynamo_backend", "no"]
+    # accelerate's --cpu runs one process (several need MPI); its multi-process launcher
+    # (torchrun) works on the CPU as well, where the run uses gloo.
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
+              "--num_processes", str(processes), "--num_machines", "1", "--mixed_precision",
+              "no", "--dynamo_backend", "no"]
     if cpu:
-        launch.append("--cpu")
-    else:
-        launch.append("--multi_gpu")
+        launch += ["--num_cpu_threads_per_process", str(max(1, (os.cpu_count() or 1)
+                                                           // processes))]
     return launch + tail
 
 
