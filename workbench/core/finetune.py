@@ -34,6 +34,7 @@ from workbench.core.jobs import JobContext
 from workbench.core.training_process import (
     ADAPTER_DIR,
     FINAL_DIR,
+    LAUNCHED_ENV,
     METRICS_FILE,
     PROBES_FILE,
     RUN_FILE,
@@ -420,6 +421,13 @@ def _keep_lines(path: Path, keep) -> None:
     os.replace(scratch, path)
 
 
+def _launch_time() -> float | None:
+    try:
+        return float(os.environ.get(LAUNCHED_ENV, ""))
+    except ValueError:
+        return None
+
+
 def _is_main_process() -> bool:
     """The process that writes the run's logs and status (rank 0 under accelerate)."""
     return os.environ.get("RANK", "0") == "0"
@@ -510,7 +518,10 @@ def run_finetune(config: FinetuneConfig, ctx: JobContext | None = None, resume: 
     from workbench.core.loader import LoadOptions, load_model
 
     ctx = ctx or JobContext()
-    started_at = this_process_started() or time.time()
+    created = this_process_started()  # with the pid, tells this process from a later one
+    # Stop requests count from when this run was launched (the window sets it, so a Stop
+    # pressed while the process was still starting counts) or else from now.
+    since = _launch_time() or time.time()
     main = _is_main_process()
     config.validate()
     folder = check_output_dir(config, resume)
@@ -542,7 +553,7 @@ def run_finetune(config: FinetuneConfig, ctx: JobContext | None = None, resume: 
     state: dict[str, Any] = {"nan": None, "stop": False}
 
     def stop_wanted() -> bool:
-        return ctx.cancel.cancelled or stop_requested(folder, started_at)
+        return ctx.cancel.cancelled or stop_requested(folder, since)
 
     class Stream(TrainerCallback):
         """Log rows to the app and to metrics.jsonl; carry Stop; stop on NaN; probes."""
@@ -637,13 +648,13 @@ def run_finetune(config: FinetuneConfig, ctx: JobContext | None = None, resume: 
         scratch = folder / f".{RUN_FILE}.tmp"
         scratch.write_text(config.to_json(), encoding="utf-8")
         os.replace(scratch, folder / RUN_FILE)
-        clear_stop_request(folder, started_at)
-        write_status(folder, RunStatus("running", os.getpid(), started_at, done))
+        clear_stop_request(folder, since)
+        write_status(folder, RunStatus("running", os.getpid(), created, done))
 
     def ended(status: str, step: int, message: str = "", final: str | None = None) -> None:
         if main:
             last = latest_checkpoint(folder)
-            write_status(folder, RunStatus(status, os.getpid(), started_at, step, message, final,
+            write_status(folder, RunStatus(status, os.getpid(), created, step, message, final,
                                            str(last) if last else None))
 
     torch.manual_seed(config.seed)

@@ -37,6 +37,7 @@ ADAPTER_DIR = "adapter"
 STATUS_FILE = "status.json"
 STOP_FILE = "stop-request"
 LOG_FILE = "train.log"
+LAUNCHED_ENV = "LMWB_RUN_LAUNCHED"  # when launch() started the run (stop requests count from it)
 
 STATES = ("running", "finished", "stopped", "failed")
 
@@ -251,6 +252,7 @@ def launch(folder: str | Path, command: list[str]) -> subprocess.Popen:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env[LAUNCHED_ENV] = repr(time.time())
     # The run's working folder is the project root, so that `-m workbench` resolves to the
     # same code as the window's even when it is not installed.
     root = Path(__file__).resolve().parents[2]
