@@ -225,3 +225,103 @@ def test_throughput_in_tokens_or_steps_per_second():
     older = [{"step": 1, "loss": 1.0, "seconds": 1.0}, {"step": 2, "loss": 1.0, "seconds": 2}]
     assert speed_unit([rows, untimed]) == "tokens"
     assert speed_unit([rows, older]) == "steps"  # a run without token counts: steps for all
+
+
+def long_form(tab, tmp_path):
+    form(tab, tmp_path, steps=100000)  # far more than any test waits for
+    tab.save_steps.setValue(100000)
+    tab.eval_steps.setValue(100000)
+
+
+def new_window(qtbot):
+    again = MainWindow(autoload=False)
+    qtbot.addWidget(again)
+    again.show()
+    again.tabs.setCurrentIndex(2)
+    qtbot.waitUntil(lambda: again.tab_pages[2].charts is not None, timeout=10000)
+    return again
+
+
+@pytest.mark.parametrize("choice", ["keep", "stop"])
+def test_closing_during_a_run_keeps_it_or_stops_it_with_a_checkpoint(qtbot, window, tmp_path,
+                                                                     monkeypatch, choice):
+    from workbench.core.training_process import run_state
+
+    tab = window.tab_pages[2]
+    long_form(tab, tmp_path)
+    tab.start()
+    qtbot.waitUntil(lambda: len(tab.rows.get("run", [])) >= 2, timeout=120000)
+    asked = []
+    monkeypatch.setattr(type(tab), "ask_close_choice", lambda self: asked.append(1) or choice)
+    window.close()
+    assert asked == [1]
+    folder = tmp_path / "run"
+    if choice == "keep":
+        assert run_state(folder).live  # the window is gone, the run goes on
+        again = new_window(qtbot)
+        found = again.tab_pages[2]
+        qtbot.waitUntil(lambda: found.running, timeout=10000)  # found and followed live
+        assert found.active.name == "run" and found.stop_button.isEnabled()
+        steps = len(found.rows.get("run", []))
+        qtbot.waitUntil(lambda: len(found.rows.get("run", [])) > steps + 1, timeout=60000)
+        found.stop()
+        qtbot.waitUntil(lambda: not found.running, timeout=120000)
+        assert "Stopped at step" in found.eta.text()
+    else:
+        qtbot.waitUntil(lambda: run_state(folder).state == "stopped", timeout=120000)
+        assert run_state(folder).resumable
+        again = new_window(qtbot)  # resume after a restart of the app
+        found = again.tab_pages[2]
+        qtbot.waitUntil(lambda: "Stopped at step" in found.eta.text(), timeout=10000)
+        reached = run_state(folder).step
+        found.output_dir.setText(str(folder))
+        found.max_steps.setValue(reached + 2)
+        found.start(resume=True)
+        qtbot.waitUntil(lambda: not found.running, timeout=180000)
+        assert f"Finished at step {reached + 2}" in found.eta.text()
+        assert run_state(folder).state == "finished"
+
+
+def test_cancelling_the_close_keeps_the_window(qtbot, window, tmp_path, monkeypatch):
+    tab = window.tab_pages[2]
+    long_form(tab, tmp_path)
+    tab.start()
+    qtbot.waitUntil(lambda: tab.running and len(tab.rows.get("run", [])) >= 1, timeout=120000)
+    monkeypatch.setattr(type(tab), "ask_close_choice", lambda self: "cancel")
+    window.close()
+    assert window.isVisible() and tab.running
+    monkeypatch.setattr(type(tab), "confirm_stop_now", lambda self: True)
+    tab.stop()
+    assert tab.stop_button.text() == "Stop now…"
+    tab.stop()  # confirmed: ends it at once, without a checkpoint
+    qtbot.waitUntil(lambda: not tab.running, timeout=60000)
+    assert "without saving" in tab.eta.text() or "ended without saving" in tab.eta.text()
+    assert not any((tmp_path / "run").glob("checkpoint-*"))
+
+
+def test_a_failed_run_is_a_dialog_with_its_message(qtbot, window, tmp_path):
+    tab = window.tab_pages[2]
+    form(tab, tmp_path)
+    (tmp_path / "d.csv").write_text("text\nhello\nworld\n")  # no label column
+    tab.start()
+    qtbot.waitUntil(lambda: not tab.running, timeout=120000)
+    qtbot.waitUntil(lambda: window.last_dialog is not None, timeout=10000)
+    assert "no column 'label'" in window.last_dialog.text()
+    assert "Traceback" not in window.last_dialog.text()
+
+
+def test_damaged_remembered_runs_never_stop_the_start(qtbot, tmp_path):
+    from PySide6.QtCore import QSettings
+
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    (odd / "status.json").write_text('{"state": "running", "pid": ')
+    (odd / "metrics.jsonl").write_bytes(b'{"step": 1, "loss": 0.5}\n\xff\xfe{"step": 2, "lo')
+    QSettings().setValue("finetune/runs", [str(odd), 3, str(tmp_path / "gone")])
+    QSettings().setValue("finetune/attached", {"not": "a list"})
+    w = MainWindow(autoload=False)
+    qtbot.addWidget(w)
+    w.show()
+    w.tabs.setCurrentIndex(2)
+    qtbot.waitUntil(lambda: w.tab_pages[2].charts is not None, timeout=10000)
+    assert not w.tab_pages[2].running

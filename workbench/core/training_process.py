@@ -189,7 +189,7 @@ def stop_requested(folder: Path, since: float | None) -> bool:
         written = (folder / STOP_FILE).stat().st_mtime
     except OSError:
         return False
-    return since is None or written >= since - 1.0
+    return since is None or written >= since
 
 
 def clear_stop_request(folder: Path, since: float | None) -> None:
@@ -251,6 +251,7 @@ def launch(folder: str | Path, command: list[str]) -> subprocess.Popen:
     and a Ctrl-C or SIGKILL of that window), its output appended to ``RUN/train.log``."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    (folder / STOP_FILE).unlink(missing_ok=True)  # asked of an earlier session of the run
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     env[LAUNCHED_ENV] = repr(time.time())
     # The run's working folder is the project root, so that `-m workbench` resolves to the
