@@ -130,6 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
     mon = sub.add_parser("monitor", help="progress of a run folder (this app's, any HF "
                          "Trainer output, or TensorBoard events)")
     mon.add_argument("run_dir")
+    mon.add_argument("--smoothing", type=float, default=0.6, metavar="W",
+                     help="weight of the smoothed training loss (TensorBoard's debiased "
+                     "moving average), in [0, 1); default 0.6")
     mon.add_argument("--json", action="store_true", help="print one JSON document")
 
     ev = sub.add_parser("evaluate", help="perplexity, BLEU / chrF / TER with sacrebleu, "
@@ -468,18 +471,30 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
 
 def cmd_monitor(args: argparse.Namespace) -> int:
-    from workbench.core.runs import read_run
+    import math
 
+    from workbench.core.runs import read_run
+    from workbench.core.training_curves import summary
+
+    if not 0 <= args.smoothing < 1:
+        raise WorkbenchError(f"--smoothing takes a weight in [0, 1), not {args.smoothing}.")
     snap = read_run(args.run_dir)
-    if args.json:
-        _print_json(snap.to_dict())
-        return 0
     d = snap.to_dict()
+    d.update(summary(snap.rows, args.smoothing))
+    for key, value in d.items():  # strict JSON: a NaN or infinite loss is null (and an alarm)
+        if isinstance(value, float) and not math.isfinite(value):
+            d[key] = None
+    if args.json:
+        _print_json(d)
+        return 0
     total = f"/{d['max_steps']}" if d["max_steps"] else ""
     print(f"{d['folder']} ({d['source']}): step {d['global_step']}{total}")
-    for key in ("loss", "eval_loss", "learning_rate"):
+    for key in ("loss", "smoothed_loss", "eval_loss", "learning_rate", "tokens_per_second",
+                "steps_per_second"):
         if d[key] is not None:
-            print(f"  {key:14} {d[key]:.6g}")
+            print(f"  {key:17} {d[key]:.6g}")
+    for alarm in d["alarms"]:
+        print(f"  warning: {alarm['message']}")
     return 0
 
 
