@@ -212,7 +212,7 @@ def test_the_loss_band_spans_the_raw_losses_around_each_step(qtbot, window):
 
 
 def test_throughput_in_tokens_or_steps_per_second():
-    from workbench.ui.finetune_tab import speed_unit, throughput
+    from workbench.core.training_curves import speed_unit, throughput
 
     rows = [{"step": 1, "loss": 1.0, "tokens": 100, "seconds": 1.0},
             {"step": 2, "loss": 0.9, "tokens": 300, "seconds": 1.5},

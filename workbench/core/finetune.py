@@ -572,7 +572,9 @@ def run_finetune(config: FinetuneConfig, ctx: JobContext | None = None, resume: 
                 return
             if st.is_world_process_zero:
                 with open(metrics_path, "a", encoding="utf-8") as f:
-                    f.write(json.dumps(asdict(row)) + "\n")
+                    # without the fields this row lacks: a run of 400,000 steps reads faster
+                    f.write(json.dumps({k: v for k, v in asdict(row).items()
+                                        if v is not None}) + "\n")
                 ctx.emit(row)
             self.on_step_end(args, st, control, probe=False)  # the log comes after it
             for value in (row.loss, row.eval_loss):

@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import datetime
 import json
-import math
 import os
 import shlex
 import signal
 import subprocess
-import warnings
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +43,7 @@ from workbench.core.finetune import (
     split_names,
 )
 from workbench.core.runs import RunMonitor, read_run
+from workbench.core.training_curves import CurveData, analyse, speed_unit
 from workbench.core.training_process import (
     LOG_FILE,
     PROBES_FILE,
@@ -66,62 +65,27 @@ RESOURCES = Path(__file__).resolve().parents[2] / "resources" / "data"
 COLORS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189)]
 
 
-def ema(values: list[float], weight: float) -> list[float]:
-    """Exponential moving average (TensorBoard's smoothing), ``weight`` in [0, 1)."""
-    out, last = [], None
-    for v in values:
-        last = v if last is None else last * weight + (1 - weight) * v
-        out.append(last)
-    return out
+def curves_key(rows: list[dict], smoothing: float, unit: str) -> tuple:
+    """What a run's curve data depends on: its rows (they only grow, or are replaced by a
+    new list), the smoothing and the throughput unit."""
+    return (len(rows), id(rows[-1]) if rows else None, smoothing, unit)
 
 
-def band_window(weight: float) -> int:
-    """How many points the min/max band spans for EMA ``weight``: the EMA's effective
-    window, 1 / (1 - weight), rounded up to an odd number (it is centred on each point)."""
-    width = max(1, math.ceil(1 / (1 - min(weight, 0.999)) - 1e-9))
-    return width + 1 - width % 2
-
-
-def rolling_min_max(values: list[float], window: int) -> tuple[list[float], list[float]]:
-    """The lowest and highest of the values in a ``window`` centred on each (shorter at
-    the ends; NaN and infinite values are skipped; a window with none finite gives NaN)."""
+def peak_decimate(steps, low, high, points: int = 4000):
+    """The band with at most about ``points`` points for display: each bin of neighbouring
+    steps keeps its lowest low and highest high (no extreme is lost)."""
     import numpy as np
 
-    if not values:
-        return [], []
-    data = np.asarray(values, dtype=float)
-    data[~np.isfinite(data)] = np.nan
-    half = window // 2
-    padded = np.concatenate([np.full(half, np.nan), data, np.full(half, np.nan)])
-    windows = np.lib.stride_tricks.sliding_window_view(padded, 2 * half + 1)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # a window with no finite value
-        return np.nanmin(windows, axis=1).tolist(), np.nanmax(windows, axis=1).tolist()
-
-
-def throughput(rows: list[dict], unit: str) -> tuple[list[int], list[float]]:
-    """Steps and the training speed up to each: input tokens per second (``unit``
-    "tokens", from the Trainer's count of non-padding tokens) or steps per second, between
-    two training rows in a row (not across an evaluation, nor a resume)."""
-    key = "tokens" if unit == "tokens" else "step"
-    steps, speeds = [], []
-    for a, b in zip(rows, rows[1:], strict=False):
-        if a.get("loss") is None or b.get("loss") is None or a.get(key) is None or \
-                b.get(key) is None or b["step"] <= a["step"]:
-            continue
-        seconds = (b.get("seconds") or 0) - (a.get("seconds") or 0)
-        if seconds > 0:
-            steps.append(b["step"])
-            speeds.append((b[key] - a[key]) / seconds)
-    return steps, speeds
-
-
-def speed_unit(runs: list[list[dict]]) -> str:
-    """"tokens" when every run with timed rows counted its tokens, else "steps"."""
-    timed = [rows for rows in runs if any(r.get("seconds") is not None for r in rows[:2])]
-    if all(any(r.get("tokens") is not None for r in rows) for rows in timed):
-        return "tokens"
-    return "steps"
+    size = len(steps)
+    if size <= points:
+        return steps, low, high
+    k = -(-size // points)
+    cut = size - size % k
+    parts = [(steps[:cut:k], low[:cut].reshape(-1, k).min(1), high[:cut].reshape(-1, k).max(1))]
+    if cut < size:
+        parts.append((steps[cut:cut + 1], low[cut:].min(keepdims=True),
+                      high[cut:].max(keepdims=True)))
+    return tuple(np.concatenate([p[i] for p in parts]) for i in range(3))
 
 
 class RunCurves:
@@ -151,60 +115,47 @@ class RunCurves:
         self.lr = charts["lr"].plot([], [], pen=pen)
         self.grad = charts["grad"].plot([], [], pen=pen)
         self.speed = charts["speed"].plot([], [], pen=pen)
+        for item in (self.raw, self.smooth, self.eval, self.spikes, self.lr, self.grad,
+                     self.speed):
+            # a run of 400,000 steps draws as fast as a short one; peak decimation keeps
+            # every minimum and maximum on screen
+            item.setDownsampling(auto=True, method="peak")
+            item.setClipToView(True)
         self.drawn: dict[str, tuple] = {}  # chart -> the rows and smoothing it shows
         self.warnings: list[str] = []
 
-    def update(self, rows: list[dict], smoothing: float,
-               charts: tuple[str, ...] = ("loss", "lr", "grad", "speed"),
-               unit: str = "tokens") -> None:
-        """Redraw those of ``charts`` that do not show these rows yet (a finished run's
-        curves are not set again on every redraw of a running one); the health warnings
-        are kept in ``warnings``. ``unit``: the throughput's, see :func:`throughput`."""
-        version = (len(rows), rows[-1] if rows else None, smoothing, unit)
+    def update(self, data: CurveData, version: tuple,
+               charts: tuple[str, ...] = ("loss", "lr", "grad", "speed")) -> None:
+        """Redraw those of ``charts`` that do not show ``data`` (computed in the core, see
+        ``training_curves.analyse``; ``version`` names it) yet: a finished run's curves are
+        not set again on every redraw of a running one. The health warnings are kept in
+        ``warnings``."""
         charts = tuple(c for c in charts if self.drawn.get(c) != version)
         if not charts:
             return
         for chart in charts:
             self.drawn[chart] = version
-        train = [(r["step"], r["loss"]) for r in rows if r.get("loss") is not None]
-        evals = [(r["step"], r["eval_loss"]) for r in rows if r.get("eval_loss") is not None]
-        steps = [s for s, _ in train]
-        losses = [v for _, v in train]
-        smooth = ema(losses, smoothing)
-        before = [None] + smooth[:-1] if smooth else []  # the EMA before each point
-        spikes = [(s, v) for (s, v), m in zip(train, before, strict=True)
-                  if m is not None and math.isfinite(v) and v > 1.5 * m and v - m > 0.1]
         if "loss" in charts:
-            self.raw.setData(steps, losses)  # every point: a one-step spike stays visible
-            low, high = rolling_min_max(losses, band_window(smoothing))
-            band = [(s, a, b) for s, a, b in zip(steps, low, high, strict=True)
-                    if math.isfinite(a) and math.isfinite(b)]
-            self.band_low.setData([s for s, _, _ in band], [a for _, a, _ in band])
-            self.band_high.setData([s for s, _, _ in band], [b for _, _, b in band])
-            self.smooth.setData(steps, smooth)
-            self.eval.setData([s for s, _ in evals], [v for _, v in evals])
-            self.spikes.setData([s for s, _ in spikes], [v for _, v in spikes])
+            self.raw.setData(data.steps, data.losses)  # every point (peak-decimated on screen)
+            band = peak_decimate(data.band.steps, data.band.low, data.band.high)
+            self.band_low.setData(band[0], band[1])
+            self.band_high.setData(band[0], band[2])
+            self.smooth.setData(data.steps, data.smoothed)
+            self.eval.setData(data.eval.steps, data.eval.values)
+            self.spikes.setData(data.spikes.steps, data.spikes.values)
             # empty items are hidden: a scatter's bounds cost pyqtgraph Python work at
             # every paint, even with no points, and an empty fill counts as a point at
             # (0, 0) in the chart's range (validation keeps its legend entry: shown)
-            self.spikes.setVisible(bool(spikes))
-            self.band.setVisible(bool(band))
+            self.spikes.setVisible(len(data.spikes.steps) > 0)
+            self.band.setVisible(len(band[0]) > 0)
         if "lr" in charts:
-            lr = [(r["step"], r["learning_rate"]) for r in rows
-                  if r.get("learning_rate") is not None]
-            self.lr.setData([s for s, _ in lr], [v for _, v in lr])
+            self.lr.setData(data.lr.steps, data.lr.values)
         if "grad" in charts:
-            grad = [(r["step"], r["grad_norm"]) for r in rows if r.get("grad_norm") is not None]
-            self.grad.setData([s for s, _ in grad], [v for _, v in grad])
+            self.grad.setData(data.grad.steps, data.grad.values)
         if "speed" in charts:
-            self.speed.setData(*throughput(rows, unit))
-        self.warnings = []
-        if spikes:
-            self.warnings.append(f"{self.name}: loss spike at step {spikes[-1][0]}")
-        if len(evals) >= 3 and evals[-1][1] > evals[-2][1] > evals[-3][1] and \
-                len(smooth) >= 2 and smooth[-1] < smooth[0]:
-            self.warnings.append(f"{self.name}: validation loss rising while training loss "
-                                 "falls (overfitting?)")
+            self.speed.setData(data.speed.steps, data.speed.values)
+        self.warnings = [f"{self.name}: {alarm.message}" for alarm in data.alarms
+                         if alarm.kind != "nan"]
 
 
 @dataclass(eq=False)
@@ -234,6 +185,7 @@ class PollResult:
     state: RunState | None = None
     ended: bool = False
     error: str | None = None
+    curves: tuple[tuple, CurveData] | None = None  # computed here, off the GUI thread
 
 
 def read_new_lines(path: Path, offset: int, limit: int = 1 << 20) -> tuple[list[str], int]:
@@ -254,9 +206,9 @@ def read_new_lines(path: Path, offset: int, limit: int = 1 << 20) -> tuple[list[
     return lines, offset + end
 
 
-def poll_runs(runs: list[FollowedRun]) -> list[PollResult]:
-    """What each followed run folder added since the last call (Qt-free: it runs on a
-    reader thread, never on the GUI thread)."""
+def poll_runs(runs: list[FollowedRun], smoothing: float, unit: str) -> list[PollResult]:
+    """What each followed run folder added since the last call, and the curves of those
+    that changed (Qt-free: it runs on a reader thread, never on the GUI thread)."""
     results = []
     for run in runs:
         try:
@@ -269,6 +221,8 @@ def poll_runs(runs: list[FollowedRun]) -> list[PollResult]:
             changed, run.seen = seen != run.seen, seen
             rows = list(rows) if changed else rows
         result = PollResult(run, rows, changed)
+        if changed:
+            result.curves = (curves_key(rows, smoothing, unit), analyse(rows, smoothing, unit))
         if run.started_here:
             result.log_lines, run.log_offset = read_new_lines(run.folder / LOG_FILE,
                                                               run.log_offset)
@@ -308,6 +262,7 @@ class FinetuneTab(WorkbenchTab):
     def __init__(self, worker: ModelWorker, parent: QWidget | None = None) -> None:
         super().__init__(worker, parent)
         self.followed: dict[str, FollowedRun] = {}
+        self.curve_data: dict[str, tuple[tuple, CurveData]] = {}  # run -> (its key, data)
         self.active: FollowedRun | None = None  # the run this tab started or found going
         self.stopping = False
         self.reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="run-reader")
@@ -765,7 +720,8 @@ class FinetuneTab(WorkbenchTab):
         by a later tick of the poll timer (see :meth:`_poll_tick`)."""
         if self.pending is None and self.followed:
             runs = list(self.followed.values())
-            self.pending = self.reader.submit(poll_runs, runs)
+            self.pending = self.reader.submit(poll_runs, runs, self.smoothing.value() / 100,
+                                              speed_unit(list(self.rows.values())))
 
     def _poll_tick(self) -> None:
         if self.pending is not None and self.pending.done():
@@ -790,6 +746,8 @@ class FinetuneTab(WorkbenchTab):
                 continue  # no longer followed
             if result.rows is not None and result.rows_changed:
                 self.rows[run.name] = result.rows
+                if result.curves is not None:
+                    self.curve_data[run.name] = result.curves
                 changed = True
             for text in result.log_lines:
                 self.log_line.emit(f"{run.name}: {text}", "info")
@@ -875,7 +833,11 @@ class FinetuneTab(WorkbenchTab):
             self.speed_shown = unit
             self.charts["speed"].setTitle(f"{unit} per second")
         for name, rows in self.rows.items():
-            self._curves_for(name).update(rows, smoothing, charts, unit)
+            key = curves_key(rows, smoothing, unit)
+            cached = self.curve_data.get(name)
+            if cached is None or cached[0] != key:  # new rows not read by the reader thread,
+                cached = self.curve_data[name] = (key, analyse(rows, smoothing, unit))
+            self._curves_for(name).update(cached[1], key, charts)
         self.health.setText(" · ".join(w for run in self.runs.values() for w in run.warnings))
         from workbench.ui.charts import round_ceiling, steady_range
 
