@@ -355,7 +355,8 @@ def test_tensorboard_files_where_trainers_put_them(tmp_path, where):
 def test_monitor_reads_only_new_lines_and_counts_every_row_once(tmp_path, monkeypatch):
     parsed = []
     real = runs.parse_jsonl
-    monkeypatch.setattr(runs, "parse_jsonl", lambda data: parsed.append(data) or real(data))
+    monkeypatch.setattr(runs, "parse_jsonl",
+                        lambda data, stop=None: parsed.append(data[:stop]) or real(data, stop))
     path = tmp_path / "metrics.jsonl"
     third = json.dumps(log_row(3, 1.8)).encode()
     path.write_bytes(lines(log_row(1, 2.0), log_row(2, 1.9)) + third[:25])

@@ -8,6 +8,7 @@ Long runs (hundreds of thousands of rows) are handled with numpy.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 from operator import itemgetter
 
@@ -72,6 +73,8 @@ class CurveData:
     spikes: Series = field(default_factory=Series)
     alarms: list[Alarm] = field(default_factory=list)
     unit: str = "tokens"  # of ``speed``: tokens or steps per second
+    # the steps of ``smoothed`` where they are not ``steps`` (a copy decimated for display)
+    smoothed_steps: np.ndarray | None = None
 
     @property
     def smoothed_loss(self) -> float | None:
@@ -169,12 +172,21 @@ class _Table:
 
     KEYS = ("step", "loss", "eval_loss", "learning_rate", "grad_norm", "tokens", "seconds")
 
+    CHUNK = 16384  # rows converted in one C call: a reader thread holds the GIL ~5 ms
+
     def __init__(self, rows: list[dict]) -> None:
-        try:  # rows as this app writes them have every key: one C call per row
-            self.raw = list(map(itemgetter(*self.KEYS), rows))
-        except KeyError:  # TensorBoard or trainer_state.json rows leave some out
-            self.raw = [tuple(map(row.get, self.KEYS)) for row in rows]
-        self.values = np.array(self.raw, dtype=float).reshape(len(rows), len(self.KEYS))
+        getter, width = itemgetter(*self.KEYS), len(self.KEYS)
+        self.raw: list[tuple] = []
+        parts = [np.empty((0, width))]
+        for start in range(0, len(rows), self.CHUNK):
+            part = rows[start:start + self.CHUNK]
+            try:  # rows with every key: one C call per row
+                raw = list(map(getter, part))
+            except KeyError:  # rows that leave some out (this app's leave out what is None)
+                raw = [tuple(map(row.get, self.KEYS)) for row in part]
+            self.raw += raw
+            parts.append(np.array(raw, dtype=float).reshape(len(part), width))
+        self.values = np.concatenate(parts)
         self.steps = self.values[:, 0]
 
     def column(self, key: str) -> tuple[np.ndarray, np.ndarray]:
@@ -299,3 +311,54 @@ def summary(rows: list[dict], weight: float) -> dict:
             "tokens_per_second": last_speed if unit == "tokens" else None,
             "steps_per_second": last_speed if unit == "steps" else None}
 
+
+# --- for display ---------------------------------------------------------------------------------
+def peak_decimate(steps, values, points: int = 8000) -> tuple[np.ndarray, np.ndarray]:
+    """``(steps, values)`` for display with at most about ``points`` points: each bin of
+    neighbouring points gives its lowest and its highest value (in their order), so no
+    minimum or maximum is lost; NaN is skipped. Short series come back as they are."""
+    steps, values = np.asarray(steps, dtype=float), np.asarray(values, dtype=float)
+    size = len(steps)
+    if size <= points:
+        return steps, values
+    k = -(-size // (points // 2))
+    pad = (-size) % k
+    s = np.concatenate([steps, np.full(pad, np.nan)]).reshape(-1, k)
+    v = np.concatenate([values, np.full(pad, np.nan)]).reshape(-1, k)
+    finite = np.where(np.isfinite(v), v, np.nan)
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a bin with no finite value
+        low_at = np.nanargmin(np.where(np.isnan(finite), np.inf, finite), axis=1)
+        high_at = np.nanargmax(np.where(np.isnan(finite), -np.inf, finite), axis=1)
+    first, second = np.minimum(low_at, high_at), np.maximum(low_at, high_at)
+    rows = np.arange(len(s))
+    out_steps = np.stack([s[rows, first], s[rows, second]], axis=1).ravel()
+    out_values = np.stack([v[rows, first], v[rows, second]], axis=1).ravel()
+    keep = np.isfinite(out_steps) & np.isfinite(out_values)
+    return out_steps[keep], out_values[keep]
+
+
+def for_display(data: CurveData, points: int = 8000) -> CurveData:
+    """``data`` with every series peak-decimated (see :func:`peak_decimate`) and the band
+    binned keeping its lowest low and highest high: what a chart a few thousand pixels wide
+    can show, computed once instead of at every paint. Alarms and the unit stay."""
+    def series(part: Series) -> Series:
+        return Series(*peak_decimate(part.steps, part.values, points))
+
+    steps, losses = peak_decimate(data.steps, data.losses, points)
+    smooth_steps, smoothed = peak_decimate(data.steps, data.smoothed, points)
+    band = data.band
+    if len(band.steps) > points:
+        k = -(-len(band.steps) // (points // 2))
+        cut = len(band.steps) - len(band.steps) % k
+        low = band.low[:cut].reshape(-1, k).min(1)
+        high = band.high[:cut].reshape(-1, k).max(1)
+        bsteps = band.steps[:cut:k]
+        if cut < len(band.steps):
+            bsteps = np.append(bsteps, band.steps[cut])
+            low = np.append(low, band.low[cut:].min())
+            high = np.append(high, band.high[cut:].max())
+        band = Band(bsteps, low, high)
+    return CurveData(steps, losses, smoothed, band, series(data.eval), series(data.lr),
+                     series(data.grad), series(data.speed), data.spikes, list(data.alarms),
+                     data.unit, smooth_steps)

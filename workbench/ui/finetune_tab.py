@@ -9,7 +9,10 @@ import os
 import shlex
 import signal
 import subprocess
+import sys
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,8 +45,8 @@ from workbench.core.finetune import (
     saved_config,
     split_names,
 )
-from workbench.core.runs import RunMonitor, read_run
-from workbench.core.training_curves import CurveData, analyse, speed_unit
+from workbench.core.runs import RunMonitor, check_run_folder
+from workbench.core.training_curves import CurveData, analyse, for_display, speed_unit
 from workbench.core.training_process import (
     LOG_FILE,
     PROBES_FILE,
@@ -59,7 +62,7 @@ from workbench.ui.skeleton import combo, dspin, line, spin, text_box
 from workbench.ui.state import remembered_folders
 from workbench.ui.tab_base import WorkbenchTab
 from workbench.ui.widgets import ProgressThrottle
-from workbench.ui.worker import ModelWorker
+from workbench.ui.worker import ModelWorker, bulk_reading
 
 RESOURCES = Path(__file__).resolve().parents[2] / "resources" / "data"
 COLORS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189)]
@@ -69,23 +72,6 @@ def curves_key(rows: list[dict], smoothing: float, unit: str) -> tuple:
     """What a run's curve data depends on: its rows (they only grow, or are replaced by a
     new list), the smoothing and the throughput unit."""
     return (len(rows), id(rows[-1]) if rows else None, smoothing, unit)
-
-
-def peak_decimate(steps, low, high, points: int = 4000):
-    """The band with at most about ``points`` points for display: each bin of neighbouring
-    steps keeps its lowest low and highest high (no extreme is lost)."""
-    import numpy as np
-
-    size = len(steps)
-    if size <= points:
-        return steps, low, high
-    k = -(-size // points)
-    cut = size - size % k
-    parts = [(steps[:cut:k], low[:cut].reshape(-1, k).min(1), high[:cut].reshape(-1, k).max(1))]
-    if cut < size:
-        parts.append((steps[cut:cut + 1], low[cut:].min(keepdims=True),
-                      high[cut:].max(keepdims=True)))
-    return tuple(np.concatenate([p[i] for p in parts]) for i in range(3))
 
 
 class RunCurves:
@@ -136,18 +122,19 @@ class RunCurves:
         for chart in charts:
             self.drawn[chart] = version
         if "loss" in charts:
-            self.raw.setData(data.steps, data.losses)  # every point (peak-decimated on screen)
-            band = peak_decimate(data.band.steps, data.band.low, data.band.high)
-            self.band_low.setData(band[0], band[1])
-            self.band_high.setData(band[0], band[2])
-            self.smooth.setData(data.steps, data.smoothed)
+            self.raw.setData(data.steps, data.losses)  # every point, or each bin's extremes
+            band = data.band
+            self.band_low.setData(band.steps, band.low)
+            self.band_high.setData(band.steps, band.high)
+            self.smooth.setData(data.steps if data.smoothed_steps is None
+                                else data.smoothed_steps, data.smoothed)
             self.eval.setData(data.eval.steps, data.eval.values)
             self.spikes.setData(data.spikes.steps, data.spikes.values)
             # empty items are hidden: a scatter's bounds cost pyqtgraph Python work at
             # every paint, even with no points, and an empty fill counts as a point at
             # (0, 0) in the chart's range (validation keeps its legend entry: shown)
             self.spikes.setVisible(len(data.spikes.steps) > 0)
-            self.band.setVisible(len(band[0]) > 0)
+            self.band.setVisible(len(band.steps) > 0)
         if "lr" in charts:
             self.lr.setData(data.lr.steps, data.lr.values)
         if "grad" in charts:
@@ -206,47 +193,64 @@ def read_new_lines(path: Path, offset: int, limit: int = 1 << 20) -> tuple[list[
     return lines, offset + end
 
 
+@contextmanager
+def sharing_the_gil(seconds: float = 0.0001) -> Iterator[None]:
+    """While a reader thread parses, hand the GIL back to the GUI thread quickly: a paint
+    calls into Python for every chart item, and each call waits for the GIL for up to the
+    switch interval (5 ms by default), which made one paint of the charts take 1.7 s
+    while a long run was read."""
+    before = sys.getswitchinterval()
+    sys.setswitchinterval(min(before, seconds))
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(before)
+
+
 def poll_runs(runs: list[FollowedRun], smoothing: float, unit: str) -> list[PollResult]:
     """What each followed run folder added since the last call, and the curves of those
     that changed (Qt-free: it runs on a reader thread, never on the GUI thread)."""
-    results = []
-    for run in runs:
-        try:
-            rows: list[dict] | None = run.monitor.poll().rows
-        except WorkbenchError:
-            rows = None  # a folder being written; read again at the next tick
-        changed = False
-        if rows is not None:
-            seen = (len(rows), id(rows[-1]) if rows else None)
-            changed, run.seen = seen != run.seen, seen
-            rows = list(rows) if changed else rows
-        result = PollResult(run, rows, changed)
-        if changed:
-            result.curves = (curves_key(rows, smoothing, unit), analyse(rows, smoothing, unit))
-        if run.started_here:
-            result.log_lines, run.log_offset = read_new_lines(run.folder / LOG_FILE,
-                                                              run.log_offset)
-            for line in result.log_lines:
-                if line.startswith("error: "):
-                    run.last_error = line[len("error: "):]
-            probe_lines, run.probe_offset = read_new_lines(run.folder / PROBES_FILE,
-                                                           run.probe_offset)
-            for line in probe_lines:
-                try:
-                    probe = json.loads(line)
-                except ValueError:
-                    continue
-                if isinstance(probe, dict):
-                    result.probes.append(probe)
-            if not run.reported:
-                code = run.process.poll() if run.process is not None else None
-                result.state = run_state(run.folder)
-                result.ended = code is not None if run.process is not None \
-                    else not result.state.live
-                if result.ended and code:
-                    result.error = run.last_error
-        results.append(result)
-    return results
+    with sharing_the_gil(), bulk_reading():
+        return [_poll_one(run, smoothing, unit) for run in runs]
+
+
+def _poll_one(run: FollowedRun, smoothing: float, unit: str) -> PollResult:
+    try:
+        rows: list[dict] | None = run.monitor.poll().rows
+    except WorkbenchError:
+        rows = None  # a folder being written; read again at the next tick
+    changed = False
+    if rows is not None:
+        seen = (len(rows), id(rows[-1]) if rows else None)
+        changed, run.seen = seen != run.seen, seen
+        rows = list(rows) if changed else rows
+    result = PollResult(run, rows, changed)
+    if changed:
+        result.curves = (curves_key(rows, smoothing, unit),
+                         for_display(analyse(rows, smoothing, unit)))
+    if run.started_here:
+        result.log_lines, run.log_offset = read_new_lines(run.folder / LOG_FILE,
+                                                          run.log_offset)
+        for line in result.log_lines:
+            if line.startswith("error: "):
+                run.last_error = line[len("error: "):]
+        probe_lines, run.probe_offset = read_new_lines(run.folder / PROBES_FILE,
+                                                       run.probe_offset)
+        for line in probe_lines:
+            try:
+                probe = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(probe, dict):
+                result.probes.append(probe)
+        if not run.reported:
+            code = run.process.poll() if run.process is not None else None
+            result.state = run_state(run.folder)
+            result.ended = code is not None if run.process is not None \
+                else not result.state.live
+            if result.ended and code:
+                result.error = run.last_error
+    return result
 
 
 CHART_NAMES = ("loss", "lr", "grad", "speed")
@@ -701,7 +705,7 @@ class FinetuneTab(WorkbenchTab):
         if not folder:
             return
         try:
-            read_run(folder)
+            check_run_folder(folder)  # its numbers are read on the reader thread
         except WorkbenchError as exc:
             self.show_error("Cannot attach to the run", str(exc))
             return
@@ -836,7 +840,8 @@ class FinetuneTab(WorkbenchTab):
             key = curves_key(rows, smoothing, unit)
             cached = self.curve_data.get(name)
             if cached is None or cached[0] != key:  # new rows not read by the reader thread,
-                cached = self.curve_data[name] = (key, analyse(rows, smoothing, unit))
+                cached = self.curve_data[name] = (key, for_display(analyse(rows, smoothing,
+                                                                          unit)))
             self._curves_for(name).update(cached[1], key, charts)
         self.health.setText(" · ".join(w for run in self.runs.values() for w in run.warnings))
         from workbench.ui.charts import round_ceiling, steady_range
@@ -883,9 +888,9 @@ class FinetuneTab(WorkbenchTab):
 
     def _next_turn(self) -> None:
         """Start the wait for the next chart's turn: a second while a run goes (every
-        millisecond the window paints is one the training waits for); a finished run's
-        charts fit quickly."""
-        self.redraw_timer.start(1000 if self.running else 300)
+        millisecond the window paints is one the training waits for); otherwise the next
+        chart follows once this one has painted (one chart's fit a pass)."""
+        self.redraw_timer.start(1000 if self.running else 50)
 
     def redraw_next(self) -> None:
         """Redraw the next chart that does not show the latest rows yet, then wait for

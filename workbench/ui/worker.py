@@ -165,6 +165,8 @@ class GuiThreadCollector(QObject):
         return 0
 
     def check(self) -> None:
+        if _readers_busy:  # see bulk_reading
+            return
         young, middle, old = gc.get_count()
         if young > self.threshold[0]:
             self.collect(0)
@@ -184,6 +186,24 @@ class GuiThreadCollector(QObject):
 
 _collector: GuiThreadCollector | None = None
 _workers: weakref.WeakSet[ModelWorker] = weakref.WeakSet()
+_readers_busy = 0  # background threads allocating many objects now (see bulk_reading)
+
+
+@contextmanager
+def bulk_reading() -> Iterator[None]:
+    """Around work on another thread that makes many objects (reading a long run, a
+    million of them): the GUI thread's collections wait until it is done (each would pause
+    the window to look at objects still being made), and then what was made is frozen
+    (``gc.freeze``, as after every full collection): collections never look at it again,
+    and it is freed as usual when no longer referenced."""
+    global _readers_busy
+    _readers_busy += 1
+    try:
+        yield
+    finally:
+        _readers_busy -= 1
+        if _collector is not None and not _readers_busy:
+            gc.freeze()
 
 
 def gui_thread_garbage_collection() -> GuiThreadCollector:
