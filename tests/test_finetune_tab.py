@@ -325,3 +325,17 @@ def test_damaged_remembered_runs_never_stop_the_start(qtbot, tmp_path):
     w.tabs.setCurrentIndex(2)
     qtbot.waitUntil(lambda: w.tab_pages[2].charts is not None, timeout=10000)
     assert not w.tab_pages[2].running
+
+
+@pytest.mark.timeout(400)
+def test_a_two_process_run_is_followed_live(qtbot, window, tmp_path):
+    tab = window.tab_pages[2]
+    form(tab, tmp_path, steps=4)
+    tab.processes.setValue(2)
+    tab.start()
+    qtbot.waitUntil(lambda: not tab.running, timeout=300000)
+    assert "Finished at step 4" in tab.eta.text(), tab.eta.text()
+    steps = [r["step"] for r in tab.rows["run"] if r.get("loss") is not None]
+    assert steps == [1, 2, 3, 4]  # one set of rows: only the main process logs
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert "accelerate.commands.launch --multi_gpu --num_processes 2" in log
