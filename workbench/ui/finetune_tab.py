@@ -269,6 +269,7 @@ class FinetuneTab(WorkbenchTab):
         self.curve_data: dict[str, tuple[tuple, CurveData]] = {}  # run -> (its key, data)
         self.active: FollowedRun | None = None  # the run this tab started or found going
         self.stopping = False
+        self.remember_runs = True  # found again at the next start (not the screenshots' demo)
         self.reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="run-reader")
         self.pending: Future | None = None
         self.charts: dict | None = None
@@ -651,6 +652,8 @@ class FinetuneTab(WorkbenchTab):
         return "keep" if clicked is keep else "stop" if clicked is stop else "cancel"
 
     def remember_run(self, folder: Path) -> None:
+        if not self.remember_runs:
+            return
         started = [f for f in remembered_folders("finetune/runs") if f != str(folder)]
         QSettings().setValue("finetune/runs", ([str(folder)] + started)[:10])
 

@@ -98,8 +98,9 @@ def _shoot(window, folder: Path, app, demo: bool, timeout_s: float, run_root: Pa
             finetune.batch_size.setValue(4)
             finetune.max_length.setValue(64)
             finetune.output_dir.setText(str(run_root / "demo-run"))
+            finetune.remember_runs = False  # a demo run in a folder removed afterwards
             finetune.start()
-            wait_until(app, lambda: finetune.job_id is None, timeout_s)
+            wait_until(app, lambda: not finetune.running, timeout_s)
             evaluate = window.tab_pages[3]  # the base model against the fine-tuned one
             evaluate.compare_model.setCurrentText(finetune.final_model or "")
             evaluate.start_perplexity()
