@@ -59,6 +59,7 @@ def test_bad_model_shows_one_dialog_and_the_app_keeps_working(qtbot, window, tin
     dialog = window.last_dialog
     assert dialog is not None and dialog.isVisible()
     assert dialog.text() == "Model path not found: /no/such/model/folder"
+    assert dialog.windowTitle() == "Load /no/such/model/folder failed"
     dialog.accept()
     load(qtbot, window, str(tiny("gpt2")))
     assert window.loaded is not None and window.loaded.name == "gpt2"
@@ -168,3 +169,15 @@ def test_about_lists_library_versions(window):
     assert f"<td>transformers</td><td>{version('transformers')}</td>" in text
     assert f"<td>PySide6</td><td>{version('PySide6')}</td>" in text
     assert "Devices:" in text
+
+
+def test_an_unexpected_error_is_one_line_with_the_traceback_behind_details(qtbot, window):
+    def broken(ctx):
+        raise KeyError("a key\nthat spans lines")
+
+    window.worker.submit("Broken job", broken)
+    qtbot.waitUntil(lambda: window.last_dialog is not None, timeout=10000)
+    dialog = window.last_dialog
+    assert dialog.windowTitle() == "Broken job failed"
+    assert dialog.text() == "KeyError: 'a key\\nthat spans lines'"
+    assert "Traceback" in dialog.detailedText() and "Traceback" not in dialog.text()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from PySide6.QtCore import QByteArray, QSettings, Qt, QTimer
+from PySide6.QtCore import QSettings, Qt, QTimer
 from PySide6.QtGui import QAction, QCloseEvent, QKeySequence
 from PySide6.QtWidgets import (
     QLabel,
@@ -17,7 +17,7 @@ from PySide6.QtWidgets import (
 
 from workbench import APP_NAME
 from workbench.core.catalog import DEFAULT_MODEL
-from workbench.core.errors import NeedsPickle, NeedsRemoteCode
+from workbench.core.errors import NeedsPickle, NeedsRemoteCode, WorkbenchError
 from workbench.core.jobs import LogLine, Progress
 from workbench.core.loader import LoadedModel, LoadOptions
 from workbench.ui.about import about_html
@@ -27,7 +27,17 @@ from workbench.ui.finetune_tab import FinetuneTab
 from workbench.ui.generate_tab import GenerateTab
 from workbench.ui.log_panel import LogPanel
 from workbench.ui.model_picker import ModelPicker
-from workbench.ui.state import restore_controls, save_controls
+from workbench.ui.state import (
+    as_bytes,
+    as_number,
+    as_text,
+    open_settings,
+    read_value,
+    reset,
+    restore_controls,
+    save_controls,
+    settings_notes,
+)
 from workbench.ui.tab_base import WorkbenchTab
 from workbench.ui.widgets import ProgressThrottle
 from workbench.ui.worker import ModelWorker, gui_thread_garbage_collection
@@ -42,6 +52,7 @@ class MainWindow(QMainWindow):
         self.worker = ModelWorker(self)
         self.loaded: LoadedModel | None = None
         self.load_job: int | None = None
+        self.job_titles: dict[int, str] = {}  # a failed job's dialog is titled after it
         self.last_dialog: QMessageBox | None = None
         self._requested: tuple[str, LoadOptions] | None = None
         self.persist = True  # save settings on close (off for --screenshot)
@@ -245,6 +256,7 @@ class MainWindow(QMainWindow):
             self.load_job = None
 
     def _job_started(self, job_id: int, title: str) -> None:
+        self.job_titles[job_id] = title
         self._set_busy(True)
         self.job_status.setText(title)
         self.progress.setRange(0, 0)
@@ -267,6 +279,7 @@ class MainWindow(QMainWindow):
             self.log.append(event.message, event.level)
 
     def _job_finished(self, job_id: int, result: object) -> None:
+        self.job_titles.pop(job_id, None)
         self._load_ended(job_id)
         if isinstance(result, LoadedModel):
             self.log.append(f"Loaded {result.describe()} from {result.source.origin} "
@@ -275,6 +288,7 @@ class MainWindow(QMainWindow):
             self.log.append("Finished.")
 
     def _job_cancelled(self, job_id: int) -> None:
+        self.job_titles.pop(job_id, None)
         self._load_ended(job_id)
         self.log.append("Cancelled.")
 
@@ -284,7 +298,11 @@ class MainWindow(QMainWindow):
         if was_load and isinstance(error, (NeedsRemoteCode, NeedsPickle)):
             self._offer_permission(error)
             return
-        self.show_error("The job failed", str(error), details)
+        title = self.job_titles.pop(job_id, "The job")
+        message = str(error).strip() or type(error).__name__
+        if not isinstance(error, WorkbenchError):  # unexpected: say what kind of error
+            message = f"{type(error).__name__}: {message.splitlines()[0]}"
+        self.show_error(f"{title} failed", message, details)
 
     def show_error(self, title: str, message: str, details: str = "") -> QMessageBox:
         box = QMessageBox(QMessageBox.Icon.Critical, title, message,
@@ -328,7 +346,11 @@ class MainWindow(QMainWindow):
 
     # --- settings ---------------------------------------------------------------------------
     def save_settings(self) -> None:
-        settings = QSettings()
+        try:  # a write makes QSettings parse the whole file: stored objects go first
+            settings = open_settings()
+        except WorkbenchError as exc:
+            self.log.append(f"{exc} Nothing was saved.", "warning")
+            return
         settings.setValue("window/geometry", self.saveGeometry())
         settings.setValue("window/state", self.saveState())
         settings.setValue("window/tab", self.tabs.currentIndex())
@@ -340,21 +362,41 @@ class MainWindow(QMainWindow):
         settings.sync()
 
     def restore_settings(self) -> None:
-        settings = QSettings()
-        geometry = settings.value("window/geometry")
-        if isinstance(geometry, QByteArray):
-            self.restoreGeometry(geometry)
-        state = settings.value("window/state")
-        if isinstance(state, QByteArray):
-            self.restoreState(state)
-        else:  # first start: a slim log, most of the height for the tabs
+        """Saved settings are data: stored objects are cut out unread, each value is read
+        with its type and range, and one that does not fit is reset and named in the log."""
+        notes: list[str] = []
+        try:
+            settings = open_settings()
+        except WorkbenchError as exc:
+            settings = None
+            notes.append(str(exc))
+        notes[:0] = settings_notes()
+        state_restored = False
+        if settings is not None:
+            geometry = read_value(settings, "window/geometry", as_bytes, notes)
+            if geometry is not None and not self.restoreGeometry(geometry):
+                reset(settings, "window/geometry", "not a saved window geometry", notes)
+            state = read_value(settings, "window/state", as_bytes, notes)
+            state_restored = state is not None and self.restoreState(state)
+            if state is not None and not state_restored:
+                reset(settings, "window/state", "not a saved window layout", notes)
+            notes += restore_controls(self.picker, settings, "model")
+            last = read_value(settings, "model/last", as_text, notes)
+            self.picker.set_reference(DEFAULT_MODEL if last is None else last)
+            for page in self.tab_pages:
+                notes += restore_controls(page, settings, f"tabs/{page.objectName()}")
+            last_tab = self.tabs.count() - 1
+            tab = read_value(settings, "window/tab",
+                             lambda value: as_number(value, 0, last_tab, integer=True), notes)
+            if tab is not None:
+                self.tabs.setCurrentIndex(tab)
+        else:
+            self.picker.set_reference(DEFAULT_MODEL)
+        if not state_restored:  # first start: a slim log, most of the height for the tabs
             QTimer.singleShot(0, self, lambda: self.resizeDocks([self.log], [110],
                                                           Qt.Orientation.Vertical))
-        restore_controls(self.picker, settings, "model")
-        self.picker.set_reference(str(settings.value("model/last", DEFAULT_MODEL)))
-        for page in self.tab_pages:
-            restore_controls(page, settings, f"tabs/{page.objectName()}")
-        self.tabs.setCurrentIndex(int(settings.value("window/tab", 0)))
+        for note in notes:
+            self.log.append(note, "warning")
 
     def closeEvent(self, event: QCloseEvent) -> None:  # noqa: N802 (Qt API)
         finetune = self.tab_pages[2]
