@@ -10,9 +10,10 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
+import math
 import os
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -67,17 +68,210 @@ def _result_to_dict(result: GenerationResult) -> dict:
                            "steps": [asdict(st) for st in s.steps]} for s in result.sequences]}
 
 
-def _result_from_dict(data: dict) -> GenerationResult:
+# --- reading saved data: explicit types, checked whole, never half applied ---------------------
+_INT_LIMIT = 2**63  # a whole number beyond this is no setting or token id: refused, not clamped
+
+
+def _kind(value: Any) -> str:
+    """A value's JSON kind, for messages."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, (int, float)):
+        return f"the number {value!r}" if isinstance(value, int) or math.isfinite(value) \
+            else repr(value)
+    if isinstance(value, str):
+        return f"the text {value[:40]!r}" + ("…" if len(value) > 40 else "")
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
+
+
+def _object(value: Any, where: str) -> dict:
+    if not isinstance(value, dict):
+        raise WorkbenchError(f"{where} is {_kind(value)}, not an object")
+    return value
+
+
+def _list(value: Any, where: str) -> list:
+    if not isinstance(value, list):
+        raise WorkbenchError(f"{where} is {_kind(value)}, not a list")
+    return value
+
+
+def _text(value: Any, where: str) -> str:
+    if not isinstance(value, str):
+        raise WorkbenchError(f"{where} is {_kind(value)}, not text")
+    return value
+
+
+def _flag(value: Any, where: str) -> bool:
+    if not isinstance(value, bool):
+        raise WorkbenchError(f"{where} is {_kind(value)}, not true or false")
+    return value
+
+
+def _whole(value: Any, where: str, low: int = -_INT_LIMIT, high: int = _INT_LIMIT - 1) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise WorkbenchError(f"{where} is {_kind(value)}, not a whole number")
+    if not low <= value <= high:
+        shown = f"{value}" if len(str(value)) <= 30 else f"a number of {len(str(value))} digits"
+        raise WorkbenchError(f"{where} is {shown}, out of range {low}–{high}")
+    return value
+
+
+def _real(value: Any, where: str, low: float = -math.inf, high: float = math.inf,
+          finite: bool = True) -> float:
+    """A number (a JSON integer is one too); NaN, and infinity unless allowed, refused."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise WorkbenchError(f"{where} is {_kind(value)}, not a number")
+    try:
+        number = float(value)
+    except OverflowError:
+        raise WorkbenchError(f"{where} is a number of {len(str(value))} digits, too large") \
+            from None
+    if math.isnan(number) or (finite and math.isinf(number)):
+        raise WorkbenchError(f"{where} is {number!r}, not a finite number")
+    if not low <= number <= high:
+        raise WorkbenchError(f"{where} is {number:g}, out of range {low:g}–{high:g}")
+    return number
+
+
+def settings_from_data(data: Any, where: str = "settings", validate: bool = True
+                       ) -> SamplingSettings:
+    """Sampling settings from saved JSON (a session, a preset), checked whole before use:
+    an object of known names, each value of its field's type (a whole number for an
+    ``int``, a finite number for a ``float``, true/false for a ``bool``), then
+    :meth:`SamplingSettings.validate` (unless ``validate`` is false: the record of the
+    settings a result was made with, which may be a reinterpretation, see ``effective``).
+    Missing names take their defaults. Anything else raises one WorkbenchError naming the
+    first problem."""
+    data = _object(data, where)
+    known = {f.name: f for f in fields(SamplingSettings)}
+    unknown = [key for key in data if key not in known]
+    if unknown:
+        raise WorkbenchError(f"{where} has an unknown setting {unknown[0]!r}")
+    values: dict[str, Any] = {}
+    for name, value in data.items():
+        kind = known[name].type if isinstance(known[name].type, str) \
+            else getattr(known[name].type, "__name__", str(known[name].type))
+        kinds = {k.strip() for k in kind.split("|")}
+        place = f"{where}.{name}"
+        if value is None and "None" in kinds:
+            values[name] = None
+        elif "bool" in kinds and isinstance(value, bool):
+            values[name] = value
+        elif "int" in kinds and isinstance(value, int) and not isinstance(value, bool):
+            values[name] = _whole(value, place)
+        elif "float" in kinds:
+            values[name] = _real(value, place)
+        elif "str" in kinds:
+            values[name] = _text(value, place)
+        elif "int" in kinds:
+            values[name] = _whole(value, place)
+        elif "bool" in kinds:
+            values[name] = _flag(value, place)
+        else:
+            raise WorkbenchError(f"{place} has a type this version cannot check ({kind})")
+    settings = SamplingSettings(**values)
+    if not validate:
+        return settings
+    try:
+        settings.validate()
+    except WorkbenchError as exc:
+        raise WorkbenchError(f"{where}: {exc}") from None
+    return settings
+
+
+def _probability(value: Any, where: str) -> float:
+    return _real(value, where, 0.0, 1.0 + 1e-6)
+
+
+def _statistic(value: Any, where: str) -> float:
+    """Entropies and surprisal are shown, never computed with: any number, even inf."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise WorkbenchError(f"{where} is {_kind(value)}, not a number")
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf
+
+
+def _token_ids(value: Any, where: str) -> list[int]:
+    return [_whole(t, f"{where}[{i}]", 0, 2**31 - 1) for i, t in enumerate(_list(value, where))]
+
+
+def _candidate_from_dict(data: Any, where: str) -> Candidate:
+    d = _object(data, where)
+    return Candidate(token_id=_whole(d.get("token_id"), f"{where}.token_id", 0, 2**31 - 1),
+                     text=_text(d.get("text"), f"{where}.text"),
+                     raw_probability=_probability(d.get("raw_probability"),
+                                                  f"{where}.raw_probability"),
+                     probability=_probability(d.get("probability"), f"{where}.probability"),
+                     kept=_flag(d.get("kept"), f"{where}.kept"))
+
+
+def _step_from_dict(data: Any, where: str) -> StepRecord:
+    d = _object(data, where)
+    candidates = _list(d.get("candidates", []), f"{where}.candidates")
+    return StepRecord(
+        index=_whole(d.get("index"), f"{where}.index", 0),
+        token_id=_whole(d.get("token_id"), f"{where}.token_id", 0, 2**31 - 1),
+        text=_text(d.get("text"), f"{where}.text"),
+        raw_probability=_probability(d.get("raw_probability"), f"{where}.raw_probability"),
+        probability=_probability(d.get("probability"), f"{where}.probability"),
+        entropy=_statistic(d.get("entropy"), f"{where}.entropy"),
+        raw_entropy=_statistic(d.get("raw_entropy"), f"{where}.raw_entropy"),
+        surprisal=_statistic(d.get("surprisal"), f"{where}.surprisal"),
+        kept_count=_whole(d.get("kept_count"), f"{where}.kept_count", 0),
+        kept_mass=_probability(d.get("kept_mass"), f"{where}.kept_mass"),
+        candidates=tuple(_candidate_from_dict(c, f"{where}.candidates[{i}]")
+                         for i, c in enumerate(candidates)))
+
+
+def _result_from_dict(data: Any, where: str = "result") -> GenerationResult:
+    d = _object(data, where)
     sequences = []
-    for seq in data["sequences"]:
-        steps = [StepRecord(**{**st, "candidates": tuple(Candidate(**c) for c in st["candidates"])})
-                 for st in seq["steps"]]
-        sequences.append(GeneratedSequence(seq["text"], list(seq["token_ids"]), steps))
-    return GenerationResult(prompt=data["prompt"], sequences=sequences,
-                            seconds=float(data["seconds"]), stopped=bool(data["stopped"]),
-                            settings=dict(data["settings"]),
-                            prompt_token_ids=list(data["prompt_token_ids"]),
-                            notices=list(data.get("notices", [])))
+    for i, seq in enumerate(_list(d.get("sequences"), f"{where}.sequences")):
+        place = f"{where}.sequences[{i}]"
+        seq = _object(seq, place)
+        steps = [_step_from_dict(st, f"{place}.steps[{j}]")
+                 for j, st in enumerate(_list(seq.get("steps", []), f"{place}.steps"))]
+        sequences.append(GeneratedSequence(_text(seq.get("text"), f"{place}.text"),
+                                           _token_ids(seq.get("token_ids"), f"{place}.token_ids"),
+                                           steps))
+    if not sequences:
+        raise WorkbenchError(f"{where}.sequences is empty")
+    settings = _object(d.get("settings", {}), f"{where}.settings")
+    return GenerationResult(
+        prompt=_text(d.get("prompt"), f"{where}.prompt"), sequences=sequences,
+        seconds=_real(d.get("seconds"), f"{where}.seconds", 0.0),
+        stopped=_flag(d.get("stopped"), f"{where}.stopped"),
+        settings=asdict(settings_from_data(settings, f"{where}.settings", validate=False))
+        if settings else {},
+        prompt_token_ids=_token_ids(d.get("prompt_token_ids", []), f"{where}.prompt_token_ids"),
+        notices=[_text(n, f"{where}.notices[{i}]")
+                 for i, n in enumerate(_list(d.get("notices", []), f"{where}.notices"))])
+
+
+def _model_from_dict(data: Any, where: str = "model") -> dict:
+    """The model's description: only the text fields the tab shows, and its files."""
+    d = _object(data if data is not None else {}, where)
+    model: dict[str, Any] = {}
+    for key in ("name", "reference", "source", "task", "device", "dtype"):
+        if d.get(key) is not None:
+            model[key] = _text(d[key], f"{where}.{key}")
+    files = []
+    for i, item in enumerate(_list(d.get("files", []), f"{where}.files")):
+        item = _object(item, f"{where}.files[{i}]")
+        files.append({"name": _text(item.get("name"), f"{where}.files[{i}].name"),
+                      "size": _whole(item.get("size"), f"{where}.files[{i}].size", 0),
+                      "sha256": _text(item.get("sha256"), f"{where}.files[{i}].sha256")})
+    model["files"] = files
+    return model
 
 
 def save_session(path: str | Path, prompt: str, settings: SamplingSettings,
@@ -101,21 +295,34 @@ def save_session(path: str | Path, prompt: str, settings: SamplingSettings,
 
 
 def load_session(path: str | Path) -> Session:
-    """Read a session file; anything that is not one gives a WorkbenchError."""
+    """Read a session file, checked whole before anything is used: every value of its
+    type, finite and in range (the settings through :meth:`SamplingSettings.validate`).
+    Anything that is not a complete, sound session gives one WorkbenchError."""
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise WorkbenchError(f"Cannot read session {path}: {exc}") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise WorkbenchError(f"{path} is not an LM Workbench session file.")
     if data.get("version") != VERSION:
-        raise WorkbenchError(f"{path} is a session of version {data.get('version')}; "
+        version = data.get("version")
+        version = version if isinstance(version, int) else repr(version)[:40]
+        raise WorkbenchError(f"{path} is a session of version {version}; "
                              f"this app reads version {VERSION}.")
     try:
-        settings = SamplingSettings(**data["settings"])
-        result = _result_from_dict(data["result"]) if data.get("result") else None
-    except (KeyError, TypeError, ValueError) as exc:
-        raise WorkbenchError(f"{path} is damaged: {exc}") from None
-    return Session(prompt=str(data.get("prompt", "")), settings=settings, result=result,
-                   model=dict(data.get("model") or {}), libraries=dict(data.get("libraries") or {}),
-                   created=str(data.get("created", "")))
+        if "settings" not in data:
+            raise WorkbenchError("settings are missing")
+        settings = settings_from_data(data["settings"])
+        result = _result_from_dict(data["result"]) if data.get("result") is not None else None
+        libraries = _object(data.get("libraries") or {}, "libraries")
+        session = Session(
+            prompt=_text(data.get("prompt", ""), "prompt"), settings=settings, result=result,
+            model=_model_from_dict(data.get("model")),
+            libraries={_text(k, "libraries"): _text(v, f"libraries.{k}")
+                       for k, v in libraries.items()},
+            created=_text(data.get("created", ""), "created"))
+    except WorkbenchError as exc:
+        raise WorkbenchError(f"{path} is damaged: {exc}.") from None
+    except RecursionError:
+        raise WorkbenchError(f"{path} is damaged: it is nested too deeply.") from None
+    return session

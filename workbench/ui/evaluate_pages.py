@@ -6,7 +6,6 @@ history through ``record(kind, summary, inputs, results)``.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -42,6 +41,7 @@ from workbench.core.generate_score import (
 )
 from workbench.core.generation import SamplingSettings
 from workbench.ui.skeleton import combo, fill, line, metric_checkboxes, spin, table
+from workbench.ui.state import read_preset
 from workbench.ui.worker import ModelWorker, WorkerContext
 
 GENERATE_TAB = "Generate tab's settings"
@@ -192,10 +192,7 @@ class GenerateScorePage(JobPage):
         elif name in PRESETS:
             base = SamplingSettings.from_generation_config(PRESETS[name])
         else:
-            try:
-                base = SamplingSettings(**json.loads(str(QSettings().value(f"presets/{name}"))))
-            except (TypeError, ValueError):
-                raise WorkbenchError(f"The preset '{name}' is damaged.") from None
+            base = read_preset(name)  # checked whole; a damaged one raises WorkbenchError
         return replace(base, max_new_tokens=self.max_new.value(), chat=self.chat.isChecked(),
                        num_return_sequences=1)
 

@@ -7,9 +7,8 @@ import csv
 import json
 import math
 import time
-from dataclasses import asdict
 
-from PySide6.QtCore import QSettings, Qt, QTimer, Signal
+from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QCheckBox,
@@ -54,6 +53,7 @@ from workbench.core.generation import (
     next_token_logits,
 )
 from workbench.ui.skeleton import dspin, spin, text_box
+from workbench.ui.state import preset_names, read_preset, write_preset
 from workbench.ui.tab_base import WorkbenchTab
 from workbench.ui.widgets import StatusLine, TokenView
 from workbench.ui.worker import ModelWorker, WorkerContext
@@ -393,11 +393,22 @@ class GenerateTab(WorkbenchTab):
         self.preset.clear()
         self.preset.addItem("Choose…")  # the combo box acts as a menu of presets
         self.preset.addItems(list(PRESETS))
-        settings = QSettings()
-        settings.beginGroup("presets")
-        for name in settings.childKeys():
-            self.preset.addItem(name)
-        settings.endGroup()
+        self.preset.addItems(preset_names())
+
+    def check_fits(self, settings: SamplingSettings, source: str) -> None:
+        """Raise WorkbenchError unless every value fits its control: a control would clamp
+        it silently, and the settings shown would not be the ones saved."""
+        boxes = {"temperature": self.temperature, "top_k": self.top_k, "top_p": self.top_p,
+                 "min_p": self.min_p, "typical_p": self.typical_p,
+                 "repetition_penalty": self.repetition, "no_repeat_ngram_size": self.no_repeat,
+                 "max_new_tokens": self.max_new, "seed": self.seed,
+                 "num_return_sequences": self.sequences, "num_beams": self.beams}
+        for name, box in boxes.items():
+            value = getattr(settings, name)
+            if not box.minimum() <= value <= box.maximum():
+                raise WorkbenchError(
+                    f"{source}: {name.replace('_', ' ')} {value:g} is outside the "
+                    f"{box.minimum():g}–{box.maximum():g} this tab allows; nothing was applied.")
 
     def _preset_chosen(self, index: int) -> None:
         if index > 0:
@@ -409,17 +420,23 @@ class GenerateTab(WorkbenchTab):
             self.set_settings(SamplingSettings.from_generation_config(
                 PRESETS[name], base=self.settings()))
             return
-        raw = QSettings().value(f"presets/{name}")
-        try:
-            self.set_settings(SamplingSettings(**json.loads(str(raw))))
-        except (TypeError, ValueError):
-            self.show_error("Cannot apply preset", f"The preset '{name}' is damaged.")
+        try:  # checked whole first: a damaged preset changes nothing
+            settings = read_preset(name)
+            self.check_fits(settings, f"The preset '{name}'")
+        except WorkbenchError as exc:
+            self.show_error("Cannot apply preset", str(exc))
+            return
+        self.set_settings(settings)
 
     def save_preset(self) -> None:
         name, ok = QInputDialog.getText(self, "Save preset", "Preset name:")
         name = name.strip().replace("/", "-")
         if ok and name:
-            QSettings().setValue(f"presets/{name}", json.dumps(asdict(self.settings())))
+            try:
+                write_preset(name, self.settings())
+            except WorkbenchError as exc:
+                self.show_error("Cannot save the preset", str(exc))
+                return
             self.reload_presets()
 
     def import_config(self, path: str | None = None) -> None:
@@ -633,6 +650,7 @@ class GenerateTab(WorkbenchTab):
             return
         try:
             session = load_session(path)
+            self.check_fits(session.settings, f"The session {path}")
         except WorkbenchError as exc:
             self.show_error("Cannot open the session", str(exc))
             return
