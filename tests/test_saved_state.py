@@ -549,3 +549,15 @@ def test_a_sound_history_round_trips(tmp_path):
     save_history(entries, path)
     messages: list[str] = []
     assert load_history(path, messages.append) == entries and messages == []
+
+
+def test_a_damaged_history_is_said_in_the_log_at_start(qtbot):
+    from workbench.core.history import history_file
+    from workbench.ui.main_window import MainWindow
+
+    path = history_file()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text('[{"kind": "bleu", "summary": ')  # cut short
+    window = MainWindow(autoload=False)
+    qtbot.addWidget(window)
+    assert "Results history:" in window.log.text() and "moved to" in window.log.text()

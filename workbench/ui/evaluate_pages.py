@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-from PySide6.QtCore import QSettings, Qt
+from PySide6.QtCore import Qt
 from PySide6.QtGui import QColor
 from PySide6.QtWidgets import (
     QCheckBox,
@@ -41,7 +41,7 @@ from workbench.core.generate_score import (
 )
 from workbench.core.generation import SamplingSettings
 from workbench.ui.skeleton import combo, fill, line, metric_checkboxes, spin, table
-from workbench.ui.state import read_preset
+from workbench.ui.state import preset_names, read_preset
 from workbench.ui.worker import ModelWorker, WorkerContext
 
 GENERATE_TAB = "Generate tab's settings"
@@ -174,10 +174,7 @@ class GenerateScorePage(JobPage):
     def reload_strategies(self) -> None:
         names = [GENERATE_TAB] if self.current_settings else []
         names += list(PRESETS)
-        settings = QSettings()
-        settings.beginGroup("presets")
-        names += settings.childKeys()
-        settings.endGroup()
+        names += preset_names()
         current = self.strategy.currentText()
         self.strategy.clear()
         self.strategy.addItems(names)

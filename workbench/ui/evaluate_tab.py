@@ -9,7 +9,7 @@ import math
 from collections.abc import Callable
 from dataclasses import replace
 
-from PySide6.QtCore import Qt
+from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -70,10 +70,12 @@ def word_diff(hypothesis: str, reference: str) -> str:
 
 class EvaluateTab(WorkbenchTab):
     title = "Evaluate"
+    log_line = Signal(str, str)  # a line for the log dock, its level
 
     def __init__(self, worker: ModelWorker, parent: QWidget | None = None,
                  current_settings: Callable[[], SamplingSettings] | None = None) -> None:
         super().__init__(worker, parent)
+        self.history_notes: list[str] = []  # what was wrong with the saved history
         self.ppl_job: int | None = None
         self.bleu_job: int | None = None
         self.ppl_results: list[PerplexityResult] = []
@@ -436,13 +438,17 @@ class EvaluateTab(WorkbenchTab):
     # --- history --------------------------------------------------------------------------------
     def _record(self, kind: str, summary: str, inputs: dict, results: dict) -> None:
         try:
-            self.entries.append(add_entry(kind, summary, inputs, results))
+            self.entries.append(add_entry(kind, summary, inputs, results,
+                                          report=lambda note: self.log_line.emit(note,
+                                                                                 "warning")))
         except OSError as exc:
             self.show_error("Cannot save the results history", str(exc))
         self._fill_history()
 
     def reload_history(self) -> None:
-        self.entries = load_history()
+        """The saved history; what was wrong with the file is kept in ``history_notes`` for
+        the log (the window logs them once it is built)."""
+        self.entries = load_history(report=self.history_notes.append)
         self._fill_history()
 
     def _fill_history(self) -> None:

@@ -47,6 +47,10 @@ class MainWindow(QMainWindow):
     def __init__(self, initial_model: str | None = None, device: str | None = None,
                  autoload: bool = True, parent: QWidget | None = None) -> None:
         super().__init__(parent)
+        try:  # before anything reads the settings: stored objects are cut out, unread
+            open_settings()
+        except WorkbenchError:
+            pass  # restore_settings says so in the log, and reads nothing
         self.setWindowTitle(APP_NAME)
         self.resize(1280, 820)
         self.worker = ModelWorker(self)
@@ -162,6 +166,9 @@ class MainWindow(QMainWindow):
             w.model_changed.connect(page.set_model)
         self.tab_pages[2].use_model.connect(self.use_trained_model)
         self.tab_pages[2].log_line.connect(self.log.append)
+        self.tab_pages[3].log_line.connect(self.log.append)
+        for note in self.tab_pages[3].history_notes:  # read before the log existed
+            self.log.append(note, "warning")
         self.tab_pages[0].inspect_attention.connect(self.inspect_attention)
 
     def _after_show(self) -> None:
