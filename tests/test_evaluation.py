@@ -46,7 +46,7 @@ def test_perplexity_matches_the_transformers_recipe(gpt2, max_length, stride):
     expected, count = reference_perplexity(gpt2.model, ids, max_length, stride)
     result = perplexity(gpt2, TEXT, max_length=max_length, stride=stride)
     assert result.perplexity == pytest.approx(expected, rel=1e-5)
-    assert result.tokens == count == len(result.token_nll)
+    assert result.tokens == count == len(result.scored())
     assert result.nll_per_token == pytest.approx(math.log(expected), rel=1e-5)
     assert result.bits_per_byte == pytest.approx(
         result.nll_per_token * result.tokens / math.log(2) / len(TEXT.encode()), rel=1e-9)

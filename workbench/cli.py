@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from workbench import APP_NAME, __version__
 from workbench.core.catalog import DEFAULT_MODEL
@@ -15,8 +17,17 @@ from workbench.core.generation import SamplingSettings as SamplingDefaults
 from workbench.core.jobs import LogLine, Progress
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse with the app's error format: bad arguments give one line starting with
+    ``error:`` on stderr and exit status 2 (argparse's own prints its usage block first)."""
+
+    def error(self, message: str) -> NoReturn:
+        text = " ".join(message.split())  # one line, whatever the message quotes
+        self.exit(2, f"error: {text} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="python main.py",
         description=f"{APP_NAME}: experiment with language models on your own machine. "
                     "Without a command, opens the window.")
@@ -29,10 +40,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-autoload", action="store_true",
                         help="do not load the last model when the window opens")
     parser.add_argument("--startup-probe", action="store_true", help=argparse.SUPPRESS)
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
 
     models = sub.add_parser("models", help="the model catalog")
-    models_sub = models.add_subparsers(dest="models_command", metavar="ACTION", required=True)
+    models_sub = models.add_subparsers(dest="models_command", metavar="ACTION", required=True,
+                                       parser_class=OneLineParser)
     listing = models_sub.add_parser("list", help="built-in models and the Hugging Face cache")
     listing.add_argument("--json", action="store_true", help="print one JSON document")
     fetch = models_sub.add_parser("fetch", help="download a built-in model (or a Hub id)")
@@ -41,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     gen = sub.add_parser("generate", help="generate text with the sampling options")
     add_model_options(gen)
-    gen.add_argument("--prompt", required=True, help="the prompt text")
+    add_text_options(gen, "prompt", "the prompt text")
     defaults = SamplingDefaults()
     gen.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens)
     gen.add_argument("--temperature", type=float, default=defaults.temperature)
@@ -64,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     cmp = sub.add_parser("compare", help="several sampling strategies on one prompt and seed")
     add_model_options(cmp)
-    cmp.add_argument("--prompt", required=True)
+    add_text_options(cmp, "prompt", "the prompt text")
     cmp.add_argument("--strategy", action="append", required=True,
                      help='repeat 2-6 times: "greedy", a preset (top-k 40, nucleus 0.9, '
                           'creative, min-p 0.1) or "top_k=40,temperature=0.8,n=3"')
@@ -77,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     att = sub.add_parser("attention", help="attention of a text: offline bertviz page and "
                          "head statistics")
     add_model_options(att)
-    att.add_argument("--text", required=True)
+    add_text_options(att, "text", "the text to analyse")
     att.add_argument("--text-b", help="sentence B, for encoders")
     att.add_argument("--view", choices=["head", "model"], default="head")
     att.add_argument("--html", metavar="FILE", help="write the bertviz page (works offline)")
@@ -137,7 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("evaluate", help="perplexity, BLEU / chrF / TER with sacrebleu, "
                         "generate-then-score, classifier metrics")
-    ev_sub = ev.add_subparsers(dest="evaluate_command", metavar="METRIC", required=True)
+    ev_sub = ev.add_subparsers(dest="evaluate_command", metavar="METRIC", required=True,
+                               parser_class=OneLineParser)
     ppl = ev_sub.add_parser("perplexity", help="perplexity of a model on a text file")
     add_model_options(ppl)
     ppl.add_argument("--file", required=True, help="a UTF-8 text file")
@@ -197,6 +210,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def add_text_options(parser: argparse.ArgumentParser, name: str, what: str) -> None:
+    """``--NAME TEXT`` or ``--NAME-file FILE`` (UTF-8; for texts longer than one command-line
+    argument may be: 128 KiB on Linux), exactly one of them."""
+    group = parser.add_mutually_exclusive_group(required=True)
+    group.add_argument(f"--{name}", help=what)
+    group.add_argument(f"--{name}-file", metavar="FILE",
+                       help=f"read {what} from a UTF-8 file (any length)")
+
+
 def add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=DEFAULT_MODEL,
                         help=f"built-in name, folder, .gguf file or Hub id (default {DEFAULT_MODEL})")
@@ -217,6 +239,180 @@ def load_from_args(args: argparse.Namespace, bar: TerminalProgress):
     loaded = load_model(args.model, options, on_event=bar)
     bar.finish()
     return loaded
+
+
+# --- checks of arguments: cheap, and before any model is loaded or anything is written ----------
+MAX_TEXT_FILE_CHARS = 16 * 2**20  # a prompt or text file: far more than any model's context
+MAX_SAMPLES = 100_000  # paired-test resamples: sacrebleu holds samples × lines indices at once
+
+
+def check_utf8(value: str, option: str) -> None:
+    """Python turns bytes of the command line that are not UTF-8 into lone surrogates;
+    such a text cannot be tokenized or written: refuse it, naming the argument."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        code = ord(value[exc.start])
+        what = (f"the byte 0x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF
+                else f"a lone surrogate U+{code:04X}")
+        raise WorkbenchError(f"{option} is not valid UTF-8 text ({what} at character "
+                             f"{exc.start + 1}).") from None
+
+
+def read_text_file(path: str, option: str) -> str:
+    """A UTF-8 text file (universal newlines; a byte-order mark is dropped), or one error."""
+    if not path.strip():
+        raise WorkbenchError(f"{option} needs a file name.")
+    file = Path(path)
+    try:
+        if file.is_dir():
+            raise WorkbenchError(f"{option} {path} is a folder, not a text file.")
+        with file.open(encoding="utf-8", newline=None) as handle:
+            text = handle.read(MAX_TEXT_FILE_CHARS + 1)
+    except FileNotFoundError:
+        raise WorkbenchError(f"{option} {path}: no such file.") from None
+    except UnicodeDecodeError as exc:
+        raise WorkbenchError(f"{option} {path} is not UTF-8 text (the byte "
+                             f"0x{exc.object[exc.start]:02x} cannot be decoded).") from None
+    except OSError as exc:
+        raise WorkbenchError(f"Cannot read {option} {path}: {exc.strerror or exc}.") from None
+    if len(text) > MAX_TEXT_FILE_CHARS:
+        raise WorkbenchError(f"{option} {path} is longer than {MAX_TEXT_FILE_CHARS // 2**20} MB "
+                             "of text, more than any model's context.")
+    return text.removeprefix("\ufeff")
+
+
+def text_argument(args: argparse.Namespace, name: str) -> str:
+    """The text of ``--NAME`` or of ``--NAME-file`` (argparse lets exactly one through)."""
+    value = getattr(args, name)
+    if value is not None:
+        check_utf8(value, f"--{name.replace('_', '-')}")
+        return value
+    return read_text_file(getattr(args, f"{name}_file"), f"--{name.replace('_', '-')}-file")
+
+
+def check_whole(value: int | None, option: str, least: int, most: int | None = None) -> None:
+    """A whole-number option: None (its default) or in [least, most]."""
+    if value is None:
+        return
+    if value < least:
+        raise WorkbenchError(f"{option} must be at least {least}, not {value}.")
+    if most is not None and value > most:
+        raise WorkbenchError(f"{option} can be at most {most:,}, not {value:,}.")
+
+
+def check_model_options(args: argparse.Namespace, *models: str) -> None:
+    """--model (and the other model options named), --device and --dtype."""
+    from workbench.core.device import DEVICE_CHOICES, DTYPE_CHOICES
+
+    for option in ("--model", *models):
+        value = getattr(args, option[2:].replace("-", "_"))
+        if value is not None and not value.strip():
+            raise WorkbenchError(f"{option} is empty: give a built-in name, folder, .gguf file "
+                                 "or Hub id.")
+    device = (args.device or "auto").lower()
+    if device not in DEVICE_CHOICES and not re.fullmatch(r"cuda:\d+", device):
+        raise WorkbenchError(f"Unknown device '{args.device}': use one of "
+                             f"{', '.join(DEVICE_CHOICES)} (or cuda:N).")
+    if (args.dtype or "auto").lower() not in DTYPE_CHOICES:
+        raise WorkbenchError(f"Unknown dtype '{args.dtype}': use one of "
+                             f"{', '.join(DTYPE_CHOICES)}.")
+
+
+def check_output_file(path: str, option: str) -> None:
+    """A file about to be written: a name, in a folder that exists, and writable."""
+    if not path.strip():
+        raise WorkbenchError(f"{option} needs a file name.")
+    file = Path(path)
+    if file.is_dir():
+        raise WorkbenchError(f"{option} {path} is a folder: give a file name.")
+    folder = file.parent
+    if not folder.is_dir():
+        raise WorkbenchError(f"{option} {path}: the folder {folder} does not exist.")
+    if not os.access(folder, os.W_OK) or (file.exists() and not os.access(file, os.W_OK)):
+        raise WorkbenchError(f"{option} {path}: cannot write there (permission denied).")
+
+
+def parse_names(text: str, option: str, known: tuple[str, ...] | None = None,
+                lower: bool = True) -> list[str]:
+    """A comma-separated list of names: not empty, each known, each once."""
+    names: list[str] = []
+    for part in text.split(","):
+        name = part.strip().lower() if lower else part.strip()
+        if name and name not in names:
+            names.append(name)
+    if not names:
+        raise WorkbenchError(f"{option} names nothing: give {', '.join(known) if known else 'a name'}"
+                             f"{' (comma-separated)' if known else ''}.")
+    unknown = [n for n in names if known is not None and n not in known]
+    if unknown:
+        raise WorkbenchError(f"{option}: unknown {', '.join(repr(n) for n in unknown)}; use "
+                             f"{', '.join(known or ())}.")
+    return names
+
+
+def parse_metrics(text: str) -> tuple[str, ...]:
+    from workbench.core.evaluation import METRIC_NAMES
+
+    return tuple(parse_names(text, "--metrics", METRIC_NAMES))
+
+
+def check_tokenizer(name: str | None) -> None:
+    """A sacrebleu BLEU tokenizer that exists and can be made here (some need extra packages
+    or a download)."""
+    if name is None:
+        return
+    import logging
+
+    from sacrebleu.metrics import BLEU
+
+    if name not in BLEU.TOKENIZERS:
+        raise WorkbenchError(f"Unknown --tokenize '{name}': use one of "
+                             f"{', '.join(BLEU.TOKENIZERS)}.")
+    logging.disable(logging.CRITICAL)  # sacrebleu logs its own many-line explanation
+    try:
+        BLEU(tokenize=name)
+    except Exception as exc:  # a missing package, no network for a model: say which
+        raise WorkbenchError(f"The {name} tokenizer cannot be used here: "
+                             f"{' '.join(str(exc).split()) or type(exc).__name__}") from None
+    finally:
+        logging.disable(logging.NOTSET)
+
+
+def check_test_memory(samples: int, lines: int, tests: tuple[str, ...]) -> None:
+    """sacrebleu draws every resample's line indices at once (samples × lines × 8 bytes) and
+    gathers each metric's statistics for them (a few times more): refuse what cannot fit."""
+    import psutil
+
+    from workbench.core.generation import MEMORY_SHARE, _gb
+
+    most = max(samples or (10_000 if t == "ar" else 1_000) for t in tests)
+    need = most * lines * 8 * 8
+    available = psutil.virtual_memory().available
+    if need > available * MEMORY_SHARE:
+        raise WorkbenchError(f"{most:,} resamples of {lines:,} lines would need about "
+                             f"{_gb(need)}, more than {MEMORY_SHARE:.0%} of the {_gb(available)} "
+                             "available: give fewer --samples.")
+
+
+def parse_layers(text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    layers: list[int] = []
+    for part in text.split(","):
+        if not part.strip():
+            continue
+        try:
+            layer = int(part)
+        except ValueError:
+            raise WorkbenchError(f"--layers takes numbers such as 0,5, not '{text}'.") from None
+        if layer < 0:
+            raise WorkbenchError(f"--layers: layer {layer} does not exist (layers count from 0).")
+        if layer not in layers:
+            layers.append(layer)
+    if not layers:
+        raise WorkbenchError(f"--layers names no layer ('{text}'): give numbers such as 0,5.")
+    return layers
 
 
 class TerminalProgress:
@@ -286,6 +482,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from workbench.core.generation import SamplingSettings, TokenEvent, generate
     from workbench.core.jobs import JobContext
 
+    check_model_options(args)
     settings = SamplingSettings(
         max_new_tokens=args.max_new_tokens, do_sample=not args.greedy,
         temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
@@ -294,6 +491,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         no_repeat_ngram_size=args.no_repeat_ngram_size, num_beams=args.num_beams,
         num_return_sequences=args.num_return_sequences)
     settings.validate()  # before spending time on loading
+    check_whole(args.top_n, "--top-n", 0)
+    prompt = text_argument(args, "prompt")
     bar = TerminalProgress(quiet=args.json)
     loaded = load_from_args(args, bar)
 
@@ -302,8 +501,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
             sys.stdout.write(event.text)
             sys.stdout.flush()
 
-    result = generate(loaded, args.prompt, settings, JobContext(emit=stream),
-                      top_n=max(args.top_n, 0))
+    result = generate(loaded, prompt, settings, JobContext(emit=stream), top_n=args.top_n)
     if args.json:
         data = result.to_dict(top_n=args.top_n)
         data.update(model=loaded.name, device=loaded.device, dtype=loaded.dtype,
@@ -321,16 +519,24 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from workbench.core.compare import compare, parse_strategy
+    from workbench.core.compare import compare, parse_strategy, strategy_runs
+    from workbench.core.generation import SamplingSettings
 
+    check_model_options(args)
     if not 2 <= len(args.strategy) <= 6:
         raise WorkbenchError(f"Give 2 to 6 --strategy options, not {len(args.strategy)}.")
-    strategies = [parse_strategy(spec) for spec in args.strategy]
+    base = SamplingSettings(max_new_tokens=args.max_new_tokens, seed=args.seed, chat=args.chat)
+    base.validate()
+    for spec in args.strategy:
+        check_utf8(spec, "--strategy")
+    strategies = [parse_strategy(spec, base) for spec in args.strategy]
+    strategy_runs(strategies)  # the number of sequences, before loading
+    check_whole(args.top_n, "--top-n", 0)
+    prompt = text_argument(args, "prompt")
     bar = TerminalProgress(quiet=args.json)
     loaded = load_from_args(args, bar)
-    result = compare(loaded, args.prompt, strategies, seed=args.seed,
-                     max_new_tokens=args.max_new_tokens, chat=args.chat,
-                     top_n=max(args.top_n, 0))
+    result = compare(loaded, prompt, strategies, seed=args.seed,
+                     max_new_tokens=args.max_new_tokens, chat=args.chat, top_n=args.top_n)
     if args.json:
         data = result.to_dict()
         data.update(model=loaded.name, device=loaded.device, dtype=loaded.dtype)
@@ -362,23 +568,41 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_attention(args: argparse.Namespace) -> int:
-    from workbench.core.attention import bertviz_html, compute_attention, head_statistics
+    from workbench.core.attention import (
+        attention_layers,
+        bertviz_html,
+        compute_attention,
+        head_statistics,
+    )
 
-    layers = None
-    if args.layers:
-        try:
-            layers = [int(x) for x in args.layers.split(",") if x.strip()]
-        except ValueError:
-            raise WorkbenchError(f"--layers takes numbers such as 0,5, not '{args.layers}'.") from None
+    check_model_options(args)
+    check_whole(args.max_tokens, "--max-tokens", 1)
+    check_whole(args.page_tokens, "--page-tokens", 2)
+    layers = parse_layers(args.layers)
+    if args.html is not None:
+        check_output_file(args.html, "--html")
+    if args.text_b is not None:
+        check_utf8(args.text_b, "--text-b")
+    text = text_argument(args, "text")
+    if not text.strip():
+        raise WorkbenchError("The text is empty." if args.text is not None
+                             else f"--text-file {args.text_file} holds no text.")
     bar = TerminalProgress(quiet=args.json)
     loaded = load_from_args(args, bar)
-    result = compute_attention(loaded, args.text, args.text_b, args.max_tokens)
+    count = attention_layers(loaded.model)
+    bad = [layer for layer in layers or [] if count is not None and layer >= count]
+    if bad:
+        raise WorkbenchError(f"--layers: layer {', '.join(map(str, bad))} is out of range: "
+                             f"{loaded.name} has {count} layers (0–{count - 1}).")
+    result = compute_attention(loaded, text, args.text_b, args.max_tokens)
     notices = list(result.notices)
+    if layers is not None and not args.html:
+        notices.append("--layers chooses the layers of the --html page; without --html it "
+                       "changes nothing.")
     if args.html:
         page, more = bertviz_html(result, args.view, layers, max_tokens=args.page_tokens)
         notices += more
         try:
-
             Path(args.html).write_text(page, encoding="utf-8")
         except OSError as exc:
             raise WorkbenchError(f"Cannot write {args.html}: {exc.strerror or exc}") from None
@@ -502,6 +726,12 @@ def cmd_evaluate_perplexity(args: argparse.Namespace) -> int:
     from workbench.core.evaluation import perplexity, read_text
     from workbench.core.jobs import JobContext
 
+    check_model_options(args, "--compare-model")
+    check_whole(args.max_length, "--max-length", 2)
+    check_whole(args.stride, "--stride", 1)
+    if args.max_length is not None and args.stride is not None and args.stride > args.max_length:
+        raise WorkbenchError(f"--stride ({args.stride}) is larger than --max-length "
+                             f"({args.max_length}): tokens between windows would never be scored.")
     text = read_text(args.file)
     bar = TerminalProgress(quiet=args.json)
     loaded = load_from_args(args, bar)
@@ -545,30 +775,62 @@ def cmd_evaluate_generate(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from workbench.core.compare import parse_strategy
-    from workbench.core.generate_score import generate_and_score, read_pairs, save_result
+    from workbench.core.evaluation import make_metric
+    from workbench.core.generate_score import (
+        RowDone,
+        generate_and_score,
+        output_folder,
+        read_pairs,
+        save_result,
+    )
     from workbench.core.generation import SamplingSettings
     from workbench.core.jobs import JobContext
 
-    metrics = tuple(m.strip().lower() for m in args.metrics.split(",") if m.strip())
+    check_model_options(args)
+    metrics = parse_metrics(args.metrics)
+    for name in metrics:
+        make_metric(name)  # an unknown metric fails before loading
     prompts, refs = read_pairs(args.file)
     base = SamplingSettings(max_new_tokens=args.max_new_tokens, seed=args.seed, chat=args.chat)
     strategy = parse_strategy(args.strategy, base)
+    if strategy.settings.num_return_sequences != 1:
+        raise WorkbenchError(f"--strategy '{args.strategy}' asks for "
+                             f"{strategy.settings.num_return_sequences} sequences: generate-then-"
+                             "score scores one output per prompt (leave out n=).")
     settings = replace(strategy.settings, num_return_sequences=1)
+    settings.validate()
+    folder = output_folder(args.output)  # checked before anything is generated
     bar = TerminalProgress(quiet=args.json)
     loaded = load_from_args(args, bar)
+
+    def report(event: Any) -> None:
+        bar(event)
+        if isinstance(event, RowDone) and not args.json:  # a line a row: logs show progress
+            bar.finish()
+            text = event.hypothesis if len(event.hypothesis) <= 100 else \
+                event.hypothesis[:99] + "…"
+            print(f"[{event.row}/{event.total}] {event.seconds:.1f} s  {text}", flush=True)
+
     result = generate_and_score(loaded, prompts, refs, settings, strategy.name, metrics,
-                                first_line=not args.all_lines, ctx=JobContext(emit=bar))
+                                first_line=not args.all_lines, ctx=JobContext(emit=report))
     bar.finish()
-    folder = save_result(result, args.output)
+    try:
+        folder = save_result(result, folder)
+        unsaved = None
+    except OSError as exc:  # the scores still reach the output; then one error line
+        unsaved = f"The outputs could not be saved in {folder}: {exc.strerror or exc}."
     if args.json:
         _print_json(result.to_dict())
-        return 0
-    for m in result.scores.metrics:
-        print(f"{m.text}\n    signature: {m.signature}")
-    print(f"{result.rows_done} outputs by {loaded.name} ({result.strategy}), "
-          f"{result.new_tokens} tokens in {result.seconds:.1f} s; saved in {folder}")
-    for notice in result.notices:
-        print(f"note: {notice}")
+    else:
+        for m in result.scores.metrics:
+            print(f"{m.text}\n    signature: {m.signature}")
+        print(f"{result.rows_done} outputs by {loaded.name} ({result.strategy}), "
+              f"{result.new_tokens} tokens in {result.seconds:.1f} s"
+              + ("" if unsaved else f"; saved in {folder}"))
+        for notice in result.notices:
+            print(f"note: {notice}")
+    if unsaved:
+        raise WorkbenchError(unsaved)
     return 0
 
 
@@ -577,6 +839,10 @@ def cmd_evaluate_classify(args: argparse.Namespace) -> int:
     from workbench.core.finetune import read_rows
     from workbench.core.jobs import JobContext
 
+    check_model_options(args)
+    for option in ("--text-column", "--label-column"):
+        if not getattr(args, option[2:].replace("-", "_")).strip():
+            raise WorkbenchError(f"{option} is empty: give the name of a column.")
     read_rows(args.file, args.text_column, args.label_column)  # bad files fail before loading
     bar = TerminalProgress(quiet=args.json)
     loaded = load_from_args(args, bar)
@@ -605,11 +871,18 @@ def cmd_evaluate_bleu(args: argparse.Namespace) -> int:
     from workbench.core.evaluation import read_lines, score_translation
     from workbench.core.jobs import JobContext
 
-    metrics = tuple(m.strip().lower() for m in args.metrics.split(",") if m.strip())
+    metrics = parse_metrics(args.metrics)
+    check_whole(args.samples, "--samples", 0, MAX_SAMPLES)
+    if args.samples and args.compare is None:
+        raise WorkbenchError("--samples sets the resamples of the paired test: give a second "
+                             "system with --compare HYP2 as well.")
+    check_tokenizer(args.tokenize)
     hyps = read_lines(args.hyp)
     refs = [read_lines(r) for r in args.ref]
     other = read_lines(args.compare) if args.compare else None
     tests = ("bs", "ar") if args.test == "both" else (args.test,)
+    if other is not None:
+        check_test_memory(args.samples, len(hyps), tests)
     bar = TerminalProgress(quiet=args.json)
     result = score_translation(hyps, refs, metrics, args.tokenize, args.lowercase, other, tests,
                                args.samples, JobContext(emit=bar))
@@ -633,7 +906,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     FIGURES.update(UI_FIGURES)
 
-    only = [n.strip() for n in args.only.split(",")] if args.only else None
+    only = None if args.only is None else parse_names(args.only, "--only", lower=False)
     unknown = [n for n in only or [] if n not in FIGURES]
     if unknown:
         raise WorkbenchError(f"Unknown bench figure(s): {', '.join(unknown)}; "
@@ -667,6 +940,10 @@ COMMANDS = {
 }
 
 
+def _one_line(text: str) -> str:
+    return re.sub(r"\s*\n\s*", " ", text.strip())
+
+
 def dispatch(args: argparse.Namespace) -> int:
     """Run one subcommand; bad input gives one line on stderr and a non-zero exit."""
     handler = COMMANDS[(args.command, getattr(args, f"{args.command}_command", None))]
@@ -675,7 +952,15 @@ def dispatch(args: argparse.Namespace) -> int:
     except WorkbenchError as exc:
         if sys.stderr.isatty():
             sys.stderr.write("\n")
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {_one_line(str(exc))}", file=sys.stderr)
+        return 2
+    except (MemoryError, RuntimeError) as exc:  # torch's OutOfMemoryError is a RuntimeError
+        if not isinstance(exc, MemoryError) and type(exc).__name__ != "OutOfMemoryError":
+            raise
+        if sys.stderr.isatty():
+            sys.stderr.write("\n")
+        print(f"error: out of memory: {_one_line(str(exc)) or 'an allocation failed'}",
+              file=sys.stderr)
         return 2
     except (Cancelled, KeyboardInterrupt):
         print("error: cancelled", file=sys.stderr)

@@ -61,6 +61,7 @@ def compute_attention(loaded: Any, text: str, text_b: str | None = None,
     from workbench.core.generation import context_length
 
     ctx = ctx or JobContext()
+    check_token_cap(max_tokens, "The number of tokens analysed", 1)
     if not text.strip():
         raise WorkbenchError("The text is empty.")
     decoder = loaded.task == CAUSAL_LM
@@ -71,6 +72,14 @@ def compute_attention(loaded: Any, text: str, text_b: str | None = None,
     tokenizer = loaded.tokenizer
     context = context_length(loaded.model) or 512
     limit = min(max_tokens or context, context)
+    # truncation cannot cut the special tokens, and each sentence keeps one token at least
+    least = tokenizer.num_special_tokens_to_add(pair=text_b is not None) + \
+        (2 if text_b is not None else 1)
+    if limit < least:
+        raise WorkbenchError(f"A cap of {limit} token{'s' if limit != 1 else ''} is too small "
+                             f"for this input: {loaded.name} adds special tokens around "
+                             f"{'each sentence' if text_b is not None else 'the text'}; allow "
+                             f"at least {least}.")
     full = tokenizer(text, text_b)["input_ids"]
     notices = []
     if len(full) > limit:
@@ -78,6 +87,7 @@ def compute_attention(loaded: Any, text: str, text_b: str | None = None,
                        f"({'the model context' if limit == context else 'the token cap'}).")
     encoded = tokenizer(text, text_b, truncation="longest_first" if text_b else True,
                         max_length=limit, return_tensors="pt")
+    check_attention_memory(loaded, encoded["input_ids"].shape[1])
     loaded.ensure_attentions()
     ctx.progress("Running the model with attentions…", None)
     with torch.inference_mode():
@@ -101,6 +111,50 @@ def compute_attention(loaded: Any, text: str, text_b: str | None = None,
             marks = encoded.get("token_type_ids", [[]])[0].tolist()
         b_start = marks.index(1) if 1 in marks else None
     return AttentionResult(loaded.name, tokens, weights, b_start, decoder, notices)
+
+
+def check_token_cap(value: Any, what: str, least: int) -> None:
+    """A token cap is None (the default) or a whole number of at least ``least``."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        raise WorkbenchError(f"{what} must be a whole number of at least {least}, not {value!r}.")
+
+
+def attention_layers(model: Any) -> int | None:
+    """The number of layers whose attention a forward pass returns, from the config."""
+    config = model.config
+    try:
+        config = config.get_text_config()
+    except (AttributeError, TypeError, ValueError):
+        pass
+    for name in ("num_hidden_layers", "n_layer", "num_layers"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
+
+
+def check_attention_memory(loaded: Any, tokens: int) -> None:
+    """Refuse a pass whose attention weights would not fit in memory: layers × heads ×
+    tokens² weights, each held in the model's dtype, as float32 and stacked (dtype size +
+    8 bytes), against 80% of the memory available now."""
+    import psutil
+
+    from workbench.core.generation import MEMORY_SHARE, _gb
+
+    config = loaded.model.config
+    layers = attention_layers(loaded.model) or 1
+    heads = next((v for v in (getattr(config, n, None) for n in ("num_attention_heads", "n_head"))
+                  if isinstance(v, int) and v > 0), 1)
+    size = getattr(getattr(loaded.model, "dtype", None), "itemsize", 4)
+    need = layers * heads * tokens * tokens * (size + 8)
+    available = psutil.virtual_memory().available
+    if need > available * MEMORY_SHARE:
+        raise WorkbenchError(f"The attention of {tokens:,} tokens ({layers} layers × {heads} "
+                             f"heads × {tokens:,}² weights) would need about {_gb(need)}, more "
+                             f"than {MEMORY_SHARE:.0%} of the {_gb(available)} available: "
+                             "analyse fewer tokens.")
 
 
 STATISTICS = ("entropy", "previous token", "first token", "mean distance")
@@ -154,6 +208,7 @@ def logit_lens(loaded: Any, text: str, max_tokens: int | None = DEFAULT_MAX_TOKE
 
     if loaded.task != CAUSAL_LM:
         raise WorkbenchError("The logit lens needs a decoder (causal language model).")
+    check_token_cap(max_tokens, "The number of tokens analysed", 1)
     if not text.strip():
         raise WorkbenchError("The text is empty.")
     model, tokenizer = loaded.model, loaded.tokenizer
@@ -234,9 +289,12 @@ def bertviz_html(result: AttentionResult, view: str = "head", layers: list[int] 
     import torch
     from bertviz import head_view, model_view
 
+    check_token_cap(max_tokens, "The number of tokens drawn by bertviz", 2)
+    if view not in ("head", "model"):
+        raise WorkbenchError(f"Unknown view '{view}': use head or model.")
     notices = []
     n = len(result.tokens)
-    keep = n if not max_tokens or max_tokens >= n else max(max_tokens, 2)
+    keep = n if not max_tokens or max_tokens >= n else max_tokens
     sentence_b_start = result.sentence_b_start
     if keep < n:
         notices.append(f"bertviz shows the first {keep} of {n} tokens (its page grows with "
@@ -253,6 +311,8 @@ def bertviz_html(result: AttentionResult, view: str = "head", layers: list[int] 
             layers = list(range(0, result.layers, step))
             notices.append(f"Showing layers {', '.join(map(str, layers))} of {result.layers}; "
                            "choose others with the layer list.")
+    if any(isinstance(layer, bool) or not isinstance(layer, int) for layer in layers):
+        raise WorkbenchError(f"Layers are whole numbers, not {layers!r}.")
     bad = [layer for layer in layers if not 0 <= layer < result.layers]
     if bad or not layers:
         raise WorkbenchError(f"Layer(s) {bad or layers} do not exist: the model has "

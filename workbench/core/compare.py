@@ -16,9 +16,11 @@ from typing import Any
 
 from workbench.core.errors import WorkbenchError
 from workbench.core.generation import (
+    MAX_SEQUENCES,
     GeneratedSequence,
     SamplingSettings,
     TokenEvent,
+    check_generation_memory,
     prepare_prompt,
     run_generation,
 )
@@ -31,6 +33,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     "creative": dict(do_sample=True, temperature=1.3, top_k=0, top_p=0.95),
     "min-p 0.1": dict(do_sample=True, temperature=1.0, top_k=0, top_p=1.0, min_p=0.1),
 }
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+_SAMPLING_ONLY = ("temperature", "top_k", "top_p", "min_p", "typical_p")
+BEAM_EVENTS = 10 * MAX_SEQUENCES  # TokenEvent numbers of beam strategies start here
+SELF_BLEU_MAX = 100  # self-BLEU compares every pair: its cost grows with sequences²
 _ALIASES = {"beams": "num_beams", "beam": "num_beams", "n": "num_return_sequences",
             "sequences": "num_return_sequences", "k": "top_k", "p": "top_p", "t": "temperature"}
 
@@ -50,7 +56,9 @@ def parse_strategy(spec: str, base: SamplingSettings | None = None) -> Strategy:
     if not text:
         raise WorkbenchError("An empty strategy was given.")
     if text.lower() in PRESETS:
-        return Strategy(text.lower(), replace(base, **PRESETS[text.lower()]))
+        settings = replace(base, **PRESETS[text.lower()])
+        settings.validate()
+        return Strategy(text.lower(), settings)
     types = {f.name: f.type for f in fields(SamplingSettings)}
     values: dict[str, Any] = {}
     greedy = False
@@ -65,9 +73,15 @@ def parse_strategy(spec: str, base: SamplingSettings | None = None) -> Strategy:
         if not sep or key not in types or key in ("seed", "chat", "max_new_tokens"):
             raise WorkbenchError(f"Cannot read strategy '{spec}': '{part}' is not "
                                  "key=value with a decoding setting (e.g. top_k=40).")
+        if key in values:
+            raise WorkbenchError(f"Cannot read strategy '{spec}': it sets {key} twice.")
+        word = raw.strip().lower()
         try:
             if types[key] in ("bool", bool):
-                values[key] = raw.strip().lower() in ("1", "true", "yes", "on")
+                if word not in _TRUE + _FALSE:
+                    raise WorkbenchError(f"Cannot read strategy '{spec}': {key} takes true or "
+                                         f"false, not '{raw.strip()}'.")
+                values[key] = word in _TRUE
             elif types[key] in ("int", int):
                 values[key] = int(raw)
             else:
@@ -75,11 +89,19 @@ def parse_strategy(spec: str, base: SamplingSettings | None = None) -> Strategy:
         except ValueError:
             raise WorkbenchError(f"Cannot read strategy '{spec}': '{raw}' is not a number.") from None
     if greedy:
+        if values.get("do_sample"):
+            raise WorkbenchError(f"Cannot read strategy '{spec}': greedy does not sample.")
         values.setdefault("do_sample", False)
     elif values.get("num_beams", 1) > 1:
         values.setdefault("do_sample", False)
     else:
         values.setdefault("do_sample", True)
+    if not values["do_sample"]:  # a filter named here would be silently ignored
+        ignored = [k for k in _SAMPLING_ONLY if k in values]
+        if ignored:
+            raise WorkbenchError(f"Cannot read strategy '{spec}': {', '.join(ignored)} only "
+                                 "shapes sampling, and this strategy does not sample (add "
+                                 "do_sample=true, or leave it out).")
     if values["do_sample"]:  # filters not named in the spec are off
         for key, off in (("top_k", 0), ("top_p", 1.0), ("temperature", 1.0)):
             values.setdefault(key, off)
@@ -204,11 +226,29 @@ def self_bleu(texts: list[str]) -> float | None:
     return sum(scores) / len(scores)
 
 
+def strategy_runs(strategies: list[Strategy], batched: bool = True) -> list[tuple[int, bool]]:
+    """The ``generate`` calls :func:`compare` makes, as (rows, beam search): one batch for
+    the sampled and greedy strategies, one call per beam-search strategy. Refuses more than
+    ``MAX_SEQUENCES`` rows in all (the model is not needed to tell)."""
+    together = sum(s.settings.num_return_sequences for s in strategies
+                   if batched and s.settings.num_beams == 1)
+    runs = [(together, False)] if together else []
+    runs += [(s.settings.rows, s.settings.num_beams > 1) for s in strategies
+             if not batched or s.settings.num_beams > 1]
+    total = sum(rows for rows, _ in runs)
+    if total > MAX_SEQUENCES:
+        raise WorkbenchError(f"The strategies ask for {total:,} sequences (or beams) in all: at "
+                             f"most {MAX_SEQUENCES:,} at once (each is a row of the batch, with "
+                             "its own cache and scores).")
+    return runs
+
+
 def batch_owners(strategies: list[Strategy]) -> list[int]:
     """For each row of the shared batch, the index of the strategy it belongs to.
 
     Strategies with beams run on their own; their TokenEvents carry ``sequence`` =
-    ``1000 + 100 * strategy index + sequence`` (see ``owner_of``).
+    ``BEAM_EVENTS + MAX_SEQUENCES * strategy index + sequence`` (see ``owner_of``): no
+    batch row or sequence number reaches those (``MAX_SEQUENCES`` caps both).
     """
     return [i for i, s in enumerate(strategies) if s.settings.num_beams == 1
             for _ in range(s.settings.num_return_sequences)]
@@ -216,8 +256,8 @@ def batch_owners(strategies: list[Strategy]) -> list[int]:
 
 def owner_of(sequence: int, owners: list[int]) -> tuple[int, int]:
     """(strategy index, sequence within that strategy) of a TokenEvent's ``sequence``."""
-    if sequence >= 1000:
-        return (sequence - 1000) // 100, (sequence - 1000) % 100
+    if sequence >= BEAM_EVENTS:
+        return divmod(sequence - BEAM_EVENTS, MAX_SEQUENCES)
     strategy = owners[sequence]
     return strategy, owners[:sequence].count(strategy)
 
@@ -236,7 +276,9 @@ def compare(loaded: Any, prompt: str, strategies: list[Strategy], seed: int = 0,
         s.settings.validate()
         s.settings, changed = s.settings.effective()
         notes += [f"{s.name}: {n}" for n in changed]
+    runs = strategy_runs(strategies, batched)
     input_ids, more = prepare_prompt(loaded, prompt, chat, max_new_tokens)
+    check_generation_memory(loaded, input_ids.shape[1], max_new_tokens, runs, top_n)
     notes += more
     start = time.perf_counter()
     together = [i for i, s in enumerate(strategies) if s.settings.num_beams == 1]
@@ -267,6 +309,9 @@ def compare(loaded: Any, prompt: str, strategies: list[Strategy], seed: int = 0,
                                     batched=False)
     ordered = [results[i] for i in range(len(strategies)) if i in results]
     _summarise(ordered)
+    notes += [f"{r.name}: self-BLEU of the first {SELF_BLEU_MAX} of its {len(r.sequences)} "
+              "sequences (it compares every pair)." for r in ordered
+              if len(r.sequences) > SELF_BLEU_MAX]
     if together and len(together) > 1:
         notes.append("Sampled and greedy strategies ran in one batch: with the same seed, a "
                      "sampled strategy's text can differ from a run of it alone.")
@@ -279,7 +324,7 @@ def _offset(ctx: JobContext, index: int) -> JobContext:
 
     def emit(event: Any) -> None:
         if isinstance(event, TokenEvent):
-            event = replace(event, sequence=1000 + index * 100 + event.sequence)
+            event = replace(event, sequence=BEAM_EVENTS + index * MAX_SEQUENCES + event.sequence)
         ctx.emit(event)
 
     return JobContext(cancel=ctx.cancel, emit=emit)
@@ -296,7 +341,7 @@ def _summarise(results: list[StrategyResult]) -> None:
             r.perplexity = math.exp(-r.mean_logprob)
         ids = [seq.token_ids for seq in r.sequences]
         r.distinct_1, r.distinct_2 = distinct_n(ids, 1), distinct_n(ids, 2)
-        r.self_bleu = self_bleu([seq.text for seq in r.sequences])
+        r.self_bleu = self_bleu([seq.text for seq in r.sequences[:SELF_BLEU_MAX]])
         tokens = sum(len(t) for t in ids)
         r.tokens_per_second = tokens / r.seconds if r.seconds > 0 else 0.0
         first = ids[0] if ids else []

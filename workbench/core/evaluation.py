@@ -23,28 +23,64 @@ from workbench.core.jobs import JobContext
 LN2 = math.log(2.0)
 
 
-def read_text(path: str | Path) -> str:
-    """A UTF-8 text file's content; one clear message for missing, binary or empty files."""
-    path = Path(path)
+def _read_bytes(path: Path) -> bytes:
     try:
-        data = path.read_bytes()
+        return path.read_bytes()
     except FileNotFoundError:
         raise WorkbenchError(f"File not found: {path}") from None
+    except IsADirectoryError:
+        raise WorkbenchError(f"{path} is a folder, not a text file.") from None
     except OSError as exc:
         raise WorkbenchError(f"Cannot read {path}: {exc.strerror or exc}") from None
+
+
+def _decode(path: Path, data: bytes, encoding: str) -> str:
     try:
-        text = data.decode("utf-8-sig")
+        return data.decode(encoding)
     except UnicodeDecodeError as exc:
         raise WorkbenchError(f"{path} is not UTF-8 text (byte 0x{data[exc.start]:02x} at "
                              f"position {exc.start}).") from None
+
+
+def universal_newlines(text: str) -> str:
+    """``\\r\\n`` and a lone ``\\r`` as ``\\n``, as Python's ``open()`` reads text by default:
+    a file saved with Windows (or old Mac) line endings gives the same text."""
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def read_text(path: str | Path) -> str:
+    """A UTF-8 text file's content with universal newlines and without a byte-order mark;
+    one clear message for missing, binary or empty files."""
+    path = Path(path)
+    text = universal_newlines(_decode(path, _read_bytes(path), "utf-8-sig"))
     if not text.strip():
         raise WorkbenchError(f"{path} is empty.")
     return text
 
 
 def read_lines(path: str | Path) -> list[str]:
-    """The lines of a UTF-8 text file (one segment a line, as sacrebleu expects)."""
-    return read_text(path).rstrip("\n").split("\n")
+    """The segments of a hypothesis or reference file, read exactly as sacrebleu's command
+    line reads them (``utils.smart_open``: UTF-8 with ``newline="\\n"``, gzip for ``.gz``;
+    then ``line.rstrip()``): lines end at ``\\n`` only, a last line without one counts, an
+    empty last line (a blank line before the end) is a segment, each segment loses its
+    trailing whitespace (so ``\\r`` of Windows line endings too), and a byte-order mark stays
+    part of the first segment, as sacrebleu scores it."""
+    path = Path(path)
+    data = _read_bytes(path)
+    if path.name.endswith(".gz"):
+        import gzip
+        import zlib
+
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError, zlib.error) as exc:
+            raise WorkbenchError(f"{path} is not a readable gzip file ({exc}).") from None
+    lines = _decode(path, data, "utf-8").split("\n")
+    if lines[-1] == "":  # the newline that ends the last line starts no segment
+        lines.pop()
+    if not lines:
+        raise WorkbenchError(f"{path} is empty.")
+    return [line.rstrip() for line in lines]
 
 
 @dataclass
@@ -52,14 +88,16 @@ class PerplexityResult:
     perplexity: float
     nll_per_token: float  # mean negative log-likelihood, nats
     bits_per_byte: float
-    tokens: int  # how many tokens were scored (all but the first)
+    tokens: int  # how many tokens were scored (all but the first, unless stride = window)
     bytes: int
     max_length: int
     stride: int
     seconds: float
     token_ids: list[int] = field(default_factory=list)
     token_texts: list[str] = field(default_factory=list)
-    token_nll: list[float] = field(default_factory=list)  # nats; index i scores token i+1
+    # nats, by position: index i is token i+1's NLL, NaN where no window scored that token
+    # (with stride = window, the first token of each later window, as in the recipe)
+    token_nll: list[float] = field(default_factory=list)
     char_ends: list[int] = field(default_factory=list)  # where each token ends in the text
     model: str = ""
 
@@ -67,10 +105,14 @@ class PerplexityResult:
     def tokens_per_second(self) -> float:
         return self.tokens / self.seconds if self.seconds > 0 else 0.0
 
+    def scored(self) -> list[tuple[int, float]]:
+        """(position, NLL in nats) of every scored token, in text order."""
+        return [(i + 1, nll) for i, nll in enumerate(self.token_nll) if not math.isnan(nll)]
+
     def worst(self, n: int = 10) -> list[tuple[int, str, float]]:
         """The ``n`` most surprising tokens: (position, text, surprisal in bits)."""
-        ranked = sorted(range(len(self.token_nll)), key=lambda i: -self.token_nll[i])[:n]
-        return [(i + 1, self.token_texts[i + 1], self.token_nll[i] / LN2) for i in ranked]
+        ranked = sorted(self.scored(), key=lambda item: -item[1])[:n]
+        return [(pos, self.token_texts[pos], nll / LN2) for pos, nll in ranked]
 
     def same_tokens(self, other: PerplexityResult) -> bool:
         """Whether both results scored the same tokens (models sharing a tokenizer), so
@@ -82,8 +124,8 @@ class PerplexityResult:
                 if k not in ("token_ids", "token_texts", "token_nll", "char_ends")}
         data["tokens_per_second"] = round(self.tokens_per_second, 2)
         if per_token:
-            data["per_token"] = [{"position": i + 1, "token": self.token_texts[i + 1],
-                                  "nll": nll} for i, nll in enumerate(self.token_nll)]
+            data["per_token"] = [{"position": pos, "token": self.token_texts[pos], "nll": nll}
+                                 for pos, nll in self.scored()]
         return data
 
 
@@ -113,38 +155,44 @@ def perplexity(loaded: Any, text: str, max_length: int | None = None, stride: in
         raise WorkbenchError(f"The stride ({stride}) is larger than the window ({max_length}):"
                              " tokens between windows would never be scored.")
     tokenizer, model = loaded.tokenizer, loaded.model
-    encoded = tokenizer(text, return_tensors="pt",
+    ctx.progress("Perplexity: tokenizing…", 0.0)
+    # verbose=False: a long text is longer than the model's context on purpose (windows)
+    encoded = tokenizer(text, return_tensors="pt", verbose=False,
                         return_offsets_mapping=bool(getattr(tokenizer, "is_fast", False)))
     ids = encoded["input_ids"]
     n = ids.shape[1]
     if n < 2:
         raise WorkbenchError(f"The text has {n} token(s); perplexity needs at least 2.")
     device = model.device
-    token_nll: list[float] = []
+    token_nll = [math.nan] * (n - 1)  # by position: index i holds token i+1
+    count = 0
     nll_sum = 0.0
     prev_end = 0
-    starts = list(range(0, n, stride))
+    # the windows start every `stride` tokens until one reaches the end of the text
+    windows = next(w for w, begin in enumerate(range(0, n, stride))
+                   if begin + max_length >= n) + 1
     start_time = time.perf_counter()
-    for w, begin in enumerate(starts):
-        ctx.cancel.raise_if_cancelled()
+    for w in range(windows):
+        ctx.cancel.raise_if_cancelled()  # at most one model call after a cancel
+        begin = w * stride
         end = min(begin + max_length, n)
-        target_len = end - prev_end  # tokens not scored by an earlier window
         window = ids[:, begin:end].to(device)
         with torch.inference_mode():
             logits = model(window).logits[0, :-1].float()
         logp = torch.log_softmax(logits, dim=-1)
-        nll = -logp.gather(-1, window[0, 1:, None])[:, 0]
-        scored = nll[-target_len:] if target_len < window.shape[1] else nll
-        token_nll += scored.tolist()
+        nll = -logp.gather(-1, window[0, 1:, None])[:, 0]  # nll[j] scores token begin+j+1
+        # the tokens no earlier window scored; a window's first token has no context in it
+        first = max(prev_end, begin + 1)
+        scored = nll[first - begin - 1:]
+        token_nll[first - 1:end - 1] = scored.tolist()
+        count += end - first
         nll_sum += float(scored.sum())
         prev_end = end
-        ctx.progress(f"Perplexity: window {w + 1}", end / n)
-        if end == n:
-            break
+        ctx.progress(f"Perplexity: window {w + 1} of {windows}", end / n)
     seconds = time.perf_counter() - start_time
-    count = len(token_nll)
     n_bytes = len(text.encode("utf-8"))
     mean = nll_sum / count
+    ctx.cancel.raise_if_cancelled()
     texts = [tokenizer.decode([t]) for t in ids[0].tolist()]
     if "offset_mapping" in encoded:
         # a special token maps to (0, 0): it keeps the position of the token before it

@@ -170,45 +170,113 @@ def read_texts(path: str | Path, text_column: str = "text") -> list[str]:
     suffix = path.suffix.lower()
     if suffix in (".csv", ".tsv", ".jsonl"):
         return [row[0] for row in read_rows(path, text_column, None)]
-    content = read_text(path)
-    paragraphs = [p.strip() for p in content.replace("\r\n", "\n").split("\n\n") if p.strip()]
+    content = read_text(path)  # universal newlines: \r\n\r\n separates paragraphs too
+    paragraphs = [p.strip() for p in content.split("\n\n") if p.strip()]
     return paragraphs or [content]
 
 
-def read_rows(path: str | Path, text_column: str, label_column: str | None
-              ) -> list[tuple[str, str | None]]:
-    """(text, label) rows of a .csv, .tsv or .jsonl file, with clear messages."""
-    path = Path(path)
-    content = read_text(path)
-    suffix = path.suffix.lower()
-    rows: list[tuple[str, str | None]] = []
-    if suffix == ".jsonl":
-        for number, line in enumerate(content.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise WorkbenchError(f"{path.name} line {number} is not JSON: {exc.msg}.") from None
-            if not isinstance(record, dict) or text_column not in record:
-                raise WorkbenchError(f"{path.name} line {number} has no '{text_column}' field.")
-            if label_column is not None and label_column not in record:
+def _label_value(value: Any) -> str | None:
+    """A JSON label as text: a string, a number or a boolean; None for anything else."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int | float) and math.isfinite(value):  # bool is an int
+        return str(value)
+    return None
+
+
+def _read_jsonl(path: Path, content: str, text_column: str, label_column: str | None
+                ) -> list[tuple[int, str, str | None]]:
+    rows = []
+    # split at newlines only: str.splitlines() would also cut at U+2028 and other
+    # separators that a JSON string may hold as they are
+    for number, line in enumerate(content.split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise WorkbenchError(f"{path.name} line {number} is not JSON: {exc.msg}.") from None
+        if not isinstance(record, dict) or text_column not in record:
+            raise WorkbenchError(f"{path.name} line {number} has no '{text_column}' field.")
+        text = record[text_column]
+        if not isinstance(text, str):
+            raise WorkbenchError(f"{path.name} line {number}: '{text_column}' is "
+                                 f"{_json_kind(text)}, not a string.")
+        label = None
+        if label_column is not None:
+            if label_column not in record:
                 raise WorkbenchError(f"{path.name} line {number} has no '{label_column}' field.")
-            rows.append((str(record[text_column]),
-                         None if label_column is None else str(record[label_column])))
-    elif suffix in (".csv", ".tsv"):
-        reader = csv.DictReader(io.StringIO(content), delimiter="\t" if suffix == ".tsv" else ",")
-        columns = reader.fieldnames or []
+            label = _label_value(record[label_column])
+            if label is None:
+                raise WorkbenchError(f"{path.name} line {number}: '{label_column}' is "
+                                     f"{_json_kind(record[label_column])}, not a label (a "
+                                     "string or a number).")
+        rows.append((number, text, label))
+    return rows
+
+
+def _json_kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    return {bool: "a boolean", int: "a number", float: "a number", list: "a list",
+            dict: "an object"}.get(type(value), type(value).__name__)
+
+
+def _read_table(path: Path, content: str, text_column: str, label_column: str | None
+                ) -> list[tuple[int, str, str | None]]:
+    delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
+    reader = csv.reader(io.StringIO(content, newline=""), delimiter=delimiter)
+    kind, name = ("TSV", "tab") if delimiter == "\t" else ("CSV", "comma")
+    line = 1  # where the next record starts
+    try:
+        columns = next(reader, [])
+        while not columns and reader.line_num:  # blank lines before the header
+            line = reader.line_num + 1
+            columns = next(reader, [])
         for wanted in (text_column, label_column):
             if wanted is not None and wanted not in columns:
                 raise WorkbenchError(f"{path.name} has no column '{wanted}' (its columns: "
                                      f"{', '.join(columns) or 'none'}).")
-        for record in reader:
-            rows.append((record[text_column] or "",
-                         None if label_column is None else (record[label_column] or "")))
-    else:
+        text_at = columns.index(text_column)
+        label_at = None if label_column is None else columns.index(label_column)
+        rows = []
+        line = reader.line_num + 1
+        for fields in reader:
+            if fields:  # a blank line is no row
+                if len(fields) != len(columns):
+                    missing = len(fields) < len(columns)
+                    spans = (f" (the row runs to line {reader.line_num}: is a quote left "
+                             "open?)" if reader.line_num > line else "")
+                    raise WorkbenchError(
+                        f"{path.name} line {line} has {len(fields)} field(s) but the header "
+                        f"has {len(columns)}: " + (
+                            f"a field is missing (each row needs {', '.join(columns)}){spans}."
+                            if missing else f"quote a text that holds a {name}{spans}."))
+                label = None if label_at is None else fields[label_at]
+                if label is not None and not label.strip() and fields[text_at].strip():
+                    raise WorkbenchError(f"{path.name} line {line} has an empty "
+                                         f"'{label_column}'.")
+                rows.append((line, fields[text_at], label))
+            line = reader.line_num + 1
+    except csv.Error as exc:
+        raise WorkbenchError(f"{path.name} line {reader.line_num or line} is not valid "
+                             f"{kind}: {exc}.") from None
+    return rows
+
+
+def read_rows(path: str | Path, text_column: str, label_column: str | None
+              ) -> list[tuple[str, str | None]]:
+    """(text, label) rows of a .csv, .tsv or .jsonl file, with clear messages: a row with a
+    missing or an extra field, an empty label, or a JSON text that is not a string is refused
+    with its line number. Rows without text are left out."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in (".csv", ".tsv", ".jsonl"):
         raise WorkbenchError(f"{path.name}: labelled data must be .csv, .tsv or .jsonl.")
-    rows = [(t, lab) for t, lab in rows if t.strip()]
+    content = read_text(path)  # UTF-8 without a byte-order mark, universal newlines
+    read = _read_jsonl if suffix == ".jsonl" else _read_table
+    rows = [(t, lab) for _, t, lab in read(path, content, text_column, label_column)
+            if t.strip()]
     if not rows:
         raise WorkbenchError(f"{path.name} has no rows with text.")
     return rows
@@ -249,7 +317,12 @@ class PreparedData:
 
 
 def prepare_data(config: FinetuneConfig, tokenizer: Any) -> PreparedData:
-    """Read, check and tokenise the training (and validation) data."""
+    """Read, check and tokenise the training (and validation) data.
+
+    For classification the rows of a batch are padded: a model without a pad token (GPT-2,
+    Llama) pads with its end-of-text token, as transformers' examples do, and the summary
+    says so (the model's ``config.pad_token_id`` must then be that token too, see
+    :func:`workbench.core.loader.set_pad_token`)."""
     import random
 
     rng = random.Random(config.seed)
@@ -296,9 +369,20 @@ def prepare_data(config: FinetuneConfig, tokenizer: Any) -> PreparedData:
             out.append({**features, "labels": index[lab]})
         return out
 
+    padding = ""
+    if tokenizer.pad_token is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
+        from workbench.core.loader import set_pad_token
+
+        if tokenizer.pad_token is None and tokenizer.eos_token is None:
+            raise WorkbenchError("The model has neither a pad token nor an end-of-text token: "
+                                 "rows of different lengths cannot be batched for "
+                                 "classification.")
+        set_pad_token(tokenizer)
+        padding = (f"; rows are padded with the end-of-text token {tokenizer.eos_token!r} "
+                   "(the model has no pad token of its own)")
     train, validation = encode(rows), encode(val_rows)
     summary = f"{len(train)} training and {len(validation)} validation examples, labels " + \
-        ", ".join(labels)
+        ", ".join(labels) + padding
     return PreparedData(_Encoded(train), _Encoded(validation) if validation else None, labels,
                         summary)
 
@@ -379,6 +463,15 @@ def check_output_dir(config: FinetuneConfig, resume: bool) -> Path:
     if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
         raise WorkbenchError(f"Cannot write to {folder}: {parent} is not a writable folder.")
     return folder
+
+
+def save_config(config: FinetuneConfig, folder: Path) -> Path:
+    """Write ``config`` as the ``run.json`` of ``folder``, atomically (a reader sees the old
+    file or the new one, never half of one)."""
+    scratch = folder / f".{RUN_FILE}.tmp"
+    scratch.write_text(config.to_json(), encoding="utf-8")
+    os.replace(scratch, folder / RUN_FILE)
+    return folder / RUN_FILE
 
 
 def saved_config(folder: Path) -> FinetuneConfig:
@@ -515,7 +608,7 @@ def run_finetune(config: FinetuneConfig, ctx: JobContext | None = None, resume: 
         TrainingArguments,
     )
 
-    from workbench.core.loader import LoadOptions, load_model
+    from workbench.core.loader import LoadOptions, load_model, load_report_to_log, set_pad_token
 
     ctx = ctx or JobContext()
     created = this_process_started()  # with the pid, tells this process from a later one
@@ -540,7 +633,12 @@ def run_finetune(config: FinetuneConfig, ctx: JobContext | None = None, resume: 
     ctx.progress("Reading the data…", None)
     data = prepare_data(config, tokenizer)
     ctx.log(data.summary)
-    model = _model_for(config, loaded, data.labels)
+    with load_report_to_log(ctx):  # transformers' LOAD REPORT table to the log, one note
+        model = _model_for(config, loaded, data.labels)
+    if config.task == "classify":
+        note = set_pad_token(tokenizer, model)  # end-of-text as pad, as transformers' examples
+        if note:
+            ctx.log(note)
     if config.lora:
         torch.manual_seed(config.seed)  # the adapter's initial weights follow the run's seed
         model, note = _with_lora(model, config)
@@ -647,9 +745,7 @@ def run_finetune(config: FinetuneConfig, ctx: JobContext | None = None, resume: 
         else:  # an earlier attempt that ended before its first checkpoint
             for leftover in (metrics_path, probes_path):
                 leftover.unlink(missing_ok=True)
-        scratch = folder / f".{RUN_FILE}.tmp"
-        scratch.write_text(config.to_json(), encoding="utf-8")
-        os.replace(scratch, folder / RUN_FILE)
+        save_config(config, folder)
         clear_stop_request(folder, since)
         write_status(folder, RunStatus("running", os.getpid(), created, done))
 

@@ -10,6 +10,8 @@ is a header. Each prompt is generated with the same seed, so a run is reproducib
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
@@ -27,7 +29,7 @@ HEADER_NAMES = ("prompt", "source", "input", "src")
 def read_pairs(path: str | Path) -> tuple[list[str], list[list[str]]]:
     """Prompts and references (one list per reference column) of a TSV file."""
     path = Path(path)
-    lines = read_text(path).replace("\r\n", "\n").rstrip("\n").split("\n")
+    lines = read_text(path).rstrip("\n").split("\n")  # universal newlines
     numbered = [(i, line) for i, line in enumerate(lines, start=1) if line.strip()]
     if numbered and numbered[0][1].split("\t")[0].strip().lower() in HEADER_NAMES:
         numbered = numbered[1:]
@@ -48,6 +50,54 @@ def read_pairs(path: str | Path) -> tuple[list[str], list[list[str]]]:
         for column, ref in zip(references, fields[1:], strict=True):
             column.append(ref.strip())
     return prompts, references
+
+
+OUTPUT_FILES = ("outputs.tsv", "result.json")
+
+
+@dataclass(frozen=True)
+class RowDone:
+    """One prompt generated: its row (from 1), how many rows there are, the output kept."""
+
+    row: int
+    total: int
+    hypothesis: str
+    seconds: float  # this row's generation time
+
+
+def output_folder(folder: str | Path | None = None) -> Path:
+    """Where :func:`save_result` will write, checked before any generation: a new folder in
+    the app's data folder by default; else a folder that does not exist yet (it is created
+    in an existing, writable folder) or an existing writable folder without earlier outputs,
+    so nothing is overwritten and nothing generated is lost for want of a place to save it."""
+    from workbench.core import paths
+
+    if folder is None:
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S-%f")
+        folder = paths.data_dir() / "generate-score" / stamp
+    folder = Path(folder).expanduser()
+    if folder.exists() and not folder.is_dir():
+        raise WorkbenchError(f"The output {folder} is a file: give a folder (outputs.tsv and "
+                             "result.json are written into it).")
+    if folder.is_dir():
+        taken = [name for name in OUTPUT_FILES if (folder / name).exists()]
+        if taken:
+            raise WorkbenchError(f"The output folder {folder} already holds {taken[0]} from an "
+                                 "earlier run: give a new or empty folder.")
+    existing = folder
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise WorkbenchError(f"Cannot create the output folder {folder}: {existing} is a file.")
+    try:  # access() says yes to root on a read-only folder: try it, leaving nothing behind
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as exc:
+        raise WorkbenchError(f"Cannot write the outputs into {existing}: "
+                             f"{exc.strerror or exc}.") from None
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise WorkbenchError(f"Cannot write the outputs into {existing}: permission denied.")
+    return folder
 
 
 def clean_output(text: str, first_line: bool) -> str:
@@ -98,7 +148,8 @@ def generate_and_score(loaded: Any, prompts: list[str], references: list[list[st
     """Generate one output per prompt with ``settings`` and score them (see module doc).
 
     Cancelling keeps what is done: the rows generated so far are scored and the result
-    says it stopped; a cancel before the first row ends raises :class:`Cancelled`.
+    says it stopped; a cancel before the first row ends raises :class:`Cancelled`. Each row
+    reports progress before it starts and a :class:`RowDone` event when it is done.
     """
     ctx = ctx or JobContext()
     settings = SamplingSettings(**{**asdict(settings), "num_return_sequences": 1})
@@ -114,6 +165,7 @@ def generate_and_score(loaded: Any, prompts: list[str], references: list[list[st
         if ctx.cancel.cancelled:
             break
         ctx.progress(f"Generating {i + 1} of {len(prompts)}", i / len(prompts))
+        row_start = time.perf_counter()
         result = generate(loaded, prompt, settings, quiet, top_n=0)
         if result.stopped:
             break
@@ -122,6 +174,7 @@ def generate_and_score(loaded: Any, prompts: list[str], references: list[list[st
                 notices.append(notice)
         hypotheses.append(clean_output(result.text, first_line))
         tokens += result.new_tokens
+        ctx.emit(RowDone(i + 1, len(prompts), hypotheses[-1], time.perf_counter() - row_start))
     seconds = time.perf_counter() - start
     if not hypotheses:
         raise Cancelled()
@@ -139,12 +192,7 @@ def generate_and_score(loaded: Any, prompts: list[str], references: list[list[st
 def save_result(result: GenerateScoreResult, folder: str | Path | None = None) -> Path:
     """Write the outputs (``outputs.tsv``: prompt, hypothesis, sentence scores, references)
     and the whole result (``result.json``) into a new folder; returns it."""
-    from workbench.core import paths
-
-    if folder is None:
-        stamp = datetime.now().strftime("%Y%m%d-%H%M%S-%f")
-        folder = paths.data_dir() / "generate-score" / stamp
-    folder = Path(folder)
+    folder = output_folder() if folder is None else Path(folder).expanduser()
     folder.mkdir(parents=True, exist_ok=True)
     result.saved_to = str(folder)
     metric_names = [m.metric for m in result.scores.metrics]

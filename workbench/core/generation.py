@@ -16,12 +16,22 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields, replace
+from numbers import Integral, Real
 from typing import Any
 
 from workbench.core.errors import WorkbenchError
 from workbench.core.jobs import JobContext
 
 LOG2 = math.log(2.0)
+SEED_LIMIT = 2**32  # numpy's and torch's seeds: 0 to 2**32 - 1
+MAX_SEQUENCES = 10_000  # rows of one generate() batch, whatever the memory says
+MAX_NEW_TOKENS = 1_000_000  # longer than any context this app runs; memory caps it sooner
+_LABELS = {"max_new_tokens": "Max new tokens", "do_sample": "Sampling", "temperature":
+           "Temperature", "top_k": "Top-k", "top_p": "Top-p", "min_p": "Min-p",
+           "typical_p": "Typical-p", "repetition_penalty": "Repetition penalty",
+           "no_repeat_ngram_size": "No-repeat n-gram size", "num_beams": "The number of beams",
+           "num_return_sequences": "The number of sequences", "seed": "The seed",
+           "chat": "Chat"}
 
 
 @dataclass
@@ -47,17 +57,49 @@ class SamplingSettings:
     chat: bool = True  # wrap the prompt in the tokenizer's chat template, if it has one
 
     def validate(self) -> None:
+        """Refuse settings that cannot run or would give a silently wrong result: each
+        number must have its type, be finite and lie in its range (the GUI and the command
+        line share these checks)."""
+        for f in fields(self):
+            value, label = getattr(self, f.name), _LABELS.get(f.name, f.name)
+            if f.type in ("bool", bool):
+                ok, kind = isinstance(value, bool), "true or false"
+            elif f.type in ("int", int):
+                ok, kind = isinstance(value, Integral) and not isinstance(value, bool), \
+                    "a whole number"
+            else:
+                ok = isinstance(value, Real) and not isinstance(value, bool) and \
+                    math.isfinite(value)
+                kind = "a finite number"
+            if not ok:
+                raise WorkbenchError(f"{label} must be {kind}, not {value!r}.")
         checks = [
-            (self.max_new_tokens >= 1, "Max new tokens must be at least 1."),
-            (self.temperature >= 0, "Temperature must be 0 (greedy) or above."),
-            (0 < self.top_p <= 1, "Top-p must be in (0, 1]."),
-            (self.top_k >= 0, "Top-k must be 0 (off) or more."),
-            (0 <= self.min_p < 1, "Min-p must be in [0, 1)."),
-            (0 < self.typical_p <= 1, "Typical-p must be in (0, 1]."),
-            (self.repetition_penalty > 0, "Repetition penalty must be above 0."),
-            (self.no_repeat_ngram_size >= 0, "No-repeat n-gram size must be 0 (off) or more."),
-            (self.num_beams >= 1, "The number of beams must be at least 1."),
-            (self.num_return_sequences >= 1, "The number of sequences must be at least 1."),
+            (self.max_new_tokens >= 1, f"Max new tokens must be at least 1, not "
+             f"{self.max_new_tokens}."),
+            (self.max_new_tokens <= MAX_NEW_TOKENS, f"Max new tokens can be at most "
+             f"{MAX_NEW_TOKENS:,} (every step is recorded and streamed), not "
+             f"{self.max_new_tokens:,}."),
+            (self.temperature >= 0, f"Temperature must be 0 (greedy) or above, not "
+             f"{self.temperature:g}."),
+            (0 < self.top_p <= 1, f"Top-p must be in (0, 1], not {self.top_p:g}."),
+            (self.top_k >= 0, f"Top-k must be 0 (off) or more, not {self.top_k}."),
+            (0 <= self.min_p < 1, f"Min-p must be in [0, 1), not {self.min_p:g}."),
+            (0 < self.typical_p <= 1, f"Typical-p must be in (0, 1], not {self.typical_p:g}."),
+            (self.repetition_penalty > 0, f"Repetition penalty must be above 0 (1 is off), "
+             f"not {self.repetition_penalty:g}."),
+            (self.no_repeat_ngram_size >= 0, f"No-repeat n-gram size must be 0 (off) or more, "
+             f"not {self.no_repeat_ngram_size}."),
+            (self.num_beams >= 1, f"The number of beams must be at least 1, not "
+             f"{self.num_beams}."),
+            (self.num_return_sequences >= 1, f"The number of sequences must be at least 1, not "
+             f"{self.num_return_sequences}."),
+            (self.num_beams <= MAX_SEQUENCES, f"At most {MAX_SEQUENCES:,} beams (each is a row "
+             f"of the batch, with its own cache and scores), not {self.num_beams:,}."),
+            (self.num_return_sequences <= MAX_SEQUENCES, f"At most {MAX_SEQUENCES:,} sequences "
+             f"at once (each is a row of the batch, with its own cache and scores), not "
+             f"{self.num_return_sequences:,}."),
+            (0 <= self.seed < SEED_LIMIT, f"The seed must be between 0 and {SEED_LIMIT - 1} "
+             f"(2**32 - 1), not {self.seed}."),
             (self.num_beams == 1 or self.num_return_sequences <= self.num_beams,
              "Beam search returns at most as many sequences as it has beams."),
             (self.do_sample or self.num_beams > 1 or self.num_return_sequences == 1,
@@ -66,6 +108,11 @@ class SamplingSettings:
         for ok, message in checks:
             if not ok:
                 raise WorkbenchError(message)
+
+    @property
+    def rows(self) -> int:
+        """Rows of the generate() batch: one per beam, else one per returned sequence."""
+        return self.num_beams if self.num_beams > 1 else self.num_return_sequences
 
     def effective(self) -> tuple[SamplingSettings, list[str]]:
         """The settings actually used, with a notice for each reinterpretation."""
@@ -393,6 +440,116 @@ def prepare_prompt(loaded: Any, prompt: str, chat: bool, max_new_tokens: int
     return ids.to(loaded.model.device), notices
 
 
+# --- how much memory a generation needs ---------------------------------------------------------
+STEP_RECORD_BYTES = 1024  # one StepRecord (floats, text), its TokenEvent and its share of output
+CANDIDATE_BYTES = 400  # one recorded top-N candidate
+SCORE_COPIES = 8  # rows × vocabulary float32 arrays alive in one step (logits, processed
+# scores, raw and processed log-probabilities and probabilities, masks: see StepInspector)
+MEMORY_SHARE = 0.8  # of the memory available now: the rest is left to the system
+_RECURRENT = ("rwkv", "xlstm", "mamba", "mamba2", "falcon_mamba")
+
+
+def _positive_int(config: Any, *names: str) -> int | None:
+    for name in names:
+        value = getattr(config, name, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
+
+
+def generation_memory(model: Any, rows: int, prompt_tokens: int, new_tokens: int,
+                      top_n: int = 0, beams: bool = False) -> tuple[int, int, dict[str, int]]:
+    """Estimated bytes one ``generate`` call of ``rows`` rows needs: (on the model's device,
+    in this process's RAM, the parts by name).
+
+    - cache: rows × (prompt + new tokens) × layers × 2 (keys, values) × KV width × dtype size
+    - attention: the weights of one layer, rows × heads × prompt² × 4 at the prompt's pass
+      (rows × (heads + 1) × (prompt + new)² × 4 at every step for a model that recomputes
+      the whole sequence each step instead of caching it, such as XLNet)
+    - scores: rows × vocabulary × 4 × SCORE_COPIES for one step's distributions
+    - beam scores: 2 × rows × new tokens × vocabulary × 4 (beam search keeps every step's)
+    - step records (RAM): rows × new tokens × (STEP_RECORD_BYTES + top-N × CANDIDATE_BYTES)
+    """
+    import torch
+
+    config = model.config
+    try:
+        config = config.get_text_config()
+    except (AttributeError, TypeError, ValueError):
+        pass
+    layers = _positive_int(config, "num_hidden_layers", "n_layer", "num_layers") or 1
+    hidden = _positive_int(config, "hidden_size", "n_embd", "d_model") or 1
+    heads = _positive_int(config, "num_attention_heads", "n_head") or 1
+    head_dim = _positive_int(config, "head_dim") or max(hidden // heads, 1)
+    kv_width = (_positive_int(config, "num_key_value_heads") or heads) * head_dim
+    vocab = _positive_int(config, "vocab_size") or 1
+    dtype = getattr(model, "dtype", torch.float32)
+    size = torch.empty((), dtype=dtype).element_size() if isinstance(dtype, torch.dtype) else 4
+    total = prompt_tokens + new_tokens
+    supports_cache = getattr(type(model), "_supports_default_dynamic_cache", None)
+    recurrent = getattr(config, "model_type", "") in _RECURRENT
+    recomputes = not recurrent and callable(supports_cache) and not supports_cache()
+    parts = {"cache": 0 if recurrent else rows * total * layers * 2 * kv_width * size,
+             "attention": 0 if recurrent else (rows * (heads + 1) * total * total * 4 if recomputes
+                                               else rows * heads * prompt_tokens ** 2 * 4),
+             "scores": rows * vocab * 4 * SCORE_COPIES}
+    if beams:
+        parts["beam scores"] = 2 * rows * new_tokens * vocab * 4
+    records = rows * new_tokens * (STEP_RECORD_BYTES + min(max(top_n, 0), vocab) * CANDIDATE_BYTES)
+    return sum(parts.values()), records, {**parts, "step records": records}
+
+
+def available_memory(device: str) -> int:
+    """Bytes free now on ``device`` (its GPU's free memory for CUDA, else the RAM available)."""
+    import psutil
+
+    if str(device).startswith("cuda"):
+        import torch
+
+        try:
+            return int(torch.cuda.mem_get_info(torch.device(device))[0])
+        except (RuntimeError, ValueError, AssertionError):
+            pass
+    return int(psutil.virtual_memory().available)
+
+
+def _gb(n: float) -> str:
+    return f"{n / 1e9:,.1f} GB" if n >= 1e8 else f"{n / 1e6:,.1f} MB"
+
+
+def check_generation_memory(loaded: Any, prompt_tokens: int, new_tokens: int,
+                            runs: list[tuple[int, bool]], top_n: int = 0) -> None:
+    """Refuse a generation that would not fit in memory (see :func:`generation_memory`).
+
+    ``runs`` lists the ``generate`` calls made one after another, as (rows, beam search);
+    device memory is needed by the largest, step records by all of them together.
+    """
+    if sum(rows for rows, _ in runs) > MAX_SEQUENCES:
+        raise WorkbenchError(f"At most {MAX_SEQUENCES:,} sequences at once (each is a row of "
+                             f"the batch, with its own cache and scores), not "
+                             f"{sum(rows for rows, _ in runs):,}.")
+    estimates = [generation_memory(loaded.model, rows, prompt_tokens, new_tokens, top_n, beams)
+                 for rows, beams in runs]
+    on_device = max(e[0] for e in estimates)
+    in_ram = sum(e[1] for e in estimates)
+    parts = max(estimates, key=lambda e: e[0])[2]
+    parts["step records"] = in_ram
+    device = str(getattr(loaded, "device", "cpu"))
+    ram = available_memory("cpu")
+    checks = ([(on_device, available_memory(device)), (in_ram, ram)] if device.startswith("cuda")
+              else [(on_device + in_ram, ram)])
+    for need, budget in checks:
+        if need > budget * MEMORY_SHARE:
+            rows = sum(r for r, _ in runs)
+            detail = ", ".join(f"{name} {_gb(value)}" for name, value in parts.items()
+                               if value >= need / 100)  # the parts that matter
+            raise WorkbenchError(
+                f"{rows:,} sequence{'s' if rows != 1 else ''} of {prompt_tokens:,} prompt + "
+                f"{new_tokens:,} new tokens with {getattr(loaded, 'name', 'this model')} would "
+                f"need about {_gb(need)} ({detail}), more than {MEMORY_SHARE:.0%} of the "
+                f"{_gb(budget)} available: ask for fewer sequences or new tokens.")
+
+
 def generate(loaded: Any, prompt: str, settings: SamplingSettings, ctx: JobContext | None = None,
              top_n: int = 10) -> GenerationResult:
     """Generate from ``prompt`` with ``loaded`` (a LoadedModel), emitting TokenEvents.
@@ -405,6 +562,8 @@ def generate(loaded: Any, prompt: str, settings: SamplingSettings, ctx: JobConte
     settings.validate()
     settings, notices = settings.effective()
     input_ids, more = prepare_prompt(loaded, prompt, settings.chat, settings.max_new_tokens)
+    check_generation_memory(loaded, input_ids.shape[1], settings.max_new_tokens,
+                            [(settings.rows, settings.num_beams > 1)], top_n)
     run = run_generation(loaded, input_ids, settings.num_return_sequences,
                          settings.generate_kwargs(), settings.seed, ctx, top_n,
                          beams=settings.num_beams > 1)

@@ -8,8 +8,14 @@ safetensors are always preferred.
 from __future__ import annotations
 
 import json
+import logging
+import os
+import re
+import sys
+import threading
 import time
-from collections.abc import Generator
+from collections.abc import Generator, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -145,6 +151,209 @@ def check_folder(folder: Path, options: LoadOptions) -> dict:
     return raw
 
 
+# --- what a path that is not a model is ------------------------------------------------------
+WEIGHT_SUFFIXES = (".safetensors", *PICKLE_SUFFIXES)
+_SIGNATURES = ((b"PK\x03\x04", "a zip archive"), (b"\x1f\x8b", "a gzip archive"),
+               (b"%PDF", "a PDF document"), (b"\x89PNG", "a PNG image"),
+               (b"\xff\xd8\xff", "a JPEG image"), (b"\x7fELF", "a program"),
+               (b"SQLite format 3", "an SQLite database"))
+
+
+def _what_file(path: Path, head: bytes) -> str:
+    """A few words on what a file that is not a model is, from its first bytes."""
+    if not head:
+        return "it is empty"
+    for magic, kind in _SIGNATURES:
+        if head.startswith(magic):
+            return f"it is {kind}"
+    if head.startswith(b"\x80") and path.suffix.lower() in PICKLE_SUFFIXES:
+        return "it is a pickle file"
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if exc.start < len(head) - 4:  # not just a character cut at the end of the sample
+            return "it holds binary data of an unknown kind"
+    return "it is a text file"
+
+
+def check_model_file(reference: str) -> None:
+    """Refuse, with what it is, an existing file that is not a model (a .txt, a weights file
+    out of its folder, a .gguf that is not GGUF); anything else is left to catalog.resolve."""
+    ref = reference.strip()
+    if not ref or catalog.find_builtin(ref) is not None:
+        return
+    path = Path(os.path.expanduser(ref))
+    try:
+        if not path.is_file():
+            return
+        with open(path, "rb") as f:
+            head = f.read(4096)
+    except OSError as exc:
+        raise WorkbenchError(f"Cannot read {path}: {exc.strerror or exc}") from None
+    suffix = path.suffix.lower()
+    if suffix == ".gguf":
+        if head.startswith(b"GGUF"):
+            return
+        what = _what_file(path, head)
+        raise WorkbenchError(f"{path} is a file but not a model: it does not start with GGUF's "
+                             f"magic bytes, so it is not a GGUF file ({what.removeprefix('it is ')})"
+                             ".")
+    folder = path.parent
+    if (suffix in WEIGHT_SUFFIXES or path.name.endswith(".json")) and \
+            (folder / "config.json").is_file():
+        raise WorkbenchError(f"{path} is a file but not a model: it is one file of the model "
+                             f"folder {folder}; give the folder instead.")
+    weights = (suffix == ".safetensors" and head[8:9] == b"{"  # a JSON header after its size
+               or suffix in PICKLE_SUFFIXES and head.startswith((b"PK\x03\x04", b"\x80")))
+    what = ("it holds model weights without their config.json and tokenizer" if weights
+            else _what_file(path, head))
+    raise WorkbenchError(f"{path} is a file but not a model: {what}. Give a model folder "
+                         "(with config.json), a .gguf file, a built-in name or a Hub id.")
+
+
+# --- the tokenizer --------------------------------------------------------------------------
+_TOKENIZER_FILES = re.compile(r"(tokenizer.*\.json|vocab.*|merges\.txt|.*\.model|.*\.spm|"
+                              r".*\.tiktoken|bpe\.codes|spiece.*)$")
+
+
+def tokenizer_files(folder: Path) -> list[str]:
+    """The files of ``folder`` that look like a tokenizer's (vocabulary, merges, models)."""
+    try:
+        return sorted(p.name for p in folder.iterdir() if _TOKENIZER_FILES.match(p.name))
+    except OSError:
+        return []
+
+
+def tokenizer_is_empty(tokenizer: Any) -> bool:
+    """Whether ``tokenizer`` knows no token but its special ones: what transformers builds for
+    a folder without tokenizer files (every text then encodes to nothing or to unknowns)."""
+    if len(tokenizer) > 1000:
+        return False
+    specials = set(tokenizer.all_special_tokens)
+    return all(token in specials for token in tokenizer.get_vocab())
+
+
+def check_tokenizer(tokenizer: Any, folder: Path) -> None:
+    if not tokenizer_is_empty(tokenizer):
+        return
+    files = [name for name in tokenizer_files(folder) if name != "tokenizer_config.json"]
+    found = (f"its tokenizer files ({', '.join(files[:4])}) hold no vocabulary" if files else
+             "it has no tokenizer files (tokenizer.json, or vocab / merges / .model files)")
+    raise WorkbenchError(f"The tokenizer of {folder.name} is missing: {found}. Copy the "
+                         f"tokenizer files of the model it comes from into {folder}.")
+
+
+def set_pad_token(tokenizer: Any, model: Any = None) -> str | None:
+    """Pad with the end-of-text token when the model has no pad token (GPT-2, Llama), in the
+    tokenizer and in ``model.config`` (a sequence classifier finds each row's last token by
+    it, as transformers' examples set it); returns what was done, for the log."""
+    note = None
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+        note = (f"The model has no pad token: its end-of-text token {tokenizer.eos_token!r} "
+                "is used for padding.")
+    config = getattr(model, "config", None)
+    if config is not None and getattr(config, "pad_token_id", None) is None \
+            and tokenizer.pad_token_id is not None:
+        config.pad_token_id = tokenizer.pad_token_id
+        note = note or (f"The model's configuration has no pad token: {tokenizer.pad_token!r} "
+                        "(the tokenizer's) is used.")
+    return note
+
+
+# --- transformers' load reports ---------------------------------------------------------------
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_HEADS = {"ForSequenceClassification": "classification head",
+          "ForTokenClassification": "token-classification head",
+          "ForQuestionAnswering": "question-answering head",
+          "ForMultipleChoice": "multiple-choice head",
+          "ForCausalLM": "language-modelling head", "LMHeadModel": "language-modelling head",
+          "ForMaskedLM": "masked-language-modelling head"}
+_HEAD_MODULES = {"classifier", "score", "qa_outputs", "pre_classifier", "lm_head", "cls",
+                 "pooler", "head", "heads", "output_layer", "logits_proj", "sequence_summary"}
+_REPORT_SINKS = threading.local()
+
+
+def summarise_load_report(report: str) -> tuple[str, str | None]:
+    """transformers' LOAD REPORT table without colours, and one line for what matters to the
+    user (weights initialised at random), or None when nothing was initialised."""
+    plain = _ANSI.sub("", report).strip()
+    first = plain.splitlines()[0] if plain else ""
+    cls = first.split(" LOAD REPORT")[0].strip().removeprefix("[transformers]").strip()
+    fresh: list[str] = []
+    for line in plain.splitlines():
+        cells = [cell.strip() for cell in line.split(" | ")]
+        # MISMATCH rows are left to the log: without ignore_mismatched_sizes (never set
+        # here) transformers raises right after the report, and the error says it
+        if len(cells) >= 2 and cells[1] == "MISSING":
+            fresh.append(cells[0])
+    if not fresh:
+        return plain, None
+    # the table comes from a set: give a stable order, each module's weight before its bias
+    fresh.sort(key=lambda key: (key.rpartition(".")[0],
+                                {"weight": 0, "bias": 1}.get(key.rpartition(".")[2], 2), key))
+    names = ", ".join(fresh[:6]) + (", …" if len(fresh) > 6 else "")
+    head = next((name for suffix, name in _HEADS.items() if cls.endswith(suffix)), "head")
+    if all(key.split(".")[0] in _HEAD_MODULES for key in fresh):
+        return plain, (f"a new {head} ({names}) was initialised: fine-tune it before use.")
+    return plain, (f"{len(fresh)} weight group(s) of {cls or 'the model'} were not in the "
+                   f"checkpoint and were initialised at random ({names}): fine-tune the model "
+                   "before use.")
+
+
+class _LoadReportFilter(logging.Filter):
+    """Takes transformers' LOAD REPORT tables off stderr: inside :func:`load_report_to_log`
+    the table goes to the job's log and one line says what was initialised; elsewhere only
+    that line reaches stderr."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # not ours to judge
+            return True
+        if "LOAD REPORT" not in message:
+            return True
+        plain, note = summarise_load_report(message)
+        sinks = getattr(_REPORT_SINKS, "stack", None)
+        if sinks:
+            ctx = sinks[-1]
+            ctx.log(plain)
+            if note:
+                ctx.log(note, "note")
+            return False
+        if note:
+            print(f"note: {note}", file=sys.stderr, flush=True)
+        return False
+
+
+_FILTER = _LoadReportFilter()
+
+
+def _install_load_report_filter() -> None:
+    logger = logging.getLogger("transformers.modeling_utils")
+    if _FILTER not in logger.filters:
+        logger.addFilter(_FILTER)
+
+
+@contextmanager
+def load_report_to_log(ctx: JobContext) -> Iterator[None]:
+    """While this is open on this thread, a LOAD REPORT that ``from_pretrained`` logs goes
+    whole to ``ctx``'s log (info), and a one-line note (``ctx.log(..., "note")``, which the
+    command line prints on stderr) says which weights were initialised at random."""
+    _install_load_report_filter()
+    stack = getattr(_REPORT_SINKS, "stack", None)
+    if stack is None:
+        stack = _REPORT_SINKS.stack = []
+    stack.append(ctx)
+    try:
+        yield
+    finally:
+        stack.pop()
+
+
+_install_load_report_filter()  # even a from_pretrained outside load_report_to_log prints one line
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
@@ -159,6 +368,7 @@ def load_model_job(reference: str, options: LoadOptions | None = None):
 
         start = time.perf_counter()
         yield Progress(f"Finding {reference}…", 0.0)
+        check_model_file(reference)
         source = catalog.resolve(reference, ctx, options.allow_network, options.allow_pickle)
         yield Progress(f"Found {reference} in {source.origin}", 0.1)
         converted_now = False
@@ -190,6 +400,7 @@ def load_model_job(reference: str, options: LoadOptions | None = None):
         except Exception as exc:
             raise WorkbenchError(f"Cannot load the tokenizer of {folder.name}: "
                                  f"{_first_line(exc)}") from exc
+        check_tokenizer(tokenizer, folder)  # without files transformers builds an empty one
         yield Progress(f"Loading weights ({task}) on {device}…", 0.7)
         kwargs: dict[str, Any] = dict(dtype=dtype, local_files_only=True,
                                       trust_remote_code=options.trust_remote_code)
@@ -198,7 +409,8 @@ def load_model_job(reference: str, options: LoadOptions | None = None):
         if not options.allow_pickle:
             kwargs["use_safetensors"] = True
         try:
-            model = _model_class(task).from_pretrained(folder, **kwargs)
+            with load_report_to_log(ctx):
+                model = _model_class(task).from_pretrained(folder, **kwargs)
         except Exception as exc:
             raise WorkbenchError(f"Cannot load the weights of {folder.name}: "
                                  f"{_first_line(exc)}") from exc
@@ -210,8 +422,9 @@ def load_model_job(reference: str, options: LoadOptions | None = None):
 
         if device == "cpu" and dtype == torch.float32 and few_rows_helps():
             use_few_rows_linears(model)  # batched decoding (compare) about 1.8x faster
-        if tokenizer.pad_token is None and tokenizer.eos_token is not None:
-            tokenizer.pad_token = tokenizer.eos_token
+        note = set_pad_token(tokenizer, model if task == CLASSIFIER else None)
+        if note:
+            ctx.log(note)
         entry = catalog.find_builtin(reference)
         name = entry.name if entry else (Path(reference).name if source.kind != "hf-cache"
                                          else reference)
