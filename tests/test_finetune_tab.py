@@ -339,3 +339,21 @@ def test_a_two_process_run_is_followed_live(qtbot, window, tmp_path):
     assert steps == [1, 2, 3, 4]  # one set of rows: only the main process logs
     log = (tmp_path / "run" / "train.log").read_text()
     assert "accelerate.commands.launch --multi_gpu --num_processes 2" in log
+
+
+def test_start_is_always_visible_and_no_empty_chart_is_shown(qtbot):
+    w = MainWindow(autoload=False)
+    qtbot.addWidget(w)
+    w.resize(1280, 800)
+    w.show()
+    w.tabs.setCurrentIndex(2)
+    tab = w.tab_pages[2]
+    qtbot.waitUntil(lambda: tab.charts is not None, timeout=10000)
+    assert tab.chart_pages.currentWidget() is tab.no_run  # a line saying what to do
+    for button in (tab.start_button, tab.stop_button, tab.resume_button, tab.export_button):
+        assert not button.visibleRegion().isEmpty()  # not below the fold, not clipped
+        assert not tab.form_scroll.isAncestorOf(button)
+    assert not tab.form_scroll.horizontalScrollBar().isVisible()
+    tab.rows["shown"] = [{"step": 1, "loss": 0.5, "seconds": 0.1}]
+    tab.redraw()
+    assert tab.chart_pages.currentWidget() is tab.chart_widget

@@ -19,6 +19,7 @@ from pathlib import Path
 from PySide6.QtCore import QSettings, Qt, QTimer, Signal
 from PySide6.QtWidgets import (
     QCheckBox,
+    QComboBox,
     QFileDialog,
     QFormLayout,
     QGraphicsItem,
@@ -32,6 +33,7 @@ from PySide6.QtWidgets import (
     QScrollArea,
     QSlider,
     QSplitter,
+    QStackedLayout,
     QVBoxLayout,
     QWidget,
 )
@@ -42,6 +44,7 @@ from workbench.core.errors import WorkbenchError
 from workbench.core.finetune import (
     FinetuneConfig,
     check_output_dir,
+    save_config,
     saved_config,
     split_names,
 )
@@ -280,8 +283,16 @@ class FinetuneTab(WorkbenchTab):
         self.final_model: str | None = None
         self.speed_shown = "tokens"  # the unit of the throughput chart
         self._build_form()
+        # no chart before there is data: a line saying how to get some
         self.chart_holder = QWidget()
-        QVBoxLayout(self.chart_holder).setContentsMargins(0, 0, 0, 0)
+        self.chart_pages = QStackedLayout(self.chart_holder)
+        self.no_run = QLabel("No run yet: fill in the form and press Start training, or "
+                             "Attach run folder… to follow a run written elsewhere.")
+        self.no_run.setObjectName("no-run")
+        self.no_run.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.no_run.setWordWrap(True)
+        self.no_run.setStyleSheet("color: #666")
+        self.chart_pages.addWidget(self.no_run)
         self.progress = QProgressBar()
         self.progress.setObjectName("train-progress")
         self.progress.setFormat("%p%")
@@ -315,7 +326,7 @@ class FinetuneTab(WorkbenchTab):
         rl.addWidget(self.chart_holder, 1)
         rl.addWidget(self.probes)
         split = QSplitter(Qt.Orientation.Horizontal)
-        split.addWidget(self.form_scroll)
+        split.addWidget(self.form_panel)
         split.addWidget(right)
         split.setSizes([380, 900])
         layout = QVBoxLayout(self)
@@ -427,6 +438,18 @@ class FinetuneTab(WorkbenchTab):
                 ("Output folder", self.output_dir), ("Probe prompts", self.probe_prompts),
                 ("Probe every (steps)", self.probe_every)]:
             form.addRow(label, widget)
+        form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
+        for choice in (self.task, self.scheduler):  # narrow enough for the panel, no clipping
+            choice.setSizeAdjustPolicy(
+                QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+            choice.setMinimumContentsLength(12)
+        box = QWidget()
+        box.setLayout(form)
+        self.form_scroll = QScrollArea()
+        self.form_scroll.setWidgetResizable(True)
+        self.form_scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.form_scroll.setWidget(box)
+        # the buttons stay below the form, visible however far it scrolls
         buttons = QGridLayout()
         buttons.addWidget(self.start_button, 0, 0)
         buttons.addWidget(self.stop_button, 0, 1)
@@ -434,12 +457,11 @@ class FinetuneTab(WorkbenchTab):
         buttons.addWidget(self.use_button, 1, 1)
         buttons.addWidget(self.attach_button, 2, 0)
         buttons.addWidget(self.export_button, 2, 1)
-        form.addRow(buttons)
-        box = QWidget()
-        box.setLayout(form)
-        self.form_scroll = QScrollArea()
-        self.form_scroll.setWidgetResizable(True)
-        self.form_scroll.setWidget(box)
+        self.form_panel = QWidget()
+        panel = QVBoxLayout(self.form_panel)
+        panel.setContentsMargins(0, 0, 0, 0)
+        panel.addWidget(self.form_scroll, 1)
+        panel.addLayout(buttons)
 
     def build_deferred(self) -> None:
         if self.charts is not None:
@@ -463,8 +485,10 @@ class FinetuneTab(WorkbenchTab):
             for side in ("left", "bottom"):  # repainted from a pixmap until they change
                 plot.getAxis(side).setCacheMode(QGraphicsItem.CacheMode.DeviceCoordinateCache)
             self.charts[key] = plot
-        self.charts["loss"].addLegend(offset=(-5, 5))
-        self.chart_holder.layout().addWidget(grid)
+        # semi-transparent, and it can be dragged off the curves
+        self.charts["loss"].addLegend(offset=(-5, 5), brush=(255, 255, 255, 170),
+                                      pen=(180, 180, 180), labelTextSize="8pt")
+        self.chart_pages.addWidget(grid)
         self.chart_widget = grid
         for folder in remembered_folders("finetune/attached"):
             if Path(folder).is_dir():
@@ -550,10 +574,8 @@ class FinetuneTab(WorkbenchTab):
                 command = train_command(folder / RUN_FILE, True, processes=processes, cpu=cpu,
                                         **limits)
             else:
-                scratch = folder / f".{RUN_FILE}.tmp"
-                scratch.write_text(config.to_json(), encoding="utf-8")
-                os.replace(scratch, folder / RUN_FILE)
-                command = train_command(folder / RUN_FILE, processes=processes, cpu=cpu)
+                command = train_command(save_config(config, folder), processes=processes,
+                                        cpu=cpu)
             process = launch(folder, command)
         except OSError as exc:
             self.show_error("Cannot fine-tune", f"Cannot start the run in {folder}: "
@@ -573,6 +595,7 @@ class FinetuneTab(WorkbenchTab):
         self.active = run
         self.active_run = run.name
         if self.charts is not None:
+            self.chart_pages.setCurrentWidget(self.chart_widget)
             self._curves_for(run.name)  # added now, not while the run competes for the CPU
             self.chart_widget.viewport().repaint()  # and painted now, for the same reason
         self.run_max_steps = 0
@@ -834,6 +857,8 @@ class FinetuneTab(WorkbenchTab):
         (``hold`` None), or as ``hold`` says; otherwise they fit the data."""
         if self.charts is None:
             return
+        if any(self.rows.values()) or self.running:
+            self.chart_pages.setCurrentWidget(self.chart_widget)
         smoothing = self.smoothing.value() / 100
         unit = speed_unit(list(self.rows.values()))
         if "speed" in charts and unit != self.speed_shown:
