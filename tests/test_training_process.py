@@ -261,3 +261,48 @@ def test_two_processes_train_one_run(tmp_path, tiny):
     assert all(0.3 < v < 1.2 for v in losses), losses  # two labels: about ln 2, not twice it
     assert run_state(folder).state == "finished"
     assert (folder / "final" / "config.json").is_file()
+
+
+FINETUNE_BAD = [
+    (["--seed", "-1"], "seed"),
+    (["--seed", "4294967296"], "seed"),
+    (["--warmup-steps", "-1"], "warmup"),
+    (["--epochs", "inf"], "finite"),
+    (["--epochs", "nan"], "finite"),
+    (["--learning-rate", "0"], "learning rate"),
+    (["--scheduler", "bogus"], "Unknown learning-rate schedule"),
+    (["--batch-size", "0"], "batch size"),
+    (["--logging-steps", "0"], "intervals"),
+    (["--max-steps", "abc"], "invalid int value"),
+    (["--max-length", "100000"], "positions"),
+    (["--lora", "--lora-dropout", "1.5"], "LoRA"),
+]
+
+
+@pytest.mark.parametrize("extra, message", FINETUNE_BAD)
+def test_bad_finetune_arguments_are_one_line_and_write_nothing(tmp_path, tiny, extra, message):
+    data = sentiment_csv(tmp_path / "d.csv")
+    folder = tmp_path / "run"
+    task = ["--task", "lm", "--model", str(tiny("llama"))] if "--lora" in extra else \
+        ["--task", "classify", "--model", str(tiny("bert"))]
+    result = subprocess.run([sys.executable, "main.py", "finetune", *task, "--train", data,
+                             "--output", str(folder), "--max-steps", "2", *extra], cwd=ROOT,
+                            capture_output=True, text=True, timeout=300)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2, result.stderr
+    assert len([x for x in lines if x.startswith("error: ")]) == 1, lines
+    assert message.lower() in lines[-1].lower() and "Traceback" not in result.stderr
+    assert not folder.exists()  # checked before anything is written
+
+
+def test_trust_and_pickle_permissions_are_kept_with_the_run(tmp_path, tiny):
+    data = sentiment_csv(tmp_path / "d.csv")
+    folder = tmp_path / "run"
+    result = subprocess.run([sys.executable, "main.py", "finetune", "--task", "classify",
+                             "--model", str(tiny("bert")), "--train", data, "--output",
+                             str(folder), "--max-steps", "1", "--trust-remote-code",
+                             "--allow-pickle"], cwd=ROOT, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr
+    saved = json.loads((folder / "run.json").read_text())
+    assert saved["trust_remote_code"] is True and saved["allow_pickle"] is True

@@ -136,6 +136,11 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--lora-target-modules", default="", metavar="A,B",
                     help="module names to adapt, e.g. q_proj,v_proj (default: peft's choice "
                     "for the architecture)")
+    ft.add_argument("--trust-remote-code", action="store_true",
+                    help="allow Python code shipped with this model to run (only if you "
+                         "trust its author); kept in the run's run.json")
+    ft.add_argument("--allow-pickle", action="store_true",
+                    help="allow pickle checkpoints (.bin/.pt), which can run code")
     ft.add_argument("--resume", action="store_true",
                     help="continue the run in --output from its last checkpoint")
     ft.add_argument("--json", action="store_true", help="print one JSON document at the end")
@@ -659,7 +664,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         eval_steps=args.eval_steps, save_steps=args.save_steps, probe_prompts=args.probe,
         probe_every=args.probe_every, lora=args.lora, lora_r=args.lora_r,
         lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
-        lora_target_modules=split_names(args.lora_target_modules))
+        lora_target_modules=split_names(args.lora_target_modules),
+        trust_remote_code=args.trust_remote_code, allow_pickle=args.allow_pickle)
     config.validate()
     bar = TerminalProgress(quiet=args.json)
 

@@ -87,6 +87,9 @@ class FinetuneConfig:
     lora_alpha: int = 16
     lora_dropout: float = 0.05
     lora_target_modules: list[str] = field(default_factory=list)  # empty: peft's default
+    # the model's own code and pickle checkpoints, allowed for this run's model only
+    trust_remote_code: bool = False
+    allow_pickle: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.lora_target_modules, str):  # "q_proj, v_proj" in a hand-written file
@@ -106,6 +109,10 @@ class FinetuneConfig:
                 self.probe_every, self.lora_r)):
             raise WorkbenchError("Step counts, sizes, intervals and the seed must be whole "
                                  "numbers.")
+        if not all(isinstance(v, bool) for v in (self.lora, self.trust_remote_code,
+                                                 self.allow_pickle)):
+            raise WorkbenchError("LoRA, trust-remote-code and allow-pickle must be true or "
+                                 "false.")
         if not all(isinstance(v, str) for v in (self.task, self.model, self.train_file,
                                                  self.output_dir, self.lr_scheduler)):
             raise WorkbenchError("The task, model, files and schedule must be text.")
@@ -626,7 +633,9 @@ def run_finetune(config: FinetuneConfig, ctx: JobContext | None = None, resume: 
         config = saved
     ctx.progress("Loading the model…", None)
     if loaded is None or loaded.reference != config.model:
-        loaded = load_model(config.model, LoadOptions(), ctx.emit)
+        loaded = load_model(config.model, LoadOptions(
+            trust_remote_code=config.trust_remote_code, allow_pickle=config.allow_pickle),
+            ctx.emit)
     tokenizer = loaded.tokenizer
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -635,6 +644,11 @@ def run_finetune(config: FinetuneConfig, ctx: JobContext | None = None, resume: 
     ctx.log(data.summary)
     with load_report_to_log(ctx):  # transformers' LOAD REPORT table to the log, one note
         model = _model_for(config, loaded, data.labels)
+    positions = getattr(model.config, "max_position_embeddings", None)
+    if isinstance(positions, int) and 0 < positions < config.max_length:
+        raise WorkbenchError(f"The maximum length {config.max_length} is beyond what "
+                             f"{loaded.name} can take ({positions} positions): use at most "
+                             f"{positions}.")
     if config.task == "classify":
         note = set_pad_token(tokenizer, model)  # end-of-text as pad, as transformers' examples
         if note:
@@ -989,9 +1003,12 @@ def _model_for(config: FinetuneConfig, loaded: Any, labels: list[str]):
         if loaded.task != CAUSAL_LM:
             raise WorkbenchError(f"{loaded.name} is a {loaded.task} model: language-model "
                                  "fine-tuning needs a causal LM such as SmolLM2.")
-        return AutoModelForCausalLM.from_pretrained(loaded.folder, local_files_only=True)
+        return AutoModelForCausalLM.from_pretrained(
+            loaded.folder, local_files_only=True,
+            trust_remote_code=config.trust_remote_code)
     return AutoModelForSequenceClassification.from_pretrained(
-        loaded.folder, local_files_only=True, num_labels=len(labels),
+        loaded.folder, local_files_only=True, trust_remote_code=config.trust_remote_code,
+        num_labels=len(labels),
         id2label=dict(enumerate(labels)), label2id={lab: i for i, lab in enumerate(labels)})
 
 

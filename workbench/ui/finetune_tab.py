@@ -531,7 +531,10 @@ class FinetuneTab(WorkbenchTab):
             if lm else [], probe_every=self.probe_every.value() if lm else 0,
             lora=lm and self.lora.isChecked(), lora_r=self.lora_r.value(),
             lora_alpha=self.lora_alpha.value(), lora_dropout=self.lora_dropout.value(),
-            lora_target_modules=split_names(self.lora_targets.text()))
+            lora_target_modules=split_names(self.lora_targets.text()),
+            # what the user allowed for the loaded model holds for its training run
+            trust_remote_code=bool(self.loaded and self.loaded.options.trust_remote_code),
+            allow_pickle=bool(self.loaded and self.loaded.options.allow_pickle))
 
     # --- running --------------------------------------------------------------------------------
     @property
