@@ -202,3 +202,37 @@ def test_classifier_on_a_language_model_is_a_dialog(qtbot, window, tab, tmp_path
     qtbot.waitUntil(lambda: tab.classify_page.job is None, timeout=30000)
     qtbot.waitUntil(lambda: window.last_dialog is not None, timeout=10000)
     assert "not a classifier" in window.last_dialog.text()
+
+
+def test_a_failed_run_marks_the_earlier_results_stale(qtbot, window, tab, tmp_path):
+    tab.ppl_text.setPlainText("the cat sat on the mat because it was tired . " * 4)
+    tab.window_size.setValue(32)
+    tab.stride.setValue(8)
+    tab.start_perplexity()
+    qtbot.waitUntil(lambda: tab.ppl_job is None, timeout=30000)
+    assert tab.ppl_view.isEnabled()
+    tab.compare_model.setCurrentText(str(tmp_path / "no-such-model"))  # this run fails
+    tab.start_perplexity()
+    qtbot.waitUntil(lambda: tab.ppl_job is None, timeout=30000)
+    assert tab.ppl_numbers.text().startswith("Failed:")
+    assert "from the previous run" in tab.ppl_numbers.text()
+    assert not tab.ppl_view.isEnabled()  # greyed out: not this run's numbers
+    assert window.last_dialog.windowTitle() == "Perplexity failed"
+    tab.compare_model.setCurrentText("")
+    tab.start_perplexity()
+    qtbot.waitUntil(lambda: tab.ppl_job is None, timeout=30000)
+    assert tab.ppl_view.isEnabled() and "Perplexity" in tab.ppl_numbers.text()
+
+
+def test_a_failed_page_job_marks_its_earlier_results_stale(qtbot, window, tab):
+    page = tab.generate_page
+    page.has_result = True  # as after an earlier run
+
+    def broken(ctx):
+        raise RuntimeError("the model went away")
+
+    page.submit(broken)
+    qtbot.waitUntil(lambda: page.job is None, timeout=10000)
+    assert page.status.text().startswith("Failed: the model went away")
+    assert "from the previous run" in page.status.text()
+    assert not page.result_view.isEnabled()

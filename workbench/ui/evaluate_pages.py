@@ -85,6 +85,8 @@ class JobPage(QWidget):
         self.status = QLabel("")
         self.status.setWordWrap(True)
         self.status.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.result_view: QWidget | None = None  # the results, greyed out when stale
+        self.has_result = False
         worker.job_finished.connect(self._finished)
         worker.job_failed.connect(lambda job_id, error, details: self._ended(job_id,
                                                                              f"Failed: {error}"))
@@ -96,15 +98,23 @@ class JobPage(QWidget):
         self.status.setText("Running… (Esc cancels)")
 
     def _ended(self, job_id: int, message: str) -> bool:
+        """The page's job ended; ``message`` says how when it failed or was cancelled, and
+        then results from an earlier run are greyed out and said to be stale."""
         if job_id != self.job:
             return False
         self.job = None
         self.run_button.setEnabled(True)
+        if message and self.has_result and self.result_view is not None:
+            self.result_view.setEnabled(False)
+            message += " The results shown are from the previous run."
         self.status.setText(message)
         return True
 
     def _finished(self, job_id: int, result: object) -> None:
         if self._ended(job_id, ""):
+            if self.result_view is not None:
+                self.result_view.setEnabled(True)
+            self.has_result = True
             self.show_result(result)
 
     def start(self) -> None:
@@ -165,6 +175,7 @@ class GenerateScorePage(JobPage):
         right.addWidget(self.scores)
         right.addWidget(self.outputs)
         right.setSizes([90, 300])
+        self.result_view = right
         split = QSplitter(Qt.Orientation.Horizontal)
         split.addWidget(inputs)
         split.addWidget(right)
@@ -299,6 +310,7 @@ class ClassifyPage(JobPage):
         rl.setContentsMargins(0, 0, 0, 0)
         rl.addWidget(self.numbers)
         rl.addWidget(right, 1)
+        self.result_view = holder
         split = QSplitter(Qt.Orientation.Horizontal)
         split.addWidget(inputs)
         split.addWidget(holder)

@@ -161,6 +161,7 @@ class EvaluateTab(WorkbenchTab):
         self.plot_holder = QWidget()
         QVBoxLayout(self.plot_holder).setContentsMargins(0, 0, 0, 0)
         results = QSplitter(Qt.Orientation.Vertical)
+        self.ppl_view = results  # greyed out while it shows an earlier run's results
         top = QSplitter(Qt.Orientation.Horizontal)
         top.addWidget(self.ppl_tokens)
         top.addWidget(self.worst)
@@ -243,6 +244,7 @@ class EvaluateTab(WorkbenchTab):
 
     def show_perplexity(self, results: list[PerplexityResult]) -> None:
         self.ppl_results = results
+        self.ppl_view.setEnabled(True)
         r = results[0]
         if len(results) == 1:
             self.ppl_numbers.setText(
@@ -488,13 +490,21 @@ class EvaluateTab(WorkbenchTab):
         was_perplexity = job_id == self.ppl_job
         self._on_cancelled(job_id)
         if was_perplexity:
-            self.ppl_numbers.setText(f"Failed: {error}")
+            self._perplexity_stale(f"Failed: {error}")
+
+    def _perplexity_stale(self, message: str) -> None:
+        """The perplexity job ended without a result: results of an earlier run stay, greyed
+        out and said to be stale."""
+        if self.ppl_results:
+            self.ppl_view.setEnabled(False)
+            message += " The results shown are from the previous run."
+        self.ppl_numbers.setText(message)
 
     def _on_cancelled(self, job_id: int) -> None:
         if job_id == self.ppl_job:
             self.ppl_job = None
             self.ppl_button.setEnabled(True)
-            self.ppl_numbers.setText("Cancelled.")
+            self._perplexity_stale("Cancelled.")
         elif job_id == self.bleu_job:
             self.bleu_job = None
             self.bleu_button.setEnabled(True)
