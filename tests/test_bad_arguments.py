@@ -182,6 +182,10 @@ CHEAP = [
      "--text-column is empty"),
     (("bench", "--only", ","), "--only names nothing"),
     (("bench", "--only", ""), "--only names nothing"),
+    # the window's own options: refused before any window opens
+    (("--device", "tpu"), "Unknown device 'tpu'"),
+    (("--model", ""), "--model is empty"),
+    (("--screenshot", "{good}"), "--screenshot needs a folder"),
 ]
 
 

@@ -15,6 +15,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = cli.build_parser()
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     if args.command is None:
+        try:
+            cli.check_window_options(args)
+        except cli.WorkbenchError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
         from workbench.ui.launch import run_gui
 
         return run_gui(args)

@@ -324,6 +324,25 @@ def check_model_options(args: argparse.Namespace, *models: str) -> None:
                              f"{', '.join(DTYPE_CHOICES)}.")
 
 
+def check_window_options(args: argparse.Namespace) -> None:
+    """The options of ``python main.py`` without a command (the window)."""
+    from workbench.core.device import DEVICE_CHOICES
+
+    if args.model is not None:
+        check_utf8(args.model, "--model")
+        if not args.model.strip():
+            raise WorkbenchError("--model is empty: give a built-in name, folder, .gguf file "
+                                 "or Hub id.")
+    device = (args.device or "auto").lower()
+    if device not in DEVICE_CHOICES and not re.fullmatch(r"cuda:\d+", device):
+        raise WorkbenchError(f"Unknown device '{args.device}': use one of "
+                             f"{', '.join(DEVICE_CHOICES)} (or cuda:N).")
+    if args.screenshot is not None:
+        folder = Path(args.screenshot).expanduser()
+        if not args.screenshot.strip() or (folder.exists() and not folder.is_dir()):
+            raise WorkbenchError(f"--screenshot needs a folder, not '{args.screenshot}'.")
+
+
 def check_output_file(path: str, option: str) -> None:
     """A file about to be written: a name, in a folder that exists, and writable."""
     if not path.strip():
