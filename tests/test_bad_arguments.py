@@ -302,7 +302,7 @@ def test_sampling_settings_refuse_wrong_types_and_values(field, value):
 
 def test_beam_strategy_events_never_collide_with_batch_rows():
     from workbench.core.compare import BEAM_EVENTS, owner_of
-    from workbench.core.generation import MAX_SEQUENCES
+    from workbench.core.sampling import MAX_SEQUENCES
 
     owners = [0] * (MAX_SEQUENCES - 1) + [1]
     assert owner_of(MAX_SEQUENCES - 1, owners) == (1, 0)

@@ -3,11 +3,12 @@
 import pytest
 from sacrebleu.metrics import BLEU
 
-from workbench.core.compare import compare, distinct_n, parse_strategy, self_bleu
+from workbench.core.compare import compare, distinct_n, self_bleu
 from workbench.core.errors import WorkbenchError
-from workbench.core.generation import SamplingSettings, TokenEvent, generate
+from workbench.core.generation import TokenEvent, generate
 from workbench.core.jobs import JobContext
 from workbench.core.loader import load_model
+from workbench.core.sampling import SamplingSettings, parse_strategy
 
 
 @pytest.fixture(scope="module")

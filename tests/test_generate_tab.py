@@ -6,9 +6,10 @@ import json
 import pytest
 from PySide6.QtCore import QPoint, Qt
 
-from workbench.core.compare import compare, parse_strategy
-from workbench.core.generation import SamplingSettings, explore_distribution, generate
+from workbench.core.compare import compare
+from workbench.core.generation import explore_distribution, generate
 from workbench.core.loader import load_model
+from workbench.core.sampling import SamplingSettings, parse_strategy
 from workbench.ui.main_window import MainWindow
 
 

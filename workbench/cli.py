@@ -7,14 +7,15 @@ import json
 import os
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
 from workbench import APP_NAME, __version__
 from workbench.core.catalog import DEFAULT_MODEL
 from workbench.core.errors import Cancelled, WorkbenchError
-from workbench.core.generation import SamplingSettings as SamplingDefaults
 from workbench.core.jobs import LogLine, Progress
+from workbench.core.sampling import SamplingSettings as SamplingDefaults
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -468,7 +469,7 @@ class TerminalProgress:
             self.last = ""
 
 
-def _print_json(data: Any) -> None:
+def print_json(data: Any) -> None:
     print(json.dumps(data, indent=2, default=str))
 
 
@@ -477,7 +478,7 @@ def cmd_models_list(args: argparse.Namespace) -> int:
 
     rows = list_models()
     if args.json:
-        _print_json({"models": [r.to_dict() for r in rows]})
+        print_json({"models": [r.to_dict() for r in rows]})
         return 0
     print(f"{'NAME':40} {'TASK':10} {'AVAILABLE':10} SOURCE")
     for r in rows:
@@ -496,7 +497,7 @@ def cmd_models_fetch(args: argparse.Namespace) -> int:
     source = catalog.resolve(args.name, JobContext(emit=bar))
     bar.finish()
     if args.json:
-        _print_json({"name": args.name, "source": source.kind, "path": str(source.path)})
+        print_json({"name": args.name, "source": source.kind, "path": str(source.path)})
     else:
         print(f"{args.name}: {source.origin} -> {source.path}")
     return 0
@@ -530,7 +531,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         data = result.to_dict(top_n=args.top_n)
         data.update(model=loaded.name, device=loaded.device, dtype=loaded.dtype,
                     tokens=loaded.tokenizer.convert_ids_to_tokens(result.token_ids))
-        _print_json(data)
+        print_json(data)
     else:
         print()
         for i, seq in enumerate(result.sequences[1:], start=2):
@@ -543,8 +544,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from workbench.core.compare import compare, parse_strategy, strategy_runs
-    from workbench.core.generation import SamplingSettings
+    from workbench.core.compare import compare, strategy_runs
+    from workbench.core.sampling import SamplingSettings, parse_strategy
 
     check_model_options(args)
     if not 2 <= len(args.strategy) <= 6:
@@ -571,7 +572,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
                                 "raw_probability": st.raw_probability,
                                 "candidates": [vars(c) | {} for c in st.candidates[:args.top_n]]}
                                for st in seq.steps] for seq in r.sequences]
-        _print_json(data)
+        print_json(data)
         return 0
     for r in result.strategies:
         print(f"=== {r.name}")
@@ -632,7 +633,7 @@ def cmd_attention(args: argparse.Namespace) -> int:
             raise WorkbenchError(f"Cannot write {args.html}: {exc.strerror or exc}") from None
     stats = head_statistics(result)
     if args.json:
-        _print_json({"model": loaded.name, "tokens": result.tokens, "layers": result.layers,
+        print_json({"model": loaded.name, "tokens": result.tokens, "layers": result.layers,
                      "heads": result.heads, "sentence_b_start": result.sentence_b_start,
                      "head_statistics": {k: v.round(5).tolist() for k, v in stats.items()},
                      "html": args.html, "notices": notices})
@@ -710,7 +711,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     result = run_finetune(config, ctx, resume=args.resume)
     bar.finish()
     if args.json:
-        _print_json(vars(result))
+        print_json(vars(result))
     else:
         print(f"{'stopped' if result.stopped else 'finished'} at step {result.global_step}; "
               f"final model: {result.final_model or '-'}; checkpoint: {result.checkpoint or '-'}"
@@ -734,7 +735,7 @@ def cmd_monitor(args: argparse.Namespace) -> int:
         if isinstance(value, float) and not math.isfinite(value):
             d[key] = None
     if args.json:
-        _print_json(d)
+        print_json(d)
         return 0
     total = f"/{d['max_steps']}" if d["max_steps"] else ""
     print(f"{d['folder']} ({d['source']}): step {d['global_step']}{total}")
@@ -777,7 +778,7 @@ def cmd_evaluate_perplexity(args: argparse.Namespace) -> int:
         if len(documents) == 2:
             documents[0]["compare"] = documents[1]
             documents[0]["same_tokens"] = results[0][1].same_tokens(results[1][1])
-        _print_json(documents[0])
+        print_json(documents[0])
         return 0
     rows = [("perplexity", lambda r: f"{r.perplexity:.4f}"),
             ("nll per token", lambda r: f"{r.nll_per_token:.4f} nats"),
@@ -799,7 +800,6 @@ def cmd_evaluate_perplexity(args: argparse.Namespace) -> int:
 def cmd_evaluate_generate(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from workbench.core.compare import parse_strategy
     from workbench.core.evaluation import make_metric
     from workbench.core.generate_score import (
         RowDone,
@@ -810,6 +810,7 @@ def cmd_evaluate_generate(args: argparse.Namespace) -> int:
     )
     from workbench.core.generation import SamplingSettings
     from workbench.core.jobs import JobContext
+    from workbench.core.sampling import parse_strategy
 
     check_model_options(args)
     metrics = parse_metrics(args.metrics)
@@ -845,7 +846,7 @@ def cmd_evaluate_generate(args: argparse.Namespace) -> int:
     except OSError as exc:  # the scores still reach the output; then one error line
         unsaved = f"The outputs could not be saved in {folder}: {exc.strerror or exc}."
     if args.json:
-        _print_json(result.to_dict())
+        print_json(result.to_dict())
     else:
         for m in result.scores.metrics:
             print(f"{m.text}\n    signature: {m.signature}")
@@ -875,7 +876,7 @@ def cmd_evaluate_classify(args: argparse.Namespace) -> int:
                                  ctx=JobContext(emit=bar))
     bar.finish()
     if args.json:
-        _print_json(result.to_dict(with_rows=True))
+        print_json(result.to_dict(with_rows=True))
         return 0
     print(f"accuracy   {result.accuracy:.4f}\nmacro-F1   {result.macro_f1:.4f}\n"
           f"rows       {result.examples}")
@@ -913,7 +914,7 @@ def cmd_evaluate_bleu(args: argparse.Namespace) -> int:
                                args.samples, JobContext(emit=bar))
     bar.finish()
     if args.json:
-        _print_json(result.to_dict())
+        print_json(result.to_dict())
         return 0
     for m in result.metrics:
         print(f"{m.text}\n    signature: {m.signature}")
@@ -923,30 +924,6 @@ def cmd_evaluate_bleu(args: argparse.Namespace) -> int:
         print(f"{s.test} {s.metric}: baseline {s.baseline:.2f}, system {s.system:.2f}{ci}, "
               f"p = {p}")
     return 0
-
-
-def cmd_bench(args: argparse.Namespace) -> int:
-    from workbench.core.bench import FIGURES, run_bench
-    from workbench.ui.bench_ui import UI_FIGURES
-
-    FIGURES.update(UI_FIGURES)
-
-    only = None if args.only is None else parse_names(args.only, "--only", lower=False)
-    unknown = [n for n in only or [] if n not in FIGURES]
-    if unknown:
-        raise WorkbenchError(f"Unknown bench figure(s): {', '.join(unknown)}; "
-                             f"known: {', '.join(FIGURES)}.")
-    bar = TerminalProgress(quiet=args.json)
-    results = run_bench(only, on_event=bar)
-    bar.finish()
-    if args.json:
-        _print_json(results)
-    else:
-        for name, fig in results.items():
-            status = "ok" if fig["met"] else "MISSED"
-            print(f"{name:22} {fig['value']:8.3f}  target {fig['target_text']:10} {status}  "
-                  f"{fig['detail']}")
-    return 0 if all(f["met"] for f in results.values()) else 3
 
 
 COMMANDS = {
@@ -961,7 +938,6 @@ COMMANDS = {
     ("evaluate", "bleu"): cmd_evaluate_bleu,
     ("evaluate", "generate"): cmd_evaluate_generate,
     ("evaluate", "classify"): cmd_evaluate_classify,
-    ("bench", None): cmd_bench,
 }
 
 
@@ -969,9 +945,12 @@ def _one_line(text: str) -> str:
     return re.sub(r"\s*\n\s*", " ", text.strip())
 
 
-def dispatch(args: argparse.Namespace) -> int:
-    """Run one subcommand; bad input gives one line on stderr and a non-zero exit."""
-    handler = COMMANDS[(args.command, getattr(args, f"{args.command}_command", None))]
+def dispatch(args: argparse.Namespace,
+             handler: Callable[[argparse.Namespace], int] | None = None) -> int:
+    """Run one subcommand (``handler``, or the one COMMANDS names); bad input gives one
+    line on stderr and a non-zero exit."""
+    handler = handler or COMMANDS[(args.command,
+                                   getattr(args, f"{args.command}_command", None))]
     try:
         return handler(args)
     except WorkbenchError as exc:

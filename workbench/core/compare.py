@@ -11,103 +11,26 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from workbench.core.errors import WorkbenchError
 from workbench.core.generation import (
-    MAX_SEQUENCES,
     GeneratedSequence,
-    SamplingSettings,
     TokenEvent,
     check_generation_memory,
     prepare_prompt,
     run_generation,
 )
 from workbench.core.jobs import JobContext
+from workbench.core.sampling import (
+    MAX_SEQUENCES,
+    Strategy,
+    row_chain,
+)
 
-PRESETS: dict[str, dict[str, Any]] = {
-    "greedy": dict(do_sample=False),
-    "top-k 40": dict(do_sample=True, temperature=1.0, top_k=40, top_p=1.0),
-    "nucleus 0.9": dict(do_sample=True, temperature=1.0, top_k=0, top_p=0.9),
-    "creative": dict(do_sample=True, temperature=1.3, top_k=0, top_p=0.95),
-    "min-p 0.1": dict(do_sample=True, temperature=1.0, top_k=0, top_p=1.0, min_p=0.1),
-}
-_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
-_SAMPLING_ONLY = ("temperature", "top_k", "top_p", "min_p", "typical_p")
 BEAM_EVENTS = 10 * MAX_SEQUENCES  # TokenEvent numbers of beam strategies start here
 SELF_BLEU_MAX = 100  # self-BLEU compares every pair: its cost grows with sequences²
-_ALIASES = {"beams": "num_beams", "beam": "num_beams", "n": "num_return_sequences",
-            "sequences": "num_return_sequences", "k": "top_k", "p": "top_p", "t": "temperature"}
-
-
-@dataclass
-class Strategy:
-    name: str
-    settings: SamplingSettings
-
-
-def parse_strategy(spec: str, base: SamplingSettings | None = None) -> Strategy:
-    """``"greedy"``, a preset name, or ``"top_k=40,temperature=0.8"`` (keys as in
-    SamplingSettings, ``-`` or ``_``). Keys other than ``do_sample`` switch sampling on
-    unless the spec says ``greedy`` or sets beams."""
-    base = base or SamplingSettings()
-    text = spec.strip()
-    if not text:
-        raise WorkbenchError("An empty strategy was given.")
-    if text.lower() in PRESETS:
-        settings = replace(base, **PRESETS[text.lower()])
-        settings.validate()
-        return Strategy(text.lower(), settings)
-    types = {f.name: f.type for f in fields(SamplingSettings)}
-    values: dict[str, Any] = {}
-    greedy = False
-    for part in text.split(","):
-        part = part.strip()
-        if part.lower() == "greedy":
-            greedy = True
-            continue
-        key, sep, raw = part.partition("=")
-        key = key.strip().lower().replace("-", "_")
-        key = _ALIASES.get(key, key)
-        if not sep or key not in types or key in ("seed", "chat", "max_new_tokens"):
-            raise WorkbenchError(f"Cannot read strategy '{spec}': '{part}' is not "
-                                 "key=value with a decoding setting (e.g. top_k=40).")
-        if key in values:
-            raise WorkbenchError(f"Cannot read strategy '{spec}': it sets {key} twice.")
-        word = raw.strip().lower()
-        try:
-            if types[key] in ("bool", bool):
-                if word not in _TRUE + _FALSE:
-                    raise WorkbenchError(f"Cannot read strategy '{spec}': {key} takes true or "
-                                         f"false, not '{raw.strip()}'.")
-                values[key] = word in _TRUE
-            elif types[key] in ("int", int):
-                values[key] = int(raw)
-            else:
-                values[key] = float(raw)
-        except ValueError:
-            raise WorkbenchError(f"Cannot read strategy '{spec}': '{raw}' is not a number.") from None
-    if greedy:
-        if values.get("do_sample"):
-            raise WorkbenchError(f"Cannot read strategy '{spec}': greedy does not sample.")
-        values.setdefault("do_sample", False)
-    elif values.get("num_beams", 1) > 1:
-        values.setdefault("do_sample", False)
-    else:
-        values.setdefault("do_sample", True)
-    if not values["do_sample"]:  # a filter named here would be silently ignored
-        ignored = [k for k in _SAMPLING_ONLY if k in values]
-        if ignored:
-            raise WorkbenchError(f"Cannot read strategy '{spec}': {', '.join(ignored)} only "
-                                 "shapes sampling, and this strategy does not sample (add "
-                                 "do_sample=true, or leave it out).")
-    if values["do_sample"]:  # filters not named in the spec are off
-        for key, off in (("top_k", 0), ("top_p", 1.0), ("temperature", 1.0)):
-            values.setdefault(key, off)
-    settings = replace(base, **values)
-    settings.validate()
-    return Strategy(text, settings)
 
 
 @dataclass
@@ -145,50 +68,6 @@ class CompareResult:
         return {"prompt": self.prompt, "seed": self.seed, "seconds": round(self.seconds, 4),
                 "stopped": self.stopped, "notes": self.notes,
                 "strategies": [s.summary() for s in self.strategies]}
-
-
-def row_chain(settings: SamplingSettings):
-    """The processors ``generate`` would apply for ``settings``, as one list."""
-    import torch
-    from transformers import (
-        LogitsProcessor,
-        LogitsProcessorList,
-        MinPLogitsWarper,
-        NoRepeatNGramLogitsProcessor,
-        RepetitionPenaltyLogitsProcessor,
-        TemperatureLogitsWarper,
-        TopKLogitsWarper,
-        TopPLogitsWarper,
-        TypicalLogitsWarper,
-    )
-
-    chain = LogitsProcessorList()
-    if settings.repetition_penalty != 1.0:
-        chain.append(RepetitionPenaltyLogitsProcessor(settings.repetition_penalty))
-    if settings.no_repeat_ngram_size > 0:
-        chain.append(NoRepeatNGramLogitsProcessor(settings.no_repeat_ngram_size))
-    if not settings.do_sample:
-        class ArgmaxOnly(LogitsProcessor):
-            """Greedy inside a sampling batch: only the most likely token stays possible."""
-
-            def __call__(self, ids: torch.LongTensor, scores: torch.FloatTensor):
-                keep = scores.argmax(dim=-1, keepdim=True)
-                out = torch.full_like(scores, -float("inf"))
-                return out.scatter(-1, keep, scores.gather(-1, keep))
-
-        chain.append(ArgmaxOnly())
-        return chain
-    if settings.temperature != 1.0:
-        chain.append(TemperatureLogitsWarper(settings.temperature))
-    if settings.top_k:
-        chain.append(TopKLogitsWarper(top_k=settings.top_k))
-    if settings.top_p < 1.0:
-        chain.append(TopPLogitsWarper(top_p=settings.top_p))
-    if settings.min_p:
-        chain.append(MinPLogitsWarper(min_p=settings.min_p))
-    if settings.typical_p < 1.0:
-        chain.append(TypicalLogitsWarper(mass=settings.typical_p))
-    return chain
 
 
 def per_row_processor(chains: list, row_owner: list[int]):

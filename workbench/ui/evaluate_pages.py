@@ -30,7 +30,6 @@ from PySide6.QtWidgets import (
 
 from workbench.core.catalog import CAUSAL_LM, CLASSIFIER
 from workbench.core.classification import ClassificationResult, evaluate_classifier
-from workbench.core.compare import PRESETS
 from workbench.core.errors import WorkbenchError
 from workbench.core.finetune import read_rows
 from workbench.core.generate_score import (
@@ -39,7 +38,7 @@ from workbench.core.generate_score import (
     read_pairs,
     save_result,
 )
-from workbench.core.generation import SamplingSettings
+from workbench.core.sampling import PRESETS, SamplingSettings
 from workbench.ui.skeleton import combo, fill, line, metric_checkboxes, spin, table
 from workbench.ui.state import preset_names, read_preset
 from workbench.ui.worker import ModelWorker, WorkerContext

@@ -32,19 +32,11 @@ from PySide6.QtWidgets import (
 )
 
 from workbench.core.catalog import CAUSAL_LM
-from workbench.core.compare import (
-    PRESETS,
-    CompareResult,
-    batch_owners,
-    compare,
-    owner_of,
-    parse_strategy,
-)
+from workbench.core.compare import CompareResult, batch_owners, compare, owner_of
 from workbench.core.errors import WorkbenchError
 from workbench.core.generation import (
     Branch,
     GenerationResult,
-    SamplingSettings,
     StepRecord,
     TokenEvent,
     branch,
@@ -52,6 +44,7 @@ from workbench.core.generation import (
     generate,
     next_token_logits,
 )
+from workbench.core.sampling import PRESETS, SamplingSettings, parse_strategy
 from workbench.ui.skeleton import dspin, spin, text_box
 from workbench.ui.state import preset_names, read_preset, write_preset
 from workbench.ui.tab_base import WorkbenchTab

@@ -1,4 +1,5 @@
-"""Performance figures for ``python main.py bench``.
+"""Performance figures of the models' work for ``python main.py bench`` (start-up, loading,
+generation, comparison, perplexity).
 
 Each figure is a ratio of the app's measurement to a bare baseline measured in the same
 run, on the same machine, so the target holds on a fast or a slow (or busy) machine.
@@ -162,8 +163,9 @@ def bench_generate_overhead(emit: Callable[[Any], None], repeats: int = 3,
 def bench_compare_batched(emit: Callable[[Any], None], repeats: int = 2,
                           tokens: int = 32) -> dict:
     """Wall time of 4 sampled strategies compared together ÷ one strategy alone."""
-    from workbench.core.compare import compare, parse_strategy
+    from workbench.core.compare import compare
     from workbench.core.loader import load_model
+    from workbench.core.sampling import parse_strategy
 
     loaded = load_model("SmolLM2-135M-Instruct")
     specs = ["top_k=40,temperature=0.8", "top_p=0.9", "temperature=1.2", "min_p=0.1"]
@@ -251,19 +253,3 @@ def bench_perplexity_overhead(emit: Callable[[Any], None], repeats: int = 2) -> 
                   f"app {app:.0f} tokens/s vs bare sliding window {base:.0f} tokens/s "
                   f"({ids.shape[1]} tokens, window {max_length}, stride {stride})",
                   app_tokens_per_second=round(app, 1), bare_tokens_per_second=round(base, 1))
-
-
-FIGURES: dict[str, Callable[[Callable[[Any], None]], dict]] = {
-    "startup": bench_startup,
-    "model_load_cached": bench_model_load_cached,
-    "generate_overhead": bench_generate_overhead,
-    "compare_batched": bench_compare_batched,
-    "perplexity_overhead": bench_perplexity_overhead,
-}
-
-
-def run_bench(only: list[str] | None = None,
-              on_event: Callable[[Any], None] | None = None) -> dict[str, dict]:
-    """Run the named figures (all by default) and return ``{name: figure}``."""
-    emit = on_event or (lambda event: None)
-    return {name: FIGURES[name](emit) for name in (only or list(FIGURES))}

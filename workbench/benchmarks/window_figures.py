@@ -1,5 +1,6 @@
-"""Bench figures that need the window: responsiveness while the worker streams tokens,
-and the explorer's redraw time. Registered into ``core.bench.FIGURES`` by the CLI."""
+"""Bench figures that need the window: responsiveness while the worker streams tokens, the
+explorer's redraw, the attention views, fine-tuning from the window and a large run
+attached."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from workbench.core.bench import figure
+from workbench.benchmarks.model_figures import figure
 from workbench.core.jobs import Progress
 
 
@@ -405,10 +406,3 @@ def bench_monitor_large_run(emit: Callable[[Any], None], steps: int = 400_000) -
                     stall_ms=round(stall, 2), complete=complete)
     result["met"] = result["met"] and stall <= 50 and complete
     return result
-
-
-UI_FIGURES = {"ui_stall": bench_ui_stall, "explorer_redraw": bench_explorer_redraw,
-              "attention_view": bench_attention_view,
-              "attention_page_smollm": bench_attention_page_smollm,
-              "finetune_overhead": bench_finetune_overhead,
-              "monitor_large_run": bench_monitor_large_run}

@@ -1,0 +1,62 @@
+"""``python main.py bench``: every performance figure, each a ratio against a bare baseline
+measured in the same run (see the README's Benchmarks). The registry below is the one list
+of figures; the models' figures run headless, the window's open the app offscreen.
+
+This package sits above the UI and the command line (it drives both), so neither imports it:
+``workbench.app`` hands it the ``bench`` command.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from typing import Any
+
+from workbench.benchmarks import model_figures, window_figures
+
+Figure = Callable[[Callable[[Any], None]], dict]
+
+FIGURES: dict[str, Figure] = {
+    "startup": model_figures.bench_startup,
+    "model_load_cached": model_figures.bench_model_load_cached,
+    "generate_overhead": model_figures.bench_generate_overhead,
+    "compare_batched": model_figures.bench_compare_batched,
+    "perplexity_overhead": model_figures.bench_perplexity_overhead,
+    "ui_stall": window_figures.bench_ui_stall,
+    "explorer_redraw": window_figures.bench_explorer_redraw,
+    "attention_view": window_figures.bench_attention_view,
+    "attention_page_smollm": window_figures.bench_attention_page_smollm,
+    "finetune_overhead": window_figures.bench_finetune_overhead,
+    "monitor_large_run": window_figures.bench_monitor_large_run,
+}
+
+
+def run_bench(only: list[str] | None = None,
+              on_event: Callable[[Any], None] | None = None) -> dict[str, dict]:
+    """Run the named figures (all by default) and return ``{name: figure}``."""
+    emit = on_event or (lambda event: None)
+    return {name: FIGURES[name](emit) for name in (only or list(FIGURES))}
+
+
+def command(args: argparse.Namespace) -> int:
+    """``python main.py bench [--only A,B] [--json]``: exit status 3 when a target is
+    missed."""
+    from workbench.cli import TerminalProgress, parse_names, print_json
+    from workbench.core.errors import WorkbenchError
+
+    only = None if args.only is None else parse_names(args.only, "--only", lower=False)
+    unknown = [n for n in only or [] if n not in FIGURES]
+    if unknown:
+        raise WorkbenchError(f"Unknown bench figure(s): {', '.join(unknown)}; "
+                             f"known: {', '.join(FIGURES)}.")
+    bar = TerminalProgress(quiet=args.json)
+    results = run_bench(only, on_event=bar)
+    bar.finish()
+    if args.json:
+        print_json(results)
+    else:
+        for name, fig in results.items():
+            status = "ok" if fig["met"] else "MISSED"
+            print(f"{name:22} {fig['value']:8.3f}  target {fig['target_text']:10} {status}  "
+                  f"{fig['detail']}")
+    return 0 if all(f["met"] for f in results.values()) else 3
