@@ -16,7 +16,7 @@ from workbench.core.attention import (
     script_safe_json,
 )
 from workbench.core.errors import WorkbenchError
-from workbench.core.loader import load_model
+from workbench.core.loader import LoadOptions, load_model
 
 HOSTILE = ["</script><script>window.__pwned=1</script>", "<!--", "a&b", "\u2028", "<img src=x>"]
 
@@ -31,11 +31,13 @@ def llama(tiny):
     return load_model(str(tiny("llama")))
 
 
-def test_weights_equal_the_models_own_attentions(bert):
+def test_weights_equal_the_models_own_attentions(bert, tiny):
+    tiny_bert = tiny("bert")
     result = compute_attention(bert, "the cat sat on the mat", "it was tired")
     ids = bert.tokenizer("the cat sat on the mat", "it was tired", return_tensors="pt")
+    eager = load_model(str(tiny_bert), LoadOptions(attentions=True))  # its own weights
     with torch.no_grad():
-        expected = bert.model(**ids, output_attentions=True).attentions
+        expected = eager.model(**ids, output_attentions=True).attentions
     assert result.weights.shape == (2, 2, ids["input_ids"].shape[1], ids["input_ids"].shape[1])
     assert np.allclose(result.weights[1, 0], expected[1][0, 0].numpy(), atol=1e-6)
     assert result.tokens[0] == "[CLS]" and result.sentence_b_start == 8
@@ -62,8 +64,10 @@ def test_truncation_and_bad_input(bert, llama):
         compute_attention(bert, "  ")
     with pytest.raises(WorkbenchError, match="Sentence pairs are for encoders"):
         compute_attention(llama, "the cat", "the dog")
-    assert compute_attention(llama, "the cat").is_decoder
-    assert llama.model.config._attn_implementation == "eager"  # sdpa returns no weights
+    decoder = compute_attention(llama, "the cat")
+    assert decoder.is_decoder and decoder.weights.shape[0] == llama.layers
+    # eager (sdpa returns no weights) only while the job ran: generation keeps sdpa
+    assert llama.model.config._attn_implementation == "sdpa"
 
 
 def test_logit_lens_last_layer_is_the_models_prediction(llama):
@@ -136,3 +140,16 @@ def test_position_embeddings_learned_and_rotary(tiny):
     pe = sinusoidal_encoding(4, 6)
     assert pe[1, 0] == pytest.approx(np.sin(1.0)) and pe[1, 1] == pytest.approx(np.cos(1.0))
     assert pe[2, 2] == pytest.approx(np.sin(2 / 10000 ** (2 / 6)))
+
+
+def test_attention_is_eager_only_for_its_own_job(tiny):
+    from workbench.core.attention import compute_attention
+    from workbench.core.jobs import JobContext
+    from workbench.core.loader import load_model
+
+    loaded = load_model(str(tiny("llama")))
+    before = loaded.model.config._attn_implementation
+    assert before != "eager"  # sdpa: faster for generation and perplexity
+    result = compute_attention(loaded, "the cat sat on the mat", None, 16, JobContext())
+    assert result.weights.shape[0] == loaded.layers and result.weights.shape[1] == loaded.heads
+    assert loaded.model.config._attn_implementation == before  # restored after the job

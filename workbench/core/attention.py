@@ -88,9 +88,8 @@ def compute_attention(loaded: Any, text: str, text_b: str | None = None,
     encoded = tokenizer(text, text_b, truncation="longest_first" if text_b else True,
                         max_length=limit, return_tensors="pt")
     check_attention_memory(loaded, encoded["input_ids"].shape[1])
-    loaded.ensure_attentions()
     ctx.progress("Running the model with attentions…", None)
-    with torch.inference_mode():
+    with torch.inference_mode(), loaded.eager_attention():
         try:
             out = loaded.model(**{k: v.to(loaded.model.device) for k, v in encoded.items()},
                                output_attentions=True)

@@ -76,10 +76,25 @@ class LoadedModel:
         return f"{self.name} · {self.task} · {self.device} · {self.dtype}"
 
     def ensure_attentions(self) -> None:
-        """Switch to eager attention (sdpa returns no attention weights)."""
+        """Switch to eager attention for good (sdpa returns no attention weights); a job
+        that needs attention weights once uses :meth:`eager_attention` instead."""
         if self.model.config._attn_implementation != "eager":
             self.model.set_attn_implementation("eager")
             self.options = replace(self.options, attentions=True)
+
+    @contextmanager
+    def eager_attention(self) -> Iterator[None]:
+        """Eager attention (the one that returns attention weights) for one job, then the
+        model's own again: generation and perplexity keep the faster sdpa."""
+        before = self.model.config._attn_implementation
+        if before == "eager":
+            yield
+            return
+        self.model.set_attn_implementation("eager")
+        try:
+            yield
+        finally:
+            self.model.set_attn_implementation(before)
 
 
 def task_of(config: Any) -> str:

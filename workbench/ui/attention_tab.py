@@ -251,7 +251,7 @@ class AttentionTab(WorkbenchTab):
             return
 
         def job(ctx: WorkerContext) -> AttentionView:
-            loaded = ctx.model(attentions=True)
+            loaded = ctx.model()  # the attention job switches it to eager for itself
             result = compute_attention(loaded, text, text_b, max_tokens, ctx)
             ctx.progress("Building the bertviz page…", None)
             page, notices = bertviz_html(result, view, layers, max_tokens=page_tokens)

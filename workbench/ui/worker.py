@@ -53,11 +53,11 @@ class WorkerContext(JobContext):
         finally:
             torch.set_num_threads(before)
 
-    def model(self, reference: str | None = None, options: LoadOptions | None = None,
-              attentions: bool = False) -> LoadedModel:
+    def model(self, reference: str | None = None, options: LoadOptions | None = None
+              ) -> LoadedModel:
         """The loaded model (loading ``reference`` first if it is not the current one)."""
         assert self.store is not None
-        return self.store.require(self, reference, options, attentions)
+        return self.store.require(self, reference, options)
 
 
 class ModelStore:
@@ -75,7 +75,7 @@ class ModelStore:
         return loaded
 
     def require(self, ctx: JobContext, reference: str | None, options: LoadOptions | None,
-                attentions: bool) -> LoadedModel:
+                ) -> LoadedModel:
         from workbench.core.errors import WorkbenchError
 
         current = self.current
@@ -84,8 +84,6 @@ class ModelStore:
             current = self.load(ctx, reference, options or LoadOptions())
         if current is None:
             raise WorkbenchError("No model is loaded: pick one in the model bar and press Load.")
-        if attentions:
-            current.ensure_attentions()
         return current
 
     def unload(self) -> None:
