@@ -62,6 +62,15 @@ def token_tooltip(step: StepRecord) -> str:
             f"p = {step.probability:.3f}{raw}")
 
 
+def with_texts(loaded, logits) -> tuple:
+    """``logits`` and the text of the tokens the explorer can show (the top candidates by
+    raw probability do not depend on the settings), decoded here on the worker thread."""
+    import torch
+
+    top = torch.topk(logits.reshape(-1).float(), min(TOP_N, logits.numel())).indices.tolist()
+    return logits, {i: loaded.tokenizer.decode([i]) for i in top}
+
+
 class GenerateTab(WorkbenchTab):
     inspect_attention = Signal(str)  # the prompt and the shown sequence, for the Attention tab
     title = "Generate"
@@ -79,6 +88,7 @@ class GenerateTab(WorkbenchTab):
         self.steps: dict[int, list[StepRecord]] = {}
         self.selected_step: int | None = None
         self.explore_logits = None
+        self.explore_texts: dict[int, str] = {}  # token id -> text, decoded on the worker
         self.explore_prefix: list[int] = []
         self.candidate_chart = self.step_curves = self.overlay = None
         self.flush_timer = QTimer(self)  # tokens arrive faster than a repaint should happen
@@ -695,10 +705,11 @@ class GenerateTab(WorkbenchTab):
 
                 loaded = ctx.model()
                 ids = prepare_prompt(loaded, prompt, chat, max_new)[0][0].tolist()
-                return ids, next_token_logits(loaded, ids)
+                return ids, *with_texts(loaded, next_token_logits(loaded, ids))
         else:
             def job(ctx: WorkerContext):
-                return prefix, next_token_logits(ctx.model(), prefix)
+                loaded = ctx.model()
+                return prefix, *with_texts(loaded, next_token_logits(loaded, prefix))
 
         self.explore_job = self.worker.submit("Next-token distribution", job)
 
@@ -715,8 +726,9 @@ class GenerateTab(WorkbenchTab):
         except Exception as exc:  # a value mid-edit, e.g. top-p at its limit
             self.candidate_chart.plot.setTitle(f"Cannot apply these settings: {exc}", size="9pt")
             return
-        tokenizer = self.loaded.tokenizer if self.loaded else None
-        texts = [tokenizer.decode([t]) if tokenizer else str(t) for t in dist.token_ids]
+        # the top candidates by raw probability, decoded on the worker: its tokenizer is
+        # not for this thread (a fast tokenizer used by two threads says "Already borrowed")
+        texts = [self.explore_texts.get(t, str(t)) for t in dist.token_ids]
         where = "after the prompt" if self.selected_step is None else f"at step {self.selected_step}"
         title = (f"Explorer {where}: {settings.describe()}<br>kept {dist.kept_count} tokens, "
                  f"{dist.kept_mass:.1%} of the mass, entropy {dist.entropy:.2f} bits")
@@ -863,7 +875,7 @@ class GenerateTab(WorkbenchTab):
             return
         if job_id == self.explore_job:
             self.explore_job = None
-            self.explore_prefix, self.explore_logits = result  # type: ignore[misc]
+            self.explore_prefix, self.explore_logits, self.explore_texts = result  # type: ignore[misc]
             if self.explore.isChecked():
                 self.redraw_explorer()
             return
