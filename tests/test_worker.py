@@ -68,13 +68,13 @@ def test_cancel_stops_a_running_job_within_a_step(qtbot, worker):
     events = []
     worker.job_event.connect(lambda job_id, event: events.append(event))
     with qtbot.waitSignal(worker.job_started, timeout=5000):
-        job_id = worker.submit("slow", slow_job())
+        handle = worker.submit("slow", slow_job())
     qtbot.waitUntil(lambda: len(events) >= 3, timeout=5000)
     worker.cancel()
     seen_at_cancel = [e.message for e in events]
     with qtbot.waitSignal(worker.job_cancelled, timeout=5000) as blocker:
         pass
-    assert blocker.args == [job_id]
+    assert blocker.args == [handle.id]
     # within one step: at most the step already under way reports after the cancel
     # (events still queued for the GUI at the moment of cancel are counted generously)
     last = int(seen_at_cancel[-1].split()[-1])
@@ -170,3 +170,37 @@ def test_gc_collect_elsewhere_waits_for_the_gui_thread_and_an_idle_worker(qtbot,
     # ...but on the GUI thread once the worker is idle.
     collector.check()
     assert alive() is None and not collector.full_requested
+
+
+def test_each_job_reports_to_its_own_handle_and_owner(qtbot, worker):
+    from PySide6.QtCore import QObject
+
+    from workbench.ui.worker import own_job
+
+    explore_page, branch_page = QObject(), QObject()
+    seen = {"explore": [], "branch": []}
+    explore = own_job(explore_page, worker, "explore", slow_job(),
+                      event=lambda e: seen["explore"].append("event"),
+                      finished=lambda r: seen["explore"].append("finished"),
+                      cancelled=lambda: seen["explore"].append("cancelled"))
+    branch = own_job(branch_page, worker, "branch", lambda ctx: "a branch",  # queued behind
+                     finished=lambda r: seen["branch"].append(r),
+                     cancelled=lambda: seen["branch"].append("cancelled"))
+    assert explore.parent() is explore_page and branch.parent() is branch_page
+    qtbot.waitUntil(lambda: "event" in seen["explore"], timeout=5000)
+    explore.cancel()  # cancelling one job leaves the queued one alone
+    qtbot.waitUntil(lambda: seen["branch"] == ["a branch"], timeout=10000)
+    assert seen["explore"][-1] == "cancelled" and "finished" not in seen["explore"]
+    assert explore.done and branch.done
+
+
+def test_a_queued_job_cancelled_by_its_handle_never_runs(qtbot, worker):
+    ran, ended = [], []
+    with qtbot.waitSignal(worker.job_started, timeout=5000):
+        first = worker.submit("slow", slow_job())
+    second = worker.submit("queued", lambda ctx: ran.append(1))
+    second.cancelled.connect(lambda: ended.append("cancelled"))
+    second.cancel()
+    first.cancel()
+    qtbot.waitUntil(lambda: ended == ["cancelled"], timeout=10000)
+    assert ran == []

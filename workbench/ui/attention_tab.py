@@ -40,7 +40,7 @@ from workbench.core.attention import (
 from workbench.core.errors import WorkbenchError
 from workbench.ui.skeleton import combo, line, spin, text_box
 from workbench.ui.tab_base import WorkbenchTab
-from workbench.ui.worker import ModelWorker, WorkerContext
+from workbench.ui.worker import JobHandle, ModelWorker, WorkerContext, own_job
 
 
 @dataclass
@@ -71,8 +71,8 @@ class AttentionTab(WorkbenchTab):
 
     def __init__(self, worker: ModelWorker, parent: QWidget | None = None) -> None:
         super().__init__(worker, parent)
-        self.job_id: int | None = None
-        self.lens_job: int | None = None  # the logit lens runs after the page is drawn
+        self.job_id: JobHandle | None = None
+        self.lens_job: JobHandle | None = None  # the logit lens runs after the page is drawn
         self.lens_wanted = False  # a lens for the current view is still to be computed
         self.current: AttentionView | None = None
         self.stats: dict | None = None
@@ -151,9 +151,6 @@ class AttentionTab(WorkbenchTab):
         layout = QVBoxLayout(self)
         layout.addWidget(self.model_label)
         layout.addWidget(split, 1)
-        worker.job_finished.connect(self._on_finished)
-        worker.job_failed.connect(self._on_ended)
-        worker.job_cancelled.connect(self._on_ended)
 
     def _build_heatmap_page(self) -> QWidget:
         page = QWidget()
@@ -264,21 +261,26 @@ class AttentionTab(WorkbenchTab):
 
         self.lens_function = lens_job
 
-        self.job_id = self.worker.submit("Attention", job)
+        self.job_id = own_job(self, self.worker, "Attention", job, finished=self._view_done,
+                              failed=self._view_failed, cancelled=self._view_failed)
         self.run_button.setEnabled(False)
         self.notice.setText("Running…")
 
-    def _on_finished(self, job_id: int, outcome: object) -> None:
-        if job_id == self.lens_job:
-            self.lens_job = None
-            if isinstance(outcome, LogitLens) and self.current is not None:
-                self.current.lens = outcome
-                self.fill_lens(outcome)
-            return
-        if job_id != self.job_id or not isinstance(outcome, AttentionView):
-            return
+    def _lens_done(self, outcome: object) -> None:
+        self.lens_job = None
+        if isinstance(outcome, LogitLens) and self.current is not None:
+            self.current.lens = outcome
+            self.fill_lens(outcome)
+
+    def _lens_failed(self, *failure) -> None:
+        self.lens_job = None
+        self.fill_lens(None, "Failed: " + str(failure[0]) if failure else "Cancelled.")
+
+    def _view_done(self, outcome: object) -> None:
         self.job_id = None
         self.run_button.setEnabled(True)
+        if not isinstance(outcome, AttentionView):
+            return
         self.lens_wanted = outcome.result.is_decoder
         self.show_view(outcome)
         if self.results.currentWidget() is self.lens_table or self.web is None:
@@ -289,16 +291,15 @@ class AttentionTab(WorkbenchTab):
         loaded (its drawing and the lens would share the CPU) or when the lens is opened."""
         if self.lens_wanted and self.lens_job is None:
             self.lens_wanted = False
-            self.lens_job = self.worker.submit("Logit lens", self.lens_function)
+            self.lens_job = own_job(self, self.worker, "Logit lens", self.lens_function,
+                                    finished=self._lens_done, failed=self._lens_failed,
+                                    cancelled=self._lens_failed)
 
-    def _on_ended(self, job_id: int, *args) -> None:
-        if job_id == self.lens_job:
-            self.lens_job = None
-            self.fill_lens(None, "Failed: " + str(args[0]) if args else "Cancelled.")
-        if job_id == self.job_id:
-            self.job_id = None
-            self.run_button.setEnabled(True)
-            self.notice.setText("Failed: " + str(args[0]) if args else "Cancelled.")
+    def _view_failed(self, *failure) -> None:
+        """The attention job failed (the exception and its traceback) or was cancelled."""
+        self.job_id = None
+        self.run_button.setEnabled(True)
+        self.notice.setText("Failed: " + str(failure[0]) if failure else "Cancelled.")
 
     def ensure_web(self):
         if self.web is None:

@@ -41,7 +41,7 @@ from workbench.core.generate_score import (
 from workbench.core.sampling import PRESETS, SamplingSettings
 from workbench.ui.skeleton import combo, fill, line, metric_checkboxes, spin, table
 from workbench.ui.state import preset_names, read_preset
-from workbench.ui.worker import ModelWorker, WorkerContext
+from workbench.ui.worker import JobHandle, ModelWorker, WorkerContext, own_job
 
 GENERATE_TAB = "Generate tab's settings"
 SAMPLE_DATA = Path(__file__).resolve().parents[2] / "resources" / "data"
@@ -78,7 +78,7 @@ class JobPage(QWidget):
     def __init__(self, worker: ModelWorker, record: Record, show_error) -> None:
         super().__init__()
         self.worker, self.record, self.show_error = worker, record, show_error
-        self.job: int | None = None
+        self.job: JobHandle | None = None
         self.run_button = QPushButton(self.job_title)
         self.run_button.clicked.connect(self.start)
         self.status = QLabel("")
@@ -86,35 +86,33 @@ class JobPage(QWidget):
         self.status.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.result_view: QWidget | None = None  # the results, greyed out when stale
         self.has_result = False
-        worker.job_finished.connect(self._finished)
-        worker.job_failed.connect(lambda job_id, error, details: self._ended(job_id,
-                                                                             f"Failed: {error}"))
-        worker.job_cancelled.connect(lambda job_id: self._ended(job_id, "Cancelled."))
 
     def submit(self, function) -> None:
-        self.job = self.worker.submit(self.job_title, function)
+        self.job = own_job(self, self.worker, self.job_title, function,
+                           finished=self._finished, failed=self._failed,
+                           cancelled=lambda: self._ended("Cancelled."))
         self.run_button.setEnabled(False)
         self.status.setText("Running… (Esc cancels)")
 
-    def _ended(self, job_id: int, message: str) -> bool:
+    def _failed(self, error: object, details: str) -> None:
+        self._ended(f"Failed: {error}")
+
+    def _ended(self, message: str) -> None:
         """The page's job ended; ``message`` says how when it failed or was cancelled, and
         then results from an earlier run are greyed out and said to be stale."""
-        if job_id != self.job:
-            return False
         self.job = None
         self.run_button.setEnabled(True)
         if message and self.has_result and self.result_view is not None:
             self.result_view.setEnabled(False)
             message += " The results shown are from the previous run."
         self.status.setText(message)
-        return True
 
-    def _finished(self, job_id: int, result: object) -> None:
-        if self._ended(job_id, ""):
-            if self.result_view is not None:
-                self.result_view.setEnabled(True)
-            self.has_result = True
-            self.show_result(result)
+    def _finished(self, result: object) -> None:
+        self._ended("")
+        if self.result_view is not None:
+            self.result_view.setEnabled(True)
+        self.has_result = True
+        self.show_result(result)
 
     def start(self) -> None:
         raise NotImplementedError
@@ -147,7 +145,7 @@ class GenerateScorePage(JobPage):
         self.first_line.setChecked(True)
         metrics, self.metric_boxes = metric_checkboxes("score-metric-", ("bleu", "chrf"))
         stop = QPushButton("Stop")
-        stop.clicked.connect(lambda: self.job is not None and self.worker.cancel())
+        stop.clicked.connect(lambda: self.job is not None and self.job.cancel())
         buttons = QHBoxLayout()
         buttons.addWidget(self.run_button, 1)
         buttons.addWidget(stop)

@@ -45,7 +45,7 @@ from workbench.ui.evaluate_pages import ClassifyPage, GenerateScorePage
 from workbench.ui.skeleton import combo, fill, line, metric_checkboxes, spin, table, text_box
 from workbench.ui.tab_base import WorkbenchTab
 from workbench.ui.widgets import TokenView
-from workbench.ui.worker import ModelWorker, WorkerContext
+from workbench.ui.worker import JobHandle, ModelWorker, WorkerContext, own_job
 
 SAMPLE_TEXT = ("The lighthouse stood at the end of the long stone pier. Every night the keeper "
                "climbed the spiral stairs, lit the great lamp and watched the ships pass safely "
@@ -76,8 +76,8 @@ class EvaluateTab(WorkbenchTab):
                  current_settings: Callable[[], SamplingSettings] | None = None) -> None:
         super().__init__(worker, parent)
         self.history_notes: list[str] = []  # what was wrong with the saved history
-        self.ppl_job: int | None = None
-        self.bleu_job: int | None = None
+        self.ppl_job: JobHandle | None = None
+        self.bleu_job: JobHandle | None = None
         self.ppl_results: list[PerplexityResult] = []
         self.bleu_result: TranslationScores | None = None
         self.surprisal_plot = None
@@ -107,9 +107,6 @@ class EvaluateTab(WorkbenchTab):
         layout.addWidget(history_box)
         self.entries: list[HistoryEntry] = []
         self.reload_history()
-        worker.job_finished.connect(self._on_finished)
-        worker.job_failed.connect(self._on_failed)
-        worker.job_cancelled.connect(self._on_cancelled)
 
     @property
     def ppl_result(self) -> PerplexityResult | None:
@@ -238,7 +235,11 @@ class EvaluateTab(WorkbenchTab):
 
         self.ppl_inputs = {"source": source or "pasted text", "characters": len(text),
                            "max_length": max_length, "stride": stride, "compare_model": other}
-        self.ppl_job = self.worker.submit("Perplexity", job)
+        self.ppl_job = own_job(self, self.worker, "Perplexity", job,
+                               finished=self._perplexity_done,
+                               failed=lambda error, details: self._perplexity_ended(
+                                   f"Failed: {error}"),
+                               cancelled=lambda: self._perplexity_ended("Cancelled."))
         self.ppl_button.setEnabled(False)
         self.ppl_numbers.setText("Computing…")
 
@@ -411,7 +412,9 @@ class EvaluateTab(WorkbenchTab):
         self.bleu_inputs = {"hypothesis": self.hyp_file.text(), "references": self.ref_files.text(),
                             "second_system": self.sys2_file.text(), "metrics": list(metrics),
                             "tokenize": tokenize, "lowercase": lowercase, "tests": list(tests)}
-        self.bleu_job = self.worker.submit("BLEU / chrF / TER", job)
+        self.bleu_job = own_job(self, self.worker, "BLEU / chrF / TER", job,
+                                finished=self._bleu_done, failed=self._bleu_ended,
+                                cancelled=self._bleu_ended)
         self.bleu_button.setEnabled(False)
 
     def show_bleu(self, r: TranslationScores) -> None:
@@ -474,37 +477,27 @@ class EvaluateTab(WorkbenchTab):
                                    "Perplexity needs a causal language model")
         self.classify_page.model_changed(loaded)
 
-    def _on_finished(self, job_id: int, result: object) -> None:
-        if job_id == self.ppl_job:
-            self.ppl_job = None
-            self.ppl_button.setEnabled(True)
-            if isinstance(result, list) and result:
-                self.show_perplexity(result)
-        elif job_id == self.bleu_job:
-            self.bleu_job = None
-            self.bleu_button.setEnabled(True)
-            if isinstance(result, TranslationScores):
-                self.show_bleu(result)
+    def _perplexity_done(self, result: object) -> None:
+        self.ppl_job = None
+        self.ppl_button.setEnabled(True)
+        if isinstance(result, list) and result:
+            self.show_perplexity(result)
 
-    def _on_failed(self, job_id: int, error: object, details: str) -> None:
-        was_perplexity = job_id == self.ppl_job
-        self._on_cancelled(job_id)
-        if was_perplexity:
-            self._perplexity_stale(f"Failed: {error}")
-
-    def _perplexity_stale(self, message: str) -> None:
-        """The perplexity job ended without a result: results of an earlier run stay, greyed
-        out and said to be stale."""
+    def _perplexity_ended(self, message: str) -> None:
+        """The perplexity job failed or was cancelled: results of an earlier run stay,
+        greyed out and said to be stale."""
+        self.ppl_job = None
+        self.ppl_button.setEnabled(True)
         if self.ppl_results:
             self.ppl_view.setEnabled(False)
             message += " The results shown are from the previous run."
         self.ppl_numbers.setText(message)
 
-    def _on_cancelled(self, job_id: int) -> None:
-        if job_id == self.ppl_job:
-            self.ppl_job = None
-            self.ppl_button.setEnabled(True)
-            self._perplexity_stale("Cancelled.")
-        elif job_id == self.bleu_job:
-            self.bleu_job = None
-            self.bleu_button.setEnabled(True)
+    def _bleu_done(self, result: object) -> None:
+        self._bleu_ended()
+        if isinstance(result, TranslationScores):
+            self.show_bleu(result)
+
+    def _bleu_ended(self, *failure) -> None:
+        self.bleu_job = None
+        self.bleu_button.setEnabled(True)

@@ -49,7 +49,7 @@ from workbench.ui.skeleton import dspin, spin, text_box
 from workbench.ui.state import preset_names, read_preset, write_preset
 from workbench.ui.tab_base import WorkbenchTab
 from workbench.ui.widgets import StatusLine, TokenView
-from workbench.ui.worker import ModelWorker, WorkerContext
+from workbench.ui.worker import JobHandle, ModelWorker, WorkerContext, own_job
 
 TOP_N = 10
 SUMMARY_COLUMNS = ["strategy", "mean log-prob", "perplexity", "distinct-1", "distinct-2",
@@ -79,9 +79,9 @@ class GenerateTab(WorkbenchTab):
 
     def __init__(self, worker: ModelWorker, parent: QWidget | None = None) -> None:
         super().__init__(worker, parent)
-        self.job_id: int | None = None
-        self.compare_job: int | None = None
-        self.explore_job: int | None = None
+        self.job_id: JobHandle | None = None
+        self.compare_job: JobHandle | None = None
+        self.explore_job: JobHandle | None = None
         self.pending: list[TokenEvent] = []
         self.result: GenerationResult | None = None
         self.compare_result: CompareResult | None = None
@@ -99,8 +99,8 @@ class GenerateTab(WorkbenchTab):
         self.compare_views: list[TokenView] = []
         self.compare_pending: list[TokenEvent] = []
         self.branches: list[Branch] = []
-        self.branch_job: int | None = None
-        self.session_job: int | None = None
+        self.branch_job: JobHandle | None = None
+        self.session_job: JobHandle | None = None
 
         self._build_controls()
         self._build_outputs()
@@ -112,10 +112,6 @@ class GenerateTab(WorkbenchTab):
         layout = QVBoxLayout(self)
         layout.addWidget(self.model_label)
         layout.addWidget(splitter, 1)
-        worker.job_event.connect(self._on_event)
-        worker.job_finished.connect(self._on_finished)
-        worker.job_failed.connect(self._on_failed)
-        worker.job_cancelled.connect(self._on_cancelled)
         self._sync_enabled()
 
     # --- building -------------------------------------------------------------------------
@@ -512,22 +508,26 @@ class GenerateTab(WorkbenchTab):
             with ctx.leave_a_core(loaded):
                 return generate(loaded, prompt, settings, ctx, top_n=TOP_N)
 
-        self.job_id = self.worker.submit("Generate", job)
+        self.job_id = own_job(self, self.worker, "Generate", job,
+                              event=self._generation_event, finished=self._generation_done,
+                              failed=self._generation_failed,
+                              cancelled=self._generation_cancelled)
         self.generate_button.setEnabled(False)
         self.compare_button.setEnabled(False)
         self.stop_button.setEnabled(True)
         self.flush_timer.start()
 
     def stop(self) -> None:
-        if self.job_id is not None or self.compare_job is not None:
-            self.worker.cancel()
+        for handle in (self.job_id, self.compare_job):  # this tab's own jobs only
+            if handle is not None:
+                handle.cancel()
 
-    def _on_event(self, job_id: int, event: object) -> None:
-        if not isinstance(event, TokenEvent):
-            return
-        if job_id == self.job_id:
+    def _generation_event(self, event: object) -> None:
+        if isinstance(event, TokenEvent):
             self.pending.append(event)
-        elif job_id == self.compare_job:
+
+    def _compare_event(self, event: object) -> None:
+        if isinstance(event, TokenEvent):
             self.compare_pending.append(event)
 
     def flush_tokens(self, final: bool = False, curves: bool = True) -> None:
@@ -612,7 +612,9 @@ class GenerateTab(WorkbenchTab):
             with ctx.leave_a_core(loaded):
                 return branch(loaded, base, parent, step, token, settings, ctx, top_n=TOP_N)
 
-        self.branch_job = self.worker.submit("Branch", job)
+        self.branch_job = own_job(self, self.worker, "Branch", job,
+                                  finished=self._branch_done, failed=self._branch_failed,
+                                  cancelled=self._branch_cancelled)
         self.stats.setText(f"Branching at step {step}…")
 
     def _add_branch(self, b: Branch) -> None:
@@ -641,7 +643,9 @@ class GenerateTab(WorkbenchTab):
             ctx.progress("Hashing the model files…", None)
             return str(save_session(path, prompt, settings, result, model_fingerprint(ctx.model())))
 
-        self.session_job = self.worker.submit("Save session", job)
+        self.session_job = own_job(self, self.worker, "Save session", job,
+                                   finished=self._session_saved, failed=self._session_failed,
+                                   cancelled=self._session_cancelled)
 
     def open_session(self, path: str | None = None) -> None:
         from workbench.core.session import load_session
@@ -711,7 +715,9 @@ class GenerateTab(WorkbenchTab):
                 loaded = ctx.model()
                 return prefix, *with_texts(loaded, next_token_logits(loaded, prefix))
 
-        self.explore_job = self.worker.submit("Next-token distribution", job)
+        self.explore_job = own_job(self, self.worker, "Next-token distribution", job,
+                                   finished=self._explore_done, failed=self._explore_failed,
+                                   cancelled=self._explore_cancelled)
 
     def settings_changed(self) -> None:
         if self.explore.isChecked() and self.explore_logits is not None:
@@ -760,7 +766,10 @@ class GenerateTab(WorkbenchTab):
             return compare(ctx.model(), prompt, strategies, seed=seed, max_new_tokens=max_new,
                            chat=chat, ctx=ctx, top_n=0)
 
-        self.compare_job = self.worker.submit("Compare strategies", job)
+        self.compare_job = own_job(self, self.worker, "Compare strategies", job,
+                                   event=self._compare_event, finished=self._compare_done,
+                                   failed=self._compare_failed,
+                                   cancelled=self._compare_cancelled)
         self.generate_button.setEnabled(False)
         self.compare_button.setEnabled(False)
         self.stop_button.setEnabled(True)
@@ -862,24 +871,45 @@ class GenerateTab(WorkbenchTab):
             except OSError as exc:
                 self.show_error("Cannot export the plot", str(exc))
 
-    # --- job ends ----------------------------------------------------------------------------------
-    def _on_finished(self, job_id: int, result: object) -> None:
-        if job_id == self.branch_job:
-            self.branch_job = None
-            if isinstance(result, Branch):
-                self._add_branch(result)
-            return
-        if job_id == self.session_job:
-            self.session_job = None
-            self.stats.setText(f"Session saved to {result}.")
-            return
-        if job_id == self.explore_job:
-            self.explore_job = None
-            self.explore_prefix, self.explore_logits, self.explore_texts = result  # type: ignore[misc]
-            if self.explore.isChecked():
-                self.redraw_explorer()
-            return
-        if job_id == self.job_id and isinstance(result, GenerationResult):
+    # --- job ends: each job's own handlers (its handle delivers only its signals) -----------
+    def _branch_done(self, result: object) -> None:
+        self.branch_job = None
+        if isinstance(result, Branch):
+            self._add_branch(result)
+
+    def _branch_failed(self, error: object, details: str) -> None:
+        self.branch_job = None
+        self.stats.setText(f"Failed: {error}")
+
+    def _branch_cancelled(self) -> None:
+        self.branch_job = None
+
+    def _session_saved(self, result: object) -> None:
+        self.session_job = None
+        self.stats.setText(f"Session saved to {result}.")
+
+    def _session_failed(self, error: object, details: str) -> None:
+        self.session_job = None
+        self.stats.setText(f"Failed: {error}")
+
+    def _session_cancelled(self) -> None:
+        self.session_job = None
+
+    def _explore_done(self, result: object) -> None:
+        self.explore_job = None
+        self.explore_prefix, self.explore_logits, self.explore_texts = result  # type: ignore[misc]
+        if self.explore.isChecked():
+            self.redraw_explorer()
+
+    def _explore_failed(self, error: object, details: str) -> None:
+        self.explore_job = None
+        self.explore.setChecked(False)
+
+    def _explore_cancelled(self) -> None:
+        self.explore_job = None
+
+    def _generation_done(self, result: object) -> None:
+        if isinstance(result, GenerationResult):
             self.flush_tokens(curves=False)  # they are drawn once, at the end (in _done)
             self.result = result
             self.steps = {i: s.steps for i, s in enumerate(result.sequences)}
@@ -893,38 +923,37 @@ class GenerateTab(WorkbenchTab):
                  "to inspect it."] + [f"<b>Note:</b> {n}" for n in result.notices]))
             if result.settings.get("num_beams", 1) > 1:
                 self.show_sequence(self.sequence_picker.currentIndex())
-            self._done(job_id)
-        elif job_id == self.compare_job and isinstance(result, CompareResult):
+        self._done(generation=True)
+
+    def _generation_failed(self, error: object, details: str) -> None:
+        self.stats.setText(f"Failed: {error}")
+        self._done(generation=True)
+
+    def _generation_cancelled(self) -> None:
+        self.stats.setText("Cancelled.")
+        self._done(generation=True)
+
+    def _compare_done(self, result: object) -> None:
+        if isinstance(result, CompareResult):
             self.flush_tokens()
             self.show_compare(result)
-            self._done(job_id)
+        self._done(generation=False)
 
-    def _on_failed(self, job_id: int, error: object, details: str) -> None:
-        if job_id in (self.branch_job, self.session_job):
-            self.branch_job = self.session_job = None
-            self.stats.setText(f"Failed: {error}")
-        elif job_id == self.explore_job:
-            self.explore_job = None
-            self.explore.setChecked(False)
-        elif job_id == self.job_id:
-            self.stats.setText(f"Failed: {error}")
-            self._done(job_id)
-        elif job_id == self.compare_job:
-            self.compare_note.setText(f"Failed: {error}")
-            self._done(job_id)
+    def _compare_failed(self, error: object, details: str) -> None:
+        self.compare_note.setText(f"Failed: {error}")
+        self._done(generation=False)
 
-    def _on_cancelled(self, job_id: int) -> None:
-        if job_id in (self.explore_job, self.branch_job, self.session_job):
-            self.explore_job = self.branch_job = self.session_job = None
-        elif job_id in (self.job_id, self.compare_job):
-            (self.stats if job_id == self.job_id else self.compare_note).setText("Cancelled.")
-            self._done(job_id)
+    def _compare_cancelled(self) -> None:
+        self.compare_note.setText("Cancelled.")
+        self._done(generation=False)
 
-    def _done(self, job_id: int) -> None:
-        if job_id == self.job_id:
+    def _done(self, generation: bool) -> None:
+        """The generation (or the comparison) ended: show what is left, and when neither
+        runs any more, make the buttons available again."""
+        if generation:
             self.job_id = None
         self.flush_tokens(final=True)  # after job_id is cleared: x to the steps there are
-        if job_id == self.compare_job:
+        if not generation:
             self.compare_job = None
         if self.job_id is None and self.compare_job is None:
             self.flush_timer.stop()

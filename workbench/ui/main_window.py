@@ -40,7 +40,7 @@ from workbench.ui.state import (
 )
 from workbench.ui.tab_base import WorkbenchTab
 from workbench.ui.widgets import ProgressThrottle
-from workbench.ui.worker import ModelWorker, gui_thread_garbage_collection
+from workbench.ui.worker import JobHandle, ModelWorker, gui_thread_garbage_collection
 
 
 class MainWindow(QMainWindow):
@@ -55,7 +55,7 @@ class MainWindow(QMainWindow):
         self.resize(1280, 820)
         self.worker = ModelWorker(self)
         self.loaded: LoadedModel | None = None
-        self.load_job: int | None = None
+        self.load_job: JobHandle | None = None
         self.job_titles: dict[int, str] = {}  # a failed job's dialog is titled after it
         self.last_dialog: QMessageBox | None = None
         self._requested: tuple[str, LoadOptions] | None = None
@@ -200,7 +200,8 @@ class MainWindow(QMainWindow):
                                              False, type=bool),
             allow_pickle=settings.value(self._trust_key(reference, "pickle"), False, type=bool))
 
-    def load_model(self, reference: str, device: str = "auto", dtype: str = "auto") -> int:
+    def load_model(self, reference: str, device: str = "auto", dtype: str = "auto"
+                   ) -> JobHandle:
         options = self.load_options(reference, device, dtype)
         self._requested = (reference, options)
         self.log.append(f"Loading {reference} (device {device}, dtype {dtype})")
@@ -259,7 +260,7 @@ class MainWindow(QMainWindow):
         return self.load_job is not None
 
     def _load_ended(self, job_id: int) -> None:
-        if job_id == self.load_job:
+        if self.load_job is not None and job_id == self.load_job.id:
             self.load_job = None
 
     def _job_started(self, job_id: int, title: str) -> None:
@@ -300,7 +301,7 @@ class MainWindow(QMainWindow):
         self.log.append("Cancelled.")
 
     def _job_failed(self, job_id: int, error: object, details: str) -> None:
-        was_load = job_id == self.load_job
+        was_load = self.load_job is not None and job_id == self.load_job.id
         self._load_ended(job_id)
         if was_load and isinstance(error, (NeedsRemoteCode, NeedsPickle)):
             self._offer_permission(error)

@@ -229,8 +229,49 @@ class Job:
     cancel: CancelToken = field(default_factory=CancelToken)
 
 
+class JobHandle(QObject):
+    """One submitted job, owned by the page that started it (its Qt parent): its own
+    signals, delivered on the GUI thread, so no page sees another page's jobs. ``ended``
+    follows whichever of ``finished``, ``failed`` or ``cancelled`` came."""
+
+    event = Signal(object)
+    finished = Signal(object)
+    failed = Signal(object, str)  # the exception, the traceback text
+    cancelled = Signal()
+    ended = Signal()
+
+    def __init__(self, worker: ModelWorker, job: Job) -> None:
+        super().__init__()
+        self.id, self.title = job.id, job.title
+        self.done = False
+        self._cancel = job.cancel
+
+    def cancel(self) -> None:
+        """Cancel this job: at its next check if it runs, before it starts if queued."""
+        self._cancel.cancel()
+
+
+def own_job(owner: QObject, worker: ModelWorker, title: str,
+            function: Callable[[WorkerContext], Any], *,
+            finished: Callable[[Any], None] | None = None,
+            failed: Callable[[Any, str], None] | None = None,
+            cancelled: Callable[[], None] | None = None,
+            event: Callable[[Any], None] | None = None) -> JobHandle:
+    """Submit ``function`` to ``worker`` as a job that belongs to ``owner``: the handle is
+    its child, and the given slots get that job's event, result, failure or cancel only."""
+    handle = worker.submit(title, function)
+    handle.setParent(owner)
+    for signal, slot in ((handle.event, event), (handle.finished, finished),
+                         (handle.failed, failed), (handle.cancelled, cancelled)):
+        if slot is not None:
+            signal.connect(slot)
+    return handle
+
+
 class ModelWorker(QThread):
-    """Runs jobs one at a time; all signals arrive in the GUI thread (queued)."""
+    """Runs jobs one at a time; all signals arrive in the GUI thread (queued). Each job's
+    own signals come on its :class:`JobHandle`; the worker-wide ones (any job) are for the
+    window's status bar and log."""
 
     job_started = Signal(int, str)
     job_event = Signal(int, object)
@@ -249,21 +290,63 @@ class ModelWorker(QThread):
         self._lock = threading.Lock()
         self._current: Job | None = None
         self._pending: list[Job] = []
+        self._handles: dict[int, JobHandle] = {}
+        # each job's signals reach its handle on the GUI thread (the worker object lives
+        # there, so these connections are queued like every other)
+        self.job_event.connect(self._route_event)
+        self.job_finished.connect(self._route_finished)
+        self.job_failed.connect(self._route_failed)
+        self.job_cancelled.connect(self._route_cancelled)
         _workers.add(self)
         share_malloc_arena()  # before the thread starts (its first allocation picks one)
 
     # --- called from the GUI thread -------------------------------------------------
-    def submit(self, title: str, function: Callable[[WorkerContext], Any]) -> int:
-        """Queue a job; returns its id. Jobs run in the order submitted."""
+    def submit(self, title: str, function: Callable[[WorkerContext], Any]) -> JobHandle:
+        """Queue a job; returns its handle (see :func:`own_job` to give it an owner). Jobs
+        run in the order submitted."""
         job = Job(next(self._ids), title, function)
+        handle = JobHandle(self, job)
+        self._handles[job.id] = handle
         with self._lock:
             self._pending.append(job)
         self._queue.put(job)
         if not self.isRunning():
             self.start()
-        return job.id
+        return handle
 
-    def submit_load(self, reference: str, options: LoadOptions) -> int:
+    def _route_event(self, job_id: int, event: object) -> None:
+        handle = self._handles.get(job_id)
+        if handle is not None:
+            handle.event.emit(event)
+
+    def _end(self, job_id: int) -> JobHandle | None:
+        handle = self._handles.pop(job_id, None)
+        if handle is not None:
+            handle.done = True
+        return handle
+
+    def _route_finished(self, job_id: int, result: object) -> None:
+        handle = self._end(job_id)
+        if handle is not None:
+            handle.finished.emit(result)
+            handle.ended.emit()
+            handle.deleteLater()  # its owner has let go of it by now
+
+    def _route_failed(self, job_id: int, error: object, details: str) -> None:
+        handle = self._end(job_id)
+        if handle is not None:
+            handle.failed.emit(error, details)
+            handle.ended.emit()
+            handle.deleteLater()  # its owner has let go of it by now
+
+    def _route_cancelled(self, job_id: int) -> None:
+        handle = self._end(job_id)
+        if handle is not None:
+            handle.cancelled.emit()
+            handle.ended.emit()
+            handle.deleteLater()  # its owner has let go of it by now
+
+    def submit_load(self, reference: str, options: LoadOptions) -> JobHandle:
         """Queue loading ``reference`` as the current model."""
 
         def load(ctx: WorkerContext) -> LoadedModel:
