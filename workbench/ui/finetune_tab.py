@@ -15,6 +15,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from PySide6.QtCore import QSettings, Qt, QTimer, Signal
 from PySide6.QtWidgets import (
@@ -49,7 +50,6 @@ from workbench.core.finetune import (
     split_names,
 )
 from workbench.core.runs import RunMonitor, check_run_folder
-from workbench.core.training_curves import CurveData, analyse, for_display, speed_unit
 from workbench.core.training_process import (
     LOG_FILE,
     PROBES_FILE,
@@ -66,6 +66,9 @@ from workbench.ui.state import remembered_folders
 from workbench.ui.tab_base import WorkbenchTab
 from workbench.ui.widgets import ProgressThrottle
 from workbench.ui.worker import ModelWorker, bulk_reading
+
+if TYPE_CHECKING:  # numpy comes with it: loaded after the window is shown, not before
+    from workbench.core.training_curves import CurveData
 
 RESOURCES = Path(__file__).resolve().parents[2] / "resources" / "data"
 COLORS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189)]
@@ -229,6 +232,8 @@ def _poll_one(run: FollowedRun, smoothing: float, unit: str) -> PollResult:
         rows = list(rows) if changed else rows
     result = PollResult(run, rows, changed)
     if changed:
+        from workbench.core.training_curves import analyse, for_display
+
         result.curves = (curves_key(rows, smoothing, unit),
                          for_display(analyse(rows, smoothing, unit)))
     if run.started_here:
@@ -753,6 +758,8 @@ class FinetuneTab(WorkbenchTab):
         by a later tick of the poll timer (see :meth:`_poll_tick`)."""
         if self.pending is None and self.followed:
             runs = list(self.followed.values())
+            from workbench.core.training_curves import speed_unit
+
             self.pending = self.reader.submit(poll_runs, runs, self.smoothing.value() / 100,
                                               speed_unit(list(self.rows.values())))
 
@@ -863,6 +870,8 @@ class FinetuneTab(WorkbenchTab):
         if any(self.rows.values()) or self.running:
             self.chart_pages.setCurrentWidget(self.chart_widget)
         smoothing = self.smoothing.value() / 100
+        from workbench.core.training_curves import analyse, for_display, speed_unit
+
         unit = speed_unit(list(self.rows.values()))
         if "speed" in charts and unit != self.speed_shown:
             self.speed_shown = unit
