@@ -84,6 +84,11 @@ def test_decoder_gets_a_logit_lens(qtbot, window, tiny):
     assert tab.lens_table.horizontalHeaderItem(1).text() == "cat"
     assert "rotary" in tab.positions_note.text()
     assert not tab.position_plots["learned"][0].isVisible()
+    tab.text_b.setPlainText("another sentence")  # a pair on a decoder: this run fails
+    tab.start()
+    qtbot.waitUntil(lambda: tab.job_id is None, timeout=30000)
+    assert tab.notice.text().startswith("Failed:")
+    assert "previous text" in tab.notice.text() and not tab.results.isEnabled()
 
 
 def test_pair_on_a_decoder_is_a_dialog(qtbot, window, tiny):

@@ -299,7 +299,11 @@ class AttentionTab(WorkbenchTab):
         """The attention job failed (the exception and its traceback) or was cancelled."""
         self.job_id = None
         self.run_button.setEnabled(True)
-        self.notice.setText("Failed: " + str(failure[0]) if failure else "Cancelled.")
+        message = "Failed: " + str(failure[0]) if failure else "Cancelled."
+        if self.current is not None:  # the views keep the earlier text's: say so, greyed
+            self.results.setEnabled(False)
+            message += " The views show the previous text."
+        self.notice.setText(message)
 
     def ensure_web(self):
         if self.web is None:
@@ -313,6 +317,7 @@ class AttentionTab(WorkbenchTab):
 
     def show_view(self, view: AttentionView) -> None:
         self.current = view
+        self.results.setEnabled(True)
         r = view.result
         self.notice.setText(" ".join(view.notices) or
                             f"{len(r.tokens)} tokens · {r.layers} layers × {r.heads} heads")
