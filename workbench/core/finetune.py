@@ -30,6 +30,7 @@ from typing import Any
 
 from workbench.core.errors import WorkbenchError
 from workbench.core.evaluation import read_text
+from workbench.core.files import write_atomically
 from workbench.core.jobs import JobContext
 from workbench.core.training_process import (
     ADAPTER_DIR,
@@ -475,10 +476,7 @@ def check_output_dir(config: FinetuneConfig, resume: bool) -> Path:
 def save_config(config: FinetuneConfig, folder: Path) -> Path:
     """Write ``config`` as the ``run.json`` of ``folder``, atomically (a reader sees the old
     file or the new one, never half of one)."""
-    scratch = folder / f".{RUN_FILE}.tmp"
-    scratch.write_text(config.to_json(), encoding="utf-8")
-    os.replace(scratch, folder / RUN_FILE)
-    return folder / RUN_FILE
+    return write_atomically(folder / RUN_FILE, config.to_json())
 
 
 def saved_config(folder: Path) -> FinetuneConfig:
@@ -516,9 +514,7 @@ def _keep_lines(path: Path, keep) -> None:
             continue  # a line cut short when the process was killed
         if isinstance(row, dict) and keep(row):
             kept.append(line + "\n")
-    scratch = path.with_name(f".{path.name}.tmp")
-    scratch.write_text("".join(kept), encoding="utf-8")
-    os.replace(scratch, path)
+    write_atomically(path, "".join(kept))
 
 
 def _launch_time() -> float | None:

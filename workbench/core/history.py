@@ -6,14 +6,13 @@ from __future__ import annotations
 import csv
 import datetime
 import json
-import os
 import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from workbench.core import paths
+from workbench.core.files import write_atomically
 
 
 @dataclass
@@ -117,14 +116,7 @@ def load_history(path: Path | None = None,
 def save_history(entries: list[HistoryEntry], path: Path | None = None) -> None:
     path = path or history_file()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".history-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump([asdict(e) for e in entries], f, indent=1)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomically(path, json.dumps([asdict(e) for e in entries], indent=1))
 
 
 def add_entry(kind: str, summary: str, inputs: dict, results: dict,

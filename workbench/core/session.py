@@ -11,14 +11,13 @@ import datetime
 import hashlib
 import json
 import math
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from workbench.core.environment import library_versions
 from workbench.core.errors import WorkbenchError
+from workbench.core.files import write_atomically
 from workbench.core.generation import (
     Candidate,
     GeneratedSequence,
@@ -283,15 +282,7 @@ def save_session(path: str | Path, prompt: str, settings: SamplingSettings,
             "prompt": prompt, "settings": asdict(settings), "seed": settings.seed,
             "model": model, "libraries": library_versions(),
             "result": _result_to_dict(result) if result is not None else None}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent or ".")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=1, allow_nan=True)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_atomically(path, json.dumps(data, indent=1, allow_nan=True))
 
 
 def load_session(path: str | Path) -> Session:

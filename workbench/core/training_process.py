@@ -29,6 +29,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from workbench.core.files import write_atomically
+
 RUN_FILE = "run.json"
 METRICS_FILE = "metrics.jsonl"
 PROBES_FILE = "probes.jsonl"
@@ -57,9 +59,7 @@ class RunStatus:
 
 def write_status(folder: Path, status: RunStatus) -> None:
     """Write ``status.json`` atomically (a reader never sees half of it)."""
-    scratch = folder / f".{STATUS_FILE}.tmp"
-    scratch.write_text(json.dumps(asdict(status)), encoding="utf-8")
-    os.replace(scratch, folder / STATUS_FILE)
+    write_atomically(folder / STATUS_FILE, json.dumps(asdict(status)))
 
 
 def read_status(folder: Path) -> RunStatus | None:
