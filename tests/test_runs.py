@@ -469,3 +469,27 @@ def test_monitor_errors_are_one_line_and_exit_2(tmp_path, args, message):
     assert result.returncode == 2
     assert result.stderr.strip().startswith("error: ") and message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_display_decimation_keeps_every_bins_minimum_and_maximum():
+    import numpy as np
+
+    from workbench.core.training_curves import peak_decimate
+
+    rng = np.random.default_rng(0)
+    steps = np.arange(1, 100_001, dtype=float)
+    values = rng.normal(size=steps.size)
+    values[12_345], values[77_777] = 50.0, -50.0  # one-step spikes
+    values[500] = np.nan
+    shown_steps, shown = peak_decimate(steps, values, points=2000)
+    assert len(shown) <= 2000
+    assert shown.max() == 50.0 and shown.min() == -50.0  # no extreme is lost
+    assert 12_346.0 in shown_steps and 77_778.0 in shown_steps  # at their own steps
+    assert np.all(np.diff(shown_steps) >= 0)  # in order
+    k = -(-steps.size // 1000)  # each bin's extremes, as numpy finds them
+    for b in (0, 123, 999):
+        chunk = values[b * k:(b + 1) * k]
+        inside = shown[(shown_steps > b * k) & (shown_steps <= (b + 1) * k)]
+        assert set(inside) == {np.nanmin(chunk), np.nanmax(chunk)}
+    few = np.arange(10.0)
+    assert peak_decimate(few, few, points=2000)[1].tolist() == few.tolist()  # short: as is

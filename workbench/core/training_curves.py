@@ -338,7 +338,7 @@ def peak_decimate(steps, values, points: int = 8000) -> tuple[np.ndarray, np.nda
     return out_steps[keep], out_values[keep]
 
 
-def for_display(data: CurveData, points: int = 8000) -> CurveData:
+def for_display(data: CurveData, points: int = 3000) -> CurveData:
     """``data`` with every series peak-decimated (see :func:`peak_decimate`) and the band
     binned keeping its lowest low and highest high: what a chart a few thousand pixels wide
     can show, computed once instead of at every paint. Alarms and the unit stay."""
