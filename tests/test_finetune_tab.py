@@ -291,6 +291,9 @@ def test_cancelling_the_close_keeps_the_window(qtbot, window, tmp_path, monkeypa
     window.close()
     assert window.isVisible() and tab.running
     monkeypatch.setattr(type(tab), "confirm_stop_now", lambda self: True)
+    # as with a step that takes minutes: the run has not seen the stop request yet when
+    # the user chooses Stop now (here it never does, so no checkpoint can race the kill)
+    monkeypatch.setattr("workbench.ui.finetune_tab.request_stop", lambda folder: None)
     tab.stop()
     assert tab.stop_button.text() == "Stop now…"
     tab.stop()  # confirmed: ends it at once, without a checkpoint
