@@ -111,7 +111,8 @@ def test_a_run_outlives_the_process_that_started_it(tmp_path, tiny):
     assert starter.stdout.readline().strip() == "launched"
     os.killpg(starter.pid, signal.SIGKILL)
     starter.wait(timeout=30)
-    wait_for(lambda: run_state(folder).state == "finished", what="the run to finish")
+    wait_for(lambda: run_state(folder).state == "finished", timeout=300,
+             what=f"the run to finish (its log then: {folder / 'train.log'})")
     assert (folder / "final" / "config.json").is_file()
     assert "finished at step 8" in (folder / "train.log").read_text()
 

@@ -116,7 +116,7 @@ class RunState:
     step: int = 0
     message: str = ""
     pid: int | None = None
-    checkpoint: str | None = None  # the newest complete checkpoint
+    checkpoint: str | None = None  # the newest complete checkpoint (not looked for while live)
     final_model: str | None = None
 
     @property
@@ -132,6 +132,11 @@ def run_state(folder: str | Path) -> RunState:
     """The state of the run in ``folder`` (see the module docstring)."""
     folder = Path(folder).expanduser()
     status = read_status(folder)
+    if status is not None and status.state == "running" and \
+            process_alive(status.pid, status.started):
+        # going: its checkpoints are not looked for (each means parsing its
+        # trainer_state.json, and the window asks twice a second)
+        return RunState(str(folder), "running", status.step, status.message, status.pid)
     last = latest_checkpoint(folder) if folder.is_dir() else None
     checkpoint = str(last) if last else None
     final = folder / FINAL_DIR
@@ -139,7 +144,7 @@ def run_state(folder: str | Path) -> RunState:
         state = "finished" if final.is_dir() else "prepared"
         return RunState(str(folder), state, checkpoint=checkpoint,
                         final_model=str(final) if final.is_dir() else None)
-    if status.state == "running" and not process_alive(status.pid, status.started):
+    if status.state == "running":  # and its process is gone
         where = f"; resume from {last.name}" if last else "; it had no complete checkpoint yet"
         return RunState(str(folder), "interrupted", status.step,
                         f"The run's process ended without saving (killed or crashed){where}.",

@@ -228,8 +228,7 @@ def _poll_one(run: FollowedRun, smoothing: float, unit: str) -> PollResult:
     changed = False
     if rows is not None:
         seen = (len(rows), id(rows[-1]) if rows else None)
-        changed, run.seen = seen != run.seen, seen
-        rows = list(rows) if changed else rows
+        changed, run.seen = seen != run.seen, seen  # (each poll's rows are a new list)
     result = PollResult(run, rows, changed)
     if changed:
         from workbench.core.training_curves import analyse, for_display
@@ -253,7 +252,8 @@ def _poll_one(run: FollowedRun, smoothing: float, unit: str) -> PollResult:
                 result.probes.append(probe)
         if not run.reported:
             code = run.process.poll() if run.process is not None else None
-            result.state = run_state(run.folder)
+            if run.process is None or code is not None:  # a run it started goes until then
+                result.state = run_state(run.folder)
             result.ended = code is not None if run.process is not None \
                 else not result.state.live
             if result.ended and code:
@@ -284,7 +284,6 @@ class FinetuneTab(WorkbenchTab):
         self.runs: dict[str, RunCurves] = {}
         self.rows: dict[str, list[dict]] = {}
         self.attached: list[str] = []
-        self.active_run: str | None = None
         self.final_model: str | None = None
         self.speed_shown = "tokens"  # the unit of the throughput chart
         self._build_form()
@@ -601,7 +600,6 @@ class FinetuneTab(WorkbenchTab):
 
     def _became_active(self, run: FollowedRun, message: str) -> None:
         self.active = run
-        self.active_run = run.name
         if self.charts is not None:
             self.chart_pages.setCurrentWidget(self.chart_widget)
             self._curves_for(run.name)  # added now, not while the run competes for the CPU
