@@ -17,6 +17,13 @@ def window(qtbot, tiny):
     return w
 
 
+def drawn_losses(tab, name):
+    """The raw losses the loss chart shows for run ``name`` (none before its first rows)."""
+    curves = tab.runs.get(name)
+    losses = curves.raw.getData()[1] if curves is not None else None
+    return [] if losses is None else list(losses)
+
+
 def csv_file(path):
     rows = ["text,label"] + [f"{'hello world' if i % 2 else 'the sea is blue'} {i},"
                              f"{'good' if i % 2 else 'bad'}" for i in range(40)]
@@ -87,11 +94,13 @@ def test_attach_follows_a_run_written_elsewhere(qtbot, window, tmp_path):
     metrics = folder / "metrics.jsonl"
     metrics.write_text(json.dumps({"step": 1, "loss": 2.0, "seconds": 1.0}) + "\n")
     tab.attach(str(folder))  # read on the reader thread, drawn by the window
-    qtbot.waitUntil(lambda: "elsewhere (attached)" in tab.runs and list(
-        tab.runs["elsewhere (attached)"].raw.getData()[1]) == [2.0], timeout=5000)
+    assert all(plot.opacity() == 0 for plot in tab.charts.values())  # nothing to show yet
+    qtbot.waitUntil(lambda: drawn_losses(tab, "elsewhere (attached)") == [2.0], timeout=5000)
+    qtbot.waitUntil(lambda: all(plot.opacity() == 1 for plot in tab.charts.values()),
+                    timeout=5000)  # each chart shown once it has drawn the rows
     with metrics.open("a") as f:  # the other process goes on
         f.write(json.dumps({"step": 2, "loss": 1.5, "seconds": 2.0}) + "\n")
-    qtbot.waitUntil(lambda: len(tab.runs["elsewhere (attached)"].raw.getData()[1]) == 2,
+    qtbot.waitUntil(lambda: len(drawn_losses(tab, "elsewhere (attached)")) == 2,
                     timeout=5000)
     again = MainWindow(autoload=False)  # recently attached runs come back after a restart
     qtbot.addWidget(again)

@@ -200,6 +200,7 @@ class _MetricsReader:
     the previous one."""
 
     HEAD = 64  # bytes compared to notice a file written anew in place
+    PIECE = 1 << 22  # bytes read at a time
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -212,6 +213,23 @@ class _MetricsReader:
         self.head = b""
         self.tail: dict | None = None  # a last line without its newline, if complete
         self.global_step = 0
+
+    def _read_lines(self, f) -> bytes:
+        """Parse the complete lines from ``f``'s position on, a piece at a time (one
+        ``read()`` of a 70 MB file holds the GIL for tens of milliseconds growing its
+        buffer); returns the bytes after the last newline."""
+        pending = b""
+        while chunk := f.read(self.PIECE):
+            data = pending + chunk if pending else chunk
+            end = data.rfind(b"\n") + 1
+            if end:
+                new = parse_jsonl(data, end)
+                self.offset += end
+                if new:
+                    self.rows.extend(new)
+                    self.global_step = max(self.global_step, max(r["step"] for r in new))
+            pending = data[end:]
+        return pending
 
     def read(self) -> tuple[list[dict], dict | None]:
         """Every complete row so far, and a last row not yet ended by a newline."""
@@ -232,20 +250,13 @@ class _MetricsReader:
                 if self.offset and not head.startswith(self.head[:len(head)]):
                     self._reset()
                 f.seek(self.offset)
-                data = f.read()
+                rest = self._read_lines(f)
         except OSError:
             return self.rows, self.tail
         self.identity = identity
         if len(self.head) < self.HEAD:
             self.head = head
-        end = data.rfind(b"\n") + 1
-        if end:
-            new = parse_jsonl(data, end)
-            self.offset += end
-            if new:
-                self.rows.extend(new)
-                self.global_step = max(self.global_step, max(r["step"] for r in new))
-        rest = data[end:].rstrip()
+        rest = rest.rstrip()
         self.tail = None
         if rest.endswith(b"}"):  # an object is whole once its brace is written
             rows = parse_jsonl(rest + b"\n")

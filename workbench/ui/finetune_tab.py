@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from PySide6.QtCore import QSettings, Qt, QTimer, Signal
+from PySide6.QtCore import QSettings, QSignalBlocker, Qt, QTimer, Signal
 from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -95,8 +95,9 @@ class RunCurves:
         self.band_high = pg.PlotCurveItem([], [], pen=pg.mkPen(None))
         self.band = pg.FillBetweenItem(self.band_low, self.band_high, brush=(*color, 45))
         charts["loss"].addItem(self.band)
-        self.raw = charts["loss"].plot([], [], pen=None, symbol="o", symbolSize=3,
-                                       symbolBrush=(*color, 120), symbolPen=None)
+        # the raw losses as a faint line behind the smoothed one, as TensorBoard draws them
+        # (a path: thousands of scatter symbols cost pyqtgraph Python work at every change)
+        self.raw = charts["loss"].plot([], [], pen=pg.mkPen((*color, 70), width=1))
         self.smooth = charts["loss"].plot([], [], pen=pen, name=f"{name} loss")
         self.eval = charts["loss"].plot([], [], pen=pg.mkPen(color, width=1,
                                                              style=Qt.PenStyle.DashLine),
@@ -104,15 +105,13 @@ class RunCurves:
                                         name=f"{name} validation")
         self.spikes = charts["loss"].plot([], [], pen=None, symbol="x", symbolSize=10,
                                           symbolPen=pg.mkPen(220, 0, 0, width=2))
+        for item in (self.eval, self.spikes):
+            # symbols are rebuilt at every vertical range change while the item guards
+            # against values far outside the view; these points are few and near the curves
+            item.setDynamicRangeLimit(None)
         self.lr = charts["lr"].plot([], [], pen=pen)
         self.grad = charts["grad"].plot([], [], pen=pen)
         self.speed = charts["speed"].plot([], [], pen=pen)
-        for item in (self.raw, self.smooth, self.eval, self.spikes, self.lr, self.grad,
-                     self.speed):
-            # a run of 400,000 steps draws as fast as a short one; peak decimation keeps
-            # every minimum and maximum on screen
-            item.setDownsampling(auto=True, method="peak")
-            item.setClipToView(True)
         self.drawn: dict[str, tuple] = {}  # chart -> the rows and smoothing it shows
         self.warnings: list[str] = []
 
@@ -130,7 +129,8 @@ class RunCurves:
         if "loss" in charts:
             self.raw.setData(data.steps, data.losses)  # every point, or each bin's extremes
             band = data.band
-            self.band_low.setData(band.steps, band.low)
+            with QSignalBlocker(self.band_low):  # the fill's path is built once, not twice
+                self.band_low.setData(band.steps, band.low)
             self.band_high.setData(band.steps, band.high)
             self.smooth.setData(data.steps if data.smoothed_steps is None
                                 else data.smoothed_steps, data.smoothed)
@@ -270,6 +270,7 @@ class FinetuneTab(WorkbenchTab):
     use_model = Signal(str)  # a trained model folder for the other tabs
 
     log_line = Signal(str, str)  # a line for the log dock, its level
+    read_done = Signal()  # (from the reader thread) a poll of the run folders has finished
 
     def __init__(self, worker: ModelWorker, parent: QWidget | None = None) -> None:
         super().__init__(worker, parent)
@@ -356,6 +357,7 @@ class FinetuneTab(WorkbenchTab):
         self.poll = QTimer(self)
         self.poll.setInterval(500)
         self.poll.timeout.connect(self._poll_tick)
+        self.read_done.connect(self._take_result)  # queued: it comes from the reader thread
         self.task.currentIndexChanged.connect(self._task_changed)
         self._task_changed()
 
@@ -488,6 +490,9 @@ class FinetuneTab(WorkbenchTab):
             plot.getAxis("left").setWidth(52)
             for side in ("left", "bottom"):  # repainted from a pixmap until they change
                 plot.getAxis(side).setCacheMode(QGraphicsItem.CacheMode.DeviceCoordinateCache)
+            # see-through (not painted at all) until it first draws rows: the first sight
+            # of a large attached run then paints one chart a pass, not all four at once
+            plot.setOpacity(0.0)
             self.charts[key] = plot
         # semi-transparent, and it can be dragged off the curves
         self.charts["loss"].addLegend(offset=(-5, 5), brush=(255, 255, 255, 170),
@@ -603,6 +608,8 @@ class FinetuneTab(WorkbenchTab):
         if self.charts is not None:
             self.chart_pages.setCurrentWidget(self.chart_widget)
             self._curves_for(run.name)  # added now, not while the run competes for the CPU
+            for plot in self.charts.values():
+                plot.setOpacity(1.0)
             self.chart_widget.viewport().repaint()  # and painted now, for the same reason
         self.run_max_steps = 0
         self.held.clear()
@@ -728,6 +735,8 @@ class FinetuneTab(WorkbenchTab):
         run = FollowedRun(name, Path(folder), RunMonitor(folder), started_here, process)
         self.followed[name] = run
         self.rows.setdefault(name, [])
+        if self.charts is not None:  # its curves made now: the pass that draws a long run's
+            self._curves_for(name)   # rows has enough to do
         self.poll.start()
         return run
 
@@ -753,15 +762,24 @@ class FinetuneTab(WorkbenchTab):
 
     def poll_attached(self) -> None:
         """Read what every followed folder added, off the GUI thread; the result is applied
-        by a later tick of the poll timer (see :meth:`_poll_tick`)."""
+        as soon as it is ready (see :meth:`_take_result`), the next read starts at the next
+        tick of the poll timer."""
         if self.pending is None and self.followed:
             runs = list(self.followed.values())
             from workbench.core.training_curves import speed_unit
 
             self.pending = self.reader.submit(poll_runs, runs, self.smoothing.value() / 100,
                                               speed_unit(list(self.rows.values())))
+            self.pending.add_done_callback(self._signal_read_done)
 
-    def _poll_tick(self) -> None:
+    def _signal_read_done(self, _future: Future) -> None:
+        try:
+            self.read_done.emit()
+        except RuntimeError:  # the tab is gone (the window closed while a read went)
+            pass
+
+    def _take_result(self) -> None:
+        """Apply the finished read's results, if it has finished."""
         if self.pending is not None and self.pending.done():
             future, self.pending = self.pending, None
             try:
@@ -770,6 +788,9 @@ class FinetuneTab(WorkbenchTab):
                 self.log_line.emit(f"Reading the run folders failed: {exc}", "warning")
                 results = []
             self._apply(results)
+
+    def _poll_tick(self) -> None:
+        self._take_result()
         if self.pending is None:
             if not self.followed:
                 self.poll.stop()
@@ -885,7 +906,9 @@ class FinetuneTab(WorkbenchTab):
         from workbench.ui.charts import round_ceiling, steady_range
 
         hold = self.running if hold is None else hold
+        shown = 1.0 if self.running or any(self.rows.values()) else 0.0
         for chart in charts:
+            self.charts[chart].setOpacity(shown)
             box = self.charts[chart].getViewBox()
             if not hold:
                 self.held.pop(chart, None)
