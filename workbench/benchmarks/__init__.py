@@ -35,7 +35,26 @@ def run_bench(only: list[str] | None = None,
               on_event: Callable[[Any], None] | None = None) -> dict[str, dict]:
     """Run the named figures (all by default) and return ``{name: figure}``."""
     emit = on_event or (lambda event: None)
-    return {name: FIGURES[name](emit) for name in (only or list(FIGURES))}
+    return {name: measured(FIGURES[name], emit) for name in (only or list(FIGURES))}
+
+
+def measured(bench: Figure, emit: Callable[[Any], None]) -> dict:
+    """Run one figure and add how busy the machine was: ``cpu_per_wall`` (CPU seconds of
+    this process and the processes it waited for, per second of wall time: about 1 for one
+    busy core) and the load average before it began (``load_before``; a figure measured at a
+    load near the core count is one measured under competing load)."""
+    import os
+    import time
+
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    cpu_start, wall_start = os.times(), time.perf_counter()
+    result = bench(emit)
+    cpu_end, wall = os.times(), time.perf_counter() - wall_start
+    cpu = sum(cpu_end[:4]) - sum(cpu_start[:4])
+    result["cpu_per_wall"] = round(cpu / wall, 2) if wall > 0 else None
+    result["load_before"] = None if load is None else round(load, 2)
+    result["cores"] = os.cpu_count()
+    return result
 
 
 def command(args: argparse.Namespace) -> int:
@@ -57,6 +76,8 @@ def command(args: argparse.Namespace) -> int:
     else:
         for name, fig in results.items():
             status = "ok" if fig["met"] else "MISSED"
+            busy = f"CPU÷wall {fig['cpu_per_wall']}, load {fig['load_before']} on " \
+                f"{fig['cores']} cores"
             print(f"{name:22} {fig['value']:8.3f}  target {fig['target_text']:10} {status}  "
-                  f"{fig['detail']}")
+                  f"{fig['detail']} [{busy}]")
     return 0 if all(f["met"] for f in results.values()) else 3

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from workbench.core.jobs import Progress
+from workbench.core.paths import sample_data
 
 # The baseline: a bare PySide6 window in a new process (run as a script, never imported
 # by the core, which stays Qt-free).
@@ -220,7 +221,7 @@ def bench_perplexity_overhead(emit: Callable[[Any], None], repeats: int = 2) -> 
     from workbench.core.loader import load_model
 
     loaded = load_model("SmolLM2-135M-Instruct")
-    corpus = Path(__file__).resolve().parents[2] / "resources" / "data" / "corpus.txt"
+    corpus = sample_data("corpus.txt")
     text = corpus.read_text(encoding="utf-8") * 3
     max_length, stride = 256, 128
     ids = loaded.tokenizer(text, return_tensors="pt")["input_ids"]

@@ -12,6 +12,7 @@ from typing import Any
 
 from workbench.benchmarks.model_figures import figure
 from workbench.core.jobs import Progress
+from workbench.core.paths import sample_data
 
 
 def _window_with_model(emit: Callable[[Any], None], model: str = "SmolLM2-135M-Instruct"):
@@ -179,7 +180,7 @@ def bench_attention_page_smollm(emit: Callable[[Any], None]) -> dict:
     try:
         window.tabs.setCurrentIndex(1)
         tab = window.tab_pages[1]
-        corpus = (Path(__file__).resolve().parents[2] / "resources" / "data" / "corpus.txt")
+        corpus = sample_data("corpus.txt")
         text = corpus.read_text(encoding="utf-8")
         tab.text.setPlainText(text)
         tab.text_b.clear()

@@ -38,3 +38,17 @@ def models_dir() -> Path:
     from platformdirs import user_data_dir
 
     return Path(user_data_dir("lm-workbench", appauthor=False)) / "models"
+
+
+def sample_data(name: str = "") -> Path:
+    """A sample file shipped in the package (``workbench/data``: the sentiment set, the
+    corpus, the questions), or the folder itself; read through ``importlib.resources``, so
+    that it is found the same way in a checkout, an editable install and a wheel."""
+    from importlib.resources import files
+
+    folder = files("workbench") / "data"
+    # A package on the file system (this app is never imported from a zip file): its
+    # resources are files with paths, which file dialogs and other processes can be given.
+    if not isinstance(folder, Path):
+        raise RuntimeError(f"the package's sample data is not on the file system: {folder}")
+    return folder / name if name else folder

@@ -259,8 +259,9 @@ def launch(folder: str | Path, command: list[str]) -> subprocess.Popen:
     (folder / STOP_FILE).unlink(missing_ok=True)  # asked of an earlier session of the run
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     env[LAUNCHED_ENV] = repr(time.time())
-    # The run's working folder is the project root, so that `-m workbench` resolves to the
-    # same code as the window's even when it is not installed.
+    # The run's working folder is the one that holds this package (the project root in a
+    # checkout, site-packages in an install), so that `-m workbench` resolves to the same
+    # code as the window's even when it is not installed.
     root = Path(__file__).resolve().parents[2]
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(root), env.get("PYTHONPATH")) if p)
     with open(folder / LOG_FILE, "ab") as log:

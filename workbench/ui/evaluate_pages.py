@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import replace
-from pathlib import Path
 
 from PySide6.QtCore import Qt
 from PySide6.QtGui import QColor
@@ -38,13 +37,14 @@ from workbench.core.generate_score import (
     read_pairs,
     save_result,
 )
+from workbench.core.paths import sample_data
 from workbench.core.sampling import PRESETS, SamplingSettings
 from workbench.ui.skeleton import combo, fill, line, metric_checkboxes, spin, table
 from workbench.ui.state import preset_names, read_preset
 from workbench.ui.worker import JobHandle, ModelWorker, WorkerContext, own_job
 
 GENERATE_TAB = "Generate tab's settings"
-SAMPLE_DATA = Path(__file__).resolve().parents[2] / "resources" / "data"
+SAMPLE_DATA = sample_data()
 
 
 def sample(name: str) -> str:

@@ -70,7 +70,7 @@ from workbench.ui.worker import ModelWorker, bulk_reading
 if TYPE_CHECKING:  # numpy comes with it: loaded after the window is shown, not before
     from workbench.core.training_curves import CurveData
 
-RESOURCES = Path(__file__).resolve().parents[2] / "resources" / "data"
+RESOURCES = paths.sample_data()
 COLORS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189)]
 
 
