@@ -1,6 +1,9 @@
 """Strategies side by side: parsing, one batch, per-row chains equal transformers' own."""
 
+import math
+
 import pytest
+import torch
 from sacrebleu.metrics import BLEU
 
 from workbench.core.compare import compare, distinct_n, self_bleu
@@ -69,17 +72,25 @@ def test_summary_numbers(llama):
     greedy, sampled, beams = result.strategies
     assert not beams.batched and len(sampled.sequences) == 3
     ids = [s.token_ids for s in sampled.sequences]
-    assert sampled.distinct_1 == pytest.approx(distinct_n(ids, 1))
+    every = [token for seq in ids for token in seq]
+    assert sampled.distinct_1 == pytest.approx(len(set(every)) / len(every))
     texts = [s.text for s in sampled.sequences]
     expected = sum(BLEU(effective_order=True).sentence_score(t, texts[:i] + texts[i + 1:]).score
                    for i, t in enumerate(texts)) / 3
     assert sampled.self_bleu == pytest.approx(expected)
     assert greedy.self_bleu is None
-    import math
-    steps = [st for s in sampled.sequences for st in s.steps]
-    mean = sum(math.log(st.raw_probability) for st in steps) / len(steps)
-    assert sampled.mean_logprob == pytest.approx(mean)
-    assert sampled.perplexity == pytest.approx(math.exp(-mean))
+    # the mean log-probability of the sampled tokens under the model's own (raw)
+    # distribution: a forward pass over the prompt and each sequence
+    prompt = llama.tokenizer("the")["input_ids"]
+    logprobs = []
+    with torch.inference_mode():
+        for seq in ids:
+            logits = llama.model(torch.tensor([prompt + seq])).logits[0].float()
+            table = torch.log_softmax(logits, -1)
+            logprobs += [float(table[len(prompt) + j - 1, token]) for j, token in enumerate(seq)]
+    mean = sum(logprobs) / len(logprobs)
+    assert sampled.mean_logprob == pytest.approx(mean, abs=1e-4)
+    assert sampled.perplexity == pytest.approx(math.exp(-mean), rel=1e-4)
     assert len([e for e in events if isinstance(e, TokenEvent)]) >= 8
 
 

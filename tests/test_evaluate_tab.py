@@ -1,6 +1,7 @@
 """The Evaluate tab as a user drives it."""
 
 import json
+import math
 
 import pytest
 import sacrebleu
@@ -8,6 +9,7 @@ import sacrebleu
 from workbench.core.evaluation import perplexity
 from workbench.core.loader import load_model
 from workbench.ui.main_window import MainWindow
+from workbench.ui.widgets import probability_colour
 
 
 @pytest.fixture
@@ -122,12 +124,29 @@ def test_perplexity_of_two_models_side_by_side(qtbot, tab, tiny):
     assert tab.colour_by.count() == 3 and "difference" in tab.colour_by.itemText(2)
     tab.colour_by.setCurrentIndex(2)
     tab.colour_by.activated.emit(2)
-    position = max(range(first.tokens), key=lambda i: abs(second.token_nll[i]
-                                                          - first.token_nll[i]))
     assert tab.ppl_tokens.toPlainText() == "".join(first.token_texts)
+    # the token where the two models differ most wears the strongest colour, and its
+    # tooltip gives that difference in bits (second minus first)
+    diff = [(b - a) / math.log(2) for a, b in zip(first.token_nll, second.token_nll,
+                                                  strict=True)]
+    position = max(range(len(diff)), key=lambda i: abs(diff[i]))
+    formats = []
+    for i in range(len(diff)):
+        cursor = tab.ppl_tokens.textCursor()
+        cursor.setPosition(tab.ppl_tokens.starts[i + 1] + 1)  # token i + 1 is scored as i
+        formats.append(cursor.charFormat())
+    assert formats[position].toolTip().startswith(f"position {position + 1}: "
+                                                  f"{diff[position]:+.2f} bits")
+    # the strongest colour is the one furthest from the neutral middle of the scale
+    neutral = probability_colour(0.5)
+
+    def distance(fmt):
+        colour = fmt.background().color()
+        return sum(abs(getattr(colour, c)() - getattr(neutral, c)()) for c in ("red", "green",
+                                                                              "blue"))
+    assert distance(formats[position]) == max(distance(f) for f in formats)
     assert tab.worker.store.current.name == "gpt2"  # the loaded model is still the first
     assert tab.history.rowCount() == 2
-    assert position >= 0
 
 
 def test_generate_then_score(qtbot, window, tab, tiny, tmp_path):

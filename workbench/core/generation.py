@@ -520,11 +520,9 @@ def _beam_results(out: Any, model: Any, prompt_len: int, tokenizer: Any, eos: se
     for row, seq in enumerate(out.sequences):
         ids: list[int] = []
         for token in seq[prompt_len:].tolist():
-            if token in eos or token == tokenizer.pad_token_id:
-                if token in eos:
-                    ids.append(token)
-                break
             ids.append(token)
+            if token in eos:  # a beam that ended early: what follows is padding (the pad
+                break         # token anywhere before its end is a token it chose)
         ids_out[row] = ids
         text = ""
         for i, token in enumerate(ids):
