@@ -16,6 +16,7 @@ from workbench.core.errors import WorkbenchError
 from workbench.core.generation import SamplingSettings
 from workbench.core.history import HistoryEntry, add_entry, load_history, save_history
 from workbench.core.session import FORMAT, VERSION, load_session, settings_from_data
+from workbench.ui.launch import make_application
 from workbench.ui.main_window import MainWindow
 from workbench.ui.state import clean_settings_file, stored_objects
 
@@ -101,6 +102,17 @@ def harmless_variant(tmp_path) -> bytes:
 def plain(value) -> bool:
     items = value if isinstance(value, list) else [value]
     return all(isinstance(item, (str, QByteArray)) for item in items)
+
+
+def test_the_app_saves_its_state_in_ini_files_on_every_system(qapp):
+    """The Windows registry and macOS property lists are never read: stored objects are cut
+    out of INI files before Qt reads them, and only there."""
+    QSettings.setDefaultFormat(QSettings.Format.NativeFormat)
+    try:
+        make_application()
+        assert QSettings().format() == QSettings.Format.IniFormat
+    finally:
+        QSettings.setDefaultFormat(QSettings.Format.IniFormat)
 
 
 @pytest.mark.parametrize("section, line, decoded", [

@@ -24,7 +24,7 @@ def prepare_environment(offscreen: bool = False) -> None:
 
 
 def make_application():
-    from PySide6.QtCore import QCoreApplication, Qt
+    from PySide6.QtCore import QCoreApplication, QSettings, Qt
     from PySide6.QtWidgets import QApplication
 
     app = QApplication.instance()
@@ -38,6 +38,10 @@ def make_application():
         app = QApplication(sys.argv[:1])
     app.setOrganizationName(ORGANIZATION)
     app.setApplicationName(APPLICATION)
+    # Saved state in an INI file on every system (not the Windows registry or a macOS
+    # property list): the one format whose stored objects are cut out unread before Qt
+    # reads it (see state.open_settings), so a crafted value never unpickles anywhere.
+    QSettings.setDefaultFormat(QSettings.Format.IniFormat)
     return app
 
 

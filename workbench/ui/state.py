@@ -264,8 +264,8 @@ STORED_OBJECT = "a stored object, never loaded: it could run code"
 
 def _settings_files() -> list[Path]:
     """The INI files QSettings() writes to, or falls back on, that this user can change:
-    the application's file and the organization's. (The Windows registry and macOS
-    property lists are not INI files; they are left to QSettings.)"""
+    the application's file and the organization's. (The app makes INI the default format
+    everywhere, see launch.make_application; a registry or property list is left to Qt.)"""
     settings = QSettings()
     native = settings.format() == QSettings.Format.NativeFormat
     if settings.format() != QSettings.Format.IniFormat and not (
