@@ -6,17 +6,20 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import shutil
 from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 from PySide6.QtCore import QByteArray, QDateTime, QSettings
 
+from workbench.core.catalog import DEFAULT_MODEL
 from workbench.core.errors import WorkbenchError
 from workbench.core.generation import SamplingSettings
 from workbench.core.history import HistoryEntry, add_entry, load_history, save_history
 from workbench.core.session import FORMAT, VERSION, load_session, settings_from_data
-from workbench.ui.launch import make_application
+from workbench.ui.launch import make_application, use_fresh_state
 from workbench.ui.main_window import MainWindow
 from workbench.ui.state import clean_settings_file, stored_objects
 
@@ -113,6 +116,26 @@ def test_the_app_saves_its_state_in_ini_files_on_every_system(qapp):
         assert QSettings().format() == QSettings.Format.IniFormat
     finally:
         QSettings.setDefaultFormat(QSettings.Format.IniFormat)
+
+
+def test_screenshots_start_from_a_new_users_state(qtbot, sandbox, monkeypatch):
+    """``--screenshot`` shows the app as a new user first sees it: the default model and
+    empty settings, whatever this user saved; and it leaves the user's settings alone."""
+    monkeypatch.setenv("LMWB_DATA_DIR", os.environ["LMWB_DATA_DIR"])  # restored after
+    QSettings().setValue("model/last", "someone/another-model")
+    QSettings().sync()
+    folder = use_fresh_state()
+    try:
+        window = MainWindow(autoload=False)
+        qtbot.addWidget(window)
+        assert window.picker.reference() == DEFAULT_MODEL
+        assert Path(QSettings().fileName()).is_relative_to(folder)
+        assert Path(os.environ["LMWB_DATA_DIR"]).is_relative_to(folder)
+    finally:
+        QSettings.setPath(QSettings.Format.IniFormat, QSettings.Scope.UserScope,
+                          str(sandbox / "settings"))
+        shutil.rmtree(folder, ignore_errors=True)
+    assert QSettings().value("model/last") == "someone/another-model"
 
 
 @pytest.mark.parametrize("section, line, decoded", [

@@ -124,9 +124,31 @@ def _shoot(window, folder: Path, app, demo: bool, timeout_s: float, run_root: Pa
     return saved
 
 
+def use_fresh_state() -> Path:
+    """Point this process's saved state (settings, results history, remembered runs) at a
+    new empty folder, returned: screenshots show the app as a new user first sees it, with
+    the default model, whatever this user saved (model caches stay shared)."""
+    from PySide6.QtCore import QSettings
+
+    folder = Path(tempfile.mkdtemp(prefix="lmwb-fresh-state-"))
+    QSettings.setPath(QSettings.Format.IniFormat, QSettings.Scope.UserScope,
+                      str(folder / "settings"))
+    os.environ["LMWB_DATA_DIR"] = str(folder / "data")
+    return folder
+
+
 def run_gui(args: argparse.Namespace) -> int:
     prepare_environment(offscreen=bool(args.screenshot or args.startup_probe))
     app = make_application()
+    fresh = use_fresh_state() if args.screenshot else None
+    try:
+        return _run_window(app, args)
+    finally:
+        if fresh is not None:
+            shutil.rmtree(fresh, ignore_errors=True)
+
+
+def _run_window(app, args: argparse.Namespace) -> int:
     from PySide6.QtCore import QTimer
 
     from workbench.ui.main_window import MainWindow
