@@ -182,6 +182,20 @@ CHEAP = [
      "--text-column is empty"),
     (("bench", "--only", ","), "--only names nothing"),
     (("bench", "--only", ""), "--only names nothing"),
+    # a number that starts with '-' but does not look like -1 or -.5 reaches the checks
+    # (argparse alone takes it for an option: "expected one argument")
+    ((*GEN, "--top-p", "-inf"), "Top-p must be a finite number"),
+    ((*GEN, "--temperature", "-1e-3"), "Temperature must be 0 (greedy) or above"),
+    ((*GEN, "--temp", "-inf"), "Temperature must be a finite number"),  # an abbreviation
+    ((*GEN, "--typical-p", "-nan"), "Typical-p must be a finite number"),
+    ((*GEN, "--top-p", "-x"), "argument --top-p: invalid float value: '-x'"),
+    ((*GEN, "--max-new-tokens", "-1e3"), "argument --max-new-tokens: invalid int value: '-1e3'"),
+    ((*GEN, "--temperature", "--json"), "argument --temperature: expected one argument"),
+    ((*PPL, "--stride", "-1e3"), "argument --stride: invalid int value: '-1e3'"),
+    (("monitor", "{folder}", "--smoothing", "-inf"), "--smoothing takes a weight in [0, 1), not -inf"),
+    (("finetune", "--task", "lm", "--train", "{good}", "--output", "{out}", "--learning-rate",
+      "-inf"), "Learning rate, epochs, weight decay, validation split and LoRA alpha and dropout "
+               "must be finite numbers"),
     # the window's own options: refused before any window opens
     (("--device", "tpu"), "Unknown device 'tpu'"),
     (("--model", ""), "--model is empty"),
@@ -198,6 +212,43 @@ def test_bad_arguments_give_one_error_line(args, fragment, files):
 
 def test_the_corpus_covers_enough_cases():
     assert len(CHEAP) >= 40
+
+
+def test_every_number_option_takes_a_value_that_starts_with_a_minus():
+    """``--OPTION -inf`` (a float) or ``--OPTION -1e3`` (an int) reaches the option's type and
+    the command's checks, for every number option of every command."""
+    import argparse
+    import contextlib
+    import io
+
+    from workbench.cli import build_parser
+
+    def parsers(parser):
+        yield parser
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub in action.choices.values():
+                    yield from parsers(sub)
+
+    checked = []
+    for parser in parsers(build_parser()):
+        for action in parser._actions:
+            if action.type not in (int, float) or not action.option_strings:
+                continue
+            option, value = action.option_strings[-1], "-inf" if action.type is float else "-1e3"
+            with contextlib.redirect_stderr(io.StringIO()) as err:
+                try:
+                    namespace, _ = parser.parse_known_args([option, value])
+                except SystemExit:
+                    namespace = None
+            message = err.getvalue()
+            if action.type is int:
+                assert f"argument {option}: invalid int value: '-1e3'" in message, message
+            else:  # accepted (a command's required options may be missing)
+                assert option not in message, message
+                assert namespace is None or getattr(namespace, action.dest) == float("-inf")
+            checked.append(f"{parser.prog} {option}")
+    assert len(checked) >= 30, checked
 
 
 # --- cases that need the model's configuration ----------------------------------------------------

@@ -144,11 +144,12 @@ def test_reading_files(tmp_path):
     assert read_lines(good) == ["one", "two"]
     binary = tmp_path / "b.txt"
     binary.write_bytes(b"ok\n\xff\xfe bad")
-    with pytest.raises(WorkbenchError, match="not UTF-8 text \\(byte 0xff at position 3\\)"):
+    with pytest.raises(WorkbenchError, match="not UTF-8 text \\(the byte 0xff on line 2 cannot "
+                                             "be decoded\\)"):
         read_text(binary)
     empty = tmp_path / "c.txt"
     empty.write_text("  \n")
     with pytest.raises(WorkbenchError, match="is empty"):
         read_text(empty)
-    with pytest.raises(WorkbenchError, match="File not found"):
+    with pytest.raises(WorkbenchError, match="missing.txt: no such file"):
         read_text(tmp_path / "missing.txt")

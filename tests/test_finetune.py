@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from transformers import AutoConfig
 
 from workbench.core.errors import WorkbenchError
 from workbench.core.finetune import (
@@ -80,6 +81,25 @@ def test_classification_run_writes_a_complete_run_folder(tmp_path, tiny):
     assert [r["tokens"] for r in timed] == [e.tokens for e in logs if e.loss is not None]
     assert all(b["seconds"] > a["seconds"] for a, b in zip(timed, timed[1:], strict=False))
     assert snap.latest("loss") == pytest.approx([e.loss for e in logs if e.loss][-1])
+
+
+@pytest.mark.parametrize("labels, new_head", [(("good", "bad", "meh"), True),
+                                                (("good", "bad"), False)])
+def test_a_trained_classifier_trains_again_on_other_labels(tmp_path, tiny, labels, new_head):
+    """A classifier fine-tuned on two labels is fine-tuned again on three: a new head, said
+    in the log (transformers refused the mismatched sizes with a RuntimeError); on the same
+    labels its head is kept."""
+    first = run_finetune(config(tmp_path / "first", tiny, max_steps=2))
+    events = []
+    cfg = config(tmp_path / "second", tiny, model=first.final_model, max_steps=2,
+                 train_file=sentiment_csv(tmp_path / "three.csv", labels=labels))
+    result = run_finetune(cfg, JobContext(emit=events.append))
+    saved = AutoConfig.from_pretrained(result.final_model)
+    assert [saved.id2label[i] for i in range(len(labels))] == sorted(labels)
+    notes = [e.message for e in events if isinstance(e, LogLine) and "new head" in e.message]
+    assert len(notes) == (1 if new_head else 0)
+    if new_head:
+        assert "bad, good;" in notes[0] and "bad, good, meh" in notes[0]
 
 
 def test_lm_run_with_probes(tmp_path, tiny):

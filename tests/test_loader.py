@@ -120,3 +120,20 @@ def test_corrupt_gguf_gives_one_clear_message(tmp_path):
     from workbench.core.gguf_convert import cached_conversion
 
     assert cached_conversion(bad) is None  # nothing half-written counts as converted
+
+
+def test_require_says_what_the_model_is_and_what_the_job_needs(tiny):
+    from workbench.core.catalog import CAUSAL_LM, CLASSIFIER
+
+    bert, gpt2 = load_model(str(tiny("bert"))), load_model(str(tiny("gpt2")))
+    gpt2.require(CAUSAL_LM, "generation")  # the right kind: nothing to say
+    with pytest.raises(WorkbenchError) as error:
+        bert.require(CAUSAL_LM, "perplexity")
+    assert str(error.value) == (f"{bert.name} is an encoder model without a causal language-"
+                                "modelling head: perplexity needs a causal language model (a "
+                                "decoder such as SmolLM2-135M-Instruct).")
+    with pytest.raises(WorkbenchError) as error:
+        gpt2.require(CLASSIFIER, "classifier evaluation")
+    assert str(error.value).startswith(f"{gpt2.name} is a causal-lm model, not a classifier: "
+                                       "classifier evaluation needs a model fine-tuned for "
+                                       "classification")

@@ -205,8 +205,7 @@ def logit_lens(loaded: Any, text: str, max_tokens: int | None = DEFAULT_MAX_TOKE
 
     from workbench.core.catalog import CAUSAL_LM
 
-    if loaded.task != CAUSAL_LM:
-        raise WorkbenchError("The logit lens needs a decoder (causal language model).")
+    loaded.require(CAUSAL_LM, "the logit lens")
     check_token_cap(max_tokens, "The number of tokens analysed", 1)
     if not text.strip():
         raise WorkbenchError("The text is empty.")

@@ -98,13 +98,10 @@ def evaluate_classifier(loaded: Any, path: str | Path, text_column: str = "text"
     import torch
 
     from workbench.core.catalog import CLASSIFIER
-    from workbench.core.finetune import read_rows
+    from workbench.core.data_files import read_rows
 
     ctx = ctx or JobContext()
-    if loaded.task != CLASSIFIER:
-        raise WorkbenchError(f"{loaded.name} is a {loaded.task} model, not a classifier: load "
-                             "a model fine-tuned for classification (Fine-tune tab, task "
-                             "classify).")
+    loaded.require(CLASSIFIER, "classifier evaluation")
     rows = read_rows(path, text_column, label_column)
     known = model_labels(loaded)
     true = [str(label).strip() for _, label in rows]

@@ -14,73 +14,15 @@ import itertools
 import math
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
+# the file readers live in data_files; these two names stay importable from here
+from workbench.core.data_files import read_lines as read_lines
+from workbench.core.data_files import read_text as read_text
 from workbench.core.errors import WorkbenchError
 from workbench.core.jobs import JobContext
 
 LN2 = math.log(2.0)
-
-
-def _read_bytes(path: Path) -> bytes:
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        raise WorkbenchError(f"File not found: {path}") from None
-    except IsADirectoryError:
-        raise WorkbenchError(f"{path} is a folder, not a text file.") from None
-    except OSError as exc:
-        raise WorkbenchError(f"Cannot read {path}: {exc.strerror or exc}") from None
-
-
-def _decode(path: Path, data: bytes, encoding: str) -> str:
-    try:
-        return data.decode(encoding)
-    except UnicodeDecodeError as exc:
-        raise WorkbenchError(f"{path} is not UTF-8 text (byte 0x{data[exc.start]:02x} at "
-                             f"position {exc.start}).") from None
-
-
-def universal_newlines(text: str) -> str:
-    """``\\r\\n`` and a lone ``\\r`` as ``\\n``, as Python's ``open()`` reads text by default:
-    a file saved with Windows (or old Mac) line endings gives the same text."""
-    return text.replace("\r\n", "\n").replace("\r", "\n")
-
-
-def read_text(path: str | Path) -> str:
-    """A UTF-8 text file's content with universal newlines and without a byte-order mark;
-    one clear message for missing, binary or empty files."""
-    path = Path(path)
-    text = universal_newlines(_decode(path, _read_bytes(path), "utf-8-sig"))
-    if not text.strip():
-        raise WorkbenchError(f"{path} is empty.")
-    return text
-
-
-def read_lines(path: str | Path) -> list[str]:
-    """The segments of a hypothesis or reference file, read exactly as sacrebleu's command
-    line reads them (``utils.smart_open``: UTF-8 with ``newline="\\n"``, gzip for ``.gz``;
-    then ``line.rstrip()``): lines end at ``\\n`` only, a last line without one counts, an
-    empty last line (a blank line before the end) is a segment, each segment loses its
-    trailing whitespace (so ``\\r`` of Windows line endings too), and a byte-order mark stays
-    part of the first segment, as sacrebleu scores it."""
-    path = Path(path)
-    data = _read_bytes(path)
-    if path.name.endswith(".gz"):
-        import gzip
-        import zlib
-
-        try:
-            data = gzip.decompress(data)
-        except (OSError, EOFError, zlib.error) as exc:
-            raise WorkbenchError(f"{path} is not a readable gzip file ({exc}).") from None
-    lines = _decode(path, data, "utf-8").split("\n")
-    if lines[-1] == "":  # the newline that ends the last line starts no segment
-        lines.pop()
-    if not lines:
-        raise WorkbenchError(f"{path} is empty.")
-    return [line.rstrip() for line in lines]
 
 
 @dataclass
@@ -138,9 +80,7 @@ def perplexity(loaded: Any, text: str, max_length: int | None = None, stride: in
     from workbench.core.generation import context_length
 
     ctx = ctx or JobContext()
-    if loaded.task != CAUSAL_LM:
-        raise WorkbenchError(f"{loaded.name} is a {loaded.task} model without a language-"
-                             "modelling head: perplexity needs a causal language model.")
+    loaded.require(CAUSAL_LM, "perplexity")
     context = context_length(loaded.model) or 1024
     max_length = max_length or context
     if max_length < 2:
@@ -215,7 +155,16 @@ def make_metric(name: str, tokenize: str | None = None, lowercase: bool = False)
     from sacrebleu.metrics import BLEU, CHRF, TER
 
     if name == "bleu":
-        return BLEU(tokenize=tokenize, lowercase=lowercase)
+        _fetch_tokenizer_model(tokenize)
+        try:
+            return BLEU(tokenize=tokenize, lowercase=lowercase)
+        except (ImportError, RuntimeError, OSError) as exc:  # a tokenizer's extra package
+            extra = {"ja-mecab": "ja", "ko-mecab": "ko"}.get(tokenize or "")
+            if extra:
+                raise WorkbenchError(f"The BLEU tokenizer {tokenize} needs packages that are "
+                                     f"not installed: pip install 'sacrebleu[{extra}]'.") from None
+            raise WorkbenchError(f"The BLEU tokenizer {tokenize} cannot be used: "
+                                 f"{str(exc).strip().splitlines()[0]}") from None
     if name == "chrf":
         return CHRF(lowercase=lowercase)
     if name == "chrf++":
@@ -223,6 +172,44 @@ def make_metric(name: str, tokenize: str | None = None, lowercase: bool = False)
     if name == "ter":
         return TER()  # sacrebleu's default: case-insensitive, as its signature says
     raise WorkbenchError(f"Unknown metric '{name}': use {', '.join(METRIC_NAMES)}.")
+
+
+def _fetch_tokenizer_model(tokenize: str | None, timeout: float = 20.0) -> None:
+    """The SentencePiece model a flores / spm tokenizer needs, downloaded where sacrebleu
+    looks for it when it is not there yet, with a timeout (sacrebleu's own download has
+    none, so a stalled connection would hold the worker) and never when offline is forced.
+    Raises WorkbenchError."""
+    import os
+    import urllib.request
+
+    from sacrebleu.tokenizers.tokenizer_spm import SPM_MODELS
+    from sacrebleu.utils import SACREBLEU_DIR
+
+    if tokenize not in SPM_MODELS:
+        return
+    url = SPM_MODELS[tokenize]["url"]
+    path = os.path.join(SACREBLEU_DIR, "models", os.path.basename(url))
+    if os.path.exists(path):
+        return
+    from workbench.core.offline import offline_forced
+
+    advice = "use it once online, or choose another tokenizer"
+    if offline_forced():
+        raise WorkbenchError(f"The BLEU tokenizer {tokenize} needs its SentencePiece model, "
+                             f"which is not in {os.path.dirname(path)} and cannot be "
+                             f"downloaded offline: {advice}.")
+    from workbench.core.files import write_atomically
+
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 (https)
+            data = response.read()
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        write_atomically(path, data)
+    except OSError as exc:
+        reason = getattr(exc, "reason", None) or exc.strerror or exc
+        raise WorkbenchError(f"The BLEU tokenizer {tokenize} needs its SentencePiece model, "
+                             f"which sacrebleu downloads on first use; the download failed "
+                             f"({reason}): {advice}.") from None
 
 
 @dataclass

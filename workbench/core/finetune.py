@@ -16,9 +16,7 @@ disk that fills during a run never leaves a half-written folder that looks finis
 
 from __future__ import annotations
 
-import csv
 import errno
-import io
 import json
 import math
 import os
@@ -28,9 +26,9 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from workbench.core.data_files import read_rows, read_texts
 from workbench.core.errors import WorkbenchError
-from workbench.core.evaluation import read_text
-from workbench.core.files import write_atomically
+from workbench.core.files import check_writable, write_atomically
 from workbench.core.jobs import JobContext
 from workbench.core.training_process import (
     ADAPTER_DIR,
@@ -53,7 +51,7 @@ from workbench.core.training_process import (
 
 __all__ = ["ADAPTER_DIR", "FINAL_DIR", "METRICS_FILE", "RUN_FILE", "FinetuneConfig",
            "RunResult", "TrainLog", "ProbeText", "checkpoint_complete", "latest_checkpoint",
-           "run_finetune"]
+           "read_rows", "read_texts", "run_finetune"]  # the readers live in data_files
 
 
 @dataclass
@@ -172,124 +170,6 @@ def split_names(text: str) -> list[str]:
 
 
 # --- data ---------------------------------------------------------------------------------
-def read_texts(path: str | Path, text_column: str = "text") -> list[str]:
-    """Training texts: paragraphs of a .txt file, or a text field of .jsonl / .csv / .tsv."""
-    path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix in (".csv", ".tsv", ".jsonl"):
-        return [row[0] for row in read_rows(path, text_column, None)]
-    content = read_text(path)  # universal newlines: \r\n\r\n separates paragraphs too
-    paragraphs = [p.strip() for p in content.split("\n\n") if p.strip()]
-    return paragraphs or [content]
-
-
-def _label_value(value: Any) -> str | None:
-    """A JSON label as text: a string, a number or a boolean; None for anything else."""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, int | float) and math.isfinite(value):  # bool is an int
-        return str(value)
-    return None
-
-
-def _read_jsonl(path: Path, content: str, text_column: str, label_column: str | None
-                ) -> list[tuple[int, str, str | None]]:
-    rows = []
-    # split at newlines only: str.splitlines() would also cut at U+2028 and other
-    # separators that a JSON string may hold as they are
-    for number, line in enumerate(content.split("\n"), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise WorkbenchError(f"{path.name} line {number} is not JSON: {exc.msg}.") from None
-        if not isinstance(record, dict) or text_column not in record:
-            raise WorkbenchError(f"{path.name} line {number} has no '{text_column}' field.")
-        text = record[text_column]
-        if not isinstance(text, str):
-            raise WorkbenchError(f"{path.name} line {number}: '{text_column}' is "
-                                 f"{_json_kind(text)}, not a string.")
-        label = None
-        if label_column is not None:
-            if label_column not in record:
-                raise WorkbenchError(f"{path.name} line {number} has no '{label_column}' field.")
-            label = _label_value(record[label_column])
-            if label is None:
-                raise WorkbenchError(f"{path.name} line {number}: '{label_column}' is "
-                                     f"{_json_kind(record[label_column])}, not a label (a "
-                                     "string or a number).")
-        rows.append((number, text, label))
-    return rows
-
-
-def _json_kind(value: Any) -> str:
-    if value is None:
-        return "null"
-    return {bool: "a boolean", int: "a number", float: "a number", list: "a list",
-            dict: "an object"}.get(type(value), type(value).__name__)
-
-
-def _read_table(path: Path, content: str, text_column: str, label_column: str | None
-                ) -> list[tuple[int, str, str | None]]:
-    delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
-    reader = csv.reader(io.StringIO(content, newline=""), delimiter=delimiter)
-    kind, name = ("TSV", "tab") if delimiter == "\t" else ("CSV", "comma")
-    line = 1  # where the next record starts
-    try:
-        columns = next(reader, [])
-        while not columns and reader.line_num:  # blank lines before the header
-            line = reader.line_num + 1
-            columns = next(reader, [])
-        for wanted in (text_column, label_column):
-            if wanted is not None and wanted not in columns:
-                raise WorkbenchError(f"{path.name} has no column '{wanted}' (its columns: "
-                                     f"{', '.join(columns) or 'none'}).")
-        text_at = columns.index(text_column)
-        label_at = None if label_column is None else columns.index(label_column)
-        rows = []
-        line = reader.line_num + 1
-        for fields in reader:
-            if fields:  # a blank line is no row
-                if len(fields) != len(columns):
-                    missing = len(fields) < len(columns)
-                    spans = (f" (the row runs to line {reader.line_num}: is a quote left "
-                             "open?)" if reader.line_num > line else "")
-                    raise WorkbenchError(
-                        f"{path.name} line {line} has {len(fields)} field(s) but the header "
-                        f"has {len(columns)}: " + (
-                            f"a field is missing (each row needs {', '.join(columns)}){spans}."
-                            if missing else f"quote a text that holds a {name}{spans}."))
-                label = None if label_at is None else fields[label_at]
-                if label is not None and not label.strip() and fields[text_at].strip():
-                    raise WorkbenchError(f"{path.name} line {line} has an empty "
-                                         f"'{label_column}'.")
-                rows.append((line, fields[text_at], label))
-            line = reader.line_num + 1
-    except csv.Error as exc:
-        raise WorkbenchError(f"{path.name} line {reader.line_num or line} is not valid "
-                             f"{kind}: {exc}.") from None
-    return rows
-
-
-def read_rows(path: str | Path, text_column: str, label_column: str | None
-              ) -> list[tuple[str, str | None]]:
-    """(text, label) rows of a .csv, .tsv or .jsonl file, with clear messages: a row with a
-    missing or an extra field, an empty label, or a JSON text that is not a string is refused
-    with its line number. Rows without text are left out."""
-    path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix not in (".csv", ".tsv", ".jsonl"):
-        raise WorkbenchError(f"{path.name}: labelled data must be .csv, .tsv or .jsonl.")
-    content = read_text(path)  # UTF-8 without a byte-order mark, universal newlines
-    read = _read_jsonl if suffix == ".jsonl" else _read_table
-    rows = [(t, lab) for _, t, lab in read(path, content, text_column, label_column)
-            if t.strip()]
-    if not rows:
-        raise WorkbenchError(f"{path.name} has no rows with text.")
-    return rows
-
-
 class _Encoded:
     """A list of feature dicts as a torch-style dataset."""
 
@@ -432,7 +312,25 @@ class RunResult:
     adapter: str | None = None  # the LoRA adapter folder, when the run trained one
 
 
-# --- the run ------------------------------------------------------------------------------
+def format_train_log(event: Any) -> str | None:
+    """One line of a run's output for a log row or a probe (the CLI and train.log)."""
+    if isinstance(event, TrainLog):
+        parts = [f"step {event.step}/{event.max_steps}"]
+        if event.loss is not None:
+            parts.append(f"loss {event.loss:.4f}")
+        if event.eval_loss is not None:
+            parts.append(f"eval_loss {event.eval_loss:.4f}")
+        if event.eval_accuracy is not None:
+            parts.append(f"accuracy {event.eval_accuracy:.3f}")
+        if event.learning_rate is not None:
+            parts.append(f"lr {event.learning_rate:.2e}")
+        return "  ".join(parts)
+    if isinstance(event, ProbeText):
+        return f"  probe @{event.step} {event.prompt!r} -> {event.text!r}"
+    return None
+
+
+# --- the run folder -----------------------------------------------------------------------
 def _existing_ancestor(folder: Path) -> Path:
     for parent in (folder, *folder.parents):
         if parent.exists():
@@ -468,8 +366,13 @@ def check_output_dir(config: FinetuneConfig, resume: bool) -> Path:
             raise WorkbenchError(f"{folder} holds a model, not a run: choose a new folder for "
                                  "the run (it would be mixed with the model's files).")
     parent = _existing_ancestor(folder)
-    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+    if not parent.is_dir():
         raise WorkbenchError(f"Cannot write to {folder}: {parent} is not a writable folder.")
+    try:  # os.access() says yes to root where every write fails (/sys): tried for real
+        check_writable(parent)
+    except OSError as exc:
+        raise WorkbenchError(f"Cannot write to {folder}: {parent} is not a writable folder "
+                             f"({exc.strerror or exc}).") from None
     return folder
 
 
@@ -517,6 +420,11 @@ def _keep_lines(path: Path, keep) -> None:
     write_atomically(path, "".join(kept))
 
 
+def _row_step(row: dict) -> float:
+    step = row.get("step")
+    return step if isinstance(step, (int, float)) and not isinstance(step, bool) else math.inf
+
+
 def _launch_time() -> float | None:
     try:
         return float(os.environ.get(LAUNCHED_ENV, ""))
@@ -529,18 +437,55 @@ def _is_main_process() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
-def _agree(flag: bool, device: Any) -> bool:
-    """``flag`` made the same in every process of a distributed run (any one wanting to
-    stop stops them all at the same step, or they would wait for each other forever)."""
-    import torch.distributed as dist
+@dataclass
+class RunFolder:
+    """The run folder as this process writes it: ``run.json``, the logs, ``status.json``."""
 
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return flag
-    import torch
+    path: Path
+    main: bool  # the process that writes the logs and the status (rank 0)
+    created: float  # when this process started: with the pid, tells it from a later one
+    since: float  # stop requests count from then
 
-    value = torch.tensor([int(flag)], device=device)
-    dist.all_reduce(value, op=dist.ReduceOp.MAX)
-    return bool(value.item())
+    @property
+    def metrics(self) -> Path:
+        return self.path / METRICS_FILE
+
+    @property
+    def probes(self) -> Path:
+        return self.path / PROBES_FILE
+
+    def start(self, config: FinetuneConfig, done: int, resume: bool) -> None:
+        """Create the folder and say the run is running, at step ``done``: a resumed run
+        logs again what was logged after its checkpoint; an earlier attempt that ended
+        before its first checkpoint leaves no logs behind."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        if not self.main:
+            return
+        if resume:
+            _keep_lines(self.metrics, lambda row: _row_step(row) <= done)
+            _keep_lines(self.probes, lambda row: _row_step(row) <= done)
+        else:
+            for leftover in (self.metrics, self.probes):
+                leftover.unlink(missing_ok=True)
+        save_config(config, self.path)
+        clear_stop_request(self.path, self.since)
+        write_status(self.path, RunStatus("running", os.getpid(), self.created, done))
+
+    def end(self, status: str, step: int, message: str = "", final: str | None = None) -> None:
+        """Say how the run ended (``finished``, ``stopped`` or ``failed``) and at which step."""
+        if self.main:
+            last = latest_checkpoint(self.path)
+            write_status(self.path, RunStatus(status, os.getpid(), self.created, step, message,
+                                              final, str(last) if last else None))
+
+    def stop_requested(self) -> bool:
+        return stop_requested(self.path, self.since)
+
+    @staticmethod
+    def append(path: Path, row: dict) -> None:
+        """One line of a JSON-lines log, written as training goes (others follow the file)."""
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
 
 
 def _weights_finite(checkpoint: Path) -> bool:
@@ -574,24 +519,7 @@ def _set_aside_nonfinite(folder: Path) -> tuple[list[str], Path | None]:
     return moved, None
 
 
-def format_train_log(event: Any) -> str | None:
-    """One line of a run's output for a log row or a probe (the CLI and train.log)."""
-    if isinstance(event, TrainLog):
-        parts = [f"step {event.step}/{event.max_steps}"]
-        if event.loss is not None:
-            parts.append(f"loss {event.loss:.4f}")
-        if event.eval_loss is not None:
-            parts.append(f"eval_loss {event.eval_loss:.4f}")
-        if event.eval_accuracy is not None:
-            parts.append(f"accuracy {event.eval_accuracy:.3f}")
-        if event.learning_rate is not None:
-            parts.append(f"lr {event.learning_rate:.2e}")
-        return "  ".join(parts)
-    if isinstance(event, ProbeText):
-        return f"  probe @{event.step} {event.prompt!r} -> {event.text!r}"
-    return None
-
-
+# --- the run ------------------------------------------------------------------------------
 def run_finetune(config: FinetuneConfig, ctx: JobContext | None = None, resume: bool = False,
                  loaded: Any = None) -> RunResult:
     """Train as ``config`` says (or resume the run in its folder) and return the outcome.
@@ -603,30 +531,15 @@ def run_finetune(config: FinetuneConfig, ctx: JobContext | None = None, resume: 
     limits. Everything is checked before anything is written.
     """
     import torch
-    from transformers import (
-        DataCollatorForLanguageModeling,
-        DataCollatorWithPadding,
-        Trainer,
-        TrainerCallback,
-        TrainingArguments,
-    )
 
-    from workbench.core.loader import LoadOptions, load_model, load_report_to_log, set_pad_token
+    from workbench.core.loader import LoadOptions, load_model
 
     ctx = ctx or JobContext()
     created = this_process_started()  # with the pid, tells this process from a later one
     # Stop requests count from when this run was launched (the window sets it, so a Stop
     # pressed while the process was still starting counts) or else from now.
     since = _launch_time() or time.time()
-    main = _is_main_process()
-    config.validate()
-    folder = check_output_dir(config, resume)
-    checkpoint = latest_checkpoint(folder) if resume else None
-    if resume:  # the saved run decides the data and model; the new limits come from config
-        saved = saved_config(folder)
-        saved.max_steps, saved.epochs = config.max_steps, config.epochs
-        saved.validate()
-        config = saved
+    config, folder, checkpoint = checked_config(config, resume)
     ctx.progress("Loading the model…", None)
     if loaded is None or loaded.reference != config.model:
         loaded = load_model(config.model, LoadOptions(
@@ -638,72 +551,222 @@ def run_finetune(config: FinetuneConfig, ctx: JobContext | None = None, resume: 
     ctx.progress("Reading the data…", None)
     data = prepare_data(config, tokenizer)
     ctx.log(data.summary)
-    with load_report_to_log(ctx):  # transformers' LOAD REPORT table to the log, one note
-        model = _model_for(config, loaded, data.labels)
-    positions = getattr(model.config, "max_position_embeddings", None)
-    if isinstance(positions, int) and 0 < positions < config.max_length:
-        raise WorkbenchError(f"The maximum length {config.max_length} is beyond what "
-                             f"{loaded.name} can take ({positions} positions): use at most "
-                             f"{positions}.")
-    if config.task == "classify":
-        note = set_pad_token(tokenizer, model)  # end-of-text as pad, as transformers' examples
-        if note:
-            ctx.log(note)
-    if config.lora:
-        torch.manual_seed(config.seed)  # the adapter's initial weights follow the run's seed
-        model, note = _with_lora(model, config)
-        ctx.log(note)
+    model = _model_to_train(config, loaded, data, ctx)
     check_free_space(_existing_ancestor(folder), model,
                      _checkpoint_count(config, len(data.train)), config.lora, ctx)
-    metrics_path = folder / METRICS_FILE
-    probes_path = folder / PROBES_FILE
-    started = time.perf_counter()
-    state: dict[str, Any] = {"nan": None, "stop": False}
+    run = RunFolder(folder, _is_main_process(), created, since)
+    events = _training_callback(config, run, tokenizer, ctx)
+    trainer = _build_trainer(config, folder, model, tokenizer, data, loaded.device == "cpu",
+                             events)
+    done, target = _steps(trainer, folder, checkpoint)
+    # At its limit without a final model (the disk filled while saving it, or a new limit
+    # at the step reached): nothing to train, the final model is saved from the checkpoint.
+    finish_only = checkpoint is not None and done == target
 
-    def stop_wanted() -> bool:
-        return ctx.cancel.cancelled or stop_requested(folder, since)
+    # --- everything is checked: from here on the run folder is written -----------------------
+    run.start(config, done, resume)
+    torch.manual_seed(config.seed)
+    try:
+        if finish_only:
+            ctx.log(f"The run is at step {done} of {target}: nothing to train; the final "
+                    f"model is saved from {checkpoint.name}.")
+        training_loss = _train(trainer, folder, checkpoint, done, finish_only)
+        step = trainer.state.global_step
+        if events.nan_step is not None:
+            raise _nonfinite_error(folder, events.nan_step, run.main)
+        if events.stopped:  # the callback set should_save with should_training_stop: it exists
+            last = latest_checkpoint(folder)
+            message = f"Stopped at step {step}; checkpoint {last.name if last else '-'} saved."
+            ctx.log(message)
+            run.end("stopped", step, message)
+            return RunResult(str(folder), None, step, True, str(last) if last else None,
+                             training_loss, data.summary)
+        ctx.progress("Saving the final model…", None)
+        final, adapter = _save_final(trainer, tokenizer, config, folder)
+        summary = data.summary
+        if adapter is not None:
+            summary += (f"; LoRA: the adapter is in {ADAPTER_DIR}/ and merged into the base "
+                        f"weights in {FINAL_DIR}/")
+            ctx.log(f"LoRA adapter saved in {adapter}; {final} holds the base model with the "
+                    "adapter merged in.")
+        last = latest_checkpoint(folder)
+        run.end("finished", step, f"Finished at step {step}.", str(final))
+        return RunResult(str(folder), str(final), step, False, str(last) if last else None,
+                         training_loss, summary, str(adapter) if adapter else None)
+    except BaseException as exc:
+        reason = "Interrupted." if isinstance(exc, KeyboardInterrupt) else \
+            str(exc) or type(exc).__name__
+        run.end("failed", trainer.state.global_step, reason)
+        raise
 
-    class Stream(TrainerCallback):
-        """Log rows to the app and to metrics.jsonl; carry Stop; stop on NaN; probes."""
 
-        def on_log(self, args, st, control, logs=None, **kwargs):
-            logs = logs or {}
-            row = TrainLog(
-                step=st.global_step, max_steps=st.max_steps, epoch=float(st.epoch or 0),
-                loss=logs.get("loss"), eval_loss=logs.get("eval_loss"),
-                eval_accuracy=logs.get("eval_accuracy"), learning_rate=logs.get("learning_rate"),
-                grad_norm=logs.get("grad_norm"),
-                samples_per_second=logs.get("train_samples_per_second"),
-                seconds=time.perf_counter() - started,
-                tokens=logs.get("num_input_tokens_seen"))
-            if row.loss is None and row.eval_loss is None:
-                return
-            if st.is_world_process_zero:
-                with open(metrics_path, "a", encoding="utf-8") as f:
-                    # without the fields this row lacks: a run of 400,000 steps reads faster
-                    f.write(json.dumps({k: v for k, v in asdict(row).items()
-                                        if v is not None}) + "\n")
-                ctx.emit(row)
-            self.on_step_end(args, st, control, probe=False)  # the log comes after it
-            for value in (row.loss, row.eval_loss):
-                if value is not None and not math.isfinite(value):
-                    state["nan"] = st.global_step
-                    control.should_training_stop = True
+def checked_config(config: FinetuneConfig, resume: bool
+                   ) -> tuple[FinetuneConfig, Path, Path | None]:
+    """The configuration a run follows, its folder, and the checkpoint it resumes from,
+    checked without writing anything. On resume the saved run decides the data and model,
+    and ``config``'s ``max_steps`` and ``epochs`` are the new limits."""
+    config.validate()
+    folder = check_output_dir(config, resume)
+    if not resume:
+        return config, folder, None
+    checkpoint = latest_checkpoint(folder)
+    saved = saved_config(folder)
+    saved.max_steps, saved.epochs = config.max_steps, config.epochs
+    saved.validate()
+    return saved, folder, checkpoint
 
-        def on_step_end(self, args, st, control, probe=True, **kwargs):
-            ctx.progress(f"Step {st.global_step} of {st.max_steps}",
-                         st.global_step / max(st.max_steps, 1))
-            if not state["stop"] and _agree(stop_wanted(), args.device):
-                state["stop"] = True
-                control.should_save = True  # Stop keeps everything: a checkpoint first
+
+def _steps(trainer: Any, folder: Path, checkpoint: Path | None) -> tuple[int, int]:
+    """The step the run starts from and the step it ends at (as the Trainer computes it from
+    the limits and the data); refused when a resumed run has nothing left to train."""
+    target = trainer.set_initial_training_values(trainer.args,
+                                                 trainer.get_train_dataloader())[-1]
+    done = _checkpoint_step(checkpoint) if checkpoint else 0
+    if checkpoint and (done > target or done == target and (folder / FINAL_DIR).is_dir()):
+        finished = " and finished" if (folder / FINAL_DIR).is_dir() else ""
+        raise WorkbenchError(
+            f"The run in {folder} already reached step {done}{finished}; with these limits it "
+            f"would end at step {target}: nothing to train. Give more steps or epochs to train "
+            "further.")
+    return done, target
+
+
+def _train(trainer: Any, folder: Path, checkpoint: Path | None, done: int,
+           finish_only: bool) -> float | None:
+    """Train from ``checkpoint`` (or from the start), or only load the checkpoint when the
+    run is already at its limit; returns the training loss. A full disk becomes one error
+    that says what to do, after the checkpoint it cut short is removed."""
+    try:
+        if finish_only:
+            trainer._load_from_checkpoint(str(checkpoint))  # what train() would load
+            trainer.state.global_step = done
+            return None
+        output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        return output.training_loss
+    except Exception as exc:
+        if not _is_disk_full(exc, folder):
+            raise
+        removed = _drop_incomplete_checkpoints(folder)
+        what = removed[-1] if removed else f"the run's logs at step {trainer.state.global_step}"
+        raise _disk_full_error(folder, what, removed) from exc
+
+
+def _nonfinite_error(folder: Path, step: int, main: bool) -> WorkbenchError:
+    """The error of a run whose loss became NaN or infinite at ``step``; the checkpoints with
+    non-finite weights are set aside first (by the main process)."""
+    moved, finite = _set_aside_nonfinite(folder) if main else ([], None)
+    aside = f" ({', '.join(moved)} had non-finite weights and {'are' if len(moved) > 1 else 'is'} " \
+        "kept under that name, never resumed)" if moved else ""
+    where = f"resume from {finite.name}, the last checkpoint whose weights are all " \
+        f"finite{aside}" if finite else f"no checkpoint has finite weights{aside}: " \
+        "start again in a new folder"
+    return WorkbenchError(f"The loss became NaN or infinite at step {step}: the run stopped. "
+                          f"Lower the learning rate; {where}.")
+
+
+def _save_final(trainer: Any, tokenizer: Any, config: FinetuneConfig, folder: Path
+                ) -> tuple[Path, Path | None]:
+    """Save ``final/`` (and, with LoRA, ``adapter/``, the adapter merged into ``final/``),
+    each whole or not at all; returns both folders."""
+    final = folder / FINAL_DIR
+    adapter = folder / ADAPTER_DIR if config.lora else None
+    try:
+        if not trainer.args.should_save:
+            pass  # one process writes (under accelerate launch)
+        elif adapter is None:
+            _save_whole(final, lambda out: (trainer.save_model(out),
+                                            tokenizer.save_pretrained(out)))
+        else:
+            peft_model = trainer.model
+            _save_whole(adapter, peft_model.save_pretrained)
+            merged = peft_model.merge_and_unload()  # plain weights: every tab loads them
+            _save_whole(final, lambda out: (merged.save_pretrained(out),
+                                            tokenizer.save_pretrained(out)))
+    except Exception as exc:
+        if not _is_disk_full(exc, folder):
+            raise
+        raise _disk_full_error(folder, "the final model", []) from exc
+    return final, adapter
+
+
+# --- the trainer ----------------------------------------------------------------------------
+class TrainingEvents:
+    """What a run does when the Trainer logs a row or ends a step: rows go to the job and to
+    ``metrics.jsonl``, probes to ``probes.jsonl``; Stop (the job's cancel token or a stop
+    request in the run folder) saves a checkpoint and stops; a NaN or infinite loss stops.
+
+    A transformers ``TrainerCallback`` once :func:`_training_callback` mixes it in
+    (transformers is imported only when a run starts)."""
+
+    def __init__(self, config: FinetuneConfig, run: RunFolder, tokenizer: Any,
+                 ctx: JobContext) -> None:
+        self.config, self.run, self.tokenizer, self.ctx = config, run, tokenizer, ctx
+        self.started = time.perf_counter()
+        self.nan_step: int | None = None  # the step whose loss was NaN or infinite
+        self.stopped = False  # Stop was seen: a checkpoint is saved and training ends
+
+    def stop_wanted(self) -> bool:
+        return self.ctx.cancel.cancelled or self.run.stop_requested()
+
+    def on_log(self, args, st, control, logs=None, **kwargs):
+        logs = logs or {}
+        row = TrainLog(
+            step=st.global_step, max_steps=st.max_steps, epoch=float(st.epoch or 0),
+            loss=logs.get("loss"), eval_loss=logs.get("eval_loss"),
+            eval_accuracy=logs.get("eval_accuracy"), learning_rate=logs.get("learning_rate"),
+            grad_norm=logs.get("grad_norm"),
+            samples_per_second=logs.get("train_samples_per_second"),
+            seconds=time.perf_counter() - self.started,
+            tokens=logs.get("num_input_tokens_seen"))
+        if row.loss is None and row.eval_loss is None:
+            return
+        if st.is_world_process_zero:
+            # without the fields this row lacks: a run of 400,000 steps reads faster
+            self.run.append(self.run.metrics, {k: v for k, v in asdict(row).items()
+                                               if v is not None})
+            self.ctx.emit(row)
+        self.on_step_end(args, st, control, probe=False)  # the log comes after it
+        for value in (row.loss, row.eval_loss):
+            if value is not None and not math.isfinite(value):
+                self.nan_step = st.global_step
                 control.should_training_stop = True
-            if (probe and config.task == "lm" and config.probe_every and config.probe_prompts
-                    and st.global_step % config.probe_every == 0 and st.is_world_process_zero):
-                for prompt, text in _probe(kwargs["model"], tokenizer, config.probe_prompts):
-                    probe = ProbeText(st.global_step, prompt, text)
-                    with open(probes_path, "a", encoding="utf-8") as f:
-                        f.write(json.dumps(asdict(probe)) + "\n")
-                    ctx.emit(probe)
+
+    def on_step_end(self, args, st, control, probe=True, **kwargs):
+        config = self.config
+        self.ctx.progress(f"Step {st.global_step} of {st.max_steps}",
+                          st.global_step / max(st.max_steps, 1))
+        if not self.stopped and _agree(self.stop_wanted(), args.device):
+            self.stopped = True
+            control.should_save = True  # Stop keeps everything: a checkpoint first
+            control.should_training_stop = True
+        if (probe and config.task == "lm" and config.probe_every and config.probe_prompts
+                and st.global_step % config.probe_every == 0 and st.is_world_process_zero):
+            for prompt, text in _probe(kwargs["model"], self.tokenizer, config.probe_prompts):
+                probe_text = ProbeText(st.global_step, prompt, text)
+                self.run.append(self.run.probes, asdict(probe_text))
+                self.ctx.emit(probe_text)
+
+
+def _training_callback(config: FinetuneConfig, run: RunFolder, tokenizer: Any,
+                       ctx: JobContext) -> TrainingEvents:
+    """:class:`TrainingEvents` as a transformers ``TrainerCallback``."""
+    from transformers import TrainerCallback
+
+    callback = type("TrainingCallback", (TrainingEvents, TrainerCallback), {})
+    return callback(config, run, tokenizer, ctx)
+
+
+def _build_trainer(config: FinetuneConfig, folder: Path, model: Any, tokenizer: Any,
+                   data: PreparedData, use_cpu: bool, callback: Any) -> Any:
+    """transformers' Trainer for the run: its arguments from ``config``, the collator of the
+    task, ``callback`` instead of its own progress printing."""
+    from transformers import (
+        DataCollatorForLanguageModeling,
+        DataCollatorWithPadding,
+        Trainer,
+        TrainingArguments,
+    )
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
     args = TrainingArguments(
         output_dir=str(folder), learning_rate=config.learning_rate,
@@ -716,7 +779,7 @@ def run_finetune(config: FinetuneConfig, ctx: JobContext | None = None, resume: 
         eval_strategy="steps" if data.validation is not None else "no",
         eval_steps=config.eval_steps, save_strategy="steps", save_steps=config.save_steps,
         report_to=["tensorboard"] if _has_tensorboard() else [], disable_tqdm=True,
-        logging_nan_inf_filter=False, use_cpu=loaded.device == "cpu",
+        logging_nan_inf_filter=False, use_cpu=use_cpu,
         dataloader_num_workers=0,
         # Under accelerate launch with N processes, True multiplies each process's loss by N
         # (for token-exact gradients) and the logged losses came out N times too high;
@@ -728,118 +791,120 @@ def run_finetune(config: FinetuneConfig, ctx: JobContext | None = None, resume: 
     trainer = Trainer(model=model, args=args, train_dataset=data.train,
                       eval_dataset=data.validation, data_collator=collator,
                       compute_metrics=_accuracy if config.task == "classify" else None,
-                      callbacks=[Stream()])
-    from transformers.trainer_callback import PrinterCallback, ProgressCallback
-
+                      callbacks=[callback])
     for noisy in (PrinterCallback, ProgressCallback):  # the app reports progress itself
         trainer.remove_callback(noisy)
-    # How far the run goes, as the Trainer itself computes it from the limits and the data
-    target = trainer.set_initial_training_values(args, trainer.get_train_dataloader())[-1]
-    done = _checkpoint_step(checkpoint) if checkpoint else 0
-    if checkpoint and (done > target or done == target and (folder / FINAL_DIR).is_dir()):
-        finished = " and finished" if (folder / FINAL_DIR).is_dir() else ""
-        raise WorkbenchError(
-            f"The run in {folder} already reached step {done}{finished}; with these limits it "
-            f"would end at step {target}: nothing to train. Give more steps or epochs to train "
-            "further.")
-    # At its limit without a final model (the disk filled while saving it, or a new limit
-    # at the step reached): nothing to train, the final model is saved from the checkpoint.
-    finish_only = checkpoint is not None and done == target
+    return trainer
 
-    # --- everything is checked: from here on the run folder is written -----------------------
-    folder.mkdir(parents=True, exist_ok=True)
-    if main:
-        if resume:  # what was logged after the checkpoint is logged again from there
-            _keep_lines(metrics_path, lambda row: _row_step(row) <= done)
-            _keep_lines(probes_path, lambda row: _row_step(row) <= done)
-        else:  # an earlier attempt that ended before its first checkpoint
-            for leftover in (metrics_path, probes_path):
-                leftover.unlink(missing_ok=True)
-        save_config(config, folder)
-        clear_stop_request(folder, since)
-        write_status(folder, RunStatus("running", os.getpid(), created, done))
 
-    def ended(status: str, step: int, message: str = "", final: str | None = None) -> None:
-        if main:
-            last = latest_checkpoint(folder)
-            write_status(folder, RunStatus(status, os.getpid(), created, step, message, final,
-                                           str(last) if last else None))
+def _agree(flag: bool, device: Any) -> bool:
+    """``flag`` made the same in every process of a distributed run (any one wanting to
+    stop stops them all at the same step, or they would wait for each other forever)."""
+    import torch.distributed as dist
 
-    torch.manual_seed(config.seed)
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return flag
+    import torch
+
+    value = torch.tensor([int(flag)], device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
+def _accuracy(prediction) -> dict:
+    import numpy as np
+
+    logits, labels = prediction
+    return {"accuracy": float((np.argmax(logits, axis=-1) == labels).mean())}
+
+
+def _has_tensorboard() -> bool:
+    from importlib.util import find_spec
+
+    return find_spec("tensorboard") is not None
+
+
+def _probe(model: Any, tokenizer: Any, prompts: list[str], tokens: int = 20):
+    import torch
+
+    was_training = model.training
+    model.eval()
     try:
-        try:
-            if finish_only:
-                ctx.log(f"The run is at step {done} of {target}: nothing to train; the final "
-                        f"model is saved from {checkpoint.name}.")
-                trainer._load_from_checkpoint(str(checkpoint))  # what train() would load
-                trainer.state.global_step = done
-                training_loss = None
-            else:
-                output = trainer.train(
-                    resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-                training_loss = output.training_loss
-        except Exception as exc:
-            if not _is_disk_full(exc, folder):
-                raise
-            removed = _drop_incomplete_checkpoints(folder)
-            what = removed[-1] if removed else f"the run's logs at step {trainer.state.global_step}"
-            raise _disk_full_error(folder, what, removed) from exc
-        step = trainer.state.global_step
-        if state["nan"] is not None:
-            moved, finite = _set_aside_nonfinite(folder) if main else ([], None)
-            aside = f" ({', '.join(moved)} had non-finite weights and {'are' if len(moved) > 1 else 'is'} " \
-                "kept under that name, never resumed)" if moved else ""
-            where = f"resume from {finite.name}, the last checkpoint whose weights are all " \
-                f"finite{aside}" if finite else f"no checkpoint has finite weights{aside}: " \
-                "start again in a new folder"
-            raise WorkbenchError(f"The loss became NaN or infinite at step {state['nan']}: the "
-                                 f"run stopped. Lower the learning rate; {where}.")
-        if state["stop"]:  # Stream set should_save with should_training_stop: it exists
-            last = latest_checkpoint(folder)
-            message = f"Stopped at step {step}; checkpoint {last.name if last else '-'} saved."
-            ctx.log(message)
-            ended("stopped", step, message)
-            return RunResult(str(folder), None, step, True, str(last) if last else None,
-                             training_loss, data.summary)
-        ctx.progress("Saving the final model…", None)
-        final = folder / FINAL_DIR
-        adapter = folder / ADAPTER_DIR if config.lora else None
-        summary = data.summary
-        try:
-            if not trainer.args.should_save:
-                pass  # one process writes (under accelerate launch)
-            elif adapter is None:
-                _save_whole(final, lambda out: (trainer.save_model(out),
-                                                tokenizer.save_pretrained(out)))
-            else:
-                peft_model = trainer.model
-                _save_whole(adapter, peft_model.save_pretrained)
-                merged = peft_model.merge_and_unload()  # plain weights: every tab loads them
-                _save_whole(final, lambda out: (merged.save_pretrained(out),
-                                                tokenizer.save_pretrained(out)))
-        except Exception as exc:
-            if not _is_disk_full(exc, folder):
-                raise
-            raise _disk_full_error(folder, "the final model", []) from exc
-        if adapter is not None:
-            summary += (f"; LoRA: the adapter is in {ADAPTER_DIR}/ and merged into the base "
-                        f"weights in {FINAL_DIR}/")
-            ctx.log(f"LoRA adapter saved in {adapter}; {final} holds the base model with the "
-                    "adapter merged in.")
-        last = latest_checkpoint(folder)
-        ended("finished", step, f"Finished at step {step}.", str(final))
-        return RunResult(str(folder), str(final), step, False, str(last) if last else None,
-                         training_loss, summary, str(adapter) if adapter else None)
-    except BaseException as exc:
-        reason = "Interrupted." if isinstance(exc, KeyboardInterrupt) else \
-            str(exc) or type(exc).__name__
-        ended("failed", trainer.state.global_step, reason)
-        raise
+        for prompt in prompts:
+            ids = tokenizer(prompt, return_tensors="pt")["input_ids"].to(model.device)
+            with torch.inference_mode():
+                out = model.generate(ids, attention_mask=torch.ones_like(ids),
+                                     max_new_tokens=tokens, do_sample=False,
+                                     pad_token_id=tokenizer.pad_token_id)
+            yield prompt, tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+    finally:
+        if was_training:
+            model.train()
 
 
-def _row_step(row: dict) -> float:
-    step = row.get("step")
-    return step if isinstance(step, (int, float)) and not isinstance(step, bool) else math.inf
+# --- the model ------------------------------------------------------------------------------
+def _model_to_train(config: FinetuneConfig, loaded: Any, data: PreparedData,
+                    ctx: JobContext) -> Any:
+    """A fresh copy of the loaded model, ready to train: the classification head sized to
+    the labels, a pad token, and the LoRA adapter when ``config`` asks for one."""
+    from workbench.core.loader import load_report_to_log, set_pad_token
+
+    tokenizer = loaded.tokenizer
+    with load_report_to_log(ctx):  # transformers' LOAD REPORT table to the log, one note
+        model = _model_for(config, loaded, data.labels, ctx)
+    positions = getattr(model.config, "max_position_embeddings", None)
+    if isinstance(positions, int) and 0 < positions < config.max_length:
+        raise WorkbenchError(f"The maximum length {config.max_length} is beyond what "
+                             f"{loaded.name} can take ({positions} positions): use at most "
+                             f"{positions}.")
+    if config.task == "classify":
+        note = set_pad_token(tokenizer, model)  # end-of-text as pad, as transformers' examples
+        if note:
+            ctx.log(note)
+    if config.lora:
+        import torch
+
+        torch.manual_seed(config.seed)  # the adapter's initial weights follow the run's seed
+        model, note = _with_lora(model, config)
+        ctx.log(note)
+    return model
+
+
+def _model_for(config: FinetuneConfig, loaded: Any, labels: list[str],
+               ctx: JobContext | None = None):
+    """A fresh copy of the model to train (the loaded one stays as it is). A classifier
+    trained on other labels gets a new head for these, and the log says so."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    from workbench.core.catalog import CAUSAL_LM
+
+    if config.task == "lm":
+        loaded.require(CAUSAL_LM, "language-model fine-tuning")
+        return AutoModelForCausalLM.from_pretrained(
+            loaded.folder, local_files_only=True,
+            trust_remote_code=config.trust_remote_code)
+    earlier = _head_labels(loaded.model.config)
+    if earlier is not None and earlier != labels and ctx is not None:
+        ctx.log(f"{loaded.name}'s classification head was trained for the labels "
+                f"{', '.join(earlier)}; a new head for {', '.join(labels)} is initialised "
+                "(the rest of the model is kept).")
+    return AutoModelForSequenceClassification.from_pretrained(
+        loaded.folder, local_files_only=True, trust_remote_code=config.trust_remote_code,
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)), label2id={lab: i for i, lab in enumerate(labels)},
+        # a head of another size is made anew instead of refused
+        ignore_mismatched_sizes=earlier is not None and len(earlier) != len(labels))
+
+
+def _head_labels(model_config: Any) -> list[str] | None:
+    """The labels a saved classification head was trained for, by id; None for a model
+    without one (an encoder, a language model) or with transformers' placeholder names."""
+    architectures = getattr(model_config, "architectures", None) or []
+    names = getattr(model_config, "id2label", None) or {}
+    if not any(a.endswith("ForSequenceClassification") for a in architectures) or not names:
+        return None
+    labels = [str(names[i]) for i in sorted(names, key=int)]
+    return None if labels == [f"LABEL_{i}" for i in range(len(labels))] else labels
 
 
 def _with_lora(model: Any, config: FinetuneConfig) -> tuple[Any, str]:
@@ -987,53 +1052,3 @@ def _save_whole(target: Path, write) -> None:
     if target.exists():  # a resumed run that goes further replaces its older final model
         shutil.rmtree(target)
     os.replace(scratch, target)
-
-
-def _model_for(config: FinetuneConfig, loaded: Any, labels: list[str]):
-    """A fresh copy of the model to train (the loaded one stays as it is)."""
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
-
-    from workbench.core.catalog import CAUSAL_LM
-
-    if config.task == "lm":
-        if loaded.task != CAUSAL_LM:
-            raise WorkbenchError(f"{loaded.name} is a {loaded.task} model: language-model "
-                                 "fine-tuning needs a causal LM such as SmolLM2.")
-        return AutoModelForCausalLM.from_pretrained(
-            loaded.folder, local_files_only=True,
-            trust_remote_code=config.trust_remote_code)
-    return AutoModelForSequenceClassification.from_pretrained(
-        loaded.folder, local_files_only=True, trust_remote_code=config.trust_remote_code,
-        num_labels=len(labels),
-        id2label=dict(enumerate(labels)), label2id={lab: i for i, lab in enumerate(labels)})
-
-
-def _accuracy(prediction) -> dict:
-    import numpy as np
-
-    logits, labels = prediction
-    return {"accuracy": float((np.argmax(logits, axis=-1) == labels).mean())}
-
-
-def _has_tensorboard() -> bool:
-    from importlib.util import find_spec
-
-    return find_spec("tensorboard") is not None
-
-
-def _probe(model: Any, tokenizer: Any, prompts: list[str], tokens: int = 20):
-    import torch
-
-    was_training = model.training
-    model.eval()
-    try:
-        for prompt in prompts:
-            ids = tokenizer(prompt, return_tensors="pt")["input_ids"].to(model.device)
-            with torch.inference_mode():
-                out = model.generate(ids, attention_mask=torch.ones_like(ids),
-                                     max_new_tokens=tokens, do_sample=False,
-                                     pad_token_id=tokenizer.pad_token_id)
-            yield prompt, tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
-    finally:
-        if was_training:
-            model.train()

@@ -4,7 +4,7 @@ sacrebleu, so the effect of a decoding strategy on BLEU / chrF shows as numbers.
 
 The TSV holds one prompt (or source sentence) and one or more references a line,
 separated by tabs; a first line whose first field is ``prompt``, ``source`` or ``input``
-is a header. Each prompt is generated with the same seed, so a run is reproducible.
+is a header (:func:`workbench.core.data_files.read_pairs` reads it). Each prompt is generated with the same seed, so a run is reproducible.
 """
 
 from __future__ import annotations
@@ -18,39 +18,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from workbench.core.data_files import read_pairs as read_pairs  # the TSV reader, still here
 from workbench.core.errors import Cancelled, WorkbenchError
-from workbench.core.evaluation import TranslationScores, make_metric, read_text, score_translation
+from workbench.core.evaluation import TranslationScores, make_metric, score_translation
 from workbench.core.generation import SamplingSettings, generate
 from workbench.core.jobs import JobContext
-
-HEADER_NAMES = ("prompt", "source", "input", "src")
-
-
-def read_pairs(path: str | Path) -> tuple[list[str], list[list[str]]]:
-    """Prompts and references (one list per reference column) of a TSV file."""
-    path = Path(path)
-    lines = read_text(path).rstrip("\n").split("\n")  # universal newlines
-    numbered = [(i, line) for i, line in enumerate(lines, start=1) if line.strip()]
-    if numbered and numbered[0][1].split("\t")[0].strip().lower() in HEADER_NAMES:
-        numbered = numbered[1:]
-    if not numbered:
-        raise WorkbenchError(f"{path.name} has no rows after its header.")
-    width = len(numbered[0][1].split("\t"))
-    prompts: list[str] = []
-    references: list[list[str]] = [[] for _ in range(max(width - 1, 0))]
-    for number, line in numbered:
-        fields = line.split("\t")
-        if len(fields) < 2:
-            raise WorkbenchError(f"{path.name} line {number} has no tab: each line needs a "
-                                 "prompt, a tab and a reference.")
-        if len(fields) != width:
-            raise WorkbenchError(f"{path.name} line {number} has {len(fields)} fields but the "
-                                 f"first row has {width}: every row needs the same references.")
-        prompts.append(fields[0])
-        for column, ref in zip(references, fields[1:], strict=True):
-            column.append(ref.strip())
-    return prompts, references
-
 
 OUTPUT_FILES = ("outputs.tsv", "result.json")
 

@@ -248,14 +248,6 @@ class StepInspector:
             kept_mass=st["kept_mass"][row], candidates=candidates)
 
 
-def check_model(loaded: Any) -> None:
-    from workbench.core.catalog import CAUSAL_LM
-
-    if loaded.task != CAUSAL_LM:
-        raise WorkbenchError(f"{loaded.name} is a {loaded.task} model; generation needs a "
-                             "causal language model such as SmolLM2-135M-Instruct.")
-
-
 def context_length(model: Any) -> int | None:
     config = model.config
     for name in ("max_position_embeddings", "n_positions", "max_sequence_length"):
@@ -274,7 +266,9 @@ def prepare_prompt(loaded: Any, prompt: str, chat: bool, max_new_tokens: int
     """
     import torch
 
-    check_model(loaded)
+    from workbench.core.catalog import CAUSAL_LM
+
+    loaded.require(CAUSAL_LM, "generation")
     tokenizer, notices = loaded.tokenizer, []
     if not prompt.strip():
         if tokenizer.bos_token_id is None:

@@ -27,6 +27,14 @@ from workbench.core.jobs import JobContext, Progress, run_job
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
+# For LoadedModel.require: what a model of another kind lacks, and what the job needs.
+_REQUIRED = {
+    CAUSAL_LM: (" without a causal language-modelling head",
+                "a causal language model (a decoder such as SmolLM2-135M-Instruct)"),
+    CLASSIFIER: (", not a classifier", "a model fine-tuned for classification (Fine-tune tab, "
+                 "task classify)"),
+}
+
 
 @dataclass(frozen=True)
 class LoadOptions:
@@ -74,6 +82,17 @@ class LoadedModel:
 
     def describe(self) -> str:
         return f"{self.name} · {self.task} · {self.device} · {self.dtype}"
+
+    def require(self, task: str, purpose: str) -> None:
+        """Refuse, in one message, a model of another kind than ``task`` (``CAUSAL_LM`` or
+        ``CLASSIFIER``) for ``purpose`` (what the user asked for: "generation",
+        "perplexity", ...)."""
+        if self.task == task:
+            return
+        lacks, needs = _REQUIRED[task]
+        article = "an" if self.task[:1] in "aeiou" else "a"
+        raise WorkbenchError(f"{self.name} is {article} {self.task} model{lacks}: {purpose} "
+                             f"needs {needs}.")
 
     def ensure_attentions(self) -> None:
         """Switch to eager attention for good (sdpa returns no attention weights); a job

@@ -1,0 +1,317 @@
+"""``evaluate``: perplexity, BLEU / chrF / TER with sacrebleu, generate-then-score, and
+classifier metrics."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from workbench.cli.common import (
+    OneLineParser,
+    TerminalProgress,
+    add_model_options,
+    check_model_options,
+    check_whole,
+    load_from_args,
+    parse_names,
+    print_json,
+)
+from workbench.core.errors import WorkbenchError
+from workbench.core.sampling import SamplingSettings
+
+MAX_SAMPLES = 100_000  # paired-test resamples: sacrebleu holds samples × lines indices at once
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    defaults = SamplingSettings()
+    ev = sub.add_parser("evaluate", help="perplexity, BLEU / chrF / TER with sacrebleu, "
+                        "generate-then-score, classifier metrics")
+    ev_sub = ev.add_subparsers(dest="evaluate_command", metavar="METRIC", required=True,
+                               parser_class=OneLineParser)
+    ppl = ev_sub.add_parser("perplexity", help="perplexity of a model on a text file")
+    add_model_options(ppl)
+    ppl.add_argument("--file", required=True, help="a UTF-8 text file")
+    ppl.add_argument("--max-length", type=int, default=None,
+                     help="window in tokens (default: the model's context)")
+    ppl.add_argument("--stride", type=int, default=None, help="default: half the window")
+    ppl.add_argument("--per-token", action="store_true", help="with --json: every token's NLL")
+    ppl.add_argument("--compare-model", metavar="M2",
+                     help="a second model scored on the same text and settings, side by side")
+    ppl.add_argument("--json", action="store_true", help="print one JSON document")
+    bleu = ev_sub.add_parser("bleu", help="BLEU, chrF and TER of a hypothesis file")
+    bleu.add_argument("--hyp", required=True, help="hypotheses, one segment a line")
+    bleu.add_argument("--ref", action="append", required=True, help="a reference file (repeat)")
+    bleu.add_argument("--metrics", default="bleu,chrf,ter",
+                      help="comma-separated: bleu, chrf, chrf++, ter")
+    bleu.add_argument("--tokenize", default=None,
+                      help="sacrebleu BLEU tokenizer (13a, intl, char, none, zh, ...)")
+    bleu.add_argument("--lowercase", action="store_true")
+    bleu.add_argument("--compare", metavar="HYP2", help="a second system: paired significance "
+                      "tests against the first")
+    bleu.add_argument("--test", default="bs", choices=["bs", "ar", "both"],
+                      help="paired bootstrap (bs), approximate randomization (ar), or both")
+    bleu.add_argument("--samples", type=int, default=0, help="resamples / trials (default: "
+                      "sacrebleu's, 1000 for bs and 10000 for ar)")
+    bleu.add_argument("--json", action="store_true", help="print one JSON document")
+
+    gs = ev_sub.add_parser("generate", help="generate-then-score: the model writes an output "
+                           "for each prompt of a TSV, scored against its references")
+    add_model_options(gs)
+    gs.add_argument("--file", required=True,
+                    help="TSV: prompt<TAB>reference[<TAB>reference2...] a line; optional header")
+    gs.add_argument("--strategy", default="greedy",
+                    help='"greedy", a preset (top-k 40, nucleus 0.9, creative, min-p 0.1) or '
+                         '"top_k=40,temperature=0.8" (as for compare)')
+    gs.add_argument("--max-new-tokens", type=int, default=48)
+    gs.add_argument("--seed", type=int, default=defaults.seed)
+    gs.add_argument("--chat", action=argparse.BooleanOptionalAction, default=defaults.chat)
+    gs.add_argument("--all-lines", action="store_true",
+                    help="score the whole output joined on one line (default: its first line)")
+    gs.add_argument("--metrics", default="bleu,chrf", help="comma-separated: bleu, chrf, "
+                    "chrf++, ter")
+    gs.add_argument("--output", metavar="DIR", help="folder for outputs.tsv and result.json "
+                    "(default: a new folder in the app's data folder)")
+    gs.add_argument("--json", action="store_true", help="print one JSON document")
+    cl = ev_sub.add_parser("classify", help="accuracy, macro-F1 and confusion matrix of a "
+                           "classifier on a labelled file")
+    add_model_options(cl)
+    cl.add_argument("--file", required=True, help="a labelled .csv, .tsv or .jsonl file")
+    cl.add_argument("--text-column", default="text")
+    cl.add_argument("--label-column", default="label")
+    cl.add_argument("--json", action="store_true", help="print one JSON document")
+
+
+
+def parse_metrics(text: str) -> tuple[str, ...]:
+    from workbench.core.evaluation import METRIC_NAMES
+
+    return tuple(parse_names(text, "--metrics", METRIC_NAMES))
+
+
+def check_tokenizer(name: str | None) -> None:
+    """A sacrebleu BLEU tokenizer that exists and can be made here (some need extra packages
+    or a download)."""
+    if name is None:
+        return
+    import logging
+
+    from sacrebleu.metrics import BLEU
+
+    if name not in BLEU.TOKENIZERS:
+        raise WorkbenchError(f"Unknown --tokenize '{name}': use one of "
+                             f"{', '.join(BLEU.TOKENIZERS)}.")
+    from workbench.core.evaluation import make_metric
+
+    logging.disable(logging.CRITICAL)  # sacrebleu logs its own many-line explanation
+    try:
+        make_metric("bleu", name)  # a missing package, no network for a model: said there
+    except WorkbenchError:
+        raise
+    except Exception as exc:  # anything else sacrebleu raises: in one line
+        raise WorkbenchError(f"The {name} tokenizer cannot be used here: "
+                             f"{' '.join(str(exc).split()) or type(exc).__name__}") from None
+    finally:
+        logging.disable(logging.NOTSET)
+
+
+def check_test_memory(samples: int, lines: int, tests: tuple[str, ...]) -> None:
+    """sacrebleu draws every resample's line indices at once (samples × lines × 8 bytes) and
+    gathers each metric's statistics for them (a few times more): refuse what cannot fit."""
+    import psutil
+
+    from workbench.core.generation import MEMORY_SHARE, _gb
+
+    most = max(samples or (10_000 if t == "ar" else 1_000) for t in tests)
+    need = most * lines * 8 * 8
+    available = psutil.virtual_memory().available
+    if need > available * MEMORY_SHARE:
+        raise WorkbenchError(f"{most:,} resamples of {lines:,} lines would need about "
+                             f"{_gb(need)}, more than {MEMORY_SHARE:.0%} of the {_gb(available)} "
+                             "available: give fewer --samples.")
+
+
+def cmd_evaluate_perplexity(args: argparse.Namespace) -> int:
+    from workbench.core.data_files import read_text
+    from workbench.core.evaluation import perplexity
+    from workbench.core.jobs import JobContext
+
+    check_model_options(args, "--compare-model")
+    check_whole(args.max_length, "--max-length", 2)
+    check_whole(args.stride, "--stride", 1)
+    if args.max_length is not None and args.stride is not None and args.stride > args.max_length:
+        raise WorkbenchError(f"--stride ({args.stride}) is larger than --max-length "
+                             f"({args.max_length}): tokens between windows would never be scored.")
+    text = read_text(args.file)
+    bar = TerminalProgress(quiet=args.json)
+    loaded = load_from_args(args, bar)
+    results = [(loaded, perplexity(loaded, text, args.max_length, args.stride,
+                                   JobContext(emit=bar)))]
+    if args.compare_model:
+        other = load_from_args(argparse.Namespace(**{**vars(args), "model": args.compare_model}),
+                               bar)
+        results.append((other, perplexity(other, text, args.max_length, args.stride,
+                                          JobContext(emit=bar))))
+    bar.finish()
+    if args.json:
+        documents = []
+        for model, result in results:
+            data = result.to_dict(per_token=args.per_token)
+            data.update(device=model.device, dtype=model.dtype, file=args.file)
+            documents.append(data)
+        if len(documents) == 2:
+            documents[0]["compare"] = documents[1]
+            documents[0]["same_tokens"] = results[0][1].same_tokens(results[1][1])
+        print_json(documents[0])
+        return 0
+    rows = [("perplexity", lambda r: f"{r.perplexity:.4f}"),
+            ("nll per token", lambda r: f"{r.nll_per_token:.4f} nats"),
+            ("bits per byte", lambda r: f"{r.bits_per_byte:.4f}"),
+            ("tokens scored", lambda r: str(r.tokens)),
+            ("window, stride", lambda r: f"{r.max_length}, {r.stride}")]
+    print(f"{'model':16}" + "".join(f"{m.name[:30]:32}" for m, _ in results))
+    for label, show in rows:
+        print(f"{label:16}" + "".join(f"{show(r):32}" for _, r in results))
+    print(f"{'device':16}" + "".join(f"{m.device + ', ' + m.dtype:32}" for m, _ in results))
+    for model, result in results:
+        print(f"most surprising ({model.name}): " + ", ".join(
+            f"{t!r} ({b:.1f} bits)" for _, t, b in result.worst(5)))
+    if len(results) == 2 and not results[0][1].same_tokens(results[1][1]):
+        print("note: the models tokenize the text differently; compare bits per byte.")
+    return 0
+
+
+def cmd_evaluate_generate(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from workbench.core.data_files import read_pairs
+    from workbench.core.evaluation import make_metric
+    from workbench.core.generate_score import (
+        RowDone,
+        generate_and_score,
+        output_folder,
+        save_result,
+    )
+    from workbench.core.jobs import JobContext
+    from workbench.core.sampling import parse_strategy
+
+    check_model_options(args)
+    metrics = parse_metrics(args.metrics)
+    for name in metrics:
+        make_metric(name)  # an unknown metric fails before loading
+    prompts, refs = read_pairs(args.file)
+    base = SamplingSettings(max_new_tokens=args.max_new_tokens, seed=args.seed, chat=args.chat)
+    strategy = parse_strategy(args.strategy, base)
+    if strategy.settings.num_return_sequences != 1:
+        raise WorkbenchError(f"--strategy '{args.strategy}' asks for "
+                             f"{strategy.settings.num_return_sequences} sequences: generate-then-"
+                             "score scores one output per prompt (leave out n=).")
+    settings = replace(strategy.settings, num_return_sequences=1)
+    settings.validate()
+    folder = output_folder(args.output)  # checked before anything is generated
+    bar = TerminalProgress(quiet=args.json)
+    loaded = load_from_args(args, bar)
+
+    def report(event: Any) -> None:
+        bar(event)
+        if isinstance(event, RowDone) and not args.json:  # a line a row: logs show progress
+            bar.finish()
+            text = event.hypothesis if len(event.hypothesis) <= 100 else \
+                event.hypothesis[:99] + "…"
+            print(f"[{event.row}/{event.total}] {event.seconds:.1f} s  {text}", flush=True)
+
+    result = generate_and_score(loaded, prompts, refs, settings, strategy.name, metrics,
+                                first_line=not args.all_lines, ctx=JobContext(emit=report))
+    bar.finish()
+    try:
+        folder = save_result(result, folder)
+        unsaved = None
+    except OSError as exc:  # the scores still reach the output; then one error line
+        unsaved = f"The outputs could not be saved in {folder}: {exc.strerror or exc}."
+    if args.json:
+        print_json(result.to_dict())
+    else:
+        for m in result.scores.metrics:
+            print(f"{m.text}\n    signature: {m.signature}")
+        print(f"{result.rows_done} outputs by {loaded.name} ({result.strategy}), "
+              f"{result.new_tokens} tokens in {result.seconds:.1f} s"
+              + ("" if unsaved else f"; saved in {folder}"))
+        for notice in result.notices:
+            print(f"note: {notice}")
+    if unsaved:
+        raise WorkbenchError(unsaved)
+    return 0
+
+
+def cmd_evaluate_classify(args: argparse.Namespace) -> int:
+    from workbench.core.classification import evaluate_classifier
+    from workbench.core.data_files import read_rows
+    from workbench.core.jobs import JobContext
+
+    check_model_options(args)
+    for option in ("--text-column", "--label-column"):
+        if not getattr(args, option[2:].replace("-", "_")).strip():
+            raise WorkbenchError(f"{option} is empty: give the name of a column.")
+    read_rows(args.file, args.text_column, args.label_column)  # bad files fail before loading
+    bar = TerminalProgress(quiet=args.json)
+    loaded = load_from_args(args, bar)
+    result = evaluate_classifier(loaded, args.file, args.text_column, args.label_column,
+                                 ctx=JobContext(emit=bar))
+    bar.finish()
+    if args.json:
+        print_json(result.to_dict(with_rows=True))
+        return 0
+    print(f"accuracy   {result.accuracy:.4f}\nmacro-F1   {result.macro_f1:.4f}\n"
+          f"rows       {result.examples}")
+    width = max(8, *(len(label) for label in result.labels)) + 2
+    print(f"\n{'label':{width}}{'precision':>10}{'recall':>10}{'F1':>10}{'support':>9}")
+    for s in result.per_label:
+        print(f"{s.label:{width}}{s.precision:10.4f}{s.recall:10.4f}{s.f1:10.4f}{s.support:9}")
+    print(f"\nconfusion matrix (rows: true label, columns: predicted)\n{'':{width}}"
+          + "".join(f"{label[:9]:>10}" for label in result.labels))
+    for label, row in zip(result.labels, result.confusion, strict=True):
+        print(f"{label:{width}}" + "".join(f"{n:10}" for n in row))
+    for notice in result.notices:
+        print(f"note: {notice}")
+    return 0
+
+
+def cmd_evaluate_bleu(args: argparse.Namespace) -> int:
+    from workbench.core.data_files import read_lines
+    from workbench.core.evaluation import score_translation
+    from workbench.core.jobs import JobContext
+
+    metrics = parse_metrics(args.metrics)
+    check_whole(args.samples, "--samples", 0, MAX_SAMPLES)
+    if args.samples and args.compare is None:
+        raise WorkbenchError("--samples sets the resamples of the paired test: give a second "
+                             "system with --compare HYP2 as well.")
+    check_tokenizer(args.tokenize)
+    hyps = read_lines(args.hyp)
+    refs = [read_lines(r) for r in args.ref]
+    other = read_lines(args.compare) if args.compare else None
+    tests = ("bs", "ar") if args.test == "both" else (args.test,)
+    if other is not None:
+        check_test_memory(args.samples, len(hyps), tests)
+    bar = TerminalProgress(quiet=args.json)
+    result = score_translation(hyps, refs, metrics, args.tokenize, args.lowercase, other, tests,
+                               args.samples, JobContext(emit=bar))
+    bar.finish()
+    if args.json:
+        print_json(result.to_dict())
+        return 0
+    for m in result.metrics:
+        print(f"{m.text}\n    signature: {m.signature}")
+    for s in result.significance:
+        p = "-" if s.p_value is None else f"{s.p_value:.4f}"
+        ci = "" if s.system_ci is None else f" (mean {s.system_mean:.2f} ± {s.system_ci:.2f})"
+        print(f"{s.test} {s.metric}: baseline {s.baseline:.2f}, system {s.system:.2f}{ci}, "
+              f"p = {p}")
+    return 0
+
+
+COMMANDS = {
+    ("evaluate", "perplexity"): cmd_evaluate_perplexity,
+    ("evaluate", "bleu"): cmd_evaluate_bleu,
+    ("evaluate", "generate"): cmd_evaluate_generate,
+    ("evaluate", "classify"): cmd_evaluate_classify,
+}

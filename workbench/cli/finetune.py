@@ -1,0 +1,171 @@
+"""``finetune`` and ``monitor``: a fine-tuning run into a run folder, and its progress."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import MISSING, fields
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+from workbench.cli.common import TerminalProgress, print_json
+from workbench.core.errors import WorkbenchError
+from workbench.core.finetune import FinetuneConfig
+from workbench.core.jobs import LogLine
+
+# The defaults of the run's settings are FinetuneConfig's own (the window starts from them too).
+DEFAULTS = SimpleNamespace(**{f.name: f.default for f in fields(FinetuneConfig)
+                              if f.default is not MISSING})
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    ft = sub.add_parser("finetune", help="fine-tune a model into a run folder")
+    ft.add_argument("--task", choices=["lm", "classify"], required=True)
+    ft.add_argument("--model", default=None, help="default: SmolLM2 for lm, MiniLM for classify")
+    ft.add_argument("--train", required=True, help=".txt/.jsonl (lm) or .csv/.tsv/.jsonl")
+    ft.add_argument("--validation", help="a validation file (default: a split of --train)")
+    ft.add_argument("--text-column", default=DEFAULTS.text_column)
+    ft.add_argument("--label-column", default=DEFAULTS.label_column)
+    ft.add_argument("--output", required=True, help="the run folder")
+    # None: the run's own limit on --resume, else FinetuneConfig's
+    ft.add_argument("--max-steps", type=int, default=None,
+                    help="stop after this many optimizer steps (overrides --epochs); with "
+                    "--resume, a new limit (default: the run's own)")
+    ft.add_argument("--epochs", type=float, default=None,
+                    help=f"default {DEFAULTS.epochs:g}; with --resume, a new limit (default: "
+                    "the run's own)")
+    ft.add_argument("--learning-rate", type=float, default=DEFAULTS.learning_rate)
+    ft.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size)
+    ft.add_argument("--gradient-accumulation", type=int, default=DEFAULTS.gradient_accumulation)
+    ft.add_argument("--max-length", type=int, default=DEFAULTS.max_length)
+    ft.add_argument("--weight-decay", type=float, default=DEFAULTS.weight_decay)
+    ft.add_argument("--warmup-steps", type=int, default=DEFAULTS.warmup_steps)
+    ft.add_argument("--scheduler", default=DEFAULTS.lr_scheduler,
+                    help="linear, cosine, constant, ...")
+    ft.add_argument("--seed", type=int, default=DEFAULTS.seed)
+    ft.add_argument("--logging-steps", type=int, default=DEFAULTS.logging_steps)
+    ft.add_argument("--eval-steps", type=int, default=DEFAULTS.eval_steps)
+    ft.add_argument("--save-steps", type=int, default=DEFAULTS.save_steps)
+    ft.add_argument("--probe", action="append", default=[], help="a probe prompt (lm; repeat)")
+    ft.add_argument("--probe-every", type=int, default=DEFAULTS.probe_every)
+    ft.add_argument("--lora", action="store_true",
+                    help="train a LoRA adapter (peft) instead of every weight (lm only); the "
+                    "final model has it merged in, the run's adapter/ keeps it")
+    ft.add_argument("--lora-r", type=int, default=DEFAULTS.lora_r, help="LoRA rank")
+    ft.add_argument("--lora-alpha", type=int, default=DEFAULTS.lora_alpha,
+                    help="LoRA scaling alpha")
+    ft.add_argument("--lora-dropout", type=float, default=DEFAULTS.lora_dropout)
+    ft.add_argument("--lora-target-modules", default="", metavar="A,B",
+                    help="module names to adapt, e.g. q_proj,v_proj (default: peft's choice "
+                    "for the architecture)")
+    ft.add_argument("--trust-remote-code", action="store_true",
+                    help="allow Python code shipped with this model to run (only if you "
+                         "trust its author); kept in the run's run.json")
+    ft.add_argument("--allow-pickle", action="store_true",
+                    help="allow pickle checkpoints (.bin/.pt), which can run code")
+    ft.add_argument("--resume", action="store_true",
+                    help="continue the run in --output from its last checkpoint")
+    ft.add_argument("--json", action="store_true", help="print one JSON document at the end")
+    mon = sub.add_parser("monitor", help="progress of a run folder (this app's, any HF "
+                         "Trainer output, or TensorBoard events)")
+    mon.add_argument("run_dir")
+    mon.add_argument("--smoothing", type=float, default=0.6, metavar="W",
+                     help="weight of the smoothed training loss (TensorBoard's debiased "
+                     "moving average), in [0, 1); default 0.6")
+    mon.add_argument("--json", action="store_true", help="print one JSON document")
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from workbench.core.catalog import MINILM, SMOLLM2
+    from workbench.core.finetune import format_train_log, run_finetune, saved_config, split_names
+    from workbench.core.jobs import JobContext, stop_on_signals
+
+    model = args.model or (SMOLLM2.name if args.task == "lm" else MINILM.name)
+    max_steps, epochs = args.max_steps, args.epochs
+    if args.resume and max_steps is None and epochs is None:  # the run's own limits
+        saved = saved_config(Path(args.output).expanduser())
+        max_steps, epochs = saved.max_steps, saved.epochs
+    elif epochs is not None and max_steps is None:
+        max_steps = -1  # an epoch limit
+    limits = {name: value for name, value in (("max_steps", max_steps), ("epochs", epochs))
+              if value is not None}  # a limit not given: FinetuneConfig's default
+    config = FinetuneConfig(
+        task=args.task, model=model, train_file=args.train, output_dir=args.output,
+        validation_file=args.validation, text_column=args.text_column,
+        label_column=args.label_column, learning_rate=args.learning_rate,
+        lr_scheduler=args.scheduler, warmup_steps=args.warmup_steps, **limits,
+        batch_size=args.batch_size,
+        gradient_accumulation=args.gradient_accumulation, max_length=args.max_length,
+        weight_decay=args.weight_decay, seed=args.seed, logging_steps=args.logging_steps,
+        eval_steps=args.eval_steps, save_steps=args.save_steps, probe_prompts=args.probe,
+        probe_every=args.probe_every, lora=args.lora, lora_r=args.lora_r,
+        lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
+        lora_target_modules=split_names(args.lora_target_modules),
+        trust_remote_code=args.trust_remote_code, allow_pickle=args.allow_pickle)
+    config.validate()
+    bar = TerminalProgress(quiet=args.json)
+
+    def report(event: Any) -> None:
+        bar(event)
+        if args.json:
+            return
+        line = format_train_log(event)
+        if line is not None:
+            bar.finish()
+            print(line, flush=True)
+        elif isinstance(event, LogLine) and event.level == "info" and \
+                event.message.startswith(("LoRA", "Stopped")):
+            print(event.message, flush=True)  # what trains, and where the adapter went
+
+    ctx = JobContext(emit=report)
+
+    def say(message: str) -> None:
+        bar.finish()
+        print(message, file=sys.stderr, flush=True)
+
+    stop_on_signals(ctx, say)  # Ctrl-C: a checkpoint at the step boundary; twice: at once
+    result = run_finetune(config, ctx, resume=args.resume)
+    bar.finish()
+    if args.json:
+        print_json(vars(result))
+    else:
+        print(f"{'stopped' if result.stopped else 'finished'} at step {result.global_step}; "
+              f"final model: {result.final_model or '-'}; checkpoint: {result.checkpoint or '-'}"
+              + (f"; LoRA adapter: {result.adapter} (merged into the final model)"
+                 if result.adapter else ""))
+    return 130 if result.stopped and ctx.cancel.cancelled else 0
+
+
+def cmd_monitor(args: argparse.Namespace) -> int:
+    import math
+
+    from workbench.core.runs import read_run
+    from workbench.core.training_curves import summary
+
+    if not 0 <= args.smoothing < 1:
+        raise WorkbenchError(f"--smoothing takes a weight in [0, 1), not {args.smoothing}.")
+    snap = read_run(args.run_dir)
+    d = snap.to_dict()
+    d.update(summary(snap.rows, args.smoothing))
+    for key, value in d.items():  # strict JSON: a NaN or infinite loss is null (and an alarm)
+        if isinstance(value, float) and not math.isfinite(value):
+            d[key] = None
+    if args.json:
+        print_json(d)
+        return 0
+    total = f"/{d['max_steps']}" if d["max_steps"] else ""
+    print(f"{d['folder']} ({d['source']}): step {d['global_step']}{total}")
+    for key in ("loss", "smoothed_loss", "eval_loss", "learning_rate", "tokens_per_second",
+                "steps_per_second"):
+        if d[key] is not None:
+            print(f"  {key:17} {d[key]:.6g}")
+    for alarm in d["alarms"]:
+        print(f"  warning: {alarm['message']}")
+    return 0
+
+
+COMMANDS = {
+    ("finetune", None): cmd_finetune,
+    ("monitor", None): cmd_monitor,
+}
