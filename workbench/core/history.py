@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import datetime
+import io
 import json
 import shutil
 from collections.abc import Callable
@@ -134,11 +135,13 @@ def export_history(entries: list[HistoryEntry], path: str | Path) -> None:
     """CSV (one row per result, inputs and results as JSON columns) or JSON, by suffix."""
     path = Path(path)
     if path.suffix.lower() == ".csv":
-        with open(path, "w", newline="", encoding="utf-8") as f:
-            writer = csv.writer(f)
-            writer.writerow(["time", "kind", "summary", "inputs", "results"])
-            for e in entries:
-                writer.writerow([e.time, e.kind, e.summary, json.dumps(e.inputs),
-                                 json.dumps(e.results)])
+        out = io.StringIO(newline="")
+        writer = csv.writer(out)
+        writer.writerow(["time", "kind", "summary", "inputs", "results"])
+        for e in entries:
+            writer.writerow([e.time, e.kind, e.summary, json.dumps(e.inputs),
+                             json.dumps(e.results)])
+        content = out.getvalue()
     else:
-        path.write_text(json.dumps([asdict(e) for e in entries], indent=1), encoding="utf-8")
+        content = json.dumps([asdict(e) for e in entries], indent=1)
+    write_atomically(path, content)  # a failed export leaves no half file

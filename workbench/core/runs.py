@@ -373,6 +373,9 @@ def check_run_folder(folder: str | Path) -> Path:
     TensorBoard event files where runs put them), without reading its numbers; else one
     clear WorkbenchError. Quick: for the window, before a reader thread follows it."""
     path = Path(folder).expanduser()
+    if path.exists() and not path.is_dir():
+        raise WorkbenchError(f"{path} is a file, not a run folder: give the folder the run "
+                             "writes into.")
     if not path.is_dir():
         raise WorkbenchError(f"Run folder not found: {path}")
     if any((path / name).is_file() for name in ("metrics.jsonl", "run.json",

@@ -4,6 +4,7 @@ head, a layers × heads grid of head statistics, and the logit lens of decoders.
 from __future__ import annotations
 
 import csv
+import io
 from dataclasses import dataclass
 
 from PySide6.QtCore import Qt
@@ -31,6 +32,7 @@ from workbench.core.attention import (
     AttentionResult,
     LogitLens,
     PositionEmbeddings,
+    attention_layers,
     bertviz_html,
     compute_attention,
     head_statistics,
@@ -38,6 +40,7 @@ from workbench.core.attention import (
     position_embeddings,
 )
 from workbench.core.errors import WorkbenchError
+from workbench.core.files import cannot_write, write_atomically
 from workbench.ui.skeleton import combo, line, spin, text_box
 from workbench.ui.tab_base import WorkbenchTab
 from workbench.ui.worker import JobHandle, ModelWorker, WorkerContext, own_job
@@ -54,15 +57,25 @@ class AttentionView:
     positions: PositionEmbeddings | None = None
 
 
-def parse_layers(text: str) -> list[int] | None:
+def parse_layers(text: str, count: int | None = None) -> list[int] | None:
+    """The layers of the layer list (None: the default choice), refused when they are not
+    numbers or, with the model's layer ``count``, not layers of the model."""
     text = text.strip()
     if not text or text.lower() == "all":
         return None
     try:
-        return [int(x) for x in text.replace(" ", "").split(",") if x]
+        layers = [int(x) for x in text.replace(" ", "").split(",") if x]
     except ValueError:
         raise WorkbenchError(f"Layers are numbers separated by commas (e.g. 0,5), not "
                              f"'{text}'.") from None
+    if not layers:
+        raise WorkbenchError(f"Layers are numbers separated by commas (e.g. 0,5), not "
+                             f"'{text}'.")
+    bad = [layer for layer in layers if count is not None and not 0 <= layer < count]
+    if bad:  # said as bertviz_html says it, before the model runs
+        raise WorkbenchError(f"Layer(s) {bad} do not exist: the model has {count} layers "
+                             f"(0–{count - 1}).")
+    return layers
 
 
 class AttentionTab(WorkbenchTab):
@@ -242,7 +255,10 @@ class AttentionTab(WorkbenchTab):
         view = "head" if self.view.currentIndex() == 0 else "model"
         max_tokens, page_tokens = self.max_tokens.value(), self.page_tokens.value()
         try:
-            layers = parse_layers(self.layers.text())
+            if not text.strip():
+                raise WorkbenchError("The text is empty.")
+            layers = parse_layers(self.layers.text(), None if self.loaded is None
+                                  else attention_layers(self.loaded.model))
         except WorkbenchError as exc:
             self.show_error("Cannot show attention", str(exc))
             return
@@ -437,11 +453,10 @@ class AttentionTab(WorkbenchTab):
             path, _ = QFileDialog.getSaveFileName(self, "Export the bertviz page",
                                                   "attention.html", "HTML (*.html)")
         if path:
-            try:
-                with open(path, "w", encoding="utf-8") as f:
-                    f.write(self.current.page)
+            try:  # whole or not at all: a failed write leaves no half page
+                write_atomically(path, self.current.page)
             except OSError as exc:
-                self.show_error("Cannot show attention", str(exc))
+                self.show_error("Cannot export the page", cannot_write(path, exc))
 
     def export_png(self, path: str | None = None) -> None:
         if self.current is None or self.heat_plot is None:
@@ -456,7 +471,7 @@ class AttentionTab(WorkbenchTab):
             try:
                 save_png(plot.getPlotItem(), path)
             except OSError as exc:
-                self.show_error("Cannot export the view", str(exc))
+                self.show_error("Cannot export the view", cannot_write(path, exc))
 
     def export_csv(self, path: str | None = None) -> None:
         if self.current is None or self.stats is None:
@@ -467,23 +482,24 @@ class AttentionTab(WorkbenchTab):
         if not path:
             return
         r = self.current.result
-        try:
-            with open(path, "w", newline="", encoding="utf-8") as f:
-                writer = csv.writer(f)
-                if self.results.currentIndex() == 2:
-                    writer.writerow(["layer", "head", *STATISTICS])
-                    for layer in range(r.layers):
-                        for head in range(r.heads):
-                            writer.writerow([layer, head, *(round(float(self.stats[s][layer, head]),
-                                                                  6) for s in STATISTICS)])
-                else:
-                    layer, head = self.selected_head()
-                    matrix = r.head(layer, head)
-                    writer.writerow(["query \\ key", *r.tokens])
-                    for token, row in zip(r.tokens, matrix, strict=True):
-                        writer.writerow([token, *(round(float(x), 6) for x in row)])
+        f = io.StringIO(newline="")
+        writer = csv.writer(f)
+        if self.results.currentIndex() == 2:
+            writer.writerow(["layer", "head", *STATISTICS])
+            for layer in range(r.layers):
+                for head in range(r.heads):
+                    writer.writerow([layer, head, *(round(float(self.stats[s][layer, head]),
+                                                          6) for s in STATISTICS)])
+        else:
+            layer, head = self.selected_head()
+            matrix = r.head(layer, head)
+            writer.writerow(["query \\ key", *r.tokens])
+            for token, row in zip(r.tokens, matrix, strict=True):
+                writer.writerow([token, *(round(float(x), 6) for x in row)])
+        try:  # whole or not at all: a failed write leaves no half table
+            write_atomically(path, f.getvalue())
         except OSError as exc:
-            self.show_error("Cannot show attention", str(exc))
+            self.show_error("Cannot export the numbers", cannot_write(path, exc))
 
     def shutdown(self) -> None:
         if self.web is not None:

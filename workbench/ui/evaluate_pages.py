@@ -34,6 +34,7 @@ from workbench.core.finetune import read_rows
 from workbench.core.generate_score import (
     GenerateScoreResult,
     generate_and_score,
+    output_folder,
     read_pairs,
     save_result,
 )
@@ -213,6 +214,7 @@ class GenerateScorePage(JobPage):
             prompts, refs = read_pairs(self.pairs_file.text().strip())
             settings = self.settings()
             settings.validate()
+            folder = output_folder()  # where the outputs go: checked before anything runs
         except WorkbenchError as exc:
             self.show_error("Cannot generate and score", str(exc))
             return
@@ -227,9 +229,9 @@ class GenerateScorePage(JobPage):
                                      "a causal language model such as SmolLM2.")
             result = generate_and_score(loaded, prompts, refs, settings, strategy, metrics,
                                         first_line, ctx=ctx)
-            try:
-                save_result(result)
-            except OSError as exc:
+            try:  # the scores are shown whether or not they could be saved
+                save_result(result, folder)
+            except (OSError, WorkbenchError) as exc:
                 ctx.log(f"The outputs could not be saved: {exc}", "warning")
             return result
 

@@ -32,13 +32,21 @@ from workbench.core.errors import WorkbenchError
 from workbench.core.evaluation import (
     PerplexityResult,
     TranslationScores,
+    check_parallel,
     perplexity,
     read_lines,
     read_text,
     score_translation,
 )
+from workbench.core.files import cannot_write
 from workbench.core.generation import SamplingSettings
-from workbench.core.history import HistoryEntry, add_entry, export_history, load_history
+from workbench.core.history import (
+    HistoryEntry,
+    add_entry,
+    export_history,
+    history_file,
+    load_history,
+)
 from workbench.core.jobs import drive
 from workbench.core.loader import load_model_job
 from workbench.ui.evaluate_pages import ClassifyPage, GenerateScorePage
@@ -274,9 +282,10 @@ class EvaluateTab(WorkbenchTab):
         self.colour_by.setEnabled(len(results) > 1)
         self._show_tokens()
         self._plot_surprisal()
-        for x in results:
-            self._record("perplexity", f"perplexity {x.perplexity:.3f} ({x.model})",
-                         self.ppl_inputs | {"model": x.model}, x.to_dict())
+        for x in results:  # one dialog, not one a model, when the history cannot be saved
+            if not self._record("perplexity", f"perplexity {x.perplexity:.3f} ({x.model})",
+                                self.ppl_inputs | {"model": x.model}, x.to_dict()):
+                break
 
     def _show_tokens(self) -> None:
         """Colour the tokens by the chosen result's surprisal, or by the difference."""
@@ -398,6 +407,11 @@ class EvaluateTab(WorkbenchTab):
             refs = [read_lines(p.strip()) for p in self.ref_files.text().split(";") if p.strip()]
             other = read_lines(self.sys2_file.text().strip()) if self.sys2_file.text().strip() \
                 else None
+            if not refs:
+                raise WorkbenchError("Choose at least one reference file.")
+            check_parallel(hyps, refs)  # line counts, before the job starts
+            if other is not None:
+                check_parallel(other, refs, "second system")
         except WorkbenchError as exc:
             self.show_error("Cannot score", str(exc))
             return
@@ -441,14 +455,20 @@ class EvaluateTab(WorkbenchTab):
         self.diff.setHtml(f"<b>line {line_no}</b>: {word_diff(row['hypothesis'], row['references'][0])}")
 
     # --- history --------------------------------------------------------------------------------
-    def _record(self, kind: str, summary: str, inputs: dict, results: dict) -> None:
+    def _record(self, kind: str, summary: str, inputs: dict, results: dict) -> bool:
+        """Add a result to the history; False (after one dialog) when it cannot be saved:
+        the result stays shown."""
         try:
             self.entries.append(add_entry(kind, summary, inputs, results,
                                           report=lambda note: self.log_line.emit(note,
                                                                                  "warning")))
         except OSError as exc:
-            self.show_error("Cannot save the results history", str(exc))
-        self._fill_history()
+            self.show_error("Cannot save the results history",
+                            cannot_write(history_file(), exc))
+            return False
+        finally:
+            self._fill_history()
+        return True
 
     def reload_history(self) -> None:
         """The saved history; what was wrong with the file is kept in ``history_notes`` for
@@ -469,7 +489,7 @@ class EvaluateTab(WorkbenchTab):
             try:
                 export_history(self.entries, path)
             except OSError as exc:
-                self.show_error("Cannot export the history", str(exc))
+                self.show_error("Cannot export the history", cannot_write(path, exc))
 
     # --- jobs ------------------------------------------------------------------------------------
     def model_changed(self, loaded) -> None:

@@ -42,6 +42,7 @@ from PySide6.QtWidgets import (
 from workbench.core import paths
 from workbench.core.catalog import MINILM, SMOLLM2
 from workbench.core.errors import WorkbenchError
+from workbench.core.files import write_atomically
 from workbench.core.finetune import (
     FinetuneConfig,
     check_output_dir,
@@ -49,6 +50,7 @@ from workbench.core.finetune import (
     saved_config,
     split_names,
 )
+from workbench.core.finetune_inputs import check_data, check_model
 from workbench.core.runs import RunMonitor, check_run_folder
 from workbench.core.training_process import (
     LOG_FILE,
@@ -565,13 +567,14 @@ class FinetuneTab(WorkbenchTab):
             if not chosen:
                 return
             config.output_dir = chosen
-        try:
+        try:  # everything is checked before the run's folder is made
             config.validate()
-            if not config.train_file and not resume:
-                raise WorkbenchError("Choose a training file.")
-            folder = check_output_dir(config, resume)
-            if resume:
-                saved_config(folder)  # readable and valid
+            if resume:  # the saved run decides the data and the model
+                folder = check_output_dir(config, resume)
+                self.check_inputs(saved_config(folder))  # readable and valid
+            else:
+                self.check_inputs(config)
+                folder = check_output_dir(config, resume)
         except WorkbenchError as exc:
             self.show_error("Cannot fine-tune", str(exc))
             return
@@ -602,6 +605,14 @@ class FinetuneTab(WorkbenchTab):
         self.log_line.emit(f"{name}: started {' '.join(command)} (output in "
                            f"{folder / LOG_FILE})", "info")
         self._became_active(run, "Starting: loading the model and the data…")
+
+    def check_inputs(self, config: FinetuneConfig) -> None:
+        """The run's data files, read as the run will read them, and the loaded model when
+        the run starts from it: bad input is refused here, before its folder is made and
+        its process started (WorkbenchError)."""
+        check_data(config)
+        if self.loaded is not None and self.loaded.reference == config.model:
+            check_model(config, self.loaded)
 
     def _became_active(self, run: FollowedRun, message: str) -> None:
         self.active = run
@@ -970,16 +981,21 @@ class FinetuneTab(WorkbenchTab):
 
     def export_launch(self, path: str | None = None) -> str | None:
         config = self.config()
-        try:
+        try:  # the launch starts a new run in the output folder: checked as Start checks it
             config.validate()
+            self.check_inputs(config)
+            folder = check_output_dir(config, False)
         except WorkbenchError as exc:
             self.show_error("Cannot fine-tune", str(exc))
             return None
-        folder = Path(config.output_dir)
         if path is None:
             path = str(folder / "launch.json")
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(config.to_json(), encoding="utf-8")
+        try:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            write_atomically(path, config.to_json())
+        except OSError as exc:
+            self.show_error("Cannot fine-tune", f"Cannot write {path}: {exc.strerror or exc}.")
+            return None
         command = f"accelerate launch -m workbench.train --config {shlex.quote(path)}"
         box = QMessageBox(QMessageBox.Icon.Information, "Launch command",
                           f"The run configuration is in {path}.\n\nRun it anywhere with:\n\n"
