@@ -176,6 +176,11 @@ _ALIASES = {"beams": "num_beams", "beam": "num_beams", "n": "num_return_sequence
             "sequences": "num_return_sequences", "k": "top_k", "p": "top_p", "t": "temperature"}
 
 
+def _shortened(text: str, limit: int = 60) -> str:
+    """``text`` quoted in a message: a long one is cut, so the message stays one short line."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 @dataclass
 class Strategy:
     name: str
@@ -187,7 +192,7 @@ def parse_strategy(spec: str, base: SamplingSettings | None = None) -> Strategy:
     SamplingSettings, ``-`` or ``_``). Keys other than ``do_sample`` switch sampling on
     unless the spec says ``greedy`` or sets beams."""
     base = base or SamplingSettings()
-    text = spec.strip()
+    text, shown = spec.strip(), _shortened(spec)
     if not text:
         raise WorkbenchError("An empty strategy was given.")
     if text.lower() in PRESETS:
@@ -206,26 +211,26 @@ def parse_strategy(spec: str, base: SamplingSettings | None = None) -> Strategy:
         key = key.strip().lower().replace("-", "_")
         key = _ALIASES.get(key, key)
         if not sep or key not in types or key in ("seed", "chat", "max_new_tokens"):
-            raise WorkbenchError(f"Cannot read strategy '{spec}': '{part}' is not "
+            raise WorkbenchError(f"Cannot read strategy '{shown}': '{_shortened(part)}' is not "
                                  "key=value with a decoding setting (e.g. top_k=40).")
         if key in values:
-            raise WorkbenchError(f"Cannot read strategy '{spec}': it sets {key} twice.")
+            raise WorkbenchError(f"Cannot read strategy '{shown}': it sets {key} twice.")
         word = raw.strip().lower()
         try:
             if types[key] in ("bool", bool):
                 if word not in _TRUE + _FALSE:
-                    raise WorkbenchError(f"Cannot read strategy '{spec}': {key} takes true or "
-                                         f"false, not '{raw.strip()}'.")
+                    raise WorkbenchError(f"Cannot read strategy '{shown}': {key} takes true or "
+                                         f"false, not '{_shortened(raw.strip())}'.")
                 values[key] = word in _TRUE
             elif types[key] in ("int", int):
                 values[key] = int(raw)
             else:
                 values[key] = float(raw)
         except ValueError:
-            raise WorkbenchError(f"Cannot read strategy '{spec}': '{raw}' is not a number.") from None
+            raise WorkbenchError(f"Cannot read strategy '{shown}': '{_shortened(raw)}' is not a number.") from None
     if greedy:
         if values.get("do_sample"):
-            raise WorkbenchError(f"Cannot read strategy '{spec}': greedy does not sample.")
+            raise WorkbenchError(f"Cannot read strategy '{shown}': greedy does not sample.")
         values.setdefault("do_sample", False)
     elif values.get("num_beams", 1) > 1:
         values.setdefault("do_sample", False)
@@ -234,7 +239,7 @@ def parse_strategy(spec: str, base: SamplingSettings | None = None) -> Strategy:
     if not values["do_sample"]:  # a filter named here would be silently ignored
         ignored = [k for k in _SAMPLING_ONLY if k in values]
         if ignored:
-            raise WorkbenchError(f"Cannot read strategy '{spec}': {', '.join(ignored)} only "
+            raise WorkbenchError(f"Cannot read strategy '{shown}': {', '.join(ignored)} only "
                                  "shapes sampling, and this strategy does not sample (add "
                                  "do_sample=true, or leave it out).")
     if values["do_sample"]:  # filters not named in the spec are off

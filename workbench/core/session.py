@@ -152,7 +152,9 @@ def settings_from_data(data: Any, where: str = "settings", validate: bool = True
     known = {f.name: f for f in fields(SamplingSettings)}
     unknown = [key for key in data if key not in known]
     if unknown:
-        raise WorkbenchError(f"{where} has an unknown setting {unknown[0]!r}")
+        name = unknown[0]  # any length: shown cut, so the message stays one short line
+        raise WorkbenchError(f"{where} has an unknown setting {name[:40]!r}"
+                             + ("…" if len(name) > 40 else ""))
     values: dict[str, Any] = {}
     for name, value in data.items():
         kind = known[name].type if isinstance(known[name].type, str) \
@@ -309,7 +311,7 @@ def load_session(path: str | Path) -> Session:
         session = Session(
             prompt=_text(data.get("prompt", ""), "prompt"), settings=settings, result=result,
             model=_model_from_dict(data.get("model")),
-            libraries={_text(k, "libraries"): _text(v, f"libraries.{k}")
+            libraries={_text(k, "libraries"): _text(v, f"libraries.{k[:40]}")
                        for k, v in libraries.items()},
             created=_text(data.get("created", ""), "created"))
     except WorkbenchError as exc:
