@@ -21,6 +21,9 @@ os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
 os.environ["HF_HUB_OFFLINE"] = "1"  # hermetic: tests never reach the Hub
 os.environ["XDG_CONFIG_HOME"] = str(_SANDBOX / "config")
+# Other tools' model folders (local_models): never the real ones of the machine
+for _tool in ("LMSTUDIO", "OLLAMA", "GPT4ALL", "LLAMACPP"):
+    os.environ[f"LMWB_{_tool}_DIR"] = str(_SANDBOX / "tools" / _tool.lower())
 
 sys.path.insert(0, str(Path(__file__).parent))
 

@@ -20,7 +20,7 @@ import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from workbench.core import offline, paths
+from workbench.core import local_models, offline, paths
 from workbench.core.errors import Cancelled, WorkbenchError
 from workbench.core.jobs import JobContext
 
@@ -100,7 +100,8 @@ class ModelSource:
 
     @property
     def is_gguf(self) -> bool:
-        return self.path.suffix.lower() == ".gguf"
+        # an Ollama blob is a GGUF file without the suffix
+        return self.kind == "gguf" or self.path.suffix.lower() == ".gguf"
 
 
 def _is_model_folder(folder: Path) -> bool:
@@ -253,6 +254,9 @@ def resolve(reference: str, ctx: JobContext | None = None, allow_network: bool =
     entry = find_builtin(ref)
     if entry is not None:
         return fetch_builtin(entry, ctx, allow_network)
+    if ref.lower().startswith(local_models.OLLAMA_PREFIX):
+        model = local_models.find_ollama(ref[len(local_models.OLLAMA_PREFIX):])
+        return ModelSource("gguf", model.path, f"Ollama ({model.name}, {model.path})")
     path = Path(os.path.expanduser(ref))
     if path.is_dir():
         if _is_model_folder(path):
@@ -306,28 +310,64 @@ class ModelListing:
     heads: int | None = None
     default: bool = False
     description: str = ""
+    group: str = "builtin"  # "builtin", "hf-cache", or a local_models Location's source
+    reference: str = ""  # what to load it by (--model): a name, a Hub id, a path, ollama:NAME
+    parameters: int | None = None  # from the weights' headers, when they tell
+    architecture: str | None = None
+    quantization: str | None = None
+    note: str = ""
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def list_models(include_hf_cache: bool = True) -> list[ModelListing]:
-    """The built-in models with where each is available, then the user's HF cache."""
+def _parameters(path: Path) -> tuple[int | None, str | None, str | None]:
+    """(parameters, architecture, quantization) from a GGUF's or a folder's headers."""
+    try:
+        if path.is_dir():
+            found = local_models.folder_parameters(path)
+            return (found[0], None, None) if found else (None, None, None)
+        header = local_models.gguf_header(path)
+        return header.parameters, header.architecture, header.quantization
+    except (local_models.UnreadableModel, OSError):
+        return None, None, None
+
+
+def list_models(include_hf_cache: bool = True, include_local: bool = False
+                ) -> list[ModelListing]:
+    """The built-in models with where each is available, then the user's HF cache, then
+    (``include_local``) the models of the other tools' folders (:mod:`local_models`)."""
     rows = []
     for e in BUILTIN_MODELS:
         src = locate_builtin(e)
+        params, arch, quant = _parameters(src.path) if src else (None, None, None)
         rows.append(ModelListing(
             name=e.name, task=e.task, builtin=True, available=src is not None,
             source=src.kind if src else None, location=str(src.path) if src else None,
             hub_id=e.hub_id, wheel=e.wheel_requirement, size_mb=e.size_mb, layers=e.layers,
-            heads=e.heads, default=e.name == DEFAULT_MODEL, description=e.description))
+            heads=e.heads, default=e.name == DEFAULT_MODEL, description=e.description,
+            reference=e.name, parameters=params, architecture=arch, quantization=quant))
     if include_hf_cache:
         rows += hf_cache_models()
+    if include_local:
+        rows += [local_listing(m) for scan in local_models.discover() for m in scan.models]
     return rows
 
 
+def local_listing(model: local_models.LocalModel) -> ModelListing:
+    """A row of ``models list`` for a model of another tool's folder."""
+    return ModelListing(
+        name=model.name, task="unknown", builtin=False, available=model.available,
+        source=model.source, location=str(model.path),
+        size_mb=round(model.size_bytes / 2**20, 1), group=model.source,
+        reference=model.reference, parameters=model.parameters,
+        architecture=model.architecture, quantization=model.quantization, note=model.note)
+
+
 def hf_cache_models() -> list[ModelListing]:
-    """Models in the user's Hugging Face cache (``huggingface_hub.scan_cache_dir``)."""
+    """Models in the user's Hugging Face cache (``huggingface_hub.scan_cache_dir``): a repo
+    with a transformers folder is one row (loaded by its id); a repo of GGUF files only
+    (``...-GGUF`` repos, llama.cpp's ``-hf`` downloads) is one row per file (by its path)."""
     from huggingface_hub import scan_cache_dir
 
     try:
@@ -339,9 +379,28 @@ def hf_cache_models() -> list[ModelListing]:
         if repo.repo_type != "model" or not repo.revisions:
             continue
         newest = max(repo.revisions, key=lambda r: r.last_modified)
+        snapshot = Path(newest.snapshot_path)
+        ggufs = sorted(f.file_path for f in newest.files
+                       if f.file_name.lower().endswith(".gguf")
+                       and not f.file_name.lower().startswith("mmproj"))
+        if ggufs and not _is_model_folder(snapshot):
+            for gguf in ggufs:
+                params, arch, quant = _parameters(gguf)
+                rows.append(ModelListing(
+                    name=f"{repo.repo_id}/{gguf.relative_to(snapshot).as_posix()}",
+                    task="unknown", builtin=False, available=params is not None,
+                    source="hf-cache", location=str(gguf), hub_id=repo.repo_id,
+                    size_mb=round(gguf.stat().st_size / 2**20, 1), group="hf-cache",
+                    reference=str(gguf), parameters=params, architecture=arch,
+                    quantization=quant,
+                    note="" if params is not None else "not a readable GGUF file"))
+            continue
+        available = _is_model_folder(snapshot)
+        params = _parameters(snapshot)[0] if available else None
         rows.append(ModelListing(
             name=repo.repo_id, task="unknown", builtin=False,
-            available=_is_model_folder(Path(newest.snapshot_path)), source="hf-cache",
+            available=available, source="hf-cache",
             location=str(newest.snapshot_path), hub_id=repo.repo_id,
-            size_mb=round(repo.size_on_disk / 2**20, 1)))
+            size_mb=round(repo.size_on_disk / 2**20, 1), group="hf-cache",
+            reference=repo.repo_id, parameters=params))
     return rows

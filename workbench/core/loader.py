@@ -405,6 +405,9 @@ def load_model_job(reference: str, options: LoadOptions | None = None):
         check_model_file(reference)
         source = catalog.resolve(reference, ctx, options.allow_network, options.allow_pickle)
         yield Progress(f"Found {reference} in {source.origin}", 0.1)
+        from workbench.core.model_memory import check_memory
+
+        check_memory(source, options.device, options.dtype, reference)  # before any weight
         converted_now = False
         folder = source.path
         if source.is_gguf:

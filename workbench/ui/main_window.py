@@ -82,6 +82,7 @@ class MainWindow(QMainWindow):
 
         self.log = LogPanel(self)
         self.addDockWidget(Qt.DockWidgetArea.BottomDockWidgetArea, self.log)
+        self.picker.discovery_finished.connect(self._log_discovery)
 
         self._build_status_bar()
         self._build_menus()
@@ -184,9 +185,12 @@ class MainWindow(QMainWindow):
             self.picker.request_load()
 
     def _list_cached_models(self) -> None:
-        from workbench.core.catalog import hf_cache_models
+        # the Hugging Face cache and the other tools' folders, off the GUI thread
+        self.picker.start_discovery()
 
-        self.picker.add_cached_models([row.name for row in hf_cache_models() if row.available])
+    def _log_discovery(self, lines: list) -> None:
+        for index, line in enumerate(lines):
+            self.log.append(str(line), "info" if index == 0 else "note")
 
     # --- models ---------------------------------------------------------------------------
     def _trust_key(self, reference: str, what: str) -> str:
