@@ -88,7 +88,7 @@ def test_decoder_gets_a_logit_lens(qtbot, window, tiny):
     tab.start()
     qtbot.waitUntil(lambda: tab.job_id is None, timeout=30000)
     assert tab.notice.text().startswith("Failed:")
-    assert "previous text" in tab.notice.text() and not tab.results.isEnabled()
+    assert "from the previous run" in tab.notice.text() and not tab.results.isEnabled()
 
 
 def test_pair_on_a_decoder_is_a_dialog(qtbot, window, tiny):

@@ -8,8 +8,8 @@ for the worker to be idle and then checks the dialogs that were opened (every
 ``QMessageBox`` is recorded instead of shown, and every file dialog answers "cancel") and
 that the case's folder, the results history included, is byte for byte as before.
 
-Generate-tab cases are not here: that tab is being split into modules (see the report of
-issue #12, part 7).
+The Generate tab's cases are in test_generate_tab_bad_input.py; both record dialogs with
+tests/dialogs.py.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from dialogs import Dialogs, record_dialogs, snapshot
 from PySide6.QtCore import QSettings
-from PySide6.QtWidgets import QFileDialog, QMessageBox
 
 from workbench.ui.main_window import MainWindow
 
@@ -34,47 +34,9 @@ READ_ONLY = Path("/sys")
 
 
 # --- what the user saw and what was written --------------------------------------------------
-class Dialogs(list):
-    """Every message box opened (title, text, details), and the file dialogs asked for."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.file_dialogs: list[str] = []
-
-
 @pytest.fixture
 def dialogs(monkeypatch) -> Dialogs:
-    seen = Dialogs()
-
-    def opened(box: QMessageBox, *args: Any) -> int:
-        seen.append({"title": box.windowTitle(), "text": box.text(),
-                     "details": box.detailedText()})
-        return 0
-
-    monkeypatch.setattr(QMessageBox, "open", opened)
-    monkeypatch.setattr(QMessageBox, "exec", opened)
-    for name in ("critical", "warning", "information", "question"):
-        def static(parent, title, text, *args, _name=name, **kwargs):
-            seen.append({"title": title, "text": text, "details": ""})
-            return QMessageBox.StandardButton.No if _name == "question" \
-                else QMessageBox.StandardButton.Ok
-        monkeypatch.setattr(QMessageBox, name, staticmethod(static))
-    for name in ("getOpenFileName", "getOpenFileNames", "getSaveFileName",
-                 "getExistingDirectory"):
-        def cancel(*args, _name=name, **kwargs):  # the user presses Cancel
-            seen.file_dialogs.append(_name)
-            return "" if _name == "getExistingDirectory" else ("", "")
-        monkeypatch.setattr(QFileDialog, name, staticmethod(cancel))
-    return seen
-
-
-def snapshot(folder: Path) -> dict[str, bytes | None]:
-    """Every file (its bytes) and folder (None) under ``folder``."""
-    out: dict[str, bytes | None] = {}
-    for path in sorted(folder.rglob("*")):
-        key = str(path.relative_to(folder))
-        out[key] = path.read_bytes() if path.is_file() else None
-    return out
+    return record_dialogs(monkeypatch)
 
 
 def assert_one_dialog(dialogs: Dialogs, title: str, fragments: tuple[str, ...]) -> None:

@@ -42,6 +42,7 @@ from workbench.core.attention import (
 from workbench.core.errors import WorkbenchError
 from workbench.core.files import cannot_write, write_atomically
 from workbench.ui.skeleton import combo, line, spin, text_box
+from workbench.ui.stale import mark_stale
 from workbench.ui.tab_base import WorkbenchTab
 from workbench.ui.worker import JobHandle, ModelWorker, WorkerContext, own_job
 
@@ -317,8 +318,7 @@ class AttentionTab(WorkbenchTab):
         self.run_button.setEnabled(True)
         message = "Failed: " + str(failure[0]) if failure else "Cancelled."
         if self.current is not None:  # the views keep the earlier text's: say so, greyed
-            self.results.setEnabled(False)
-            message += " The views show the previous text."
+            message = mark_stale(self.results, message)
         self.notice.setText(message)
 
     def ensure_web(self):

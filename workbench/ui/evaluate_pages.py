@@ -41,6 +41,7 @@ from workbench.core.generate_score import (
 from workbench.core.paths import sample_data
 from workbench.core.sampling import PRESETS, SamplingSettings
 from workbench.ui.skeleton import combo, fill, line, metric_checkboxes, spin, table
+from workbench.ui.stale import mark_stale
 from workbench.ui.state import preset_names, read_preset
 from workbench.ui.worker import JobHandle, ModelWorker, WorkerContext, own_job
 
@@ -104,8 +105,7 @@ class JobPage(QWidget):
         self.job = None
         self.run_button.setEnabled(True)
         if message and self.has_result and self.result_view is not None:
-            self.result_view.setEnabled(False)
-            message += " The results shown are from the previous run."
+            message = mark_stale(self.result_view, message)
         self.status.setText(message)
 
     def _finished(self, result: object) -> None:

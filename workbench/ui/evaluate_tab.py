@@ -51,6 +51,7 @@ from workbench.core.jobs import drive
 from workbench.core.loader import load_model_job
 from workbench.ui.evaluate_pages import ClassifyPage, GenerateScorePage
 from workbench.ui.skeleton import combo, fill, line, metric_checkboxes, spin, table, text_box
+from workbench.ui.stale import mark_stale
 from workbench.ui.tab_base import WorkbenchTab
 from workbench.ui.widgets import TokenView
 from workbench.ui.worker import JobHandle, ModelWorker, WorkerContext, own_job
@@ -509,8 +510,7 @@ class EvaluateTab(WorkbenchTab):
         self.ppl_job = None
         self.ppl_button.setEnabled(True)
         if self.ppl_results:
-            self.ppl_view.setEnabled(False)
-            message += " The results shown are from the previous run."
+            message = mark_stale(self.ppl_view, message)
         self.ppl_numbers.setText(message)
 
     def _bleu_done(self, result: object) -> None:
