@@ -106,21 +106,6 @@ def sandbox() -> Path:
     return _SANDBOX
 
 
-def pytest_sessionfinish(session, exitstatus):
-    session.config._lmwb_exit_status = int(exitstatus)
-
-
 def pytest_unconfigure(config):
-    """Leave without the interpreter's final garbage collection.
-
-    After every result is reported, tearing down Qt (QtWebEngine, pyqtgraph) objects in
-    the interpreter's last collection has crashed in a C extension; the tests are done by
-    then, so exit with their status instead of risking that.
-    """
     # The sandbox holds the converted bundled models (about 700 MB): never leave it behind.
     shutil.rmtree(_SANDBOX, ignore_errors=True)
-    status = getattr(config, "_lmwb_exit_status", None)
-    if status is not None:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(status)
