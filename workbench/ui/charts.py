@@ -41,7 +41,7 @@ class CandidateChart(QWidget):
         self.plot.getAxis("left").enableAutoSIPrefix(False)
         self.plot.setMouseEnabled(x=False, y=False)
         self.plot.hideButtons()
-        self.plot.addLegend(offset=(-10, 10))
+        self.plot.addLegend(offset=(-10, 10))  # (the title row holds the step's summary)
         self.raw_bars = pg.BarGraphItem(x=[], height=[], width=0.38, brush=RAW_BRUSH,
                                         name="model (raw)")
         self.kept_bars = pg.BarGraphItem(x=[], height=[], width=0.38, brush=KEPT_BRUSH,
@@ -80,6 +80,20 @@ class CandidateChart(QWidget):
         self.plot.setTitle(title, size="9pt")
         self.plot.setYRange(0, max([*raw, *processed, 0.05]) * 1.1)
         self.plot.setXRange(-0.7, max(len(xs), 1) - 0.3)
+
+
+def legend_above(plot, columns: int = 2, **style):
+    """A legend in the chart's title row, above the data (a legend inside the plot area
+    covers curves): its entries side by side, ``columns`` a row. ``plot`` is a PlotItem or
+    a PlotWidget; its title, if any, gives way to the legend, and curves made with a
+    ``name`` are added to it as with ``addLegend``."""
+    item = plot.getPlotItem() if hasattr(plot, "getPlotItem") else plot
+    legend = pg.LegendItem(colCount=columns, frame=False, **style)
+    item.layout.removeItem(item.titleLabel)
+    item.titleLabel.setVisible(False)
+    item.layout.addItem(legend, 0, 1)
+    item.legend = legend
+    return legend
 
 
 def round_ceiling(value: float) -> float:
@@ -122,7 +136,7 @@ class StepCurves(QWidget):
         self.bits = pg.PlotWidget()
         self.bits.setObjectName("step-curves")
         self.bits.setLabel("left", "bits")
-        self.bits.addLegend(offset=(10, 5))
+        legend_above(self.bits, labelTextSize="8pt")
         self.bits.showGrid(y=True, alpha=0.3)
         self.entropy = self.bits.plot([], [], pen=pg.mkPen(PALETTE[0], width=1),
                                       name="entropy (processed)")
@@ -189,7 +203,7 @@ class OverlayCurves(QWidget):
         self.plot.setLabel("bottom", "step")
         self.plot.getViewBox().setDefaultPadding(0.05)
         self.plot.showGrid(y=True, alpha=0.3)
-        self.legend = self.plot.addLegend(offset=(10, 2), colCount=3)
+        self.legend = legend_above(self.plot, columns=3)
         self.divergence = pg.InfiniteLine(angle=90, pen=pg.mkPen(200, 0, 0, style=Qt.PenStyle.DashLine),
                                           label="diverge", labelOpts={"position": 0.9})
         self.divergence.setVisible(False)

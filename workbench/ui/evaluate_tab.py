@@ -200,7 +200,9 @@ class EvaluateTab(WorkbenchTab):
         self.surprisal_plot.setLabel("left", "surprisal (bits)")
         self.surprisal_plot.setLabel("bottom", "token position")
         self.surprisal_plot.showGrid(y=True, alpha=0.3)
-        self.surprisal_plot.addLegend(offset=(-10, 10))
+        from workbench.ui.charts import legend_above
+
+        legend_above(self.surprisal_plot)
         self.surprisal_curves = [
             self.surprisal_plot.plot([], [], pen=pg.mkPen(colour, width=1))
             for colour in ((31, 119, 180), (255, 127, 14))]

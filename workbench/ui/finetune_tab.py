@@ -496,9 +496,10 @@ class FinetuneTab(WorkbenchTab):
             # of a large attached run then paints one chart a pass, not all four at once
             plot.setOpacity(0.0)
             self.charts[key] = plot
-        # semi-transparent, and it can be dragged off the curves
-        self.charts["loss"].addLegend(offset=(-5, 5), brush=(255, 255, 255, 170),
-                                      pen=(180, 180, 180), labelTextSize="8pt")
+        # the legend (two entries a run) in the title's place, above the curves
+        from workbench.ui.charts import legend_above
+
+        legend_above(self.charts["loss"], labelTextSize="8pt")
         self.chart_pages.addWidget(grid)
         self.chart_widget = grid
         for folder in remembered_folders("finetune/attached"):
