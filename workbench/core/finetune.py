@@ -29,6 +29,7 @@ from typing import Any
 from workbench.core.data_files import read_rows, read_texts
 from workbench.core.errors import WorkbenchError
 from workbench.core.files import check_writable, write_atomically
+from workbench.core.finetune_inputs import check_lora_targets, linear_layer_names
 from workbench.core.jobs import JobContext
 from workbench.core.training_process import (
     ADAPTER_DIR,
@@ -915,16 +916,9 @@ def _with_lora(model: Any, config: FinetuneConfig) -> tuple[Any, str]:
     lora = LoraConfig(task_type=TaskType.CAUSAL_LM, r=config.lora_r,
                       lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
                       target_modules=config.lora_target_modules or None)
+    check_lora_targets(model, config.lora_target_modules)
     kind = getattr(model.config, "model_type", "this")
-    layers = ", ".join(_linear_layer_names(model)) or "none found"
-    names = [name for name, _ in model.named_modules()]
-    # peft only complains when no name matches: a misspelt one among several would
-    # silently adapt fewer layers than asked.
-    missing = [t for t in config.lora_target_modules
-               if not any(n == t or n.endswith("." + t) for n in names)]
-    if missing:
-        raise WorkbenchError(f"This {kind} model has no module named {', '.join(missing)} for "
-                             f"LoRA; its linear layers: {layers}.")
+    layers = ", ".join(linear_layer_names(model)) or "none found"
     try:
         wrapped = get_peft_model(model, lora)
     except ValueError as exc:
@@ -939,18 +933,6 @@ def _with_lora(model: Any, config: FinetuneConfig) -> tuple[Any, str]:
                      f"{config.lora_dropout}) on {', '.join(targets)}: {trainable:,} trainable "
                      f"parameters of {total:,} ({100 * trainable / max(total, 1):.2f}%); the "
                      "base weights stay frozen.")
-
-
-def _linear_layer_names(model: Any) -> list[str]:
-    """The distinct names of the linear layers of ``model`` (what LoRA can target)."""
-    import torch
-
-    names = set()
-    for name, module in model.named_modules():
-        # transformers' Conv1D (GPT-2) is a linear layer too
-        if name and (isinstance(module, torch.nn.Linear) or type(module).__name__ == "Conv1D"):
-            names.add(name.rsplit(".", 1)[-1])
-    return sorted(names)
 
 
 # --- disk space ---------------------------------------------------------------------------
