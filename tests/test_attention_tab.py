@@ -70,6 +70,17 @@ def test_run_on_an_encoder_pair(qtbot, window, tiny, tmp_path):
     assert "could not write" in window.last_dialog.text()
 
 
+def contrast(a, b) -> float:
+    """WCAG 2 contrast ratio of two QColors."""
+    def luminance(colour):
+        def channel(c):
+            return c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4
+        return 0.2126 * channel(colour.redF()) + 0.7152 * channel(colour.greenF()) + \
+            0.0722 * channel(colour.blueF())
+    high, low = sorted((luminance(a), luminance(b)), reverse=True)
+    return (high + 0.05) / (low + 0.05)
+
+
 def test_decoder_gets_a_logit_lens(qtbot, window, tiny):
     load(qtbot, window, tiny("llama"))
     tab = window.tab_pages[1]
@@ -82,6 +93,17 @@ def test_decoder_gets_a_logit_lens(qtbot, window, tiny):
     qtbot.waitUntil(lambda: not tab.lens_wanted and tab.lens_job is None, timeout=60000)
     assert tab.lens_table.rowCount() == 2 and tab.lens_table.columnCount() == 5
     assert tab.lens_table.horizontalHeaderItem(1).text() == "cat"
+    lens = tab.current.lens
+    for row in range(2):
+        for col in range(5):
+            item = tab.lens_table.item(row, col)
+            token, p = lens.top_tokens[row][col], lens.top_probs[row][col]
+            # whitespace is visible (a space-only token looked like an empty cell) ...
+            assert item.text().strip() and item.text() == token.replace(" ", "·").replace(
+                "\n", "⏎").replace("\t", "→") or (token == "" and item.text() == "∅")
+            # ... and readable on its shade: WCAG's contrast ratio of at least 4.5
+            ratio = contrast(item.background().color(), item.foreground().color())
+            assert ratio >= 4.5, (token, p, ratio)
     assert "rotary" in tab.positions_note.text()
     assert not tab.position_plots["learned"][0].isVisible()
     tab.text_b.setPlainText("another sentence")  # a pair on a decoder: this run fails

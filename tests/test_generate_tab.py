@@ -5,6 +5,7 @@ import json
 
 import pytest
 from PySide6.QtCore import QPoint, Qt
+from PySide6.QtGui import QFontMetrics
 
 from workbench.core.compare import compare
 from workbench.core.generation import generate
@@ -39,6 +40,19 @@ def run_generation(qtbot, tab):
     qtbot.waitUntil(lambda: tab.single.job is None, timeout=30000)
 
 
+def test_charts_say_what_they_will_show_until_they_have_data(qtbot, tab):
+    single = tab.single
+    charts = (single.candidate_chart, single.step_curves, tab.compare.overlay)
+    for chart in charts:  # a line saying what will come, not axes from 0 to 1
+        assert chart.placeholder.currentWidget() is chart.placeholder.note
+        assert chart.placeholder.note.text()
+    run_generation(qtbot, tab)
+    assert single.step_curves.placeholder.currentWidget() is not single.step_curves.placeholder.note
+    single.select_step(2)
+    assert single.candidate_chart.placeholder.currentWidget() is single.candidate_chart.plot
+    assert tab.compare.overlay.placeholder.currentWidget() is tab.compare.overlay.placeholder.note
+
+
 def test_clicking_a_token_shows_its_candidates(qtbot, tab, tiny):
     tab.controls.sample.setChecked(False)
     run_generation(qtbot, tab)
@@ -53,7 +67,16 @@ def test_clicking_a_token_shows_its_candidates(qtbot, tab, tiny):
     chart = tab.single.candidate_chart
     title = chart.plot.plotItem.titleLabel.text
     assert f"Step 2: chose {steps[2].text!r}" in title
-    assert chart.labels[0]  # token labels on the axis
+    # each candidate's whole token (whitespace shown) is its tooltip; its axis label is cut
+    # to the room a candidate has, so that neighbours never overlap
+    assert chart.labels == [c.text.replace("\n", "⏎").replace("\t", "→").replace(" ", "·")
+                            or "∅" for c in steps[2].candidates]
+    axis = chart.plot.getAxis("bottom")
+    metrics = QFontMetrics(axis.style.get("tickFont") or chart.plot.font())
+    room = chart.plot.getViewBox().width() / len(chart.labels)
+    shown = [text for _, text in axis._tickLevels[0]]
+    assert len(shown) == len(chart.labels)
+    assert all(metrics.horizontalAdvance(text) <= max(room - 6, 12) for text in shown)
     heights = chart.kept_bars.opts["height"]
     assert list(heights) == pytest.approx([c.probability for c in steps[2].candidates])
     assert tab.single.step_curves.markers[0].value() == 2

@@ -44,6 +44,7 @@ from workbench.core.files import cannot_write, write_atomically
 from workbench.ui.skeleton import combo, line, spin, text_box
 from workbench.ui.stale import mark_stale
 from workbench.ui.tab_base import WorkbenchTab
+from workbench.ui.widgets import visible_token
 from workbench.ui.worker import JobHandle, ModelWorker, WorkerContext, own_job
 
 
@@ -367,7 +368,7 @@ class AttentionTab(WorkbenchTab):
         # ImageItem's first axis is x: transpose so rows are queries and columns keys
         self.heat_image.setImage(matrix.T, autoLevels=False, levels=(0, float(matrix.max())))
         self.heat_bar.setLevels((0, float(matrix.max())))
-        labels = [(i + 0.5, t.replace("\n", "⏎")[:12]) for i, t in enumerate(r.tokens)]
+        labels = [(i + 0.5, visible_token(t)[:12]) for i, t in enumerate(r.tokens)]
         step = max(1, len(labels) // 40)  # keep labels readable on long inputs
         ticks = [labels[::step]]
         self.heat_plot.getAxis("left").setTicks(ticks)
@@ -436,13 +437,16 @@ class AttentionTab(WorkbenchTab):
             return
         t.setRowCount(len(lens.top_tokens))
         t.setColumnCount(len(lens.tokens))
-        t.setHorizontalHeaderLabels([tok.replace("\n", "⏎") for tok in lens.tokens])
+        t.setHorizontalHeaderLabels([visible_token(tok) for tok in lens.tokens])
         t.setVerticalHeaderLabels([f"layer {i + 1}" for i in range(len(lens.top_tokens))])
         for row, (toks, probs) in enumerate(zip(lens.top_tokens, lens.top_probs, strict=True)):
             for col, (tok, p) in enumerate(zip(toks, probs, strict=True)):
-                item = QTableWidgetItem(tok.replace("\n", "⏎"))
-                item.setBackground(QColor.fromHsvF(0.6, min(1.0, p), 1.0))
-                item.setToolTip(f"p = {p:.3f}")
+                item = QTableWidgetItem(visible_token(tok))
+                # white to a mid blue: black text stays readable on every shade (on a
+                # saturated blue it was not)
+                item.setBackground(QColor.fromHsvF(0.6, 0.6 * max(0.0, min(1.0, p)), 1.0))
+                item.setForeground(QColor("black"))
+                item.setToolTip(f"{tok!r}: p = {p:.3f}")
                 t.setItem(row, col, item)
 
     # --- exports --------------------------------------------------------------------------------

@@ -6,7 +6,9 @@ import math
 
 import pyqtgraph as pg
 from PySide6.QtCore import Qt, Signal
-from PySide6.QtWidgets import QVBoxLayout, QWidget
+from PySide6.QtWidgets import QLabel, QStackedWidget, QVBoxLayout, QWidget
+
+from workbench.ui.widgets import visible_token
 
 pg.setConfigOptions(antialias=True, background="w", foreground="k")
 # Curves use 1-pixel pens: Qt strokes wider antialiased lines in software, about 4 times
@@ -20,10 +22,22 @@ PALETTE = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 1
            (140, 86, 75)]
 
 
-def token_label(text: str, limit: int = 8) -> str:
-    """A visible, short label for a token (spaces and newlines shown)."""
-    shown = text.replace("\n", "⏎").replace(" ", "·") or "∅"
-    return shown if len(shown) <= limit else shown[: limit - 1] + "…"
+class Placeholder(QStackedWidget):
+    """A chart, or a line saying what it will show while it has nothing to show (an empty
+    chart's axes, 0 to 1 or -400 to 400, mean nothing)."""
+
+    def __init__(self, content: QWidget, text: str) -> None:
+        super().__init__()
+        self.note = QLabel(text)
+        self.note.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.note.setWordWrap(True)
+        self.note.setStyleSheet("color: #666")
+        self.addWidget(self.note)
+        self.addWidget(content)
+        self.content = content
+
+    def show_content(self, shown: bool = True) -> None:
+        self.setCurrentWidget(self.content if shown else self.note)
 
 
 class CandidateChart(QWidget):
@@ -50,18 +64,42 @@ class CandidateChart(QWidget):
                                       pen=CHOSEN_PEN)
         for item in (self.raw_bars, self.kept_bars, self.chosen):
             self.plot.addItem(item)
+        self.placeholder = Placeholder(self.plot, "Each step's most likely next tokens, before "
+                                       "and after the sampler's processors, appear here.")
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
-        layout.addWidget(self.plot)
-        self.labels: list[str] = []
+        layout.addWidget(self.placeholder)
+        self.labels: list[str] = []  # each candidate's whole token, whitespace shown
         self.plot.scene().sigMouseClicked.connect(self._clicked)
+        self.plot.scene().sigMouseMoved.connect(self._hovered)
+        self.plot.getViewBox().sigResized.connect(lambda *_: self._set_ticks())
+
+    def _index_at(self, scene_pos) -> int | None:
+        view = self.plot.getViewBox()
+        if not view.sceneBoundingRect().contains(scene_pos):
+            return None
+        index = round(view.mapSceneToView(scene_pos).x())
+        return index if 0 <= index < len(self.labels) else None
+
+    def _hovered(self, scene_pos) -> None:
+        """The whole token of the candidate under the pointer (its axis label may be cut)."""
+        index = self._index_at(scene_pos)
+        self.plot.setToolTip("" if index is None else self.labels[index])
+
+    def _set_ticks(self) -> None:
+        """Axis labels cut to the room each candidate has, so that they never overlap."""
+        from PySide6.QtGui import QFontMetrics
+
+        axis = self.plot.getAxis("bottom")
+        metrics = QFontMetrics(axis.style.get("tickFont") or self.plot.font())
+        room = self.plot.getViewBox().width() / max(len(self.labels), 1) - 6
+        axis.setTicks([[(i, metrics.elidedText(label, Qt.TextElideMode.ElideRight,
+                                                max(int(room), 12)))
+                        for i, label in enumerate(self.labels)]])
 
     def _clicked(self, event) -> None:
-        view = self.plot.getViewBox()
-        if not view.sceneBoundingRect().contains(event.scenePos()):
-            return
-        index = round(view.mapSceneToView(event.scenePos()).x())
-        if 0 <= index < len(self.labels):
+        index = self._index_at(event.scenePos())
+        if index is not None:
             self.candidate_clicked.emit(index)
 
     def show_candidates(self, title: str, texts: list[str], raw: list[float],
@@ -75,8 +113,9 @@ class CandidateChart(QWidget):
             self.chosen.setOpts(x=[chosen], height=[top])
         else:
             self.chosen.setOpts(x=[], height=[])
-        self.labels = [token_label(t) for t in texts]
-        self.plot.getAxis("bottom").setTicks([list(enumerate(self.labels))])
+        self.labels = [visible_token(t) for t in texts]
+        self._set_ticks()
+        self.placeholder.show_content(bool(texts))
         self.plot.setTitle(title, size="9pt")
         self.plot.setYRange(0, max([*raw, *processed, 0.05]) * 1.1)
         self.plot.setXRange(-0.7, max(len(xs), 1) - 0.3)
@@ -156,10 +195,15 @@ class StepCurves(QWidget):
                         for _ in range(2)]
         self.bits.addItem(self.markers[0])
         self.kept.addItem(self.markers[1])
-        layout = QVBoxLayout(self)
+        curves = QWidget()
+        layout = QVBoxLayout(curves)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.bits, 3)
         layout.addWidget(self.kept, 2)
+        self.placeholder = Placeholder(curves, "Entropy, surprisal and the kept set of each "
+                                       "step appear here as tokens are generated.")
+        QVBoxLayout(self).setContentsMargins(0, 0, 0, 0)
+        self.layout().addWidget(self.placeholder)
 
     def set_steps(self, entropy: list[float], surprisal: list[float], kept: list[int],
                   streaming_to: int | None = None) -> None:
@@ -174,6 +218,7 @@ class StepCurves(QWidget):
         self.entropy.setData([f[0] for f in finite], [f[1] for f in finite])
         self.surprisal.setData([f[0] for f in finite], [f[2] for f in finite])
         self.kept_curve.setData([f[0] for f in finite], [f[3] for f in finite])
+        self.placeholder.show_content(bool(finite) or streaming_to is not None)
         right = streaming_to if streaming_to is not None else max(len(xs), 1)
         # bits start at 0-10 (most tokens' surprisal), so the first steps do not
         # re-lay out the axis at each new power of ten
@@ -209,9 +254,11 @@ class OverlayCurves(QWidget):
         self.divergence.setVisible(False)
         self.plot.addItem(self.divergence)
         self.curves: list = []
+        self.placeholder = Placeholder(self.plot, "Compare strategies to see each one's "
+                                       "surprisal per step, and where they diverge.")
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
-        layout.addWidget(self.plot)
+        layout.addWidget(self.placeholder)
 
     def set_series(self, names: list[str], series: list[list[float]], diverge: int | None) -> None:
         while len(self.curves) < len(names):
@@ -229,6 +276,7 @@ class OverlayCurves(QWidget):
                     label.setText(names[i])
             else:
                 curve.setVisible(False)
+        self.placeholder.show_content(bool(names))
         self.divergence.setVisible(diverge is not None)
         if diverge is not None:
             self.divergence.setValue(diverge)

@@ -206,7 +206,11 @@ class EvaluateTab(WorkbenchTab):
         self.surprisal_curves = [
             self.surprisal_plot.plot([], [], pen=pg.mkPen(colour, width=1))
             for colour in ((31, 119, 180), (255, 127, 14))]
-        self.plot_holder.layout().addWidget(self.surprisal_plot)
+        from workbench.ui.charts import Placeholder
+
+        self.surprisal_holder = Placeholder(self.surprisal_plot, "The surprisal of each token "
+                                            "appears here once perplexity is computed.")
+        self.plot_holder.layout().addWidget(self.surprisal_holder)
         if self.ppl_results:
             self._plot_surprisal()
 
@@ -320,6 +324,7 @@ class EvaluateTab(WorkbenchTab):
         if self.surprisal_plot is None:
             return
         results = self.ppl_results
+        self.surprisal_holder.show_content(bool(results))
         by_chars = len(results) == 2 and not results[0].same_tokens(results[1])
         self.surprisal_plot.setLabel("bottom", "character position" if by_chars
                                      else "token position")

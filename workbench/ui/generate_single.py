@@ -185,6 +185,7 @@ class SingleRunView(QWidget):
                            event=self._generation_event, finished=self._generation_done,
                            failed=lambda error, details: self._generation_ended(f"Failed: {error}"),
                            cancelled=lambda: self._generation_ended("Cancelled."))
+        self._update_curves()  # the charts' frames now, before the tokens stream in
         self.flush_timer.start()
 
     def stop(self) -> None:

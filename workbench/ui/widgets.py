@@ -10,6 +10,13 @@ from PySide6.QtGui import QColor, QTextCharFormat, QTextCursor
 from PySide6.QtWidgets import QLabel, QTextEdit
 
 
+def visible_token(text: str) -> str:
+    """A token as it can be seen in a label or a table cell: a space as ·, a newline as ⏎,
+    a tab as →, and an empty token as ∅ (a whitespace-only token looked like an empty
+    cell)."""
+    return text.replace("\n", "⏎").replace("\t", "→").replace(" ", "·") or "∅"
+
+
 def probability_colour(p: float) -> QColor:
     """Red for unlikely tokens through yellow to green for near-certain ones."""
     if p != p:  # NaN: no probability known
