@@ -265,6 +265,11 @@ def test_clicking_a_candidate_branches(qtbot, tab):
     run_generation(qtbot, tab)
     tab.single.select_step(2)
     step = tab.single.current_steps()[2]
+    assert step.candidates[0].token_id == step.token_id  # greedy: the first candidate
+    click_candidate(qtbot, tab.single.candidate_chart, 0)  # the chosen one: no branch to itself
+    qtbot.wait(200)
+    assert tab.single.branch_job is None and tab.single.branches == []
+    assert "is the token chosen at step 2" in tab.single.stats.text()
     click_candidate(qtbot, tab.single.candidate_chart, 1)
     qtbot.waitUntil(lambda: tab.single.branch_job is None and len(tab.single.branches) == 1,
                     timeout=30000)

@@ -36,7 +36,7 @@ from workbench.core.generation import (
 from workbench.core.sampling import SamplingSettings
 from workbench.ui.generate_controls import DecodingControls
 from workbench.ui.stale import mark_stale
-from workbench.ui.widgets import StatusLine, TokenView
+from workbench.ui.widgets import StatusLine, TokenView, visible_token
 from workbench.ui.worker import JobHandle, ModelWorker, WorkerContext, own_job
 
 TOP_N = 10
@@ -419,6 +419,11 @@ class SingleRunView(QWidget):
         if candidate >= len(steps[self.selected_step].candidates):
             return
         token = steps[self.selected_step].candidates[candidate].token_id
+        if token == steps[self.selected_step].token_id:  # a branch to itself: the same text
+            self.stats.setText(f"{visible_token(steps[self.selected_step].text)} is the token "
+                               f"chosen at step {self.selected_step}: click another candidate "
+                               "to branch.")
+            return
         base = self.result if shown < len(self.result.sequences) else GenerationResult(
             self.result.prompt, [self.branches[shown - len(self.result.sequences)].sequence],
             0.0, False, prompt_token_ids=self.result.prompt_token_ids)
