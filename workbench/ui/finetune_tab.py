@@ -364,8 +364,10 @@ class FinetuneTab(WorkbenchTab):
         self._task_changed()
 
     def _build_form(self) -> None:
-        self.task = combo("task", ["classify (sequence classification)",
-                                   "lm (causal language modelling)"])
+        # short enough for the form's column (the longer names were cut)
+        self.task = combo("task", ["classify (text → label)", "lm (next token)"])
+        self.task.setToolTip("classify: sequence classification (a label for each text); "
+                             "lm: causal language modelling (predict each next token)")
         self.train_file = line("train-file", "", ".txt, .jsonl, .csv or .tsv")
         self.validation_file = line("validation-file", "", "optional (default: 10% split)")
         self.text_column = line("text-column", "text")
