@@ -158,9 +158,19 @@ def test_generate_then_score(qtbot, window, tab, tiny, tmp_path):
     page.pairs_file.setText(str(pairs))
     page.strategy.setCurrentText("greedy")
     page.max_new.setValue(5)
+    seen = []  # each row appears as soon as it is generated, before the scores
+    shown = page._row_done
+
+    def row_done(event):
+        shown(event)
+        if type(event).__name__ == "RowDone":
+            seen.append((page.outputs.rowCount(), page.outputs.item(event.row - 1, 4).text(),
+                         page.outputs.item(event.row - 1, 3).text()))
+    page._row_done = row_done
     page.start()
     qtbot.waitUntil(lambda: page.job is None, timeout=60000)
     result = page.result
+    assert seen == [(1, result.hypotheses[0], "the cat"), (2, result.hypotheses[1], "the sea")]
     refs = [["the cat sat", "the sea is blue"]]
     assert float(page.scores.item(0, 1).text()) == pytest.approx(
         sacrebleu.corpus_bleu(result.hypotheses, refs).score, abs=0.01)

@@ -33,6 +33,7 @@ from workbench.core.errors import WorkbenchError
 from workbench.core.finetune import read_rows
 from workbench.core.generate_score import (
     GenerateScoreResult,
+    RowDone,
     generate_and_score,
     output_folder,
     read_pairs,
@@ -89,10 +90,10 @@ class JobPage(QWidget):
         self.result_view: QWidget | None = None  # the results, greyed out when stale
         self.has_result = False
 
-    def submit(self, function) -> None:
+    def submit(self, function, event=None) -> None:
         self.job = own_job(self, self.worker, self.job_title, function,
                            finished=self._finished, failed=self._failed,
-                           cancelled=lambda: self._ended("Cancelled."))
+                           cancelled=lambda: self._ended("Cancelled."), event=event)
         self.run_button.setEnabled(False)
         self.status.setText("Running… (Esc cancels)")
 
@@ -132,6 +133,7 @@ class GenerateScorePage(JobPage):
         super().__init__(worker, record, show_error)
         self.current_settings = current_settings
         self.result: GenerateScoreResult | None = None
+        self.pending_rows: tuple[list[str], list[str]] | None = None  # of the running job
         self.run_button.setObjectName("generate-score-button")
         self.pairs_file = line("pairs-file", sample("questions.tsv"),
                                "TSV: prompt<TAB>reference a line")
@@ -238,7 +240,36 @@ class GenerateScorePage(JobPage):
         self.inputs = {"file": self.pairs_file.text().strip(), "strategy": strategy,
                        "max_new_tokens": settings.max_new_tokens, "chat": settings.chat,
                        "first_line": first_line, "metrics": list(metrics)}
-        self.submit(job)
+        self.pending_rows = (prompts, refs[0] if refs else [""] * len(prompts))
+        self.submit(job, event=self._row_done)
+
+    def _row_done(self, event: object) -> None:
+        """A prompt was answered: its row appears now, scored when every row is done."""
+        if not isinstance(event, RowDone) or self.pending_rows is None:
+            return
+        if event.row == 1:  # the first of this run: the earlier run's rows give way
+            self.outputs.setSortingEnabled(False)
+            self.outputs.setRowCount(0)
+            self.result_view.setEnabled(True)
+        prompts, references = self.pending_rows
+        index = event.row - 1
+        row = self.outputs.rowCount()
+        self.outputs.insertRow(row)
+        for column, value in enumerate([event.row, None, None, prompts[index],
+                                        event.hypothesis, references[index]]):
+            item = QTableWidgetItem()
+            item.setData(Qt.ItemDataRole.DisplayRole, value)
+            self.outputs.setItem(row, column, item)
+        self.status.setText(f"Row {event.row} of {event.total} generated "
+                            f"({event.seconds:.1f} s); scored when all are done… (Esc cancels)")
+
+    def _ended(self, message: str) -> None:
+        """Also: rows of a run that failed give way to the earlier run's, shown stale."""
+        if message and self.result is not None:
+            self.show_rows(self.result)
+        elif message:
+            self.outputs.setRowCount(0)
+        super()._ended(message)
 
     def show_result(self, result: object) -> None:
         if not isinstance(result, GenerateScoreResult):
@@ -246,11 +277,7 @@ class GenerateScorePage(JobPage):
         self.result = result
         fill(self.scores, [[m.metric, round(m.score, 2), m.signature]
                            for m in result.scores.metrics])
-        fill(self.outputs, [[row["line"], round(row.get("bleu", float("nan")), 2),
-                             round(row.get("chrf", float("nan")), 2), prompt, hyp,
-                             row["references"][0]]
-                            for row, prompt, hyp in zip(result.scores.sentences, result.prompts,
-                                                        result.hypotheses, strict=True)])
+        self.show_rows(result)
         done = (f"Stopped: {result.rows_done} of {result.rows_total} rows scored"
                 if result.stopped else f"{result.rows_done} rows")
         saved = f" · saved in {result.saved_to}" if result.saved_to else ""
@@ -259,6 +286,14 @@ class GenerateScorePage(JobPage):
                             + "".join(f"<br>{n}" for n in result.notices))
         self.record("generate+score", result.summary(), self.inputs | {"model": result.model},
                     result.to_dict())
+
+
+    def show_rows(self, result: GenerateScoreResult) -> None:
+        fill(self.outputs, [[row["line"], round(row.get("bleu", float("nan")), 2),
+                             round(row.get("chrf", float("nan")), 2), prompt, hyp,
+                             row["references"][0]]
+                            for row, prompt, hyp in zip(result.scores.sentences, result.prompts,
+                                                        result.hypotheses, strict=True)])
 
 
 class ClassifyPage(JobPage):
