@@ -57,8 +57,9 @@ def wait_until(app, condition, timeout_s: float) -> bool:
 
 
 def take_screenshots(window, folder: Path, app, demo: bool = True,
-                     timeout_s: float = 300) -> list[Path]:
-    """Save one PNG per tab; with ``demo``, after loading the model and a short generation."""
+                     timeout_s: float = 180) -> list[Path]:
+    """Save one PNG per tab; with ``demo``, after loading the model and a short generation
+    (each step of the demo waits ``timeout_s`` at most: the whole stays bounded)."""
 
     folder.mkdir(parents=True, exist_ok=True)
     run_root = tempfile.mkdtemp(prefix="lmwb-demo-run-")
