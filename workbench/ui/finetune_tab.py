@@ -684,6 +684,14 @@ class FinetuneTab(WorkbenchTab):
             kill_run(run_state(run.folder))
         self.eta.setText("Stopped without saving.")
 
+    def end_demo_run(self) -> None:
+        """End this tab's run at once, without saving or asking, and stop following it (the
+        screenshots' demo run, whose folder is removed, when it outlasts its wait)."""
+        run = self.active
+        if run is not None:
+            self.stop_now()
+            self._show_end(run, None, dialog=False)
+
     def ask_close_choice(self) -> str:
         """While a run goes and the window closes: "keep" it training in the background
         (the default), "stop" it with a checkpoint, or "cancel" the close."""

@@ -65,7 +65,11 @@ def take_screenshots(window, folder: Path, app, demo: bool = True,
     run_root = tempfile.mkdtemp(prefix="lmwb-demo-run-")
     try:
         return _shoot(window, folder, app, demo, timeout_s, Path(run_root))
-    finally:  # the demo run's model is half a gigabyte: never leave it behind
+    finally:
+        # A demo run slower than its wait (a busy machine) ends here: closing the window
+        # would otherwise ask whether to keep it, and nobody answers an offscreen window.
+        window.tab_pages[2].end_demo_run()
+        # the demo run's model is half a gigabyte: never leave it behind
         shutil.rmtree(run_root, ignore_errors=True)
 
 
