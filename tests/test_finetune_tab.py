@@ -291,6 +291,26 @@ def test_closing_during_a_run_keeps_it_or_stops_it_with_a_checkpoint(qtbot, wind
         assert run_state(folder).state == "finished"
 
 
+def test_a_demo_run_that_outlasts_its_wait_ends_without_a_question(qtbot, window, tmp_path,
+                                                                    monkeypatch):
+    """--screenshot ends its demo run when it is still going: closing the window then asks
+    nothing (nobody answers an offscreen window) and no process is left behind."""
+    from workbench.core.training_process import run_state
+
+    tab = window.tab_pages[2]
+    long_form(tab, tmp_path)
+    tab.start()
+    qtbot.waitUntil(lambda: len(tab.rows.get("run", [])) >= 1, timeout=120000)
+    process = tab.active.process
+    tab.end_demo_run()
+    assert not tab.running and process.wait(timeout=30) is not None
+    assert not run_state(tmp_path / "run").live
+    asked = []
+    monkeypatch.setattr(type(tab), "ask_close_choice", lambda self: asked.append(1) or "keep")
+    window.close()
+    assert asked == []
+
+
 def test_cancelling_the_close_keeps_the_window(qtbot, window, tmp_path, monkeypatch):
     tab = window.tab_pages[2]
     long_form(tab, tmp_path)
