@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from dataclasses import fields
 from typing import Any
 
 from workbench.cli.common import (
@@ -18,7 +20,7 @@ from workbench.cli.common import (
     text_argument,
 )
 from workbench.core.errors import WorkbenchError
-from workbench.core.sampling import SamplingSettings
+from workbench.core.sampling import STAGES, SamplingSettings
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -44,18 +46,79 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     gen.add_argument("--num-return-sequences", type=int, default=defaults.num_return_sequences)
     gen.add_argument("--top-n", type=int, default=0,
                      help="with --json: each step's top-N candidates, raw and processed")
+    add_sampler_options(gen, defaults)
+    gen.add_argument("--export-config", metavar="FILE",
+                     help="also write the settings as a transformers GenerationConfig JSON "
+                          "(what it has no field for is named on stderr)")
 
     cmp = sub.add_parser("compare", help="several sampling strategies on one prompt and seed")
     add_model_options(cmp)
     add_text_options(cmp, "prompt", "the prompt text")
     cmp.add_argument("--strategy", action="append", required=True,
                      help='repeat 2-6 times: "greedy", a preset (top-k 40, nucleus 0.9, '
-                          'creative, min-p 0.1) or "top_k=40,temperature=0.8,n=3"')
+                          'creative, min-p 0.1) or "top_k=40,temperature=0.8,n=3" (any '
+                          'setting of generate, e.g. "xtc_probability=0.5,dry_multiplier=0.8,'
+                          'sampler_order=min_p>temperature")')
     cmp.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens)
     cmp.add_argument("--seed", type=int, default=defaults.seed)
     cmp.add_argument("--chat", action=argparse.BooleanOptionalAction, default=defaults.chat)
     cmp.add_argument("--top-n", type=int, default=0, help="with --json: per-step candidates")
     cmp.add_argument("--json", action="store_true", help="print one JSON document")
+    cmp.add_argument("--sampler-order", default=defaults.sampler_order, metavar="STAGES",
+                     help="the order of the stages for every strategy (a strategy's "
+                          "sampler_order=a>b overrides it); see generate --help")
+    cmp.add_argument("--dry-sequence-breakers", default=defaults.dry_sequence_breakers,
+                     metavar="TEXTS", help="DRY's sequence breakers for every strategy")
+
+
+def add_sampler_options(parser: argparse.ArgumentParser, defaults: SamplingSettings) -> None:
+    """The samplers beyond transformers' classic ones, named as SamplingSettings names them."""
+    group = parser.add_argument_group(
+        "more samplers", "off by default; see also --sampler-order")
+    group.add_argument("--top-h", type=float, default=defaults.top_h,
+                       help="transformers' top-h in (0, 1] (0: off)")
+    group.add_argument("--epsilon-cutoff", type=float, default=defaults.epsilon_cutoff,
+                       help="drop tokens below this probability (0: off)")
+    group.add_argument("--eta-cutoff", type=float, default=defaults.eta_cutoff,
+                       help="eta sampling (0: off)")
+    group.add_argument("--top-n-sigma", type=float, default=defaults.top_n_sigma,
+                       help="keep logits within n standard deviations of the top one (0: off)")
+    group.add_argument("--dynamic-temperature", action="store_true",
+                       help="entropy-scaled temperature between --dynatemp-low and -high "
+                            "(replaces --temperature)")
+    group.add_argument("--dynatemp-low", type=float, default=defaults.dynatemp_low)
+    group.add_argument("--dynatemp-high", type=float, default=defaults.dynatemp_high)
+    group.add_argument("--dynatemp-exponent", type=float, default=defaults.dynatemp_exponent)
+    group.add_argument("--smoothing-factor", type=float, default=defaults.smoothing_factor,
+                       help="quadratic smoothing (0: off)")
+    group.add_argument("--smoothing-curve", type=float, default=defaults.smoothing_curve,
+                       help="1 (quadratic) to 3 (cubic)")
+    group.add_argument("--xtc-threshold", type=float, default=defaults.xtc_threshold)
+    group.add_argument("--xtc-probability", type=float, default=defaults.xtc_probability,
+                       help="XTC: how often the top choices are excluded (0: off)")
+    group.add_argument("--mirostat-mode", type=int, default=defaults.mirostat_mode,
+                       help="2: Mirostat 2.0 (0: off)")
+    group.add_argument("--mirostat-tau", type=float, default=defaults.mirostat_tau)
+    group.add_argument("--mirostat-eta", type=float, default=defaults.mirostat_eta)
+    group.add_argument("--dry-multiplier", type=float, default=defaults.dry_multiplier,
+                       help="DRY repetition penalty (0: off)")
+    group.add_argument("--dry-base", type=float, default=defaults.dry_base)
+    group.add_argument("--dry-allowed-length", type=int, default=defaults.dry_allowed_length)
+    group.add_argument("--dry-sequence-breakers", default=defaults.dry_sequence_breakers,
+                       metavar="TEXTS", help="quoted texts separated by commas (default: "
+                                             "%(default)s)")
+    group.add_argument("--sampler-order", default=defaults.sampler_order, metavar="STAGES",
+                       help="stages separated by commas, e.g. min_p,temperature: the stages "
+                            "named take that order, the others keep theirs (stages: "
+                            f"{', '.join(STAGES)})")
+
+
+def _settings_from_args(args: argparse.Namespace) -> SamplingSettings:
+    for option in ("sampler_order", "dry_sequence_breakers"):
+        check_utf8(getattr(args, option), f"--{option.replace('_', '-')}")
+    values = {f.name: getattr(args, f.name) for f in fields(SamplingSettings)
+              if f.name != "do_sample" and hasattr(args, f.name)}
+    return SamplingSettings(do_sample=not args.greedy, **values)
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -63,16 +126,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from workbench.core.jobs import JobContext
 
     check_model_options(args)
-    settings = SamplingSettings(
-        max_new_tokens=args.max_new_tokens, do_sample=not args.greedy,
-        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-        repetition_penalty=args.repetition_penalty, seed=args.seed, chat=args.chat,
-        min_p=args.min_p, typical_p=args.typical_p,
-        no_repeat_ngram_size=args.no_repeat_ngram_size, num_beams=args.num_beams,
-        num_return_sequences=args.num_return_sequences)
+    settings = _settings_from_args(args)
     settings.validate()  # before spending time on loading
     check_whole(args.top_n, "--top-n", 0)
     prompt = text_argument(args, "prompt")
+    if args.export_config:
+        _export_config(settings, args.export_config)
     bar = TerminalProgress(quiet=args.json)
     loaded = load_from_args(args, bar)
 
@@ -98,6 +157,21 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export_config(settings: SamplingSettings, path: str) -> None:
+    from workbench.core.files import write_atomically
+
+    check_utf8(path, "--export-config")
+    try:
+        write_atomically(path, json.dumps(settings.to_generation_config(), indent=2) + "\n")
+    except OSError as exc:
+        raise WorkbenchError(f"Cannot write --export-config {path}: "
+                             f"{exc.strerror or exc}.") from None
+    left = settings.not_in_generation_config()
+    if left:
+        print(f"note: {path} leaves out {', '.join(left)}: a GenerationConfig has no field "
+              "for them.", file=sys.stderr)
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     from workbench.core.compare import compare, strategy_runs
     from workbench.core.sampling import parse_strategy
@@ -105,7 +179,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
     check_model_options(args)
     if not 2 <= len(args.strategy) <= 6:
         raise WorkbenchError(f"Give 2 to 6 --strategy options, not {len(args.strategy)}.")
-    base = SamplingSettings(max_new_tokens=args.max_new_tokens, seed=args.seed, chat=args.chat)
+    for option in ("sampler_order", "dry_sequence_breakers"):
+        check_utf8(getattr(args, option), f"--{option.replace('_', '-')}")
+    base = SamplingSettings(max_new_tokens=args.max_new_tokens, seed=args.seed, chat=args.chat,
+                            sampler_order=args.sampler_order,
+                            dry_sequence_breakers=args.dry_sequence_breakers)
     base.validate()
     for spec in args.strategy:
         check_utf8(spec, "--strategy")

@@ -1,10 +1,11 @@
 """Several decoding strategies on one prompt and seed, side by side.
 
 Sampled and greedy strategies run together in one batched ``generate`` call: the batch
-holds one row per returned sequence, and each row is shaped by its own strategy's chain,
-built from transformers' own processors and warpers in the order ``generate`` uses
-(repetition penalty, no-repeat n-gram, temperature, top-k, top-p, min-p, typical-p).
-Beam search cannot share a sampling batch and runs on its own.
+holds one row per returned sequence, and each row is shaped by its own strategy's chain
+(``sampling.row_chain``: transformers' own processors and warpers and the samplers of
+``core.samplers``, in the strategy's sampler order; by default the order ``generate`` uses:
+repetition penalty, no-repeat n-gram, temperature, top-k, top-p, min-p, typical-p, ...).
+Beam search cannot share a sampling batch and runs on its own, through its own chain too.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from workbench.core.errors import WorkbenchError
 from workbench.core.generation import (
     GeneratedSequence,
     TokenEvent,
+    chain_processors,
     check_generation_memory,
     prepare_prompt,
     run_generation,
@@ -25,6 +27,7 @@ from workbench.core.generation import (
 from workbench.core.jobs import JobContext
 from workbench.core.sampling import (
     MAX_SEQUENCES,
+    SamplingSettings,
     Strategy,
     row_chain,
 )
@@ -166,11 +169,11 @@ def compare(loaded: Any, prompt: str, strategies: list[Strategy], seed: int = 0,
     results: dict[int, StrategyResult] = {}
     if together:
         owner = batch_owners(strategies)
-        chains = [row_chain(strategies[i].settings) for i in together]
+        chains = [row_chain(strategies[i].settings, loaded.tokenizer,
+                            device=loaded.model.device) for i in together]
         processor = per_row_processor(chains, [together.index(o) for o in owner])
-        kwargs = dict(max_new_tokens=max_new_tokens, do_sample=True, temperature=1.0, top_k=0,
-                      top_p=1.0, min_p=None, typical_p=1.0, repetition_penalty=1.0,
-                      no_repeat_ngram_size=None, num_beams=1)
+        kwargs = SamplingSettings(max_new_tokens=max_new_tokens, do_sample=True,
+                                  num_beams=1).generate_kwargs(own_chain=True)
         batch = input_ids.repeat(len(owner), 1)
         run = run_generation(loaded, batch, len(owner), kwargs, seed, ctx, top_n,
                              extra_processors=(processor,))
@@ -182,8 +185,9 @@ def compare(loaded: Any, prompt: str, strategies: list[Strategy], seed: int = 0,
         if i in results or ctx.cancel.cancelled:
             continue
         run = run_generation(loaded, input_ids, s.settings.num_return_sequences,
-                             s.settings.generate_kwargs(), seed, _offset(ctx, i),
-                             top_n, beams=s.settings.num_beams > 1)
+                             s.settings.generate_kwargs(own_chain=True), seed, _offset(ctx, i),
+                             top_n, beams=s.settings.num_beams > 1,
+                             extra_processors=chain_processors(loaded, s.settings))
         results[i] = StrategyResult(s.name, asdict(s.settings), run.sequences, run.seconds,
                                     batched=False)
     ordered = [results[i] for i in range(len(strategies)) if i in results]

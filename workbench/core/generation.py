@@ -1,9 +1,13 @@
 """Text generation with transformers' own ``generate``, streamed and inspected per step.
 
-The app adds inspection, not a parallel sampler. Decoding is transformers' chain of
-``LogitsProcessor``s; the app adds two recorders to that chain for the duration of one
-call: one at its start (the model's raw distribution) and one at its end (the
-distribution the sampler actually draws from, after temperature, top-k, top-p, ...).
+The app adds inspection and samplers, not a parallel decoder. Decoding is transformers'
+``generate`` through a chain of ``LogitsProcessor``s: the chain of the settings
+(``sampling.row_chain``: transformers' own processors and warpers, and the samplers of
+``core.samplers``, in the settings' sampler order), passed to ``generate`` with
+transformers' own copies of them switched off, so that what is sampled from is exactly that
+chain. The app adds two recorders to the chain for the duration of one call: one at its
+start (the model's raw distribution) and one at its end (the distribution the sampler
+actually draws from, after temperature, top-k, top-p, ...).
 From the two, each step reports the chosen token's probability, the top-N candidates
 raw and processed, the kept set (what top-k / top-p / min-p left) and its mass, the
 entropy and the surprisal. Stopping is a ``StoppingCriteria`` watching the cancel token.
@@ -415,11 +419,24 @@ def generate(loaded: Any, prompt: str, settings: SamplingSettings, ctx: JobConte
     check_generation_memory(loaded, input_ids.shape[1], settings.max_new_tokens,
                             [(settings.rows, settings.num_beams > 1)], top_n)
     run = run_generation(loaded, input_ids, settings.num_return_sequences,
-                         settings.generate_kwargs(), settings.seed, ctx, top_n,
-                         beams=settings.num_beams > 1)
+                         settings.generate_kwargs(own_chain=True), settings.seed, ctx, top_n,
+                         beams=settings.num_beams > 1,
+                         extra_processors=chain_processors(loaded, settings))
     return GenerationResult(prompt=prompt, sequences=run.sequences, seconds=run.seconds,
                             stopped=ctx.cancel.cancelled, settings=asdict(settings),
                             prompt_token_ids=input_ids[0].tolist(), notices=notices + more)
+
+
+def chain_processors(loaded: Any, settings: SamplingSettings) -> tuple[Any, ...]:
+    """The processors a run of ``settings`` samples through (``row_chain``), for ``generate``
+    called with ``settings.generate_kwargs(own_chain=True)``: as transformers builds its own
+    (beam sampling keeps one more token than there are end-of-text tokens), and greedy
+    decoding and beam search left to ``generate``."""
+    keep = 1
+    if settings.do_sample and settings.num_beams > 1:
+        keep = max(len(_eos_ids(loaded.model, loaded.tokenizer)), 1) + 1
+    return tuple(row_chain(settings, loaded.tokenizer, greedy_argmax=False,
+                           min_tokens_to_keep=keep, device=loaded.model.device))
 
 
 @dataclass
@@ -434,7 +451,8 @@ def run_generation(loaded: Any, input_ids: Any, rows: int, generate_kwargs: dict
     """One ``model.generate`` call with streaming, per-step records and cancel.
 
     ``rows`` is the number of sequences it returns; ``extra_processors`` join the end of
-    transformers' chain (before the recorder of the processed distribution).
+    transformers' chain (before the recorder of the processed distribution): with
+    ``generate_kwargs`` that switch transformers' own processors off, they are the chain.
     """
     import torch
     from transformers import StoppingCriteria, StoppingCriteriaList, set_seed
@@ -552,16 +570,20 @@ class Distribution:
 
 
 def explore_distribution(logits: Any, settings: SamplingSettings, top_n: int = 20,
-                         prefix_ids: list[int] | None = None) -> Distribution:
+                         prefix_ids: list[int] | None = None, tokenizer: Any = None,
+                         breaker_ids: frozenset[int] | None = None) -> Distribution:
     """Reshape stored ``logits`` with ``settings``' processors, without running the model.
 
-    Uses the same transformers processors as generation (see ``compare.row_chain``).
+    Uses the same chain as generation (``sampling.row_chain``, in the settings' sampler
+    order; greedy keeps the most likely token). DRY needs the ``tokenizer`` or the
+    ``breaker_ids`` of its sequence breakers (``samplers.breaker_token_ids``); Mirostat
+    shows its first step (``mu = 2 · tau``).
     """
     import torch
 
     scores = logits.reshape(1, -1).float()
     ids = torch.tensor([prefix_ids or [0]], dtype=torch.long)
-    processed = row_chain(settings)(ids, scores.clone())[0]
+    processed = row_chain(settings, tokenizer, breaker_ids=breaker_ids)(ids, scores.clone())[0]
     raw_p = torch.softmax(scores[0], -1)
     proc_logp = torch.log_softmax(processed, -1)
     proc_p = proc_logp.exp()
@@ -627,8 +649,10 @@ def branch(loaded: Any, result: GenerationResult, parent: int, step: int, token_
     ids = list(head_ids)
     if remaining and token_id not in _eos_ids(loaded.model, tokenizer):
         input_ids = torch.tensor([prefix + [token_id]], device=loaded.model.device)
-        run = run_generation(loaded, input_ids, 1, replace(
-            settings, max_new_tokens=remaining).generate_kwargs(), settings.seed, ctx, top_n)
+        tail_settings = replace(settings, max_new_tokens=remaining)
+        run = run_generation(loaded, input_ids, 1, tail_settings.generate_kwargs(own_chain=True),
+                             settings.seed, ctx, top_n,
+                             extra_processors=chain_processors(loaded, tail_settings))
         tail = run.sequences[0]
         ids += tail.token_ids
         # each step's text is what it adds to the whole branch's decoded text
