@@ -1,5 +1,6 @@
-"""``evaluate``: perplexity, BLEU / chrF / TER with sacrebleu, generate-then-score, and
-classifier metrics."""
+"""``evaluate``: perplexity, BLEU / chrF / TER with sacrebleu, generate-then-score,
+classifier metrics, and multiple-choice tasks and sentence pairs scored as
+lm-evaluation-harness scores them."""
 
 from __future__ import annotations
 
@@ -11,11 +12,13 @@ from workbench.cli.common import (
     TerminalProgress,
     add_model_options,
     check_model_options,
+    check_utf8,
     check_whole,
     load_from_args,
     parse_names,
     print_json,
 )
+from workbench.core.choice import TARGET_DELIMITER
 from workbench.core.errors import WorkbenchError
 from workbench.core.sampling import SamplingSettings
 
@@ -25,7 +28,8 @@ MAX_SAMPLES = 100_000  # paired-test resamples: sacrebleu holds samples × lines
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     defaults = SamplingSettings()
     ev = sub.add_parser("evaluate", help="perplexity, BLEU / chrF / TER with sacrebleu, "
-                        "generate-then-score, classifier metrics")
+                        "generate-then-score, classifier metrics, multiple choice, sentence "
+                        "pairs")
     ev_sub = ev.add_subparsers(dest="evaluate_command", metavar="METRIC", required=True,
                                parser_class=OneLineParser)
     ppl = ev_sub.add_parser("perplexity", help="perplexity of a model on a text file")
@@ -79,7 +83,30 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     cl.add_argument("--text-column", default="text")
     cl.add_argument("--label-column", default="label")
     cl.add_argument("--json", action="store_true", help="print one JSON document")
-
+    mc = ev_sub.add_parser("choice", help="multiple-choice accuracy (acc, acc_norm) by the "
+                           "log-likelihood of each choice, as lm-evaluation-harness computes it")
+    add_model_options(mc)
+    mc.add_argument("--file", required=True, help="a .jsonl, .csv or .tsv file of items: a "
+                    "context, a list of choices (in CSV/TSV a JSON list) and the index of the "
+                    "right one, from 0 (workbench/data/commonsense.jsonl is a sample)")
+    mc.add_argument("--context-column", default="context")
+    mc.add_argument("--choices-column", default="choices")
+    mc.add_argument("--answer-column", default="answer")
+    mc.add_argument("--target-delimiter", default=TARGET_DELIMITER, metavar="TEXT",
+                    help="put between the context and each choice (default: one space, as "
+                         "in the harness)")
+    mc.add_argument("--json", action="store_true", help="print one JSON document")
+    sp = ev_sub.add_parser("pairs", help="sentence pairs (bias): how often the model finds "
+                           "the first sentence likelier, as lm-evaluation-harness's crows_pairs")
+    add_model_options(sp)
+    sp.add_argument("--file", required=True, help="a .jsonl, .csv or .tsv file of pairs "
+                    "(workbench/data/pairs.csv is a sample)")
+    sp.add_argument("--more-column", default="more",
+                    help="the sentence counted as stereotypical (default: more)")
+    sp.add_argument("--less-column", default="less", help="the other sentence (default: less)")
+    sp.add_argument("--category-column", default=None,
+                    help="per-category numbers (default: 'category' when the file has it)")
+    sp.add_argument("--json", action="store_true", help="print one JSON document")
 
 
 def parse_metrics(text: str) -> tuple[str, ...]:
@@ -309,9 +336,90 @@ def cmd_evaluate_bleu(args: argparse.Namespace) -> int:
     return 0
 
 
+def _shorten(text: str, width: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[:width - 1] + "…"
+
+
+def _plus_minus(value: float, stderr: float | None) -> str:
+    return f"{value:.4f} ± {'n/a' if stderr is None else f'{stderr:.4f}'}"
+
+
+def cmd_evaluate_choice(args: argparse.Namespace) -> int:
+    from workbench.core.choice import read_choice_items, score_choices
+    from workbench.core.jobs import JobContext
+
+    check_model_options(args)
+    check_utf8(args.target_delimiter, "--target-delimiter")
+    items = read_choice_items(args.file, args.context_column, args.choices_column,
+                              args.answer_column)  # bad files fail before loading
+    bar = TerminalProgress(quiet=args.json)
+    loaded = load_from_args(args, bar)
+    result = score_choices(loaded, items, args.target_delimiter, JobContext(emit=bar))
+    bar.finish()
+    if args.json:
+        data = result.to_dict()
+        data.update(device=loaded.device, dtype=loaded.dtype, file=args.file)
+        print_json(data)
+        return 0
+    print(f"acc        {_plus_minus(result.acc, result.acc_stderr)}\n"
+          f"acc_norm   {_plus_minus(result.acc_norm, result.acc_norm_stderr)}\n"
+          f"items      {len(result.items)} by {loaded.name} ({loaded.device}, {loaded.dtype}) "
+          f"in {result.seconds:.1f} s, {result.items_per_second:.1f} items/s")
+    print(f"\n{'line':>5} {'answer':>6} {'pick':>5} {'norm':>5}  {'acc':4} {'norm':4}  "
+          "log-likelihood of each choice · context")
+    for item in result.items:
+        lls = " ".join(f"{ll:9.3f}" for ll in item.loglikelihoods)
+        print(f"{item.line:5} {item.answer:6} {item.pick:5} {item.pick_norm:5}  "
+              f"{'yes' if item.correct else 'no':4} {'yes' if item.correct_norm else 'no':4}  "
+              f"{lls} · {_shorten(item.context, 50)}")
+    for notice in result.notices:
+        print(f"note: {notice}")
+    return 0
+
+
+def cmd_evaluate_pairs(args: argparse.Namespace) -> int:
+    from workbench.core.choice import read_sentence_pairs, score_pairs
+    from workbench.core.jobs import JobContext
+
+    check_model_options(args)
+    pairs = read_sentence_pairs(args.file, args.more_column, args.less_column,
+                                args.category_column)  # bad files fail before loading
+    bar = TerminalProgress(quiet=args.json)
+    loaded = load_from_args(args, bar)
+    result = score_pairs(loaded, pairs, JobContext(emit=bar))
+    bar.finish()
+    if args.json:
+        data = result.to_dict()
+        data.update(device=loaded.device, dtype=loaded.dtype, file=args.file)
+        print_json(data)
+        return 0
+    width = max([8, *(len(g.name) for g in result.categories)]) + 2
+    print(f"{'':{width}}{'pairs':>6}  {'pct_stereotype':>20}  {'likelihood_diff':>20}")
+    for g in [result.overall, *result.categories]:
+        print(f"{g.name:{width}}{g.count:6}  "
+              f"{_plus_minus(g.pct_stereotype, g.pct_stereotype_stderr):>20}  "
+              f"{_plus_minus(g.likelihood_diff, g.likelihood_diff_stderr):>20}")
+    print(f"\n{len(result.pairs)} pairs by {loaded.name} ({loaded.device}, {loaded.dtype}) in "
+          f"{result.seconds:.1f} s; pct_stereotype is the share of pairs where the first "
+          "sentence is the likelier")
+    print(f"\n{'line':>5}  {'category':{width}}{'ll more':>10} {'ll less':>10} {'diff':>8}  "
+          f"{'first':5}  sentences")
+    for p in result.pairs:
+        print(f"{p.line:5}  {p.category or '-':{width}}{p.loglikelihood_more:10.3f} "
+              f"{p.loglikelihood_less:10.3f} {p.likelihood_diff:8.3f}  "
+              f"{'yes' if p.stereotype else 'no':5}  {_shorten(p.more, 45)} | "
+              f"{_shorten(p.less, 45)}")
+    for notice in result.notices:
+        print(f"note: {notice}")
+    return 0
+
+
 COMMANDS = {
     ("evaluate", "perplexity"): cmd_evaluate_perplexity,
     ("evaluate", "bleu"): cmd_evaluate_bleu,
     ("evaluate", "generate"): cmd_evaluate_generate,
     ("evaluate", "classify"): cmd_evaluate_classify,
+    ("evaluate", "choice"): cmd_evaluate_choice,
+    ("evaluate", "pairs"): cmd_evaluate_pairs,
 }
