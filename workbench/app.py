@@ -10,6 +10,9 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
+    from workbench.core.threads import prepare_process
+
+    prepare_process()  # before torch starts its threads: they wait without spinning
     from workbench import cli
 
     parser = cli.build_parser()

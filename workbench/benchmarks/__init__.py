@@ -12,7 +12,7 @@ import argparse
 from collections.abc import Callable
 from typing import Any
 
-from workbench.benchmarks import model_figures, window_figures
+from workbench.benchmarks import attribution_figures, choice_figures, model_figures, window_figures
 
 Figure = Callable[[Callable[[Any], None]], dict]
 
@@ -21,7 +21,10 @@ FIGURES: dict[str, Figure] = {
     "model_load_cached": model_figures.bench_model_load_cached,
     "generate_overhead": model_figures.bench_generate_overhead,
     "compare_batched": model_figures.bench_compare_batched,
+    "busy_decode": model_figures.bench_busy_decode,
     "perplexity_overhead": model_figures.bench_perplexity_overhead,
+    "attribution_overhead": attribution_figures.bench_attribution_overhead,
+    "choice_throughput": choice_figures.bench_choice_throughput,
     "ui_stall": window_figures.bench_ui_stall,
     "explorer_redraw": window_figures.bench_explorer_redraw,
     "attention_view": window_figures.bench_attention_view,

@@ -161,6 +161,59 @@ def bench_generate_overhead(emit: Callable[[Any], None], repeats: int = 3,
                   device=loaded.device)
 
 
+def bench_busy_decode(emit: Callable[[Any], None], tokens: int = 32) -> dict:
+    """Greedy tokens/s with one busy process per core ÷ tokens/s on the machine as it was
+    just before (the threads adapted to the load at each job's start, as in the app);
+    torch's default threads under the same load are measured beside it."""
+    import torch
+
+    from workbench.core.generation import SamplingSettings, generate
+    from workbench.core.loader import load_model
+    from workbench.core.threads import LoadMeter, adapted_threads
+
+    emit(Progress("busy_decode: loading SmolLM2", 0.0))
+    loaded = load_model("SmolLM2-135M-Instruct")
+    settings = SamplingSettings(max_new_tokens=tokens, do_sample=False, chat=False)
+    generate(loaded, _BENCH_PROMPT, settings)  # warm-up
+    cores = os.cpu_count() or 1
+    default_threads = torch.get_num_threads()
+
+    def rate(threads: int | None) -> tuple[float, int]:
+        if threads is None:
+            with adapted_threads(meter=LoadMeter()) as used:
+                result = generate(loaded, _BENCH_PROMPT, settings)
+        else:
+            before, used = torch.get_num_threads(), threads
+            torch.set_num_threads(threads)
+            try:
+                result = generate(loaded, _BENCH_PROMPT, settings)
+            finally:
+                torch.set_num_threads(before)
+        return len(result.token_ids) / result.seconds, used
+
+    emit(Progress("busy_decode: the machine as it is", 0.2))
+    quiet, quiet_threads = rate(None)
+    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"])
+                for _ in range(cores)]
+    try:
+        time.sleep(1.0)
+        emit(Progress("busy_decode: one busy process per core", 0.5))
+        busy, busy_threads = rate(None)
+        emit(Progress("busy_decode: the same load, torch's default threads", 0.75))
+        fixed, _ = rate(max(default_threads, cores))
+    finally:
+        for p in spinners:
+            p.kill()
+            p.wait()
+    return figure(busy / quiet, 0.4, "higher",
+                  f"{busy:.1f} tokens/s with {cores} busy processes ({busy_threads} "
+                  f"thread(s)) vs {quiet:.1f} before ({quiet_threads}); torch's default "
+                  f"{max(default_threads, cores)} threads under the same load: {fixed:.1f}",
+                  busy_tokens_per_second=round(busy, 2), quiet_tokens_per_second=round(quiet, 2),
+                  default_threads_busy_tokens_per_second=round(fixed, 2),
+                  busy_threads=busy_threads, quiet_threads=quiet_threads)
+
+
 def bench_compare_batched(emit: Callable[[Any], None], repeats: int = 2,
                           tokens: int = 32) -> dict:
     """Wall time of 4 sampled strategies compared together ÷ one strategy alone."""

@@ -2,9 +2,10 @@
 
 One module per command group, each with the function that adds its arguments next to the
 functions that run it (``add_parsers`` and ``COMMANDS``): ``models``, ``generate``
-(generate, compare), ``attention``, ``finetune`` (finetune, monitor), ``evaluate`` and
-``bench`` (its arguments; the command is ``workbench.benchmarks.command``). ``common`` holds
-what they share, ``window`` the options of ``python main.py`` without a command.
+(generate, compare), ``attention``, ``attribute``, ``finetune`` (finetune, monitor),
+``evaluate`` and ``bench`` (its arguments; the command is ``workbench.benchmarks.command``).
+``common`` holds what they share, ``window`` the options of ``python main.py`` without a
+command.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import sys
 from collections.abc import Callable
 
 from workbench import APP_NAME, __version__
-from workbench.cli import attention, bench, evaluate, finetune, generate, models
+from workbench.cli import attention, attribute, bench, evaluate, finetune, generate, models
 from workbench.cli.common import OneLineParser, TerminalProgress, parse_names, print_json
 from workbench.cli.window import add_window_options, check_window_options
 from workbench.core.errors import Cancelled, WorkbenchError
@@ -23,7 +24,7 @@ from workbench.core.errors import Cancelled, WorkbenchError
 __all__ = ["COMMANDS", "OneLineParser", "TerminalProgress", "WorkbenchError", "build_parser",
            "check_window_options", "dispatch", "parse_names", "print_json"]
 
-GROUPS = (models, generate, attention, finetune, evaluate, bench)  # in the order of --help
+GROUPS = (models, generate, attention, attribute, finetune, evaluate, bench)  # --help order
 
 COMMANDS: dict[tuple[str, str | None], Callable[[argparse.Namespace], int]] = {
     key: handler for group in GROUPS for key, handler in getattr(group, "COMMANDS", {}).items()}
@@ -52,8 +53,13 @@ def dispatch(args: argparse.Namespace,
     line on stderr and a non-zero exit."""
     handler = handler or COMMANDS[(args.command,
                                    getattr(args, f"{args.command}_command", None))]
+    from workbench.core.threads import adapted_threads
+
     try:
-        return handler(args)
+        if args.command == "bench":  # the benchmarks set the threads of each measurement
+            return handler(args)
+        with adapted_threads():  # the cores other processes leave free now
+            return handler(args)
     except WorkbenchError as exc:
         if sys.stderr.isatty():
             sys.stderr.write("\n")

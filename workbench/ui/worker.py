@@ -26,6 +26,7 @@ from PySide6.QtCore import QObject, QThread, Signal
 from workbench.core.errors import Cancelled
 from workbench.core.jobs import CancelToken, JobContext, LogLine, drive
 from workbench.core.loader import LoadedModel, LoadOptions, load_model_job
+from workbench.core.threads import adapted_threads
 
 
 @dataclass
@@ -411,7 +412,8 @@ class ModelWorker(QThread):
         details = ""
         cancelled = False
         try:
-            outcome = drive(job.function, ctx)
+            with adapted_threads(leave=1):  # the cores others leave, less the window's
+                outcome = drive(job.function, ctx)
         except Cancelled:
             cancelled = True
         except BaseException as exc:  # every failure becomes a dialog, never a dead thread
