@@ -8,16 +8,17 @@ import pyqtgraph as pg
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import QLabel, QStackedWidget, QVBoxLayout, QWidget
 
+from workbench.ui.theme import chart_options
 from workbench.ui.widgets import visible_token
 
-pg.setConfigOptions(antialias=True, background="w", foreground="k")
+pg.setConfigOptions(antialias=True, **chart_options())  # white, or dark in a dark theme
 # Curves use 1-pixel pens: Qt strokes wider antialiased lines in software, about 4 times
 # slower, and the charts repaint while a model runs.
 
 RAW_BRUSH = pg.mkBrush(170, 170, 170)
 KEPT_BRUSH = pg.mkBrush(52, 120, 200)
 CUT_BRUSH = pg.mkBrush(220, 90, 80, 200)
-CHOSEN_PEN = pg.mkPen(20, 20, 20, width=2)
+CHOSEN_PEN = pg.mkPen(pg.getConfigOption("foreground"), width=2)
 PALETTE = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
            (140, 86, 75)]
 

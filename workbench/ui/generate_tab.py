@@ -103,6 +103,12 @@ class GenerateTab(WorkbenchTab):
         if not self.running() and self.compare.start(self.controls.settings()):
             self._sync_buttons()
 
+    def primary_button(self):
+        """Ctrl+Return: Compare in the comparison view, else Generate."""
+        if self.modes.currentWidget() is self.compare:
+            return self.compare.compare_button
+        return self.controls.generate_button
+
     def stop(self) -> None:
         self.single.stop()  # this tab's own run only
         self.compare.stop()

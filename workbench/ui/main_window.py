@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from PySide6.QtCore import QSettings, Qt, QTimer
-from PySide6.QtGui import QAction, QCloseEvent, QKeySequence
+from PySide6.QtGui import QAction, QActionGroup, QCloseEvent, QKeySequence
 from PySide6.QtWidgets import (
+    QApplication,
     QLabel,
     QMainWindow,
     QMessageBox,
@@ -20,6 +21,7 @@ from workbench.core.catalog import DEFAULT_MODEL
 from workbench.core.errors import NeedsPickle, NeedsRemoteCode, WorkbenchError
 from workbench.core.jobs import LogLine, Progress
 from workbench.core.loader import LoadedModel, LoadOptions
+from workbench.ui import theme
 from workbench.ui.about import about_html
 from workbench.ui.attention_tab import AttentionTab
 from workbench.ui.evaluate_tab import EvaluateTab
@@ -37,20 +39,47 @@ from workbench.ui.state import (
     restore_controls,
     save_controls,
     settings_notes,
+    shown,
 )
 from workbench.ui.tab_base import WorkbenchTab
 from workbench.ui.widgets import ProgressThrottle
 from workbench.ui.worker import JobHandle, ModelWorker, gui_thread_garbage_collection
 
+RUN_SHORTCUT = "Ctrl+Return"
+
+
+def initial_theme(explicit: str | None) -> tuple[str, str]:
+    """The theme to start with: ``--theme``, else the saved choice, else the system's; and
+    a note when a saved value had to be reset."""
+    if explicit is not None:
+        return explicit, ""
+    notes: list[str] = []
+    try:
+        settings = open_settings()
+    except WorkbenchError:
+        return "system", ""
+
+    def choice(value: object) -> str:
+        if value not in theme.THEMES:
+            raise ValueError(f"{shown(value)} is not one of {', '.join(theme.THEMES)}")
+        return str(value)
+
+    saved = read_value(settings, "window/theme", choice, notes)
+    return saved or "system", " ".join(notes)
+
 
 class MainWindow(QMainWindow):
     def __init__(self, initial_model: str | None = None, device: str | None = None,
-                 autoload: bool = True, parent: QWidget | None = None) -> None:
+                 autoload: bool = True, parent: QWidget | None = None,
+                 theme_choice: str | None = None) -> None:
         super().__init__(parent)
         try:  # before anything reads the settings: stored objects are cut out, unread
             open_settings()
         except WorkbenchError:
             pass  # restore_settings says so in the log, and reads nothing
+        # the colours first, so that every widget and chart is made in them
+        self.theme_choice, self.theme_note = initial_theme(theme_choice)
+        theme.apply(QApplication.instance(), self.theme_choice)
         self.setWindowTitle(APP_NAME)
         self.resize(1280, 820)
         self.worker = ModelWorker(self)
@@ -86,6 +115,7 @@ class MainWindow(QMainWindow):
 
         self._build_status_bar()
         self._build_menus()
+        self.show_shortcuts_in_tooltips()
         self._connect_worker()
         self.memory_timer = QTimer(self)
         self.memory_timer.setInterval(2000)
@@ -143,16 +173,60 @@ class MainWindow(QMainWindow):
         self._action(model_menu, "&Load selected model", self.picker.request_load, "Ctrl+L")
         self.cancel_action = self._action(model_menu, "&Cancel running job", self.cancel_job,
                                           "Esc")
+        run_menu = menus.addMenu("&Run")
+        self.run_action = self._action(run_menu, "&Run this page's main action",
+                                       self.run_primary, RUN_SHORTCUT)
+        run_menu.addAction(self.cancel_action)
         view_menu = menus.addMenu("&View")
         for index, page in enumerate(self.tab_pages):
             self._action(view_menu, page.title, lambda _=False, i=index: self.tabs.setCurrentIndex(i),
                          f"Ctrl+{index + 1}")
+        view_menu.addSeparator()
+        theme_menu = view_menu.addMenu("&Theme")
+        group = QActionGroup(self)
+        self.theme_actions: dict[str, QAction] = {}
+        for choice in theme.THEMES:
+            action = self._action(theme_menu, choice.capitalize(),
+                                  lambda _=False, c=choice: self.set_theme(c))
+            action.setCheckable(True)
+            action.setChecked(choice == self.theme_choice)
+            group.addAction(action)
+            self.theme_actions[choice] = action
         view_menu.addSeparator()
         toggle = self.log.toggleViewAction()
         toggle.setShortcut(QKeySequence("Ctrl+Shift+L"))
         view_menu.addAction(toggle)
         help_menu = menus.addMenu("&Help")
         self._action(help_menu, f"&About {APP_NAME}", self.show_about, "F1")
+
+    def run_primary(self) -> None:
+        """Press the current page's main button (Generate, Compute, Start training, an
+        Evaluate page's Start), as Ctrl+Return does; say so when it cannot run now."""
+        page = self.tab_pages[self.tabs.currentIndex()]
+        button = page.primary_button()
+        if button is None:
+            self.statusBar().showMessage(f"The {page.title} page has no main action here.", 4000)
+        elif not button.isEnabled():
+            self.statusBar().showMessage(f"{button.text()} cannot run now (a job is running, "
+                                         "or no model is loaded).", 4000)
+        else:
+            button.click()
+
+    def show_shortcuts_in_tooltips(self) -> None:
+        """Each page's main button names its shortcut in its tooltip."""
+        key = QKeySequence(RUN_SHORTCUT).toString(QKeySequence.SequenceFormat.NativeText)
+        for page in self.tab_pages:
+            for button in page.findChildren(QPushButton):
+                if button.property("primary") and key not in button.toolTip():
+                    tip = button.toolTip() or button.text().replace("&", "")
+                    button.setToolTip(f"{tip} ({key})")
+
+    def set_theme(self, choice: str) -> None:
+        """Light, dark or the system's colours, now (the charts too) and at the next start."""
+        self.theme_choice = choice
+        theme.apply(QApplication.instance(), choice)
+        theme.restyle_charts(self)
+        self.theme_actions[choice].setChecked(True)
 
     def _connect_worker(self) -> None:
         w = self.worker
@@ -366,6 +440,7 @@ class MainWindow(QMainWindow):
         settings.setValue("window/geometry", self.saveGeometry())
         settings.setValue("window/state", self.saveState())
         settings.setValue("window/tab", self.tabs.currentIndex())
+        settings.setValue("window/theme", self.theme_choice)
         settings.setValue("model/last", self.loaded.reference if self.loaded
                           else self.picker.reference())
         save_controls(self.picker, settings, "model")
@@ -407,6 +482,8 @@ class MainWindow(QMainWindow):
         if not state_restored:  # first start: a slim log, most of the height for the tabs
             QTimer.singleShot(0, self, lambda: self.resizeDocks([self.log], [110],
                                                           Qt.Orientation.Vertical))
+        if self.theme_note:
+            notes.append(self.theme_note)
         for note in notes:
             self.log.append(note, "warning")
 

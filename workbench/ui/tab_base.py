@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from PySide6.QtCore import Qt
-from PySide6.QtWidgets import QLabel, QWidget
+from PySide6.QtWidgets import QAbstractButton, QLabel, QWidget
 
 from workbench.core.loader import LoadedModel
 from workbench.ui.worker import ModelWorker
@@ -56,6 +56,15 @@ class WorkbenchTab(QWidget):
             from PySide6.QtWidgets import QMessageBox
 
             QMessageBox.critical(self, title, message)
+
+    def primary_button(self) -> QAbstractButton | None:
+        """The button of this page's main action, which Run ▸ Run (Ctrl+Return) presses:
+        the first one in view marked with the ``primary`` property (an Evaluate page's Start
+        when that page is shown)."""
+        for button in self.findChildren(QAbstractButton):
+            if button.property("primary") and button.isVisibleTo(self):
+                return button
+        return None
 
     def build_deferred(self) -> None:
         """Override to build costly widgets (charts) once the window is shown."""
