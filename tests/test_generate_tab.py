@@ -303,6 +303,37 @@ def test_save_and_open_a_session(qtbot, tab, tmp_path, window):
     assert "not an LM Workbench session" in window.last_dialog.text()
 
 
+def test_a_reopened_session_keeps_its_branches(qtbot, tab, tmp_path, window):
+    tab.controls.sample.setChecked(False)
+    run_generation(qtbot, tab)
+    tab.single.select_step(2)
+    click_candidate(qtbot, tab.single.candidate_chart, 1)
+    qtbot.waitUntil(lambda: tab.single.branch_job is None and len(tab.single.branches) == 1,
+                    timeout=30000)
+    branch_text = tab.single.output.toPlainText()
+    label = tab.single.sequence_picker.currentText()
+    path = tmp_path / "session.json"
+    tab.single.save_session(str(path))
+    qtbot.waitUntil(lambda: tab.single.session_job is None, timeout=30000)
+    tab.start()  # a new run: its own result, no branches
+    qtbot.waitUntil(lambda: tab.single.job is None, timeout=30000)
+    assert tab.single.branches == []
+    tab.single.open_session(str(path))
+    picker = tab.single.sequence_picker
+    assert [picker.itemText(i) for i in range(picker.count())] == ["Sequence 1", label]
+    assert picker.isVisible() and "1 branch" in tab.single.stats.text()
+    picker.setCurrentIndex(1)
+    assert tab.single.output.toPlainText() == branch_text
+    # a damaged branch is left out; the session opens, and the log says which and why
+    data = json.loads(path.read_text())
+    data["branches"].append(dict(data["branches"][0], step=-3))
+    path.write_text(json.dumps(data))
+    tab.single.open_session(str(path))
+    assert picker.count() == 2 and tab.single.result is not None
+    assert "left out" in tab.single.stats.text()
+    assert "reset branches[1] (branches[1].step is -3, out of range" in window.log.text()
+
+
 def test_inspect_attention_opens_the_generated_text(qtbot, window, tab):
     tab.controls.sample.setChecked(False)
     run_generation(qtbot, tab)

@@ -137,3 +137,62 @@ def test_require_says_what_the_model_is_and_what_the_job_needs(tiny):
     assert str(error.value).startswith(f"{gpt2.name} is a causal-lm model, not a classifier: "
                                        "classifier evaluation needs a model fine-tuned for "
                                        "classification")
+
+
+def _log_lines(events):
+    from workbench.core.jobs import LogLine
+
+    return [(e.message, e.level) for e in events if isinstance(e, LogLine)]
+
+
+def test_a_new_classification_head_is_one_readable_line_not_a_table(tiny, tmp_path, capfd):
+    folder = tmp_path / "headless"
+    shutil.copytree(tiny("bert"), folder)  # an encoder asked to be a classifier
+    config = json.loads((folder / "config.json").read_text())
+    config["architectures"] = ["BertForSequenceClassification"]
+    (folder / "config.json").write_text(json.dumps(config))
+    events = []
+    loaded = load_model(str(folder), on_event=events.append)
+    assert loaded.task == "classifier"
+    lines = _log_lines(events)
+    assert lines == [("a new classification head (classifier.weight, classifier.bias) was "
+                      "initialised: fine-tune it before use.", "note")]
+    err = capfd.readouterr().err
+    assert "LOAD REPORT" not in err and "| MISSING" not in err
+
+
+def test_a_head_of_another_size_is_still_an_error_and_the_log_says_why(tiny, tmp_path):
+    folder = tmp_path / "three-labels"
+    shutil.copytree(tiny("bert-classifier"), folder)  # trained for 2 labels
+    config = json.loads((folder / "config.json").read_text())
+    config["id2label"] = {str(i): f"L{i}" for i in range(3)}
+    config["label2id"] = {f"L{i}": i for i in range(3)}
+    (folder / "config.json").write_text(json.dumps(config))
+    events = []
+    with pytest.raises(WorkbenchError, match="Cannot load the weights of three-labels"):
+        load_model(str(folder), on_event=events.append)
+    assert ("2 weights of the checkpoint have another shape in BertForSequenceClassification "
+            "(classifier.weight [2, 32] → [3, 32], classifier.bias [2] → [3]).", "note") in \
+        _log_lines(events)
+    assert not any("LOAD REPORT" in line or " | " in line for line, _ in _log_lines(events))
+
+
+def test_load_report_lines_for_each_kind_of_row():
+    from transformers.utils.loading_report import LoadStateDictInfo
+
+    from workbench.core.loader import summarise_load_report
+
+    info = LoadStateDictInfo(missing_keys={"score.weight"},
+                             unexpected_keys={"lm_head.weight", "model.norm.extra"},
+                             mismatched_keys=set(), error_msgs=[],
+                             conversion_errors={"model.layers.0.mlp": "cannot concatenate"},
+                             skipped_pp_keys=set())
+    report = ("\x1b[1mLlamaForSequenceClassification LOAD REPORT\x1b[0m from: x\n"
+              + info.create_loading_report())
+    assert summarise_load_report(report) == [
+        ("a new classification head (score.weight) was initialised: fine-tune it before use.",
+         "note"),
+        ("2 weights of the checkpoint are not used by LlamaForSequenceClassification "
+         "(lm_head.weight, model.norm.extra): expected when a model is loaded for another "
+         "task.", "info"),
+        ("Converting model.layers.0.mlp failed: cannot concatenate", "warning")]

@@ -1,8 +1,9 @@
 """Generate-tab sessions saved to a file and opened again.
 
 A session holds the prompt, the model (name, reference and a hash of its weight files),
-the settings and seed, the library versions, and the outputs with every recorded step,
-so what a user saw can be shown again without the model, and reproduced with it.
+the settings and seed, the library versions, and the outputs with every recorded step and
+the branches made from them, so what a user saw can be shown again without the model, and
+reproduced with it.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from workbench.core.environment import library_versions
 from workbench.core.errors import WorkbenchError
 from workbench.core.files import write_atomically
 from workbench.core.generation import (
+    Branch,
     Candidate,
     GeneratedSequence,
     GenerationResult,
@@ -57,14 +59,24 @@ class Session:
     model: dict = field(default_factory=dict)
     libraries: dict = field(default_factory=dict)
     created: str = ""
+    branches: list[Branch] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what was reset while reading, for the log
+
+
+def _sequence_to_dict(sequence: GeneratedSequence) -> dict:
+    return {"text": sequence.text, "token_ids": sequence.token_ids,
+            "steps": [asdict(st) for st in sequence.steps]}
 
 
 def _result_to_dict(result: GenerationResult) -> dict:
     return {"prompt": result.prompt, "seconds": result.seconds, "stopped": result.stopped,
             "settings": result.settings, "prompt_token_ids": result.prompt_token_ids,
             "notices": result.notices,
-            "sequences": [{"text": s.text, "token_ids": s.token_ids,
-                           "steps": [asdict(st) for st in s.steps]} for s in result.sequences]}
+            "sequences": [_sequence_to_dict(s) for s in result.sequences]}
+
+
+def _branch_to_dict(b: Branch) -> dict:
+    return {"parent": b.parent, "step": b.step, "sequence": _sequence_to_dict(b.sequence)}
 
 
 # --- reading saved data: explicit types, checked whole, never half applied ---------------------
@@ -191,6 +203,14 @@ def _probability(value: Any, where: str) -> float:
     return _real(value, where, 0.0, 1.0 + 1e-6)
 
 
+def _probability_or_unknown(value: Any, where: str) -> float:
+    """A step's probability, or NaN where none is known (beam search records no raw
+    probabilities; a branch's forced token has no sampler probability)."""
+    if isinstance(value, float) and math.isnan(value):
+        return value
+    return _probability(value, where)
+
+
 def _statistic(value: Any, where: str) -> float:
     """Entropies and surprisal are shown, never computed with: any number, even inf."""
     if not isinstance(value, (int, float)) or isinstance(value, bool):
@@ -222,28 +242,30 @@ def _step_from_dict(data: Any, where: str) -> StepRecord:
         index=_whole(d.get("index"), f"{where}.index", 0),
         token_id=_whole(d.get("token_id"), f"{where}.token_id", 0, 2**31 - 1),
         text=_text(d.get("text"), f"{where}.text"),
-        raw_probability=_probability(d.get("raw_probability"), f"{where}.raw_probability"),
-        probability=_probability(d.get("probability"), f"{where}.probability"),
+        raw_probability=_probability_or_unknown(d.get("raw_probability"),
+                                                f"{where}.raw_probability"),
+        probability=_probability_or_unknown(d.get("probability"), f"{where}.probability"),
         entropy=_statistic(d.get("entropy"), f"{where}.entropy"),
         raw_entropy=_statistic(d.get("raw_entropy"), f"{where}.raw_entropy"),
         surprisal=_statistic(d.get("surprisal"), f"{where}.surprisal"),
         kept_count=_whole(d.get("kept_count"), f"{where}.kept_count", 0),
-        kept_mass=_probability(d.get("kept_mass"), f"{where}.kept_mass"),
+        kept_mass=_probability_or_unknown(d.get("kept_mass"), f"{where}.kept_mass"),
         candidates=tuple(_candidate_from_dict(c, f"{where}.candidates[{i}]")
                          for i, c in enumerate(candidates)))
 
 
+def _sequence_from_dict(data: Any, where: str) -> GeneratedSequence:
+    seq = _object(data, where)
+    steps = [_step_from_dict(st, f"{where}.steps[{j}]")
+             for j, st in enumerate(_list(seq.get("steps", []), f"{where}.steps"))]
+    return GeneratedSequence(_text(seq.get("text"), f"{where}.text"),
+                             _token_ids(seq.get("token_ids"), f"{where}.token_ids"), steps)
+
+
 def _result_from_dict(data: Any, where: str = "result") -> GenerationResult:
     d = _object(data, where)
-    sequences = []
-    for i, seq in enumerate(_list(d.get("sequences"), f"{where}.sequences")):
-        place = f"{where}.sequences[{i}]"
-        seq = _object(seq, place)
-        steps = [_step_from_dict(st, f"{place}.steps[{j}]")
-                 for j, st in enumerate(_list(seq.get("steps", []), f"{place}.steps"))]
-        sequences.append(GeneratedSequence(_text(seq.get("text"), f"{place}.text"),
-                                           _token_ids(seq.get("token_ids"), f"{place}.token_ids"),
-                                           steps))
+    sequences = [_sequence_from_dict(seq, f"{where}.sequences[{i}]")
+                 for i, seq in enumerate(_list(d.get("sequences"), f"{where}.sequences"))]
     if not sequences:
         raise WorkbenchError(f"{where}.sequences is empty")
     settings = _object(d.get("settings", {}), f"{where}.settings")
@@ -256,6 +278,42 @@ def _result_from_dict(data: Any, where: str = "result") -> GenerationResult:
         prompt_token_ids=_token_ids(d.get("prompt_token_ids", []), f"{where}.prompt_token_ids"),
         notices=[_text(n, f"{where}.notices[{i}]")
                  for i, n in enumerate(_list(d.get("notices", []), f"{where}.notices"))])
+
+
+def _branch_from_dict(data: Any, where: str, result: GenerationResult) -> Branch:
+    """One branch, checked whole and against the result it branches from: its parent is
+    one of the result's sequences and its step one of the branch's own steps."""
+    d = _object(data, where)
+    parent = _whole(d.get("parent"), f"{where}.parent", 0, len(result.sequences) - 1)
+    sequence = _sequence_from_dict(d.get("sequence"), f"{where}.sequence")
+    if not sequence.steps:
+        raise WorkbenchError(f"{where}.sequence.steps is empty")
+    step = _whole(d.get("step"), f"{where}.step", 0, len(sequence.steps) - 1)
+    return Branch(parent, step, sequence)
+
+
+def _branches_from_data(data: Any, result: GenerationResult | None,
+                        notes: list[str]) -> list[Branch]:
+    """The session's branches: each one is read on its own, and one that is not sound is
+    left out (the rest of the session is still shown) and named in ``notes``."""
+    if data is None:
+        return []
+    if not isinstance(data, list):
+        notes.append(f"Session: reset branches ({_kind(data)}, not a list)")
+        return []
+    if result is None and data:
+        notes.append(f"Session: reset branches ({len(data)} without the generation they "
+                     "branch from)")
+        return []
+    branches = []
+    for i, item in enumerate(data):
+        try:
+            branches.append(_branch_from_dict(item, f"branches[{i}]", result))
+        except WorkbenchError as exc:
+            notes.append(f"Session: reset branches[{i}] ({exc})")
+        except RecursionError:
+            notes.append(f"Session: reset branches[{i}] (nested too deeply)")
+    return branches
 
 
 def _model_from_dict(data: Any, where: str = "model") -> dict:
@@ -276,21 +334,26 @@ def _model_from_dict(data: Any, where: str = "model") -> dict:
 
 
 def save_session(path: str | Path, prompt: str, settings: SamplingSettings,
-                 result: GenerationResult | None, model: dict) -> Path:
-    """Write the session as JSON, atomically: a failed write leaves no half file."""
+                 result: GenerationResult | None, model: dict,
+                 branches: list[Branch] | tuple[Branch, ...] = ()) -> Path:
+    """Write the session as JSON, atomically: a failed write leaves no half file. The
+    ``branches`` (continuations made from another candidate) are saved as data too."""
     path = Path(path)
     data = {"format": FORMAT, "version": VERSION,
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(),
             "prompt": prompt, "settings": asdict(settings), "seed": settings.seed,
             "model": model, "libraries": library_versions(),
-            "result": _result_to_dict(result) if result is not None else None}
+            "result": _result_to_dict(result) if result is not None else None,
+            "branches": [_branch_to_dict(b) for b in branches] if result is not None else []}
     return write_atomically(path, json.dumps(data, indent=1, allow_nan=True))
 
 
 def load_session(path: str | Path) -> Session:
     """Read a session file, checked whole before anything is used: every value of its
     type, finite and in range (the settings through :meth:`SamplingSettings.validate`).
-    Anything that is not a complete, sound session gives one WorkbenchError."""
+    Anything that is not a complete, sound session gives one WorkbenchError, except a
+    branch: one that is not sound is left out, and ``Session.notes`` says which and why
+    (a file of an earlier version has no branches)."""
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
@@ -314,6 +377,7 @@ def load_session(path: str | Path) -> Session:
             libraries={_text(k, "libraries"): _text(v, f"libraries.{k[:40]}")
                        for k, v in libraries.items()},
             created=_text(data.get("created", ""), "created"))
+        session.branches = _branches_from_data(data.get("branches"), result, session.notes)
     except WorkbenchError as exc:
         raise WorkbenchError(f"{path} is damaged: {exc}.") from None
     except RecursionError:

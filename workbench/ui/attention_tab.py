@@ -39,12 +39,14 @@ from workbench.core.attention import (
     logit_lens,
     position_embeddings,
 )
+from workbench.core.catalog import CLASSIFIER
 from workbench.core.errors import WorkbenchError
 from workbench.core.files import cannot_write, write_atomically
+from workbench.ui.attribution_view import AttributionDialog
 from workbench.ui.skeleton import combo, line, spin, text_box
 from workbench.ui.stale import mark_stale
 from workbench.ui.tab_base import WorkbenchTab
-from workbench.ui.widgets import visible_token
+from workbench.ui.widgets import fit_columns, visible_token
 from workbench.ui.worker import JobHandle, ModelWorker, WorkerContext, own_job
 
 
@@ -106,6 +108,7 @@ class AttentionTab(WorkbenchTab):
                                     "a few hundred tokens take minutes and gigabytes)")
         self.layers = line("layers", "", "all, or e.g. 0,5,11")
         self.run_button = QPushButton("Show attention")
+        self.run_button.setProperty("primary", True)  # Run ▸ Run: Ctrl+Return
         self.run_button.setObjectName("run-button")
         self.run_button.clicked.connect(self.start)
         form = QFormLayout()
@@ -116,6 +119,13 @@ class AttentionTab(WorkbenchTab):
         form.addRow("bertviz tokens", self.page_tokens)
         form.addRow("Layers (page)", self.layers)
         form.addRow(self.run_button)
+        self.attribution_button = QPushButton("Attribution…")
+        self.attribution_button.setObjectName("attribution-button")
+        self.attribution_button.setToolTip("Which tokens of the text drive the model: a "
+                                           "classifier's label, or a decoder's last word")
+        self.attribution_button.clicked.connect(self.open_attribution)
+        form.addRow(self.attribution_button)
+        self.attribution: AttributionDialog | None = None  # made on first use
         self.export_html_button = QPushButton("Export page…")
         self.export_html_button.clicked.connect(lambda: self.export_html())
         self.export_png_button = QPushButton("Export PNG…")
@@ -146,6 +156,9 @@ class AttentionTab(WorkbenchTab):
         self.results.addTab(self._build_stats_page(), "Head statistics")
         self.lens_table = QTableWidget(0, 0)
         self.lens_table.setObjectName("logit-lens")
+        self.lens_table.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
+        # a column a token: a few fill the width; many narrow to 56 px, then scroll sideways
+        fit_columns(self.lens_table, min_width=56)
         self.results.addTab(self.lens_table, "Logit lens")
         self.results.currentChanged.connect(
             lambda _: self.results.currentWidget() is self.lens_table and self.start_lens())
@@ -248,6 +261,19 @@ class AttentionTab(WorkbenchTab):
             plot.addItem(image)
             self.position_plots[key] = (plot, image)
             self.positions_holder.layout().addWidget(plot)
+
+    def open_attribution(self) -> None:
+        """Input attribution of this text: a classifier's predicted label, or for a decoder
+        the last word as the target of the words before it."""
+        text = self.text.toPlainText()
+        if self.attribution is None:
+            self.attribution = AttributionDialog(self.worker, self, self.show_error)
+        if self.loaded is not None and self.loaded.task == CLASSIFIER:
+            self.attribution.open_on(lambda view: view.set_classification(text))
+            return
+        head, space, last = text.rstrip().rpartition(" ")
+        prompt, target = (head, space + last) if head.strip() else (text, "")
+        self.attribution.open_on(lambda view: view.set_continuation(prompt, target))
 
     # --- running ---------------------------------------------------------------------------------
     def start(self) -> None:

@@ -12,11 +12,11 @@ from dataclasses import replace
 from PySide6.QtCore import Qt
 from PySide6.QtGui import QColor
 from PySide6.QtWidgets import (
+    QAbstractItemView,
     QCheckBox,
     QFileDialog,
     QFormLayout,
     QHBoxLayout,
-    QHeaderView,
     QLabel,
     QLineEdit,
     QPushButton,
@@ -41,9 +41,11 @@ from workbench.core.generate_score import (
 )
 from workbench.core.paths import sample_data
 from workbench.core.sampling import PRESETS, SamplingSettings
+from workbench.ui.attribution_view import AttributionDialog
 from workbench.ui.skeleton import combo, fill, line, metric_checkboxes, spin, table
 from workbench.ui.stale import mark_stale
 from workbench.ui.state import preset_names, read_preset
+from workbench.ui.widgets import fit_columns, rows_height, show_rows, two_line_labels
 from workbench.ui.worker import JobHandle, ModelWorker, WorkerContext, own_job
 
 GENERATE_TAB = "Generate tab's settings"
@@ -83,6 +85,7 @@ class JobPage(QWidget):
         self.worker, self.record, self.show_error = worker, record, show_error
         self.job: JobHandle | None = None
         self.run_button = QPushButton(self.job_title)
+        self.run_button.setProperty("primary", True)  # Run ▸ Run: Ctrl+Return
         self.run_button.clicked.connect(self.start)
         self.status = QLabel("")
         self.status.setWordWrap(True)
@@ -164,23 +167,30 @@ class GenerateScorePage(JobPage):
         form.addRow(self.status)
         inputs = QWidget()
         inputs.setLayout(form)
-        self.scores = table(["metric", "score", "signature"], "generate-score-metrics")
-        self.outputs = table(["line", "BLEU", "chrF", "prompt", "output", "reference"],
-                             "generate-score-outputs")
-        for column, width in ((3, 240), (4, 280)):  # long texts must not hide the others
-            self.outputs.horizontalHeader().setSectionResizeMode(
-                column, QHeaderView.ResizeMode.Interactive)
-            self.outputs.setColumnWidth(column, width)
+        self.scores = fit_columns(table(["metric", "score", "signature"],
+                                        "generate-score-metrics"), stretch=(2,), rows=2)
+        # long texts share the width and are cut (whole in a tooltip): the scores stay seen
+        self.outputs = fit_columns(table(["line", "BLEU", "chrF", "prompt", "output",
+                                          "reference"], "generate-score-outputs"),
+                                   stretch=(3, 4, 5), rows=3)
         right = QSplitter(Qt.Orientation.Vertical)
         right.addWidget(self.scores)
         right.addWidget(self.outputs)
-        right.setSizes([90, 300])
+        right.setStretchFactor(1, 1)
+        self.tables = right
+        self._size_tables(2)
         self.result_view = right
         split = QSplitter(Qt.Orientation.Horizontal)
         split.addWidget(inputs)
         split.addWidget(right)
         split.setSizes([420, 820])
         QVBoxLayout(self).addWidget(split)
+
+    def _size_tables(self, metrics: int) -> None:
+        """Every metric's row in view; the outputs take the rest of the height."""
+        total = max(sum(self.tables.sizes()), 300)
+        scores = rows_height(self.scores, max(metrics, 1))
+        self.tables.setSizes([scores, max(total - scores, 1)])
 
     def reload_strategies(self) -> None:
         names = [GENERATE_TAB] if self.current_settings else []
@@ -277,6 +287,7 @@ class GenerateScorePage(JobPage):
         self.result = result
         fill(self.scores, [[m.metric, round(m.score, 2), m.signature]
                            for m in result.scores.metrics])
+        self._size_tables(len(result.scores.metrics))
         self.show_rows(result)
         done = (f"Stopped: {result.rows_done} of {result.rows_total} rows scored"
                 if result.stopped else f"{result.rows_done} rows")
@@ -304,6 +315,7 @@ class ClassifyPage(JobPage):
     def __init__(self, worker: ModelWorker, record: Record, show_error) -> None:
         super().__init__(worker, record, show_error)
         self.result: ClassificationResult | None = None
+        self.attribution: AttributionDialog | None = None  # made on first use
         self.run_button.setObjectName("classify-button")
         self.data_file = line("classify-file", sample("sentiment-test.csv"), "a labelled .csv, .tsv or .jsonl file")
         self.text_column = line("classify-text-column", "text")
@@ -321,13 +333,15 @@ class ClassifyPage(JobPage):
                               "this model\"), choose its labelled file and press Evaluate.")
         self.numbers.setObjectName("classify-numbers")
         self.numbers.setWordWrap(True)
-        self.per_label = table(["label", "precision", "recall", "F1", "support"],
-                               "classify-per-label")
+        self.per_label = fit_columns(table(["label", "precision", "recall", "F1", "support"],
+                                           "classify-per-label"), stretch=(0,), rows=4)
         self.confusion = QTableWidget(0, 0)
         self.confusion.setObjectName("confusion-matrix")
         self.confusion.setToolTip("Rows: the true label; columns: the predicted label")
-        self.errors = table(["row", "label", "predicted", "confidence", "text"],
-                            "classify-errors")
+        self.confusion.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        fit_columns(self.confusion, rows=4)
+        self.errors = fit_columns(table(["row", "label", "predicted", "confidence", "text"],
+                                        "classify-errors"), stretch=(4,), rows=3)
         matrix = QWidget()
         ml = QVBoxLayout(matrix)
         ml.setContentsMargins(0, 0, 0, 0)
@@ -336,9 +350,14 @@ class ClassifyPage(JobPage):
         tables = QSplitter(Qt.Orientation.Horizontal)
         tables.addWidget(self.per_label)
         tables.addWidget(matrix)
+        tables.setSizes([380, 460])
         right = QSplitter(Qt.Orientation.Vertical)
         right.addWidget(tables)
+        self.errors.setToolTip("Double-click a row: which tokens made the classifier predict "
+                               "its label (input attribution)")
+        self.errors.cellDoubleClicked.connect(self.why_this_label)
         right.addWidget(self.errors)
+        right.setSizes([200, 300])
         holder = QWidget()
         rl = QVBoxLayout(holder)
         rl.setContentsMargins(0, 0, 0, 0)
@@ -370,6 +389,16 @@ class ClassifyPage(JobPage):
         self.inputs = {"file": path, "text_column": text_column, "label_column": label_column}
         self.submit(job)
 
+    def why_this_label(self, row: int, column: int) -> None:
+        """Open the attribution window on a misclassified row and its predicted label."""
+        text, predicted = self.errors.item(row, 4), self.errors.item(row, 2)
+        if text is None or predicted is None:
+            return
+        if self.attribution is None:
+            self.attribution = AttributionDialog(self.worker, self, self.show_error)
+        self.attribution.open_on(lambda view: view.set_classification(text.text(),
+                                                                      predicted.text()))
+
     def model_changed(self, loaded) -> None:
         self.run_button.setToolTip("" if loaded is None or loaded.task == CLASSIFIER else
                                    "Needs a sequence classifier")
@@ -387,8 +416,13 @@ class ClassifyPage(JobPage):
         self.confusion.clear()
         self.confusion.setRowCount(n)
         self.confusion.setColumnCount(n)
-        self.confusion.setHorizontalHeaderLabels([f"→ {label}" for label in r.labels])
+        # "→ label", broken onto two lines: a long label does not widen its column of counts
+        self.confusion.setHorizontalHeaderLabels([f"→ {label}" if " " not in label and
+                                                  len(label) < 12 else
+                                                  "→ " + two_line_labels([label])[0]
+                                                  for label in r.labels])
         self.confusion.setVerticalHeaderLabels(r.labels)
+        show_rows(self.confusion, min(n, 6))  # its titles may take two lines
         for i, row in enumerate(r.confusion):
             total = sum(row) or 1
             for j, count in enumerate(row):
@@ -397,10 +431,10 @@ class ClassifyPage(JobPage):
                 share = count / total
                 good = i == j
                 item.setBackground(QColor.fromHsvF(0.33 if good else 0.0, 0.65 * share, 1.0))
+                item.setForeground(QColor(0, 0, 0))  # readable in a dark theme too
                 item.setToolTip(f"true {r.labels[i]}, predicted {r.labels[j]}: {count} "
                                 f"({share:.0%} of the true {r.labels[i]} rows)")
                 self.confusion.setItem(i, j, item)
-        self.confusion.resizeColumnsToContents()
         fill(self.errors, [[e["row"], e["label"], e["predicted"], round(e["confidence"], 3),
                             e["text"]] for e in r.errors()])
         self.record("classification", f"accuracy {r.accuracy:.4f}, macro-F1 {r.macro_f1:.4f} "

@@ -49,11 +49,12 @@ from workbench.core.history import (
 )
 from workbench.core.jobs import drive
 from workbench.core.loader import load_model_job
+from workbench.ui.evaluate_choice import ChoicePage, PairsPage
 from workbench.ui.evaluate_pages import ClassifyPage, GenerateScorePage
 from workbench.ui.skeleton import combo, fill, line, metric_checkboxes, spin, table, text_box
 from workbench.ui.stale import mark_stale
 from workbench.ui.tab_base import WorkbenchTab
-from workbench.ui.widgets import TokenView
+from workbench.ui.widgets import TokenView, fit_columns, rows_height
 from workbench.ui.worker import JobHandle, ModelWorker, WorkerContext, own_job
 
 SAMPLE_TEXT = ("The lighthouse stood at the end of the long stone pier. Every night the keeper "
@@ -69,10 +70,10 @@ def word_diff(hypothesis: str, reference: str) -> str:
         if op == "equal":
             out.append(html.escape(" ".join(ref[a1:a2])))
         if op in ("delete", "replace"):
-            out.append(f"<span style='background:#f8c8c8;text-decoration:line-through'>"
+            out.append(f"<span style='background:#f8c8c8;color:#000;text-decoration:line-through'>"
                        f"{html.escape(' '.join(ref[a1:a2]))}</span>")
         if op in ("insert", "replace"):
-            out.append(f"<span style='background:#c8f0c8'>{html.escape(' '.join(hyp[b1:b2]))}"
+            out.append(f"<span style='background:#c8f0c8;color:#000'>{html.escape(' '.join(hyp[b1:b2]))}"
                        "</span>")
     return " ".join(out)
 
@@ -99,21 +100,31 @@ class EvaluateTab(WorkbenchTab):
         self.modes.addTab(self.generate_page, "Generate then score")
         self.classify_page = ClassifyPage(worker, self._record, self.show_error)
         self.modes.addTab(self.classify_page, "Classification")
-        self.history = table(["time", "kind", "result", "inputs"], "history-table")
-        self.history.setMaximumHeight(110)
+        self.choice_page = ChoicePage(worker, self._record, self.show_error)
+        self.modes.addTab(self.choice_page, "Multiple choice")
+        self.pairs_page = PairsPage(worker, self._record, self.show_error)
+        self.modes.addTab(self.pairs_page, "Sentence pairs")
+        self.history = fit_columns(table(["time", "kind", "result", "inputs"], "history-table"),
+                                   stretch=(2, 3), rows=2)
         export = QPushButton("Export history…")
         export.clicked.connect(lambda: self.export_history())
         history_box = QGroupBox("History")
-        hl = QVBoxLayout(history_box)
-        hl.addWidget(self.history)
-        row = QHBoxLayout()
-        row.addStretch(1)
-        row.addWidget(export)
-        hl.addLayout(row)
+        hl = QHBoxLayout(history_box)
+        hl.setContentsMargins(6, 2, 6, 6)
+        hl.addWidget(self.history, 1)
+        hl.addWidget(export, 0, Qt.AlignmentFlag.AlignBottom)
+        # the pages first; the history a fifth of the height (2 rows at 1280×800), or what
+        # the user drags it to
+        self.history_split = QSplitter(Qt.Orientation.Vertical)
+        self.history_split.addWidget(self.modes)
+        self.history_split.addWidget(history_box)
+        self.history_split.setStretchFactor(0, 4)
+        self.history_split.setStretchFactor(1, 1)
+        self.history_split.setCollapsible(0, False)
+        self.history_split.setSizes([400, 100])
         layout = QVBoxLayout(self)
         layout.addWidget(self.model_label)
-        layout.addWidget(self.modes, 1)
-        layout.addWidget(history_box)
+        layout.addWidget(self.history_split, 1)
         self.entries: list[HistoryEntry] = []
         self.reload_history()
 
@@ -147,6 +158,7 @@ class EvaluateTab(WorkbenchTab):
         self.colour_by.setToolTip("Which result colours the tokens")
         self.colour_by.activated.connect(lambda _: self._show_tokens())
         self.ppl_button = QPushButton("Compute perplexity")
+        self.ppl_button.setProperty("primary", True)  # Run ▸ Run: Ctrl+Return
         self.ppl_button.setObjectName("perplexity-button")
         self.ppl_button.clicked.connect(self.start_perplexity)
         form = QFormLayout()
@@ -163,17 +175,22 @@ class EvaluateTab(WorkbenchTab):
         self.ppl_numbers.setWordWrap(True)
         self.ppl_tokens = TokenView("perplexity-tokens", "Each token coloured by surprisal "
                                     "(red: surprising)")
-        self.worst = table(["position", "token", "surprisal (bits)"], "worst-tokens")
+        self.worst = fit_columns(table(["position", "token", "surprisal (bits)"],
+                                       "worst-tokens"), stretch=(1,), rows=4)
+        self.worst.setToolTip("The most surprising tokens of the text")
         self.plot_holder = QWidget()
         QVBoxLayout(self.plot_holder).setContentsMargins(0, 0, 0, 0)
-        results = QSplitter(Qt.Orientation.Vertical)
+        # the text over its surprisal curve; the worst tokens beside both, the whole height
+        text_and_plot = QSplitter(Qt.Orientation.Vertical)
+        text_and_plot.addWidget(self.ppl_tokens)
+        text_and_plot.addWidget(self.plot_holder)
+        text_and_plot.setSizes([150, 200])
+        results = QSplitter(Qt.Orientation.Horizontal)
         self.ppl_view = results  # greyed out while it shows an earlier run's results
-        top = QSplitter(Qt.Orientation.Horizontal)
-        top.addWidget(self.ppl_tokens)
-        top.addWidget(self.worst)
-        top.setSizes([520, 340])
-        results.addWidget(top)
-        results.addWidget(self.plot_holder)
+        results.addWidget(text_and_plot)
+        results.addWidget(self.worst)
+        results.setStretchFactor(0, 1)
+        results.setSizes([560, 300])
         right = QWidget()
         rl = QVBoxLayout(right)
         rl.setContentsMargins(0, 0, 0, 0)
@@ -355,6 +372,7 @@ class EvaluateTab(WorkbenchTab):
         self.test = combo("significance-test", ["paired bootstrap", "approximate randomization",
                                                 "both"])
         self.bleu_button = QPushButton("Score")
+        self.bleu_button.setProperty("primary", True)  # Run ▸ Run: Ctrl+Return
         self.bleu_button.setObjectName("bleu-button")
         self.bleu_button.clicked.connect(self.start_bleu)
         form = QFormLayout()
@@ -372,23 +390,36 @@ class EvaluateTab(WorkbenchTab):
         form.addRow("", self.lowercase)
         form.addRow("Significance", self.test)
         form.addRow(self.bleu_button)
-        inputs = QWidget()
-        inputs.setLayout(form)
-        self.corpus_table = table(["metric", "score", "signature"], "corpus-scores")
-        self.significance_table = table(["test", "metric", "baseline", "system", "p-value",
-                                         "system mean ± 95% CI"], "significance")
-        self.sentence_table = table(["line", "BLEU", "chrF", "TER", "hypothesis"], "sentences")
-        self.sentence_table.itemSelectionChanged.connect(self._show_diff)
         self.diff = QTextEdit()
         self.diff.setObjectName("diff-view")
         self.diff.setReadOnly(True)
-        self.diff.setPlaceholderText("Select a line to see the hypothesis against its first "
+        self.diff.setPlaceholderText("Select a line to see its hypothesis against\nits first "
                                      "reference (red: missing, green: added).")
-        self.diff.setMaximumHeight(80)
+        self.diff.setMinimumHeight(3 * self.diff.fontMetrics().lineSpacing() + 12)
+        # the diff under the form, in the room the form leaves: the tables keep the height
+        inputs = QWidget()
+        il = QVBoxLayout(inputs)
+        il.setContentsMargins(0, 0, 0, 0)
+        il.addLayout(form)
+        il.addWidget(self.diff, 1)
+        self.corpus_table = fit_columns(table(["metric", "score", "signature"], "corpus-scores"),
+                                        stretch=(2,), rows=3)
+        self.significance_table = fit_columns(
+            table(["test", "metric", "baseline", "system", "p-value", "system mean\n± 95% CI"],
+                  "significance"), rows=2)
+        self.significance_table.setToolTip("Needs a second system: is it better than the "
+                                           "hypothesis (the baseline)?")
+        self.significance_table.setVisible(False)  # until a second system is scored
+        self.sentence_table = fit_columns(table(["line", "BLEU", "chrF", "TER", "hypothesis"],
+                                                "sentences"), stretch=(4,), rows=3)
+        self.sentence_table.itemSelectionChanged.connect(self._show_diff)
         right = QSplitter(Qt.Orientation.Vertical)
-        for w in (self.corpus_table, self.significance_table, self.sentence_table, self.diff):
+        for w in (self.corpus_table, self.significance_table, self.sentence_table):
             right.addWidget(w)
-        right.setSizes([90, 90, 200, 70])
+            right.setCollapsible(right.indexOf(w), False)
+        right.setStretchFactor(2, 1)  # the lines take the height there is
+        self.bleu_tables = right
+        self._size_bleu_tables(3, 0)
         split = QSplitter(Qt.Orientation.Horizontal)
         split.addWidget(inputs)
         split.addWidget(right)
@@ -447,12 +478,23 @@ class EvaluateTab(WorkbenchTab):
              "-" if s.p_value is None else round(s.p_value, 4),
              "-" if s.system_ci is None else f"{s.system_mean:.2f} ± {s.system_ci:.2f}"]
             for s in r.significance])
+        self.significance_table.setVisible(bool(r.significance))
+        self._size_bleu_tables(len(r.metrics), len(r.significance))
         fill(self.sentence_table, [[row["line"], round(row.get("bleu", float("nan")), 2),
                                     round(row.get("chrf", float("nan")), 2),
                                     round(row.get("ter", float("nan")), 2), row["hypothesis"]]
                                    for row in r.sentences])
         summary = ", ".join(f"{m.metric} {m.score:.2f}" for m in r.metrics)
         self._record("bleu", summary, self.bleu_inputs, r.to_dict())
+
+    def _size_bleu_tables(self, metrics: int, tests: int) -> None:
+        """Every corpus score and (up to 4) significance rows in view; the lines below take
+        the rest of the height."""
+        total = max(sum(self.bleu_tables.sizes()), 400)
+        corpus = rows_height(self.corpus_table, max(metrics, 1))
+        significance = rows_height(self.significance_table, min(tests, 4)) if tests else 0
+        self.bleu_tables.setSizes([corpus, significance,
+                                   max(total - corpus - significance, 1)])
 
     def _show_diff(self) -> None:
         rows = self.sentence_table.selectionModel().selectedRows()
@@ -504,6 +546,8 @@ class EvaluateTab(WorkbenchTab):
         self.ppl_button.setToolTip("" if loaded is None or loaded.task == CAUSAL_LM else
                                    "Perplexity needs a causal language model")
         self.classify_page.model_changed(loaded)
+        self.choice_page.model_changed(loaded)
+        self.pairs_page.model_changed(loaded)
 
     def _perplexity_done(self, result: object) -> None:
         self.ppl_job = None

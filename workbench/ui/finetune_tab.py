@@ -66,7 +66,7 @@ from workbench.core.training_process import (
 from workbench.ui.skeleton import combo, dspin, line, spin, text_box
 from workbench.ui.state import remembered_folders
 from workbench.ui.tab_base import WorkbenchTab
-from workbench.ui.widgets import ProgressThrottle
+from workbench.ui.widgets import ProgressThrottle, Section
 from workbench.ui.worker import ModelWorker, bulk_reading
 
 if TYPE_CHECKING:  # numpy comes with it: loaded after the window is shown, not before
@@ -387,8 +387,9 @@ class FinetuneTab(WorkbenchTab):
         self.logging_steps = spin("logging-steps", 1, 100000, 5)
         self.eval_steps = spin("eval-steps", 1, 1_000_000, 50)
         self.save_steps = spin("save-steps", 1, 1_000_000, 50)
-        self.output_dir = line("output-dir", "", "a new folder for this run (default: "
-                               "one in the app's data folder)")
+        self.output_dir = line("output-dir", "", "default: a new one in the app's data")
+        self.output_dir.setToolTip("A new folder for this run (default: one in the app's "
+                                   "data folder)")
         self.probe_prompts = text_box("probe-prompts", "Probe prompts, one a line (lm)",
                                       "The lighthouse keeper")
         self.probe_prompts.setMaximumHeight(50)
@@ -409,6 +410,7 @@ class FinetuneTab(WorkbenchTab):
                                   "accelerate launch --num_processes N (data parallel; on the "
                                   "CPU with --cpu, on GPUs one process each)")
         self.start_button = QPushButton("Start training")
+        self.start_button.setProperty("primary", True)  # Run ▸ Run: Ctrl+Return
         self.start_button.setObjectName("start-button")
         self.start_button.clicked.connect(lambda: self.start())
         self.stop_button = QPushButton("Stop")
@@ -430,31 +432,51 @@ class FinetuneTab(WorkbenchTab):
         self.attach_button.clicked.connect(lambda: self.attach())
         self.export_button = QPushButton("Export launch command…")
         self.export_button.clicked.connect(lambda: self.export_launch())
+        # The options a run needs stay in view; the rarely changed ones fold away in
+        # sections (opened with a click, remembered), so that at 1280×800 the form fits
+        # without scrolling and Start is always in view below it.
         form = QFormLayout()
         for label, widget in [
                 ("Task", self.task), ("Training file", self.train_file),
                 ("Validation file", self.validation_file), ("Text column", self.text_column),
-                ("Label column", self.label_column), ("Learning rate", self.learning_rate),
-                ("Schedule", self.scheduler), ("Warmup steps", self.warmup),
-                ("Epochs", self.epochs), ("Max steps", self.max_steps),
-                ("Batch size", self.batch_size), ("Gradient accumulation", self.grad_accum),
-                ("Max length", self.max_length), ("Weight decay", self.weight_decay),
-                ("Seed", self.seed), ("Log every", self.logging_steps),
-                ("Evaluate every", self.eval_steps), ("Save every", self.save_steps),
-                ("LoRA", self.lora), ("LoRA rank r", self.lora_r),
-                ("LoRA alpha", self.lora_alpha), ("LoRA dropout", self.lora_dropout),
-                ("LoRA target modules", self.lora_targets),
-                ("Processes", self.processes),
-                ("Output folder", self.output_dir), ("Probe prompts", self.probe_prompts),
-                ("Probe every (steps)", self.probe_every)]:
+                ("Label column", self.label_column), ("Output folder", self.output_dir),
+                ("Learning rate", self.learning_rate), ("Epochs", self.epochs),
+                ("Max steps", self.max_steps), ("Batch size", self.batch_size),
+                ("Max length", self.max_length), ("Processes", self.processes)]:
             form.addRow(label, widget)
         form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
+        self.sections: list[Section] = []
+        for title, name, rows in [
+                ("Schedule, logging, checkpoints", "finetune-section-schedule", [
+                    ("Schedule", self.scheduler), ("Warmup steps", self.warmup),
+                    ("Gradient accumulation", self.grad_accum),
+                    ("Weight decay", self.weight_decay), ("Seed", self.seed),
+                    ("Log every", self.logging_steps), ("Evaluate every", self.eval_steps),
+                    ("Save every", self.save_steps)]),
+                ("LoRA adapter (causal LM)", "finetune-section-lora", [
+                    ("LoRA", self.lora), ("Rank r", self.lora_r), ("Alpha", self.lora_alpha),
+                    ("Dropout", self.lora_dropout), ("Target modules", self.lora_targets)]),
+                ("Probe generations (causal LM)", "finetune-section-probes", [
+                    ("Probe prompts", self.probe_prompts),
+                    ("Probe every (steps)", self.probe_every)])]:
+            section = Section(title, name)
+            for label, widget in rows:
+                section.add_row(label, widget)
+            self.sections.append(section)
         for choice in (self.task, self.scheduler):  # narrow enough for the panel, no clipping
             choice.setSizeAdjustPolicy(
                 QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
             choice.setMinimumContentsLength(12)
+        for edit in (self.train_file, self.validation_file, self.output_dir):
+            # a path longer than the field shows its end; the whole of it in the tooltip
+            tip = edit.toolTip()
+            edit.textChanged.connect(lambda text, e=edit, tip=tip: e.setToolTip(text or tip))
         box = QWidget()
-        box.setLayout(form)
+        column = QVBoxLayout(box)
+        column.addLayout(form)
+        for section in self.sections:
+            column.addWidget(section)
+        column.addStretch(1)
         self.form_scroll = QScrollArea()
         self.form_scroll.setWidgetResizable(True)
         self.form_scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)

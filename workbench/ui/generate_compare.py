@@ -12,7 +12,6 @@ from PySide6.QtWidgets import (
     QAbstractItemView,
     QFileDialog,
     QHBoxLayout,
-    QHeaderView,
     QLabel,
     QPlainTextEdit,
     QPushButton,
@@ -30,7 +29,7 @@ from workbench.core.sampling import SamplingSettings, parse_strategy
 from workbench.ui.generate_single import token_tooltip
 from workbench.ui.skeleton import text_box
 from workbench.ui.stale import mark_stale
-from workbench.ui.widgets import TokenView
+from workbench.ui.widgets import TokenView, fit_columns, two_line_labels
 from workbench.ui.worker import JobHandle, ModelWorker, WorkerContext, own_job
 
 SUMMARY_COLUMNS = ["strategy", "mean log-prob", "perplexity", "distinct-1", "distinct-2",
@@ -75,6 +74,7 @@ class CompareView(QWidget):
         self.strategies.setMaximumHeight(80)
         self.compare_button = QPushButton("Compare")
         self.compare_button.setObjectName("compare-button")
+        self.compare_button.setProperty("primary", True)  # Run ▸ Run: Ctrl+Return
         self.export_csv_button = QPushButton("Export table…")
         self.export_csv_button.clicked.connect(lambda: self.export_table())
         self.export_png_button = QPushButton("Export plot…")
@@ -94,22 +94,24 @@ class CompareView(QWidget):
         self.columns_layout.setContentsMargins(0, 0, 0, 0)
         self.summary = QTableWidget(0, len(SUMMARY_COLUMNS))
         self.summary.setObjectName("summary-table")
-        self.summary.setHorizontalHeaderLabels(SUMMARY_COLUMNS)
-        self.summary.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
-        self.summary.horizontalHeader().setStretchLastSection(True)
+        # titles on two lines: eight columns of short numbers fit beside the curves
+        self.summary.setHorizontalHeaderLabels(two_line_labels(SUMMARY_COLUMNS))
         self.summary.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.summary.verticalHeader().setVisible(False)  # the strategy names the row
+        fit_columns(self.summary, stretch=(0,), rows=3)
         self.overlay_holder = QWidget()
         QVBoxLayout(self.overlay_holder).setContentsMargins(0, 0, 0, 0)
         self.note = QLabel("")
         self.note.setWordWrap(True)
-        lower = QSplitter(Qt.Orientation.Horizontal)
+        lower = self.lower = QSplitter(Qt.Orientation.Horizontal)
         lower.addWidget(self.summary)
         lower.addWidget(self.overlay_holder)
-        lower.setSizes([520, 420])
+        lower.setSizes([620, 330])  # the summary's eight columns whole, the curves beside
+        lower.setStretchFactor(1, 1)  # a wider window widens the curves
         self.results_view = QSplitter(Qt.Orientation.Vertical)  # greyed out when stale
         self.results_view.addWidget(self.columns)
         self.results_view.addWidget(lower)
-        self.results_view.setSizes([170, 250])
+        self.results_view.setSizes([140, 280])
         layout = QVBoxLayout(self)
         layout.addLayout(top)
         layout.addWidget(self.results_view, 1)
@@ -240,6 +242,7 @@ class CompareView(QWidget):
         # rows in the order the strategies were given until the user sorts by a column
         self.summary.horizontalHeader().setSortIndicator(-1, Qt.SortOrder.AscendingOrder)
         self.summary.setSortingEnabled(True)
+        self._widen_summary()
         if self.overlay is not None:
             divergences = [r.diverges_at for r in result.strategies[1:] if r.diverges_at is not None]
             self.overlay.set_series([r.name for r in result.strategies],
@@ -250,6 +253,17 @@ class CompareView(QWidget):
         self.note.setText(" ".join(notes))
         self.export_csv_button.setEnabled(True)
         self.export_png_button.setEnabled(True)
+
+    def _widen_summary(self) -> None:
+        """Room for the strategies' names where the window has it: the summary widens to
+        show them whole, up to 60 % of the width (the curves keep the rest)."""
+        sizes = self.lower.sizes()
+        total = sum(sizes)
+        if total <= 0:
+            return
+        want = min(self.summary.column_fit.wanted_width(), int(total * 0.6))
+        if want > sizes[0]:
+            self.lower.setSizes([want, total - want])
 
     # --- exports -------------------------------------------------------------------------------
     def export_table(self, path: str | None = None) -> None:

@@ -1,7 +1,7 @@
 """The Generate tab's single run: the output streamed in and coloured by probability, the
-candidates of a step, per-step curves, the distribution explorer, branches and sessions.
-The view owns the jobs it starts: the generation, the explorer's logits, a branch, a
-session being saved."""
+candidates of a step, per-step curves, the distribution explorer, the sampler-stage
+inspector, branches and sessions. The view owns the jobs it starts: the generation, the
+explorer's logits, a step's sampler stages, a branch, a session being saved."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from PySide6.QtWidgets import (
     QPlainTextEdit,
     QPushButton,
     QSplitter,
+    QStackedWidget,
     QVBoxLayout,
     QWidget,
 )
@@ -34,12 +35,14 @@ from workbench.core.generation import (
     next_token_logits,
 )
 from workbench.core.sampling import SamplingSettings
+from workbench.ui.attribution_view import AttributionDialog
 from workbench.ui.generate_controls import DecodingControls
 from workbench.ui.stale import mark_stale
 from workbench.ui.widgets import StatusLine, TokenView, visible_token
 from workbench.ui.worker import JobHandle, ModelWorker, WorkerContext, own_job
 
 TOP_N = 10
+OUTPUT_SQUEEZED = 80  # the output's height while the sampler stages fill rows below it
 
 
 def token_tooltip(step: StepRecord) -> str:
@@ -48,13 +51,21 @@ def token_tooltip(step: StepRecord) -> str:
             f"p = {step.probability:.3f}{raw}")
 
 
-def with_texts(loaded, logits) -> tuple:
+def with_texts(loaded, logits, breakers: str = "") -> tuple:
     """``logits`` and the text of the tokens the explorer can show (the top candidates by
-    raw probability do not depend on the settings), decoded here on the worker thread."""
+    raw probability do not depend on the settings), decoded here on the worker thread, and
+    DRY's sequence ``breakers`` as token ids ({text: ids}, empty when the text does not read)."""
     import torch
 
+    from workbench.core.samplers import breaker_token_ids
+    from workbench.core.sampling import parse_sequence_breakers
+
     top = torch.topk(logits.reshape(-1).float(), min(TOP_N, logits.numel())).indices.tolist()
-    return logits, {i: loaded.tokenizer.decode([i]) for i in top}
+    try:
+        ids = {breakers: breaker_token_ids(loaded.tokenizer, parse_sequence_breakers(breakers))}
+    except WorkbenchError:
+        ids = {}
+    return logits, {i: loaded.tokenizer.decode([i]) for i in top}, ids
 
 
 class SingleRunView(QWidget):
@@ -73,6 +84,10 @@ class SingleRunView(QWidget):
         self.explore_job: JobHandle | None = None
         self.branch_job: JobHandle | None = None
         self.session_job: JobHandle | None = None
+        self.stage_job: JobHandle | None = None
+        self.stage_request = 0  # the latest stages asked for; an earlier job's answer is late
+        self.stage_inspector = None  # made with the charts (build_deferred)
+        self.logged: list[tuple[str, str]] = []  # lines for the log (see log)
         self.pending: list[TokenEvent] = []
         self.result: GenerationResult | None = None
         self.branches: list[Branch] = []
@@ -84,6 +99,7 @@ class SingleRunView(QWidget):
         self.explore_logits = None
         self.explore_texts: dict[int, str] = {}  # token id -> text, decoded on the worker
         self.explore_prefix: list[int] = []
+        self.explore_breakers: dict[str, frozenset[int]] = {}  # DRY's, found on the worker
         self.candidate_chart = self.step_curves = None
         self.flush_timer = QTimer(self)  # tokens arrive faster than a repaint should happen
         self.flush_timer.setInterval(40)
@@ -99,7 +115,8 @@ class SingleRunView(QWidget):
         self.stats.setText("Press Generate: the text streams in below, each token coloured by "
                            "its probability.")
         self.save_session_button = QPushButton("Save session…")
-        self.save_session_button.setToolTip("Save prompt, settings, model hash and outputs")
+        self.save_session_button.setToolTip("Save prompt, settings, model hash, outputs and "
+                                            "branches")
         self.save_session_button.clicked.connect(lambda: self.save_session())
         self.save_session_button.setEnabled(False)
         self.open_session_button = QPushButton("Open session…")
@@ -112,6 +129,23 @@ class SingleRunView(QWidget):
         self.inspect_button.clicked.connect(
             lambda: self.inspect_attention.emit(self.prompt.toPlainText() + self.output.toPlainText()))
         top.addWidget(self.inspect_button)
+        self.why_button = QPushButton("Why this token?")
+        self.why_button.setObjectName("why-this-token")
+        self.why_button.setToolTip("Input attribution of the clicked token (captum): which "
+                                   "tokens before it made the model choose it")
+        self.why_button.setEnabled(False)
+        self.why_button.clicked.connect(self.why_this_token)
+        top.addWidget(self.why_button)
+        self.stages_button = QPushButton("Sampler stages")
+        self.stages_button.setObjectName("sampler-stages")
+        self.stages_button.setCheckable(True)
+        self.stages_button.setToolTip("The clicked token's step after each processor of the "
+                                      "sampler chain, in the order generation applies them "
+                                      "(one forward pass of the text before it)")
+        self.stages_button.setEnabled(False)
+        self.stages_button.toggled.connect(self._stages_toggled)
+        top.addWidget(self.stages_button)
+        self.attribution: AttributionDialog | None = None  # made on first use
         top.addWidget(self.open_session_button)
         top.addWidget(self.save_session_button)
         self.output = TokenView("output", "Generated text appears here, token by token. Each "
@@ -139,9 +173,15 @@ class SingleRunView(QWidget):
         lower.addWidget(chart_side)
         lower.addWidget(self.curves_holder)
         lower.setSizes([560, 400])
+        # the candidates and curves, or the sampler stages in their place (Sampler stages)
+        self.lower_stack = QStackedWidget()
+        self.lower_stack.addWidget(lower)
+        self.stages_holder = QWidget()
+        QVBoxLayout(self.stages_holder).setContentsMargins(0, 0, 0, 0)
+        self.lower_stack.addWidget(self.stages_holder)
         self.results_view = QSplitter(Qt.Orientation.Vertical)  # greyed out when stale
         self.results_view.addWidget(self.output)
-        self.results_view.addWidget(lower)
+        self.results_view.addWidget(self.lower_stack)
         self.results_view.setSizes([150, 330])
         layout = QVBoxLayout(self)
         layout.addLayout(top)
@@ -158,6 +198,10 @@ class SingleRunView(QWidget):
         self.chart_holder.layout().addWidget(self.candidate_chart)
         self.step_curves = StepCurves()
         self.curves_holder.layout().addWidget(self.step_curves)
+        from workbench.ui.stage_inspector import StageInspector
+
+        self.stage_inspector = StageInspector()
+        self.stages_holder.layout().addWidget(self.stage_inspector)
 
     # --- a generation ------------------------------------------------------------------------
     def start(self, prompt: str, settings: SamplingSettings) -> None:
@@ -173,6 +217,7 @@ class SingleRunView(QWidget):
         self.save_session_button.setEnabled(False)
         self.selected_step = None
         self.explore.setChecked(False)
+        self._stages_stale()
         self.stats.setText("Generating…")
         self._fill_picker([f"Sequence {i + 1}" for i in range(settings.num_return_sequences)])
 
@@ -232,6 +277,7 @@ class SingleRunView(QWidget):
 
     def _ended(self) -> None:
         self.job = None
+        self._sync_stages_button()
         self.flush_tokens(final=True)  # after the job is cleared: x to the steps there are
         self.flush_timer.stop()
         self.run_ended.emit()
@@ -283,6 +329,8 @@ class SingleRunView(QWidget):
         for step in self.steps.get(max(index, 0), []):
             self.output.append_token(step.text, step.probability, token_tooltip(step))
         self.selected_step = None
+        self.why_button.setEnabled(False)
+        self._stages_stale()
         self._update_curves()
 
     def current_steps(self) -> list[StepRecord]:
@@ -302,11 +350,28 @@ class SingleRunView(QWidget):
         if not 0 <= index < len(steps):
             return
         self.selected_step = index
+        self.why_button.setEnabled(self.job is None)
+        self._sync_stages_button()
+        if self.stages_button.isChecked():
+            self.request_stages()
         self._update_curves()
         if self.explore.isChecked():
             self._request_logits()
         else:
             self._show_recorded(steps[index])
+
+    def why_this_token(self) -> None:
+        """Open the attribution window on the clicked token of the sequence shown."""
+        steps = self.current_steps()
+        if self.result is None or self.selected_step is None or self.selected_step >= len(steps):
+            return
+        if self.attribution is None:
+            self.attribution = AttributionDialog(self.worker, self, self.show_error)
+        prompt, prompt_ids = self.result.prompt, list(self.result.prompt_token_ids)
+        ids, texts = [s.token_id for s in steps], [s.text for s in steps]
+        index = self.selected_step
+        self.attribution.open_on(lambda view: view.set_generated(
+            prompt, ids, index, prompt_ids=prompt_ids, output_texts=texts))
 
     def _selected_record(self) -> StepRecord | None:
         steps = self.current_steps()
@@ -346,6 +411,7 @@ class SingleRunView(QWidget):
 
     def _request_logits(self) -> None:
         prefix = self._prefix()
+        breakers = self.controls.settings().dry_sequence_breakers
         if prefix is None:
             settings = self.controls.settings()
             prompt, chat, max_new = self.prompt.toPlainText(), settings.chat, settings.max_new_tokens
@@ -355,11 +421,11 @@ class SingleRunView(QWidget):
 
                 loaded = ctx.model()
                 ids = prepare_prompt(loaded, prompt, chat, max_new)[0][0].tolist()
-                return ids, *with_texts(loaded, next_token_logits(loaded, ids))
+                return ids, *with_texts(loaded, next_token_logits(loaded, ids), breakers)
         else:
             def job(ctx: WorkerContext):
                 loaded = ctx.model()
-                return prefix, *with_texts(loaded, next_token_logits(loaded, prefix))
+                return prefix, *with_texts(loaded, next_token_logits(loaded, prefix), breakers)
 
         self.explore_job = own_job(
             self, self.worker, "Next-token distribution", job, finished=self._explore_done,
@@ -375,7 +441,9 @@ class SingleRunView(QWidget):
             return
         settings = self.controls.settings()
         try:
-            dist = explore_distribution(self.explore_logits, settings, TOP_N, self.explore_prefix)
+            dist = explore_distribution(
+                self.explore_logits, settings, TOP_N, self.explore_prefix,
+                breaker_ids=self.explore_breakers.get(settings.dry_sequence_breakers))
         except Exception as exc:  # a value mid-edit, e.g. top-p at its limit
             self.candidate_chart.plot.setTitle(f"Cannot apply these settings: {exc}", size="9pt")
             return
@@ -390,7 +458,8 @@ class SingleRunView(QWidget):
 
     def _explore_done(self, result: object) -> None:
         self.explore_job = None
-        self.explore_prefix, self.explore_logits, self.explore_texts = result  # type: ignore[misc]
+        (self.explore_prefix, self.explore_logits, self.explore_texts,  # type: ignore[misc]
+         self.explore_breakers) = result
         if self.explore.isChecked():
             self.redraw_explorer()
 
@@ -399,6 +468,7 @@ class SingleRunView(QWidget):
         now, so they go, and the chart shows the selected step as generated, or nothing."""
         self.explore_job = None
         self.explore_logits, self.explore_texts, self.explore_prefix = None, {}, []
+        self.explore_breakers = {}
         self.explore.blockSignals(True)
         self.explore.setChecked(False)
         self.explore.blockSignals(False)
@@ -407,6 +477,109 @@ class SingleRunView(QWidget):
         step = self._selected_record()
         if step is not None:
             self._show_recorded(step)
+
+    # --- the sampler-stage inspector ----------------------------------------------------------
+    def _sync_stages_button(self) -> None:
+        """On while a generated token is selected and no generation runs; a button that is
+        down can always be raised again."""
+        self.stages_button.setEnabled(self.stages_button.isChecked() or (
+            self.result is not None and self.job is None
+            and self._selected_record() is not None))
+
+    def _stages_toggled(self, on: bool) -> None:
+        self.lower_stack.setCurrentIndex(1 if on else 0)
+        if on:
+            self.request_stages()
+        self._sync_stages_button()
+
+    def _stages_stale(self) -> None:
+        """The run or the sequence shown changed: the stages shown are of another one."""
+        self.stage_request += 1  # an answer still on its way is of the old run
+        if self.stage_job is not None:
+            self.stage_job.cancel()
+            self.stage_job = None
+        inspector = self.stage_inspector
+        if inspector is not None and inspector.inspection is not None and inspector.isEnabled():
+            inspector.header.setText(mark_stale(
+                inspector, f"Step {inspector.inspection.step} of an earlier sequence: click "
+                "a token to see its stages."))
+        self._sync_stages_button()
+
+    def _stage_settings(self) -> tuple[SamplingSettings, str, int, list[str]]:
+        """The settings the selected step was generated with (the run's recorded ones, else
+        the controls' current ones), in words, the sequence's row, and notes."""
+        shown = max(self.sequence_picker.currentIndex(), 0)
+        assert self.result is not None and self.selected_step is not None
+        sequences, notes, row = len(self.result.sequences), [], shown
+        if shown >= sequences:  # a branch: its steps before the branch point are its parent's
+            b = self.branches[shown - sequences]
+            row = b.parent
+            if self.selected_step == b.step:
+                notes.append("this token was picked for the branch, not sampled.")
+            if self.selected_step > b.step:
+                return (self.controls.settings(), "the controls' current settings: a branch's "
+                        "are not recorded", 0, notes)
+        try:
+            recorded = SamplingSettings(**self.result.settings)
+            recorded.validate()
+        except (TypeError, WorkbenchError):  # a run that kept none (or other ones)
+            return self.controls.settings(), "the controls' current settings", row, notes
+        return recorded, "the run's settings", row, notes
+
+    def request_stages(self) -> None:
+        """Compute the selected step's sampler stages on the worker and show them."""
+        if self.stage_inspector is None:
+            return
+        step = self._selected_record()
+        if self.result is None or step is None or self.job is not None:
+            self._stages_stale()
+            if self.stage_inspector.inspection is None:
+                self.stage_inspector.show_message(self.stage_inspector.HINT)
+            return
+        if self.stage_job is not None:
+            self.stage_job.cancel()
+        self.stage_request += 1
+        request = self.stage_request
+        prefix = self._prefix() or []
+        settings, source, row, notes = self._stage_settings()
+        chosen, index = step.token_id, step.index
+
+        def job(ctx: WorkerContext):
+            from workbench.ui.stage_inspector import inspect_step
+
+            return inspect_step(ctx.model(), prefix, chosen, index, settings, source, row,
+                                notes)
+
+        self.stage_inspector.setEnabled(True)
+        if self.stage_inspector.inspection is None:
+            self.stage_inspector.show_message(f"Computing the sampler stages of step {index}…")
+        else:
+            self.stage_inspector.header.setText(f"Computing the sampler stages of step {index}…")
+        self.stage_job = own_job(
+            self, self.worker, "Sampler stages", job,
+            finished=lambda result: self._stages_done(request, result),
+            failed=lambda error, details: self._stages_ended(request, f"Failed: {error}"),
+            cancelled=lambda: self._stages_ended(request, "Cancelled."))
+
+    def _stages_done(self, request: int, result: object) -> None:
+        from workbench.ui.stage_inspector import StageInspection
+
+        if request != self.stage_request or self.stage_inspector is None:
+            return  # an earlier request's answer
+        self.stage_job = None
+        if isinstance(result, StageInspection):
+            self.stage_inspector.setEnabled(True)
+            self.stage_inspector.show_inspection(result)
+            above, below = self.results_view.sizes()
+            if self.stage_inspector.row_count() > 1 and above > OUTPUT_SQUEEZED:
+                # charts in rows need the height: the output keeps a few lines to click in
+                self.results_view.setSizes([OUTPUT_SQUEEZED, above + below - OUTPUT_SQUEEZED])
+
+    def _stages_ended(self, request: int, message: str) -> None:
+        if request != self.stage_request or self.stage_inspector is None:
+            return
+        self.stage_job = None
+        self.stage_inspector.show_message(f"Sampler stages: {message}")
 
     # --- branches ----------------------------------------------------------------------------
     def branch_from(self, candidate: int) -> None:
@@ -473,12 +646,14 @@ class SingleRunView(QWidget):
         if not path:
             return
         prompt, settings, result = self.prompt.toPlainText(), self.controls.settings(), self.result
+        branches = list(self.branches)
 
         def job(ctx: WorkerContext) -> str:
             from workbench.core.session import model_fingerprint, save_session
 
             ctx.progress("Hashing the model files…", None)
-            return str(save_session(path, prompt, settings, result, model_fingerprint(ctx.model())))
+            return str(save_session(path, prompt, settings, result, model_fingerprint(ctx.model()),
+                                    branches))
 
         self.session_job = own_job(self, self.worker, "Save session", job,
                                    finished=self._session_saved, failed=self._session_failed,
@@ -513,10 +688,24 @@ class SingleRunView(QWidget):
         self.controls.set_settings(session.settings)
         self.results_view.setEnabled(True)
         if session.result is not None:
-            self._show_result(session.result)
+            self._show_result(session.result, session.branches)
         else:
             self.branches = []
+        for note in session.notes:
+            self.log(f"{note} in {path}; the rest of the session is shown.", "warning")
         model = session.model.get("name", "an unknown model")
         digest = (session.model.get("files") or [{}])[0].get("sha256", "")[:12]
+        shown = len(session.branches)
         self.stats.setText(f"Session from {session.created[:19]} with {model}"
-                           + (f" (weights sha256 {digest}…)" if digest else "") + ".")
+                           + (f" (weights sha256 {digest}…)" if digest else "")
+                           + (f", {shown} branch{'es' if shown != 1 else ''}" if shown else "")
+                           + "." + (f" {len(session.notes)} damaged part(s) left out: see "
+                                    "the log." if session.notes else ""))
+
+    def log(self, message: str, level: str = "info") -> None:
+        """A line for the window's log dock (as ``show_error`` reaches its dialogs); a view
+        outside a window has no log, and the line stays in ``logged``."""
+        self.logged.append((message, level))
+        log = getattr(self.window(), "log", None)
+        if log is not None and hasattr(log, "append"):
+            log.append(message, level)
