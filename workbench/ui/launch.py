@@ -8,6 +8,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ORGANIZATION = "LM Workbench"
@@ -75,8 +76,13 @@ def take_screenshots(window, folder: Path, app, demo: bool = True,
 
 def _shoot(window, folder: Path, app, demo: bool, timeout_s: float, run_root: Path
            ) -> list[Path]:
+    from workbench.core.attribution import METHODS
     from workbench.core.generation import SamplingSettings
 
+    # views inside a tab: (file name, tab, show it and return what to grab (None: the
+    # window), ready, put it back)
+    extra: list[tuple[str, int, Callable[[], object], Callable[[], bool],
+                      Callable[[], object]]] = []
     if demo:
         wait_until(app, lambda: window.loading, 5)  # the autoload is queued after show
         wait_until(app, lambda: not window.loading, timeout_s)
@@ -88,6 +94,33 @@ def _shoot(window, folder: Path, app, demo: bool, timeout_s: float, run_root: Pa
             steps = generate.current_steps()
             if len(steps) > 2:  # show the candidates of an interesting (uncertain) step
                 generate.select_step(max(range(len(steps)), key=lambda i: steps[i].entropy))
+            # six strategies side by side, sampled ones in one batch
+            generate.compare.strategies.setPlainText(
+                "greedy\ntop-k 40\nnucleus 0.9\nmin-p 0.1\ntemperature=1.3,top_p=0.95\n"
+                "temperature=0.8,dry_multiplier=0.8")
+            generate.set_settings(SamplingSettings(max_new_tokens=24, seed=1))
+            generate.start_compare()
+            wait_until(app, lambda: not generate.running(), timeout_s)
+            generate.modes.setCurrentIndex(0)  # the tab's own picture: the single run
+            extra.append(("1b-compare", 0, lambda: generate.modes.setCurrentIndex(1),
+                          lambda: True, lambda: generate.modes.setCurrentIndex(0)))
+            single = generate.single
+            if single.selected_step is not None:
+                extra.append(("1c-sampler-stages", 0,
+                              lambda: single.stages_button.setChecked(True),
+                              lambda: single.stage_job is None,
+                              lambda: single.stages_button.setChecked(False)))
+
+                def why():  # input × gradient: one backward pass (the demo stays short)
+                    single.why_this_token()
+                    view = single.attribution.view
+                    view.method.setCurrentIndex(list(METHODS).index("ixg"))
+                    view.run()
+                    return single.attribution
+
+                extra.append(("1d-why-this-token", 0, why,
+                              lambda: single.attribution.view.job is None,
+                              lambda: single.attribution.close()))
             attention = window.tab_pages[1]
             attention.start()
             wait_until(app, lambda: attention.job_id is None, timeout_s)
@@ -117,16 +150,32 @@ def _shoot(window, folder: Path, app, demo: bool, timeout_s: float, run_root: Pa
             if evaluate.colour_by.count() == 3:  # where fine-tuning changed the surprisal
                 evaluate.colour_by.setCurrentIndex(2)
                 evaluate.colour_by.activated.emit(2)
+            choice = evaluate.choice_page  # the shipped common-sense items
+            choice.start()
+            wait_until(app, lambda: choice.job is None, timeout_s)
+            extra.append(("4b-multiple-choice", 3,
+                          lambda: evaluate.modes.setCurrentWidget(choice), lambda: True,
+                          lambda: evaluate.modes.setCurrentIndex(0)))
     saved = []
     for index, page in enumerate(window.tab_pages):
         window.tabs.setCurrentIndex(index)
         # let layouts settle and paint; a web view shown again needs longer for its frame
         wait_until(app, lambda: False, 1.5 if getattr(page, "web", None) is not None else 0.2)
-        path = folder / f"{index + 1}-{page.title.lower().replace('-', '')}.png"
-        if not window.grab().save(str(path)):
-            raise OSError(f"could not write {path}")
-        saved.append(path)
+        saved.append(_grab(window, folder / f"{index + 1}-{page.title.lower().replace('-', '')}.png"))
+    for name, index, show, ready, back in extra:  # views inside a tab, after the tabs
+        window.tabs.setCurrentIndex(index)
+        target = show() or window
+        wait_until(app, ready, timeout_s)
+        wait_until(app, lambda: False, 0.3)
+        saved.append(_grab(target, folder / f"{name}.png"))
+        back()
     return saved
+
+
+def _grab(window, path: Path) -> Path:
+    if not window.grab().save(str(path)):
+        raise OSError(f"could not write {path}")
+    return path
 
 
 def use_fresh_state() -> Path:
@@ -159,10 +208,14 @@ def _run_window(app, args: argparse.Namespace) -> int:
     from workbench.ui.main_window import MainWindow
 
     window = MainWindow(initial_model=args.model, device=args.device,
-                        autoload=not (args.no_autoload or args.startup_probe))
+                        autoload=not (args.no_autoload or args.startup_probe),
+                        theme_choice=args.theme)
+    size = getattr(args, "window_size", None)
     if args.screenshot:
         window.persist = False  # a demo run must not change the user's settings
-        window.resize(1280, 820)
+        window.resize(*(size or (1280, 820)))
+    elif size:
+        window.resize(*size)
     window.show()
     exit_code = [0]
     if args.startup_probe:
