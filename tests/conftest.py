@@ -25,6 +25,15 @@ os.environ["XDG_CONFIG_HOME"] = str(_SANDBOX / "config")
 for _tool in ("LMSTUDIO", "OLLAMA", "GPT4ALL", "LLAMACPP"):
     os.environ[f"LMWB_{_tool}_DIR"] = str(_SANDBOX / "tools" / _tool.lower())
 
+# The suite runs in one worker process per core (pytest-xdist): one thread each for torch's
+# pools, waiting passively, or the workers' OpenMP threads spin against each other for the
+# same cores (a quarter of the suite's CPU time went to that on 2 cores). The commands and
+# training runs the tests start inherit it.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("MKL_NUM_THREADS", "1")
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 sys.path.insert(0, str(Path(__file__).parent))
 
 import pytest  # noqa: E402
@@ -109,3 +118,19 @@ def sandbox() -> Path:
 def pytest_unconfigure(config):
     # The sandbox holds the converted bundled models (about 700 MB): never leave it behind.
     shutil.rmtree(_SANDBOX, ignore_errors=True)
+
+
+# The longest tests (about a minute each on 2 cores: the --screenshot demo, training runs
+# in their own processes, fine-tuning from the window) go first, so that the two workers
+# share them out instead of one worker still running one at the end.
+_LONG_FIRST = ("test_screenshot_with_the_default_model", "test_training_process.py",
+               "test_finetune_tab.py", "test_cli.py::test_finetune",
+               "test_bundled_models.py", "test_bad_files.py::test_perplexity_of_a_long_text")
+
+
+def pytest_collection_modifyitems(config, items):
+    def rank(item) -> int:
+        return next((i for i, name in enumerate(_LONG_FIRST) if name in item.nodeid),
+                    len(_LONG_FIRST))
+
+    items.sort(key=rank)

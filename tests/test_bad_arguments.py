@@ -1,9 +1,11 @@
 """Bad input on the command line: one ``error:`` line on stderr, exit status 2, quickly,
 with nothing written and (where the check needs no model) nothing loaded.
 
-Each case runs ``python main.py ...`` in a subprocess. The cases that need no model exit
-before torch is imported, so most of the corpus costs a fraction of a second a case; the
-cases that need a model use the tiny random models of ``tests/tiny_models.py``.
+The cases that need no model run ``python main.py ...`` in a subprocess: they exit before
+torch is imported, so most of the corpus costs a fraction of a second a case. The cases
+that need a model (the tiny random models of ``tests/tiny_models.py``) call the same entry
+point, ``workbench.app.main``, in the test's process (``tests/cli_runner.py``), so that they
+do not import torch and transformers again each.
 """
 
 import json
@@ -13,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from cli_runner import run_in_process
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 120  # a hang is a failure, not a stuck test run
@@ -274,12 +277,12 @@ def test_every_number_option_takes_a_value_that_starts_with_a_minus():
     ("bert", ("generate", "--prompt", "the cat"), "generation needs a causal language model"),
 ])
 def test_bad_arguments_that_need_the_model(tiny, files, family, args, fragment):
-    line = assert_refused(run(*fill(args, files), "--model", str(tiny(family))), fragment)
+    line = assert_refused(run_in_process(*fill(args, files), "--model", str(tiny(family))), fragment)
     assert not Path(files["out"]).exists(), line
 
 
 def test_memory_message_says_the_limit_and_why(tiny):
-    line = assert_refused(run("generate", "--model", str(tiny("xlnet")), "--prompt", "the cat",
+    line = assert_refused(run_in_process("generate", "--model", str(tiny("xlnet")), "--prompt", "the cat",
                               "--no-chat", "--max-new-tokens", "1000000"))
     assert "1 sequence of" in line and "1,000,000 new tokens" in line
     assert "attention" in line and "available" in line and "fewer sequences or new tokens" in line
@@ -290,7 +293,7 @@ def test_a_200_kb_prompt_file(tiny, tmp_path):
     """Longer than one argument may be on Linux (128 KiB); CRLF becomes LF."""
     prompt = tmp_path / "prompt.txt"
     prompt.write_bytes(b"the cat sat on the mat\r\n" * 8600)  # 206 KB
-    result = run("generate", "--model", str(tiny("gpt2")), "--prompt-file", str(prompt),
+    result = run_in_process("generate", "--model", str(tiny("gpt2")), "--prompt-file", str(prompt),
                  "--no-chat", "--max-new-tokens", "1", "--json")
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
@@ -302,13 +305,13 @@ def test_a_200_kb_prompt_file(tiny, tmp_path):
 def test_compare_and_attention_read_files(tiny, tmp_path):
     text = tmp_path / "text.txt"
     text.write_text("\ufeff" + "the cat sat on the mat " * 9000, encoding="utf-8")  # BOM, 207 KB
-    result = run("compare", "--model", str(tiny("llama")), "--prompt-file", str(text),
+    result = run_in_process("compare", "--model", str(tiny("llama")), "--prompt-file", str(text),
                  "--no-chat", "--strategy", "greedy", "--strategy", "top-k 40",
                  "--max-new-tokens", "1", "--json")
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["prompt"].startswith("the cat")
     page = tmp_path / "page.html"
-    result = run("attention", "--model", str(tiny("gpt2")), "--text-file", str(text),
+    result = run_in_process("attention", "--model", str(tiny("gpt2")), "--text-file", str(text),
                  "--html", str(page), "--max-tokens", "8", "--page-tokens", "2", "--layers", "1",
                  "--json")
     assert result.returncode == 0, result.stderr
@@ -318,7 +321,7 @@ def test_compare_and_attention_read_files(tiny, tmp_path):
 
 
 def test_borderline_values_are_accepted(tiny):
-    result = run("generate", "--model", str(tiny("gpt2")), "--prompt", "the cat", "--no-chat",
+    result = run_in_process("generate", "--model", str(tiny("gpt2")), "--prompt", "the cat", "--no-chat",
                  "--seed", str(2**32 - 1), "--max-new-tokens", "1", "--temperature", "0",
                  "--top-p", "1", "--top-k", "0", "--min-p", "0", "--typical-p", "1",
                  "--repetition-penalty", "1", "--no-repeat-ngram-size", "0", "--top-n", "0",
@@ -326,13 +329,13 @@ def test_borderline_values_are_accepted(tiny):
     assert result.returncode == 0, result.stderr
     assert len(json.loads(result.stdout)["token_ids"]) == 1
     # prompt + new tokens exactly at the positions limit (128): the prompt keeps its end
-    result = run("generate", "--model", str(tiny("gpt2")), "--prompt", "the cat", "--no-chat",
+    result = run_in_process("generate", "--model", str(tiny("gpt2")), "--prompt", "the cat", "--no-chat",
                  "--max-new-tokens", "127", "--seed", "0", "--json")
     assert result.returncode == 0, result.stderr
 
 
 def test_perplexity_smallest_window(tiny, files):
-    result = run("evaluate", "perplexity", "--model", str(tiny("gpt2")), "--file", files["good"],
+    result = run_in_process("evaluate", "perplexity", "--model", str(tiny("gpt2")), "--file", files["good"],
                  "--max-length", "2", "--stride", "2", "--json")
     assert result.returncode == 0, result.stderr
     assert (json.loads(result.stdout)["max_length"], json.loads(result.stdout)["stride"]) == (2, 2)

@@ -13,8 +13,20 @@ pytestmark = pytest.mark.bundled
 
 
 @pytest.fixture(scope="module")
-def smollm_first():
-    return load_model("SmolLM2-135M-Instruct")
+def smollm_first(tmp_path_factory):
+    """SmolLM2 loaded into a conversion cache of its own: the first load converts, whatever
+    other tests (or a --screenshot run) converted before in the shared test cache."""
+    import os
+
+    saved = os.environ.get("LMWB_CACHE_DIR")
+    os.environ["LMWB_CACHE_DIR"] = str(tmp_path_factory.mktemp("conversion-cache"))
+    try:
+        yield load_model("SmolLM2-135M-Instruct")
+    finally:
+        if saved is None:
+            os.environ.pop("LMWB_CACHE_DIR", None)
+        else:
+            os.environ["LMWB_CACHE_DIR"] = saved
 
 
 def test_smollm2_converts_once_then_loads_from_the_cache(smollm_first):

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from cli_runner import run_in_process
 from PySide6.QtGui import QImage
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,12 +64,33 @@ def test_screenshot_writes_a_png_per_tab(tmp_path):
     assert image.width() == 1280 and image.height() == 820
 
 
+def test_screenshot_at_another_size_in_the_dark_theme(tmp_path):
+    result = run("--screenshot", str(tmp_path), "--no-autoload", "--size", "1920x1080",
+                 "--theme", "dark", timeout=120)
+    assert result.returncode == 0, result.stderr
+    image = QImage(str(tmp_path / "3-finetune.png"))
+    assert (image.width(), image.height()) == (1920, 1080)
+    # mostly dark pixels: the window, the form and the charts' backgrounds
+    dark = sum(1 for x in range(0, 1920, 16) for y in range(0, 1080, 16)
+               if image.pixelColor(x, y).lightness() < 90)
+    assert dark > 0.7 * (1920 // 16) * (1080 // 16)
+
+
+@pytest.mark.parametrize("size", ["big", "1920", "100x100", "1920x99999"])
+def test_a_bad_window_size_is_one_error_line(size):
+    result = run("--size", size, "--no-autoload")
+    assert result.returncode == 2 and result.stderr.startswith("error: --size"), result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
 @pytest.mark.bundled
 @pytest.mark.timeout(1200)  # a model load, a generation, attention and a fine-tuning run,
 def test_screenshot_with_the_default_model_shows_generated_text(tmp_path):  # on a busy CPU
     result = run("--screenshot", str(tmp_path), timeout=1150)
     assert result.returncode == 0, result.stderr
-    assert len(list(tmp_path.glob("*.png"))) == 4
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == [
+        "1-generate.png", "1b-compare.png", "1c-sampler-stages.png", "1d-why-this-token.png",
+        "2-attention.png", "3-finetune.png", "4-evaluate.png", "4b-multiple-choice.png"]
     image = QImage(str(tmp_path / "1-generate.png"))
     # generated tokens are drawn on coloured backgrounds: many non-grey pixels in the output
     coloured = sum(1 for x in range(330, 1260, 4) for y in range(270, 420, 4)
@@ -92,23 +114,24 @@ def test_generate_json_has_tokens_probabilities_and_candidates(tiny):
 def test_generate_is_reproducible_with_a_seed(tiny):
     args = ("generate", "--model", str(tiny("llama")), "--prompt", "the sea", "--no-chat",
             "--temperature", "1.5", "--seed", "11", "--max-new-tokens", "8", "--json")
-    first, second = run(*args), run(*args)
+    # a second process, and the same entry point again in this one
+    first, second = run(*args), run_in_process(*args)
     assert json.loads(first.stdout)["token_ids"] == json.loads(second.stdout)["token_ids"]
 
 
 def test_compare_json_and_table(tiny):
     args = ("compare", "--model", str(tiny("llama")), "--prompt", "the dog", "--no-chat",
             "--strategy", "greedy", "--strategy", "temperature=1.5,n=2", "--max-new-tokens", "6")
-    data = json.loads(run(*args, "--json").stdout)
+    data = json.loads(run_in_process(*args, "--json").stdout)
     assert [s["name"] for s in data["strategies"]] == ["greedy", "temperature=1.5,n=2"]
     assert len(data["strategies"][1]["texts"]) == 2
-    table = run(*args)
+    table = run_in_process(*args)
     assert table.returncode == 0
     assert "self-BLEU" in table.stdout and "=== greedy" in table.stdout
 
 
 def test_compare_needs_two_strategies(tiny):
-    result = run("compare", "--model", str(tiny("llama")), "--prompt", "x", "--strategy", "greedy")
+    result = run_in_process("compare", "--model", str(tiny("llama")), "--prompt", "x", "--strategy", "greedy")
     assert result.returncode == 2
     assert result.stderr.strip() == "error: Give 2 to 6 --strategy options, not 1."
 
@@ -129,7 +152,7 @@ def test_bench_reports_ratios_with_their_baselines():
 def test_evaluate_perplexity_json(tiny, tmp_path):
     text = tmp_path / "t.txt"
     text.write_text("the cat sat on the mat because it was tired . " * 10)
-    result = run("evaluate", "perplexity", "--model", str(tiny("gpt2")), "--file", str(text),
+    result = run_in_process("evaluate", "perplexity", "--model", str(tiny("gpt2")), "--file", str(text),
                  "--max-length", "32", "--stride", "16", "--json")
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
@@ -144,11 +167,11 @@ def test_evaluate_perplexity_of_two_models_side_by_side(tiny, tmp_path):
     text.write_text("the cat sat on the mat because it was tired . " * 10)
     args = ("evaluate", "perplexity", "--model", str(tiny("gpt2")), "--compare-model",
             str(tiny("llama")), "--file", str(text), "--max-length", "32")
-    data = json.loads(run(*args, "--json").stdout)
+    data = json.loads(run_in_process(*args, "--json").stdout)
     assert data["model"] == "gpt2" and data["compare"]["model"] == "llama"
     assert data["same_tokens"] is True and data["compare"]["tokens"] == data["tokens"]
     assert data["compare"]["perplexity"] != data["perplexity"]
-    table = run(*args).stdout
+    table = run_in_process(*args).stdout
     assert table.splitlines()[0].split() == ["model", "gpt2", "llama"]
     assert f"{data['compare']['perplexity']:.4f}" in table
 
@@ -157,7 +180,7 @@ def test_evaluate_generate_then_score(tiny, tmp_path):
     pairs = tmp_path / "pairs.tsv"
     pairs.write_text("source\treference\nthe cat\tthe cat sat\nthe dog\tthe dog was tired\n")
     out = tmp_path / "scored"
-    result = run("evaluate", "generate", "--model", str(tiny("gpt2")), "--file", str(pairs),
+    result = run_in_process("evaluate", "generate", "--model", str(tiny("gpt2")), "--file", str(pairs),
                  "--strategy", "greedy", "--max-new-tokens", "5", "--output", str(out), "--json")
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
@@ -167,7 +190,7 @@ def test_evaluate_generate_then_score(tiny, tmp_path):
     assert data["scores"]["bleu"]["score"] == sacrebleu.corpus_bleu(data["hypotheses"], refs).score
     assert data["rows_done"] == 2 and data["strategy"] == "greedy"
     assert (out / "outputs.tsv").is_file() and data["saved_to"] == str(out)
-    bad = run("evaluate", "generate", "--model", str(tiny("gpt2")), "--file", str(pairs),
+    bad = run_in_process("evaluate", "generate", "--model", str(tiny("gpt2")), "--file", str(pairs),
               "--strategy", "top_k=lots")
     assert bad.returncode == 2 and "is not a number" in bad.stderr
 
@@ -175,7 +198,7 @@ def test_evaluate_generate_then_score(tiny, tmp_path):
 def test_evaluate_classify(tiny, tmp_path):
     data = tmp_path / "labelled.csv"
     data.write_text("text,label\nthe cat sat,LABEL_0\nthe dog,LABEL_1\nhello world,LABEL_1\n")
-    result = run("evaluate", "classify", "--model", str(tiny("bert-classifier")), "--file",
+    result = run_in_process("evaluate", "classify", "--model", str(tiny("bert-classifier")), "--file",
                  str(data), "--json")
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
@@ -186,10 +209,10 @@ def test_evaluate_classify(tiny, tmp_path):
     assert report["accuracy"] == pytest.approx(accuracy_score(true, predicted))
     assert report["macro_f1"] == pytest.approx(f1_score(true, predicted, average="macro",
                                                         zero_division=0))
-    text = run("evaluate", "classify", "--model", str(tiny("bert-classifier")), "--file",
+    text = run_in_process("evaluate", "classify", "--model", str(tiny("bert-classifier")), "--file",
                str(data)).stdout
     assert "confusion matrix" in text and "macro-F1" in text
-    bad = run("evaluate", "classify", "--model", str(tiny("bert-classifier")), "--file",
+    bad = run_in_process("evaluate", "classify", "--model", str(tiny("bert-classifier")), "--file",
               str(data), "--label-column", "sentiment")
     assert bad.returncode == 2
     assert bad.stderr.strip() == "error: labelled.csv has no column 'sentiment' (its columns: text, label)."

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+from cli_runner import run_in_process
 from test_finetune import config, sentiment_csv
 
 from workbench.core.errors import WorkbenchError
@@ -286,9 +287,8 @@ def test_bad_finetune_arguments_are_one_line_and_write_nothing(tmp_path, tiny, e
     folder = tmp_path / "run"
     task = ["--task", "lm", "--model", str(tiny("llama"))] if "--lora" in extra else \
         ["--task", "classify", "--model", str(tiny("bert"))]
-    result = subprocess.run([sys.executable, "main.py", "finetune", *task, "--train", data,
-                             "--output", str(folder), "--max-steps", "2", *extra], cwd=ROOT,
-                            capture_output=True, text=True, timeout=300)
+    result = run_in_process("finetune", *task, "--train", data, "--output", str(folder),
+                            "--max-steps", "2", *extra)
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2, result.stderr
     assert len([x for x in lines if x.startswith("error: ")]) == 1, lines
