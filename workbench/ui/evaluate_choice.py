@@ -21,7 +21,6 @@ from PySide6.QtWidgets import (
     QSplitter,
     QTableWidget,
     QTextEdit,
-    QVBoxLayout,
     QWidget,
 )
 
@@ -122,17 +121,7 @@ class ChoicePage(JobPage):
         tables.addWidget(self.items)
         tables.addWidget(self.detail)
         tables.setSizes([360, 110])
-        holder = QWidget()
-        hl = QVBoxLayout(holder)
-        hl.setContentsMargins(0, 0, 0, 0)
-        hl.addWidget(self.numbers)
-        hl.addWidget(tables, 1)
-        self.result_view = holder
-        split = QSplitter(Qt.Orientation.Horizontal)
-        split.addWidget(inputs)
-        split.addWidget(holder)
-        split.setSizes([360, 880])
-        QVBoxLayout(self).addWidget(split)
+        self.lay_out(inputs, tables, (360, 880))
 
     def start(self) -> None:
         if self.job is not None:
@@ -277,17 +266,7 @@ class PairsPage(JobPage):
         tables.addWidget(self.categories)
         tables.addWidget(self.pairs)
         tables.setSizes([130, 340])
-        holder = QWidget()
-        hl = QVBoxLayout(holder)
-        hl.setContentsMargins(0, 0, 0, 0)
-        hl.addWidget(self.numbers)
-        hl.addWidget(tables, 1)
-        self.result_view = holder
-        split = QSplitter(Qt.Orientation.Horizontal)
-        split.addWidget(inputs)
-        split.addWidget(holder)
-        split.setSizes([360, 880])
-        QVBoxLayout(self).addWidget(split)
+        self.lay_out(inputs, tables, (360, 880))
 
     def start(self) -> None:
         if self.job is not None:

@@ -119,6 +119,21 @@ class JobPage(QWidget):
         self.has_result = True
         self.show_result(result)
 
+    def lay_out(self, inputs: QWidget, results: QWidget, sizes: tuple[int, int]) -> None:
+        """The page: its form on the left; on the right the summary line (``self.numbers``)
+        over ``results``, the part greyed out when stale."""
+        holder = QWidget()
+        column = QVBoxLayout(holder)
+        column.setContentsMargins(0, 0, 0, 0)
+        column.addWidget(self.numbers)
+        column.addWidget(results, 1)
+        self.result_view = holder
+        split = QSplitter(Qt.Orientation.Horizontal)
+        split.addWidget(inputs)
+        split.addWidget(holder)
+        split.setSizes(list(sizes))
+        QVBoxLayout(self).addWidget(split)
+
     def start(self) -> None:
         raise NotImplementedError
 
@@ -358,17 +373,7 @@ class ClassifyPage(JobPage):
         self.errors.cellDoubleClicked.connect(self.why_this_label)
         right.addWidget(self.errors)
         right.setSizes([200, 300])
-        holder = QWidget()
-        rl = QVBoxLayout(holder)
-        rl.setContentsMargins(0, 0, 0, 0)
-        rl.addWidget(self.numbers)
-        rl.addWidget(right, 1)
-        self.result_view = holder
-        split = QSplitter(Qt.Orientation.Horizontal)
-        split.addWidget(inputs)
-        split.addWidget(holder)
-        split.setSizes([380, 860])
-        QVBoxLayout(self).addWidget(split)
+        self.lay_out(inputs, right, (380, 860))
 
     def start(self) -> None:
         if self.job is not None:
