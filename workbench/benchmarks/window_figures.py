@@ -13,6 +13,7 @@ from typing import Any
 from workbench.benchmarks.model_figures import figure
 from workbench.core.jobs import Progress
 from workbench.core.paths import sample_data
+from workbench.core.runs import write_synthetic_run
 
 
 def _window_with_model(emit: Callable[[Any], None], model: str = "SmolLM2-135M-Instruct"):
@@ -330,30 +331,6 @@ def bench_finetune_overhead(emit: Callable[[Any], None], steps: int = 24,
     return result
 
 
-def write_large_run(folder: Path, steps: int = 400_000) -> None:
-    """A synthetic finished run of ``steps`` logged steps in this app's format (a noisy
-    falling loss, a spike every 50,000 steps, validation every 1,000)."""
-    import json
-    import math
-    import random
-
-    rng = random.Random(0)
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / "metrics.jsonl", "w", encoding="utf-8") as f:
-        for step in range(1, steps + 1):
-            loss = 0.5 + 2.0 * math.exp(-step / 60_000) + rng.gauss(0, 0.05) + \
-                (1.5 if step % 50_000 == 0 else 0.0)
-            row = {"step": step, "max_steps": steps, "epoch": step / 10_000,
-                   "loss": round(loss, 5), "learning_rate": 2e-5 * (1 - step / steps),
-                   "grad_norm": round(abs(rng.gauss(1.0, 0.2)), 4), "seconds": step * 0.05,
-                   "tokens": step * 512}
-            f.write(json.dumps(row) + "\n")
-            if step % 1_000 == 0:
-                f.write(json.dumps({"step": step, "max_steps": steps, "epoch": step / 10_000,
-                                    "eval_loss": round(loss + 0.1, 5),
-                                    "seconds": step * 0.05}) + "\n")
-
-
 def bench_monitor_large_run(emit: Callable[[Any], None], steps: int = 400_000) -> dict:
     """Attach the Fine-tune tab to a synthetic run of 400,000 logged steps: the first
     complete draw (every chart showing every row) within 2 s, and the longest main-loop
@@ -370,7 +347,7 @@ def bench_monitor_large_run(emit: Callable[[Any], None], steps: int = 400_000) -
     with tempfile.TemporaryDirectory(prefix="lmwb-bench-large-") as tmp:
         folder = Path(tmp) / "large"
         emit(Progress(f"monitor_large_run: writing a run of {steps:,} steps", 0.1))
-        write_large_run(folder, steps)
+        write_synthetic_run(folder, steps)
         window = MainWindow(autoload=False)
         window.persist = False
         window.resize(1280, 820)

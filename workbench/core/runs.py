@@ -556,3 +556,28 @@ class RunMonitor:
 def read_run(folder: str | Path) -> RunSnapshot:
     """The current state of the run in ``folder`` (see the module docstring)."""
     return RunMonitor(folder).poll()
+
+
+def write_synthetic_run(folder: Path, steps: int = 400_000) -> None:
+    """A synthetic finished run of ``steps`` logged steps in this app's format (a noisy
+    falling loss, a spike every 50,000 steps, validation every 1,000): what the benchmark
+    of a large run attaches, and the long run of the screenshots."""
+    import json
+    import math
+    import random
+
+    rng = random.Random(0)
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / "metrics.jsonl", "w", encoding="utf-8") as f:
+        for step in range(1, steps + 1):
+            loss = 0.5 + 2.0 * math.exp(-step / 60_000) + rng.gauss(0, 0.05) + \
+                (1.5 if step % 50_000 == 0 else 0.0)
+            row = {"step": step, "max_steps": steps, "epoch": step / 10_000,
+                   "loss": round(loss, 5), "learning_rate": 2e-5 * (1 - step / steps),
+                   "grad_norm": round(abs(rng.gauss(1.0, 0.2)), 4), "seconds": step * 0.05,
+                   "tokens": step * 512}
+            f.write(json.dumps(row) + "\n")
+            if step % 1_000 == 0:
+                f.write(json.dumps({"step": step, "max_steps": steps, "epoch": step / 10_000,
+                                    "eval_loss": round(loss + 0.1, 5),
+                                    "seconds": step * 0.05}) + "\n")

@@ -78,6 +78,8 @@ def _shoot(window, folder: Path, app, demo: bool, timeout_s: float, run_root: Pa
            ) -> list[Path]:
     from workbench.core.attribution import METHODS
     from workbench.core.generation import SamplingSettings
+    from workbench.core.paths import sample_data
+    from workbench.core.runs import write_synthetic_run
 
     # views inside a tab: (file name, tab, show it and return what to grab (None: the
     # window), ready, put it back)
@@ -150,6 +152,32 @@ def _shoot(window, folder: Path, app, demo: bool, timeout_s: float, run_root: Pa
             if evaluate.colour_by.count() == 3:  # where fine-tuning changed the surprisal
                 evaluate.colour_by.setCurrentIndex(2)
                 evaluate.colour_by.activated.emit(2)
+            # BLEU, chrF and TER of a hypothesis against its reference (the shipped corpus,
+            # and the same lines with words dropped and swapped)
+            reference = [line for line in sample_data("corpus.txt").read_text(
+                encoding="utf-8").splitlines() if line.strip()][:40]
+            hypothesis = [" ".join(w for i, w in enumerate(line.split()) if i % 5 != 3)
+                          for line in reference]
+            (run_root / "ref.txt").write_text("\n".join(reference) + "\n", encoding="utf-8")
+            (run_root / "hyp.txt").write_text("\n".join(hypothesis) + "\n", encoding="utf-8")
+            evaluate.hyp_file.setText(str(run_root / "hyp.txt"))
+            evaluate.ref_files.setText(str(run_root / "ref.txt"))
+            for box in evaluate.metric_boxes.values():
+                box.setChecked(True)
+            evaluate.start_bleu()
+            wait_until(app, lambda: evaluate.bleu_job is None, timeout_s)
+            bleu_page = evaluate.modes.widget(1)
+            extra.append(("4c-bleu", 3, lambda: evaluate.modes.setCurrentWidget(bleu_page),
+                          lambda: True, lambda: evaluate.modes.setCurrentIndex(0)))
+            # a long run followed beside the demo run: 100,000 logged steps
+            long_run = run_root / "long-run"
+            write_synthetic_run(long_run, 100_000)
+            finetune.attach(str(long_run), remember=False)
+
+            def long_run_drawn() -> bool:
+                curves = finetune.runs.get("long-run (attached)")
+                return curves is not None and len(curves.drawn) >= 4
+            extra.append(("3b-attached-run", 2, lambda: None, long_run_drawn, lambda: None))
             choice = evaluate.choice_page  # the shipped common-sense items
             choice.start()
             wait_until(app, lambda: choice.job is None, timeout_s)
