@@ -184,6 +184,11 @@ def _shoot(window, folder: Path, app, demo: bool, timeout_s: float, run_root: Pa
             extra.append(("4b-multiple-choice", 3,
                           lambda: evaluate.modes.setCurrentWidget(choice), lambda: True,
                           lambda: evaluate.modes.setCurrentIndex(0)))
+            # last: it changes the window's model
+            extra.append(("4d-classification", 3,
+                          lambda: _classification_demo(window, app, run_root, timeout_s),
+                          lambda: evaluate.classify_page.job is None,
+                          lambda: evaluate.modes.setCurrentIndex(0)))
     saved = []
     for index, page in enumerate(window.tab_pages):
         window.tabs.setCurrentIndex(index)
@@ -198,6 +203,57 @@ def _shoot(window, folder: Path, app, demo: bool, timeout_s: float, run_root: Pa
         saved.append(_grab(target, folder / f"{name}.png"))
         back()
     return saved
+
+
+TOPICS = {  # four labels for the classification demo: sentences written for it
+    "weather": ["rain fell all night on the roofs", "the wind turned cold by evening",
+                "a storm is coming from the west", "snow covered the hills this morning",
+                "the sun came out after the fog", "thunder rolled over the valley"],
+    "food": ["she baked bread with fresh butter", "the soup needs more salt and pepper",
+             "we ate apples from the orchard", "he grilled fish for dinner",
+             "the cake was sweet and warm", "rice and beans filled the pot"],
+    "sea": ["the boat left the harbour at dawn", "waves broke against the pier",
+            "the tide came in over the sand", "a ship sailed past the lighthouse",
+            "fishermen mended their nets", "the keeper watched the open water"],
+    "work": ["the meeting ran late again", "she filed the report before noon",
+             "the office printer jammed twice", "he answered emails all afternoon",
+             "the team planned the next project", "payday comes at the end of the month"],
+}
+
+
+def _classification_demo(window, app, run_root: Path, timeout_s: float):
+    """A 4-label classifier for the Classification page: MiniLM fine-tuned for a few steps
+    on sentences of four topics, then scored on them (after the tabs' pictures: it changes
+    the window's model)."""
+    rows = [(text, label) for label, texts in TOPICS.items() for text in texts]
+    data = run_root / "topics.csv"
+    data.write_text("text,label\n" + "".join(f"{t},{label}\n" for t, label in rows),
+                    encoding="utf-8")
+    window.load_model("all-MiniLM-L6-v2")
+    wait_until(app, lambda: window.loading, 5)
+    wait_until(app, lambda: not window.loading, timeout_s)
+    finetune = window.tab_pages[2]
+    finetune.task.setCurrentIndex(0)
+    finetune.train_file.setText(str(data))
+    finetune.validation_file.setText(str(data))
+    finetune.max_steps.setValue(30)
+    finetune.batch_size.setValue(8)
+    finetune.learning_rate.setValue(1e-3)
+    finetune.max_length.setValue(32)
+    finetune.output_dir.setText(str(run_root / "topics-run"))
+    finetune.start()
+    wait_until(app, lambda: not finetune.running, timeout_s)
+    if finetune.final_model:
+        window.use_trained_model(finetune.final_model)
+        wait_until(app, lambda: window.loading, 5)
+        wait_until(app, lambda: not window.loading, timeout_s)
+    evaluate = window.tab_pages[3]
+    window.tabs.setCurrentWidget(evaluate)
+    page = evaluate.classify_page
+    evaluate.modes.setCurrentWidget(page)
+    page.data_file.setText(str(data))
+    page.start()
+    return None
 
 
 def _grab(window, path: Path) -> Path:
