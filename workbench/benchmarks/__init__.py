@@ -12,7 +12,13 @@ import argparse
 from collections.abc import Callable
 from typing import Any
 
-from workbench.benchmarks import attribution_figures, choice_figures, model_figures, window_figures
+from workbench.benchmarks import (
+    attribution_figures,
+    choice_figures,
+    model_figures,
+    sweep_figures,
+    window_figures,
+)
 
 Figure = Callable[[Callable[[Any], None]], dict]
 
@@ -25,6 +31,7 @@ FIGURES: dict[str, Figure] = {
     "perplexity_overhead": model_figures.bench_perplexity_overhead,
     "attribution_overhead": attribution_figures.bench_attribution_overhead,
     "choice_throughput": choice_figures.bench_choice_throughput,
+    "sweep_batched": sweep_figures.bench_sweep_batched,
     "ui_stall": window_figures.bench_ui_stall,
     "explorer_redraw": window_figures.bench_explorer_redraw,
     "attention_view": window_figures.bench_attention_view,

@@ -2,7 +2,7 @@
 
 One module per command group, each with the function that adds its arguments next to the
 functions that run it (``add_parsers`` and ``COMMANDS``): ``models``, ``generate``
-(generate, compare), ``attention``, ``attribute``, ``finetune`` (finetune, monitor),
+(generate, compare), ``sweep``, ``attention``, ``attribute``, ``finetune`` (finetune, monitor),
 ``evaluate`` and ``bench`` (its arguments; the command is ``workbench.benchmarks.command``).
 ``common`` holds what they share, ``window`` the options of ``python main.py`` without a
 command.
@@ -16,7 +16,16 @@ import sys
 from collections.abc import Callable
 
 from workbench import APP_NAME, __version__
-from workbench.cli import attention, attribute, bench, evaluate, finetune, generate, models
+from workbench.cli import (
+    attention,
+    attribute,
+    bench,
+    evaluate,
+    finetune,
+    generate,
+    models,
+    sweep,
+)
 from workbench.cli.common import OneLineParser, TerminalProgress, parse_names, print_json
 from workbench.cli.window import add_window_options, check_window_options
 from workbench.core.errors import Cancelled, WorkbenchError
@@ -24,7 +33,7 @@ from workbench.core.errors import Cancelled, WorkbenchError
 __all__ = ["COMMANDS", "OneLineParser", "TerminalProgress", "WorkbenchError", "build_parser",
            "check_window_options", "dispatch", "parse_names", "print_json"]
 
-GROUPS = (models, generate, attention, attribute, finetune, evaluate, bench)  # --help order
+GROUPS = (models, generate, sweep, attention, attribute, finetune, evaluate, bench)  # --help order
 
 COMMANDS: dict[tuple[str, str | None], Callable[[argparse.Namespace], int]] = {
     key: handler for group in GROUPS for key, handler in getattr(group, "COMMANDS", {}).items()}
