@@ -121,7 +121,7 @@ def bench_model_load_cached(emit: Callable[[Any], None]) -> dict:
                   model=Path(gguf).name)
 
 
-_BENCH_PROMPT = "Once upon a time, in a small village by the sea, there lived"
+BENCH_PROMPT = "Once upon a time, in a small village by the sea, there lived"
 
 
 def _median_rate(runs: list[tuple[int, float]]) -> float:
@@ -139,9 +139,9 @@ def bench_generate_overhead(emit: Callable[[Any], None], repeats: int = 3,
     emit(Progress("generate_overhead: loading SmolLM2", 0.0))
     loaded = load_model("SmolLM2-135M-Instruct")
     settings = SamplingSettings(max_new_tokens=tokens, do_sample=False, chat=False)
-    ids = loaded.tokenizer(_BENCH_PROMPT, return_tensors="pt")["input_ids"]
+    ids = loaded.tokenizer(BENCH_PROMPT, return_tensors="pt")["input_ids"]
     app_runs, bare_runs = [], []
-    generate(loaded, _BENCH_PROMPT, settings)  # warm-up
+    generate(loaded, BENCH_PROMPT, settings)  # warm-up
     for i in range(repeats):
         emit(Progress("generate_overhead: timing", (i + 1) / (repeats + 1)))
         start = time.perf_counter()
@@ -151,7 +151,7 @@ def bench_generate_overhead(emit: Callable[[Any], None], repeats: int = 3,
                                         pad_token_id=loaded.tokenizer.pad_token_id)
         bare_runs.append((out.shape[1] - ids.shape[1], time.perf_counter() - start))
         start = time.perf_counter()
-        result = generate(loaded, _BENCH_PROMPT, settings, top_n=10)
+        result = generate(loaded, BENCH_PROMPT, settings, top_n=10)
         app_runs.append((len(result.token_ids), time.perf_counter() - start))
     app, bare = _median_rate(app_runs), _median_rate(bare_runs)
     return figure(app / bare, 0.9, "higher",
@@ -174,19 +174,19 @@ def bench_busy_decode(emit: Callable[[Any], None], tokens: int = 32) -> dict:
     emit(Progress("busy_decode: loading SmolLM2", 0.0))
     loaded = load_model("SmolLM2-135M-Instruct")
     settings = SamplingSettings(max_new_tokens=tokens, do_sample=False, chat=False)
-    generate(loaded, _BENCH_PROMPT, settings)  # warm-up
+    generate(loaded, BENCH_PROMPT, settings)  # warm-up
     cores = os.cpu_count() or 1
     default_threads = torch.get_num_threads()
 
     def rate(threads: int | None) -> tuple[float, int]:
         if threads is None:
             with adapted_threads(meter=LoadMeter()) as used:
-                result = generate(loaded, _BENCH_PROMPT, settings)
+                result = generate(loaded, BENCH_PROMPT, settings)
         else:
             before, used = torch.get_num_threads(), threads
             torch.set_num_threads(threads)
             try:
-                result = generate(loaded, _BENCH_PROMPT, settings)
+                result = generate(loaded, BENCH_PROMPT, settings)
             finally:
                 torch.set_num_threads(before)
         return len(result.token_ids) / result.seconds, used
@@ -225,14 +225,14 @@ def bench_compare_batched(emit: Callable[[Any], None], repeats: int = 2,
     specs = ["top_k=40,temperature=0.8", "top_p=0.9", "temperature=1.2", "min_p=0.1"]
     four = [parse_strategy(s) for s in specs]
     one = [parse_strategy(specs[0])]
-    compare(loaded, _BENCH_PROMPT, one, max_new_tokens=4, chat=False)  # warm-up
+    compare(loaded, BENCH_PROMPT, one, max_new_tokens=4, chat=False)  # warm-up
     four_s, one_s, four_tokens, one_tokens = [], [], [], []
     for i in range(repeats):
         emit(Progress("compare_batched: timing", i / repeats))
-        r1 = compare(loaded, _BENCH_PROMPT, one, seed=i, max_new_tokens=tokens, chat=False)
+        r1 = compare(loaded, BENCH_PROMPT, one, seed=i, max_new_tokens=tokens, chat=False)
         one_s.append(r1.seconds)
         one_tokens.append(sum(len(s.token_ids) for r in r1.strategies for s in r.sequences))
-        r4 = compare(loaded, _BENCH_PROMPT, four, seed=i, max_new_tokens=tokens, chat=False)
+        r4 = compare(loaded, BENCH_PROMPT, four, seed=i, max_new_tokens=tokens, chat=False)
         four_s.append(r4.seconds)
         four_tokens.append(sum(len(s.token_ids) for r in r4.strategies for s in r.sequences))
     ratio = statistics.median(four_s) / statistics.median(one_s)
@@ -251,7 +251,7 @@ def _bare_batch_ratio(loaded: Any, tokens: int) -> float:
     """What 4 sampled rows cost against 1 in plain ``generate`` on this machine, now."""
     import torch
 
-    ids = loaded.tokenizer(_BENCH_PROMPT, return_tensors="pt")["input_ids"]
+    ids = loaded.tokenizer(BENCH_PROMPT, return_tensors="pt")["input_ids"]
 
     def timed(rows: int) -> float:
         batch = ids.repeat(rows, 1)

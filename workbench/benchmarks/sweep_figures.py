@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from workbench.benchmarks.model_figures import _BENCH_PROMPT, figure
+from workbench.benchmarks.model_figures import BENCH_PROMPT, figure
 from workbench.core.jobs import Progress
 
 
@@ -32,18 +32,18 @@ def bench_sweep_batched(emit: Callable[[Any], None], repeats: int = 2,
         start = time.perf_counter()
         for i in range(len(y.values)):
             for j in range(len(x.values)):
-                generate(loaded, _BENCH_PROMPT,
+                generate(loaded, BENCH_PROMPT,
                          cell_settings(base, x, y, i, j, n, tokens, seed), top_n=0)
         return time.perf_counter() - start
 
-    sweep(loaded, _BENCH_PROMPT, parse_axis("temperature=1"), parse_axis("top_p=1"), n,
+    sweep(loaded, BENCH_PROMPT, parse_axis("temperature=1"), parse_axis("top_p=1"), n,
           base, 4, 0)  # warm-up
     sweep_s, calls_s = [], []
     for r in range(repeats):
         emit(Progress("sweep_batched: timing", r / repeats))
         calls_s.append(calls(r))
         start = time.perf_counter()
-        sweep(loaded, _BENCH_PROMPT, x, y, n, base, tokens, r)
+        sweep(loaded, BENCH_PROMPT, x, y, n, base, tokens, r)
         sweep_s.append(time.perf_counter() - start)
     ratio = statistics.median(sweep_s) / statistics.median(calls_s)
     return figure(ratio, 1.1, "lower",

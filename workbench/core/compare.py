@@ -191,7 +191,7 @@ def compare(loaded: Any, prompt: str, strategies: list[Strategy], seed: int = 0,
         results[i] = StrategyResult(s.name, asdict(s.settings), run.sequences, run.seconds,
                                     batched=False)
     ordered = [results[i] for i in range(len(strategies)) if i in results]
-    _summarise(ordered)
+    summarise(ordered)
     notes += [f"{r.name}: self-BLEU of the first {SELF_BLEU_MAX} of its {len(r.sequences)} "
               "sequences (it compares every pair)." for r in ordered
               if len(r.sequences) > SELF_BLEU_MAX]
@@ -213,7 +213,10 @@ def _offset(ctx: JobContext, index: int) -> JobContext:
     return JobContext(cancel=ctx.cancel, emit=emit)
 
 
-def _summarise(results: list[StrategyResult]) -> None:
+def summarise(results: list[StrategyResult]) -> None:
+    """Fill in each result's summary (mean log-probability, perplexity, distinct-1/2,
+    self-BLEU, the first divergence from the first result): what compare reports a
+    strategy, and the sweep a cell."""
     reference = results[0].sequences[0].token_ids if results and results[0].sequences else []
     for r in results:
         steps = [st for seq in r.sequences for st in seq.steps]

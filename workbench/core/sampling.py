@@ -375,12 +375,12 @@ _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 _FILTERS_OFF = dict(top_k=0, top_p=1.0, temperature=1.0, top_h=0.0, epsilon_cutoff=0.0,
                     eta_cutoff=0.0, top_n_sigma=0.0, dynamic_temperature=False,
                     smoothing_factor=0.0, xtc_probability=0.0, mirostat_mode=0)
-_SAMPLING_ONLY = ("temperature", "top_k", "top_p", "min_p", "typical_p", "top_h",
+SAMPLING_ONLY = ("temperature", "top_k", "top_p", "min_p", "typical_p", "top_h",
                   "epsilon_cutoff", "eta_cutoff", "top_n_sigma", "dynamic_temperature",
                   "dynatemp_low", "dynatemp_high", "dynatemp_exponent", "smoothing_factor",
                   "smoothing_curve", "xtc_threshold", "xtc_probability", "mirostat_mode",
                   "mirostat_tau", "mirostat_eta")
-_ALIASES = {"beams": "num_beams", "beam": "num_beams", "n": "num_return_sequences",
+SETTING_ALIASES = {"beams": "num_beams", "beam": "num_beams", "n": "num_return_sequences",
             "sequences": "num_return_sequences", "k": "top_k", "p": "top_p", "t": "temperature",
             "order": "sampler_order", "mirostat": "mirostat_mode", "eps_cutoff": "epsilon_cutoff",
             "nsigma": "top_n_sigma", "top_nsigma": "top_n_sigma",
@@ -424,7 +424,7 @@ def parse_strategy(spec: str, base: SamplingSettings | None = None) -> Strategy:
             continue
         key, sep, raw = part.partition("=")
         key = key.strip().lower().replace("-", "_")
-        key = _ALIASES.get(key, key)
+        key = SETTING_ALIASES.get(key, key)
         if not sep or key not in types or key in ("seed", "chat", "max_new_tokens"):
             raise WorkbenchError(f"Cannot read strategy '{shown}': '{_shortened(part)}' is not "
                                  "key=value with a decoding setting (e.g. top_k=40).")
@@ -454,7 +454,7 @@ def parse_strategy(spec: str, base: SamplingSettings | None = None) -> Strategy:
     else:
         values.setdefault("do_sample", True)
     if not values["do_sample"]:  # a filter named here would be silently ignored
-        ignored = [k for k in _SAMPLING_ONLY if k in values]
+        ignored = [k for k in SAMPLING_ONLY if k in values]
         if ignored:
             raise WorkbenchError(f"Cannot read strategy '{shown}': {', '.join(ignored)} only "
                                  "shapes sampling, and this strategy does not sample (add "

@@ -18,15 +18,15 @@ import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
-from workbench.core.compare import StrategyResult, _summarise
+from workbench.core.compare import StrategyResult, summarise
 from workbench.core.errors import WorkbenchError
 from workbench.core.generation import GeneratedSequence, generate, prepare_prompt
 from workbench.core.jobs import JobContext
-from workbench.core.sampling import _ALIASES, _SAMPLING_ONLY, MAX_SEQUENCES, SamplingSettings
+from workbench.core.sampling import MAX_SEQUENCES, SAMPLING_ONLY, SETTING_ALIASES, SamplingSettings
 
 MAX_AXIS_VALUES = 12
 # the settings that shape sampling and take a number (the switches are not axes)
-SWEEPABLE = tuple(name for name in _SAMPLING_ONLY if name != "dynamic_temperature") + (
+SWEEPABLE = tuple(name for name in SAMPLING_ONLY if name != "dynamic_temperature") + (
     "repetition_penalty", "no_repeat_ngram_size", "dry_multiplier", "dry_base",
     "dry_allowed_length")
 METRICS = ("mean_logprob", "perplexity", "distinct_1", "distinct_2", "self_bleu", "mean_length")
@@ -73,7 +73,7 @@ def parse_axis(spec: str, base: SamplingSettings | None = None) -> Axis:
         raise WorkbenchError(f"An axis is written name=a:b:k or name=v1,v2,... (such as "
                              f"temperature=0.3:1.5:5), not {_shown(spec)!r}.")
     key = name.strip().lower().replace("-", "_")
-    key = _ALIASES.get(key, key)
+    key = SETTING_ALIASES.get(key, key)
     if key not in SWEEPABLE:
         raise WorkbenchError(f"{_shown(name.strip(), 30)!r} is not a setting a sweep can vary "
                              f"(those that shape sampling: {', '.join(SWEEPABLE)}).")
@@ -259,10 +259,10 @@ def sweep(loaded: Any, prompt: str, x_axis: Axis, y_axis: Axis, n: int = 4,
 
 def _cell(x: float | int, y: float | int, settings: SamplingSettings, result: Any,
           perplexities: list[float], counts: list[int], other_reference: bool) -> SweepCell:
-    """The cell's metrics, as compare scores a strategy (``compare._summarise``)."""
+    """The cell's metrics, as compare scores a strategy (``compare.summarise``)."""
     scored = StrategyResult(settings.describe(), asdict(settings), result.sequences,
                             result.seconds, batched=True)
-    _summarise([scored])
+    summarise([scored])
     lengths = [len(s.token_ids) for s in result.sequences]
     perplexity = scored.perplexity  # exp of minus the mean log-prob over all tokens
     if other_reference:  # the same pooling, over the reference's tokens
