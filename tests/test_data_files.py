@@ -8,6 +8,7 @@ from workbench.core.data_files import (
     line_of,
     read_lines,
     read_pairs,
+    read_records,
     read_rows,
     read_text,
     read_texts,
@@ -75,3 +76,15 @@ def test_a_limit_on_the_length(tmp_path):
     path.write_bytes(b"x" * 1000)  # far longer in bytes than the limit: refused unread
     with pytest.raises(WorkbenchError, match="is longer than"):
         read_text(path, max_chars=9)
+
+
+def test_a_jsonl_line_nested_too_deeply_is_one_error_in_every_reader(tmp_path):
+    """json's decoder gives up with RecursionError, not a JSONDecodeError: still one clear
+    message naming the line, for training rows, texts and named records alike."""
+    path = tmp_path / "deep.jsonl"
+    path.write_text('{"text": "ok", "label": "a"}\n{"text": ' + "[" * 100_000 + "]" * 100_000 +
+                    ', "label": "a"}\n', encoding="utf-8")
+    for read in (lambda: read_rows(path, "text", "label"), lambda: read_texts(path),
+                 lambda: read_records(path, ["text", "label"])):
+        with pytest.raises(WorkbenchError, match=r"^deep\.jsonl line 2 is nested too deeply\.$"):
+            read()

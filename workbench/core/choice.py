@@ -39,8 +39,6 @@ Answers count from 0: a whole number, or in CSV/TSV its digits.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 import time
@@ -48,7 +46,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from workbench.core.data_files import LABELLED_SUFFIXES, read_text
+from workbench.core.data_files import json_kind, read_records
 from workbench.core.errors import WorkbenchError
 from workbench.core.jobs import JobContext
 
@@ -101,97 +99,9 @@ class SentencePair:
     category: str = ""
 
 
-def _kind(value: Any) -> str:
-    if value is None:
-        return "null"
-    return {bool: "a boolean", int: "a number", float: "a number", str: "text",
-            list: "a list", dict: "an object"}.get(type(value), type(value).__name__)
-
-
-def read_records(path: str | Path, columns: list[str], optional: tuple[str, ...] = ()
-                 ) -> list[tuple[int, dict[str, Any]]]:
-    """(line, fields) of each record of a ``.jsonl``, ``.csv`` or ``.tsv`` file, with the
-    fields ``columns`` (each required) and those of ``optional`` the file has. JSON values
-    stay as they are; CSV/TSV values are text. One clear error for a file that is not one of
-    these, a line that is not JSON or not an object, a missing field or column, a row with
-    too few or too many fields, or a file without records."""
-    path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix not in LABELLED_SUFFIXES:
-        raise WorkbenchError(f"{path.name}: the file must be .jsonl, .csv or .tsv.")
-    content = read_text(path)
-    if suffix == ".jsonl":
-        records = _jsonl_records(path, content, columns, optional)
-    else:
-        records = _table_records(path, content, columns, optional)
-    if not records:
-        raise WorkbenchError(f"{path.name} has no records.")
-    return records
-
-
-def _jsonl_records(path: Path, content: str, columns: list[str], optional: tuple[str, ...]
-                   ) -> list[tuple[int, dict[str, Any]]]:
-    records = []
-    # newlines only: str.splitlines() would also cut at U+2028 inside a JSON string
-    for number, text in enumerate(content.split("\n"), start=1):
-        if not text.strip():
-            continue
-        try:
-            record = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise WorkbenchError(f"{path.name} line {number} is not JSON: {exc.msg}.") from None
-        except RecursionError:
-            raise WorkbenchError(f"{path.name} line {number} is nested too deeply.") from None
-        if not isinstance(record, dict):
-            raise WorkbenchError(f"{path.name} line {number} is {_kind(record)}, not an object "
-                                 f"with the fields {', '.join(columns)}.")
-        for name in columns:
-            if name not in record:
-                raise WorkbenchError(f"{path.name} line {number} has no '{name}' field (its "
-                                     f"fields: {', '.join(record) or 'none'}).")
-        records.append((number, {name: record[name] for name in (*columns, *optional)
-                                 if name in record}))
-    return records
-
-
-def _table_records(path: Path, content: str, columns: list[str], optional: tuple[str, ...]
-                   ) -> list[tuple[int, dict[str, Any]]]:
-    delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
-    kind, name = ("TSV", "tab") if delimiter == "\t" else ("CSV", "comma")
-    reader = csv.reader(io.StringIO(content, newline=""), delimiter=delimiter)
-    line = 1  # where the next record starts
-    try:
-        header = next(reader, [])
-        while not header and reader.line_num:  # blank lines before the header
-            line = reader.line_num + 1
-            header = next(reader, [])
-        for wanted in columns:
-            if wanted not in header:
-                raise WorkbenchError(f"{path.name} has no column '{wanted}' (its columns: "
-                                     f"{', '.join(header) or 'none'}).")
-        at = {c: header.index(c) for c in (*columns, *optional) if c in header}
-        records = []
-        line = reader.line_num + 1
-        for fields in reader:
-            if fields:  # a blank line is no record
-                if len(fields) != len(header):
-                    spans = (f" (the row runs to line {reader.line_num}: is a quote left "
-                             "open?)" if reader.line_num > line else "")
-                    fix = (f"a field is missing (each row needs {', '.join(header)})"
-                           if len(fields) < len(header) else f"quote a text that holds a {name}")
-                    raise WorkbenchError(f"{path.name} line {line} has {len(fields)} field(s) "
-                                         f"but the header has {len(header)}: {fix}{spans}.")
-                records.append((line, {c: fields[i] for c, i in at.items()}))
-            line = reader.line_num + 1
-    except csv.Error as exc:
-        raise WorkbenchError(f"{path.name} line {reader.line_num or line} is not valid "
-                             f"{kind}: {exc}.") from None
-    return records
-
-
 def _text(value: Any, where: str, field_name: str) -> str:
     if not isinstance(value, str):
-        raise WorkbenchError(f"{where}: '{field_name}' is {_kind(value)}, not text.")
+        raise WorkbenchError(f"{where}: '{field_name}' is {json_kind(value)}, not text.")
     return value
 
 
@@ -205,13 +115,13 @@ def _choices(value: Any, where: str, field_name: str) -> list[str]:
             raise WorkbenchError(f"{where}: '{field_name}' must be a JSON list of choices, such "
                                  f"as {example}.") from None
     if not isinstance(value, list):
-        raise WorkbenchError(f"{where}: '{field_name}' is {_kind(value)}, not a list of choices "
+        raise WorkbenchError(f"{where}: '{field_name}' is {json_kind(value)}, not a list of choices "
                              f"such as {example}.")
     if len(value) < 2:
         raise WorkbenchError(f"{where} has {len(value)} choice(s): an item needs at least 2.")
     for number, choice in enumerate(value, start=1):
         if not isinstance(choice, str):
-            raise WorkbenchError(f"{where}: choice {number} is {_kind(choice)}, not text.")
+            raise WorkbenchError(f"{where}: choice {number} is {json_kind(choice)}, not text.")
         if not choice.strip():
             raise WorkbenchError(f"{where}: choice {number} is empty.")
     return value
@@ -222,7 +132,7 @@ def _answer(value: Any, where: str, field_name: str, count: int) -> int:
     if isinstance(value, str) and value.strip().isdecimal():
         value = int(value.strip())
     if isinstance(value, bool) or not isinstance(value, int):
-        shown = repr(value) if isinstance(value, str) else _kind(value)
+        shown = repr(value) if isinstance(value, str) else json_kind(value)
         raise WorkbenchError(f"{where}: '{field_name}' is {shown}, not the index of the right "
                              "choice (0 for the first).")
     if not 0 <= value < count:

@@ -1,4 +1,5 @@
-"""Reading the user's data files: texts, BLEU segments, labelled rows and prompt pairs.
+"""Reading the user's data files: texts, BLEU segments, labelled rows, records of named
+fields (multiple-choice items, sentence pairs) and prompt pairs.
 
 One set of rules for every reader:
 
@@ -164,31 +165,40 @@ def _label_value(value: Any) -> str | None:
     return None
 
 
-def _json_kind(value: Any) -> str:
+def json_kind(value: Any) -> str:
+    """What a JSON value is, in words, for a message ("a list", "null", "text")."""
     if value is None:
         return "null"
-    return {bool: "a boolean", int: "a number", float: "a number", list: "a list",
-            dict: "an object"}.get(type(value), type(value).__name__)
+    return {bool: "a boolean", int: "a number", float: "a number", str: "text",
+            list: "a list", dict: "an object"}.get(type(value), type(value).__name__)
 
 
-def _read_jsonl(path: Path, content: str, text_column: str, label_column: str | None
-                ) -> list[tuple[int, str, str | None]]:
-    rows = []
+def _json_lines(path: Path, content: str):
+    """(line number, value) of each non-blank line of a JSON Lines text; a line that is not
+    JSON, or nested too deeply for the decoder, is one error naming it."""
     # split at newlines only: str.splitlines() would also cut at U+2028 and other
     # separators that a JSON string may hold as they are
     for number, line in enumerate(content.split("\n"), start=1):
         if not line.strip():
             continue
         try:
-            record = json.loads(line)
+            yield number, json.loads(line)
         except json.JSONDecodeError as exc:
             raise WorkbenchError(f"{path.name} line {number} is not JSON: {exc.msg}.") from None
+        except RecursionError:
+            raise WorkbenchError(f"{path.name} line {number} is nested too deeply.") from None
+
+
+def _read_jsonl(path: Path, content: str, text_column: str, label_column: str | None
+                ) -> list[tuple[int, str, str | None]]:
+    rows = []
+    for number, record in _json_lines(path, content):
         if not isinstance(record, dict) or text_column not in record:
             raise WorkbenchError(f"{path.name} line {number} has no '{text_column}' field.")
         text = record[text_column]
         if not isinstance(text, str):
             raise WorkbenchError(f"{path.name} line {number}: '{text_column}' is "
-                                 f"{_json_kind(text)}, not a string.")
+                                 f"{json_kind(text)}, not a string.")
         label = None
         if label_column is not None:
             if label_column not in record:
@@ -196,7 +206,7 @@ def _read_jsonl(path: Path, content: str, text_column: str, label_column: str | 
             label = _label_value(record[label_column])
             if label is None:
                 raise WorkbenchError(f"{path.name} line {number}: '{label_column}' is "
-                                     f"{_json_kind(record[label_column])}, not a label (a "
+                                     f"{json_kind(record[label_column])}, not a label (a "
                                      "string or a number).")
         rows.append((number, text, label))
     return rows
@@ -242,6 +252,79 @@ def _read_table(path: Path, content: str, text_column: str, label_column: str | 
         raise WorkbenchError(f"{path.name} line {reader.line_num or line} is not valid "
                              f"{kind}: {exc}.") from None
     return rows
+
+
+# --- records of named fields (multiple-choice items, sentence pairs) ---------------------
+def read_records(path: str | Path, columns: list[str], optional: tuple[str, ...] = ()
+                 ) -> list[tuple[int, dict[str, Any]]]:
+    """(line, fields) of each record of a ``.jsonl``, ``.csv`` or ``.tsv`` file, with the
+    fields ``columns`` (each required) and those of ``optional`` the file has. JSON values
+    stay as they are; CSV/TSV values are text. One clear error for a file that is not one of
+    these, a line that is not JSON or not an object, a missing field or column, a row with
+    too few or too many fields, or a file without records."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in LABELLED_SUFFIXES:
+        raise WorkbenchError(f"{path.name}: the file must be .jsonl, .csv or .tsv.")
+    content = read_text(path)
+    if suffix == ".jsonl":
+        records = _jsonl_records(path, content, columns, optional)
+    else:
+        records = _table_records(path, content, columns, optional)
+    if not records:
+        raise WorkbenchError(f"{path.name} has no records.")
+    return records
+
+
+def _jsonl_records(path: Path, content: str, columns: list[str], optional: tuple[str, ...]
+                   ) -> list[tuple[int, dict[str, Any]]]:
+    records = []
+    for number, record in _json_lines(path, content):
+        if not isinstance(record, dict):
+            raise WorkbenchError(f"{path.name} line {number} is {json_kind(record)}, not an object "
+                                 f"with the fields {', '.join(columns)}.")
+        for name in columns:
+            if name not in record:
+                raise WorkbenchError(f"{path.name} line {number} has no '{name}' field (its "
+                                     f"fields: {', '.join(record) or 'none'}).")
+        records.append((number, {name: record[name] for name in (*columns, *optional)
+                                 if name in record}))
+    return records
+
+
+def _table_records(path: Path, content: str, columns: list[str], optional: tuple[str, ...]
+                   ) -> list[tuple[int, dict[str, Any]]]:
+    delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
+    kind, name = ("TSV", "tab") if delimiter == "\t" else ("CSV", "comma")
+    reader = csv.reader(io.StringIO(content, newline=""), delimiter=delimiter)
+    line = 1  # where the next record starts
+    try:
+        header = next(reader, [])
+        while not header and reader.line_num:  # blank lines before the header
+            line = reader.line_num + 1
+            header = next(reader, [])
+        for wanted in columns:
+            if wanted not in header:
+                raise WorkbenchError(f"{path.name} has no column '{wanted}' (its columns: "
+                                     f"{', '.join(header) or 'none'}).")
+        at = {c: header.index(c) for c in (*columns, *optional) if c in header}
+        records = []
+        line = reader.line_num + 1
+        for fields in reader:
+            if fields:  # a blank line is no record
+                if len(fields) != len(header):
+                    spans = (f" (the row runs to line {reader.line_num}: is a quote left "
+                             "open?)" if reader.line_num > line else "")
+                    fix = (f"a field is missing (each row needs {', '.join(header)})"
+                           if len(fields) < len(header) else f"quote a text that holds a {name}")
+                    raise WorkbenchError(f"{path.name} line {line} has {len(fields)} field(s) "
+                                         f"but the header has {len(header)}: {fix}{spans}.")
+                records.append((line, {c: fields[i] for c, i in at.items()}))
+            line = reader.line_num + 1
+    except csv.Error as exc:
+        raise WorkbenchError(f"{path.name} line {reader.line_num or line} is not valid "
+                             f"{kind}: {exc}.") from None
+    return records
 
 
 # --- prompt and reference pairs -------------------------------------------------------------------
