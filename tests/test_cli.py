@@ -91,7 +91,8 @@ def test_screenshot_with_the_default_model_shows_generated_text(tmp_path):  # on
     assert sorted(p.name for p in tmp_path.glob("*.png")) == [
         "1-generate.png", "1b-compare.png", "1c-sampler-stages.png", "1d-why-this-token.png",
         "2-attention.png", "3-finetune.png", "3b-attached-run.png", "4-evaluate.png",
-        "4b-multiple-choice.png", "4c-bleu.png", "4d-classification.png"]
+        "4b-multiple-choice.png", "4c-bleu.png", "4d-classification.png",
+        "4e-sampling-sweep.png"]
     image = QImage(str(tmp_path / "1-generate.png"))
     # generated tokens are drawn on coloured backgrounds: many non-grey pixels in the output
     coloured = sum(1 for x in range(330, 1260, 4) for y in range(270, 420, 4)

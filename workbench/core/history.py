@@ -18,7 +18,8 @@ from workbench.core.files import write_atomically
 
 @dataclass
 class HistoryEntry:
-    kind: str  # "perplexity" | "bleu"
+    kind: str  # "perplexity", "bleu", "generate+score", "classification", "multiple choice",
+    #           "sentence pairs", "sweep": the page that made it
     summary: str  # the headline numbers, for people
     inputs: dict = field(default_factory=dict)
     results: dict = field(default_factory=dict)

@@ -177,16 +177,35 @@ class SweepResult:
             raise WorkbenchError(f"Unknown metric {metric!r} (the metrics: {', '.join(METRICS)}).")
         return [[cell.metrics[metric] for cell in row] for row in self.cells]
 
-    def to_dict(self) -> dict:
-        return {"prompt": self.prompt, "seed": self.seed, "n": self.n,
+    def summary(self) -> str:
+        """One line for the results history: the grid, and the cells of the lowest and
+        the highest perplexity."""
+        where = {(cell.metrics["perplexity"], i, j): f"{self.x.name} {cell.x:g}, "
+                 f"{self.y.name} {cell.y:g}"
+                 for i, row in enumerate(self.cells) for j, cell in enumerate(row)
+                 if _json_number(cell.metrics["perplexity"]) is not None}
+        head = (f"{self.x.name} × {self.y.name}, {len(self.x.values)}×{len(self.y.values)} "
+                f"cells, n={self.n}")
+        if not where:
+            return f"{head}: no perplexity ({self.model})"
+        low, high = min(where), max(where)
+        return (f"{head}: perplexity {low[0]:.4g} ({where[low]}) to {high[0]:.4g} "
+                f"({where[high]}) ({self.model})")
+
+    def to_dict(self, with_cells: bool = True) -> dict:
+        """Everything, as JSON-ready data; without ``with_cells``, the grids of the metrics
+        but not each cell's settings and samples (the results history keeps that)."""
+        data = {"prompt": self.prompt, "seed": self.seed, "n": self.n,
                 "max_new_tokens": self.max_new_tokens, "model": self.model,
                 "reference": self.reference, "seconds": round(self.seconds, 4),
                 "notes": self.notes,
                 "x": {"name": self.x.name, "values": list(self.x.values)},
                 "y": {"name": self.y.name, "values": list(self.y.values)},
                 "metrics": {m: [[_json_number(v) for v in row] for row in self.grid(m)]
-                            for m in METRICS},
-                "cells": [[cell.to_dict() for cell in row] for row in self.cells]}
+                            for m in METRICS}}
+        if with_cells:
+            data["cells"] = [[cell.to_dict() for cell in row] for row in self.cells]
+        return data
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, allow_nan=False)

@@ -51,6 +51,7 @@ from workbench.core.jobs import drive
 from workbench.core.loader import load_model_job
 from workbench.ui.evaluate_choice import ChoicePage, PairsPage
 from workbench.ui.evaluate_pages import ClassifyPage, GenerateScorePage
+from workbench.ui.evaluate_sweep import SweepPage
 from workbench.ui.skeleton import combo, fill, line, metric_checkboxes, spin, table, text_box
 from workbench.ui.stale import mark_stale
 from workbench.ui.tab_base import WorkbenchTab
@@ -104,6 +105,8 @@ class EvaluateTab(WorkbenchTab):
         self.modes.addTab(self.choice_page, "Multiple choice")
         self.pairs_page = PairsPage(worker, self._record, self.show_error)
         self.modes.addTab(self.pairs_page, "Sentence pairs")
+        self.sweep_page = SweepPage(worker, self._record, self.show_error, current_settings)
+        self.modes.addTab(self.sweep_page, "Sampling sweep")
         self.history = fit_columns(table(["time", "kind", "result", "inputs"], "history-table"),
                                    stretch=(2, 3), rows=2)
         export = QPushButton("Export history…")
@@ -210,6 +213,7 @@ class EvaluateTab(WorkbenchTab):
     def build_deferred(self) -> None:
         if self.surprisal_plot is not None:
             return
+        self.sweep_page.build_deferred()
         import pyqtgraph as pg
 
         self.surprisal_plot = pg.PlotWidget()
@@ -548,6 +552,7 @@ class EvaluateTab(WorkbenchTab):
         self.classify_page.model_changed(loaded)
         self.choice_page.model_changed(loaded)
         self.pairs_page.model_changed(loaded)
+        self.sweep_page.model_changed(loaded)
 
     def _perplexity_done(self, result: object) -> None:
         self.ppl_job = None

@@ -184,6 +184,20 @@ def _shoot(window, folder: Path, app, demo: bool, timeout_s: float, run_root: Pa
             extra.append(("4b-multiple-choice", 3,
                           lambda: evaluate.modes.setCurrentWidget(choice), lambda: True,
                           lambda: evaluate.modes.setCurrentIndex(0)))
+            sweep = evaluate.sweep_page  # temperature × top-p, 4 samples a cell
+            sweep.x_axis.setting.setCurrentText("temperature")
+            sweep.x_axis.values.setText("0.5:1.5:3")
+            sweep.y_axis.setting.setCurrentText("top_p")
+            sweep.y_axis.values.setText("0.5,0.9,1.0")
+            sweep.samples.setValue(4)
+            sweep.max_new.setValue(24)
+            sweep.start()
+            wait_until(app, lambda: sweep.job is None, timeout_s)
+            if sweep.result is not None:
+                sweep.select_cell(1, 1)  # the middle cell's samples
+            extra.append(("4e-sampling-sweep", 3,
+                          lambda: evaluate.modes.setCurrentWidget(sweep), lambda: True,
+                          lambda: evaluate.modes.setCurrentIndex(0)))
             # last: it changes the window's model
             extra.append(("4d-classification", 3,
                           lambda: _classification_demo(window, app, run_root, timeout_s),
