@@ -40,7 +40,13 @@ def test_four_tabs_and_both_builtins_in_the_picker(window):
 def test_loading_a_folder_updates_status_bar_and_tabs(qtbot, window, tiny):
     load(qtbot, window, str(tiny("llama")))
     assert window.model_status.text() == "Model: llama"
-    assert window.device_status.text() == "Device: cpu (float32)"
+    # a model this small decodes from the caches: auto keeps the loaded model
+    assert window.device_status.text() == "Device: cpu (float32) · decoding exact (float32)"
+    assert "small enough" in window.device_status.toolTip()
+    window.picker.decode.setCurrentText("bf16")
+    assert window.worker.store.decode == "bf16"
+    assert "decoding bfloat16" in window.device_status.text() or \
+        "not available" in window.device_status.toolTip()
     assert window.memory_status.text().startswith("RAM ")
     assert "2 layers × 4 heads" in window.tab_pages[0].model_label.text()
     assert "Loaded llama" in window.log.text()

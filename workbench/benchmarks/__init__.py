@@ -26,6 +26,8 @@ FIGURES: dict[str, Figure] = {
     "startup": model_figures.bench_startup,
     "model_load_cached": model_figures.bench_model_load_cached,
     "generate_overhead": model_figures.bench_generate_overhead,
+    "decode_speedup": model_figures.bench_decode_speedup,
+    "reduced_precision_perplexity": model_figures.bench_reduced_precision_perplexity,
     "compare_batched": model_figures.bench_compare_batched,
     "busy_decode": model_figures.bench_busy_decode,
     "perplexity_overhead": model_figures.bench_perplexity_overhead,

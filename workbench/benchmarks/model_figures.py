@@ -130,7 +130,8 @@ def _median_rate(runs: list[tuple[int, float]]) -> float:
 
 def bench_generate_overhead(emit: Callable[[Any], None], repeats: int = 3,
                             tokens: int = 48) -> dict:
-    """Tokens/s of the app's streaming generation with top-N capture ÷ bare generate()."""
+    """Tokens/s of the app's streaming generation with top-N capture ÷ a bare ``generate()``
+    on the same decoding path (the model copy the app's default path runs on)."""
     import torch
 
     from workbench.core.generation import SamplingSettings, generate
@@ -141,14 +142,15 @@ def bench_generate_overhead(emit: Callable[[Any], None], repeats: int = 3,
     settings = SamplingSettings(max_new_tokens=tokens, do_sample=False, chat=False)
     ids = loaded.tokenizer(BENCH_PROMPT, return_tensors="pt")["input_ids"]
     app_runs, bare_runs = [], []
-    generate(loaded, BENCH_PROMPT, settings)  # warm-up
+    generate(loaded, BENCH_PROMPT, settings)  # warm-up (and the path's copy built)
+    path = loaded.decoding()
     for i in range(repeats):
         emit(Progress("generate_overhead: timing", (i + 1) / (repeats + 1)))
         start = time.perf_counter()
         with torch.inference_mode():
-            out = loaded.model.generate(ids, attention_mask=torch.ones_like(ids),
-                                        **settings.generate_kwargs(),
-                                        pad_token_id=loaded.tokenizer.pad_token_id)
+            out = path.model.generate(ids, attention_mask=torch.ones_like(ids),
+                                      **settings.generate_kwargs(),
+                                      pad_token_id=loaded.tokenizer.pad_token_id)
         bare_runs.append((out.shape[1] - ids.shape[1], time.perf_counter() - start))
         start = time.perf_counter()
         result = generate(loaded, BENCH_PROMPT, settings, top_n=10)
@@ -156,9 +158,92 @@ def bench_generate_overhead(emit: Callable[[Any], None], repeats: int = 3,
     app, bare = _median_rate(app_runs), _median_rate(bare_runs)
     return figure(app / bare, 0.9, "higher",
                   f"app {app:.1f} tokens/s (streaming, top-10 per step) vs bare generate "
-                  f"{bare:.1f} tokens/s", app_tokens_per_second=round(app, 2),
+                  f"{bare:.1f} tokens/s, both decoding {path.label}",
+                  app_tokens_per_second=round(app, 2),
                   bare_tokens_per_second=round(bare, 2), dtype=loaded.dtype,
-                  device=loaded.device)
+                  device=loaded.device, decoding=path.name)
+
+
+def _timed(run: Callable[[], int]) -> tuple[int, float, float]:
+    """(tokens, wall seconds, CPU seconds of this process) of one run."""
+    cpu, start = time.process_time(), time.perf_counter()
+    tokens = run()
+    return tokens, time.perf_counter() - start, time.process_time() - cpu
+
+
+def bench_decode_speedup(emit: Callable[[Any], None], repeats: int = 3,
+                         tokens: int = 64) -> dict:
+    """Greedy tokens/s of the app's default decoding, with its per-step records (top-10
+    candidates, raw and processed distributions), ÷ a bare float32 ``generate()`` of
+    transformers on the loaded model, in alternating runs; threads as a command takes them."""
+    import torch
+
+    from workbench.core.generation import SamplingSettings, generate
+    from workbench.core.loader import load_model
+    from workbench.core.threads import adapted_threads
+
+    emit(Progress("decode_speedup: loading SmolLM2", 0.0))
+    loaded = load_model("SmolLM2-135M-Instruct")
+    settings = SamplingSettings(max_new_tokens=tokens, do_sample=False, chat=False)
+    ids = loaded.tokenizer(BENCH_PROMPT, return_tensors="pt")["input_ids"]
+
+    def bare() -> int:
+        with torch.inference_mode():
+            out = loaded.model.generate(ids, attention_mask=torch.ones_like(ids),
+                                        **settings.generate_kwargs(),
+                                        pad_token_id=loaded.tokenizer.pad_token_id)
+        return out.shape[1] - ids.shape[1]
+
+    def app() -> int:
+        with adapted_threads():
+            return len(generate(loaded, BENCH_PROMPT, settings, top_n=10).token_ids)
+
+    bare()  # warm-ups; the app's builds its decoding copy
+    app()
+    path = loaded.decoding()
+    app_runs, bare_runs = [], []
+    for i in range(repeats):
+        emit(Progress("decode_speedup: timing", (i + 1) / (repeats + 1)))
+        bare_runs.append(_timed(bare))
+        app_runs.append(_timed(app))
+    app_rate = _median_rate([(n, w) for n, w, _ in app_runs])
+    bare_rate = _median_rate([(n, w) for n, w, _ in bare_runs])
+    app_cpu = sum(c for *_, c in app_runs) / sum(w for _, w, _ in app_runs)
+    bare_cpu = sum(c for *_, c in bare_runs) / sum(w for _, w, _ in bare_runs)
+    return figure(app_rate / bare_rate, 2.0, "higher",
+                  f"app {app_rate:.1f} tokens/s decoding {path.label} with per-step records "
+                  f"(CPU÷wall {app_cpu:.2f}) vs bare float32 generate {bare_rate:.1f} "
+                  f"(CPU÷wall {bare_cpu:.2f})",
+                  app_tokens_per_second=round(app_rate, 2),
+                  bare_tokens_per_second=round(bare_rate, 2), decoding=path.name,
+                  app_cpu_per_wall=round(app_cpu, 2), bare_cpu_per_wall=round(bare_cpu, 2))
+
+
+def bench_reduced_precision_perplexity(emit: Callable[[Any], None]) -> dict:
+    """Perplexity of a held-out text (the project's own sample corpus) on each
+    reduced-precision decoding path ÷ float32's: the figure is the worst path's."""
+    import dataclasses
+
+    from workbench.core import decoding
+    from workbench.core.evaluation import perplexity
+    from workbench.core.loader import load_model
+
+    emit(Progress("reduced_precision_perplexity: loading SmolLM2", 0.0))
+    loaded = load_model("SmolLM2-135M-Instruct")
+    text = sample_data("corpus.txt").read_text(encoding="utf-8")
+    exact = perplexity(loaded, text, 512, 256).perplexity
+    ratios = {}
+    for i, name in enumerate(("int8", "bf16")):
+        emit(Progress(f"reduced_precision_perplexity: {name}", (i + 1) / 3))
+        copy = dataclasses.replace(loaded, model=decoding.build(name, loaded.model))
+        ratios[name] = perplexity(copy, text, 512, 256).perplexity / exact
+    worst = max(ratios, key=lambda n: ratios[n])
+    return figure(ratios[worst], 1.01, "lower",
+                  f"perplexity float32 {exact:.3f}; " + ", ".join(
+                      f"{decoding.LABELS[n]} {exact * r:.3f} ({(r - 1) * 100:+.2f}%)"
+                      for n, r in ratios.items()),
+                  float32_perplexity=round(exact, 4),
+                  ratios={n: round(r, 5) for n, r in ratios.items()})
 
 
 def bench_busy_decode(emit: Callable[[Any], None], tokens: int = 32) -> dict:

@@ -83,6 +83,11 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
                         help=f"built-in name, folder, .gguf file or Hub id (default {DEFAULT_MODEL})")
     parser.add_argument("--device", default="auto", help="auto (CUDA, MPS, CPU), cpu, cuda, mps")
     parser.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16")
+    parser.add_argument("--decode", default="auto", metavar="PATH",
+                        help="the decoding path of generation: auto (int8 weights with "
+                             "bfloat16 on a CPU with native bfloat16, for models too big for "
+                             "its caches; else exact), exact (the loaded model, float32 on "
+                             "the CPU), int8 or bf16 (reduced precision)")
     parser.add_argument("--trust-remote-code", action="store_true",
                         help="allow Python code shipped with this model to run (only if you "
                              "trust its author)")
@@ -96,6 +101,7 @@ def load_from_args(args: argparse.Namespace, bar: TerminalProgress):
     options = LoadOptions(device=args.device, dtype=args.dtype,
                           trust_remote_code=args.trust_remote_code, allow_pickle=args.allow_pickle)
     loaded = load_model(args.model, options, on_event=bar)
+    loaded.decode = getattr(args, "decode", "auto")
     bar.finish()
     return loaded
 
@@ -154,10 +160,15 @@ def check_model_options(args: argparse.Namespace, *models: str) -> None:
         if value is not None and not value.strip():
             raise WorkbenchError(f"{option} is empty: give a built-in name, folder, .gguf file "
                                  "or Hub id.")
+    from workbench.core.decoding import check_decode
+
     check_device(args.device)
     if (args.dtype or "auto").lower() not in DTYPE_CHOICES:
         raise WorkbenchError(f"Unknown dtype '{args.dtype}': use one of "
                              f"{', '.join(DTYPE_CHOICES)}.")
+    if hasattr(args, "decode"):
+        check_utf8(args.decode, "--decode")
+        args.decode = check_decode(args.decode)
 
 
 def check_output_file(path: str, option: str) -> None:

@@ -19,6 +19,7 @@ from workbench.cli.common import (
     print_json,
     text_argument,
 )
+from workbench.core.decoding import LABELS
 from workbench.core.errors import WorkbenchError
 from workbench.core.sampling import STAGES, SamplingSettings
 
@@ -153,7 +154,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         for notice in result.notices:
             print(f"note: {notice}", file=sys.stderr)
         print(f"[{len(result.token_ids)} tokens, {result.tokens_per_second:.1f} tokens/s, "
-              f"{loaded.device}, {loaded.dtype}]", file=sys.stderr)
+              f"{loaded.device}, {loaded.dtype}, decoding {LABELS[result.decoding]}]",
+              file=sys.stderr)
     return 0
 
 

@@ -545,7 +545,8 @@ def _generate(loaded: Any, ids: list[int], max_new_tokens: int, ctx: JobContext
 
     ctx.progress("Generating the sequence to attribute…", None)
     run = run_generation(loaded, torch.tensor([ids], device=loaded.model.device), 1,
-                         {"max_new_tokens": max_new_tokens, "do_sample": False}, 0, ctx, 0)
+                         {"max_new_tokens": max_new_tokens, "do_sample": False}, 0, ctx, 0,
+                         exact=True)  # the tokens of the model that is attributed
     ctx.cancel.raise_if_cancelled()
     outputs = run.sequences[0].token_ids
     if not outputs:

@@ -66,10 +66,11 @@ class CompareResult:
     seconds: float
     stopped: bool = False
     notes: list[str] = field(default_factory=list)
+    decoding: str = "exact"  # the decoding path (workbench.core.decoding)
 
     def to_dict(self) -> dict:
         return {"prompt": self.prompt, "seed": self.seed, "seconds": round(self.seconds, 4),
-                "stopped": self.stopped, "notes": self.notes,
+                "stopped": self.stopped, "notes": self.notes, "decoding": self.decoding,
                 "strategies": [s.summary() for s in self.strategies]}
 
 
@@ -167,6 +168,7 @@ def compare(loaded: Any, prompt: str, strategies: list[Strategy], seed: int = 0,
     if not batched:
         together = []
     results: dict[int, StrategyResult] = {}
+    run = None
     if together:
         owner = batch_owners(strategies)
         chains = [row_chain(strategies[i].settings, loaded.tokenizer,
@@ -198,8 +200,11 @@ def compare(loaded: Any, prompt: str, strategies: list[Strategy], seed: int = 0,
     if together and len(together) > 1:
         notes.append("Sampled and greedy strategies ran in one batch: with the same seed, a "
                      "sampled strategy's text can differ from a run of it alone.")
+    if run is not None and run.note:
+        notes.append(run.note)
     return CompareResult(prompt, seed, ordered, time.perf_counter() - start,
-                         stopped=ctx.cancel.cancelled, notes=notes)
+                         stopped=ctx.cancel.cancelled, notes=notes,
+                         decoding="exact" if run is None else run.decoding)
 
 
 def _offset(ctx: JobContext, index: int) -> JobContext:

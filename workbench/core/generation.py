@@ -102,6 +102,7 @@ class GenerationResult:
     settings: dict = field(default_factory=dict)
     prompt_token_ids: list[int] = field(default_factory=list)
     notices: list[str] = field(default_factory=list)
+    decoding: str = "exact"  # the decoding path it ran on (workbench.core.decoding)
 
     @property
     def text(self) -> str:
@@ -133,7 +134,7 @@ class GenerationResult:
         return {
             "prompt": self.prompt, "settings": self.settings, "seconds": round(self.seconds, 4),
             "stopped": self.stopped, "tokens_per_second": round(self.tokens_per_second, 2),
-            "notices": self.notices,
+            "notices": self.notices, "decoding": self.decoding,
             "text": self.text, "token_ids": self.token_ids,
             "sequences": [{"text": s.text, "token_ids": s.token_ids,
                            "mean_logprob": s.mean_logprob, "perplexity": s.perplexity,
@@ -424,7 +425,9 @@ def generate(loaded: Any, prompt: str, settings: SamplingSettings, ctx: JobConte
                          extra_processors=chain_processors(loaded, settings))
     return GenerationResult(prompt=prompt, sequences=run.sequences, seconds=run.seconds,
                             stopped=ctx.cancel.cancelled, settings=asdict(settings),
-                            prompt_token_ids=input_ids[0].tolist(), notices=notices + more)
+                            prompt_token_ids=input_ids[0].tolist(),
+                            notices=notices + more + ([run.note] if run.note else []),
+                            decoding=run.decoding)
 
 
 def chain_processors(loaded: Any, settings: SamplingSettings) -> tuple[Any, ...]:
@@ -443,22 +446,28 @@ def chain_processors(loaded: Any, settings: SamplingSettings) -> tuple[Any, ...]
 class GenerationRun:
     sequences: list[GeneratedSequence]
     seconds: float
+    decoding: str = "exact"
+    note: str = ""  # why the decoding path is not the one asked for
 
 
 def run_generation(loaded: Any, input_ids: Any, rows: int, generate_kwargs: dict[str, Any],
                    seed: int, ctx: JobContext, top_n: int, beams: bool = False,
-                   extra_processors: tuple[Any, ...] = ()) -> GenerationRun:
+                   extra_processors: tuple[Any, ...] = (), exact: bool = False
+                   ) -> GenerationRun:
     """One ``model.generate`` call with streaming, per-step records and cancel.
 
     ``rows`` is the number of sequences it returns; ``extra_processors`` join the end of
     transformers' chain (before the recorder of the processed distribution): with
     ``generate_kwargs`` that switch transformers' own processors off, they are the chain.
+    It runs on the model's decoding path (``loaded.decoding``), or on the loaded model
+    itself when ``exact``.
     """
     import torch
     from transformers import StoppingCriteria, StoppingCriteriaList, set_seed
     from transformers.generation.streamers import BaseStreamer
 
-    tokenizer, model = loaded.tokenizer, loaded.model
+    path = None if exact or not hasattr(loaded, "decoding") else loaded.decoding(ctx)
+    tokenizer, model = loaded.tokenizer, loaded.model if path is None else path.model
     inspector = StepInspector(tokenizer, top_n)
     inspector.start = input_ids.shape[1]
     eos = _eos_ids(model, tokenizer)
@@ -510,7 +519,8 @@ def run_generation(loaded: Any, input_ids: Any, rows: int, generate_kwargs: dict
         _beam_results(out, model, input_ids.shape[1], tokenizer, eos, ids_out, steps_out, ctx)
     sequences = [GeneratedSequence(tokenizer.decode(ids, skip_special_tokens=True), ids, steps)
                  for ids, steps in zip(ids_out, steps_out, strict=True)]
-    return GenerationRun(sequences, seconds)
+    return GenerationRun(sequences, seconds, "exact" if path is None else path.name,
+                         "" if path is None else path.note)
 
 
 def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
@@ -547,12 +557,14 @@ def _beam_results(out: Any, model: Any, prompt_len: int, tokenizer: Any, eos: se
 
 
 def next_token_logits(loaded: Any, token_ids: list[int]) -> Any:
-    """The model's raw logits for the token after ``token_ids`` (a 1-D float tensor)."""
+    """The model's raw logits for the token after ``token_ids`` (a 1-D float tensor), on
+    the decoding path generation uses, so they are the logits its steps recorded."""
     import torch
 
+    model = loaded.decoding().model if hasattr(loaded, "decoding") else loaded.model
     ids = torch.tensor([token_ids], device=loaded.model.device)
     with torch.inference_mode():
-        logits = loaded.model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
+        logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
     return logits[0, -1].float().cpu()
 
 

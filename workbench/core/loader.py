@@ -65,6 +65,25 @@ class LoadedModel:
     load_seconds: float
     converted_now: bool = False
     config: dict = field(default_factory=dict, repr=False)
+    decode: str = "auto"  # the decoding path asked for (workbench.core.decoding)
+    _decoder: tuple[str, Any] | None = field(default=None, repr=False, compare=False)
+
+    def decoding(self, ctx: JobContext | None = None) -> Any:
+        """The :class:`~workbench.core.decoding.DecodePath` generation runs on: the path
+        :attr:`decode` asks for where it can run, its model copy built on first use (about
+        half a second for SmolLM2; one copy is kept, dropped when another path is asked
+        for)."""
+        from workbench.core import decoding
+
+        name, note = decoding.choose(decoding.check_decode(self.decode), self.model)
+        if name == "exact":
+            return decoding.DecodePath(name, self.model, note)
+        if self._decoder is None or self._decoder[0] != name:
+            self._decoder = None  # the old copy goes before the new one is built
+            if ctx is not None:
+                ctx.progress(f"Preparing the {decoding.LABELS[name]} copy for decoding…", None)
+            self._decoder = (name, decoding.build(name, self.model))
+        return decoding.DecodePath(name, self._decoder[1], note)
 
     @property
     def parameters(self) -> int:

@@ -23,6 +23,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from workbench.core.decoding import LABELS
 from workbench.core.errors import WorkbenchError
 from workbench.core.generation import (
     Branch,
@@ -253,7 +254,8 @@ class SingleRunView(QWidget):
             used = SamplingSettings(**result.settings).describe()
             self.stats.setText(" ".join(
                 [f"{result.new_tokens} tokens in {result.seconds:.1f} s, "
-                 f"{result.tokens_per_second:.1f} tokens/s{note} · {used} · click a token "
+                 f"{result.tokens_per_second:.1f} tokens/s{note} · decoding "
+                 f"{LABELS.get(result.decoding, result.decoding)} · {used} · click a token "
                  "to inspect it."] + [f"<b>Note:</b> {n}" for n in result.notices]))
             if result.settings.get("num_beams", 1) > 1:
                 self.show_sequence(self.sequence_picker.currentIndex())

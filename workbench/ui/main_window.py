@@ -17,7 +17,7 @@ from PySide6.QtWidgets import (
 )
 
 from workbench import APP_NAME
-from workbench.core.catalog import DEFAULT_MODEL
+from workbench.core.catalog import CAUSAL_LM, DEFAULT_MODEL
 from workbench.core.errors import NeedsPickle, NeedsRemoteCode, WorkbenchError
 from workbench.core.jobs import LogLine, Progress
 from workbench.core.loader import LoadedModel, LoadOptions
@@ -123,6 +123,8 @@ class MainWindow(QMainWindow):
         self.memory_timer.start()
 
         self.restore_settings()
+        self.picker.decode.currentTextChanged.connect(self.set_decode)
+        self.set_decode(self.picker.decode.currentText())
         if initial_model:
             self.picker.set_reference(initial_model)
         if device:
@@ -310,9 +312,29 @@ class MainWindow(QMainWindow):
             return
         self.model_status.setText(f"Model: {loaded.name}")
         self.model_status.setToolTip(f"{loaded.source.origin}\n{loaded.folder}")
-        self.device_status.setText(f"Device: {loaded.device} ({loaded.dtype})")
+        self.show_decoding()
         self.setWindowTitle(f"{loaded.name} — {APP_NAME}")
         self.update_memory()
+
+    def set_decode(self, requested: str) -> None:
+        """The model bar's decoding path: the worker gives it to the model at each job."""
+        self.worker.store.decode = requested
+        self.show_decoding()
+
+    def show_decoding(self) -> None:
+        """The device, dtype and the decoding path generation will run on, in the status bar."""
+        from workbench.core.decoding import LABELS, check_decode, choose
+
+        loaded = self.loaded
+        if loaded is None:
+            return
+        text = f"Device: {loaded.device} ({loaded.dtype})"
+        note = ""
+        if loaded.task == CAUSAL_LM:
+            name, note = choose(check_decode(self.picker.decode.currentText()), loaded.model)
+            text += f" · decoding {LABELS[name]}"
+        self.device_status.setText(text)
+        self.device_status.setToolTip(note)
 
     def update_memory(self) -> None:
         from workbench.core.device import memory_in_use

@@ -24,6 +24,7 @@ from PySide6.QtWidgets import (
 
 from workbench.core.catalog import BUILTIN_MODELS, DEFAULT_MODEL
 from workbench.core.device import DEVICE_CHOICES, DTYPE_CHOICES
+from workbench.core.decoding import DECODE_CHOICES
 
 REFERENCE_ROLE = Qt.ItemDataRole.UserRole  # what an item loads: a Hub id, a path, ollama:NAME
 GROUP_ROLE = Qt.ItemDataRole.UserRole + 1  # the group an item belongs to ("header" for titles)
@@ -75,7 +76,7 @@ class ModelPicker(QWidget):
         self.combo.setModel(QStandardItemModel(self.combo))
         self.combo.setEditable(True)
         self.combo.setInsertPolicy(QComboBox.InsertPolicy.NoInsert)
-        self.combo.setMinimumContentsLength(34)
+        self.combo.setMinimumContentsLength(28)
         self.combo.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
         self.combo.setToolTip("A built-in model, a model already on this machine (Hugging Face "
                               "cache, LM Studio, Ollama, GPT4All, llama.cpp), a folder, a .gguf "
@@ -102,6 +103,18 @@ class ModelPicker(QWidget):
         self.dtype.setObjectName("dtype")
         self.dtype.addItems(list(DTYPE_CHOICES))
         layout.addWidget(self.dtype)
+        layout.addWidget(QLabel("Decoding:"))
+        self.decode = QComboBox()
+        self.decode.setObjectName("decode")
+        self.decode.addItems(list(DECODE_CHOICES))
+        self.decode.setToolTip(
+            "The path generation runs on (no reload needed):\n"
+            "auto: int8 weights with bfloat16 on a CPU with native bfloat16, for a model too "
+            "big for its caches (2-3x faster there); else exact\n"
+            "exact: the loaded model itself (float32 on the CPU), the numbers of transformers\n"
+            "int8 / bf16: a reduced-precision copy of the model\n"
+            "Perplexity, attention, attribution and evaluation always use the loaded model.")
+        layout.addWidget(self.decode)
         # Fixed width: a label that grows would re-lay out the whole window.
         self.memory = QLabel("")
         self.memory.setObjectName("memory-estimate")

@@ -66,11 +66,15 @@ class ModelStore:
 
     def __init__(self) -> None:
         self.current: LoadedModel | None = None
+        # The decoding path the model bar asks for: set from the GUI thread (one string,
+        # replaced whole), given to the model by each job that takes it (workbench.core.decoding).
+        self.decode = "auto"
 
     def load(self, ctx: JobContext, reference: str, options: LoadOptions) -> LoadedModel:
         # The old model stays usable until the new one has loaded.
         loaded = drive(load_model_job(reference, options), ctx)
         self.unload()
+        loaded.decode = self.decode
         self.current = loaded
         request_full_collection()
         return loaded
@@ -85,6 +89,7 @@ class ModelStore:
             current = self.load(ctx, reference, options or LoadOptions())
         if current is None:
             raise WorkbenchError("No model is loaded: pick one in the model bar and press Load.")
+        current.decode = self.decode
         return current
 
     def unload(self) -> None:

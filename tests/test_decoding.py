@@ -1,0 +1,163 @@
+"""Decoding paths: the int8 and bfloat16 copies generation runs on, how auto chooses, and the
+fallbacks when a path cannot run (forced off here, whatever this machine has)."""
+
+import math
+
+import pytest
+import torch
+
+from tests.cli_runner import run_in_process
+from workbench.core import decoding
+from workbench.core.generation import SamplingSettings, generate, next_token_logits
+from workbench.core.loader import load_model
+
+
+@pytest.fixture()
+def llama(tiny):
+    return load_model(str(tiny("llama")))
+
+
+@pytest.fixture()
+def native_bf16(monkeypatch):
+    """The int8 path allowed whatever this CPU is (ATen's kernel runs everywhere; the
+    check only keeps auto off CPUs where it is slow)."""
+    monkeypatch.setattr(decoding, "cpu_has_native_bf16", lambda: True)
+
+
+def reference_int8(linear: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """Symmetric per-row int8 of the float32 weight, round to nearest, in float64."""
+    w = linear.weight.detach().double()
+    scale = w.abs().amax(dim=1) / 127
+    q = torch.round(w / scale[:, None]).clamp(-127, 127)
+    out = x.double() @ (q * scale[:, None]).T
+    return out if linear.bias is None else out + linear.bias.detach().double()
+
+
+@pytest.mark.parametrize("rows", [1, 3, 8, 9, 40])  # packed kernel up to 8 rows, then not
+def test_int8_layers_compute_the_quantised_product(rows):
+    torch.manual_seed(rows)
+    model = torch.nn.Sequential(torch.nn.Linear(48, 64), torch.nn.ReLU(),
+                                torch.nn.Linear(64, 32, bias=False))
+    decoder = decoding.build("int8", model)
+    for original, copy in ((model[0], decoder[0]), (model[2], decoder[2])):
+        assert copy.qweight.dtype == torch.int8 and copy.qweight.shape == original.weight.shape
+        x = torch.randn(rows, original.in_features)
+        with torch.inference_mode():
+            got = copy(x).double()
+        expected = reference_int8(original, x.bfloat16().double())
+        # bfloat16 activations and output: 8 bits of mantissa
+        assert torch.allclose(got, expected, rtol=2e-2, atol=2e-2 * expected.abs().max().item())
+    assert model[0].weight.dtype == torch.float32  # the original is left as it was
+
+
+def test_auto_is_exact_for_a_model_the_caches_hold(llama, native_bf16):
+    name, note = decoding.choose("auto", llama.model)
+    assert name == "exact" and "small enough" in note
+    assert llama.decoding().model is llama.model
+
+
+def test_auto_takes_int8_where_it_pays(llama, native_bf16, monkeypatch):
+    monkeypatch.setattr(decoding, "AUTO_MIN_BYTES", 0)
+    assert decoding.choose("auto", llama.model) == ("int8", "")
+
+
+@pytest.mark.parametrize("missing, words", [
+    ("cpu_has_native_bf16", "no native bfloat16"),
+    ("int8_kernel_available", "no int8 weight kernel"),
+])
+def test_paths_fall_back_to_exact_when_forced_off(llama, monkeypatch, missing, words):
+    monkeypatch.setattr(decoding, "AUTO_MIN_BYTES", 0)
+    monkeypatch.setattr(decoding, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(decoding, missing, lambda: False)
+    for requested in ("auto", "int8"):
+        name, note = decoding.choose(requested, llama.model)
+        assert name == "exact" and words in note, (requested, note)
+    llama.decode = "int8"
+    result = generate(llama, "the cat sat on", SamplingSettings(max_new_tokens=3, do_sample=False,
+                                                                chat=False))
+    assert result.decoding == "exact" and any(words in n for n in result.notices)
+    if missing == "cpu_has_native_bf16":  # and bfloat16 needs the same instructions
+        assert decoding.choose("bf16", llama.model)[0] == "exact"
+
+
+def test_a_model_loaded_in_reduced_precision_decodes_as_loaded(tiny, native_bf16):
+    from workbench.core.loader import LoadOptions
+
+    loaded = load_model(str(tiny("llama")), LoadOptions(dtype="bfloat16"))
+    name, note = decoding.choose("int8", loaded.model)
+    assert name == "exact" and "bfloat16 already" in note
+
+
+def test_an_unknown_path_is_one_message():
+    with pytest.raises(decoding.WorkbenchError, match="Unknown decoding path 'fast'"):
+        decoding.check_decode("fast")
+
+
+@pytest.mark.parametrize("path", ["int8", "bf16"])
+def test_generation_records_the_logits_of_its_path(llama, native_bf16, path):
+    llama.decode = path
+    settings = SamplingSettings(max_new_tokens=6, do_sample=False, chat=False)
+    result = generate(llama, "the cat sat on", settings, top_n=5)
+    assert result.decoding == path
+    decoder = llama.decoding().model
+    assert decoder is not llama.model
+    assert next(llama.model.parameters()).dtype == torch.float32  # analysis stays exact
+    ids = list(result.prompt_token_ids)
+    for step in result.sequences[0].steps:
+        with torch.inference_mode():
+            logits = decoder(torch.tensor([ids])).logits[0, -1].float()
+        probs = torch.softmax(logits, -1)
+        assert step.token_id == int(probs.argmax())  # greedy on the path's own logits
+        assert step.raw_probability == pytest.approx(float(probs.max()), rel=1e-3)
+        assert [c.token_id for c in step.candidates] == probs.topk(5).indices.tolist()
+        # the explorer's and inspector's replay of a step uses the same path
+        replay = torch.softmax(next_token_logits(llama, ids), -1)
+        assert float(replay[step.token_id]) == pytest.approx(float(probs.max()), rel=1e-3)
+        ids.append(step.token_id)
+
+
+def test_one_copy_is_kept_and_exact_builds_none(llama, native_bf16):
+    llama.decode = "int8"
+    first = llama.decoding().model
+    assert llama.decoding().model is first  # built once
+    llama.decode = "bf16"
+    second = llama.decoding().model
+    assert second is not first and next(second.parameters()).dtype == torch.bfloat16
+    llama.decode = "exact"
+    assert llama.decoding().model is llama.model
+
+
+def test_sampling_with_the_app_chain_on_the_int8_path(llama, native_bf16):
+    """Processors and the sampler order run on the path's logits (cast to float32 by
+    transformers): top-k 3 keeps the tokens at or above the third logit (reduced precision
+    makes ties, which top-k keeps, as transformers' does)."""
+    llama.decode = "int8"
+    settings = SamplingSettings(max_new_tokens=5, do_sample=True, top_k=3, top_p=1.0,
+                                temperature=0.8, seed=3, chat=False)
+    result = generate(llama, "the dog", settings, top_n=80)
+    decoder = llama.decoding().model
+    ids = list(result.prompt_token_ids)
+    for step in result.sequences[0].steps:
+        with torch.inference_mode():
+            logits = decoder(torch.tensor([ids])).logits[0, -1].float()
+        kept = logits >= logits.topk(3).values[-1]
+        assert step.kept_count == int(kept.sum()) >= 3
+        assert {c.token_id for c in step.candidates if c.kept} == \
+            set(kept.nonzero().flatten().tolist())
+        assert math.isclose(sum(c.probability for c in step.candidates if c.kept), 1.0,
+                            rel_tol=1e-4)
+        ids.append(step.token_id)
+
+
+def test_the_command_line_names_the_path(tiny, monkeypatch):
+    bad = run_in_process("generate", "--model", str(tiny("llama")), "--prompt", "the cat",
+                         "--decode", "fast")
+    assert bad.returncode == 2
+    assert bad.stderr.strip().splitlines() == [
+        "error: Unknown decoding path 'fast': use one of auto, exact, int8, bf16."]
+    import json
+
+    out = run_in_process("generate", "--model", str(tiny("llama")), "--prompt", "the cat",
+                         "--max-new-tokens", "3", "--no-chat", "--decode", "exact", "--json")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["decoding"] == "exact"
