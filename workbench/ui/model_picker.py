@@ -23,8 +23,8 @@ from PySide6.QtWidgets import (
 )
 
 from workbench.core.catalog import BUILTIN_MODELS, DEFAULT_MODEL
-from workbench.core.device import DEVICE_CHOICES, DTYPE_CHOICES
 from workbench.core.decoding import DECODE_CHOICES
+from workbench.core.device import DEVICE_CHOICES, DTYPE_CHOICES
 
 REFERENCE_ROLE = Qt.ItemDataRole.UserRole  # what an item loads: a Hub id, a path, ollama:NAME
 GROUP_ROLE = Qt.ItemDataRole.UserRole + 1  # the group an item belongs to ("header" for titles)
