@@ -161,3 +161,30 @@ def test_the_command_line_names_the_path(tiny, monkeypatch):
                          "--max-new-tokens", "3", "--no-chat", "--decode", "exact", "--json")
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["decoding"] == "exact"
+
+
+def test_a_copy_that_would_not_fit_is_not_made(llama, native_bf16, monkeypatch):
+    import workbench.core.generation as generation
+
+    monkeypatch.setattr(decoding, "AUTO_MIN_BYTES", 0)
+    need = decoding.copy_bytes("int8", llama.model)
+    monkeypatch.setattr(generation, "available_memory", lambda device: need)
+    name, note = decoding.choose("auto", llama.model)
+    assert name == "exact" and "needs" in note and "free" in note
+
+
+def test_the_copy_keeps_tied_weights_tied_and_no_float32_weight(tiny, native_bf16):
+    gpt2 = load_model(str(tiny("gpt2")))  # its output head is its token embedding
+    model = gpt2.model
+    assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
+    for name in ("int8", "bf16"):
+        copy = decoding.build(name, model)
+        assert copy.get_output_embeddings().weight is copy.get_input_embeddings().weight
+        assert not any(p.dtype == torch.float32 for p in copy.parameters())
+        assert torch.equal(copy.get_input_embeddings().weight,
+                           model.get_input_embeddings().weight.bfloat16())
+        held = sum(t.numel() * t.element_size() for t in
+                   {id(t): t for t in [*copy.parameters(), *copy.buffers()]}.values())
+        assert held <= decoding.copy_bytes(name, model) + sum(
+            b.numel() * b.element_size() for b in model.buffers()) + \
+            sum(m.out_features * 2 for m in copy.modules() if hasattr(m, "qweight"))

@@ -118,6 +118,12 @@ def unavailable(name: str, model: Any) -> str | None:
             return "this CPU has no native bfloat16 instructions (AVX-512 BF16 or AMX)"
         if device == "mps":
             return "bfloat16 is not used on Apple MPS"
+    from workbench.core.generation import available_memory
+
+    need, free = copy_bytes(name, model), available_memory(device)
+    if need > 0.8 * free:
+        return (f"its copy of the model needs {need / 1e9:.1f} GB and "
+                f"{free / 1e9:.1f} GB are free")
     return None
 
 
@@ -177,26 +183,56 @@ def _int8_linear_class() -> type:
     return Int8WeightLinear
 
 
+def _output_layer(model: Any) -> Any:
+    getter = getattr(model, "get_output_embeddings", None)
+    return getter() if getter is not None else None
+
+
+def _quantised(model: Any) -> list[tuple[str, Any]]:
+    """The linear layers the int8 path quantises (name, module): all but the output
+    projection, which stays in bfloat16 (the logits are what every record shows, and it is
+    often tied to the embeddings, which the copy keeps anyway)."""
+    import torch
+
+    output = _output_layer(model)
+    return [(name, m) for name, m in model.named_modules()
+            if isinstance(m, torch.nn.Linear) and m is not output]
+
+
+def copy_bytes(name: str, model: Any) -> int:
+    """About how many bytes the copy for path ``name`` takes."""
+    if name == "exact":
+        return 0
+    quantised = {id(m.weight) for _, m in _quantised(model)} if name == "int8" else set()
+    total = 0
+    for p in model.parameters():
+        total += p.numel() * (1 if id(p) in quantised else 2)
+    return total
+
+
 def build(name: str, model: Any) -> Any:
-    """A decoding copy of ``model`` for path ``name`` (``exact`` returns ``model``)."""
+    """A decoding copy of ``model`` for path ``name`` (``exact`` returns ``model``).
+
+    The copy never holds a second float32 model: deepcopy is handed each parameter already
+    in bfloat16 (ties kept: one copy per shared tensor), and an empty stand-in for each
+    weight the int8 layers replace; buffers (rotary frequencies) are copied as they are.
+    """
     import torch
 
     if name == "exact":
         return model
-    decoder = copy.deepcopy(model)
-    decoder.to(torch.bfloat16)
-    if name == "int8":
+    quantised = _quantised(model) if name == "int8" else []
+    replaced = {id(m.weight) for _, m in quantised}
+    memo: dict[int, Any] = {}
+    for p in model.parameters():
+        data = torch.empty(0) if id(p) in replaced else p.detach().to(torch.bfloat16)
+        memo[id(p)] = torch.nn.Parameter(data, requires_grad=False)
+    decoder = copy.deepcopy(model, memo)
+    if quantised:
         cls = _int8_linear_class()
-        originals = dict(model.named_modules())
-        # the output projection stays in bfloat16: the logits are what every record shows,
-        # and it is often tied to the embeddings, which the copy keeps anyway
-        output = decoder.get_output_embeddings() if hasattr(decoder, "get_output_embeddings") \
-            else None
-        for parent_name, parent in list(decoder.named_modules()):
-            for child_name, child in list(parent.named_children()):
-                if isinstance(child, torch.nn.Linear) and child is not output:
-                    full = f"{parent_name}.{child_name}" if parent_name else child_name
-                    # quantise from the float32 weights, not the bfloat16 copy
-                    setattr(parent, child_name, cls(originals[full]))
+        for full, original in quantised:
+            parent_name, _, child_name = full.rpartition(".")
+            parent = decoder.get_submodule(parent_name) if parent_name else decoder
+            setattr(parent, child_name, cls(original))  # from the float32 weights
     decoder.eval()
     return decoder

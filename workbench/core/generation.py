@@ -452,8 +452,8 @@ class GenerationRun:
 
 def run_generation(loaded: Any, input_ids: Any, rows: int, generate_kwargs: dict[str, Any],
                    seed: int, ctx: JobContext, top_n: int, beams: bool = False,
-                   extra_processors: tuple[Any, ...] = (), exact: bool = False
-                   ) -> GenerationRun:
+                   extra_processors: tuple[Any, ...] = (), exact: bool = False,
+                   attention_mask: Any = None) -> GenerationRun:
     """One ``model.generate`` call with streaming, per-step records and cancel.
 
     ``rows`` is the number of sequences it returns; ``extra_processors`` join the end of
@@ -461,6 +461,11 @@ def run_generation(loaded: Any, input_ids: Any, rows: int, generate_kwargs: dict
     ``generate_kwargs`` that switch transformers' own processors off, they are the chain.
     It runs on the model's decoding path (``loaded.decoding``), or on the loaded model
     itself when ``exact``.
+
+    ``attention_mask`` (default: all ones) lets ``input_ids`` be a batch of different
+    prompts, left-padded to one length (0 over the padding); each row's tokens and steps
+    are its own. Processors see the padded ids: those that read them (repetition penalty,
+    DRY, ...) must strip each row's padding themselves.
     """
     import torch
     from transformers import StoppingCriteria, StoppingCriteriaList, set_seed
@@ -508,7 +513,8 @@ def run_generation(loaded: Any, input_ids: Any, rows: int, generate_kwargs: dict
     start = time.perf_counter()
     with torch.inference_mode(), recording_chain(model, inspector.first, inspector.last,
                                                  extra_processors):
-        out = model.generate(input_ids, attention_mask=torch.ones_like(input_ids),
+        mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
+        out = model.generate(input_ids, attention_mask=mask,
                              stopping_criteria=StoppingCriteriaList([CancelCriteria()]),
                              streamer=None if beams else Stream(),
                              pad_token_id=tokenizer.pad_token_id,
