@@ -9,13 +9,18 @@ import torch
 
 from workbench.core.attention import (
     AttentionResult,
+    LensColumns,
+    LensStarted,
+    LogitLensJob,
     bertviz_html,
     compute_attention,
     head_statistics,
     logit_lens,
+    next_chunk,
     script_safe_json,
 )
-from workbench.core.errors import WorkbenchError
+from workbench.core.errors import Cancelled, WorkbenchError
+from workbench.core.jobs import CancelToken, run_job
 from workbench.core.loader import LoadOptions, load_model
 
 HOSTILE = ["</script><script>window.__pwned=1</script>", "<!--", "a&b", "\u2028", "<img src=x>"]
@@ -77,6 +82,104 @@ def test_logit_lens_last_layer_is_the_models_prediction(llama):
         top = llama.model(ids).logits[0].argmax(-1).tolist()
     assert lens.top_tokens[-1] == [llama.tokenizer.decode([t]) for t in top]
     assert len(lens.top_tokens) == 2 and all(0 < p <= 1 for p in lens.top_probs[0])
+
+
+LONG = " ".join(["the cat sat on the mat because it was tired and the dog"] * 4)  # 52 tokens
+
+
+def reference_lens(loaded, text: str, norm) -> tuple[list[list[str]], list[list[float]]]:
+    """The logit lens in one pass, with transformers alone: every layer's hidden state
+    (the last one normed by the model), the final ``norm``, the output embedding, argmax."""
+    ids = loaded.tokenizer(text, return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        out = loaded.model(ids, output_hidden_states=True)
+        states = out.hidden_states[1:]
+        tokens, probs = [], []
+        for i, h in enumerate(states):
+            logits = loaded.model.lm_head(h if i == len(states) - 1 else norm(h))[0]
+            p = torch.softmax(logits.float(), -1)
+            top = p.argmax(-1)
+            tokens.append([loaded.tokenizer.decode([t]) for t in top.tolist()])
+            probs.append(p.gather(-1, top[:, None])[:, 0].tolist())
+    # the last layer is the model's own prediction
+    assert tokens[-1] == [loaded.tokenizer.decode([t]) for t in out.logits[0].argmax(-1)]
+    return tokens, probs
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_chunked_lens_equals_the_one_pass_reference(tiny, family):
+    loaded = load_model(str(tiny(family)))
+    norm = loaded.model.model.norm if family == "llama" else loaded.model.transformer.ln_f
+    tokens, probs = reference_lens(loaded, LONG, norm)
+    events = []
+    job = LogitLensJob(LONG, 64, first=(30, 40), chunk=8)
+    lens = run_job(lambda ctx: job.run(loaded), events.append)
+    started = [e for e in events if isinstance(e, LensStarted)]
+    chunks = [e for e in events if isinstance(e, LensColumns)]
+    assert events.index(started[0]) < events.index(chunks[0])
+    assert started[0].tokens == lens.tokens and len(lens.tokens) == 52
+    assert started[0].layers == len(tokens) == 2
+    # the preferred positions come first, whole; then the rest, each position once
+    assert (chunks[0].start, chunks[0].stop) == (30, 40)
+    assert sorted(p for c in chunks for p in range(c.start, c.stop)) == list(range(52))
+    assert all(c.stop - c.start <= 8 for c in chunks[1:])
+    assert lens.top_tokens == tokens
+    assert np.allclose(lens.top_probs, probs, atol=1e-6)
+    for c in chunks:  # what the events said is what the lens holds
+        assert [row[c.start:c.stop] for row in tokens] == c.top_tokens
+        assert np.allclose([row[c.start:c.stop] for row in probs], c.top_probs, atol=1e-6)
+    # the one-call function (the CLI's) gives the same numbers
+    whole = logit_lens(loaded, LONG, 64)
+    assert whole.top_tokens == tokens and np.allclose(whole.top_probs, probs, atol=1e-6)
+
+
+def test_the_lens_follows_a_new_preference_and_cancels_between_chunks(llama):
+    job = LogitLensJob(LONG, 64, first=(40, 48), chunk=8)
+    seen: list[tuple[int, int]] = []
+
+    def on_event(event):
+        if isinstance(event, LensColumns):
+            seen.append((event.start, event.stop))
+            if len(seen) == 1:
+                job.prefer(0, 4)  # the table was scrolled to the start meanwhile
+
+    lens = run_job(lambda ctx: job.run(llama), on_event)
+    assert seen[:3] == [(40, 48), (0, 4), (4, 12)]
+    assert lens.top_tokens == logit_lens(llama, LONG, 64).top_tokens
+    cancel, seen = CancelToken(), []
+
+    def cancel_after_one(event):
+        if isinstance(event, LensColumns):
+            seen.append((event.start, event.stop))
+            cancel.cancel()
+
+    with pytest.raises(Cancelled):
+        run_job(lambda ctx: LogitLensJob(LONG, 64, chunk=8).run(llama), cancel_after_one, cancel)
+    assert seen == [(0, 8)]
+
+
+def test_next_chunk_orders_the_rest_nearest_first():
+    def order(n, preferred, size):
+        done, out = [False] * n, []
+        while (span := next_chunk(done, preferred, size)) is not None:
+            out.append(span)
+            done[span[0]:span[1]] = [True] * (span[1] - span[0])
+        return out
+
+    assert order(40, (20, 28), 8) == [(20, 28), (28, 36), (12, 20), (36, 40), (4, 12), (0, 4)]
+    assert order(40, (0, 0), 16) == [(0, 16), (16, 32), (32, 40)]
+    assert order(10, (8, 20), 3) == [(8, 10), (5, 8), (2, 5), (0, 2)]  # clipped to the text
+    assert order(100, (0, 100), 8)[0] == (0, 32)  # a wide view: at most 4 chunks at once
+    assert order(0, (0, 16), 8) == []
+
+
+def test_lens_bad_input(llama, bert):
+    with pytest.raises(WorkbenchError, match="empty"):
+        logit_lens(llama, "  ")
+    with pytest.raises(WorkbenchError):
+        logit_lens(bert, "the cat")
+    with pytest.raises(WorkbenchError, match="whole number"):
+        LogitLensJob("the cat", max_tokens=0)
 
 
 def test_script_safe_json_round_trips():

@@ -12,13 +12,14 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
 from importlib import util as import_util
 from pathlib import Path
 from typing import Any
 
 from workbench.core.errors import WorkbenchError
-from workbench.core.jobs import JobContext
+from workbench.core.jobs import JobContext, Progress, run_job
 
 DEFAULT_MAX_TOKENS = 64  # tokens analysed (heatmaps, statistics, logit lens)
 DEFAULT_PAGE_TOKENS = 64  # tokens drawn by bertviz: its page grows with tokens²
@@ -178,13 +179,6 @@ def head_statistics(result: AttentionResult) -> dict[str, Any]:
             "mean distance": distance}
 
 
-@dataclass
-class LogitLens:
-    tokens: list[str]
-    top_tokens: list[list[str]]  # [layer][position]
-    top_probs: list[list[float]]
-
-
 def _final_norm(model: Any):
     for path in ("model.norm", "transformer.ln_f", "gpt_neox.final_layer_norm",
                  "model.decoder.final_layer_norm", "transformer.norm_f"):
@@ -198,35 +192,166 @@ def _final_norm(model: Any):
     return None
 
 
+@dataclass
+class LogitLens:
+    """The logit lens of a text: each layer's most likely next token at each position."""
+
+    tokens: list[str]
+    top_tokens: list[list[str]]  # [layer][position]
+    top_probs: list[list[float]]
+
+
+@dataclass(frozen=True)
+class LensStarted:
+    """The first event of :class:`LogitLensJob`, after the forward pass: the columns
+    (``tokens``) and rows (``layers``) of the lens to come."""
+
+    tokens: list[str]
+    layers: int
+
+
+@dataclass(frozen=True)
+class LensColumns:
+    """An event of :class:`LogitLensJob`: the lens at positions ``start`` to ``stop``
+    (excluded), every layer."""
+
+    start: int
+    stop: int
+    top_tokens: list[list[str]]  # [layer][position - start]
+    top_probs: list[list[float]]
+
+
+LENS_CHUNK = 16  # positions per chunk: about 0.5 s of SmolLM2's head on 2 cores
+HEAD_ROWS = 512  # rows (layer, position) per product with the head: 100 MB of SmolLM2 logits
+
+
+def next_chunk(done: Sequence[bool], preferred: tuple[int, int], size: int = LENS_CHUNK
+               ) -> tuple[int, int] | None:
+    """The next positions of the lens to compute, as ``(start, stop)``, or None when all
+    are ``done``: first the positions of the ``preferred`` range (the columns on screen)
+    not done yet, in one chunk of up to ``4 × size``; then ``size`` positions at a time,
+    those nearest the preferred range first (on the right when both sides are as near:
+    one reads on), going away from it."""
+    n = len(done)
+    start, stop = max(0, min(preferred[0], n)), max(0, min(preferred[1], n))
+    if stop < start:
+        start, stop = stop, start
+    first = next((i for i in range(start, stop) if not done[i]), None)
+    if first is not None:
+        end = first
+        while end < stop and not done[end] and end - first < 4 * size:
+            end += 1
+        return first, end
+    right = next((i for i in range(stop, n) if not done[i]), None)
+    left = next((i for i in range(start - 1, -1, -1) if not done[i]), None)
+    if right is None and left is None:
+        return None
+    if left is None or (right is not None and right - stop + 1 <= start - left):
+        end = right
+        while end < n and not done[end] and end - right < size:
+            end += 1
+        return right, end
+    begin = left
+    while begin >= 0 and not done[begin] and left - begin < size:
+        begin -= 1
+    return begin + 1, left + 1
+
+
+class LogitLensJob:
+    """The logit lens of ``text``, computed for the positions on screen first.
+
+    One forward pass gives every layer's hidden states; the final norm and the output
+    embedding (vocabulary × hidden: the costly part, layers × positions × vocabulary) are
+    then applied a chunk of positions at a time, as :func:`next_chunk` orders them from
+    the preferred range. Each chunk is a :class:`LensColumns` event, and the job can be
+    cancelled between chunks. :meth:`prefer` may be called from another thread while it
+    runs (the GUI, as the table scrolls): the next chunk follows the new range. Only a
+    chunk's positions go through the head, at most :data:`HEAD_ROWS` rows at a time, so
+    memory never holds positions × vocabulary logits.
+    """
+
+    def __init__(self, text: str, max_tokens: int | None = DEFAULT_MAX_TOKENS,
+                 first: tuple[int, int] = (0, 0), chunk: int = LENS_CHUNK) -> None:
+        check_token_cap(max_tokens, "The number of tokens analysed", 1)
+        check_token_cap(chunk, "The logit lens chunk", 1)
+        self.text, self.max_tokens, self.chunk = text, max_tokens, chunk
+        self.preferred = first
+
+    def prefer(self, start: int, stop: int) -> None:
+        """Compute positions ``start`` to ``stop`` (excluded) next. Safe from any thread:
+        the tuple is replaced whole and read once per chunk."""
+        self.preferred = (start, stop)
+
+    def run(self, loaded: Any) -> Generator[Any, None, LogitLens]:
+        """The job on ``loaded`` (a causal LM): yields :class:`Progress`,
+        :class:`LensStarted` and :class:`LensColumns` events, returns the whole lens."""
+        import inspect
+
+        import torch
+
+        from workbench.core.catalog import CAUSAL_LM
+        from workbench.core.generation import context_length
+
+        loaded.require(CAUSAL_LM, "the logit lens")
+        if not self.text.strip():
+            raise WorkbenchError("The text is empty.")
+        model, tokenizer = loaded.model, loaded.tokenizer
+        limit = min(self.max_tokens or 512, context_length(model) or 512)
+        encoded = tokenizer(self.text, truncation=True, max_length=limit, return_tensors="pt")
+        head = model.get_output_embeddings()
+        norm = _final_norm(model)
+        extra = {}
+        if "logits_to_keep" in inspect.signature(model.forward).parameters:
+            extra["logits_to_keep"] = 1  # the lens makes its own: skip positions × vocabulary
+        yield Progress("Logit lens: running the model…", None)
+        with torch.inference_mode():
+            out = model(**{k: v.to(model.device) for k, v in encoded.items()},
+                        output_hidden_states=True, **extra)
+        # embeddings, then every layer (the last one normed already)
+        states = out.hidden_states[1:]
+        del out
+        tokens = [tokenizer.decode([t]) for t in encoded["input_ids"][0].tolist()]
+        n, layers = len(tokens), len(states)
+        yield LensStarted(tokens, layers)
+        top_tokens = [[""] * n for _ in range(layers)]
+        top_probs = [[0.0] * n for _ in range(layers)]
+        done = [False] * n
+        count = 0
+        while (span := next_chunk(done, self.preferred, self.chunk)) is not None:
+            start, stop = span
+            width = stop - start
+            with torch.inference_mode():
+                # only these positions go through the head, every layer's in one product:
+                # a product per layer read the head's weights (113 MB for SmolLM2) once
+                # per layer and chunk, three times slower than the one-pass lens overall
+                rows = torch.cat([(norm(h[:, start:stop]) if i < layers - 1 and norm
+                                   is not None else h[:, start:stop])[0]
+                                  for i, h in enumerate(states)])
+                probs, ids = [], []
+                for block in rows.split(HEAD_ROWS):
+                    p, idx = torch.softmax(head(block).float(), -1).max(-1)
+                    probs.append(p)
+                    ids.append(idx)
+                p_all, idx_all = torch.cat(probs).tolist(), torch.cat(ids).tolist()
+            chunk_tokens = [[tokenizer.decode([t]) for t in idx_all[i:i + width]]
+                            for i in range(0, len(idx_all), width)]
+            chunk_probs = [p_all[i:i + width] for i in range(0, len(p_all), width)]
+            for layer in range(layers):
+                top_tokens[layer][start:stop] = chunk_tokens[layer]
+                top_probs[layer][start:stop] = chunk_probs[layer]
+            done[start:stop] = [True] * (stop - start)
+            count += stop - start
+            yield LensColumns(start, stop, chunk_tokens, chunk_probs)
+            yield Progress(f"Logit lens: {count} of {n} positions", count / n)
+        return LogitLens(tokens, top_tokens, top_probs)
+
+
 def logit_lens(loaded: Any, text: str, max_tokens: int | None = DEFAULT_MAX_TOKENS) -> LogitLens:
     """The most likely next token predicted from each layer's hidden state at each
-    position: the final norm and the output embedding applied to intermediate layers."""
-    import torch
-
-    from workbench.core.catalog import CAUSAL_LM
-
-    loaded.require(CAUSAL_LM, "the logit lens")
-    check_token_cap(max_tokens, "The number of tokens analysed", 1)
-    if not text.strip():
-        raise WorkbenchError("The text is empty.")
-    model, tokenizer = loaded.model, loaded.tokenizer
-    encoded = tokenizer(text, truncation=True, max_length=max_tokens or 512, return_tensors="pt")
-    head = model.get_output_embeddings()
-    norm = _final_norm(model)
-    with torch.inference_mode():
-        out = model(**{k: v.to(model.device) for k, v in encoded.items()},
-                    output_hidden_states=True)
-        states = out.hidden_states  # embeddings, then every layer (the last one normed)
-        top_tokens, top_probs = [], []
-        for i, h in enumerate(states[1:], start=1):
-            if i < len(states) - 1 and norm is not None:
-                h = norm(h)
-            probs = torch.softmax(head(h)[0].float(), -1)
-            p, idx = probs.max(-1)
-            top_tokens.append([tokenizer.decode([t]) for t in idx.tolist()])
-            top_probs.append(p.tolist())
-    tokens = [tokenizer.decode([t]) for t in encoded["input_ids"][0].tolist()]
-    return LogitLens(tokens, top_tokens, top_probs)
+    position: the final norm and the output embedding applied to intermediate layers
+    (the whole of :class:`LogitLensJob`, in order)."""
+    job = LogitLensJob(text, max_tokens)
+    return run_job(lambda ctx: job.run(loaded))
 
 
 # --- bertviz, offline and script-safe --------------------------------------------------------

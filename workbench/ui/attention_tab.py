@@ -18,6 +18,7 @@ from PySide6.QtWidgets import (
     QPushButton,
     QSpinBox,
     QSplitter,
+    QStyle,
     QTableWidget,
     QTableWidgetItem,
     QTabWidget,
@@ -30,13 +31,15 @@ from workbench.core.attention import (
     DEFAULT_PAGE_TOKENS,
     STATISTICS,
     AttentionResult,
+    LensColumns,
+    LensStarted,
     LogitLens,
+    LogitLensJob,
     PositionEmbeddings,
     attention_layers,
     bertviz_html,
     compute_attention,
     head_statistics,
-    logit_lens,
     position_embeddings,
 )
 from workbench.core.catalog import CLASSIFIER
@@ -82,6 +85,31 @@ def parse_layers(text: str, count: int | None = None) -> list[int] | None:
     return layers
 
 
+class LensTable(QTableWidget):
+    """The logit lens grid: a layer a row, a position a column. It is filled a chunk of
+    columns at a time, and each change refits the columns (:class:`ColumnFit`), which
+    asked Qt for every column's width of contents: 0.2-0.4 s for 400 columns, at each
+    chunk. The widths of the cells' texts are kept as they are set instead."""
+
+    def __init__(self) -> None:
+        super().__init__(0, 0)
+        self.text_widths: list[int] = []  # per column, of its widest cell; [] = ask Qt
+
+    def set_column_texts(self, column: int, texts: list[str]) -> None:
+        """Note the texts now in ``column`` (as an item delegate draws them: with its
+        margins and the grid line)."""
+        metrics, style = self.fontMetrics(), self.style()
+        margin = 2 * (style.pixelMetric(QStyle.PixelMetric.PM_FocusFrameHMargin, None,
+                                        self) + 1) + 2
+        self.text_widths[column] = max((metrics.horizontalAdvance(t) for t in texts),
+                                       default=0) + margin
+
+    def sizeHintForColumn(self, column: int) -> int:  # noqa: N802 (Qt API)
+        if 0 <= column < len(self.text_widths):
+            return self.text_widths[column]
+        return super().sizeHintForColumn(column)
+
+
 class AttentionTab(WorkbenchTab):
     title = "Attention"
     needs_text = "a model with attention layers"
@@ -91,6 +119,9 @@ class AttentionTab(WorkbenchTab):
         self.job_id: JobHandle | None = None
         self.lens_job: JobHandle | None = None  # the logit lens runs after the page is drawn
         self.lens_wanted = False  # a lens for the current view is still to be computed
+        self.lens_plan: LogitLensJob | None = None  # the current view's lens
+        self.lens_tokens: list[str] = []  # the columns of the lens table
+        self.lens_filled: list[bool] = []  # which of them hold their lens already
         self.current: AttentionView | None = None
         self.stats: dict | None = None
         self.web = None
@@ -154,11 +185,14 @@ class AttentionTab(WorkbenchTab):
         self.results.addTab(self.web_holder, "bertviz")
         self.results.addTab(self._build_heatmap_page(), "Heatmap")
         self.results.addTab(self._build_stats_page(), "Head statistics")
-        self.lens_table = QTableWidget(0, 0)
+        self.lens_table = LensTable()
         self.lens_table.setObjectName("logit-lens")
         self.lens_table.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
         # a column a token: a few fill the width; many narrow to 56 px, then scroll sideways
         fit_columns(self.lens_table, min_width=56)
+        # the columns in view are computed first, as they move too
+        self.lens_table.horizontalScrollBar().valueChanged.connect(self._prefer_visible)
+        self.lens_table.horizontalHeader().sectionResized.connect(self._prefer_visible)
         self.results.addTab(self.lens_table, "Logit lens")
         self.results.currentChanged.connect(
             lambda _: self.results.currentWidget() is self.lens_table and self.start_lens())
@@ -299,45 +333,92 @@ class AttentionTab(WorkbenchTab):
             return AttentionView(result, page, result.notices + notices, None,
                                  position_embeddings(loaded))
 
-        def lens_job(ctx: WorkerContext) -> LogitLens:
-            ctx.progress("Logit lens…", None)
-            return logit_lens(ctx.model(), text, max_tokens)
-
-        self.lens_function = lens_job
-
-        self.job_id = own_job(self, self.worker, "Attention", job, finished=self._view_done,
+        # The lens of the view shown now is no longer wanted: a new view is coming.
+        self.lens_wanted = False
+        if self.lens_job is not None:
+            self.lens_job.cancel()
+        plan = LogitLensJob(text, max_tokens)  # the lens of this view, run after it
+        self.job_id = own_job(self, self.worker, "Attention", job,
+                              finished=lambda outcome: self._view_done(outcome, plan),
                               failed=self._view_failed, cancelled=self._view_failed)
         self.run_button.setEnabled(False)
         self.notice.setText("Running…")
+
+    def _lens_event(self, event: object) -> None:
+        if isinstance(event, LensStarted):
+            if event.tokens != self.lens_tokens or event.layers != self.lens_table.rowCount():
+                self.lens_grid(event.tokens, event.layers)  # not the view's tokens: its own
+        elif isinstance(event, LensColumns):
+            self.fill_lens_columns(event.start, event.top_tokens, event.top_probs)
 
     def _lens_done(self, outcome: object) -> None:
         self.lens_job = None
         if isinstance(outcome, LogitLens) and self.current is not None:
             self.current.lens = outcome
-            self.fill_lens(outcome)
+            if outcome.tokens != self.lens_tokens:
+                self.fill_lens(outcome)
+            elif not all(self.lens_filled):  # the chunks filled all of it, normally
+                self.fill_lens_columns(0, outcome.top_tokens, outcome.top_probs)
 
     def _lens_failed(self, *failure) -> None:
         self.lens_job = None
-        self.fill_lens(None, "Failed: " + str(failure[0]) if failure else "Cancelled.")
+        message = "Failed: " + str(failure[0]) if failure else "Cancelled."
+        if not any(self.lens_filled):
+            self.fill_lens(None, message)
+            return
+        # the columns computed stay; the others say why they are empty
+        t = self.lens_table
+        for col, filled in enumerate(self.lens_filled):
+            if not filled:
+                for row in range(t.rowCount()):
+                    item = t.item(row, col)
+                    if item is not None:
+                        item.setText("")
+                        item.setToolTip(f"Not computed: {message}")
 
-    def _view_done(self, outcome: object) -> None:
+    def _view_done(self, outcome: object, plan: LogitLensJob | None = None) -> None:
         self.job_id = None
         self.run_button.setEnabled(True)
         if not isinstance(outcome, AttentionView):
             return
-        self.lens_wanted = outcome.result.is_decoder
+        self.lens_wanted = outcome.result.is_decoder and plan is not None
+        self.lens_plan = plan
         self.show_view(outcome)
         if self.results.currentWidget() is self.lens_table or self.web is None:
             self.start_lens()
 
     def start_lens(self, *_args) -> None:
         """Compute the logit lens of the current view, once: after the bertviz page has
-        loaded (its drawing and the lens would share the CPU) or when the lens is opened."""
-        if self.lens_wanted and self.lens_job is None:
+        loaded (its drawing and the lens would share the CPU) or when the lens is opened.
+        The columns in view come first, then the rest, a chunk at a time."""
+        plan = self.lens_plan
+        if self.lens_wanted and self.lens_job is None and plan is not None:
             self.lens_wanted = False
-            self.lens_job = own_job(self, self.worker, "Logit lens", self.lens_function,
-                                    finished=self._lens_done, failed=self._lens_failed,
-                                    cancelled=self._lens_failed)
+            self.lens_table.column_fit.fit()  # the widths it is about to get (a 0 ms timer)
+            plan.prefer(*self.visible_lens_columns())
+
+            def lens_job(ctx: WorkerContext):
+                return plan.run(ctx.model())  # a generator: the worker drives its events
+
+            self.lens_job = own_job(self, self.worker, "Logit lens", lens_job,
+                                    event=self._lens_event, finished=self._lens_done,
+                                    failed=self._lens_failed, cancelled=self._lens_failed)
+
+    def visible_lens_columns(self) -> tuple[int, int]:
+        """The columns of the lens table in view: ``(first, last + 1)``."""
+        t = self.lens_table
+        count = t.columnCount()
+        if not count:
+            return 0, 0
+        first, last = t.columnAt(0), t.columnAt(t.viewport().width() - 1)
+        return max(first, 0), (count if last < 0 else last + 1)
+
+    def _prefer_visible(self, *_args) -> None:
+        """The table scrolled or its columns changed width while the lens runs: the
+        columns now in view come next."""
+        if self.lens_job is not None and self.lens_plan is not None and \
+                not all(self.lens_filled):
+            self.lens_plan.prefer(*self.visible_lens_columns())
 
     def _view_failed(self, *failure) -> None:
         """The attention job failed (the exception and its traceback) or was cancelled."""
@@ -375,7 +456,10 @@ class AttentionTab(WorkbenchTab):
         self.stats = head_statistics(r)
         self.draw_heatmap()
         self.draw_stats()
-        self.fill_lens(view.lens, "Computing the logit lens…" if r.is_decoder else "")
+        if r.is_decoder and view.lens is None:  # "…" until each column is computed
+            self.lens_grid(r.tokens, r.layers)
+        else:
+            self.fill_lens(view.lens)
         self.show_positions(view.positions)
         for b in (self.export_html_button, self.export_png_button, self.export_csv_button):
             b.setEnabled(True)
@@ -456,17 +540,41 @@ class AttentionTab(WorkbenchTab):
     def fill_lens(self, lens: LogitLens | None, message: str = "") -> None:
         t = self.lens_table
         if lens is None:
+            self.lens_tokens, self.lens_filled = [], []
+            t.text_widths = []
             t.setRowCount(1)
             t.setColumnCount(1)
             t.setHorizontalHeaderLabels([""])
             t.setItem(0, 0, QTableWidgetItem(message or "The logit lens needs a decoder model."))
             return
-        t.setRowCount(len(lens.top_tokens))
-        t.setColumnCount(len(lens.tokens))
-        t.setHorizontalHeaderLabels([visible_token(tok) for tok in lens.tokens])
-        t.setVerticalHeaderLabels([f"layer {i + 1}" for i in range(len(lens.top_tokens))])
-        for row, (toks, probs) in enumerate(zip(lens.top_tokens, lens.top_probs, strict=True)):
-            for col, (tok, p) in enumerate(zip(toks, probs, strict=True)):
+        self.lens_grid(lens.tokens, len(lens.top_tokens))
+        self.fill_lens_columns(0, lens.top_tokens, lens.top_probs)
+
+    def lens_grid(self, tokens: list[str], layers: int) -> None:
+        """Lay the lens table out for ``tokens`` (columns) and ``layers`` (rows), every
+        cell "…" until its column is computed. The sideways scroll position stays: a new
+        run shows the same part of the text, and computes it first."""
+        t = self.lens_table
+        self.lens_tokens, self.lens_filled = list(tokens), [False] * len(tokens)
+        t.setRowCount(layers)
+        t.setColumnCount(len(tokens))
+        t.setHorizontalHeaderLabels([visible_token(tok) for tok in tokens])
+        t.setVerticalHeaderLabels([f"layer {i + 1}" for i in range(layers)])
+        t.text_widths = [0] * len(tokens)
+        for col in range(len(tokens)):
+            for row in range(layers):
+                item = QTableWidgetItem("…")
+                item.setForeground(QColor("gray"))
+                item.setToolTip("Computing…")
+                t.setItem(row, col, item)
+            t.set_column_texts(col, ["…"])
+
+    def fill_lens_columns(self, start: int, top_tokens: list[list[str]],
+                          top_probs: list[list[float]]) -> None:
+        """Show the lens of the columns from ``start`` on (``[layer][column - start]``)."""
+        t = self.lens_table
+        for row, (toks, probs) in enumerate(zip(top_tokens, top_probs, strict=True)):
+            for col, (tok, p) in enumerate(zip(toks, probs, strict=True), start=start):
                 item = QTableWidgetItem(visible_token(tok))
                 # white to a mid blue: black text stays readable on every shade (on a
                 # saturated blue it was not)
@@ -474,6 +582,10 @@ class AttentionTab(WorkbenchTab):
                 item.setForeground(QColor("black"))
                 item.setToolTip(f"{tok!r}: p = {p:.3f}")
                 t.setItem(row, col, item)
+        width = len(top_tokens[0]) if top_tokens else 0
+        for i in range(width):
+            t.set_column_texts(start + i, [visible_token(toks[i]) for toks in top_tokens])
+        self.lens_filled[start:start + width] = [True] * width
 
     # --- exports --------------------------------------------------------------------------------
     def export_html(self, path: str | None = None) -> None:
