@@ -3,10 +3,17 @@
 import numpy as np
 import pytest
 
-from workbench.core.attention import AttentionResult, bertviz_html, compute_attention
+from workbench.core.attention import (
+    AttentionResult,
+    LensColumns,
+    bertviz_html,
+    compute_attention,
+    logit_lens,
+)
 from workbench.core.loader import load_model
 from workbench.ui.attention_tab import AttentionView
 from workbench.ui.main_window import MainWindow
+from workbench.ui.widgets import visible_token
 
 HOSTILE = ["</script><script>window.__pwned=1</script>", "<!--", "<img src=x onerror=window.__pwned=2>",
            "a&amp;b"]
@@ -17,6 +24,7 @@ def window(qtbot):
     w = MainWindow(autoload=False)
     qtbot.addWidget(w)
     w.show()
+    w.tabs.setCurrentIndex(1)  # a page builds its charts when first shown
     qtbot.waitUntil(lambda: w.tab_pages[1].heat_plot is not None, timeout=10000)
     return w
 
@@ -88,8 +96,10 @@ def test_decoder_gets_a_logit_lens(qtbot, window, tiny):
     tab.text_b.clear()
     tab.start()
     qtbot.waitUntil(lambda: tab.job_id is None, timeout=60000)
-    # the page comes first; the lens follows once the page has loaded
-    assert tab.lens_table.item(0, 0).text() == "Computing the logit lens…"
+    # the page comes first; the lens follows once the page has loaded: until then its
+    # table has the tokens and layers, and "…" in every cell
+    assert tab.lens_table.item(0, 0).text() == "…" and tab.lens_table.columnCount() == 5
+    assert tab.lens_table.horizontalHeaderItem(1).text() == "cat"
     qtbot.waitUntil(lambda: not tab.lens_wanted and tab.lens_job is None, timeout=60000)
     assert tab.lens_table.rowCount() == 2 and tab.lens_table.columnCount() == 5
     assert tab.lens_table.horizontalHeaderItem(1).text() == "cat"
@@ -142,3 +152,50 @@ def test_hostile_tokens_show_literally_and_run_nothing(qtbot, window):
     for token in HOSTILE:
         assert token in shown
     assert js(qtbot, tab.web, "document.querySelectorAll('img').length") == 0
+
+
+def test_the_lens_fills_the_columns_in_view_first(qtbot, window, tiny):
+    load(qtbot, window, tiny("llama"))
+    window.tabs.setCurrentIndex(1)
+    tab = window.tab_pages[1]
+    tab.results.setCurrentWidget(tab.lens_table)
+    text = " ".join(["the cat sat on the mat because it was tired and the dog"] * 8)
+    tab.text.setPlainText(text)  # 104 tokens: far wider than the table
+    tab.max_tokens.setValue(120)
+    tab.start()
+    qtbot.waitUntil(lambda: tab.job_id is None and tab.lens_job is None, timeout=60000)
+    table = tab.lens_table
+    assert table.columnCount() == 104
+    qtbot.waitUntil(lambda: table.horizontalScrollBar().maximum() > 0, timeout=5000)
+    table.horizontalScrollBar().setValue(table.horizontalScrollBar().maximum() * 2 // 3)
+
+    def in_view() -> list[int]:
+        width = table.viewport().width()
+        return [c for c in range(table.columnCount())
+                if table.columnViewportPosition(c) < width
+                and table.columnViewportPosition(c) + table.columnWidth(c) > 0]
+
+    def shown(col: int) -> bool:
+        return all(table.item(row, col).text() != "…" for row in range(table.rowCount()))
+
+    arrivals = []  # at each chunk: its columns, those in view, and those shown
+
+    def on_event(job_id, event):
+        if isinstance(event, LensColumns):
+            arrivals.append(((event.start, event.stop), in_view(),
+                             [c for c in range(table.columnCount()) if shown(c)]))
+
+    window.worker.job_event.connect(on_event)  # after the tab's own: it has drawn the chunk
+    tab.start()  # the same text again, the table scrolled to its right part
+    qtbot.waitUntil(lambda: tab.job_id is None and tab.lens_job is None, timeout=60000)
+    window.worker.job_event.disconnect(on_event)
+    (start, stop), visible, filled = arrivals[0]
+    assert visible[0] > 20 and stop - start < 104  # a right part, not the whole text
+    assert start <= visible[0] and visible[-1] < stop  # the first chunk: the columns in view
+    assert filled == list(range(start, stop))  # shown at once; the others still "…"
+    assert len(arrivals) > 2
+    reference = logit_lens(load_model(str(tiny("llama"))), text, 120)
+    for row in range(2):
+        for col in range(104):
+            assert table.item(row, col).text() == visible_token(reference.top_tokens[row][col])
+    assert tab.current.lens.top_tokens == reference.top_tokens

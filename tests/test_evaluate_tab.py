@@ -18,6 +18,7 @@ def window(qtbot, tiny):
     qtbot.addWidget(w)
     w.show()
     w.load_model(str(tiny("gpt2")))
+    w.tabs.setCurrentIndex(3)  # a page builds its charts when first shown
     qtbot.waitUntil(lambda: not w.loading and w.tab_pages[3].surprisal_plot is not None,
                     timeout=60000)
     return w

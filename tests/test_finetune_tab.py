@@ -13,6 +13,7 @@ def window(qtbot, tiny):
     qtbot.addWidget(w)
     w.show()
     w.load_model(str(tiny("bert")))
+    w.tabs.setCurrentIndex(2)  # a page builds its charts when first shown
     qtbot.waitUntil(lambda: not w.loading and w.tab_pages[2].charts is not None, timeout=60000)
     return w
 

@@ -157,12 +157,13 @@ def case(qtbot, tiny, tmp_path, dialogs, monkeypatch):
     window = MainWindow(autoload=False)
     qtbot.addWidget(window)
     window.show()
-    qtbot.waitUntil(lambda: window.tab_pages[3].surprisal_plot is not None, timeout=20000)
+    qtbot.waitUntil(lambda: window.started, timeout=20000)
     window.load_model(str(tiny("gpt2")))
     qtbot.waitUntil(lambda: not window.loading, timeout=60000)
     assert list(dialogs) == []
 
     def make(tab: int) -> Case:  # (the app's data folder is in tmp_path too: see conftest)
+        window.tabs.setCurrentIndex(tab)  # the page a user acts on is the one shown
         return Case(qtbot, window, window.tab_pages[tab], tmp_path, tiny, monkeypatch)
 
     return make
@@ -279,7 +280,7 @@ def test_no_model_loaded(qtbot, tiny, tmp_path, dialogs, monkeypatch, name):
     window = MainWindow(autoload=False)
     qtbot.addWidget(window)
     window.show()
-    qtbot.waitUntil(lambda: window.tab_pages[3].surprisal_plot is not None, timeout=20000)
+    qtbot.waitUntil(lambda: window.started, timeout=20000)
     index, start, idle, title = NO_MODEL[name]
     tab = window.tab_pages[index]
     c = Case(qtbot, window, tab, tmp_path, tiny, monkeypatch)

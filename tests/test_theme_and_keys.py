@@ -32,8 +32,14 @@ def make_window(qtbot, **kwargs) -> MainWindow:
     window = MainWindow(autoload=False, **kwargs)
     qtbot.addWidget(window)
     window.show()
-    qtbot.waitUntil(lambda: window.tab_pages[3].surprisal_plot is not None, timeout=20000)
+    qtbot.waitUntil(lambda: window.started, timeout=20000)
     return window
+
+
+def evaluate_chart(qtbot, window: MainWindow):
+    window.tabs.setCurrentIndex(3)  # a page builds its charts when first shown
+    qtbot.waitUntil(lambda: window.tab_pages[3].surprisal_plot is not None, timeout=20000)
+    return window.tab_pages[3].surprisal_plot
 
 
 def test_dark_theme_gives_dark_widgets_and_charts_with_light_text(qtbot, keep_colours):
@@ -44,7 +50,7 @@ def test_dark_theme_gives_dark_widgets_and_charts_with_light_text(qtbot, keep_co
     # contrast of text on its background: WCAG-style, well above 4.5:1 in luminance terms
     assert lightness(palette.color(QPalette.ColorRole.Text)) - \
         lightness(palette.color(QPalette.ColorRole.Base)) > 150
-    chart = window.tab_pages[3].surprisal_plot
+    chart = evaluate_chart(qtbot, window)
     assert lightness(chart.backgroundBrush().color()) < 80
     axis = chart.getAxis("left")
     assert lightness(axis.textPen().color()) > 200
@@ -53,8 +59,8 @@ def test_dark_theme_gives_dark_widgets_and_charts_with_light_text(qtbot, keep_co
 
 def test_switching_to_light_restyles_the_charts_already_made(qtbot, keep_colours):
     window = make_window(qtbot, theme_choice="dark")
+    chart = evaluate_chart(qtbot, window)
     window.set_theme("light")
-    chart = window.tab_pages[3].surprisal_plot
     assert lightness(chart.backgroundBrush().color()) > 240
     assert lightness(chart.getAxis("left").textPen().color()) < 60
     assert lightness(QApplication.instance().palette().color(QPalette.ColorRole.Window)) > 150

@@ -526,6 +526,11 @@ class FinetuneTab(WorkbenchTab):
         legend_above(self.charts["loss"], labelTextSize="8pt")
         self.chart_pages.addWidget(grid)
         self.chart_widget = grid
+        for name in self.rows:  # runs followed before the charts existed
+            self._curves_for(name)
+
+    def restore(self) -> None:
+        """Follow again the runs attached before, and the runs started here that still go."""
         for folder in remembered_folders("finetune/attached"):
             if Path(folder).is_dir():
                 self.attach(folder, remember=False)

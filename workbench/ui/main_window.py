@@ -130,6 +130,7 @@ class MainWindow(QMainWindow):
         if device:
             self.picker.device.setCurrentText(device)
         self.autoload = autoload
+        self.started = False  # True once the window has appeared and restored its pages
         # Charts, the cache listing and the model load wait until the window has appeared.
         # The window is the timer's context: a window closed and deleted sooner is not called.
         QTimer.singleShot(50, self, self._after_show)
@@ -251,11 +252,15 @@ class MainWindow(QMainWindow):
     def _after_show(self) -> None:
         gui_thread_garbage_collection()
         for page in self.tab_pages:
+            page.build_when_shown = True  # the others build their charts when first shown
             try:
-                page.build_deferred()
+                page.restore()
+                if page is self.tabs.currentWidget():
+                    page.build_deferred()
             except Exception as exc:  # a page that cannot build never stops the start-up
                 self.log.append(f"The {page.title} tab could not restore everything: {exc}",
                                 "warning")
+        self.started = True
         self._list_cached_models()
         if self.autoload:
             self.picker.request_load()

@@ -66,8 +66,23 @@ class WorkbenchTab(QWidget):
                 return button
         return None
 
+    #: set by the window once it has appeared: from then on a page builds its costly widgets
+    #: the first time it is shown (a window opened on one tab never pays for the others')
+    build_when_shown = False
+
+    def showEvent(self, event) -> None:  # noqa: N802 (Qt's name)
+        if self.build_when_shown:
+            self.build_deferred()
+        super().showEvent(event)
+
     def build_deferred(self) -> None:
-        """Override to build costly widgets (charts) once the window is shown."""
+        """Override to build costly widgets (charts) the first time the page is shown after
+        the window appeared; what arrived before is drawn then. Called again, it does
+        nothing."""
+
+    def restore(self) -> None:
+        """Override to restore, once the window has appeared, what the page follows
+        (the Fine-tune tab's runs), whichever tab is shown."""
 
     def shutdown(self) -> None:
         """Override to release resources (web views) when the window closes."""
