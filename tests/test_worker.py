@@ -97,30 +97,6 @@ def test_shutdown_cancels_running_and_queued_jobs(qtbot):
     assert finished == []
 
 
-def test_streaming_on_the_cpu_leaves_a_core_to_the_window(monkeypatch):
-    from types import SimpleNamespace
-
-    import torch
-
-    from workbench.ui.worker import WorkerContext
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(4)
-    monkeypatch.setattr("os.cpu_count", lambda: 4)
-    ctx = WorkerContext()
-    try:
-        with ctx.leave_a_core(SimpleNamespace(device="cpu")):
-            assert torch.get_num_threads() == 3
-        assert torch.get_num_threads() == 4
-        with ctx.leave_a_core(SimpleNamespace(device="cuda")):
-            assert torch.get_num_threads() == 4  # the GPU does the work
-        monkeypatch.setattr("os.cpu_count", lambda: 1)
-        with ctx.leave_a_core(SimpleNamespace(device="cpu")):
-            assert torch.get_num_threads() == 4  # one core: nothing to leave
-    finally:
-        torch.set_num_threads(before)
-
-
 def test_garbage_is_collected_on_the_gui_thread_only(qtbot):
     import gc
 

@@ -223,9 +223,7 @@ class SingleRunView(QWidget):
         self._fill_picker([f"Sequence {i + 1}" for i in range(settings.num_return_sequences)])
 
         def job(ctx: WorkerContext) -> GenerationResult:
-            loaded = ctx.model()
-            with ctx.leave_a_core(loaded):
-                return generate(loaded, prompt, settings, ctx, top_n=TOP_N)
+            return generate(ctx.model(), prompt, settings, ctx, top_n=TOP_N)
 
         self.job = own_job(self, self.worker, "Generate", job,
                            event=self._generation_event, finished=self._generation_done,
@@ -606,9 +604,7 @@ class SingleRunView(QWidget):
         step, settings = self.selected_step, self.controls.settings()
 
         def job(ctx: WorkerContext) -> Branch:
-            loaded = ctx.model()
-            with ctx.leave_a_core(loaded):
-                return branch(loaded, base, parent, step, token, settings, ctx, top_n=TOP_N)
+            return branch(ctx.model(), base, parent, step, token, settings, ctx, top_n=TOP_N)
 
         self.branch_job = own_job(self, self.worker, "Branch", job,
                                   finished=self._branch_done, failed=self._branch_failed,

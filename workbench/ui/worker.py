@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import gc
 import itertools
-import os
 import queue
 import threading
 import time
@@ -34,25 +33,6 @@ class WorkerContext(JobContext):
     """A job's context on the worker: cancel token, event sink and the model store."""
 
     store: ModelStore | None = None
-
-    @contextmanager
-    def leave_a_core(self, loaded: LoadedModel) -> Iterator[None]:
-        """While a model streams tokens into the window from the CPU, let torch use one
-        core fewer, so the window's thread always has one to paint on. Small models lose
-        nothing by it (on 2 cores SmolLM2 makes 9 tokens/s with one thread or two), and
-        most main-loop gaps there drop under 50 ms."""
-        import torch
-
-        before = torch.get_num_threads()
-        fewer = min(before, (os.cpu_count() or 1) - 1)
-        if loaded.device != "cpu" or fewer < 1 or fewer == before:
-            yield
-            return
-        torch.set_num_threads(fewer)
-        try:
-            yield
-        finally:
-            torch.set_num_threads(before)
 
     def model(self, reference: str | None = None, options: LoadOptions | None = None
               ) -> LoadedModel:
