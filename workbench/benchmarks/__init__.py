@@ -29,6 +29,7 @@ FIGURES: dict[str, Figure] = {
     "decode_speedup": model_figures.bench_decode_speedup,
     "reduced_precision_perplexity": model_figures.bench_reduced_precision_perplexity,
     "compare_batched": model_figures.bench_compare_batched,
+    "generate_score_batched": model_figures.bench_generate_score_batched,
     "busy_decode": model_figures.bench_busy_decode,
     "perplexity_overhead": model_figures.bench_perplexity_overhead,
     "attribution_overhead": attribution_figures.bench_attribution_overhead,
@@ -40,6 +41,7 @@ FIGURES: dict[str, Figure] = {
     "attention_page_smollm": window_figures.bench_attention_page_smollm,
     "finetune_overhead": window_figures.bench_finetune_overhead,
     "monitor_large_run": window_figures.bench_monitor_large_run,
+    "logit_lens_first_view": model_figures.bench_logit_lens_first_view,
 }
 
 

@@ -392,3 +392,118 @@ def bench_perplexity_overhead(emit: Callable[[Any], None], repeats: int = 2) -> 
                   f"app {app:.0f} tokens/s vs bare sliding window {base:.0f} tokens/s "
                   f"({ids.shape[1]} tokens, window {max_length}, stride {stride})",
                   app_tokens_per_second=round(app, 1), bare_tokens_per_second=round(base, 1))
+
+
+def bench_generate_score_batched(emit: Callable[[Any], None], repeats: int = 2,
+                                 prompts: int = 16, tokens: int = 16) -> dict:
+    """Prompts/s of the app's generate-then-score (greedy, left-padded batches of its
+    default size, sacrebleu's scores) on the sample questions ÷ a bare loop of one
+    ``generate()`` a prompt on the same decoding model, in alternating runs."""
+    import torch
+
+    from workbench.core.data_files import read_pairs
+    from workbench.core.generate_score import BATCH_SIZE, generate_and_score
+    from workbench.core.generation import SamplingSettings
+    from workbench.core.loader import load_model
+
+    emit(Progress("generate_score_batched: loading SmolLM2", 0.0))
+    loaded = load_model("SmolLM2-135M-Instruct")
+    questions, references = read_pairs(sample_data("questions.tsv"))
+    questions = questions[:prompts]
+    references = [column[:prompts] for column in references]
+    settings = SamplingSettings(max_new_tokens=tokens, do_sample=False, chat=False)
+
+    def app() -> tuple[int, float]:
+        start = time.perf_counter()
+        result = generate_and_score(loaded, questions, references, settings)
+        return result.rows_done, time.perf_counter() - start
+
+    app()  # warm-up (and the decoding path's copy built)
+    model = loaded.decoding().model
+    encoded = [loaded.tokenizer(q, return_tensors="pt")["input_ids"] for q in questions]
+
+    def bare() -> tuple[int, float]:
+        start = time.perf_counter()
+        with torch.inference_mode():
+            for ids in encoded:
+                model.generate(ids, attention_mask=torch.ones_like(ids),
+                               **settings.generate_kwargs(),
+                               pad_token_id=loaded.tokenizer.pad_token_id)
+        return len(encoded), time.perf_counter() - start
+
+    bare()
+    app_runs, bare_runs = [], []
+    for i in range(repeats):
+        emit(Progress("generate_score_batched: timing", (i + 1) / (repeats + 1)))
+        bare_runs.append(bare())
+        app_runs.append(app())
+    app_rate, bare_rate = _median_rate(app_runs), _median_rate(bare_runs)
+    return figure(app_rate / bare_rate, 1.5, "higher",
+                  f"app {app_rate:.2f} prompts/s (batches of {BATCH_SIZE}, {tokens} new tokens, "
+                  f"scored) vs bare generate one prompt at a time {bare_rate:.2f} prompts/s, "
+                  f"{len(questions)} prompts, both decoding {loaded.decoding().label}",
+                  app_prompts_per_second=round(app_rate, 3),
+                  bare_prompts_per_second=round(bare_rate, 3), batch_size=BATCH_SIZE,
+                  decoding=loaded.decoding().name)
+
+
+def bench_logit_lens_first_view(emit: Callable[[Any], None], repeats: int = 2,
+                                tokens: int = 400, view: tuple[int, int] = (192, 208)) -> dict:
+    """Seconds until the logit lens of the 16 columns in view (positions 192-207 of a
+    400-token text, SmolLM2) is computed ÷ seconds of the whole lens in one pass with bare
+    transformers (hidden states, the final norm and the output embedding over every layer
+    and position, as the app computed it before): ≤ 0.5."""
+    import torch
+
+    from workbench.core.attention import LensColumns, LogitLensJob
+    from workbench.core.jobs import CancelToken, run_job
+    from workbench.core.loader import load_model
+
+    emit(Progress("logit_lens_first_view: loading SmolLM2", 0.0))
+    loaded = load_model("SmolLM2-135M-Instruct")
+    model = loaded.model
+    text = sample_data("corpus.txt").read_text(encoding="utf-8") * 3
+    ids = loaded.tokenizer(text, truncation=True, max_length=tokens, return_tensors="pt")
+
+    def one_pass() -> float:
+        start = time.perf_counter()
+        with torch.inference_mode():
+            states = model(**ids, output_hidden_states=True).hidden_states
+            for i, h in enumerate(states[1:], start=1):
+                logits = model.lm_head(h if i == len(states) - 1 else model.model.norm(h))
+                torch.softmax(logits[0].float(), -1).max(-1)
+        return time.perf_counter() - start
+
+    def chunked() -> tuple[float, float, int]:
+        """Seconds to the first chunk and to the whole lens, and the first chunk's width."""
+        first: list[tuple[float, int]] = []
+        start = time.perf_counter()
+
+        def on_event(event: Any) -> None:
+            if isinstance(event, LensColumns) and not first:
+                if not event.start <= view[0] < view[1] <= event.stop:
+                    raise RuntimeError(f"the first chunk {event.start}-{event.stop} is not "
+                                       f"the view {view[0]}-{view[1]}")
+                first.append((time.perf_counter() - start, event.stop - event.start))
+
+        job = LogitLensJob(text, tokens, first=view)
+        run_job(lambda ctx: job.run(loaded), on_event, CancelToken())
+        return first[0][0], time.perf_counter() - start, first[0][1]
+
+    one_pass()  # warm-up
+    firsts, wholes, passes = [], [], []
+    width = 0
+    for i in range(repeats):  # alternated: a busy moment weighs on both alike
+        emit(Progress("logit_lens_first_view: timing", (i + 1) / (repeats + 1)))
+        passes.append(one_pass())
+        seconds, whole, width = chunked()
+        firsts.append(seconds)
+        wholes.append(whole)
+    first_s, pass_s = statistics.median(firsts), statistics.median(passes)
+    whole_s = statistics.median(wholes)
+    return figure(first_s / pass_s, 0.5, "lower",
+                  f"the {width} columns in view of {ids['input_ids'].shape[1]} SmolLM2 tokens "
+                  f"after {first_s:.2f} s, the whole lens in one pass {pass_s:.2f} s (all "
+                  f"chunks {whole_s:.2f} s)",
+                  first_view_seconds=round(first_s, 3), one_pass_seconds=round(pass_s, 3),
+                  chunked_whole_seconds=round(whole_s, 3))

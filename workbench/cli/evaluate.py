@@ -20,7 +20,8 @@ from workbench.cli.common import (
 )
 from workbench.core.choice import TARGET_DELIMITER
 from workbench.core.errors import WorkbenchError
-from workbench.core.sampling import SamplingSettings
+from workbench.core.generate_score import BATCH_SIZE as GENERATE_BATCH_SIZE
+from workbench.core.sampling import MAX_SEQUENCES, SamplingSettings
 
 MAX_SAMPLES = 100_000  # paired-test resamples: sacrebleu holds samples × lines indices at once
 
@@ -67,6 +68,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                     help='"greedy", a preset (top-k 40, nucleus 0.9, creative, min-p 0.1) or '
                          '"top_k=40,temperature=0.8" (as for compare)')
     gs.add_argument("--max-new-tokens", type=int, default=48)
+    gs.add_argument("--batch-size", type=int, default=GENERATE_BATCH_SIZE,
+                    help="prompts generated together in one batch (default: "
+                         f"{GENERATE_BATCH_SIZE}; beam search goes one at a time)")
     gs.add_argument("--seed", type=int, default=defaults.seed)
     gs.add_argument("--chat", action=argparse.BooleanOptionalAction, default=defaults.chat)
     gs.add_argument("--all-lines", action="store_true",
@@ -222,6 +226,7 @@ def cmd_evaluate_generate(args: argparse.Namespace) -> int:
     from workbench.core.sampling import parse_strategy
 
     check_model_options(args)
+    check_whole(args.batch_size, "--batch-size", 1, MAX_SEQUENCES)
     metrics = parse_metrics(args.metrics)
     for name in metrics:
         make_metric(name)  # an unknown metric fails before loading
@@ -247,7 +252,8 @@ def cmd_evaluate_generate(args: argparse.Namespace) -> int:
             print(f"[{event.row}/{event.total}] {event.seconds:.1f} s  {text}", flush=True)
 
     result = generate_and_score(loaded, prompts, refs, settings, strategy.name, metrics,
-                                first_line=not args.all_lines, ctx=JobContext(emit=report))
+                                first_line=not args.all_lines, ctx=JobContext(emit=report),
+                                batch_size=args.batch_size)
     bar.finish()
     try:
         folder = save_result(result, folder)

@@ -8,7 +8,8 @@ is a header (:func:`workbench.core.data_files.read_pairs` reads it). Each prompt
 
 The prompts are generated several at a time: each batch of consecutive prompts is one
 ``generate`` call, left-padded to its longest prompt with an attention mask that hides the
-padding (greedy outputs are those of one prompt at a time). Beam search goes one prompt
+padding: greedy outputs are those of one prompt at a time (on a reduced-precision decoding
+path, up to rounding: a batch's sums run in another order). Beam search goes one prompt
 at a time.
 """
 
@@ -249,7 +250,7 @@ def unpadded(processor: Any, pads: list[int]) -> Any:
 
     reads_ids = (RepetitionPenaltyLogitsProcessor, NoRepeatNGramLogitsProcessor,
                  DryLogitsProcessor, XtcLogitsWarper)
-    if not any(pads) or not isinstance(processor, reads_ids):
+    if not isinstance(processor, reads_ids):
         return processor
     return _RowByRow(processor, pads)
 
