@@ -33,7 +33,7 @@ def reference_int8(linear: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
     return out if linear.bias is None else out + linear.bias.detach().double()
 
 
-@pytest.mark.parametrize("rows", [1, 3, 8, 9, 40])  # packed kernel up to 8 rows, then not
+@pytest.mark.parametrize("rows", [1, 3, 48, 49, 70])  # packed kernel up to 48 rows, then not
 def test_int8_layers_compute_the_quantised_product(rows):
     torch.manual_seed(rows)
     model = torch.nn.Sequential(torch.nn.Linear(48, 64), torch.nn.ReLU(),

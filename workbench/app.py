@@ -12,7 +12,7 @@ import sys
 def main(argv: list[str] | None = None) -> int:
     from workbench.core.threads import prepare_process
 
-    prepare_process()  # before torch starts its threads: they wait without spinning
+    prepare_process()  # before torch starts its threads: how long they spin while waiting
     from workbench import cli
 
     parser = cli.build_parser()

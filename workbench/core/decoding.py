@@ -37,7 +37,7 @@ from workbench.core.errors import WorkbenchError
 
 DECODE_CHOICES = ("auto", "exact", "int8", "bf16")
 AUTO_MIN_BYTES = 64 * 2**20  # float32 linear weights below this stay in the caches
-INT8_PACKED_ROWS = 8  # above this many rows, dequantise and multiply in bfloat16
+INT8_PACKED_ROWS = 48  # above this many rows (a long prompt), dequantise and multiply in bfloat16
 
 LABELS = {
     "exact": "exact (float32)",
