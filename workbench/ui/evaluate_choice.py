@@ -14,14 +14,10 @@ from PySide6.QtCore import Qt
 from PySide6.QtGui import QColor, QFont
 from PySide6.QtWidgets import (
     QFormLayout,
-    QHBoxLayout,
     QHeaderView,
-    QLabel,
-    QPushButton,
     QSplitter,
     QTableWidget,
     QTextEdit,
-    QWidget,
 )
 
 from workbench.core.catalog import CAUSAL_LM
@@ -61,16 +57,6 @@ def stretch_text_columns(t: QTableWidget, columns: list[int]) -> None:
     t.setTextElideMode(Qt.TextElideMode.ElideRight)
 
 
-def _buttons(run: QPushButton, page: JobPage, name: str) -> QHBoxLayout:
-    cancel = QPushButton("Cancel")
-    cancel.setObjectName(name)
-    cancel.clicked.connect(lambda: page.job is not None and page.job.cancel())
-    row = QHBoxLayout()
-    row.addWidget(run, 1)
-    row.addWidget(cancel)
-    return row
-
-
 class ChoicePage(JobPage):
     """acc and acc_norm of the loaded causal LM on a file of multiple-choice items."""
 
@@ -92,20 +78,13 @@ class ChoicePage(JobPage):
         form.addRow("Context column", self.context_column)
         form.addRow("Choices column", self.choices_column)
         form.addRow("Answer column", self.answer_column)
-        form.addRow(_buttons(self.run_button, self, "choice-cancel"))
-        form.addRow(self.status)
-        hint = QLabel("Each choice is scored by its log-likelihood after the context (with a "
-                      "space between), as lm-evaluation-harness's multiple_choice tasks do; "
-                      "acc_norm divides it by the choice's length in characters.")
-        hint.setWordWrap(True)
-        form.addRow(hint)
-        inputs = QWidget()
-        inputs.setLayout(form)
-        self.numbers = QLabel("Load a causal language model, choose a file of items and press "
-                              f"{self.job_title}.")
-        self.numbers.setObjectName("choice-numbers")
-        self.numbers.setWordWrap(True)
-        self.numbers.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        inputs = self.form_widget(
+            form, "choice-cancel",
+            "Each choice is scored by its log-likelihood after the context (with a space "
+            "between), as lm-evaluation-harness's multiple_choice tasks do; acc_norm divides "
+            "it by the choice's length in characters.")
+        self.numbers_label("choice-numbers", "Load a causal language model, choose a file of "
+                           f"items and press {self.job_title}.")
         self.items = table(["line", "acc", "acc_norm", "answer", "pick", "context"],
                            "choice-items")
         self.items.setToolTip("Green: the right choice; red: a wrong pick; bold: the pick by "
@@ -240,21 +219,14 @@ class PairsPage(JobPage):
         form.addRow("First sentence column", self.more_column)
         form.addRow("Second sentence column", self.less_column)
         form.addRow("Category column", self.category_column)
-        form.addRow(_buttons(self.run_button, self, "pairs-cancel"))
-        form.addRow(self.status)
-        hint = QLabel("Each sentence is scored alone by its log-likelihood, as "
-                      "lm-evaluation-harness's crows_pairs tasks do: pct_stereotype is the "
-                      "share of pairs where the first (stereotypical) sentence is the "
-                      "likelier, likelihood_diff the mean gap. 0.5 is no preference.")
-        hint.setWordWrap(True)
-        form.addRow(hint)
-        inputs = QWidget()
-        inputs.setLayout(form)
-        self.numbers = QLabel("Load a causal language model, choose a file of sentence pairs "
-                              f"and press {self.job_title}.")
-        self.numbers.setObjectName("pairs-numbers")
-        self.numbers.setWordWrap(True)
-        self.numbers.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        inputs = self.form_widget(
+            form, "pairs-cancel",
+            "Each sentence is scored alone by its log-likelihood, as lm-evaluation-harness's "
+            "crows_pairs tasks do: pct_stereotype is the share of pairs where the first "
+            "(stereotypical) sentence is the likelier, likelihood_diff the mean gap. 0.5 is no "
+            "preference.")
+        self.numbers_label("pairs-numbers", "Load a causal language model, choose a file of "
+                           f"sentence pairs and press {self.job_title}.")
         self.categories = table(["category", "pairs", "pct_stereotype", "± stderr",
                                  "likelihood_diff", "± stderr"], "pairs-categories")
         self.categories.verticalHeader().setVisible(False)

@@ -93,6 +93,36 @@ class JobPage(QWidget):
         self.result_view: QWidget | None = None  # the results, greyed out when stale
         self.has_result = False
 
+    def run_and_cancel(self, cancel_name: str) -> QHBoxLayout:
+        """The run button and a Cancel button for this page's job, side by side."""
+        cancel = QPushButton("Cancel")
+        cancel.setObjectName(cancel_name)
+        cancel.clicked.connect(lambda: self.job is not None and self.job.cancel())
+        row = QHBoxLayout()
+        row.addWidget(self.run_button, 1)
+        row.addWidget(cancel)
+        return row
+
+    def form_widget(self, form: QFormLayout, cancel_name: str, hint: str) -> QWidget:
+        """``form`` ended by the run and cancel buttons, the status line and ``hint``, as a
+        widget."""
+        form.addRow(self.run_and_cancel(cancel_name))
+        form.addRow(self.status)
+        note = QLabel(hint)
+        note.setWordWrap(True)
+        form.addRow(note)
+        inputs = QWidget()
+        inputs.setLayout(form)
+        return inputs
+
+    def numbers_label(self, name: str, text: str) -> QLabel:
+        """The page's summary line (selectable), saying what to do until there is one."""
+        self.numbers = QLabel(text)
+        self.numbers.setObjectName(name)
+        self.numbers.setWordWrap(True)
+        self.numbers.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        return self.numbers
+
     def submit(self, function, event=None) -> None:
         self.job = own_job(self, self.worker, self.job_title, function,
                            finished=self._finished, failed=self._failed,

@@ -139,12 +139,6 @@ class SweepPage(JobPage):
         self.reference = line("sweep-reference", "", "empty: the loaded model")
         self.reference.setToolTip("The model the perplexity is computed under (a built-in "
                                   "name, a folder or a Hub id); it is loaded for the run")
-        cancel = QPushButton("Cancel")
-        cancel.setObjectName("sweep-cancel")
-        cancel.clicked.connect(lambda: self.job is not None and self.job.cancel())
-        buttons = QHBoxLayout()
-        buttons.addWidget(self.run_button, 1)
-        buttons.addWidget(cancel)
         form = QFormLayout()
         form.addRow("Prompt", self.prompt)
         form.addRow("Columns (x)", self.x_axis)
@@ -155,20 +149,11 @@ class SweepPage(JobPage):
         form.addRow("", self.chat)
         form.addRow("", self.from_generate)
         form.addRow("Perplexity under", self.reference)
-        form.addRow(buttons)
-        form.addRow(self.status)
-        hint = QLabel("Each cell samples its n sequences in one batch with the same seed: "
-                      "cells differ by their two settings only.")
-        hint.setWordWrap(True)
-        form.addRow(hint)
-        inputs = QWidget()
-        inputs.setLayout(form)
-
-        self.numbers = QLabel("Load a causal language model, choose two settings and their "
-                              f"values, and press {self.job_title}.")
-        self.numbers.setObjectName("sweep-numbers")
-        self.numbers.setWordWrap(True)
-        self.numbers.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        inputs = self.form_widget(form, "sweep-cancel",
+                                  "Each cell samples its n sequences in one batch with the "
+                                  "same seed: cells differ by their two settings only.")
+        self.numbers_label("sweep-numbers", "Load a causal language model, choose two settings "
+                           f"and their values, and press {self.job_title}.")
         self.metric = QComboBox()
         self.metric.setObjectName("sweep-metric")
         for name in METRICS:
