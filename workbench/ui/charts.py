@@ -122,6 +122,9 @@ class CandidateChart(QWidget):
         self.plot.setXRange(-0.7, max(len(xs), 1) - 0.3)
 
 
+LEGEND_NAME = 11  # characters of a series name shown in a legend
+
+
 def legend_above(plot, columns: int = 2, **style):
     """A legend in the chart's title row, above the data (a legend inside the plot area
     covers curves): its entries side by side, ``columns`` a row. ``plot`` is a PlotItem or
@@ -249,7 +252,7 @@ class OverlayCurves(QWidget):
         self.plot.setLabel("bottom", "step")
         self.plot.getViewBox().setDefaultPadding(0.05)
         self.plot.showGrid(y=True, alpha=0.3)
-        self.legend = legend_above(self.plot, columns=3)
+        self.legend = legend_above(self.plot, columns=2)  # 3 would widen the chart past its view
         self.divergence = pg.InfiniteLine(angle=90, pen=pg.mkPen(200, 0, 0, style=Qt.PenStyle.DashLine),
                                           label="diverge", labelOpts={"position": 0.9})
         self.divergence.setVisible(False)
@@ -273,8 +276,10 @@ class OverlayCurves(QWidget):
                 curve.setData(list(range(len(ys))), ys)
                 curve.setVisible(True)
                 label = self.legend.getLabel(curve) if hasattr(self.legend, "getLabel") else None
-                if label is not None:
-                    label.setText(names[i])
+                if label is not None:  # a long name would widen the chart past its view
+                    name = names[i]
+                    label.setText(name if len(name) <= LEGEND_NAME else
+                                  name[:LEGEND_NAME - 1] + "…")
             else:
                 curve.setVisible(False)
         self.placeholder.show_content(bool(names))

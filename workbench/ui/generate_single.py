@@ -23,7 +23,6 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from workbench.core.decoding import LABELS
 from workbench.core.errors import WorkbenchError
 from workbench.core.generation import (
     Branch,
@@ -249,12 +248,13 @@ class SingleRunView(QWidget):
             self.save_session_button.setEnabled(True)
             self.inspect_button.setEnabled(True)
             note = " (stopped)" if result.stopped else ""
+            # the decoding path, when it is not the loaded model (the status bar names it)
+            path = "" if result.decoding == "exact" else f" ({result.decoding})"
             used = SamplingSettings(**result.settings).describe()
             self.stats.setText(" ".join(
                 [f"{result.new_tokens} tokens in {result.seconds:.1f} s, "
-                 f"{result.tokens_per_second:.1f} tokens/s{note} · decoding "
-                 f"{LABELS.get(result.decoding, result.decoding)} · {used} · click a token "
-                 "to inspect it."] + [f"<b>Note:</b> {n}" for n in result.notices]))
+                 f"{result.tokens_per_second:.1f} tokens/s{path}{note} · {used} · click a "
+                 "token to inspect it."] + [f"<b>Note:</b> {n}" for n in result.notices]))
             if result.settings.get("num_beams", 1) > 1:
                 self.show_sequence(self.sequence_picker.currentIndex())
         self._ended()
