@@ -188,3 +188,15 @@ def test_the_copy_keeps_tied_weights_tied_and_no_float32_weight(tiny, native_bf1
         assert held <= decoding.copy_bytes(name, model) + sum(
             b.numel() * b.element_size() for b in model.buffers()) + \
             sum(m.out_features * 2 for m in copy.modules() if hasattr(m, "qweight"))
+
+
+def test_a_copy_made_stays_in_use_when_memory_runs_low_later(llama, native_bf16, monkeypatch):
+    import workbench.core.generation as generation
+
+    llama.decode = "int8"
+    first = llama.decoding().model
+    monkeypatch.setattr(generation, "available_memory", lambda device: 1)
+    assert llama.decoding().model is first  # not dropped for the memory it already holds
+    llama.decode = "bf16"  # a new copy would not fit
+    path = llama.decoding()
+    assert path.name == "exact" and "needs" in path.note

@@ -94,8 +94,9 @@ def linear_bytes(model: Any) -> int:
                if isinstance(m, torch.nn.Linear))
 
 
-def unavailable(name: str, model: Any) -> str | None:
-    """Why path ``name`` cannot run ``model`` here (None when it can)."""
+def unavailable(name: str, model: Any, built: str | None = None) -> str | None:
+    """Why path ``name`` cannot run ``model`` here (None when it can); ``built`` names the
+    path whose copy exists already (its memory is spent)."""
     import torch
 
     device = next(model.parameters()).device.type
@@ -118,6 +119,8 @@ def unavailable(name: str, model: Any) -> str | None:
             return "this CPU has no native bfloat16 instructions (AVX-512 BF16 or AMX)"
         if device == "mps":
             return "bfloat16 is not used on Apple MPS"
+    if name == built:
+        return None
     from workbench.core.generation import available_memory
 
     need, free = copy_bytes(name, model), available_memory(device)
@@ -127,27 +130,28 @@ def unavailable(name: str, model: Any) -> str | None:
     return None
 
 
-def choose(requested: str, model: Any) -> tuple[str, str]:
+def choose(requested: str, model: Any, built: str | None = None) -> tuple[str, str]:
     """The path to run for ``requested`` (after :func:`check_decode`) and a note: why
-    ``auto`` chose it, or why a requested path falls back to ``exact``."""
+    ``auto`` chose it, or why a requested path falls back to ``exact``. ``built`` names the
+    path whose copy exists already."""
     if requested == "exact":
         return "exact", ""
     if requested == "auto":
-        why_not = unavailable("int8", model)
+        why_not = unavailable("int8", model, built)
         if why_not is None and linear_bytes(model) < AUTO_MIN_BYTES:
             why_not = "the model is small enough to decode from the caches"
         if why_not is None:
             return "int8", ""
         return "exact", f"fast decoding off: {why_not}"
-    why_not = unavailable(requested, model)
+    why_not = unavailable(requested, model, built)
     if why_not is None:
         return requested, ""
     return "exact", f"{LABELS[requested]} is not available ({why_not}); decoding exactly"
 
 
 class Int8Linear:
-    """Marker base for :func:`int8_linear`'s modules (built on ``nn.Module`` lazily, so
-    this module imports without torch)."""
+    """Marker base of the int8 layers (:func:`_int8_linear_class` builds their class on
+    ``nn.Module`` when first needed, so this module imports without torch)."""
 
 
 def _int8_linear_class() -> type:

@@ -75,7 +75,8 @@ class LoadedModel:
         for)."""
         from workbench.core import decoding
 
-        name, note = decoding.choose(decoding.check_decode(self.decode), self.model)
+        name, note = decoding.choose(decoding.check_decode(self.decode), self.model,
+                                     None if self._decoder is None else self._decoder[0])
         if name == "exact":
             return decoding.DecodePath(name, self.model, note)
         if self._decoder is None or self._decoder[0] != name:
