@@ -122,7 +122,7 @@ class CandidateChart(QWidget):
         self.plot.setXRange(-0.7, max(len(xs), 1) - 0.3)
 
 
-LEGEND_NAME = 11  # characters of a series name shown in a legend
+LEGEND_NAME = 10  # characters of a series name shown in a legend
 
 
 def legend_above(plot, columns: int = 2, **style):
@@ -278,8 +278,9 @@ class OverlayCurves(QWidget):
                 label = self.legend.getLabel(curve) if hasattr(self.legend, "getLabel") else None
                 if label is not None:  # a long name would widen the chart past its view
                     name = names[i]
+                    half = (LEGEND_NAME - 1) // 2  # both ends: where long names differ
                     label.setText(name if len(name) <= LEGEND_NAME else
-                                  name[:LEGEND_NAME - 1] + "…")
+                                  name[:half] + "…" + name[-half:])
             else:
                 curve.setVisible(False)
         self.placeholder.show_content(bool(names))
