@@ -125,6 +125,7 @@ def test_one_copy_is_kept_and_exact_builds_none(llama, native_bf16):
     assert second is not first and next(second.parameters()).dtype == torch.bfloat16
     llama.decode = "exact"
     assert llama.decoding().model is llama.model
+    assert llama._decoder is None  # the bfloat16 copy is dropped, not kept beside the model
 
 
 def test_sampling_with_the_app_chain_on_the_int8_path(llama, native_bf16):
@@ -200,3 +201,4 @@ def test_a_copy_made_stays_in_use_when_memory_runs_low_later(llama, native_bf16,
     llama.decode = "bf16"  # a new copy would not fit
     path = llama.decoding()
     assert path.name == "exact" and "needs" in path.note
+    assert llama._decoder is None  # the int8 copy nobody asks for any more is freed

@@ -78,6 +78,7 @@ class LoadedModel:
         name, note = decoding.choose(decoding.check_decode(self.decode), self.model,
                                      None if self._decoder is None else self._decoder[0])
         if name == "exact":
+            self._decoder = None  # a copy no longer used gives its memory back
             return decoding.DecodePath(name, self.model, note)
         if self._decoder is None or self._decoder[0] != name:
             self._decoder = None  # the old copy goes before the new one is built
