@@ -57,15 +57,36 @@ def wait_until(app, condition, timeout_s: float) -> bool:
     return True
 
 
+# The steps of the demo (named as in _shoot, which does them in its order) that each view of
+# --screenshot (workbench.cli.window.SCREENSHOT_VIEWS) shows: --views does only those needed.
+VIEW_NEEDS: dict[str, tuple[str, ...]] = {
+    "1-generate": ("generate",),
+    "1b-compare": ("compare",),
+    "1c-sampler-stages": ("generate",),
+    "1d-why-this-token": ("generate",),
+    "2-attention": ("attention",),
+    "3-finetune": ("finetune", "long-run"),  # the tab shows the attached run as well
+    "3b-attached-run": ("finetune", "long-run"),
+    "4-evaluate": ("finetune", "perplexity"),  # the base model against the tuned one
+    "4b-multiple-choice": ("choice",),
+    "4c-bleu": ("bleu",),
+    "4d-classification": ("classification",),
+    "4e-sampling-sweep": ("sweep",),
+}
+
+
 def take_screenshots(window, folder: Path, app, demo: bool = True,
-                     timeout_s: float = 180) -> list[Path]:
-    """Save one PNG per tab; with ``demo``, after loading the model and a short generation
+                     timeout_s: float = 180, views: tuple[str, ...] | None = None
+                     ) -> list[Path]:
+    """Save one PNG per tab and per view inside a tab (``views``: only these, by name;
+    default all); with ``demo``, after loading the model and the demo's work the views show
     (each step of the demo waits ``timeout_s`` at most: the whole stays bounded)."""
 
     folder.mkdir(parents=True, exist_ok=True)
     run_root = tempfile.mkdtemp(prefix="lmwb-demo-run-")
     try:
-        return _shoot(window, folder, app, demo, timeout_s, Path(run_root))
+        return _shoot(window, folder, app, demo, timeout_s, Path(run_root),
+                      tuple(VIEW_NEEDS) if views is None else views)
     finally:
         # A demo run slower than its wait (a busy machine) ends here: closing the window
         # would otherwise ask whether to keep it, and nobody answers an offscreen window.
@@ -74,13 +95,14 @@ def take_screenshots(window, folder: Path, app, demo: bool = True,
         shutil.rmtree(run_root, ignore_errors=True)
 
 
-def _shoot(window, folder: Path, app, demo: bool, timeout_s: float, run_root: Path
-           ) -> list[Path]:
+def _shoot(window, folder: Path, app, demo: bool, timeout_s: float, run_root: Path,
+           views: tuple[str, ...]) -> list[Path]:
     from workbench.core.attribution import METHODS
     from workbench.core.generation import SamplingSettings
     from workbench.core.paths import sample_data
     from workbench.core.runs import write_synthetic_run
 
+    needs = {step for name in views for step in VIEW_NEEDS[name]}
     # views inside a tab: (file name, tab, show it and return what to grab (None: the
     # window), ready, put it back)
     extra: list[tuple[str, int, Callable[[], object], Callable[[], bool],
@@ -90,20 +112,23 @@ def _shoot(window, folder: Path, app, demo: bool, timeout_s: float, run_root: Pa
         wait_until(app, lambda: not window.loading, timeout_s)
         generate = window.tab_pages[0]
         if window.loaded is not None and generate.compatible(window.loaded):
-            generate.set_settings(SamplingSettings(max_new_tokens=48, seed=1))
-            generate.start()
-            wait_until(app, lambda: generate.job_id is None, timeout_s)
-            steps = generate.current_steps()
-            if len(steps) > 2:  # show the candidates of an interesting (uncertain) step
-                generate.select_step(max(range(len(steps)), key=lambda i: steps[i].entropy))
-            # six strategies side by side, sampled ones in one batch
-            generate.compare.strategies.setPlainText(
-                "greedy\ntop-k 40\nnucleus 0.9\nmin-p 0.1\ntemperature=1.3,top_p=0.95\n"
-                "temperature=0.8,dry_multiplier=0.8")
-            generate.set_settings(SamplingSettings(max_new_tokens=24, seed=1))
-            generate.start_compare()
-            wait_until(app, lambda: not generate.running(), timeout_s)
-            generate.modes.setCurrentIndex(0)  # the tab's own picture: the single run
+            if "generate" in needs:
+                generate.set_settings(SamplingSettings(max_new_tokens=48, seed=1))
+                generate.start()
+                wait_until(app, lambda: generate.job_id is None, timeout_s)
+                steps = generate.current_steps()
+                if len(steps) > 2:  # show the candidates of an interesting (uncertain) step
+                    generate.select_step(max(range(len(steps)),
+                                             key=lambda i: steps[i].entropy))
+            if needs & {"generate", "compare"}:  # the tab's picture shows these settings
+                generate.set_settings(SamplingSettings(max_new_tokens=24, seed=1))
+            if "compare" in needs:  # six strategies side by side, sampled ones in one batch
+                generate.compare.strategies.setPlainText(
+                    "greedy\ntop-k 40\nnucleus 0.9\nmin-p 0.1\ntemperature=1.3,top_p=0.95\n"
+                    "temperature=0.8,dry_multiplier=0.8")
+                generate.start_compare()
+                wait_until(app, lambda: not generate.running(), timeout_s)
+                generate.modes.setCurrentIndex(0)  # the tab's own picture: the single run
             extra.append(("1b-compare", 0, lambda: generate.modes.setCurrentIndex(1),
                           lambda: True, lambda: generate.modes.setCurrentIndex(0)))
             single = generate.single
@@ -124,92 +149,101 @@ def _shoot(window, folder: Path, app, demo: bool, timeout_s: float, run_root: Pa
                               lambda: single.attribution.view.job is None,
                               lambda: single.attribution.close()))
             attention = window.tab_pages[1]
-            attention.start()
-            wait_until(app, lambda: attention.job_id is None, timeout_s)
-            if attention.web is not None:
-                loaded: list[bool] = []
-                attention.web.loaded.connect(loaded.append)
-                wait_until(app, lambda: bool(loaded), 60)
-                wait_until(app, lambda: False, 1.5)  # let the page draw its SVG
+            if "attention" in needs:
+                attention.start()
+                wait_until(app, lambda: attention.job_id is None, timeout_s)
+                if attention.web is not None:
+                    loaded: list[bool] = []
+                    attention.web.loaded.connect(loaded.append)
+                    wait_until(app, lambda: bool(loaded), 60)
+                    wait_until(app, lambda: False, 1.5)  # let the page draw its SVG
             finetune = window.tab_pages[2]  # a short causal-LM run on the bundled corpus
-            finetune.task.setCurrentIndex(1)
-            finetune.max_steps.setValue(12)
-            finetune.logging_steps.setValue(1)
-            finetune.eval_steps.setValue(4)
-            finetune.save_steps.setValue(12)
-            finetune.probe_every.setValue(6)
-            finetune.learning_rate.setValue(1e-4)
-            finetune.batch_size.setValue(4)
-            finetune.max_length.setValue(64)
-            finetune.output_dir.setText(str(run_root / "demo-run"))
-            finetune.remember_runs = False  # a demo run in a folder removed afterwards
-            finetune.start()
-            wait_until(app, lambda: not finetune.running, timeout_s)
+            if "finetune" in needs:
+                finetune.task.setCurrentIndex(1)
+                finetune.max_steps.setValue(12)
+                _demo_run_settings(finetune)
+                finetune.learning_rate.setValue(1e-4)
+                finetune.batch_size.setValue(4)
+                finetune.max_length.setValue(64)
+                finetune.output_dir.setText(str(run_root / "demo-run"))
+                finetune.start()
+                wait_until(app, lambda: not finetune.running, timeout_s)
             evaluate = window.tab_pages[3]  # the base model against the fine-tuned one
-            evaluate.compare_model.setCurrentText(finetune.final_model or "")
-            evaluate.start_perplexity()
-            wait_until(app, lambda: evaluate.ppl_job is None, timeout_s)
-            if evaluate.colour_by.count() == 3:  # where fine-tuning changed the surprisal
-                evaluate.colour_by.setCurrentIndex(2)
-                evaluate.colour_by.activated.emit(2)
-            # BLEU, chrF and TER of a hypothesis against its reference (the shipped corpus,
-            # and the same lines with words dropped and swapped)
-            reference = [line for line in sample_data("corpus.txt").read_text(
-                encoding="utf-8").splitlines() if line.strip()][:40]
-            hypothesis = [" ".join(w for i, w in enumerate(line.split()) if i % 5 != 3)
-                          for line in reference]
-            (run_root / "ref.txt").write_text("\n".join(reference) + "\n", encoding="utf-8")
-            (run_root / "hyp.txt").write_text("\n".join(hypothesis) + "\n", encoding="utf-8")
-            evaluate.hyp_file.setText(str(run_root / "hyp.txt"))
-            evaluate.ref_files.setText(str(run_root / "ref.txt"))
-            for box in evaluate.metric_boxes.values():
-                box.setChecked(True)
-            evaluate.start_bleu()
-            wait_until(app, lambda: evaluate.bleu_job is None, timeout_s)
+            if "perplexity" in needs:
+                evaluate.compare_model.setCurrentText(finetune.final_model or "")
+                evaluate.start_perplexity()
+                wait_until(app, lambda: evaluate.ppl_job is None, timeout_s)
+                if evaluate.colour_by.count() == 3:  # where fine-tuning changed the surprisal
+                    evaluate.colour_by.setCurrentIndex(2)
+                    evaluate.colour_by.activated.emit(2)
+            if "bleu" in needs:
+                # BLEU, chrF and TER of a hypothesis against its reference (the shipped
+                # corpus, and the same lines with words dropped and swapped)
+                reference = [line for line in sample_data("corpus.txt").read_text(
+                    encoding="utf-8").splitlines() if line.strip()][:40]
+                hypothesis = [" ".join(w for i, w in enumerate(line.split()) if i % 5 != 3)
+                              for line in reference]
+                (run_root / "ref.txt").write_text("\n".join(reference) + "\n",
+                                                  encoding="utf-8")
+                (run_root / "hyp.txt").write_text("\n".join(hypothesis) + "\n",
+                                                  encoding="utf-8")
+                evaluate.hyp_file.setText(str(run_root / "hyp.txt"))
+                evaluate.ref_files.setText(str(run_root / "ref.txt"))
+                for box in evaluate.metric_boxes.values():
+                    box.setChecked(True)
+                evaluate.start_bleu()
+                wait_until(app, lambda: evaluate.bleu_job is None, timeout_s)
             bleu_page = evaluate.modes.widget(1)
             extra.append(("4c-bleu", 3, lambda: evaluate.modes.setCurrentWidget(bleu_page),
                           lambda: True, lambda: evaluate.modes.setCurrentIndex(0)))
-            # a long run followed beside the demo run: 100,000 logged steps
-            long_run = run_root / "long-run"
-            write_synthetic_run(long_run, 100_000)
-            finetune.attach(str(long_run), remember=False)
+            if "long-run" in needs:  # a long run followed beside the demo run: 100,000 steps
+                long_run = run_root / "long-run"
+                write_synthetic_run(long_run, 100_000)
+                finetune.attach(str(long_run), remember=False)
 
             def long_run_drawn() -> bool:
                 curves = finetune.runs.get("long-run (attached)")
                 return curves is not None and len(curves.drawn) >= 4
             extra.append(("3b-attached-run", 2, lambda: None, long_run_drawn, lambda: None))
             choice = evaluate.choice_page  # the shipped common-sense items
-            choice.start()
-            wait_until(app, lambda: choice.job is None, timeout_s)
+            if "choice" in needs:
+                choice.start()
+                wait_until(app, lambda: choice.job is None, timeout_s)
             extra.append(("4b-multiple-choice", 3,
                           lambda: evaluate.modes.setCurrentWidget(choice), lambda: True,
                           lambda: evaluate.modes.setCurrentIndex(0)))
             sweep = evaluate.sweep_page  # temperature × top-p, 4 samples a cell
-            sweep.x_axis.setting.setCurrentText("temperature")
-            sweep.x_axis.values.setText("0.5:1.5:3")
-            sweep.y_axis.setting.setCurrentText("top_p")
-            sweep.y_axis.values.setText("0.5,0.9,1.0")
-            sweep.samples.setValue(4)
-            sweep.max_new.setValue(24)
-            sweep.start()
-            wait_until(app, lambda: sweep.job is None, timeout_s)
-            if sweep.result is not None:
-                sweep.select_cell(1, 1)  # the middle cell's samples
+            if "sweep" in needs:
+                sweep.x_axis.setting.setCurrentText("temperature")
+                sweep.x_axis.values.setText("0.5:1.5:3")
+                sweep.y_axis.setting.setCurrentText("top_p")
+                sweep.y_axis.values.setText("0.5,0.9,1.0")
+                sweep.samples.setValue(4)
+                sweep.max_new.setValue(24)
+                sweep.start()
+                wait_until(app, lambda: sweep.job is None, timeout_s)
+                if sweep.result is not None:
+                    sweep.select_cell(1, 1)  # the middle cell's samples
             extra.append(("4e-sampling-sweep", 3,
                           lambda: evaluate.modes.setCurrentWidget(sweep), lambda: True,
                           lambda: evaluate.modes.setCurrentIndex(0)))
-            # last: it changes the window's model
+            # last: it changes the window's model (and runs only when its view is taken)
             extra.append(("4d-classification", 3,
                           lambda: _classification_demo(window, app, run_root, timeout_s),
                           lambda: evaluate.classify_page.job is None,
                           lambda: evaluate.modes.setCurrentIndex(0)))
     saved = []
     for index, page in enumerate(window.tab_pages):
+        name = f"{index + 1}-{page.title.lower().replace('-', '')}"
+        if name not in views:
+            continue
         window.tabs.setCurrentIndex(index)
         # let layouts settle and paint; a web view shown again needs longer for its frame
         wait_until(app, lambda: False, 1.5 if getattr(page, "web", None) is not None else 0.2)
-        saved.append(_grab(window, folder / f"{index + 1}-{page.title.lower().replace('-', '')}.png"))
+        saved.append(_grab(window, folder / f"{name}.png"))
     for name, index, show, ready, back in extra:  # views inside a tab, after the tabs
+        if name not in views:
+            continue
         window.tabs.setCurrentIndex(index)
         target = show() or window
         wait_until(app, ready, timeout_s)
@@ -217,6 +251,16 @@ def _shoot(window, folder: Path, app, demo: bool, timeout_s: float, run_root: Pa
         saved.append(_grab(target, folder / f"{name}.png"))
         back()
     return saved
+
+
+def _demo_run_settings(finetune) -> None:
+    """Logging, evaluation, checkpoints and probes of a short demo run, kept out of the
+    user's remembered runs (its folder is removed afterwards)."""
+    finetune.logging_steps.setValue(1)
+    finetune.eval_steps.setValue(4)
+    finetune.save_steps.setValue(12)
+    finetune.probe_every.setValue(6)
+    finetune.remember_runs = False
 
 
 TOPICS = {  # four labels for the classification demo: sentences written for it
@@ -248,6 +292,7 @@ def _classification_demo(window, app, run_root: Path, timeout_s: float):
     wait_until(app, lambda: not window.loading, timeout_s)
     finetune = window.tab_pages[2]
     finetune.task.setCurrentIndex(0)
+    _demo_run_settings(finetune)  # as the causal-LM demo run leaves them, when it ran
     finetune.train_file.setText(str(data))
     finetune.validation_file.setText(str(data))
     finetune.max_steps.setValue(30)
@@ -322,7 +367,8 @@ def _run_window(app, args: argparse.Namespace) -> int:
         def shoot() -> None:
             try:
                 for path in take_screenshots(window, Path(args.screenshot), app,
-                                             demo=not args.no_autoload):
+                                             demo=not args.no_autoload,
+                                             views=args.views):
                     print(path)
             except Exception as exc:  # one line, non-zero exit
                 print(f"error: screenshots failed: {exc}", file=sys.stderr)
