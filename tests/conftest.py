@@ -110,6 +110,31 @@ def tiny(tiny_root):
     return get
 
 
+@pytest.fixture(scope="module")
+def window_pool():
+    """Windows kept between the cases of a module (tests/dialogs.py), closed at its end."""
+    from dialogs import WindowPool
+
+    pool = WindowPool()
+    yield pool
+    pool.close_all()
+    if os.environ.get("LMWB_POOL_REPORT"):  # how often a window was reused, and why not
+        print(f"\n{pool.new_windows} new windows, {pool.reused} reused", *pool.refused,
+              sep="\n  ")
+    import gc
+
+    gc.collect()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Each phase's report on its test (``item.report_call``): a fixture's teardown can
+    tell whether its test passed."""
+    outcome = yield
+    report = outcome.get_result()
+    setattr(item, f"report_{report.when}", report)
+
+
 @pytest.fixture(scope="session")
 def sandbox() -> Path:
     return _SANDBOX

@@ -9,7 +9,9 @@ failed), and nothing is written.
 Each case starts from a window with the tiny Llama loaded and one generation done (and one
 comparison, for the comparison's cases), sets its bad input, presses the button and waits
 for the worker. Every ``QMessageBox`` is recorded instead of shown; a file dialog answers
-with the case's path, or "cancel" when it has none.
+with the case's path, or "cancel" when it has none. (The window a passed case leaves is
+brought back to a fresh one's state and checked against it for the next case, which is far
+cheaper than a new window: see tests/dialogs.py.)
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from dialogs import Dialogs, record_dialogs, snapshot
+from dialogs import Dialogs, passed, quiet, record_dialogs, snapshot
 from PySide6.QtCore import QSettings
 
 from workbench.ui.main_window import MainWindow
@@ -90,34 +92,52 @@ class Case:
 
 
 @pytest.fixture
-def case(qtbot, tiny, tmp_path, dialogs):
-    """A window with the tiny Llama loaded, a generation done (and a comparison, with
-    ``compared``), and a :class:`Case`."""
-    window = MainWindow(autoload=False)
-    qtbot.addWidget(window)
-    window.show()
-    tab = window.tab_pages[0]
-    qtbot.waitUntil(lambda: tab.single.candidate_chart is not None, timeout=20000)
-    window.load_model(str(tiny("llama")))
-    qtbot.waitUntil(lambda: not window.loading, timeout=60000)
-    tab.prompt.setPlainText(PROMPT)
-    tab.controls.chat.setChecked(False)
-    tab.controls.max_new.setValue(8)
-    tab.compare.strategies.setPlainText(STRATEGIES)
+def case(request, qtbot, tiny, tmp_path, dialogs, window_pool):
+    """``case()`` → a :class:`Case` in a window with the tiny Llama loaded and a generation
+    done (and a comparison, with ``compared``), as a fresh window is: a new one, or one a
+    passed case left, brought back to a fresh one's state and checked against it
+    (tests/dialogs.py)."""
     folder = tmp_path / "case"
     folder.mkdir()
-    c = Case(qtbot, window, tab, folder, tiny, dialogs)
+    taken = []
 
-    def make(compared: bool = False) -> Case:
+    def build() -> MainWindow:
+        window = MainWindow(autoload=False)
+        window.show()
+        qtbot.waitUntil(lambda: window.tab_pages[0].single.candidate_chart is not None,
+                        timeout=20000)
+        window.load_model(str(tiny("llama")))
+        qtbot.waitUntil(lambda: not window.loading, timeout=60000)
+        settle(window)
+        return window
+
+    def settle(window: MainWindow) -> None:
+        qtbot.waitUntil(lambda: quiet(window) and not window.tab_pages[0].running()
+                        and window.tab_pages[0].single.session_job is None, timeout=60000)
+
+    def prepare(window: MainWindow, compared: bool) -> None:
+        tab = window.tab_pages[0]
+        tab.prompt.setPlainText(PROMPT)
+        tab.controls.chat.setChecked(False)
+        tab.controls.max_new.setValue(8)
+        tab.compare.strategies.setPlainText(STRATEGIES)
         tab.start()
-        c.wait_idle()
+        settle(window)
         if compared:
             tab.start_compare()
-            c.wait_idle()
-        assert dialogs.seen == [] and tab.single.result is not None
-        return c
+            settle(window)
 
-    return make
+    def make(compared: bool = False) -> Case:
+        taken.append(compared)
+        window = window_pool.take(compared, build, lambda w: prepare(w, compared), settle,
+                                  reread=lambda w: w.tab_pages[0].reload_presets())
+        tab = window.tab_pages[0]
+        assert dialogs.seen == [] and tab.single.result is not None
+        return Case(qtbot, window, tab, folder, tiny, dialogs)
+
+    yield make
+    for key in taken:
+        window_pool.give_back(key, reusable=passed(request.node))
 
 
 def inputs(tab) -> tuple:

@@ -6,7 +6,9 @@ nothing is written or lost; nothing hangs.
 Each case fills a form (or the model bar) from a fresh window, presses the button, waits
 for the worker to be idle and then checks the dialogs that were opened (every
 ``QMessageBox`` is recorded instead of shown, and every file dialog answers "cancel") and
-that the case's folder, the results history included, is byte for byte as before.
+that the case's folder, the results history included, is byte for byte as before. (The
+window a passed case leaves is brought back to a fresh one's state and checked against it
+for the next case, which is far cheaper than a new window: see tests/dialogs.py.)
 
 The Generate tab's cases are in test_generate_tab_bad_input.py; both record dialogs with
 tests/dialogs.py.
@@ -21,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from dialogs import Dialogs, record_dialogs, snapshot
+from dialogs import Dialogs, passed, quiet, record_dialogs, snapshot
 from PySide6.QtCore import QSettings
 
 from workbench.ui.main_window import MainWindow
@@ -152,21 +154,53 @@ def run_case(c: Case, dialogs: Dialogs, start, idle, title: str | None,
 
 
 @pytest.fixture
-def case(qtbot, tiny, tmp_path, dialogs, monkeypatch):
-    """A window with the tiny GPT-2 loaded, and a :class:`Case` for ``tab`` (an index)."""
-    window = MainWindow(autoload=False)
-    qtbot.addWidget(window)
-    window.show()
-    qtbot.waitUntil(lambda: window.started, timeout=20000)
-    window.load_model(str(tiny("gpt2")))
-    qtbot.waitUntil(lambda: not window.loading, timeout=60000)
-    assert list(dialogs) == []
+def case(request, qtbot, tiny, tmp_path, dialogs, monkeypatch, window_pool):
+    """``case(tab)`` → a :class:`Case` for ``tab`` (an index; the Evaluate page ``mode``
+    shown) in a window with the tiny GPT-2 loaded (and then ``model``, when given; no model
+    with ``models=()``), as a fresh window is: a new one, or one a passed case left,
+    brought back to a fresh one's state and checked against it (tests/dialogs.py)."""
+    taken = []
 
-    def make(tab: int) -> Case:  # (the app's data folder is in tmp_path too: see conftest)
-        window.tabs.setCurrentIndex(tab)  # the page a user acts on is the one shown
-        return Case(qtbot, window, window.tab_pages[tab], tmp_path, tiny, monkeypatch)
+    def settle(window: MainWindow) -> None:
+        qtbot.waitUntil(lambda: quiet(window), timeout=20000)
 
-    return make
+    def presets(window: MainWindow) -> None:
+        window.tab_pages[0].reload_presets()
+        window.tab_pages[3].generate_page.reload_strategies()
+
+    def show(window: MainWindow, tab: int | None, mode: int | None) -> None:
+        if tab is not None:
+            window.tabs.setCurrentIndex(tab)  # the page a user acts on is the one shown
+        if mode is not None:  # (a page of the Evaluate tab builds its widgets when shown)
+            window.tab_pages[tab].modes.setCurrentIndex(mode)
+        settle(window)
+
+    def build(models: tuple[str, ...], tab: int | None, mode: int | None) -> MainWindow:
+        window = MainWindow(autoload=False)
+        window.show()
+        qtbot.waitUntil(lambda: window.started, timeout=20000)
+        for index, family in enumerate(models):  # the page shown, then the second model
+            if index == 1:
+                show(window, tab, mode)
+            window.load_model(str(tiny(family)))
+            qtbot.waitUntil(lambda: not window.loading, timeout=60000)
+        show(window, tab, mode)
+        return window
+
+    def make(tab: int | None, mode: int | None = None, model: str | None = None,
+             models: tuple[str, ...] = ("gpt2",)) -> Case:
+        models = models + ((model,) if model else ())
+        key = (tab, mode, models)
+        taken.append(key)
+        window = window_pool.take(key, lambda: build(models, tab, mode),
+                                  lambda w: show(w, tab, mode), settle, reread=presets)
+        assert list(dialogs) == []
+        # (the app's data folder is in tmp_path too: see conftest)
+        return Case(qtbot, window, window.tab_pages[tab or 0], tmp_path, tiny, monkeypatch)
+
+    yield make
+    for key in taken:
+        window_pool.give_back(key, reusable=passed(request.node))
 
 
 def register(table: dict, name: str, title: str | None, *fragments: str):
@@ -254,7 +288,7 @@ def _(c):
 
 @pytest.mark.parametrize("name", params(PERPLEXITY))
 def test_perplexity(case, dialogs, name):
-    c = case(3)
+    c = case(3, mode=0)
     c.tab.modes.setCurrentIndex(0)
     c.tab.ppl_text.setPlainText(" ".join(WORDS * 3))
     fill, title, fragments = PERPLEXITY[name]
@@ -276,14 +310,10 @@ NO_MODEL = {  # the tab, its start, whether it is idle, the job's title
 
 
 @pytest.mark.parametrize("name", list(NO_MODEL))
-def test_no_model_loaded(qtbot, tiny, tmp_path, dialogs, monkeypatch, name):
-    window = MainWindow(autoload=False)
-    qtbot.addWidget(window)
-    window.show()
-    qtbot.waitUntil(lambda: window.started, timeout=20000)
+def test_no_model_loaded(case, dialogs, name):
     index, start, idle, title = NO_MODEL[name]
-    tab = window.tab_pages[index]
-    c = Case(qtbot, window, tab, tmp_path, tiny, monkeypatch)
+    c = case(None, models=())  # the page is not shown: its button is pressed all the same
+    tab = c.tab = c.window.tab_pages[index]
     run_case(c, dialogs, start(tab), lambda: idle(tab), title, ("No model is loaded",))
 
 
@@ -338,7 +368,7 @@ register(BLEU, "the history cannot be saved", HISTORY, "evaluate-history.json")(
 
 @pytest.mark.parametrize("name", params(BLEU))
 def test_bleu(case, dialogs, name):
-    c = case(3)
+    c = case(3, mode=1)
     c.tab.modes.setCurrentIndex(1)
     good_bleu(c)
     fill, title, fragments = BLEU[name]
@@ -394,7 +424,7 @@ register(GENERATE, "the data folder is read-only", GEN, "Cannot write the output
 
 @pytest.mark.parametrize("name", params(GENERATE))
 def test_generate_then_score(case, dialogs, name):
-    c = case(3)
+    c = case(3, mode=2)
     page = c.tab.generate_page
     c.tab.modes.setCurrentIndex(2)
     page.pairs_file.setText(c.file("pairs.tsv", PAIRS))
@@ -442,7 +472,7 @@ def _(c):
 
 @pytest.mark.parametrize("name", params(CLASSIFY))
 def test_classification(case, dialogs, name):
-    c = case(3)
+    c = case(3, mode=3)
     page = c.tab.classify_page
     c.tab.modes.setCurrentIndex(3)
     page.data_file.setText(c.file("labelled.csv", "text,label\nthe cat sat,LABEL_0\n"
@@ -631,9 +661,8 @@ register(FINETUNE, "resume a damaged run.json", FT, "is damaged")(
 
 @pytest.mark.parametrize("name", params(FINETUNE))
 def test_finetune(case, dialogs, name):
-    c = case(2)
+    c = case(2, model="bert")  # the tiny GPT-2 loaded, then the tiny BERT
     c.resume = False
-    c.load(c.tiny("bert"))
     c.window.tabs.setCurrentIndex(2)
     tab = c.tab
     tab.task.setCurrentIndex(0)

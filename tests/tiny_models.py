@@ -31,36 +31,44 @@ def build_tokenizer(kind: str):
                                    bos_token="<s>", eos_token="</s>")
 
 
-def _configs():
+def _config(family: str):
+    """The config, model class and tokenizer kind of ``family`` (only its classes are
+    imported: each family's modelling module takes a while to import)."""
     import transformers as t
 
     common = dict(vocab_size=80)
-    return {
-        "gpt2": (t.GPT2Config(n_embd=32, n_layer=2, n_head=2, n_positions=128, bos_token_id=5,
-                              eos_token_id=6, **common),
-                 t.GPT2LMHeadModel, "decoder"),
-        "llama": (t.LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                num_attention_heads=4, num_key_value_heads=2,
-                                max_position_embeddings=128, **common),
-                  t.LlamaForCausalLM, "decoder"),
-        "xlnet": (t.XLNetConfig(d_model=32, n_layer=2, n_head=2, d_inner=64, **common),
-                  t.XLNetLMHeadModel, "decoder"),
-        "bert": (t.BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                              intermediate_size=64, max_position_embeddings=128, **common),
-                 t.BertModel, "encoder"),
-        "roberta": (t.RobertaConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                    intermediate_size=64, max_position_embeddings=130,
-                                    pad_token_id=0, **common),
-                    t.RobertaForMaskedLM, "encoder"),
-        "albert": (t.AlbertConfig(hidden_size=32, embedding_size=16, num_hidden_layers=2,
-                                  num_attention_heads=2, intermediate_size=64,
-                                  max_position_embeddings=128, **common),
-                   t.AlbertForMaskedLM, "encoder"),
-        "bert-classifier": (t.BertConfig(hidden_size=32, num_hidden_layers=2,
-                                         num_attention_heads=2, intermediate_size=64,
-                                         max_position_embeddings=128, num_labels=2, **common),
-                            t.BertForSequenceClassification, "encoder"),
-    }
+    if family == "gpt2":
+        return (t.GPT2Config(n_embd=32, n_layer=2, n_head=2, n_positions=128, bos_token_id=5,
+                             eos_token_id=6, **common),
+                t.GPT2LMHeadModel, "decoder")
+    if family == "llama":
+        return (t.LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                              num_attention_heads=4, num_key_value_heads=2,
+                              max_position_embeddings=128, **common),
+                t.LlamaForCausalLM, "decoder")
+    if family == "xlnet":
+        return (t.XLNetConfig(d_model=32, n_layer=2, n_head=2, d_inner=64, **common),
+                t.XLNetLMHeadModel, "decoder")
+    if family == "bert":
+        return (t.BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                             intermediate_size=64, max_position_embeddings=128, **common),
+                t.BertModel, "encoder")
+    if family == "roberta":
+        return (t.RobertaConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                intermediate_size=64, max_position_embeddings=130,
+                                pad_token_id=0, **common),
+                t.RobertaForMaskedLM, "encoder")
+    if family == "albert":
+        return (t.AlbertConfig(hidden_size=32, embedding_size=16, num_hidden_layers=2,
+                               num_attention_heads=2, intermediate_size=64,
+                               max_position_embeddings=128, **common),
+                t.AlbertForMaskedLM, "encoder")
+    if family == "bert-classifier":
+        return (t.BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                             intermediate_size=64, max_position_embeddings=128, num_labels=2,
+                             **common),
+                t.BertForSequenceClassification, "encoder")
+    raise KeyError(family)
 
 
 FAMILIES = ("gpt2", "llama", "xlnet", "bert", "roberta", "albert", "bert-classifier")
@@ -70,7 +78,7 @@ def build_model(family: str, folder: Path, safe: bool = True) -> Path:
     import torch
 
     torch.manual_seed(0)
-    config, cls, kind = _configs()[family]
+    config, cls, kind = _config(family)
     model = cls(config)
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(folder)
