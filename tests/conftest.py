@@ -145,9 +145,10 @@ def pytest_unconfigure(config):
     shutil.rmtree(_SANDBOX, ignore_errors=True)
 
 
-# The longest tests (about a minute each on 2 cores: the --screenshot demo, training runs
-# in their own processes, fine-tuning from the window) go first, so that the two workers
-# share them out instead of one worker still running one at the end.
+# The longest tests (up to half a minute each on 2 cores: the --screenshot test with the
+# real model, which also converts it once for its worker; training runs in their own
+# processes; fine-tuning from the window) go first, so that the two workers share them out
+# instead of one worker still running one at the end.
 _LONG_FIRST = ("test_screenshot_with_the_default_model", "test_training_process.py",
                "test_finetune_tab.py", "test_cli.py::test_finetune",
                "test_bundled_models.py", "test_bad_files.py::test_perplexity_of_a_long_text")
