@@ -160,6 +160,21 @@ def test_bad_settings(tmp_path, tiny, change, message):
         run_finetune(config(tmp_path, tiny, **change))
 
 
+def test_the_schedules_are_the_trainers_own():
+    """A configuration is checked without importing the Trainer: its list of schedules is
+    transformers' own, and a name that is not known is refused with transformers' list."""
+    from transformers.trainer_utils import SchedulerType
+
+    from workbench.core.finetune import SCHEDULERS
+
+    assert list(SCHEDULERS) == [kind.value for kind in SchedulerType]
+    base = dict(task="classify", model="m", train_file="t", output_dir="o")
+    FinetuneConfig(**base, lr_scheduler="cosine").validate()
+    with pytest.raises(WorkbenchError, match="Unknown learning-rate schedule 'bogus': use one "
+                       "of linear, cosine, .*, greedy"):
+        FinetuneConfig(**base, lr_scheduler="bogus").validate()
+
+
 def test_bad_data(tmp_path, tiny):
     one = sentiment_csv(tmp_path / "one.csv", labels=("good",))
     with pytest.raises(WorkbenchError, match="single class"):
@@ -426,3 +441,36 @@ def test_too_little_free_space_refuses_to_start(tmp_path, tiny, monkeypatch):
     warnings = [e.message for e in events if isinstance(e, LogLine) and e.level == "warning"]
     assert result.global_step == 2 and any("2 checkpoint(s) and final model" in w
                                            for w in warnings)
+
+
+def test_a_run_trains_float32_weights_even_from_a_half_precision_model(tmp_path, tiny):
+    """The weights train in float32 (on a GPU under autocast): a model handed over in
+    bfloat16, as a GPU loads by default, is loaded again in float32 for the run, whose
+    updates would otherwise mostly round away."""
+    import torch
+    from safetensors import safe_open
+
+    from workbench.core.loader import LoadOptions
+
+    cfg = config(tmp_path, tiny, "lm", max_steps=2)
+    half = load_model(cfg.model, LoadOptions(dtype="bfloat16"))
+    events = []
+    result = run_finetune(cfg, JobContext(emit=events.append), loaded=half)
+    with safe_open(str(Path(result.final_model) / "model.safetensors"), "pt") as f:
+        dtypes = {f.get_slice(name).get_dtype() for name in f.keys()}
+    assert dtypes == {"F32"}
+    assert next(half.model.parameters()).dtype == torch.bfloat16  # the caller's model untouched
+    lines = [e.message for e in events if isinstance(e, LogLine)]
+    assert any(line == "Training on cpu in float32" for line in lines), lines
+
+
+def test_on_a_gpu_a_run_trains_under_autocast(monkeypatch):
+    import torch
+
+    from workbench.core.finetune import mixed_precision
+
+    assert mixed_precision("cpu") is None and mixed_precision("mps") is None
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert mixed_precision("cuda") == "bf16" and mixed_precision("cuda:1") == "bf16"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert mixed_precision("cuda") == "fp16"

@@ -191,7 +191,8 @@ def test_charts_wait_while_another_tab_is_shown(qtbot, window):
     window.tabs.setCurrentIndex(0)
     tab.rows["later"] = [{"step": 1, "loss": 0.5, "seconds": 0.1}]
     tab.charts_changed()
-    qtbot.wait(1000)
+    assert tab.redraw_timer.isActive()
+    qtbot.waitUntil(lambda: not tab.redraw_timer.isActive(), timeout=5000)  # its turn came
     assert "later" not in tab.runs  # no redraw work for a hidden tab
     window.tabs.setCurrentIndex(2)
     qtbot.waitUntil(lambda: "later" in tab.runs and

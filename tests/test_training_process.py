@@ -299,11 +299,9 @@ def test_bad_finetune_arguments_are_one_line_and_write_nothing(tmp_path, tiny, e
 def test_trust_and_pickle_permissions_are_kept_with_the_run(tmp_path, tiny):
     data = sentiment_csv(tmp_path / "d.csv")
     folder = tmp_path / "run"
-    result = subprocess.run([sys.executable, "main.py", "finetune", "--task", "classify",
-                             "--model", str(tiny("bert")), "--train", data, "--output",
-                             str(folder), "--max-steps", "1", "--trust-remote-code",
-                             "--allow-pickle"], cwd=ROOT, capture_output=True, text=True,
-                            timeout=300)
+    result = run_in_process("finetune", "--task", "classify", "--model", str(tiny("bert")),
+                            "--train", data, "--output", str(folder), "--max-steps", "1",
+                            "--trust-remote-code", "--allow-pickle")
     assert result.returncode == 0, result.stderr
     saved = json.loads((folder / "run.json").read_text())
     assert saved["trust_remote_code"] is True and saved["allow_pickle"] is True

@@ -121,10 +121,10 @@ class FinetuneConfig:
                         for v in (self.probe_prompts, self.lora_target_modules)):
             raise WorkbenchError("The validation file must be text, and the probe prompts and "
                                  "LoRA target modules lists of text.")
+        unknown_schedule = _unknown_schedule(self.lr_scheduler)
         checks = [
             (self.task in ("lm", "classify"), f"Unknown task '{self.task}': use lm or classify."),
-            (self.lr_scheduler in _schedulers(), f"Unknown learning-rate schedule "
-             f"'{self.lr_scheduler}': use one of {', '.join(_schedulers())}."),
+            (unknown_schedule is None, unknown_schedule or ""),
             (self.learning_rate > 0, "The learning rate must be above 0."),
             (self.warmup_steps >= 0, "The warmup steps cannot be negative."),
             (0 <= self.seed < 2**32, "The seed must be in [0, 2³²)."),
@@ -158,11 +158,32 @@ class FinetuneConfig:
         return cls(**{k: v for k, v in data.items() if k in names})
 
 
+#: The learning-rate schedules transformers' Trainer knows by name (its ``SchedulerType``),
+#: so that checking a configuration imports nothing: importing the Trainer's module takes
+#: seconds (it imports peft, and with it most of transformers), which a refused argument on
+#: the command line or the window's Start button paid before saying anything. A name not
+#: here is looked up in transformers itself (test_finetune checks that both agree).
+SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant",
+              "constant_with_warmup", "inverse_sqrt", "reduce_lr_on_plateau",
+              "cosine_with_min_lr", "cosine_warmup_with_min_lr", "warmup_stable_decay",
+              "greedy")
+
+
 def _schedulers() -> list[str]:
     """The learning-rate schedules transformers' Trainer knows by name."""
     from transformers.trainer_utils import SchedulerType
 
     return [kind.value for kind in SchedulerType]
+
+
+def _unknown_schedule(name: str) -> str | None:
+    """What is wrong with the learning-rate schedule ``name``; None when the Trainer knows
+    it."""
+    if name in SCHEDULERS:
+        return None
+    known = _schedulers()
+    return None if name in known else \
+        f"Unknown learning-rate schedule '{name}': use one of {', '.join(known)}."
 
 
 def split_names(text: str) -> list[str]:
@@ -205,8 +226,44 @@ class PreparedData:
     summary: str = ""
 
 
-def prepare_data(config: FinetuneConfig, tokenizer: Any) -> PreparedData:
-    """Read, check and tokenise the training (and validation) data.
+@dataclass
+class DataRead:
+    """A run's data as read from its files and checked, not yet tokenised: the texts of a
+    causal-LM run, or the labelled rows and the labels of a classification run."""
+
+    texts: list[str] = field(default_factory=list)
+    validation_texts: list[str] = field(default_factory=list)
+    rows: list[tuple[str, str | None]] = field(default_factory=list)
+    validation_rows: list[tuple[str, str | None]] | None = None  # None: no validation file
+    labels: list[str] = field(default_factory=list)
+
+
+def read_data(config: FinetuneConfig) -> DataRead:
+    """Read and check the training (and validation) files of ``config``: what needs no
+    tokenizer, so that a run refuses bad data before it loads the model."""
+    if config.task == "lm":
+        return DataRead(texts=read_texts(config.train_file, config.text_column),
+                        validation_texts=read_texts(config.validation_file, config.text_column)
+                        if config.validation_file else [])
+    rows = read_rows(config.train_file, config.text_column, config.label_column)
+    labels = sorted({lab for _, lab in rows if lab is not None})
+    if len(labels) < 2:
+        raise WorkbenchError(f"The training data has a single class ({labels[0] if labels else 'none'}"
+                             "): classification needs at least two labels.")
+    val_rows = None
+    if config.validation_file:
+        val_rows = read_rows(config.validation_file, config.text_column, config.label_column)
+        unknown = sorted({lab for _, lab in val_rows} - set(labels))
+        if unknown:
+            raise WorkbenchError(f"The validation file has labels that are not in the training "
+                                 f"data: {', '.join(map(str, unknown))}.")
+    return DataRead(rows=rows, validation_rows=val_rows, labels=labels)
+
+
+def prepare_data(config: FinetuneConfig, tokenizer: Any, read: DataRead | None = None
+                 ) -> PreparedData:
+    """Read (unless ``read`` holds what :func:`read_data` read), check and tokenise the
+    training (and validation) data.
 
     For classification the rows of a batch are padded: a model without a pad token (GPT-2,
     Llama) pads with its end-of-text token, as transformers' examples do, and the summary
@@ -214,16 +271,14 @@ def prepare_data(config: FinetuneConfig, tokenizer: Any) -> PreparedData:
     :func:`workbench.core.loader.set_pad_token`)."""
     import random
 
+    read = read_data(config) if read is None else read
     rng = random.Random(config.seed)
     if config.task == "lm":
-        texts = read_texts(config.train_file, config.text_column)
-        val_texts = read_texts(config.validation_file, config.text_column) \
-            if config.validation_file else []
-        train = lm_blocks(tokenizer, texts, config.max_length)
+        train = lm_blocks(tokenizer, read.texts, config.max_length)
         if not train:
             raise WorkbenchError("The training text is too short to make one block of tokens.")
-        if val_texts:
-            validation = lm_blocks(tokenizer, val_texts, config.max_length)
+        if read.validation_texts:
+            validation = lm_blocks(tokenizer, read.validation_texts, config.max_length)
         elif config.validation_split > 0 and len(train) >= 4:
             rng.shuffle(train)
             cut = max(1, int(len(train) * config.validation_split))
@@ -234,18 +289,8 @@ def prepare_data(config: FinetuneConfig, tokenizer: Any) -> PreparedData:
             (f", {len(validation)} validation blocks" if validation else "")
         return PreparedData(_Encoded(train), _Encoded(validation) if validation else None,
                             summary=summary)
-    rows = read_rows(config.train_file, config.text_column, config.label_column)
-    labels = sorted({lab for _, lab in rows if lab is not None})
-    if len(labels) < 2:
-        raise WorkbenchError(f"The training data has a single class ({labels[0] if labels else 'none'}"
-                             "): classification needs at least two labels.")
-    if config.validation_file:
-        val_rows = read_rows(config.validation_file, config.text_column, config.label_column)
-        unknown = sorted({lab for _, lab in val_rows} - set(labels))
-        if unknown:
-            raise WorkbenchError(f"The validation file has labels that are not in the training "
-                                 f"data: {', '.join(map(str, unknown))}.")
-    else:
+    rows, labels, val_rows = list(read.rows), read.labels, read.validation_rows
+    if val_rows is None:
         rng.shuffle(rows)
         cut = int(len(rows) * config.validation_split)
         val_rows, rows = rows[:cut], rows[cut:]
@@ -531,8 +576,6 @@ def run_finetune(config: FinetuneConfig, ctx: JobContext | None = None, resume: 
     decides the data and model, and ``config``'s ``max_steps`` and ``epochs`` are the new
     limits. Everything is checked before anything is written.
     """
-    import torch
-
     from workbench.core.loader import LoadOptions, load_model
 
     ctx = ctx or JobContext()
@@ -541,24 +584,33 @@ def run_finetune(config: FinetuneConfig, ctx: JobContext | None = None, resume: 
     # pressed while the process was still starting counts) or else from now.
     since = _launch_time() or time.time()
     config, folder, checkpoint = checked_config(config, resume)
+    ctx.progress("Reading the data…", None)
+    read = read_data(config)  # bad data is refused before torch and the model are loaded
     ctx.progress("Loading the model…", None)
-    if loaded is None or loaded.reference != config.model:
+    import torch
+
+    # The weights train in float32 (on a GPU under bfloat16/float16 autocast: see
+    # mixed_precision); a model loaded in half precision would round most of AdamW's small
+    # updates away.
+    if (loaded is None or loaded.reference != config.model
+            or next(loaded.model.parameters()).dtype != torch.float32):
         loaded = load_model(config.model, LoadOptions(
-            trust_remote_code=config.trust_remote_code, allow_pickle=config.allow_pickle),
-            ctx.emit)
+            dtype="float32", trust_remote_code=config.trust_remote_code,
+            allow_pickle=config.allow_pickle), ctx.emit)
     tokenizer = loaded.tokenizer
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    ctx.progress("Reading the data…", None)
-    data = prepare_data(config, tokenizer)
+    data = prepare_data(config, tokenizer, read)
     ctx.log(data.summary)
+    amp = mixed_precision(loaded.device)
+    ctx.log(f"Training on {loaded.device} in float32"
+            + (f" under {'bfloat16' if amp == 'bf16' else 'float16'} autocast" if amp else ""))
     model = _model_to_train(config, loaded, data, ctx)
     check_free_space(_existing_ancestor(folder), model,
                      _checkpoint_count(config, len(data.train)), config.lora, ctx)
     run = RunFolder(folder, _is_main_process(), created, since)
     events = _training_callback(config, run, tokenizer, ctx)
-    trainer = _build_trainer(config, folder, model, tokenizer, data, loaded.device == "cpu",
-                             events)
+    trainer = _build_trainer(config, folder, model, tokenizer, data, loaded.device, events)
     done, target = _steps(trainer, folder, checkpoint)
     # At its limit without a final model (the disk filled while saving it, or a new limit
     # at the step reached): nothing to train, the final model is saved from the checkpoint.
@@ -757,10 +809,20 @@ def _training_callback(config: FinetuneConfig, run: RunFolder, tokenizer: Any,
     return callback(config, run, tokenizer, ctx)
 
 
+def mixed_precision(device: str) -> str | None:
+    """The autocast a run on ``device`` trains under: ``bf16`` on a GPU that has it, else
+    ``fp16`` (with loss scaling) on CUDA; none on the CPU or Apple MPS (float32)."""
+    if not device.startswith("cuda"):
+        return None
+    import torch
+
+    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+
+
 def _build_trainer(config: FinetuneConfig, folder: Path, model: Any, tokenizer: Any,
-                   data: PreparedData, use_cpu: bool, callback: Any) -> Any:
+                   data: PreparedData, device: str, callback: Any) -> Any:
     """transformers' Trainer for the run: its arguments from ``config``, the collator of the
-    task, ``callback`` instead of its own progress printing."""
+    task, ``callback`` instead of its own progress printing; mixed precision on a GPU."""
     from transformers import (
         DataCollatorForLanguageModeling,
         DataCollatorWithPadding,
@@ -780,7 +842,8 @@ def _build_trainer(config: FinetuneConfig, folder: Path, model: Any, tokenizer: 
         eval_strategy="steps" if data.validation is not None else "no",
         eval_steps=config.eval_steps, save_strategy="steps", save_steps=config.save_steps,
         report_to=["tensorboard"] if _has_tensorboard() else [], disable_tqdm=True,
-        logging_nan_inf_filter=False, use_cpu=use_cpu,
+        logging_nan_inf_filter=False, use_cpu=device == "cpu",
+        bf16=mixed_precision(device) == "bf16", fp16=mixed_precision(device) == "fp16",
         dataloader_num_workers=0,
         # Under accelerate launch with N processes, True multiplies each process's loss by N
         # (for token-exact gradients) and the logged losses came out N times too high;

@@ -3,9 +3,9 @@ writes nothing: the data files (read and checked whole, as the run reads them) a
 the loaded model can take the run (its kind, its context length, the LoRA target modules).
 
 The window makes them before it launches a run's process; the run checks the same again as
-it reads the data and builds the model (``finetune.prepare_data``, ``finetune._model_for``,
-``finetune._with_lora``), with the same messages, so the command line and a run launched
-elsewhere say the same.
+it reads the data (``finetune.read_data``, before it loads the model) and builds the model
+(``finetune._model_for``, ``finetune._with_lora``), with the same messages, so the command
+line and a run launched elsewhere say the same.
 """
 
 from __future__ import annotations
