@@ -3,6 +3,7 @@
 import sys
 
 from workbench.app import main
+from workbench.core.threads import finish_process
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(finish_process(main()))

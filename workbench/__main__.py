@@ -1,5 +1,6 @@
 import sys
 
 from workbench.app import main
+from workbench.core.threads import finish_process
 
-sys.exit(main())
+sys.exit(finish_process(main()))

@@ -20,6 +20,7 @@ import sys
 from workbench.core.errors import WorkbenchError
 from workbench.core.finetune import FinetuneConfig, format_train_log, run_finetune
 from workbench.core.jobs import JobContext, LogLine, stop_on_signals
+from workbench.core.threads import finish_process
 
 #: Packages that transformers and accelerate import only because they are installed, and
 #: that a run never uses: ``datasets`` (with pandas and pyarrow; the Trainer only asks
@@ -42,19 +43,6 @@ def skip_unused_packages() -> None:
     For a run's own process only: never in a process that may need them."""
     for name in UNUSED_PACKAGES:
         sys.modules.setdefault(name, None)
-
-
-def finish(code: int) -> int:
-    """Prepare this process to end after its run: collect its garbage now (what has a
-    finaliser is finalised, as at any exit), then freeze what is left, so that the garbage
-    collections of the interpreter's shutdown skip the hundreds of thousands of objects
-    of torch and transformers. They took about 1.2 s after the run's last line was written,
-    which the window and the command line waited for before they saw the run end."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    gc.collect()
-    gc.freeze()
-    return code
 
 
 def main(argv: list[str] | None = None, own_process: bool = False) -> int:
@@ -115,4 +103,4 @@ def main(argv: list[str] | None = None, own_process: bool = False) -> int:
 
 if __name__ == "__main__":
     gc.set_threshold(GC_THRESHOLD)
-    sys.exit(finish(main(own_process=True)))
+    sys.exit(finish_process(main(own_process=True)))
