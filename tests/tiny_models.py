@@ -49,10 +49,12 @@ def _config(family: str):
     if family == "xlnet":
         return (t.XLNetConfig(d_model=32, n_layer=2, n_head=2, d_inner=64, **common),
                 t.XLNetLMHeadModel, "decoder")
-    if family == "bert":
+    if family in ("bert", "bert-classifier"):
+        classifier = family == "bert-classifier"
         return (t.BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                             intermediate_size=64, max_position_embeddings=128, **common),
-                t.BertModel, "encoder")
+                             intermediate_size=64, max_position_embeddings=128,
+                             **(dict(num_labels=2) if classifier else {}), **common),
+                t.BertForSequenceClassification if classifier else t.BertModel, "encoder")
     if family == "roberta":
         return (t.RobertaConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                                 intermediate_size=64, max_position_embeddings=130,
@@ -63,11 +65,6 @@ def _config(family: str):
                                num_attention_heads=2, intermediate_size=64,
                                max_position_embeddings=128, **common),
                 t.AlbertForMaskedLM, "encoder")
-    if family == "bert-classifier":
-        return (t.BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                             intermediate_size=64, max_position_embeddings=128, num_labels=2,
-                             **common),
-                t.BertForSequenceClassification, "encoder")
     raise KeyError(family)
 
 
