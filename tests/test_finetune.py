@@ -443,25 +443,45 @@ def test_too_little_free_space_refuses_to_start(tmp_path, tiny, monkeypatch):
                                            for w in warnings)
 
 
-def test_a_run_trains_float32_weights_even_from_a_half_precision_model(tmp_path, tiny):
-    """The weights train in float32 (on a GPU under autocast): a model handed over in
-    bfloat16, as a GPU loads by default, is loaded again in float32 for the run, whose
-    updates would otherwise mostly round away."""
-    import torch
+def _saved_dtypes(folder) -> set[str]:
     from safetensors import safe_open
+
+    with safe_open(str(Path(folder) / "model.safetensors"), "pt") as f:
+        return {f.get_slice(name).get_dtype() for name in f.keys()}
+
+
+@pytest.mark.parametrize("task", ["lm", "classify"])
+def test_a_run_trains_float32_weights_from_a_bfloat16_checkpoint(tmp_path, tiny, task):
+    """The weights train in float32 (on a GPU under autocast), also from a checkpoint saved
+    in bfloat16 (as most on the Hub are), whose updates would otherwise mostly round away."""
+
+    half = tmp_path / "half"
+    shutil.copytree(tiny("bert" if task == "classify" else "llama"), half)
+    model_class = {"lm": "AutoModelForCausalLM", "classify": "AutoModel"}[task]
+    import transformers
+
+    getattr(transformers, model_class).from_pretrained(half, dtype="bfloat16").save_pretrained(
+        half)
+    assert _saved_dtypes(half) == {"BF16"}
+    events = []
+    result = run_finetune(config(tmp_path / "run", tiny, task, model=str(half), max_steps=2),
+                          JobContext(emit=events.append))
+    assert _saved_dtypes(result.final_model) == {"F32"}
+    lines = [e.message for e in events if isinstance(e, LogLine)]
+    assert "Training on cpu in float32" in lines, lines
+
+
+def test_a_model_handed_over_in_bfloat16_is_trained_in_float32(tmp_path, tiny):
+    """A GPU loads a model in bfloat16 by default: the run loads it again in float32."""
+    import torch
 
     from workbench.core.loader import LoadOptions
 
     cfg = config(tmp_path, tiny, "lm", max_steps=2)
     half = load_model(cfg.model, LoadOptions(dtype="bfloat16"))
-    events = []
-    result = run_finetune(cfg, JobContext(emit=events.append), loaded=half)
-    with safe_open(str(Path(result.final_model) / "model.safetensors"), "pt") as f:
-        dtypes = {f.get_slice(name).get_dtype() for name in f.keys()}
-    assert dtypes == {"F32"}
+    result = run_finetune(cfg, loaded=half)
+    assert _saved_dtypes(result.final_model) == {"F32"}
     assert next(half.model.parameters()).dtype == torch.bfloat16  # the caller's model untouched
-    lines = [e.message for e in events if isinstance(e, LogLine)]
-    assert any(line == "Training on cpu in float32" for line in lines), lines
 
 
 def test_on_a_gpu_a_run_trains_under_autocast(monkeypatch):

@@ -938,14 +938,17 @@ def _model_for(config: FinetuneConfig, loaded: Any, labels: list[str],
                ctx: JobContext | None = None):
     """A fresh copy of the model to train (the loaded one stays as it is). A classifier
     trained on other labels gets a new head for these, and the log says so."""
+    import torch
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     from workbench.core.catalog import CAUSAL_LM
 
+    # float32 whatever the checkpoint's dtype (transformers loads a bfloat16 checkpoint in
+    # bfloat16 unless told): the weights train in float32, under autocast on a GPU
     if config.task == "lm":
         loaded.require(CAUSAL_LM, "language-model fine-tuning")
         return AutoModelForCausalLM.from_pretrained(
-            loaded.folder, local_files_only=True,
+            loaded.folder, local_files_only=True, dtype=torch.float32,
             trust_remote_code=config.trust_remote_code)
     earlier = _head_labels(loaded.model.config)
     if earlier is not None and earlier != labels and ctx is not None:
@@ -954,7 +957,7 @@ def _model_for(config: FinetuneConfig, loaded: Any, labels: list[str],
                 "(the rest of the model is kept).")
     return AutoModelForSequenceClassification.from_pretrained(
         loaded.folder, local_files_only=True, trust_remote_code=config.trust_remote_code,
-        num_labels=len(labels),
+        dtype=torch.float32, num_labels=len(labels),
         id2label=dict(enumerate(labels)), label2id={lab: i for i, lab in enumerate(labels)},
         # a head of another size is made anew instead of refused
         ignore_mismatched_sizes=earlier is not None and len(earlier) != len(labels))
