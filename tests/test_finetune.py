@@ -494,3 +494,21 @@ def test_on_a_gpu_a_run_trains_under_autocast(monkeypatch):
     assert mixed_precision("cuda") == "bf16" and mixed_precision("cuda:1") == "bf16"
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
     assert mixed_precision("cuda") == "fp16"
+
+
+def test_a_language_model_run_reads_the_weights_once(tmp_path, tiny, monkeypatch):
+    """A run that loads its model itself (as the training process does) trains that model:
+    the weights are not read a second time (twice the memory for a while)."""
+    from transformers import modeling_utils
+
+    original = modeling_utils.PreTrainedModel.from_pretrained.__func__
+    reads = []
+
+    def counted(cls, *args, **kwargs):
+        reads.append(cls.__name__)
+        return original(cls, *args, **kwargs)
+
+    monkeypatch.setattr(modeling_utils.PreTrainedModel, "from_pretrained", classmethod(counted))
+    result = run_finetune(config(tmp_path, tiny, "lm", max_steps=2))
+    assert reads == ["LlamaForCausalLM"]
+    assert result.global_step == 2 and _saved_dtypes(result.final_model) == {"F32"}

@@ -592,11 +592,12 @@ def run_finetune(config: FinetuneConfig, ctx: JobContext | None = None, resume: 
     # The weights train in float32 (on a GPU under bfloat16/float16 autocast: see
     # mixed_precision); a model loaded in half precision would round most of AdamW's small
     # updates away.
-    if (loaded is None or loaded.reference != config.model
-            or next(loaded.model.parameters()).dtype != torch.float32):
+    own = (loaded is None or loaded.reference != config.model
+           or next(loaded.model.parameters()).dtype != torch.float32)
+    if own:  # loaded for this run alone: a language model trains as it is, not a copy
         loaded = load_model(config.model, LoadOptions(
             dtype="float32", trust_remote_code=config.trust_remote_code,
-            allow_pickle=config.allow_pickle), ctx.emit)
+            allow_pickle=config.allow_pickle, training=True), ctx.emit)
     tokenizer = loaded.tokenizer
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -605,7 +606,7 @@ def run_finetune(config: FinetuneConfig, ctx: JobContext | None = None, resume: 
     amp = mixed_precision(loaded.device)
     ctx.log(f"Training on {loaded.device} in float32"
             + (f" under {'bfloat16' if amp == 'bf16' else 'float16'} autocast" if amp else ""))
-    model = _model_to_train(config, loaded, data, ctx)
+    model = _model_to_train(config, loaded, data, ctx, own)
     check_free_space(_existing_ancestor(folder), model,
                      _checkpoint_count(config, len(data.train)), config.lora, ctx)
     run = RunFolder(folder, _is_main_process(), created, since)
@@ -908,14 +909,16 @@ def _probe(model: Any, tokenizer: Any, prompts: list[str], tokens: int = 20):
 
 # --- the model ------------------------------------------------------------------------------
 def _model_to_train(config: FinetuneConfig, loaded: Any, data: PreparedData,
-                    ctx: JobContext) -> Any:
-    """A fresh copy of the loaded model, ready to train: the classification head sized to
-    the labels, a pad token, and the LoRA adapter when ``config`` asks for one."""
+                    ctx: JobContext, own: bool = False) -> Any:
+    """The model to train, ready: the classification head sized to the labels, a pad token,
+    and the LoRA adapter when ``config`` asks for one. A fresh copy of the loaded model,
+    unless the run ``own``s it (loaded for it alone) and it is the language model to train:
+    then the weights are not read twice (twice the memory for a while)."""
     from workbench.core.loader import load_report_to_log, set_pad_token
 
     tokenizer = loaded.tokenizer
     with load_report_to_log(ctx):  # transformers' LOAD REPORT table to the log, one note
-        model = _model_for(config, loaded, data.labels, ctx)
+        model = _model_for(config, loaded, data.labels, ctx, own)
     positions = getattr(model.config, "max_position_embeddings", None)
     if isinstance(positions, int) and 0 < positions < config.max_length:
         raise WorkbenchError(f"The maximum length {config.max_length} is beyond what "
@@ -935,9 +938,10 @@ def _model_to_train(config: FinetuneConfig, loaded: Any, data: PreparedData,
 
 
 def _model_for(config: FinetuneConfig, loaded: Any, labels: list[str],
-               ctx: JobContext | None = None):
-    """A fresh copy of the model to train (the loaded one stays as it is). A classifier
-    trained on other labels gets a new head for these, and the log says so."""
+               ctx: JobContext | None = None, own: bool = False):
+    """The model to train: a fresh copy (the loaded one stays as it is), or for a language
+    model the run ``own``s, that one. A classifier trained on other labels gets a new head
+    for these, and the log says so."""
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
@@ -947,6 +951,8 @@ def _model_for(config: FinetuneConfig, loaded: Any, labels: list[str],
     # bfloat16 unless told): the weights train in float32, under autocast on a GPU
     if config.task == "lm":
         loaded.require(CAUSAL_LM, "language-model fine-tuning")
+        if own:  # float32 already (LoadOptions), as saved (training=True)
+            return loaded.model
         return AutoModelForCausalLM.from_pretrained(
             loaded.folder, local_files_only=True, dtype=torch.float32,
             trust_remote_code=config.trust_remote_code)

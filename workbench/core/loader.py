@@ -46,6 +46,7 @@ class LoadOptions:
     trust_remote_code: bool = False
     allow_pickle: bool = False
     allow_network: bool = True
+    training: bool = False  # for a fine-tuning run: the model as saved, no decoding helpers
 
 
 @dataclass
@@ -530,7 +531,8 @@ def load_model_job(reference: str, options: LoadOptions | None = None):
 
         from workbench.core.few_rows import few_rows_helps, use_few_rows_linears
 
-        if device == "cpu" and dtype == torch.float32 and few_rows_helps():
+        if device == "cpu" and dtype == torch.float32 and not options.training \
+                and few_rows_helps():
             use_few_rows_linears(model)  # batched decoding (compare) about 1.8x faster
         note = set_pad_token(tokenizer, model if task == CLASSIFIER else None)
         if note:
