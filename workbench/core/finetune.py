@@ -29,7 +29,12 @@ from typing import Any
 from workbench.core.data_files import read_rows, read_texts
 from workbench.core.errors import WorkbenchError
 from workbench.core.files import check_writable, write_atomically
-from workbench.core.finetune_inputs import check_lora_targets, linear_layer_names
+from workbench.core.finetune_inputs import (
+    check_lora_targets,
+    check_validation_labels,
+    linear_layer_names,
+    training_labels,
+)
 from workbench.core.jobs import JobContext
 from workbench.core.training_process import (
     ADAPTER_DIR,
@@ -246,17 +251,11 @@ def read_data(config: FinetuneConfig) -> DataRead:
                         validation_texts=read_texts(config.validation_file, config.text_column)
                         if config.validation_file else [])
     rows = read_rows(config.train_file, config.text_column, config.label_column)
-    labels = sorted({lab for _, lab in rows if lab is not None})
-    if len(labels) < 2:
-        raise WorkbenchError(f"The training data has a single class ({labels[0] if labels else 'none'}"
-                             "): classification needs at least two labels.")
+    labels = training_labels(rows)
     val_rows = None
     if config.validation_file:
         val_rows = read_rows(config.validation_file, config.text_column, config.label_column)
-        unknown = sorted({lab for _, lab in val_rows} - set(labels))
-        if unknown:
-            raise WorkbenchError(f"The validation file has labels that are not in the training "
-                                 f"data: {', '.join(map(str, unknown))}.")
+        check_validation_labels(val_rows, labels)
     return DataRead(rows=rows, validation_rows=val_rows, labels=labels)
 
 
@@ -832,6 +831,7 @@ def _build_trainer(config: FinetuneConfig, folder: Path, model: Any, tokenizer: 
     )
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
+    amp = mixed_precision(device)
     args = TrainingArguments(
         output_dir=str(folder), learning_rate=config.learning_rate,
         lr_scheduler_type=config.lr_scheduler, warmup_steps=config.warmup_steps,
@@ -844,7 +844,7 @@ def _build_trainer(config: FinetuneConfig, folder: Path, model: Any, tokenizer: 
         eval_steps=config.eval_steps, save_strategy="steps", save_steps=config.save_steps,
         report_to=["tensorboard"] if _has_tensorboard() else [], disable_tqdm=True,
         logging_nan_inf_filter=False, use_cpu=device == "cpu",
-        bf16=mixed_precision(device) == "bf16", fp16=mixed_precision(device) == "fp16",
+        bf16=amp == "bf16", fp16=amp == "fp16",
         dataloader_num_workers=0,
         # Under accelerate launch with N processes, True multiplies each process's loss by N
         # (for token-exact gradients) and the logged losses came out N times too high;

@@ -51,18 +51,29 @@ def check_data(config: Any) -> None:
     whole = [_readable(path, True) for path in files]
     if not whole[0]:
         return
-    rows = read_rows(config.train_file, config.text_column, config.label_column)
+    labels = training_labels(read_rows(config.train_file, config.text_column,
+                                       config.label_column))
+    if config.validation_file and whole[1]:
+        check_validation_labels(read_rows(config.validation_file, config.text_column,
+                                          config.label_column), labels)
+
+
+def training_labels(rows: list[tuple[str, Any]]) -> list[str]:
+    """The labels of a classification run's training rows, sorted; at least two."""
     labels = sorted({lab for _, lab in rows if lab is not None})
     if len(labels) < 2:
         raise WorkbenchError(f"The training data has a single class "
                              f"({labels[0] if labels else 'none'}): classification needs at "
                              "least two labels.")
-    if config.validation_file and whole[1]:
-        val_rows = read_rows(config.validation_file, config.text_column, config.label_column)
-        unknown = sorted({lab for _, lab in val_rows} - set(labels))
-        if unknown:
-            raise WorkbenchError(f"The validation file has labels that are not in the training "
-                                 f"data: {', '.join(map(str, unknown))}.")
+    return labels
+
+
+def check_validation_labels(rows: list[tuple[str, Any]], labels: list[str]) -> None:
+    """No validation row may carry a label the training data lacks."""
+    unknown = sorted({lab for _, lab in rows} - set(labels))
+    if unknown:
+        raise WorkbenchError(f"The validation file has labels that are not in the training "
+                             f"data: {', '.join(map(str, unknown))}.")
 
 
 def linear_layer_names(model: Any) -> list[str]:
