@@ -5,6 +5,7 @@ import time
 
 import pytest
 
+from workbench.core.errors import Cancelled
 from workbench.core.jobs import Progress
 from workbench.ui.worker import ModelWorker
 
@@ -82,6 +83,27 @@ def test_cancel_stops_a_running_job_within_a_step(qtbot, worker):
     assert not worker.busy
 
 
+def test_a_handler_of_a_jobs_end_sees_the_worker_idle(qtbot, worker):
+    """The window enables its controls on a job's end: the worker must not still look busy."""
+    from PySide6.QtCore import Qt
+
+    # direct connections run at the moment of the announcement, on the worker's thread:
+    # the window's (queued) handlers run later still, so they see at least this
+    seen = []
+    direct = Qt.ConnectionType.DirectConnection
+    worker.job_finished.connect(lambda *args: seen.append(("finished", worker.busy)), direct)
+    worker.job_failed.connect(lambda *args: seen.append(("failed", worker.busy)), direct)
+    worker.job_cancelled.connect(lambda *args: seen.append(("cancelled", worker.busy)), direct)
+    for round_ in range(10):
+        with qtbot.waitSignal(worker.job_finished, timeout=5000):
+            worker.submit("fine", lambda ctx: 1)
+        with qtbot.waitSignal(worker.job_failed, timeout=5000):
+            worker.submit("fails", lambda ctx: 1 / 0)
+        with qtbot.waitSignal(worker.job_cancelled, timeout=5000):
+            worker.submit("cancelled", lambda ctx: (_ for _ in ()).throw(Cancelled()))
+    assert len(seen) == 30 and not any(busy for _, busy in seen), seen
+
+
 def test_shutdown_cancels_running_and_queued_jobs(qtbot):
     worker = ModelWorker()
     finished = []
@@ -118,13 +140,17 @@ class Node:
         self.me = self
 
 
-def test_gc_collect_elsewhere_waits_for_the_gui_thread_and_an_idle_worker(qtbot, worker):
+def test_gc_collect_elsewhere_waits_for_the_gui_thread_and_an_idle_worker(
+        qtbot, worker, monkeypatch):
     import gc
     import weakref
 
     from workbench.ui.worker import gui_thread_garbage_collection
 
     collector = gui_thread_garbage_collection()
+    # only the full collection is under test: the collector's young-generation passes
+    # (on its timer too) would free the fresh cycle whenever enough else was allocated
+    monkeypatch.setattr(collector, "threshold", (10**9, 10**9, 10**9))
     assert not gc.isenabled()  # no automatic collection in whichever thread allocates
     collector.full_requested = False
     cycle = Node()

@@ -374,20 +374,25 @@ class ModelWorker(QThread):
                 if job in self._pending:
                     self._pending.remove(job)
                 self._current = job
+            announce: Callable[[], None] | None = None
             try:
-                self._run_one(job)
+                announce = self._run_one(job)
             finally:
+                # The job is over before its end is announced: a handler of the end (on
+                # the GUI thread) sees the worker idle unless another job is queued.
                 with self._lock:
                     self._current = None
                     more = bool(self._pending)
+                if announce is not None:
+                    announce()
                 if not more:
                     self.idle.emit()
         self.store.current = None
 
-    def _run_one(self, job: Job) -> None:
+    def _run_one(self, job: Job) -> Callable[[], None]:
+        """Run ``job``; return what announces its end (called once it is no longer current)."""
         if job.cancel.cancelled:
-            self.job_cancelled.emit(job.id)
-            return
+            return lambda: self.job_cancelled.emit(job.id)
         self.job_started.emit(job.id, job.title)
         before = self.store.current
         ctx = WorkerContext(cancel=job.cancel, emit=lambda ev: self.job_event.emit(job.id, ev),
@@ -408,9 +413,12 @@ class ModelWorker(QThread):
         if self.store.current is not before:
             self.model_changed.emit(self.store.current)
         if cancelled:
-            self.job_cancelled.emit(job.id)
-        elif error is not None:
-            self.job_event.emit(job.id, LogLine(f"{job.title} failed: {error}", "error"))
-            self.job_failed.emit(job.id, error, details)
-        else:
-            self.job_finished.emit(job.id, outcome)
+            return lambda: self.job_cancelled.emit(job.id)
+        if error is not None:
+            failure = error
+
+            def announce_failure() -> None:
+                self.job_event.emit(job.id, LogLine(f"{job.title} failed: {failure}", "error"))
+                self.job_failed.emit(job.id, failure, details)
+            return announce_failure
+        return lambda: self.job_finished.emit(job.id, outcome)
