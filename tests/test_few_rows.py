@@ -9,7 +9,12 @@ import pytest
 import torch
 from torch import nn
 
-from workbench.core.few_rows import FewRowsLinear, few_rows_helps, use_few_rows_linears
+from workbench.core.few_rows import (
+    FewRowsLinear,
+    contiguous_output_input,
+    few_rows_helps,
+    use_few_rows_linears,
+)
 from workbench.core.loader import load_model
 
 
@@ -80,3 +85,44 @@ def test_a_batch_decodes_the_same_logits(tiny):
     assert torch.equal(greedy, greedy_ref)
     # the loader converts float32 models on the CPU where it helps, and only there
     assert any(type(m) is FewRowsLinear for m in model.modules()) == few_rows_helps()
+
+
+def _weight_copied_per_row(model, ids) -> tuple:
+    """(logits of the last position, whether a batched product over the output weight ran:
+    ``matmul``'s fallback that copies that weight once per row)."""
+    vocab = model.get_output_embeddings().weight.shape[0]
+    with torch.inference_mode(), torch.profiler.profile(record_shapes=True) as prof:
+        logits = model(ids, logits_to_keep=1).logits
+    copied = any(e.name == "aten::bmm" and any(len(s) == 3 and s[-1] == vocab
+                                               for s in e.input_shapes) for e in prof.events())
+    return logits, copied
+
+
+@pytest.mark.parametrize("rows", [1, 4])
+def test_generates_first_step_does_not_copy_the_output_weight_per_row(tiny, rows):
+    """generate's first step projects ``hidden[:, -1:]``, a strided view: the output layer
+    gets it foldable (a copy of the rows, not of the weight), with the same logits."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny("llama")).eval()
+    model.requires_grad_(False)  # as in the decoding copies (matmul folds for weights that
+    #                              require gradients, whatever the strides)
+    ids = torch.randint(0, 80, (rows, 7), generator=torch.Generator().manual_seed(rows))
+    expected, copied_before = _weight_copied_per_row(model, ids)
+    assert copied_before  # the cost this avoids is there without it
+    assert contiguous_output_input(model)
+    got, copied = _weight_copied_per_row(model, ids)
+    assert not copied
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    # the decoding copies are deep copies: they keep the hook
+    assert _weight_copied_per_row(copy.deepcopy(model), ids)[1] is False
+
+
+def test_loaded_models_have_it_and_training_ones_do_not(tiny):
+    from workbench.core.loader import LoadOptions
+
+    def hooked(loaded):
+        return bool(loaded.model.get_output_embeddings()._forward_pre_hooks)
+
+    assert hooked(load_model(str(tiny("llama"))))
+    assert not hooked(load_model(str(tiny("llama")), LoadOptions(training=True)))

@@ -529,8 +529,14 @@ def load_model_job(reference: str, options: LoadOptions | None = None):
         model.eval()
         import torch
 
-        from workbench.core.few_rows import few_rows_helps, use_few_rows_linears
+        from workbench.core.few_rows import (
+            contiguous_output_input,
+            few_rows_helps,
+            use_few_rows_linears,
+        )
 
+        if not options.training:
+            contiguous_output_input(model)  # generate's first step of several rows
         if device == "cpu" and dtype == torch.float32 and not options.training \
                 and few_rows_helps():
             use_few_rows_linears(model)  # batched decoding (compare) about 1.8x faster
