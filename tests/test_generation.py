@@ -100,6 +100,36 @@ def test_several_sequences_in_one_batch(llama):
         assert seq.perplexity == pytest.approx(math.exp(-seq.mean_logprob))
 
 
+def test_several_sequences_read_the_prompt_once_and_sample_as_generate_does(llama):
+    """n sequences of one prompt: the prompt goes through the model once (one row), yet
+    every row's tokens are those of transformers' own generate with the same seed."""
+    from transformers import set_seed
+
+    prompt, seed, n = "the cat sat on the mat because", 5, 3
+    s = SamplingSettings(max_new_tokens=8, temperature=1.5, top_k=0, top_p=1.0,
+                         num_return_sequences=n, seed=seed, chat=False)
+    shapes = []
+    embeddings = llama.model.get_input_embeddings()
+    hook = embeddings.register_forward_hook(lambda m, args, out: shapes.append(args[0].shape))
+    try:
+        result = generate(llama, prompt, s)
+    finally:
+        hook.remove()
+    ids = bare_ids(llama, prompt)
+    length = ids.shape[1]
+    assert shapes[0] == (1, length - 1)  # the prompt, once
+    assert all(shape == (n, 1) for shape in shapes[1:])  # then one token a row a step
+    set_seed(seed)
+    with torch.inference_mode():
+        bare = llama.model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True,
+                                    temperature=1.5, top_k=0, top_p=1.0, max_new_tokens=8,
+                                    num_return_sequences=n,
+                                    pad_token_id=llama.tokenizer.pad_token_id)
+    assert len(result.sequences) == n
+    for row, seq in enumerate(result.sequences):
+        assert seq.token_ids == bare[row, length:length + len(seq.token_ids)].tolist()
+
+
 def test_beam_search_matches_bare_generate(llama):
     s = SamplingSettings(max_new_tokens=8, do_sample=False, num_beams=3, num_return_sequences=2,
                          chat=False)
