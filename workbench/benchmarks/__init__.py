@@ -29,6 +29,7 @@ FIGURES: dict[str, Figure] = {
     "decode_speedup": model_figures.bench_decode_speedup,
     "reduced_precision_perplexity": model_figures.bench_reduced_precision_perplexity,
     "compare_batched": model_figures.bench_compare_batched,
+    "compare_batched_busy": model_figures.bench_compare_batched_busy,
     "generate_score_batched": model_figures.bench_generate_score_batched,
     "busy_decode": model_figures.bench_busy_decode,
     "perplexity_overhead": model_figures.bench_perplexity_overhead,

@@ -15,7 +15,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -246,6 +247,20 @@ def bench_reduced_precision_perplexity(emit: Callable[[Any], None]) -> dict:
                   ratios={n: round(r, 5) for n, r in ratios.items()})
 
 
+@contextmanager
+def busy_cores(count: int) -> Iterator[None]:
+    """``count`` processes each keeping one core busy (a second to get going), ended after."""
+    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"])
+                for _ in range(count)]
+    try:
+        time.sleep(1.0)
+        yield
+    finally:
+        for p in spinners:
+            p.kill()
+            p.wait()
+
+
 def bench_busy_decode(emit: Callable[[Any], None], tokens: int = 32) -> dict:
     """Greedy tokens/s with one busy process per core ÷ tokens/s on the machine as it was
     just before (the threads adapted to the load at each job's start, as in the app);
@@ -278,18 +293,11 @@ def bench_busy_decode(emit: Callable[[Any], None], tokens: int = 32) -> dict:
 
     emit(Progress("busy_decode: the machine as it is", 0.2))
     quiet, quiet_threads = rate(None)
-    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"])
-                for _ in range(cores)]
-    try:
-        time.sleep(1.0)
+    with busy_cores(cores):
         emit(Progress("busy_decode: one busy process per core", 0.5))
         busy, busy_threads = rate(None)
         emit(Progress("busy_decode: the same load, torch's default threads", 0.75))
         fixed, _ = rate(max(default_threads, cores))
-    finally:
-        for p in spinners:
-            p.kill()
-            p.wait()
     return figure(busy / quiet, 0.4, "higher",
                   f"{busy:.1f} tokens/s with {cores} busy processes ({busy_threads} "
                   f"thread(s)) vs {quiet:.1f} before ({quiet_threads}); torch's default "
@@ -299,37 +307,62 @@ def bench_busy_decode(emit: Callable[[Any], None], tokens: int = 32) -> dict:
                   busy_threads=busy_threads, quiet_threads=quiet_threads)
 
 
-def bench_compare_batched(emit: Callable[[Any], None], repeats: int = 2,
-                          tokens: int = 32) -> dict:
-    """Wall time of 4 sampled strategies compared together ÷ one strategy alone."""
+def _compare_ratio(emit: Callable[[Any], None], name: str, repeats: int, tokens: int,
+                   busy: bool) -> dict:
+    """Wall time of 4 sampled strategies compared together ÷ one strategy alone, each
+    compare run as the app runs a job (threads adapted to the load at its start); with
+    ``busy``, under one busy process per core."""
     from workbench.core.compare import compare
     from workbench.core.loader import load_model
     from workbench.core.sampling import parse_strategy
+    from workbench.core.threads import LoadMeter, adapted_threads
 
     loaded = load_model("SmolLM2-135M-Instruct")
     specs = ["top_k=40,temperature=0.8", "top_p=0.9", "temperature=1.2", "min_p=0.1"]
     four = [parse_strategy(s) for s in specs]
     one = [parse_strategy(specs[0])]
     compare(loaded, BENCH_PROMPT, one, max_new_tokens=4, chat=False)  # warm-up
+
+    def timed(strategies: list, seed: int) -> tuple[float, int]:
+        with adapted_threads(meter=LoadMeter()):
+            result = compare(loaded, BENCH_PROMPT, strategies, seed=seed,
+                             max_new_tokens=tokens, chat=False)
+        return result.seconds, sum(len(s.token_ids) for r in result.strategies
+                                   for s in r.sequences)
+
     four_s, one_s, four_tokens, one_tokens = [], [], [], []
-    for i in range(repeats):
-        emit(Progress("compare_batched: timing", i / repeats))
-        r1 = compare(loaded, BENCH_PROMPT, one, seed=i, max_new_tokens=tokens, chat=False)
-        one_s.append(r1.seconds)
-        one_tokens.append(sum(len(s.token_ids) for r in r1.strategies for s in r.sequences))
-        r4 = compare(loaded, BENCH_PROMPT, four, seed=i, max_new_tokens=tokens, chat=False)
-        four_s.append(r4.seconds)
-        four_tokens.append(sum(len(s.token_ids) for r in r4.strategies for s in r.sequences))
+    with busy_cores(os.cpu_count() or 1) if busy else nullcontext():
+        for i in range(repeats):
+            emit(Progress(f"{name}: timing", i / repeats))
+            seconds, count = timed(one, i)
+            one_s.append(seconds)
+            one_tokens.append(count)
+            seconds, count = timed(four, i)
+            four_s.append(seconds)
+            four_tokens.append(count)
+        bare = _bare_batch_ratio(loaded, tokens)
     ratio = statistics.median(four_s) / statistics.median(one_s)
-    bare = _bare_batch_ratio(loaded, tokens)
-    return figure(ratio, 1.6, "lower",
-                  f"4 strategies {statistics.median(four_s):.2f} s vs 1 strategy "
+    load = "with one busy process per core" if busy else "on the machine as it is"
+    return figure(ratio, 2.0 if busy else 1.6, "lower",
+                  f"{load}: 4 strategies {statistics.median(four_s):.2f} s vs 1 strategy "
                   f"{statistics.median(one_s):.2f} s ({tokens} new tokens each); bare "
                   f"generate() of 4 vs 1 sampled sequences: {bare:.2f}x",
                   bare_batch_ratio=round(bare, 3),
                   four_seconds=[round(x, 3) for x in four_s],
                   one_seconds=[round(x, 3) for x in one_s],
                   four_tokens=four_tokens, one_tokens=one_tokens)
+
+
+def bench_compare_batched(emit: Callable[[Any], None], repeats: int = 3,
+                          tokens: int = 32) -> dict:
+    """4 sampled strategies compared together ÷ one strategy alone, on the machine as it is."""
+    return _compare_ratio(emit, "compare_batched", repeats, tokens, busy=False)
+
+
+def bench_compare_batched_busy(emit: Callable[[Any], None], repeats: int = 3,
+                               tokens: int = 32) -> dict:
+    """The same with one busy process per core (another program using the CPU)."""
+    return _compare_ratio(emit, "compare_batched_busy", repeats, tokens, busy=True)
 
 
 def _bare_batch_ratio(loaded: Any, tokens: int) -> float:
