@@ -94,7 +94,7 @@ def test_a_handler_of_a_jobs_end_sees_the_worker_idle(qtbot, worker):
     worker.job_finished.connect(lambda *args: seen.append(("finished", worker.busy)), direct)
     worker.job_failed.connect(lambda *args: seen.append(("failed", worker.busy)), direct)
     worker.job_cancelled.connect(lambda *args: seen.append(("cancelled", worker.busy)), direct)
-    for round_ in range(10):
+    for _ in range(10):
         with qtbot.waitSignal(worker.job_finished, timeout=5000):
             worker.submit("fine", lambda ctx: 1)
         with qtbot.waitSignal(worker.job_failed, timeout=5000):
