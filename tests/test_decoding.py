@@ -155,7 +155,7 @@ def test_the_command_line_names_the_path(tiny, monkeypatch):
                          "--decode", "fast")
     assert bad.returncode == 2
     assert bad.stderr.strip().splitlines() == [
-        "error: Unknown decoding path 'fast': use one of auto, exact, int8, bf16."]
+        "error: Unknown decoding path 'fast': use one of auto, exact, int8, bf16, compiled."]
     import json
 
     out = run_in_process("generate", "--model", str(tiny("llama")), "--prompt", "the cat",
@@ -202,3 +202,74 @@ def test_a_copy_made_stays_in_use_when_memory_runs_low_later(llama, native_bf16,
     path = llama.decoding()
     assert path.name == "exact" and "needs" in path.note
     assert llama._decoder is None  # the int8 copy nobody asks for any more is freed
+
+
+def test_the_compiled_path_compiles_once_a_shape_and_keeps_every_record(llama):
+    """torch.compile with the static cache, in a thread as the worker runs it: the same
+    greedy tokens and records as the eager path, the compile announced once per shape."""
+    import threading
+
+    from workbench.core.jobs import JobContext, Progress
+
+    settings = SamplingSettings(max_new_tokens=6, do_sample=False, chat=False)
+    eager = generate(llama, "the cat sat on", settings, top_n=5)
+    llama.decode = "compiled"
+    path = llama.decoding()
+    assert (path.name, path.base, path.note) == ("compiled", "exact", "")
+    assert path.model is llama.model and not path.reduced
+    results, events, failures = [], [], []
+
+    def run() -> None:
+        try:
+            for _ in range(2):
+                results.append(generate(llama, "the cat sat on", settings,
+                                        JobContext(emit=events.append), top_n=5))
+        except BaseException as exc:  # reported below, on the test's thread
+            failures.append(exc)
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    worker.join(timeout=240)
+    assert not worker.is_alive() and not failures, failures
+    compiling = [e for e in events if isinstance(e, Progress) and "Compiling" in e.message]
+    assert len(compiling) == 1  # the second run of the same shape reuses the compiled code
+    for result in results:
+        assert result.decoding == "compiled"
+        assert result.token_ids == eager.token_ids
+        for got, want in zip(result.sequences[0].steps, eager.sequences[0].steps, strict=True):
+            assert got.probability == pytest.approx(want.probability, abs=1e-5)
+            assert [c.token_id for c in got.candidates] == [c.token_id for c in want.candidates]
+    assert len(llama.compiled_shapes) == 1
+    from workbench.core.paths import cache_dir
+
+    assert (cache_dir() / "torch-compile").is_dir()  # compiled code kept for later sessions
+
+
+@pytest.mark.parametrize("change, words", [
+    ("compiler", "needs a C++ compiler"),
+    ("model", "does not mark LlamaForCausalLM as compilable"),
+    ("dynamo", "does not run with this Python"),
+])
+def test_the_compiled_path_falls_back_when_forced_off(llama, monkeypatch, change, words):
+    import shutil
+
+    if change == "compiler":
+        monkeypatch.setattr(shutil, "which", lambda name: None)
+    elif change == "model":
+        monkeypatch.setattr(type(llama.model), "_can_compile_fullgraph", False)
+    else:
+        monkeypatch.setattr(torch._dynamo, "is_dynamo_supported", lambda: False)
+    llama.decode = "compiled"
+    path = llama.decoding()
+    assert path.name == "exact" and words in path.note, path.note
+    result = generate(llama, "the cat", SamplingSettings(max_new_tokens=3, do_sample=False,
+                                                         chat=False))
+    assert result.decoding == "exact" and any(words in n for n in result.notices)
+    assert not llama.compiled_shapes
+
+
+@pytest.mark.parametrize("prompt, new, limit, expected", [
+    (5, 8, None, 256), (200, 56, None, 256), (200, 57, None, 512), (5, 8, 128, 128),
+    (100, 100, 150, 200)])
+def test_the_static_cache_length_is_bucketed(prompt, new, limit, expected):
+    assert decoding.static_cache_length(prompt, new, limit) == expected

@@ -11,7 +11,8 @@ same core and command line a user runs, and writes ``DIR/gpu_check.json`` and a 
   against the CPU's;
 - comparison: four strategies in one batch against one;
 - the static cache: bare ``generate`` with transformers' static cache (compiled on a GPU)
-  against its dynamic cache, and the first call's compile time;
+  against its dynamic cache, and the first call's compile time; then the app's
+  ``compiled`` decoding path (the same, with its records);
 - attribution: integrated gradients on the GPU against the CPU (float32 both);
 - perplexity: GPU float32 and bfloat16 against the CPU;
 - fine-tuning: a full and a LoRA run on the GPU (losses, precision, the run folder as
@@ -200,7 +201,8 @@ def generation(device: str, tokens: int) -> dict:
 @section("static_cache")
 def static_cache(device: str, tokens: int) -> dict:
     """transformers' own answer to a launch-bound decode: the static cache, whose forward
-    ``generate`` compiles (CUDA graphs) on a GPU. Bare ``generate`` only: not an app path."""
+    ``generate`` compiles (CUDA graphs) on a GPU: bare ``generate``, then the app's
+    ``compiled`` path."""
     import torch
 
     from workbench.core.loader import LoadOptions, load_model
@@ -225,10 +227,27 @@ def static_cache(device: str, tokens: int) -> dict:
     rate(cache_implementation="static")
     first = time.perf_counter() - start
     static = statistics.median(rate(cache_implementation="static") for _ in range(3))
+    # the app's compiled path: the same, with its records, through the core
+    from workbench.core.generation import SamplingSettings, generate
+
+    settings = SamplingSettings(max_new_tokens=tokens, do_sample=False, chat=False)
+    loaded.decode = "exact"
+    exact_ids = generate(loaded, STORY, settings).token_ids
+    loaded.decode = "compiled"
+    start = time.perf_counter()
+    first_app = generate(loaded, STORY, settings, top_n=10)
+    sync(device)
+    app_first = time.perf_counter() - start
+    app_runs = [generate(loaded, STORY, settings, top_n=10) for _ in range(3)]
+    app = statistics.median(len(r.token_ids) / r.seconds for r in app_runs)
     return {"dynamic_tokens_per_second": round(dynamic, 1),
             "static_tokens_per_second": round(static, 1),
             "static_first_call_seconds": round(first, 1),
-            "static_over_dynamic": round(static / dynamic, 2)}
+            "static_over_dynamic": round(static / dynamic, 2),
+            "app_compiled_tokens_per_second": round(app, 1),
+            "app_compiled_first_call_seconds": round(app_first, 1),
+            "app_compiled_decoding": first_app.decoding,
+            "app_compiled_same_tokens_as_exact": first_app.token_ids == exact_ids}
 
 
 @section("compare")

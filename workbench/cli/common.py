@@ -87,7 +87,9 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
                         help="the decoding path of generation: auto (int8 weights with "
                              "bfloat16 on a CPU with native bfloat16, for models too big for "
                              "its caches; else exact), exact (the loaded model, float32 on "
-                             "the CPU), int8 or bf16 (reduced precision)")
+                             "the CPU), int8 or bf16 (reduced precision), compiled (auto's "
+                             "model compiled by torch.compile with a static cache; the first "
+                             "run of each shape compiles, 10-60 s)")
     parser.add_argument("--trust-remote-code", action="store_true",
                         help="allow Python code shipped with this model to run (only if you "
                              "trust its author)")

@@ -17,6 +17,12 @@ more tokens per second:
     decodes 2-3x faster. Reduced precision: labelled as such.
 ``bf16``
     A bfloat16 copy of the model (half the bytes).
+``compiled``
+    The model ``auto`` would decode with, its forward compiled by ``torch.compile`` with
+    transformers' static cache (``generate``'s own compiled decoding; on a GPU the forward
+    becomes CUDA graphs). The first generation of each shape (rows, cache length in steps
+    of :data:`CACHE_BUCKET`) compiles, 10-60 s; compiled code is cached on disk. Never
+    chosen by ``auto``: only a long session repays the compile on a CPU.
 
 ``auto`` picks ``int8`` on such a CPU for a model whose linear weights do not fit in the
 caches (at least :data:`AUTO_MIN_BYTES`; below that the copy gains nothing), else
@@ -35,14 +41,16 @@ from typing import Any
 
 from workbench.core.errors import WorkbenchError
 
-DECODE_CHOICES = ("auto", "exact", "int8", "bf16")
+DECODE_CHOICES = ("auto", "exact", "int8", "bf16", "compiled")
 AUTO_MIN_BYTES = 64 * 2**20  # float32 linear weights below this stay in the caches
 INT8_PACKED_ROWS = 48  # above this many rows (a long prompt), dequantise and multiply in bfloat16
+CACHE_BUCKET = 256  # the compiled path's static cache length: prompt + new tokens, rounded up
 
 LABELS = {
     "exact": "exact (float32)",
     "int8": "int8 weights · bfloat16 (reduced precision)",
     "bf16": "bfloat16 (reduced precision)",
+    "compiled": "compiled (torch.compile, static cache)",
 }
 
 
@@ -50,17 +58,20 @@ LABELS = {
 class DecodePath:
     """The path a generation runs on: its name, what the status bar says, the model."""
 
-    name: str  # exact, int8 or bf16
+    name: str  # exact, int8, bf16 or compiled
     model: Any
     note: str = ""  # why auto chose it, or why a requested path fell back
+    base: str = ""  # for compiled: the path whose model is compiled
 
     @property
     def label(self) -> str:
+        if self.name == "compiled":
+            return f"{LABELS['compiled']} · {LABELS[self.base or 'exact']}"
         return LABELS[self.name]
 
     @property
     def reduced(self) -> bool:
-        return self.name != "exact"
+        return (self.base or self.name) != "exact"
 
 
 def check_decode(requested: str) -> str:
@@ -130,12 +141,66 @@ def unavailable(name: str, model: Any, built: str | None = None) -> str | None:
     return None
 
 
+def compile_unavailable(model: Any) -> str | None:
+    """Why the compiled path cannot run ``model`` here (None when it can)."""
+    import os
+    import shutil
+
+    import torch
+
+    dynamo = getattr(torch, "_dynamo", None)
+    if not hasattr(torch, "compile") or dynamo is None or not dynamo.is_dynamo_supported():
+        return "torch.compile does not run with this Python and torch"
+    if not getattr(model, "_can_compile_fullgraph", False):
+        return f"transformers does not mark {type(model).__name__} as compilable"
+    device = next(model.parameters()).device.type
+    if device == "mps":
+        return "torch.compile is not used on Apple MPS"
+    if device == "cpu" and not any(shutil.which(c) for c in
+                                   (os.environ.get("CXX", ""), "g++", "c++", "clang++") if c):
+        return "torch.compile needs a C++ compiler on the CPU, and none was found"
+    return None
+
+
+def static_cache_length(prompt_tokens: int, new_tokens: int, limit: int | None) -> int:
+    """The compiled path's cache length: prompt + new tokens rounded up to
+    :data:`CACHE_BUCKET` (each length compiles once), at most the model's ``limit``."""
+    need = prompt_tokens + new_tokens
+    length = -(-need // CACHE_BUCKET) * CACHE_BUCKET
+    return max(need, min(length, limit)) if limit else length
+
+
+def compile_config(device: str) -> Any:
+    """transformers' CompileConfig for ``generate`` (on every device, not only GPUs), with
+    Inductor's compiled code cached in the app's cache folder."""
+    import os
+
+    from transformers import CompileConfig
+
+    from workbench.core.paths import cache_dir
+
+    current = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    try:  # torch writes its default into the variable the first time it looks
+        from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+        torch_default = os.path.abspath(default_cache_dir())
+    except (ImportError, AttributeError):
+        torch_default = None
+    if current is None or current == torch_default:  # a folder of the user's own is kept
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(cache_dir() / "torch-compile")
+    config = CompileConfig(fullgraph=False, dynamic=False)
+    config._compile_all_devices = True  # transformers compiles on GPUs only unless told
+    return config
+
+
 def choose(requested: str, model: Any, built: str | None = None) -> tuple[str, str]:
     """The path to run for ``requested`` (after :func:`check_decode`) and a note: why
     ``auto`` chose it, or why a requested path falls back to ``exact``. ``built`` names the
     path whose copy exists already."""
     if requested == "exact":
         return "exact", ""
+    if requested == "compiled":  # see LoadedModel.decoding: the model auto chooses, compiled
+        requested = "auto"
     if requested == "auto":
         why_not = unavailable("int8", model, built)
         if why_not is None and linear_bytes(model) < AUTO_MIN_BYTES:

@@ -513,7 +513,11 @@ def run_generation(loaded: Any, input_ids: Any, rows: int, generate_kwargs: dict
     start = time.perf_counter()
     with torch.inference_mode(), recording_chain(model, inspector.first, inspector.last,
                                                  extra_processors):
-        if not beams and attention_mask is None:
+        shape = None
+        if path is not None and path.name == "compiled" and not beams:
+            generate_kwargs, shape = compiled_kwargs(loaded, model, input_ids, generate_kwargs,
+                                                     ctx)
+        elif not beams and attention_mask is None:
             input_ids, generate_kwargs = shared_prompt(model, input_ids, generate_kwargs)
         mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
         out = model.generate(input_ids, attention_mask=mask,
@@ -523,12 +527,48 @@ def run_generation(loaded: Any, input_ids: Any, rows: int, generate_kwargs: dict
                              return_dict_in_generate=True, output_scores=beams,
                              **generate_kwargs)
     seconds = time.perf_counter() - start
+    if shape is not None:
+        loaded.compiled_shapes.add(shape)
     if beams:
         _beam_results(out, model, input_ids.shape[1], tokenizer, eos, ids_out, steps_out, ctx)
     sequences = [GeneratedSequence(tokenizer.decode(ids, skip_special_tokens=True), ids, steps)
                  for ids, steps in zip(ids_out, steps_out, strict=True)]
-    return GenerationRun(sequences, seconds, "exact" if path is None else path.name,
-                         "" if path is None else path.note)
+    name = "exact" if path is None else path.name
+    if name == "compiled" and shape is None:  # beam search: not compiled, the base path ran
+        name = path.base
+    return GenerationRun(sequences, seconds, name, "" if path is None else path.note)
+
+
+def _cache_keyword(model: Any) -> str:
+    """transformers 5.24 renamed past_key_values to cache (forward and generate alike;
+    generate takes it through **kwargs, so the forward's signature tells)."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(model.forward).parameters \
+        else "past_key_values"
+
+
+def compiled_kwargs(loaded: Any, model: Any, input_ids: Any, generate_kwargs: dict[str, Any],
+                    ctx: JobContext) -> tuple[dict[str, Any], tuple]:
+    """``generate_kwargs`` for the compiled path: a static cache of a bucketed length
+    (``decoding.static_cache_length``) and transformers' CompileConfig, which makes
+    ``generate`` compile the model's forward for its decoding steps; and the shape
+    (model, rows, cache length) that compiles. The first run of a shape says so first."""
+    from transformers import StaticCache
+
+    from workbench.core import decoding
+
+    rows = input_ids.shape[0] * int(generate_kwargs.get("num_return_sequences") or 1)
+    length = decoding.static_cache_length(input_ids.shape[1], generate_kwargs["max_new_tokens"],
+                                          context_length(model))
+    shape = (id(model), rows, length)
+    if shape not in loaded.compiled_shapes:
+        ctx.progress(f"Compiling the model for {rows} row{'s' if rows != 1 else ''} and "
+                     f"{length} positions (torch.compile, once for this shape: 10-60 s)…", None)
+    cache = StaticCache(config=model.config, max_cache_len=length)
+    kwargs = {**generate_kwargs, _cache_keyword(model): cache,
+              "compile_config": decoding.compile_config(model.device.type)}
+    return kwargs, shape
 
 
 def shared_prompt(model: Any, input_ids: Any, generate_kwargs: dict[str, Any]
@@ -544,8 +584,6 @@ def shared_prompt(model: Any, input_ids: Any, generate_kwargs: dict[str, Any]
     against 1.45 s). The ids and kwargs are returned unchanged where this does not apply:
     one row, different prompts, a one-token prompt, or a model whose cache ``generate``
     does not build as a ``DynamicCache`` (encoder-decoder, recurrent, XLNet, ...)."""
-    import inspect
-
     import torch
     from transformers import DynamicCache
 
@@ -557,10 +595,7 @@ def shared_prompt(model: Any, input_ids: Any, generate_kwargs: dict[str, Any]
             or not bool((input_ids == input_ids[:1]).all()):
         return input_ids, generate_kwargs
 
-    # transformers 5.24 renamed past_key_values to cache (forward and generate alike;
-    # generate takes it through **kwargs, so the forward's signature tells)
-    keyword = "cache" if "cache" in inspect.signature(model.forward).parameters \
-        else "past_key_values"
+    keyword = _cache_keyword(model)
     cache = DynamicCache(config=model.config)
     head = input_ids[:1, :-1]
     model(input_ids=head, attention_mask=torch.ones_like(head), use_cache=True,

@@ -68,6 +68,8 @@ class LoadedModel:
     config: dict = field(default_factory=dict, repr=False)
     decode: str = "auto"  # the decoding path asked for (workbench.core.decoding)
     _decoder: tuple[str, Any] | None = field(default=None, repr=False, compare=False)
+    # (model copy, rows, cache length) the compiled path has compiled this session
+    compiled_shapes: set = field(default_factory=set, repr=False, compare=False)
 
     def decoding(self, ctx: JobContext | None = None) -> Any:
         """The :class:`~workbench.core.decoding.DecodePath` generation runs on: the path
@@ -76,17 +78,29 @@ class LoadedModel:
         for)."""
         from workbench.core import decoding
 
-        name, note = decoding.choose(decoding.check_decode(self.decode), self.model,
+        requested = decoding.check_decode(self.decode)
+        compiled = requested == "compiled"  # compiles the model auto decodes with
+        name, note = decoding.choose("auto" if compiled else requested, self.model,
                                      None if self._decoder is None else self._decoder[0])
+        if compiled:
+            why_not = decoding.compile_unavailable(self.model)
+            note = "" if why_not is None else \
+                f"compiled off ({why_not}): decoding {decoding.LABELS[name]}"
+            compiled = why_not is None
         if name == "exact":
             self._decoder = None  # a copy no longer used gives its memory back
-            return decoding.DecodePath(name, self.model, note)
-        if self._decoder is None or self._decoder[0] != name:
-            self._decoder = None  # the old copy goes before the new one is built
-            if ctx is not None:
-                ctx.progress(f"Preparing the {decoding.LABELS[name]} copy for decoding…", None)
-            self._decoder = (name, decoding.build(name, self.model))
-        return decoding.DecodePath(name, self._decoder[1], note)
+            model = self.model
+        else:
+            if self._decoder is None or self._decoder[0] != name:
+                self._decoder = None  # the old copy goes before the new one is built
+                if ctx is not None:
+                    ctx.progress(f"Preparing the {decoding.LABELS[name]} copy for decoding…",
+                                 None)
+                self._decoder = (name, decoding.build(name, self.model))
+            model = self._decoder[1]
+        if compiled:
+            return decoding.DecodePath("compiled", model, note, base=name)
+        return decoding.DecodePath(name, model, note)
 
     @property
     def parameters(self) -> int:
