@@ -27,6 +27,7 @@ FIGURES: dict[str, Figure] = {
     "model_load_cached": model_figures.bench_model_load_cached,
     "generate_overhead": model_figures.bench_generate_overhead,
     "decode_speedup": model_figures.bench_decode_speedup,
+    "compiled_decode": model_figures.bench_compiled_decode,
     "reduced_precision_perplexity": model_figures.bench_reduced_precision_perplexity,
     "compare_batched": model_figures.bench_compare_batched,
     "compare_batched_busy": model_figures.bench_compare_batched_busy,

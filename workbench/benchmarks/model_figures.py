@@ -220,6 +220,46 @@ def bench_decode_speedup(emit: Callable[[Any], None], repeats: int = 3,
                   app_cpu_per_wall=round(app_cpu, 2), bare_cpu_per_wall=round(bare_cpu, 2))
 
 
+def bench_compiled_decode(emit: Callable[[Any], None], repeats: int = 3,
+                          tokens: int = 64) -> dict:
+    """Greedy tokens/s of the ``compiled`` path once compiled ÷ the same model eager
+    (``auto``'s path), both with their per-step records, in alternating runs; the first
+    compiled run's seconds (the compile) beside it."""
+    from workbench.core.generation import SamplingSettings, generate
+    from workbench.core.loader import load_model
+    from workbench.core.threads import adapted_threads
+
+    emit(Progress("compiled_decode: loading SmolLM2", 0.0))
+    loaded = load_model("SmolLM2-135M-Instruct")
+    settings = SamplingSettings(max_new_tokens=tokens, do_sample=False, chat=False)
+
+    def run(decode: str) -> int:
+        loaded.decode = decode
+        with adapted_threads():
+            return len(generate(loaded, BENCH_PROMPT, settings, top_n=10).token_ids)
+
+    run("auto")  # builds auto's copy
+    emit(Progress("compiled_decode: compiling", 0.1))
+    start = time.perf_counter()
+    run("compiled")
+    compile_seconds = time.perf_counter() - start
+    label = loaded.decoding().label
+    eager_runs, compiled_runs = [], []
+    for i in range(repeats):
+        emit(Progress("compiled_decode: timing", (i + 1) / (repeats + 1)))
+        eager_runs.append(_timed(lambda: run("auto")))
+        compiled_runs.append(_timed(lambda: run("compiled")))
+    eager = _median_rate([(n, w) for n, w, _ in eager_runs])
+    compiled = _median_rate([(n, w) for n, w, _ in compiled_runs])
+    return figure(compiled / eager, 1.0, "higher",
+                  f"{label}: {compiled:.1f} tokens/s vs {eager:.1f} eager, after a "
+                  f"{compile_seconds:.0f} s first run (the compile; less in a later session, "
+                  "from the disk cache)",
+                  compiled_tokens_per_second=round(compiled, 2),
+                  eager_tokens_per_second=round(eager, 2),
+                  first_run_seconds=round(compile_seconds, 1))
+
+
 def bench_reduced_precision_perplexity(emit: Callable[[Any], None]) -> dict:
     """Perplexity of a held-out text (the project's own sample corpus) on each
     reduced-precision decoding path ÷ float32's: the figure is the worst path's."""
