@@ -233,6 +233,8 @@ def test_the_compiled_path_compiles_once_a_shape_and_keeps_every_record(llama):
     assert not worker.is_alive() and not failures, failures
     compiling = [e for e in events if isinstance(e, Progress) and "Compiling" in e.message]
     assert len(compiling) == 1  # the second run of the same shape reuses the compiled code
+    # the first run's time includes the compile, and says so
+    assert ["include the compile" in " ".join(r.notices) for r in results] == [True, False]
     for result in results:
         assert result.decoding == "compiled"
         assert result.token_ids == eager.token_ids

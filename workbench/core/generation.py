@@ -527,8 +527,11 @@ def run_generation(loaded: Any, input_ids: Any, rows: int, generate_kwargs: dict
                              return_dict_in_generate=True, output_scores=beams,
                              **generate_kwargs)
     seconds = time.perf_counter() - start
-    if shape is not None:
+    note = "" if path is None else path.note
+    if shape is not None and shape not in loaded.compiled_shapes:
         loaded.compiled_shapes.add(shape)
+        note = "; ".join(n for n in (note, f"this run compiled the model for its shape: its "
+                                     f"{seconds:.1f} s include the compile") if n)
     if beams:
         _beam_results(out, model, input_ids.shape[1], tokenizer, eos, ids_out, steps_out, ctx)
     sequences = [GeneratedSequence(tokenizer.decode(ids, skip_special_tokens=True), ids, steps)
@@ -536,7 +539,7 @@ def run_generation(loaded: Any, input_ids: Any, rows: int, generate_kwargs: dict
     name = "exact" if path is None else path.name
     if name == "compiled" and shape is None:  # beam search: not compiled, the base path ran
         name = path.base
-    return GenerationRun(sequences, seconds, name, "" if path is None else path.note)
+    return GenerationRun(sequences, seconds, name, note)
 
 
 def _cache_keyword(model: Any) -> str:
