@@ -275,3 +275,54 @@ def test_the_compiled_path_falls_back_when_forced_off(llama, monkeypatch, change
     (100, 100, 150, 200)])
 def test_the_static_cache_length_is_bucketed(prompt, new, limit, expected):
     assert decoding.static_cache_length(prompt, new, limit) == expected
+
+
+def test_a_compiler_that_does_not_work_turns_the_path_off_with_its_reason(llama, monkeypatch):
+    monkeypatch.setattr(decoding, "_compile_failures", {})
+    monkeypatch.setattr(decoding, "_probe_compile",
+                        lambda device: "InvalidCxxCompiler: No working C++ compiler found")
+    llama.decode = "compiled"
+    path = llama.decoding()
+    assert path.name == "exact" and "No working C++ compiler" in path.note
+    result = generate(llama, "the cat", SamplingSettings(max_new_tokens=3, do_sample=False,
+                                                         chat=False))
+    assert result.decoding == "exact" and not llama.compiled_shapes
+
+
+def test_a_compile_that_fails_during_generation_is_one_message_then_off(llama, monkeypatch):
+    """A failure only the real compile meets (the probe passed): one clear error, and the
+    next generation decodes on the base path, saying why."""
+    monkeypatch.setattr(decoding, "_compile_failures", {})
+    monkeypatch.setattr(decoding, "_probe_compile", lambda device: "")
+
+    def failing_generate(*args, **kwargs):
+        raise torch._dynamo.exc.TorchDynamoException("backend failed")
+
+    llama.model.generate = failing_generate  # this test's own model (a fixture per test)
+    llama.decode = "compiled"
+    settings = SamplingSettings(max_new_tokens=3, do_sample=False, chat=False)
+    with pytest.raises(decoding.WorkbenchError, match="Compiling the model failed .*"
+                       "TorchDynamoException: backend failed.* decode on exact"):
+        generate(llama, "the cat", settings)
+    del llama.model.generate  # the class's own again
+    path = llama.decoding()
+    assert path.name == "exact" and "backend failed" in path.note
+    assert generate(llama, "the cat", settings).decoding == "exact"
+
+
+def test_a_model_with_its_own_cache_is_not_compiled_and_still_batches(llama):
+    """A generation config that names its cache: transformers refuses a cache handed to
+    generate beside it, so neither the compiled path nor the shared prompt passes one."""
+    from workbench.core.compare import compare
+    from workbench.core.sampling import parse_strategy
+
+    llama.model.generation_config.cache_implementation = "static"
+    llama.decode = "compiled"
+    path = llama.decoding()
+    assert path.name == "exact" and "chooses its own cache (static)" in path.note
+    several = generate(llama, "the cat sat", SamplingSettings(
+        max_new_tokens=4, chat=False, num_return_sequences=2, seed=1))
+    assert len(several.sequences) == 2
+    result = compare(llama, "the cat sat", [parse_strategy("top_k=5"), parse_strategy("greedy")],
+                     max_new_tokens=4, chat=False)
+    assert [len(s.sequences) for s in result.strategies] == [1, 1]

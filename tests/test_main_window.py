@@ -47,6 +47,10 @@ def test_loading_a_folder_updates_status_bar_and_tabs(qtbot, window, tiny):
     assert window.worker.store.decode == "bf16"
     assert "decoding bfloat16" in window.device_status.text() or \
         "not available" in window.device_status.toolTip()
+    window.picker.decode.setCurrentText("compiled")  # names the path it compiles, or why not
+    assert window.device_status.text().endswith(
+        "decoding compiled (torch.compile, static cache) · exact (float32)") or \
+        "compiled off" in window.device_status.toolTip()
     assert window.memory_status.text().startswith("RAM ")
     assert "2 layers × 4 heads" in window.tab_pages[0].model_label.text()
     assert "Loaded llama" in window.log.text()

@@ -520,15 +520,27 @@ def run_generation(loaded: Any, input_ids: Any, rows: int, generate_kwargs: dict
         elif not beams and attention_mask is None:
             input_ids, generate_kwargs = shared_prompt(model, input_ids, generate_kwargs)
         mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
-        out = model.generate(input_ids, attention_mask=mask,
-                             stopping_criteria=StoppingCriteriaList([CancelCriteria()]),
-                             streamer=None if beams else Stream(),
-                             pad_token_id=tokenizer.pad_token_id,
-                             return_dict_in_generate=True, output_scores=beams,
-                             **generate_kwargs)
+        try:
+            out = model.generate(input_ids, attention_mask=mask,
+                                 stopping_criteria=StoppingCriteriaList([CancelCriteria()]),
+                                 streamer=None if beams else Stream(),
+                                 pad_token_id=tokenizer.pad_token_id,
+                                 return_dict_in_generate=True, output_scores=beams,
+                                 **generate_kwargs)
+        except Exception as exc:
+            from workbench.core import decoding
+
+            if shape is None or not decoding.is_compile_error(exc):
+                raise
+            why = decoding.note_compile_failure(model.device.type, exc)
+            raise WorkbenchError(
+                f"Compiling the model failed ({why}). The compiled path is off for this "
+                f"session: generate again to decode on {decoding.LABELS[path.base]}.") from exc
     seconds = time.perf_counter() - start
     note = "" if path is None else path.note
-    if shape is not None and shape not in loaded.compiled_shapes:
+    compiled_now = shape is not None and shape not in loaded.compiled_shapes and \
+        max(map(len, ids_out), default=0) >= 2  # a decoding step ran (the first is prefill)
+    if compiled_now:
         loaded.compiled_shapes.add(shape)
         note = "; ".join(n for n in (note, f"this run compiled the model for its shape: its "
                                      f"{seconds:.1f} s include the compile") if n)
@@ -585,21 +597,27 @@ def shared_prompt(model: Any, input_ids: Any, generate_kwargs: dict[str, Any]
     from the last token of each row: the same steps, records and use of the seed, with the
     prompt's cost paid once (4 rows of a 120-token prompt on the reference machine: 1.0 s
     against 1.45 s). The ids and kwargs are returned unchanged where this does not apply:
-    one row, different prompts, a one-token prompt, or a model whose cache ``generate``
-    does not build as a ``DynamicCache`` (encoder-decoder, recurrent, XLNet, ...)."""
+    one row, different prompts, a one-token prompt, a model whose cache ``generate``
+    does not build as a ``DynamicCache`` (encoder-decoder, recurrent, XLNet, ...), one
+    whose generation config names its own cache, or a cache with layers that cannot be
+    repeated (LFM2's convolution states)."""
     import torch
     from transformers import DynamicCache
 
     copies = int(generate_kwargs.get("num_return_sequences") or 1)
     rows = input_ids.shape[0] * copies
     supported = getattr(model, "_supports_default_dynamic_cache", None)
+    own_cache = getattr(model.generation_config, "cache_implementation", None)
     if rows < 2 or input_ids.shape[1] < 2 or getattr(model.config, "is_encoder_decoder", False) \
             or getattr(model, "_is_stateful", False) or supported is None or not supported() \
-            or not bool((input_ids == input_ids[:1]).all()):
+            or own_cache or not bool((input_ids == input_ids[:1]).all()):
         return input_ids, generate_kwargs
 
     keyword = _cache_keyword(model)
     cache = DynamicCache(config=model.config)
+    if not all(hasattr(layer, "batch_repeat_interleave") for layer in
+               getattr(cache, "layers", [None])):  # LFM2's convolution states, ...
+        return input_ids, generate_kwargs
     head = input_ids[:1, :-1]
     model(input_ids=head, attention_mask=torch.ones_like(head), use_cache=True,
           logits_to_keep=1, **{keyword: cache})

@@ -78,15 +78,10 @@ class LoadedModel:
         for)."""
         from workbench.core import decoding
 
-        requested = decoding.check_decode(self.decode)
-        compiled = requested == "compiled"  # compiles the model auto decodes with
-        name, note = decoding.choose("auto" if compiled else requested, self.model,
-                                     None if self._decoder is None else self._decoder[0])
-        if compiled:
-            why_not = decoding.compile_unavailable(self.model)
-            note = "" if why_not is None else \
-                f"compiled off ({why_not}): decoding {decoding.LABELS[name]}"
-            compiled = why_not is None
+        path, base, note = decoding.plan(decoding.check_decode(self.decode), self.model,
+                                         None if self._decoder is None else self._decoder[0],
+                                         probe=True)
+        name = base or path  # the model that runs: compiled compiles auto's
         if name == "exact":
             self._decoder = None  # a copy no longer used gives its memory back
             model = self.model
@@ -97,10 +92,10 @@ class LoadedModel:
                     ctx.progress(f"Preparing the {decoding.LABELS[name]} copy for decoding…",
                                  None)
                 self._decoder = (name, decoding.build(name, self.model))
+                self.compiled_shapes = {shape for shape in self.compiled_shapes  # the old
+                                        if shape[0] == id(self.model)}  # copy's are gone
             model = self._decoder[1]
-        if compiled:
-            return decoding.DecodePath("compiled", model, note, base=name)
-        return decoding.DecodePath(name, model, note)
+        return decoding.DecodePath(path, model, note, base=base)
 
     @property
     def parameters(self) -> int:

@@ -328,7 +328,7 @@ class MainWindow(QMainWindow):
 
     def show_decoding(self) -> None:
         """The device, dtype and the decoding path generation will run on, in the status bar."""
-        from workbench.core.decoding import LABELS, check_decode, choose
+        from workbench.core.decoding import DecodePath, check_decode, plan
 
         loaded = self.loaded
         if loaded is None:
@@ -336,8 +336,9 @@ class MainWindow(QMainWindow):
         text = f"Device: {loaded.device} ({loaded.dtype})"
         note = ""
         if loaded.task == CAUSAL_LM:
-            name, note = choose(check_decode(self.picker.decode.currentText()), loaded.model)
-            text += f" · decoding {LABELS[name]}"
+            name, base, note = plan(check_decode(self.picker.decode.currentText()),
+                                    loaded.model)
+            text += f" · decoding {DecodePath(name, loaded.model, note, base).label}"
         self.device_status.setText(text)
         self.device_status.setToolTip(note)
 
