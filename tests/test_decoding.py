@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from tests.cli_runner import run_in_process
-from workbench.core import decoding
+from workbench.core import compiling, decoding
 from workbench.core.generation import SamplingSettings, generate, next_token_logits
 from workbench.core.loader import load_model
 
@@ -274,12 +274,12 @@ def test_the_compiled_path_falls_back_when_forced_off(llama, monkeypatch, change
     (5, 8, None, 256), (200, 56, None, 256), (200, 57, None, 512), (5, 8, 128, 128),
     (100, 100, 150, 200)])
 def test_the_static_cache_length_is_bucketed(prompt, new, limit, expected):
-    assert decoding.static_cache_length(prompt, new, limit) == expected
+    assert compiling.static_cache_length(prompt, new, limit) == expected
 
 
 def test_a_compiler_that_does_not_work_turns_the_path_off_with_its_reason(llama, monkeypatch):
-    monkeypatch.setattr(decoding, "_compile_failures", {})
-    monkeypatch.setattr(decoding, "_probe_compile",
+    monkeypatch.setattr(compiling, "_compile_failures", {})
+    monkeypatch.setattr(compiling, "_probe_compile",
                         lambda device: "InvalidCxxCompiler: No working C++ compiler found")
     llama.decode = "compiled"
     path = llama.decoding()
@@ -292,8 +292,8 @@ def test_a_compiler_that_does_not_work_turns_the_path_off_with_its_reason(llama,
 def test_a_compile_that_fails_during_generation_is_one_message_then_off(llama, monkeypatch):
     """A failure only the real compile meets (the probe passed): one clear error, and the
     next generation decodes on the base path, saying why."""
-    monkeypatch.setattr(decoding, "_compile_failures", {})
-    monkeypatch.setattr(decoding, "_probe_compile", lambda device: "")
+    monkeypatch.setattr(compiling, "_compile_failures", {})
+    monkeypatch.setattr(compiling, "_probe_compile", lambda device: "")
 
     def failing_generate(*args, **kwargs):
         raise torch._dynamo.exc.TorchDynamoException("backend failed")
@@ -302,7 +302,7 @@ def test_a_compile_that_fails_during_generation_is_one_message_then_off(llama, m
     llama.decode = "compiled"
     settings = SamplingSettings(max_new_tokens=3, do_sample=False, chat=False)
     with pytest.raises(decoding.WorkbenchError, match="Compiling the model failed .*"
-                       "TorchDynamoException: backend failed.* decode on exact"):
+                       "TorchDynamoException: backend failed.* decode on exact, uncompiled"):
         generate(llama, "the cat", settings)
     del llama.model.generate  # the class's own again
     path = llama.decoding()

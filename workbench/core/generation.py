@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -520,22 +520,27 @@ def run_generation(loaded: Any, input_ids: Any, rows: int, generate_kwargs: dict
         elif not beams and attention_mask is None:
             input_ids, generate_kwargs = shared_prompt(model, input_ids, generate_kwargs)
         mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
-        try:
-            out = model.generate(input_ids, attention_mask=mask,
-                                 stopping_criteria=StoppingCriteriaList([CancelCriteria()]),
-                                 streamer=None if beams else Stream(),
-                                 pad_token_id=tokenizer.pad_token_id,
-                                 return_dict_in_generate=True, output_scores=beams,
-                                 **generate_kwargs)
-        except Exception as exc:
-            from workbench.core import decoding
+        from workbench.core.threads import sharing_the_gil
 
-            if shape is None or not decoding.is_compile_error(exc):
+        compiling = shape is not None and shape not in loaded.compiled_shapes
+        try:
+            with sharing_the_gil(0.0005) if compiling else nullcontext():
+                out = model.generate(input_ids, attention_mask=mask,
+                                     stopping_criteria=StoppingCriteriaList(
+                                         [CancelCriteria()]),
+                                     streamer=None if beams else Stream(),
+                                     pad_token_id=tokenizer.pad_token_id,
+                                     return_dict_in_generate=True, output_scores=beams,
+                                     **generate_kwargs)
+        except Exception as exc:
+            from workbench.core import compiling
+
+            if shape is None or not compiling.is_compile_error(exc):
                 raise
-            why = decoding.note_compile_failure(model.device.type, exc)
+            why = compiling.note_compile_failure(model.device.type, exc)
             raise WorkbenchError(
                 f"Compiling the model failed ({why}). The compiled path is off for this "
-                f"session: generate again to decode on {decoding.LABELS[path.base]}.") from exc
+                f"session: generate again to decode on {path.base}, uncompiled.") from exc
     seconds = time.perf_counter() - start
     note = "" if path is None else path.note
     compiled_now = shape is not None and shape not in loaded.compiled_shapes and \
@@ -566,15 +571,15 @@ def _cache_keyword(model: Any) -> str:
 def compiled_kwargs(loaded: Any, model: Any, input_ids: Any, generate_kwargs: dict[str, Any],
                     ctx: JobContext) -> tuple[dict[str, Any], tuple]:
     """``generate_kwargs`` for the compiled path: a static cache of a bucketed length
-    (``decoding.static_cache_length``) and transformers' CompileConfig, which makes
+    (``compiling.static_cache_length``) and transformers' CompileConfig, which makes
     ``generate`` compile the model's forward for its decoding steps; and the shape
     (model, rows, cache length) that compiles. The first run of a shape says so first."""
     from transformers import StaticCache
 
-    from workbench.core import decoding
+    from workbench.core import compiling
 
     rows = input_ids.shape[0] * int(generate_kwargs.get("num_return_sequences") or 1)
-    length = decoding.static_cache_length(input_ids.shape[1], generate_kwargs["max_new_tokens"],
+    length = compiling.static_cache_length(input_ids.shape[1], generate_kwargs["max_new_tokens"],
                                           context_length(model))
     shape = (id(model), rows, length)
     if shape not in loaded.compiled_shapes:
@@ -582,7 +587,7 @@ def compiled_kwargs(loaded: Any, model: Any, input_ids: Any, generate_kwargs: di
                      f"{length} positions (torch.compile, once for this shape: 10-60 s)…", None)
     cache = StaticCache(config=model.config, max_cache_len=length)
     kwargs = {**generate_kwargs, _cache_keyword(model): cache,
-              "compile_config": decoding.compile_config(model.device.type)}
+              "compile_config": compiling.compile_config(model.device.type)}
     return kwargs, shape
 
 

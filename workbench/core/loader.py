@@ -76,9 +76,13 @@ class LoadedModel:
         :attr:`decode` asks for where it can run, its model copy built on first use (about
         half a second for SmolLM2; one copy is kept, dropped when another path is asked
         for)."""
-        from workbench.core import decoding
+        from workbench.core import compiling, decoding
 
-        path, base, note = decoding.plan(decoding.check_decode(self.decode), self.model,
+        requested = decoding.check_decode(self.decode)
+        device = next(self.model.parameters()).device.type
+        if requested == "compiled" and ctx is not None and not compiling.compile_probed(device):
+            ctx.progress("Checking that torch.compile works here (once a session)…", None)
+        path, base, note = decoding.plan(requested, self.model,
                                          None if self._decoder is None else self._decoder[0],
                                          probe=True)
         name = base or path  # the model that runs: compiled compiles auto's

@@ -9,10 +9,7 @@ import os
 import shlex
 import signal
 import subprocess
-import sys
-from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -52,6 +49,7 @@ from workbench.core.finetune import (
 )
 from workbench.core.finetune_inputs import check_data, check_model
 from workbench.core.runs import RunMonitor, check_run_folder
+from workbench.core.threads import sharing_the_gil
 from workbench.core.training_process import (
     LOG_FILE,
     PROBES_FILE,
@@ -199,20 +197,6 @@ def read_new_lines(path: Path, offset: int, limit: int = 1 << 20) -> tuple[list[
     end = data.rfind(b"\n") + 1  # a line being written waits for its end
     lines = data[:end].decode("utf-8", errors="replace").splitlines()
     return lines, offset + end
-
-
-@contextmanager
-def sharing_the_gil(seconds: float = 0.0001) -> Iterator[None]:
-    """While a reader thread parses, hand the GIL back to the GUI thread quickly: a paint
-    calls into Python for every chart item, and each call waits for the GIL for up to the
-    switch interval (5 ms by default), which made one paint of the charts take 1.7 s
-    while a long run was read."""
-    before = sys.getswitchinterval()
-    sys.setswitchinterval(min(before, seconds))
-    try:
-        yield
-    finally:
-        sys.setswitchinterval(before)
 
 
 def poll_runs(runs: list[FollowedRun], smoothing: float, unit: str) -> list[PollResult]:
