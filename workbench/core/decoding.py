@@ -159,13 +159,12 @@ def plan(requested: str, model: Any, built: str | None = None, probe: bool = Fal
 
 
 def choose(requested: str, model: Any, built: str | None = None) -> tuple[str, str]:
-    """The path to run for ``requested`` (after :func:`check_decode`) and a note: why
-    ``auto`` chose it, or why a requested path falls back to ``exact``. ``built`` names the
-    path whose copy exists already."""
+    """The path to run for ``requested`` (``auto``, ``exact``, ``int8`` or ``bf16``;
+    ``compiled`` goes through :func:`plan`) and a note: why ``auto`` chose it, or why a
+    requested path falls back to ``exact``. ``built`` names the path whose copy exists
+    already."""
     if requested == "exact":
         return "exact", ""
-    if requested == "compiled":  # see LoadedModel.decoding: the model auto chooses, compiled
-        requested = "auto"
     if requested == "auto":
         why_not = unavailable("int8", model, built)
         if why_not is None and linear_bytes(model) < AUTO_MIN_BYTES:

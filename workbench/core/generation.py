@@ -520,11 +520,12 @@ def run_generation(loaded: Any, input_ids: Any, rows: int, generate_kwargs: dict
         elif not beams and attention_mask is None:
             input_ids, generate_kwargs = shared_prompt(model, input_ids, generate_kwargs)
         mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
+        from workbench.core import compiling
         from workbench.core.threads import sharing_the_gil
 
-        compiling = shape is not None and shape not in loaded.compiled_shapes
+        first_compile = shape is not None and shape not in loaded.compiled_shapes
         try:
-            with sharing_the_gil(0.0005) if compiling else nullcontext():
+            with sharing_the_gil(0.0005) if first_compile else nullcontext():
                 out = model.generate(input_ids, attention_mask=mask,
                                      stopping_criteria=StoppingCriteriaList(
                                          [CancelCriteria()]),
@@ -533,8 +534,6 @@ def run_generation(loaded: Any, input_ids: Any, rows: int, generate_kwargs: dict
                                      return_dict_in_generate=True, output_scores=beams,
                                      **generate_kwargs)
         except Exception as exc:
-            from workbench.core import compiling
-
             if shape is None or not compiling.is_compile_error(exc):
                 raise
             why = compiling.note_compile_failure(model.device.type, exc)
@@ -543,9 +542,7 @@ def run_generation(loaded: Any, input_ids: Any, rows: int, generate_kwargs: dict
                 f"session: generate again to decode on {path.base}, uncompiled.") from exc
     seconds = time.perf_counter() - start
     note = "" if path is None else path.note
-    compiled_now = shape is not None and shape not in loaded.compiled_shapes and \
-        max(map(len, ids_out), default=0) >= 2  # a decoding step ran (the first is prefill)
-    if compiled_now:
+    if first_compile and max(map(len, ids_out)) >= 2:  # a decoding step ran (not only prefill)
         loaded.compiled_shapes.add(shape)
         note = "; ".join(n for n in (note, f"this run compiled the model for its shape: its "
                                      f"{seconds:.1f} s include the compile") if n)
