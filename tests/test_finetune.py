@@ -496,6 +496,32 @@ def test_on_a_gpu_a_run_trains_under_autocast(monkeypatch):
     assert mixed_precision("cuda") == "fp16"
 
 
+def test_a_classification_run_holds_one_copy_of_the_weights(tmp_path, tiny, monkeypatch):
+    """A run that loads its model itself (as the training process does) lets the loaded
+    encoder go before it reads the classifier: never both in memory."""
+    import weakref
+
+    from transformers import modeling_utils
+
+    original = modeling_utils.PreTrainedModel.from_pretrained.__func__
+    loaded_models, alive_at_classifier = [], []
+
+    def watched(cls, *args, **kwargs):
+        if cls.__name__.endswith("ForSequenceClassification"):
+            import gc
+
+            gc.collect()
+            alive_at_classifier.extend(ref() is not None for ref in loaded_models)
+        model = original(cls, *args, **kwargs)
+        loaded_models.append(weakref.ref(model))
+        return model
+
+    monkeypatch.setattr(modeling_utils.PreTrainedModel, "from_pretrained", classmethod(watched))
+    result = run_finetune(config(tmp_path, tiny, "classify", max_steps=2))
+    assert result.global_step == 2
+    assert alive_at_classifier == [False]  # the encoder read first was gone by then
+
+
 def test_a_language_model_run_reads_the_weights_once(tmp_path, tiny, monkeypatch):
     """A run that loads its model itself (as the training process does) trains that model:
     the weights are not read a second time (twice the memory for a while)."""

@@ -940,8 +940,9 @@ def _model_to_train(config: FinetuneConfig, loaded: Any, data: PreparedData,
 def _model_for(config: FinetuneConfig, loaded: Any, labels: list[str],
                ctx: JobContext | None = None, own: bool = False):
     """The model to train: a fresh copy (the loaded one stays as it is), or for a language
-    model the run ``own``s, that one. A classifier trained on other labels gets a new head
-    for these, and the log says so."""
+    model the run ``own``s, that one. A classifier is read from the folder with its head
+    (one trained on other labels gets a new head for these, and the log says so); a model
+    the run ``own``s is released first."""
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
@@ -961,6 +962,11 @@ def _model_for(config: FinetuneConfig, loaded: Any, labels: list[str],
         ctx.log(f"{loaded.name}'s classification head was trained for the labels "
                 f"{', '.join(earlier)}; a new head for {', '.join(labels)} is initialised "
                 "(the rest of the model is kept).")
+    if own:  # loaded for this run alone: its weights go before the classifier's are read
+        import gc
+
+        loaded.model = None  # (at most one copy of the weights in memory, not two)
+        gc.collect()
     return AutoModelForSequenceClassification.from_pretrained(
         loaded.folder, local_files_only=True, trust_remote_code=config.trust_remote_code,
         dtype=torch.float32, num_labels=len(labels),
