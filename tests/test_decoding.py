@@ -279,6 +279,7 @@ def test_the_static_cache_length_is_bucketed(prompt, new, limit, expected):
 
 def test_a_compiler_that_does_not_work_turns_the_path_off_with_its_reason(llama, monkeypatch):
     monkeypatch.setattr(compiling, "_compile_failures", {})
+    monkeypatch.setattr(compiling, "_compile_probed", set())
     monkeypatch.setattr(compiling, "_probe_compile",
                         lambda device: "InvalidCxxCompiler: No working C++ compiler found")
     llama.decode = "compiled"
@@ -293,6 +294,7 @@ def test_a_compile_that_fails_during_generation_is_one_message_then_off(llama, m
     """A failure only the real compile meets (the probe passed): one clear error, and the
     next generation decodes on the base path, saying why."""
     monkeypatch.setattr(compiling, "_compile_failures", {})
+    monkeypatch.setattr(compiling, "_compile_probed", set())
     monkeypatch.setattr(compiling, "_probe_compile", lambda device: "")
 
     def failing_generate(*args, **kwargs):
@@ -326,3 +328,14 @@ def test_a_model_with_its_own_cache_is_not_compiled_and_still_batches(llama):
     result = compare(llama, "the cat sat", [parse_strategy("top_k=5"), parse_strategy("greedy")],
                      max_new_tokens=4, chat=False)
     assert [len(s.sequences) for s in result.strategies] == [1, 1]
+
+
+def test_the_compile_probe_runs_once_a_session(llama, monkeypatch):
+    """Every generation asks for its path: the probe compile must not run each time."""
+    calls = []
+    monkeypatch.setattr(compiling, "_compile_failures", {})
+    monkeypatch.setattr(compiling, "_compile_probed", set())
+    monkeypatch.setattr(compiling, "_probe_compile", lambda device: calls.append(device) or "")
+    llama.decode = "compiled"
+    assert [llama.decoding().name for _ in range(3)] == ["compiled"] * 3
+    assert calls == ["cpu"] and compiling.compile_probed("cpu")

@@ -38,7 +38,8 @@ def compile_unavailable(model: Any, probe: bool = False) -> str | None:
     if device == "cpu" and not any(shutil.which(c) for c in
                                    (os.environ.get("CXX", ""), "g++", "c++", "clang++") if c):
         return "torch.compile needs a C++ compiler on the CPU, and none was found"
-    if probe and device not in _compile_failures:
+    if probe and device not in _compile_probed:  # once a session: it passed, or it failed
+        _compile_probed.add(device)
         failure = _probe_compile(device)
         if failure:
             _compile_failures[device] = failure
@@ -54,7 +55,6 @@ def _probe_compile(device: str) -> str:
 
     from workbench.core.threads import sharing_the_gil
 
-    _compile_probed.add(device)
     try:
         with sharing_the_gil(0.0005):  # the window stays responsive meanwhile
             compile_config(device)  # the same cache folder as the real compile
