@@ -130,22 +130,12 @@ def test_several_sequences_read_the_prompt_once_and_sample_as_generate_does(llam
         assert seq.token_ids == bare[row, length:length + len(seq.token_ids)].tolist()
 
 
-def test_several_sequences_of_a_model_whose_cache_cannot_be_repeated(tmp_path):
+def test_several_sequences_of_a_model_whose_cache_cannot_be_repeated(tiny):
     """LFM2's convolution states cannot be repeated per row: the prompt is then read once a
     row, as transformers does, with the same tokens as its own generate."""
-    import tiny_models
-    import transformers
     from transformers import set_seed
 
-    torch.manual_seed(0)
-    config = transformers.Lfm2Config(
-        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-        layer_types=["conv", "full_attention"], pad_token_id=0, bos_token_id=5,
-        eos_token_id=6)
-    transformers.Lfm2ForCausalLM(config).save_pretrained(tmp_path)
-    tiny_models.build_tokenizer("decoder").save_pretrained(tmp_path)
-    loaded = load_model(str(tmp_path))
+    loaded = load_model(str(tiny("lfm2")))
     s = SamplingSettings(max_new_tokens=6, temperature=1.3, top_k=0, top_p=1.0,
                          num_return_sequences=2, seed=3, chat=False)
     result = generate(loaded, "the cat sat on the", s)

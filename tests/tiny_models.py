@@ -65,6 +65,12 @@ def _config(family: str):
                                num_attention_heads=2, intermediate_size=64,
                                max_position_embeddings=128, **common),
                 t.AlbertForMaskedLM, "encoder")
+    if family == "lfm2":  # convolution layers: a cache whose states cannot be repeated per row
+        return (t.Lfm2Config(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                             num_attention_heads=4, num_key_value_heads=2,
+                             max_position_embeddings=128, layer_types=["conv", "full_attention"],
+                             pad_token_id=0, bos_token_id=5, eos_token_id=6, **common),
+                t.Lfm2ForCausalLM, "decoder")
     raise KeyError(family)
 
 
