@@ -3,7 +3,7 @@
 import sys
 
 from workbench.app import main
-from workbench.core.threads import finish_process
+from workbench.core.common.threads import finish_process
 
 if __name__ == "__main__":
     sys.exit(finish_process(main()))

@@ -42,7 +42,7 @@ import tiny_models  # noqa: E402
 # QtWebEngine needs these before pytest-qt creates the QApplication.
 from PySide6.QtCore import QCoreApplication, Qt  # noqa: E402
 
-from workbench.ui.web_view import register_scheme  # noqa: E402
+from workbench.ui.common.web_view import register_scheme  # noqa: E402
 
 register_scheme()
 QCoreApplication.setAttribute(Qt.ApplicationAttribute.AA_ShareOpenGLContexts)
@@ -63,7 +63,7 @@ def _collect_qt_garbage():
     """After each test (and after pytest-qt has closed its widgets), delete what Qt was
     asked to delete and collect Python garbage now, in a known order, rather than at a
     random later moment in another test. What is left is frozen, as the app does after a
-    full collection (workbench/ui/worker.py): the next test's collection looks only at newer
+    full collection (workbench/ui/common/worker.py): the next test's collection looks only at newer
     objects (a worker holding torch, transformers and the Trainer has about half a million,
     and looking at them all again took 0.3–1.4 s a test)."""
     yield

@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from workbench.core.attention import (
+from workbench.core.common.errors import Cancelled, WorkbenchError
+from workbench.core.common.jobs import CancelToken, run_job
+from workbench.core.interpret.attention import (
     AttentionResult,
     LensColumns,
     LensStarted,
@@ -19,9 +21,7 @@ from workbench.core.attention import (
     next_chunk,
     script_safe_json,
 )
-from workbench.core.errors import Cancelled, WorkbenchError
-from workbench.core.jobs import CancelToken, run_job
-from workbench.core.loader import LoadOptions, load_model
+from workbench.core.models.loader import LoadOptions, load_model
 
 HOSTILE = ["</script><script>window.__pwned=1</script>", "<!--", "a&b", "\u2028", "<img src=x>"]
 
@@ -228,7 +228,7 @@ def test_the_page_draws_the_first_tokens_only_with_a_notice():
 
 
 def test_position_embeddings_learned_and_rotary(tiny):
-    from workbench.core.attention import position_embeddings, sinusoidal_encoding
+    from workbench.core.interpret.attention import position_embeddings, sinusoidal_encoding
 
     gpt2 = load_model(str(tiny("gpt2")))
     learned = position_embeddings(gpt2, positions=16)
@@ -246,9 +246,9 @@ def test_position_embeddings_learned_and_rotary(tiny):
 
 
 def test_attention_is_eager_only_for_its_own_job(tiny):
-    from workbench.core.attention import compute_attention
-    from workbench.core.jobs import JobContext
-    from workbench.core.loader import load_model
+    from workbench.core.common.jobs import JobContext
+    from workbench.core.interpret.attention import compute_attention
+    from workbench.core.models.loader import load_model
 
     loaded = load_model(str(tiny("llama")))
     before = loaded.model.config._attn_implementation

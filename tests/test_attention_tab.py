@@ -3,17 +3,17 @@
 import numpy as np
 import pytest
 
-from workbench.core.attention import (
+from workbench.core.interpret.attention import (
     AttentionResult,
     LensColumns,
     bertviz_html,
     compute_attention,
     logit_lens,
 )
-from workbench.core.loader import load_model
-from workbench.ui.attention_tab import AttentionView
-from workbench.ui.main_window import MainWindow
-from workbench.ui.widgets import visible_token
+from workbench.core.models.loader import load_model
+from workbench.ui.common.widgets import visible_token
+from workbench.ui.interpret.tab import AttentionView
+from workbench.ui.shell.main_window import MainWindow
 
 HOSTILE = ["</script><script>window.__pwned=1</script>", "<!--", "<img src=x onerror=window.__pwned=2>",
            "a&amp;b"]

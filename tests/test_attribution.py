@@ -22,7 +22,9 @@ from captum.attr import (
 from workbench.cli import attribute as attribute_cli
 from workbench.cli import dispatch
 from workbench.cli.common import OneLineParser
-from workbench.core.attribution import (
+from workbench.core.common.errors import Cancelled, WorkbenchError
+from workbench.core.common.jobs import CancelToken, JobContext, Progress
+from workbench.core.interpret.attribution import (
     attribute,
     attribute_classifier,
     csv_text,
@@ -30,9 +32,7 @@ from workbench.core.attribution import (
     export_html,
     html_text,
 )
-from workbench.core.errors import Cancelled, WorkbenchError
-from workbench.core.jobs import CancelToken, JobContext, Progress
-from workbench.core.loader import load_model
+from workbench.core.models.loader import load_model
 
 PROMPT = "the cat sat on the"
 TARGET = "mat because"
@@ -413,9 +413,9 @@ def test_html_is_self_contained_and_escapes_tokens(llama, tmp_path):
 def test_the_view_runs_on_the_worker_and_shows_the_table(qtbot, tiny, llama):
     from PySide6.QtCore import Qt
 
-    from workbench.core.loader import LoadOptions
-    from workbench.ui.attribution_view import AttributionDialog
-    from workbench.ui.worker import ModelWorker
+    from workbench.core.models.loader import LoadOptions
+    from workbench.ui.common.worker import ModelWorker
+    from workbench.ui.interpret.attribution_view import AttributionDialog
 
     worker = ModelWorker()
     try:

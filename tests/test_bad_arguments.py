@@ -347,16 +347,16 @@ def test_perplexity_smallest_window(tiny, files):
     ("seed", 2**32), ("temperature", float("inf")), ("min_p", float("nan")),
 ])
 def test_sampling_settings_refuse_wrong_types_and_values(field, value):
-    from workbench.core.errors import WorkbenchError
-    from workbench.core.generation import SamplingSettings
+    from workbench.core.common.errors import WorkbenchError
+    from workbench.core.generation.generate import SamplingSettings
 
     with pytest.raises(WorkbenchError):
         SamplingSettings(**{field: value}).validate()
 
 
 def test_beam_strategy_events_never_collide_with_batch_rows():
-    from workbench.core.compare import BEAM_EVENTS, owner_of
-    from workbench.core.sampling import MAX_SEQUENCES
+    from workbench.core.generation.compare import BEAM_EVENTS, owner_of
+    from workbench.core.generation.settings import MAX_SEQUENCES
 
     owners = [0] * (MAX_SEQUENCES - 1) + [1]
     assert owner_of(MAX_SEQUENCES - 1, owners) == (1, 0)
@@ -367,7 +367,11 @@ def test_memory_estimate_formula():
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from workbench.core.generation import SCORE_COPIES, STEP_RECORD_BYTES, generation_memory
+    from workbench.core.generation.generate import (
+        SCORE_COPIES,
+        STEP_RECORD_BYTES,
+        generation_memory,
+    )
 
     model = GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=2, n_head=2, vocab_size=80))
     assert model.dtype == torch.float32

@@ -18,13 +18,13 @@ import pytest
 import torch
 from cli_runner import run_in_process
 
-from workbench.core.errors import Cancelled, WorkbenchError
-from workbench.core.evaluation import perplexity, read_lines, read_text
-from workbench.core.finetune import FinetuneConfig, prepare_data, read_rows, read_texts
-from workbench.core.generate_score import RowDone, generate_and_score, output_folder
-from workbench.core.generation import SamplingSettings
-from workbench.core.jobs import CancelToken, JobContext, LogLine, Progress
-from workbench.core.loader import load_model, load_report_to_log, set_pad_token
+from workbench.core.common.errors import Cancelled, WorkbenchError
+from workbench.core.common.jobs import CancelToken, JobContext, LogLine, Progress
+from workbench.core.evaluation.generate_score import RowDone, generate_and_score, output_folder
+from workbench.core.evaluation.metrics import perplexity, read_lines, read_text
+from workbench.core.generation.generate import SamplingSettings
+from workbench.core.models.loader import load_model, load_report_to_log, set_pad_token
+from workbench.core.training.finetune import FinetuneConfig, prepare_data, read_rows, read_texts
 
 ROOT = Path(__file__).resolve().parents[1]
 SACREBLEU = Path(sys.executable).with_name("sacrebleu")
@@ -190,7 +190,7 @@ def test_classifying_with_a_decoder_without_pad_token_pads_with_end_of_text(
 
 
 def test_classification_fine_tuning_of_a_decoder_without_pad_token(byte_level, tmp_path):
-    from workbench.core.finetune import run_finetune
+    from workbench.core.training.finetune import run_finetune
 
     events = []
     config = FinetuneConfig(task="classify", model=str(byte_level),
@@ -228,7 +228,7 @@ def test_the_load_report_is_one_note_in_the_log_not_its_table(tiny, capfd):
 
 
 def test_a_load_report_outside_a_job_is_one_line_on_stderr(tiny):
-    code = ("import workbench.core.loader, transformers\n"
+    code = ("import workbench.core.models.loader, transformers\n"
             "transformers.logging.disable_progress_bar()\n"
             f"transformers.AutoModelForSequenceClassification.from_pretrained({str(tiny('bert'))!r})")
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,

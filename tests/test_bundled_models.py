@@ -5,9 +5,9 @@ import json
 import pytest
 import torch
 
-from workbench.core import catalog
-from workbench.core.gguf_convert import cached_conversion, converted_dir
-from workbench.core.loader import load_model
+from workbench.core.models import catalog
+from workbench.core.models.gguf_convert import cached_conversion, converted_dir
+from workbench.core.models.loader import load_model
 
 pytestmark = pytest.mark.bundled
 

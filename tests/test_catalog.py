@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from workbench.core import catalog, offline
-from workbench.core.catalog import CatalogEntry, ModelSource
-from workbench.core.errors import WorkbenchError
-from workbench.core.jobs import JobContext
+from workbench.core.common import offline
+from workbench.core.common.errors import WorkbenchError
+from workbench.core.common.jobs import JobContext
+from workbench.core.models import catalog
+from workbench.core.models.catalog import CatalogEntry, ModelSource
 
 
 def test_builtin_names_match_case_insensitively():

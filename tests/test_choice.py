@@ -15,7 +15,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from workbench.core.choice import (
+from workbench.core.common.errors import Cancelled, WorkbenchError
+from workbench.core.common.jobs import CancelToken, JobContext
+from workbench.core.common.paths import sample_data
+from workbench.core.evaluation.choice import (
     BatchScorer,
     HarnessEncoder,
     harness_max_length,
@@ -24,10 +27,7 @@ from workbench.core.choice import (
     score_choices,
     score_pairs,
 )
-from workbench.core.errors import Cancelled, WorkbenchError
-from workbench.core.jobs import CancelToken, JobContext
-from workbench.core.loader import load_model
-from workbench.core.paths import sample_data
+from workbench.core.models.loader import load_model
 
 LONG = " ".join(["the cat sat on the mat because it was tired"] * 14)  # > 128 positions
 ITEMS = [
@@ -462,7 +462,7 @@ def test_cli_bad_input_is_one_error_line(capsys, tmp_path, files, tiny, args, me
 # --- the window ------------------------------------------------------------------------------------
 @pytest.fixture
 def worker(qtbot):
-    from workbench.ui.worker import ModelWorker
+    from workbench.ui.common.worker import ModelWorker
 
     w = ModelWorker()
     yield w
@@ -471,8 +471,8 @@ def worker(qtbot):
 
 def test_choice_page_shows_the_harness_numbers_and_records_them(qtbot, worker, files, harness,
                                                                 model_folder):
-    from workbench.core.loader import LoadOptions
-    from workbench.ui.evaluate_choice import ChoicePage
+    from workbench.core.models.loader import LoadOptions
+    from workbench.ui.evaluation.choice import ChoicePage
 
     reference = harness("gpt2")["results"]["wb_choice"]
     recorded, errors = [], []
@@ -505,7 +505,7 @@ def test_choice_page_shows_the_harness_numbers_and_records_them(qtbot, worker, f
 
 
 def test_pairs_page_bad_file_is_a_dialog_and_nothing_runs(qtbot, worker, tmp_path):
-    from workbench.ui.evaluate_choice import PairsPage
+    from workbench.ui.evaluation.choice import PairsPage
 
     errors = []
     page = PairsPage(worker, lambda *entry: None, lambda title, text: errors.append(text))

@@ -11,9 +11,9 @@ from sklearn.metrics import (
     precision_recall_fscore_support,
 )
 
-from workbench.core.classification import evaluate_classifier, scores
-from workbench.core.errors import WorkbenchError
-from workbench.core.loader import load_model
+from workbench.core.common.errors import WorkbenchError
+from workbench.core.evaluation.classification import evaluate_classifier, scores
+from workbench.core.models.loader import load_model
 
 SENTENCES = ("the cat sat on the mat", "the dog was tired", "hello world", "the sea is blue",
              "the sky is green and blue", "paris is the capital of france", "a dog sat",

@@ -105,7 +105,7 @@ def test_views_need_a_screenshot():
 
 def test_views_are_named_by_number_name_or_the_start_of_either():
     from workbench.cli.window import SCREENSHOT_VIEWS, parse_views
-    from workbench.ui.launch import VIEW_NEEDS
+    from workbench.ui.shell.launch import VIEW_NEEDS
 
     assert set(VIEW_NEEDS) == set(SCREENSHOT_VIEWS)  # the window knows what each one needs
     assert parse_views("1,1c") == ("1-generate", "1c-sampler-stages")
@@ -323,7 +323,7 @@ def test_finetune_with_lora_from_the_command_line(tiny, tmp_path):
 def test_train_entry_point_runs_an_exported_config(tiny, tmp_path):
     # python -m workbench.train, as the Fine-tune tab and accelerate launch start it (in its
     # own process in tests/test_training_process.py)
-    from workbench.core.finetune import FinetuneConfig
+    from workbench.core.training.finetune import FinetuneConfig
     from workbench.train import main
 
     corpus = tmp_path / "c.txt"

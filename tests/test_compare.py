@@ -6,12 +6,12 @@ import pytest
 import torch
 from sacrebleu.metrics import BLEU
 
-from workbench.core.compare import compare, distinct_n, self_bleu
-from workbench.core.errors import WorkbenchError
-from workbench.core.generation import TokenEvent, generate
-from workbench.core.jobs import JobContext
-from workbench.core.loader import load_model
-from workbench.core.sampling import SamplingSettings, parse_strategy
+from workbench.core.common.errors import WorkbenchError
+from workbench.core.common.jobs import JobContext
+from workbench.core.generation.compare import compare, distinct_n, self_bleu
+from workbench.core.generation.generate import TokenEvent, generate
+from workbench.core.generation.settings import SamplingSettings, parse_strategy
+from workbench.core.models.loader import load_model
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,7 @@ def test_core_sources_never_import_qt():
 
 def test_importing_the_core_loads_no_qt():
     code = ("import pkgutil, importlib, sys, workbench.core as c\n"
-            "for m in pkgutil.iter_modules(c.__path__): importlib.import_module('workbench.core.' + m.name)\n"
+            "for m in pkgutil.walk_packages(c.__path__, 'workbench.core.'): importlib.import_module(m.name)\n"
             "print(sorted(k for k in sys.modules if k.split('.')[0] in ('PySide6','pyqtgraph','superqt') or k.startswith('workbench.ui')))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                          check=True).stdout

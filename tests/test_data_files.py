@@ -4,7 +4,7 @@ file are pinned in tests/test_bad_files.py too)."""
 
 import pytest
 
-from workbench.core.data_files import (
+from workbench.core.common.data_files import (
     line_of,
     read_lines,
     read_pairs,
@@ -13,7 +13,7 @@ from workbench.core.data_files import (
     read_text,
     read_texts,
 )
-from workbench.core.errors import WorkbenchError
+from workbench.core.common.errors import WorkbenchError
 
 
 @pytest.mark.parametrize("raw", [b"one\ntwo\n", b"\xef\xbb\xbfone\r\ntwo\r\n", b"one\rtwo\r"])

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from tests.cli_runner import run_in_process
-from workbench.core import compiling, decoding
-from workbench.core.generation import SamplingSettings, generate, next_token_logits
-from workbench.core.loader import load_model
+from workbench.core.generation.generate import SamplingSettings, generate, next_token_logits
+from workbench.core.models import compiling, decoding
+from workbench.core.models.loader import load_model
 
 
 @pytest.fixture()
@@ -81,7 +81,7 @@ def test_paths_fall_back_to_exact_when_forced_off(llama, monkeypatch, missing, w
 
 
 def test_a_model_loaded_in_reduced_precision_decodes_as_loaded(tiny, native_bf16):
-    from workbench.core.loader import LoadOptions
+    from workbench.core.models.loader import LoadOptions
 
     loaded = load_model(str(tiny("llama")), LoadOptions(dtype="bfloat16"))
     name, note = decoding.choose("int8", loaded.model)
@@ -165,11 +165,11 @@ def test_the_command_line_names_the_path(tiny, monkeypatch):
 
 
 def test_a_copy_that_would_not_fit_is_not_made(llama, native_bf16, monkeypatch):
-    import workbench.core.generation as generation
+    from workbench.core.common import memory
 
     monkeypatch.setattr(decoding, "AUTO_MIN_BYTES", 0)
     need = decoding.copy_bytes("int8", llama.model)
-    monkeypatch.setattr(generation, "available_memory", lambda device: need)
+    monkeypatch.setattr(memory, "available_memory", lambda device: need)
     name, note = decoding.choose("auto", llama.model)
     assert name == "exact" and "needs" in note and "free" in note
 
@@ -192,11 +192,11 @@ def test_the_copy_keeps_tied_weights_tied_and_no_float32_weight(tiny, native_bf1
 
 
 def test_a_copy_made_stays_in_use_when_memory_runs_low_later(llama, native_bf16, monkeypatch):
-    import workbench.core.generation as generation
+    from workbench.core.common import memory
 
     llama.decode = "int8"
     first = llama.decoding().model
-    monkeypatch.setattr(generation, "available_memory", lambda device: 1)
+    monkeypatch.setattr(memory, "available_memory", lambda device: 1)
     assert llama.decoding().model is first  # not dropped for the memory it already holds
     llama.decode = "bf16"  # a new copy would not fit
     path = llama.decoding()
@@ -209,7 +209,7 @@ def test_the_compiled_path_compiles_once_a_shape_and_keeps_every_record(llama):
     greedy tokens and records as the eager path, the compile announced once per shape."""
     import threading
 
-    from workbench.core.jobs import JobContext, Progress
+    from workbench.core.common.jobs import JobContext, Progress
 
     settings = SamplingSettings(max_new_tokens=6, do_sample=False, chat=False)
     eager = generate(llama, "the cat sat on", settings, top_n=5)
@@ -242,7 +242,7 @@ def test_the_compiled_path_compiles_once_a_shape_and_keeps_every_record(llama):
             assert got.probability == pytest.approx(want.probability, abs=1e-5)
             assert [c.token_id for c in got.candidates] == [c.token_id for c in want.candidates]
     assert len(llama.compiled_shapes) == 1
-    from workbench.core.paths import cache_dir
+    from workbench.core.common.paths import cache_dir
 
     assert (cache_dir() / "torch-compile").is_dir()  # compiled code kept for later sessions
 
@@ -315,8 +315,8 @@ def test_a_compile_that_fails_during_generation_is_one_message_then_off(llama, m
 def test_a_model_with_its_own_cache_is_not_compiled_and_still_batches(llama):
     """A generation config that names its cache: transformers refuses a cache handed to
     generate beside it, so neither the compiled path nor the shared prompt passes one."""
-    from workbench.core.compare import compare
-    from workbench.core.sampling import parse_strategy
+    from workbench.core.generation.compare import compare
+    from workbench.core.generation.settings import parse_strategy
 
     llama.model.generation_config.cache_implementation = "static"
     llama.decode = "compiled"

@@ -11,10 +11,10 @@ import pytest
 from dialogs import record_dialogs
 from PySide6.QtCore import QPointF, Qt
 
-from workbench.core.history import load_history
-from workbench.core.loader import LoadOptions, load_model
-from workbench.core.sampling import SamplingSettings
-from workbench.core.sweep import METRIC_LABELS, parse_axis, sweep
+from workbench.core.evaluation.history import load_history
+from workbench.core.evaluation.sweep import METRIC_LABELS, parse_axis, sweep
+from workbench.core.generation.settings import SamplingSettings
+from workbench.core.models.loader import LoadOptions, load_model
 
 PROMPT = "the cat"
 BASE = SamplingSettings(temperature=1.0, top_k=0, top_p=1.0, chat=False)
@@ -22,7 +22,7 @@ BASE = SamplingSettings(temperature=1.0, top_k=0, top_p=1.0, chat=False)
 
 @pytest.fixture
 def worker(qtbot):
-    from workbench.ui.worker import ModelWorker
+    from workbench.ui.common.worker import ModelWorker
 
     w = ModelWorker()
     yield w
@@ -32,7 +32,7 @@ def worker(qtbot):
 @pytest.fixture
 def tab(qtbot, worker, tiny):
     """The Evaluate tab on its Sampling sweep page, the tiny GPT-2 loaded."""
-    from workbench.ui.evaluate_tab import EvaluateTab
+    from workbench.ui.evaluation.tab import EvaluateTab
 
     t = EvaluateTab(worker)
     qtbot.addWidget(t)
@@ -157,7 +157,7 @@ def test_the_heatmap_is_the_cores_grid_and_a_click_shows_the_cells_samples(
     ("temperature=", "top_p=0.5,1.0", "An axis is written"),
 ])
 def test_bad_input_is_one_dialog_and_nothing_runs(qtbot, worker, x, y, message):
-    from workbench.ui.evaluate_sweep import SweepPage
+    from workbench.ui.evaluation.sweep import SweepPage
 
     errors = []
     page = SweepPage(worker, lambda *entry: None, lambda title, text: errors.append(text))
@@ -168,7 +168,7 @@ def test_bad_input_is_one_dialog_and_nothing_runs(qtbot, worker, x, y, message):
 
 
 def test_no_model_is_one_dialog(qtbot, worker):
-    from workbench.ui.evaluate_sweep import SweepPage
+    from workbench.ui.evaluation.sweep import SweepPage
 
     errors = []
     page = SweepPage(worker, lambda *entry: None, lambda title, text: errors.append(text))
@@ -179,7 +179,7 @@ def test_no_model_is_one_dialog(qtbot, worker):
 
 
 def test_an_axis_set_to_another_setting_gets_its_suggested_values(qtbot, worker):
-    from workbench.ui.evaluate_sweep import SweepPage
+    from workbench.ui.evaluation.sweep import SweepPage
 
     page = SweepPage(worker, lambda *entry: None, lambda *error: None)
     qtbot.addWidget(page)
@@ -191,7 +191,7 @@ def test_an_axis_set_to_another_setting_gets_its_suggested_values(qtbot, worker)
 
 
 def test_cancel_stops_the_sweep_and_records_nothing(qtbot, tab, monkeypatch):
-    import workbench.core.sweep as core
+    import workbench.core.evaluation.sweep as core
 
     page = tab.sweep_page
     fill_form(page, "temperature=0.5:1.5:3", "top_p=0.5,0.8,1.0", n=2, max_new=4)
@@ -226,7 +226,7 @@ def test_the_perplexity_is_under_the_reference_model_when_one_is_named(qtbot, ta
 
 
 def test_the_cells_start_from_the_generate_tabs_settings_when_asked(qtbot, worker):
-    from workbench.ui.evaluate_sweep import SweepPage
+    from workbench.ui.evaluation.sweep import SweepPage
 
     generate_tab = SamplingSettings(temperature=0.7, top_k=7, repetition_penalty=1.2, chat=True)
     page = SweepPage(worker, lambda *entry: None, lambda *error: None, lambda: generate_tab)

@@ -6,10 +6,10 @@ import math
 import pytest
 import sacrebleu
 
-from workbench.core.evaluation import perplexity
-from workbench.core.loader import load_model
-from workbench.ui.main_window import MainWindow
-from workbench.ui.widgets import probability_colour
+from workbench.core.evaluation.metrics import perplexity
+from workbench.core.models.loader import load_model
+from workbench.ui.common.widgets import probability_colour
+from workbench.ui.shell.main_window import MainWindow
 
 
 @pytest.fixture

@@ -9,13 +9,13 @@ import pytest
 import torch
 from torch import nn
 
-from workbench.core.few_rows import (
+from workbench.core.models.few_rows import (
     FewRowsLinear,
     contiguous_output_input,
     few_rows_helps,
     use_few_rows_linears,
 )
-from workbench.core.loader import load_model
+from workbench.core.models.loader import load_model
 
 
 @pytest.mark.parametrize("bias", [True, False])
@@ -119,7 +119,7 @@ def test_generates_first_step_does_not_copy_the_output_weight_per_row(tiny, rows
 
 
 def test_loaded_models_have_it_and_training_ones_do_not(tiny):
-    from workbench.core.loader import LoadOptions
+    from workbench.core.models.loader import LoadOptions
 
     def hooked(loaded):
         return bool(loaded.model.get_output_embeddings()._forward_pre_hooks)

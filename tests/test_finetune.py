@@ -10,17 +10,17 @@ from pathlib import Path
 import pytest
 from transformers import AutoConfig
 
-from workbench.core.errors import WorkbenchError
-from workbench.core.finetune import (
+from workbench.core.common.errors import WorkbenchError
+from workbench.core.common.jobs import CancelToken, JobContext, LogLine
+from workbench.core.models.loader import load_model
+from workbench.core.training.finetune import (
     FinetuneConfig,
     ProbeText,
     TrainLog,
     latest_checkpoint,
     run_finetune,
 )
-from workbench.core.jobs import CancelToken, JobContext, LogLine
-from workbench.core.loader import load_model
-from workbench.core.runs import read_run
+from workbench.core.training.runs import read_run
 
 WORDS = "the cat sat on mat dog sea is blue and green hello world".split()
 
@@ -165,7 +165,7 @@ def test_the_schedules_are_the_trainers_own():
     transformers' own, and a name that is not known is refused with transformers' list."""
     from transformers.trainer_utils import SchedulerType
 
-    from workbench.core.finetune import SCHEDULERS
+    from workbench.core.training.finetune import SCHEDULERS
 
     assert list(SCHEDULERS) == [kind.value for kind in SchedulerType]
     base = dict(task="classify", model="m", train_file="t", output_dir="o")
@@ -475,7 +475,7 @@ def test_a_model_handed_over_in_bfloat16_is_trained_in_float32(tmp_path, tiny):
     """A GPU loads a model in bfloat16 by default: the run loads it again in float32."""
     import torch
 
-    from workbench.core.loader import LoadOptions
+    from workbench.core.models.loader import LoadOptions
 
     cfg = config(tmp_path, tiny, "lm", max_steps=2)
     half = load_model(cfg.model, LoadOptions(dtype="bfloat16"))
@@ -487,7 +487,7 @@ def test_a_model_handed_over_in_bfloat16_is_trained_in_float32(tmp_path, tiny):
 def test_on_a_gpu_a_run_trains_under_autocast(monkeypatch):
     import torch
 
-    from workbench.core.finetune import mixed_precision
+    from workbench.core.training.finetune import mixed_precision
 
     assert mixed_precision("cpu") is None and mixed_precision("mps") is None
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from workbench.ui.main_window import MainWindow
+from workbench.ui.shell.main_window import MainWindow
 
 
 @pytest.fixture
@@ -132,7 +132,7 @@ def test_export_launch_command(qtbot, window, tmp_path):
 def test_lora_controls_only_for_causal_lms_and_remembered(qtbot, window):
     from PySide6.QtCore import QSettings
 
-    from workbench.ui.state import restore_controls, save_controls
+    from workbench.ui.common.state import restore_controls, save_controls
 
     tab = window.tab_pages[2]
     tab.task.setCurrentIndex(1)  # lm
@@ -175,7 +175,7 @@ def test_charts_hold_their_ranges_during_a_run_and_fit_after(qtbot, window):
 
 
 def test_steady_range():
-    from workbench.ui.charts import steady_range
+    from workbench.ui.common.charts import steady_range
 
     assert steady_range(None, 0.3, 0.72) == (0.2, 1.0)
     assert steady_range(None, 0.0, 2e-5) == (0.0, 2e-5)  # a warm-up from 0 stays at 0
@@ -223,7 +223,7 @@ def test_the_loss_band_spans_the_raw_losses_around_each_step(qtbot, window):
 
 
 def test_throughput_in_tokens_or_steps_per_second():
-    from workbench.core.training_curves import speed_unit, throughput
+    from workbench.core.training.curves import speed_unit, throughput
 
     rows = [{"step": 1, "loss": 1.0, "tokens": 100, "seconds": 1.0},
             {"step": 2, "loss": 0.9, "tokens": 300, "seconds": 1.5},
@@ -256,7 +256,7 @@ def new_window(qtbot):
 @pytest.mark.parametrize("choice", ["keep", "stop"])
 def test_closing_during_a_run_keeps_it_or_stops_it_with_a_checkpoint(qtbot, window, tmp_path,
                                                                      monkeypatch, choice):
-    from workbench.core.training_process import run_state
+    from workbench.core.training.process import run_state
 
     tab = window.tab_pages[2]
     long_form(tab, tmp_path)
@@ -297,7 +297,7 @@ def test_a_demo_run_that_outlasts_its_wait_ends_without_a_question(qtbot, window
                                                                     monkeypatch):
     """--screenshot ends its demo run when it is still going: closing the window then asks
     nothing (nobody answers an offscreen window) and no process is left behind."""
-    from workbench.core.training_process import run_state
+    from workbench.core.training.process import run_state
 
     tab = window.tab_pages[2]
     long_form(tab, tmp_path)
@@ -324,7 +324,7 @@ def test_cancelling_the_close_keeps_the_window(qtbot, window, tmp_path, monkeypa
     monkeypatch.setattr(type(tab), "confirm_stop_now", lambda self: True)
     # as with a step that takes minutes: the run has not seen the stop request yet when
     # the user chooses Stop now (here it never does, so no checkpoint can race the kill)
-    monkeypatch.setattr("workbench.ui.finetune_tab.request_stop", lambda folder: None)
+    monkeypatch.setattr("workbench.ui.training.tab.request_stop", lambda folder: None)
     tab.stop()
     assert tab.stop_button.text() == "Stop now…"
     tab.stop()  # confirmed: ends it at once, without a checkpoint

@@ -8,17 +8,17 @@ import sacrebleu
 import torch
 from cli_runner import run_in_process
 
-from workbench.core.errors import Cancelled, WorkbenchError
-from workbench.core.generate_score import (
+from workbench.core.common.errors import Cancelled, WorkbenchError
+from workbench.core.common.jobs import CancelToken, JobContext, Progress
+from workbench.core.evaluation.generate_score import (
     RowDone,
     clean_output,
     generate_and_score,
     read_pairs,
     save_result,
 )
-from workbench.core.generation import SamplingSettings, generate
-from workbench.core.jobs import CancelToken, JobContext, Progress
-from workbench.core.loader import load_model
+from workbench.core.generation.generate import SamplingSettings, generate
+from workbench.core.models.loader import load_model
 
 PAIRS = ("prompt\treference\n"
          "the cat sat on\tthe cat sat on the mat\n"

@@ -7,11 +7,11 @@ import pytest
 from PySide6.QtCore import QPoint, Qt
 from PySide6.QtGui import QFontMetrics
 
-from workbench.core.compare import compare
-from workbench.core.generation import generate
-from workbench.core.loader import load_model
-from workbench.core.sampling import SamplingSettings, parse_strategy
-from workbench.ui.main_window import MainWindow
+from workbench.core.generation.compare import compare
+from workbench.core.generation.generate import generate
+from workbench.core.generation.settings import SamplingSettings, parse_strategy
+from workbench.core.models.loader import load_model
+from workbench.ui.shell.main_window import MainWindow
 
 
 @pytest.fixture

@@ -26,8 +26,8 @@ import pytest
 from dialogs import Dialogs, passed, quiet, record_dialogs, snapshot
 from PySide6.QtCore import QSettings
 
-from workbench.ui.main_window import MainWindow
-from workbench.ui.stale import PREVIOUS_RUN
+from workbench.ui.common.stale import PREVIOUS_RUN
+from workbench.ui.shell.main_window import MainWindow
 
 PROMPT = "the cat sat on"
 STRATEGIES = "greedy\ntop-k 40"

@@ -5,10 +5,10 @@ import math
 import pytest
 import torch
 
-from workbench.core.errors import WorkbenchError
-from workbench.core.generation import SamplingSettings, TokenEvent, generate
-from workbench.core.jobs import CancelToken, JobContext
-from workbench.core.loader import load_model
+from workbench.core.common.errors import WorkbenchError
+from workbench.core.common.jobs import CancelToken, JobContext
+from workbench.core.generation.generate import SamplingSettings, TokenEvent, generate
+from workbench.core.models.loader import load_model
 
 VOCAB = 80  # the tiny models' vocabulary: top_n=VOCAB records every candidate
 

@@ -26,7 +26,7 @@ import pytest
 from dialogs import Dialogs, passed, quiet, record_dialogs, snapshot
 from PySide6.QtCore import QSettings
 
-from workbench.ui.main_window import MainWindow
+from workbench.ui.shell.main_window import MainWindow
 
 WORDS = "the cat sat on the mat because it was tired and the dog sat on the sea".split()
 HYPS = ["the cat sat on the mat", "a dog barked at night", "it rains in paris"]
@@ -557,9 +557,9 @@ ATTENTION_EXPORTS = {  # (export, path, dialog title)
 @pytest.fixture(scope="module")
 def attention_view(tiny):
     """An attention result of the tiny GPT-2, as the tab's job makes it (no web view)."""
-    from workbench.core.attention import bertviz_html, compute_attention
-    from workbench.core.loader import load_model
-    from workbench.ui.attention_tab import AttentionView
+    from workbench.core.interpret.attention import bertviz_html, compute_attention
+    from workbench.core.models.loader import load_model
+    from workbench.ui.interpret.tab import AttentionView
 
     result = compute_attention(load_model(str(tiny("gpt2"))), "the cat sat on the mat")
     page, notices = bertviz_html(result, "head", None)
@@ -568,7 +568,7 @@ def attention_view(tiny):
 
 @pytest.mark.parametrize("name", list(ATTENTION_EXPORTS))
 def test_attention_exports(case, dialogs, attention_view, name):
-    from workbench.core.attention import head_statistics
+    from workbench.core.interpret.attention import head_statistics
 
     c = case(1)
     c.tab.current = attention_view

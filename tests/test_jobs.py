@@ -1,7 +1,7 @@
 import pytest
 
-from workbench.core.errors import Cancelled
-from workbench.core.jobs import CancelToken, JobContext, LogLine, Progress, run_job
+from workbench.core.common.errors import Cancelled
+from workbench.core.common.jobs import CancelToken, JobContext, LogLine, Progress, run_job
 
 
 def counting_job(n):

@@ -7,14 +7,14 @@ import random
 import pytest
 from PySide6.QtWidgets import QAbstractScrollArea, QTableView
 
-from workbench.core.attention import LogitLens
-from workbench.core.classification import ClassificationResult, scores
-from workbench.core.compare import compare
-from workbench.core.evaluation import perplexity, score_translation
-from workbench.core.generate_score import generate_and_score
-from workbench.core.loader import load_model
-from workbench.core.sampling import SamplingSettings, parse_strategy
-from workbench.ui.main_window import MainWindow
+from workbench.core.evaluation.classification import ClassificationResult, scores
+from workbench.core.evaluation.generate_score import generate_and_score
+from workbench.core.evaluation.metrics import perplexity, score_translation
+from workbench.core.generation.compare import compare
+from workbench.core.generation.settings import SamplingSettings, parse_strategy
+from workbench.core.interpret.attention import LogitLens
+from workbench.core.models.loader import load_model
+from workbench.ui.shell.main_window import MainWindow
 
 SIZES = [(1280, 800), (1920, 1080)]
 LONG = ("Write a long and detailed story about a lighthouse keeper who climbs the spiral "
@@ -136,7 +136,7 @@ def test_the_evaluate_tables_fit_and_show_their_rows(qtbot, size, llama, tmp_pat
     # generate then score: every metric's row, and the outputs with their long prompts
     pairs = tmp_path / "pairs.tsv"
     pairs.write_text("".join(f"{LONG}{i}\tune phrase {i}\n" for i in range(6)), encoding="utf-8")
-    from workbench.core.generate_score import read_pairs
+    from workbench.core.evaluation.generate_score import read_pairs
 
     prompts, references = read_pairs(str(pairs))
     generated = generate_and_score(llama, prompts, references,

@@ -7,9 +7,9 @@ import pytest
 import torch
 from tiny_models import build_model
 
-from workbench.core.errors import NeedsPickle, NeedsRemoteCode, WorkbenchError
-from workbench.core.jobs import Progress
-from workbench.core.loader import LoadOptions, load_model
+from workbench.core.common.errors import NeedsPickle, NeedsRemoteCode, WorkbenchError
+from workbench.core.common.jobs import Progress
+from workbench.core.models.loader import LoadOptions, load_model
 
 EXPECTED = {
     "gpt2": ("causal-lm", "GPT2LMHeadModel"),
@@ -117,13 +117,13 @@ def test_corrupt_gguf_gives_one_clear_message(tmp_path):
     bad.write_bytes(b"GGUF" + b"\x00" * 64)
     with pytest.raises(WorkbenchError, match="Cannot read GGUF file broken.gguf"):
         load_model(str(bad))
-    from workbench.core.gguf_convert import cached_conversion
+    from workbench.core.models.gguf_convert import cached_conversion
 
     assert cached_conversion(bad) is None  # nothing half-written counts as converted
 
 
 def test_require_says_what_the_model_is_and_what_the_job_needs(tiny):
-    from workbench.core.catalog import CAUSAL_LM, CLASSIFIER
+    from workbench.core.models.catalog import CAUSAL_LM, CLASSIFIER
 
     bert, gpt2 = load_model(str(tiny("bert"))), load_model(str(tiny("gpt2")))
     gpt2.require(CAUSAL_LM, "generation")  # the right kind: nothing to say
@@ -140,7 +140,7 @@ def test_require_says_what_the_model_is_and_what_the_job_needs(tiny):
 
 
 def _log_lines(events):
-    from workbench.core.jobs import LogLine
+    from workbench.core.common.jobs import LogLine
 
     return [(e.message, e.level) for e in events if isinstance(e, LogLine)]
 
@@ -180,7 +180,7 @@ def test_a_head_of_another_size_is_still_an_error_and_the_log_says_why(tiny, tmp
 def test_load_report_lines_for_each_kind_of_row():
     from transformers.utils.loading_report import LoadStateDictInfo
 
-    from workbench.core.loader import summarise_load_report
+    from workbench.core.models.loader import summarise_load_report
 
     info = LoadStateDictInfo(missing_keys={"score.weight"},
                              unexpected_keys={"lm_head.weight", "model.norm.extra"},

@@ -16,10 +16,11 @@ import pytest
 from gguf import GGMLQuantizationType, GGUFReader, GGUFWriter, LlamaFileType
 from gguf.quants import quantize
 
-from workbench.core import catalog, local_models, model_memory
-from workbench.core.errors import WorkbenchError
-from workbench.core.local_models import UnreadableModel, discover, read_gguf_header
-from workbench.core.model_memory import MemoryEstimate, refusal
+from workbench.core.common.errors import WorkbenchError
+from workbench.core.models import catalog, local_models
+from workbench.core.models import memory as model_memory
+from workbench.core.models.local_models import UnreadableModel, discover, read_gguf_header
+from workbench.core.models.memory import MemoryEstimate, refusal
 
 ROOT = Path(__file__).resolve().parent.parent
 TOOLS = ("LMSTUDIO", "OLLAMA", "GPT4ALL", "LLAMACPP")
@@ -422,7 +423,7 @@ def test_the_refusal_suggests_bfloat16_when_it_fits():
 
 
 def test_the_load_refuses_a_model_that_does_not_fit(tiny, monkeypatch):
-    from workbench.core.loader import LoadOptions, load_model
+    from workbench.core.models.loader import LoadOptions, load_model
 
     folder = tiny("llama")
     estimate = model_memory.estimate_path(folder)
@@ -474,7 +475,7 @@ def test_models_list_groups_the_local_models(tools):
 # --- the window -----------------------------------------------------------------------------------
 def test_the_picker_lists_the_groups_and_refuses_what_does_not_fit(qtbot, tools, hf_cache,
                                                                    tiny, monkeypatch):
-    from workbench.ui.model_picker import GROUP_ROLE, ModelPicker
+    from workbench.ui.shell.model_picker import GROUP_ROLE, ModelPicker
 
     hf_repo(hf_cache, "bob/tiny-llama", {f.name: f for f in tiny("llama").iterdir()})
     lm = write_gguf(tools["lmstudio"] / "pub" / "tiny" / "tiny.gguf")
@@ -534,7 +535,7 @@ def test_the_picker_lists_the_groups_and_refuses_what_does_not_fit(qtbot, tools,
 
 def test_the_window_lists_local_models_and_refuses_what_does_not_fit(qtbot, tools, tiny,
                                                                     monkeypatch):
-    from workbench.ui.main_window import MainWindow
+    from workbench.ui.shell.main_window import MainWindow
 
     ollama_model(tools["ollama"], "registry.ollama.ai", "library", "tiny", "latest")
     tools["gpt4all"].mkdir(parents=True)

@@ -7,10 +7,10 @@ import pytest
 from PySide6.QtCore import QSettings, Qt
 from PySide6.QtWidgets import QMessageBox
 
-from workbench.core.generation import SamplingSettings, generate
-from workbench.core.jobs import Progress
-from workbench.core.loader import load_model
-from workbench.ui.main_window import MainWindow
+from workbench.core.common.jobs import Progress
+from workbench.core.generation.generate import SamplingSettings, generate
+from workbench.core.models.loader import load_model
+from workbench.ui.shell.main_window import MainWindow
 
 
 @pytest.fixture

@@ -14,10 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from workbench.core import runs
-from workbench.core.errors import WorkbenchError
-from workbench.core.runs import RunMonitor, read_run
-from workbench.core.training_curves import (
+from workbench.core.common.errors import WorkbenchError
+from workbench.core.training import runs
+from workbench.core.training.curves import (
     Alarm,
     analyse,
     band_window,
@@ -26,6 +25,7 @@ from workbench.core.training_curves import (
     speed_unit,
     throughput,
 )
+from workbench.core.training.runs import RunMonitor, read_run
 
 ROOT = Path(__file__).resolve().parents[1]
 NAN, INF = float("nan"), float("inf")
@@ -474,7 +474,7 @@ def test_monitor_errors_are_one_line_and_exit_2(tmp_path, args, message):
 def test_display_decimation_keeps_every_bins_minimum_and_maximum():
     import numpy as np
 
-    from workbench.core.training_curves import peak_decimate
+    from workbench.core.training.curves import peak_decimate
 
     rng = np.random.default_rng(0)
     steps = np.arange(1, 100_001, dtype=float)

@@ -11,12 +11,11 @@ import pytest
 import torch
 from transformers import set_seed
 
-from workbench.core.compare import compare
-from workbench.core.errors import WorkbenchError
-from workbench.core.generation import generate
-from workbench.core.loader import load_model
-from workbench.core.samplers import DryLogitsProcessor, breaker_token_ids, draw
-from workbench.core.sampling import (
+from workbench.core.common.errors import WorkbenchError
+from workbench.core.generation.compare import compare
+from workbench.core.generation.generate import generate
+from workbench.core.generation.samplers import DryLogitsProcessor, breaker_token_ids, draw
+from workbench.core.generation.settings import (
     STAGES,
     SamplingSettings,
     parse_strategy,
@@ -24,6 +23,7 @@ from workbench.core.sampling import (
     sampler_order,
     sampler_stages,
 )
+from workbench.core.models.loader import load_model
 
 VOCAB = 80  # the tiny models' vocabulary: top_n=VOCAB records every candidate
 LOGITS = torch.tensor([[2.0, 1.5, 1.2, 0.3, -0.5, -1.0, -2.5, -4.0]])
@@ -392,7 +392,7 @@ def test_new_samplers_are_off_by_default_and_described_when_on():
 
 
 def test_settings_round_trip_through_saved_state():
-    from workbench.core.session import settings_from_data
+    from workbench.core.generation.session import settings_from_data
 
     s = SamplingSettings(top_h=0.4, epsilon_cutoff=0.0003, dry_multiplier=0.8,
                          dry_sequence_breakers='"\\n", "#"', sampler_order="min_p,temperature",
@@ -505,8 +505,8 @@ def test_cli_generate_and_compare_with_the_new_samplers(capsys, tiny, tmp_path):
 
 # --- the controls ---------------------------------------------------------------------------------
 def test_controls_round_trip_the_new_settings_and_change_the_order(qtbot, tmp_path):
-    from workbench.ui.generate_controls import DecodingControls
-    from workbench.ui.state import read_preset, write_preset
+    from workbench.ui.common.state import read_preset, write_preset
+    from workbench.ui.generation.controls import DecodingControls
 
     errors = []
     controls = DecodingControls(lambda title, text: errors.append(text))

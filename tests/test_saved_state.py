@@ -14,14 +14,14 @@ from pathlib import Path
 import pytest
 from PySide6.QtCore import QByteArray, QDateTime, QSettings
 
-from workbench.core.catalog import DEFAULT_MODEL
-from workbench.core.errors import WorkbenchError
-from workbench.core.generation import SamplingSettings
-from workbench.core.history import HistoryEntry, add_entry, load_history, save_history
-from workbench.core.session import FORMAT, VERSION, load_session, settings_from_data
-from workbench.ui.launch import make_application, use_fresh_state
-from workbench.ui.main_window import MainWindow
-from workbench.ui.state import clean_settings_file, stored_objects
+from workbench.core.common.errors import WorkbenchError
+from workbench.core.evaluation.history import HistoryEntry, add_entry, load_history, save_history
+from workbench.core.generation.generate import SamplingSettings
+from workbench.core.generation.session import FORMAT, VERSION, load_session, settings_from_data
+from workbench.core.models.catalog import DEFAULT_MODEL
+from workbench.ui.common.state import clean_settings_file, stored_objects
+from workbench.ui.shell.launch import make_application, use_fresh_state
+from workbench.ui.shell.main_window import MainWindow
 
 
 class RunsCode:
@@ -300,7 +300,7 @@ def test_a_truncated_or_garbled_file_never_stops_the_window(settings_file, open_
 
 def test_an_unwritable_file_with_a_pickle_is_not_read_at_all(settings_file, open_window,
                                                             pickle_value, monkeypatch):
-    import workbench.ui.state as state
+    import workbench.ui.common.state as state
 
     raw, marker = pickle_value
     settings_file(b"[tabs]\ngenerate\\top-k=7\nevil=" + raw + b"\n")
@@ -587,8 +587,8 @@ def test_a_sound_history_round_trips(tmp_path):
 
 
 def test_a_damaged_history_is_said_in_the_log_at_start(qtbot):
-    from workbench.core.history import history_file
-    from workbench.ui.main_window import MainWindow
+    from workbench.core.evaluation.history import history_file
+    from workbench.ui.shell.main_window import MainWindow
 
     path = history_file()
     path.parent.mkdir(parents=True, exist_ok=True)

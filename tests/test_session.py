@@ -5,10 +5,15 @@ import math
 
 import pytest
 
-from workbench.core.errors import WorkbenchError
-from workbench.core.generation import SamplingSettings, branch, generate
-from workbench.core.loader import load_model
-from workbench.core.session import file_sha256, load_session, model_fingerprint, save_session
+from workbench.core.common.errors import WorkbenchError
+from workbench.core.generation.generate import SamplingSettings, branch, generate
+from workbench.core.generation.session import (
+    file_sha256,
+    load_session,
+    model_fingerprint,
+    save_session,
+)
+from workbench.core.models.loader import load_model
 
 
 @pytest.fixture(scope="module")

@@ -3,9 +3,9 @@ processor of the chain, checked against transformers' own warpers applied in ord
 
 import pytest
 
-from workbench.core.sampling import SamplingSettings, sampler_chain
-from workbench.ui.main_window import MainWindow
-from workbench.ui.stale import PREVIOUS_RUN
+from workbench.core.generation.settings import SamplingSettings, sampler_chain
+from workbench.ui.common.stale import PREVIOUS_RUN
+from workbench.ui.shell.main_window import MainWindow
 
 
 @pytest.fixture
@@ -170,8 +170,8 @@ def test_a_branch_step_after_the_branch_point_uses_the_controls(qtbot, tab):
 def test_tokens_that_look_like_markup_are_shown_as_text(qtbot):
     from PySide6.QtCore import Qt
 
-    from workbench.core.sampling import Stage
-    from workbench.ui.stage_inspector import StageInspection, StageInspector
+    from workbench.core.generation.settings import Stage
+    from workbench.ui.generation.stage_inspector import StageInspection, StageInspector
 
     inspector = StageInspector()
     qtbot.addWidget(inspector)

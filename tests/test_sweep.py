@@ -8,11 +8,11 @@ import pytest
 import torch
 from sacrebleu.metrics import BLEU
 
-from workbench.core.errors import Cancelled, WorkbenchError
-from workbench.core.jobs import CancelToken, JobContext
-from workbench.core.loader import load_model
-from workbench.core.sampling import SamplingSettings
-from workbench.core.sweep import METRICS, cell_settings, parse_axis, sweep
+from workbench.core.common.errors import Cancelled, WorkbenchError
+from workbench.core.common.jobs import CancelToken, JobContext
+from workbench.core.evaluation.sweep import METRICS, cell_settings, parse_axis, sweep
+from workbench.core.generation.settings import SamplingSettings
+from workbench.core.models.loader import load_model
 
 PROMPT = "the cat"
 BASE = SamplingSettings(temperature=1.0, top_k=0, top_p=1.0, chat=False)
@@ -247,7 +247,7 @@ def test_command_json_and_tables(tiny, capsys):
     (["--x", "temperature=1", "--y", "top_p=1", "--reference-model", " "], "--reference-model"),
 ])
 def test_bad_arguments_give_one_line_before_any_model_loads(capsys, monkeypatch, extra, words):
-    import workbench.core.loader as loader
+    import workbench.core.models.loader as loader
 
     def no_load(*args, **kwargs):
         raise AssertionError("a model was loaded")

@@ -6,8 +6,8 @@ from PySide6.QtCore import QSettings, Qt
 from PySide6.QtGui import QPalette
 from PySide6.QtWidgets import QApplication
 
-from workbench.ui import theme
-from workbench.ui.main_window import MainWindow
+from workbench.ui.common import theme
+from workbench.ui.shell.main_window import MainWindow
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import time
 import pytest
 import torch
 
-from workbench.core import threads
+from workbench.core.common import threads
 
 
 class FixedMeter:

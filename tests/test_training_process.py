@@ -13,9 +13,9 @@ import pytest
 from cli_runner import run_in_process
 from test_finetune import config, sentiment_csv
 
-from workbench.core.errors import WorkbenchError
-from workbench.core.finetune import latest_checkpoint, run_finetune
-from workbench.core.training_process import (
+from workbench.core.common.errors import WorkbenchError
+from workbench.core.training.finetune import latest_checkpoint, run_finetune
+from workbench.core.training.process import (
     STATUS_FILE,
     read_status,
     request_stop,
@@ -105,7 +105,7 @@ def test_a_run_outlives_the_process_that_started_it(tmp_path, tiny):
     (folder / "run.json").write_text(cfg.to_json())
     starter = subprocess.Popen(
         [sys.executable, "-c", "import sys, time\n"
-         "from workbench.core.training_process import launch, train_command\n"
+         "from workbench.core.training.process import launch, train_command\n"
          f"launch({str(folder)!r}, train_command({str(folder / 'run.json')!r}))\n"
          "print('launched', flush=True)\ntime.sleep(600)\n"],
         cwd=ROOT, stdout=subprocess.PIPE, text=True, start_new_session=True)
@@ -132,7 +132,7 @@ def test_resume_trains_nothing_past_the_limit_and_says_so(tmp_path, tiny):
 
 def test_resume_at_the_step_reached_saves_the_final_model_only(tmp_path, tiny):
     token_cfg = config(tmp_path, tiny, max_steps=6, save_steps=3)
-    from workbench.core.jobs import CancelToken, JobContext
+    from workbench.core.common.jobs import CancelToken, JobContext
 
     token = CancelToken()
     token.cancel()  # stop at the first step boundary with a checkpoint
@@ -164,7 +164,7 @@ def test_interrupt_in_the_cli_stops_with_a_checkpoint_and_names_it(tmp_path, tin
 
 
 def test_a_second_interrupt_leaves_at_once():
-    from workbench.core.jobs import JobContext, stop_on_signals
+    from workbench.core.common.jobs import JobContext, stop_on_signals
 
     before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
     said = []
@@ -208,7 +208,7 @@ def test_nonfinite_checkpoints_are_set_aside_and_the_last_finite_one_named(tmp_p
     import torch
     from safetensors.torch import save_file
 
-    from workbench.core.finetune import _set_aside_nonfinite
+    from workbench.core.training.finetune import _set_aside_nonfinite
 
     for step, value in ((2, 1.0), (4, 2.0), (6, float("nan")), (8, float("inf"))):
         checkpoint = tmp_path / f"checkpoint-{step}"

@@ -5,9 +5,9 @@ import time
 
 import pytest
 
-from workbench.core.errors import Cancelled
-from workbench.core.jobs import Progress
-from workbench.ui.worker import ModelWorker
+from workbench.core.common.errors import Cancelled
+from workbench.core.common.jobs import Progress
+from workbench.ui.common.worker import ModelWorker
 
 
 @pytest.fixture
@@ -122,8 +122,8 @@ def test_shutdown_cancels_running_and_queued_jobs(qtbot):
 def test_garbage_is_collected_on_the_gui_thread_only(qtbot):
     import gc
 
-    from workbench.ui import worker
-    from workbench.ui.main_window import MainWindow
+    from workbench.ui.common import worker
+    from workbench.ui.shell.main_window import MainWindow
 
     window = MainWindow(autoload=False)
     qtbot.addWidget(window)
@@ -145,7 +145,7 @@ def test_gc_collect_elsewhere_waits_for_the_gui_thread_and_an_idle_worker(
     import gc
     import weakref
 
-    from workbench.ui.worker import gui_thread_garbage_collection
+    from workbench.ui.common.worker import gui_thread_garbage_collection
 
     collector = gui_thread_garbage_collection()
     # only the full collection is under test: the collector's young-generation passes
@@ -177,7 +177,7 @@ def test_gc_collect_elsewhere_waits_for_the_gui_thread_and_an_idle_worker(
 def test_each_job_reports_to_its_own_handle_and_owner(qtbot, worker):
     from PySide6.QtCore import QObject
 
-    from workbench.ui.worker import own_job
+    from workbench.ui.common.worker import own_job
 
     explore_page, branch_page = QObject(), QObject()
     seen = {"explore": [], "branch": []}

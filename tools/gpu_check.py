@@ -97,7 +97,7 @@ def rates(loaded: Any, tokens: int, repeats: int = 3) -> dict:
     """Greedy tokens/s: bare transformers generate vs the app's generate with records."""
     import torch
 
-    from workbench.core.generation import SamplingSettings, generate
+    from workbench.core.generation.generate import SamplingSettings, generate
 
     settings = SamplingSettings(max_new_tokens=tokens, do_sample=False, chat=False)
     ids = loaded.tokenizer(STORY, return_tensors="pt")["input_ids"].to(loaded.device)
@@ -136,7 +136,7 @@ def rates(loaded: Any, tokens: int, repeats: int = 3) -> dict:
 
 
 def greedy_ids(loaded: Any, tokens: int) -> list[int]:
-    from workbench.core.generation import SamplingSettings, generate
+    from workbench.core.generation.generate import SamplingSettings, generate
 
     settings = SamplingSettings(max_new_tokens=tokens, do_sample=False, chat=True)
     return list(generate(loaded, PROMPT, settings).token_ids)
@@ -168,8 +168,8 @@ def environment(device: str) -> dict:
 
 @section("generation")
 def generation(device: str, tokens: int) -> dict:
-    from workbench.core import decoding
-    from workbench.core.loader import LoadOptions, load_model
+    from workbench.core.models import decoding
+    from workbench.core.models.loader import LoadOptions, load_model
 
     out: dict[str, Any] = {}
     start = time.perf_counter()
@@ -205,7 +205,7 @@ def static_cache(device: str, tokens: int) -> dict:
     ``compiled`` path."""
     import torch
 
-    from workbench.core.loader import LoadOptions, load_model
+    from workbench.core.models.loader import LoadOptions, load_model
 
     loaded = load_model(MODEL[0], LoadOptions(device=device))
     ids = loaded.tokenizer(STORY, return_tensors="pt")["input_ids"].to(loaded.device)
@@ -228,7 +228,7 @@ def static_cache(device: str, tokens: int) -> dict:
     first = time.perf_counter() - start
     static = statistics.median(rate(cache_implementation="static") for _ in range(3))
     # the app's compiled path: the same, with its records, through the core
-    from workbench.core.generation import SamplingSettings, generate
+    from workbench.core.generation.generate import SamplingSettings, generate
 
     settings = SamplingSettings(max_new_tokens=tokens, do_sample=False, chat=False)
     loaded.decode = "exact"
@@ -252,9 +252,9 @@ def static_cache(device: str, tokens: int) -> dict:
 
 @section("compare")
 def compare_section(device: str) -> dict:
-    from workbench.core.compare import compare
-    from workbench.core.loader import LoadOptions, load_model
-    from workbench.core.sampling import parse_strategy
+    from workbench.core.generation.compare import compare
+    from workbench.core.generation.settings import parse_strategy
+    from workbench.core.models.loader import LoadOptions, load_model
 
     loaded = load_model(MODEL[0], LoadOptions(device=device))
     names = ["greedy", "top_k=40,temperature=0.8", "top_p=0.9", "min_p=0.1,temperature=1.2"]
@@ -311,7 +311,7 @@ def perplexity(device: str) -> dict:
 
 def _losses(folder: Path) -> list[float]:
     """The training losses in the order logged, as the app reads the run folder."""
-    from workbench.core.runs import read_run
+    from workbench.core.training.runs import read_run
 
     return [round(r["loss"], 4) for r in read_run(str(folder)).rows
             if isinstance(r.get("loss"), (int, float))]
@@ -322,7 +322,7 @@ def _weights_changed(final: Path) -> dict | None:
     0 would mean the updates were lost (e.g. rounded away in half precision)."""
     import torch
 
-    from workbench.core.loader import LoadOptions, load_model
+    from workbench.core.models.loader import LoadOptions, load_model
 
     if not final.exists():
         return None

@@ -8,7 +8,7 @@ machine's compiler). Greedy decoding of ``--tokens`` new tokens after the benchm
 prompt, batch 1, the threads the app would take now; in alternating rounds:
 
 - bare transformers ``generate`` of SmolLM2 in float32 (the baseline of ``decode_speedup``);
-- the app's default decoding path with its per-step records (``core.generation.generate``);
+- the app's default decoding path with its per-step records (``core.generation.generate.generate``);
 - llama.cpp on each GGUF file, twice: its own completion loop, and a loop that copies each
   step's logits out (as a path keeping the app's records would) and picks the argmax.
 
@@ -50,9 +50,9 @@ def main() -> int:
     import torch
 
     from workbench.benchmarks.model_figures import BENCH_PROMPT
-    from workbench.core.generation import SamplingSettings, generate
-    from workbench.core.loader import load_model
-    from workbench.core.threads import LoadMeter, adapted_threads
+    from workbench.core.common.threads import LoadMeter, adapted_threads
+    from workbench.core.generation.generate import SamplingSettings, generate
+    from workbench.core.models.loader import load_model
 
     n = args.tokens
     loaded = load_model("SmolLM2-135M-Instruct")

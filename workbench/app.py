@@ -10,7 +10,7 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
-    from workbench.core.threads import prepare_process
+    from workbench.core.common.threads import prepare_process
 
     prepare_process()  # before torch starts its threads: how long they spin while waiting
     from workbench import cli
@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
         except cli.WorkbenchError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
-        from workbench.ui.launch import run_gui
+        from workbench.ui.shell.launch import run_gui
 
         return run_gui(args)
     if args.command == "bench":  # the benchmarks drive the window and the CLI: above both

@@ -77,7 +77,7 @@ def command(args: argparse.Namespace) -> int:
     """``python main.py bench [--only A,B] [--json]``: exit status 3 when a target is
     missed."""
     from workbench.cli import TerminalProgress, parse_names, print_json
-    from workbench.core.errors import WorkbenchError
+    from workbench.core.common.errors import WorkbenchError
 
     only = None if args.only is None else parse_names(args.only, "--only", lower=False)
     unknown = [n for n in only or [] if n not in FIGURES]

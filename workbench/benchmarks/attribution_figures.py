@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from workbench.benchmarks.model_figures import figure
-from workbench.core.jobs import Progress
+from workbench.core.common.jobs import Progress
 
 # 32 tokens with SmolLM2's tokenizer (checked when the figure runs), and a one-token target:
 # integrated gradients costs one batch of its steps per target token
@@ -26,14 +26,14 @@ _PROMPT_TOKENS = 32
 def bench_attribution_overhead(emit: Callable[[Any], None], repeats: int = 2,
                                steps: int | None = None) -> dict:
     """captum's ``LLMGradientAttribution`` with ``LayerIntegratedGradients`` called directly ÷
-    the app's integrated gradients (``core.attribution.attribute``: the same captum call, plus
+    the app's integrated gradients (``core.interpret.attribution.attribute``: the same captum call, plus
     its progress hook, its completeness delta and the result it builds), in seconds, on the
     same prompt, target, baseline, steps and steps per batch. Target ≥ 0.9: the app adds
     views, not cost. The scores of both are compared too (``max_difference``)."""
     from captum.attr import LayerIntegratedGradients, LLMGradientAttribution, TextTokenInput
 
-    from workbench.core.attribution import DEFAULT_STEPS, attribute, steps_per_batch
-    from workbench.core.loader import load_model
+    from workbench.core.interpret.attribution import DEFAULT_STEPS, attribute, steps_per_batch
+    from workbench.core.models.loader import load_model
 
     steps = steps or DEFAULT_STEPS
     emit(Progress("attribution_overhead: loading SmolLM2", 0.0))

@@ -1,7 +1,7 @@
 """Performance figure of multiple-choice scoring for ``python main.py bench``: the app
 against lm-evaluation-harness itself, on the same items, model and device.
 
-``choice_throughput``: items per second of :func:`workbench.core.choice.score_choices`
+``choice_throughput``: items per second of :func:`workbench.core.evaluation.choice.score_choices`
 (reading the file included) ÷ items per second of the harness's ``HFLM.loglikelihood`` on
 the very requests its own multiple-choice task made of the same file (its ``hf`` model
 loaded from the app's model folder, default settings: batch size 1, logits cache on). Only
@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from workbench.benchmarks.model_figures import figure
-from workbench.core.jobs import Progress
-from workbench.core.paths import sample_data
+from workbench.core.common.jobs import Progress
+from workbench.core.common.paths import sample_data
 
 SAMPLE = "commonsense.jsonl"
 
@@ -66,8 +66,8 @@ def bench_choice_throughput(emit: Callable[[Any], None], repeats: int = 2) -> di
     except ImportError:
         raise RuntimeError("lm-eval is not installed: pip install lm-eval (the reference "
                            "for this figure)") from None
-    from workbench.core.choice import read_choice_items, score_choices
-    from workbench.core.loader import load_model
+    from workbench.core.evaluation.choice import read_choice_items, score_choices
+    from workbench.core.models.loader import load_model
 
     emit(Progress("choice_throughput: loading SmolLM2", 0.0))
     loaded = load_model("SmolLM2-135M-Instruct")

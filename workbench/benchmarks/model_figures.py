@@ -20,8 +20,8 @@ from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
-from workbench.core.jobs import Progress
-from workbench.core.paths import sample_data
+from workbench.core.common.jobs import Progress
+from workbench.core.common.paths import sample_data
 
 # The baseline: a bare PySide6 window in a new process (run as a script, never imported
 # by the core, which stays Qt-free).
@@ -88,9 +88,9 @@ def bench_startup(emit: Callable[[Any], None], repeats: int = 3) -> dict:
 
 def bench_model_load_cached(emit: Callable[[Any], None]) -> dict:
     """Loading SmolLM2 from the converted cache vs the first load from its GGUF file."""
-    from workbench.core import catalog
-    from workbench.core.jobs import JobContext
-    from workbench.core.loader import load_model
+    from workbench.core.common.jobs import JobContext
+    from workbench.core.models import catalog
+    from workbench.core.models.loader import load_model
 
     gguf = catalog.resolve(catalog.SMOLLM2.name, JobContext(emit=emit)).path
     if gguf.suffix != ".gguf":  # the user's own copy is a folder; bench the wheel's GGUF
@@ -135,8 +135,8 @@ def bench_generate_overhead(emit: Callable[[Any], None], repeats: int = 3,
     on the same decoding path (the model copy the app's default path runs on)."""
     import torch
 
-    from workbench.core.generation import SamplingSettings, generate
-    from workbench.core.loader import load_model
+    from workbench.core.generation.generate import SamplingSettings, generate
+    from workbench.core.models.loader import load_model
 
     emit(Progress("generate_overhead: loading SmolLM2", 0.0))
     loaded = load_model("SmolLM2-135M-Instruct")
@@ -179,9 +179,9 @@ def bench_decode_speedup(emit: Callable[[Any], None], repeats: int = 3,
     transformers on the loaded model, in alternating runs; threads as a command takes them."""
     import torch
 
-    from workbench.core.generation import SamplingSettings, generate
-    from workbench.core.loader import load_model
-    from workbench.core.threads import adapted_threads
+    from workbench.core.common.threads import adapted_threads
+    from workbench.core.generation.generate import SamplingSettings, generate
+    from workbench.core.models.loader import load_model
 
     emit(Progress("decode_speedup: loading SmolLM2", 0.0))
     loaded = load_model("SmolLM2-135M-Instruct")
@@ -225,9 +225,9 @@ def bench_compiled_decode(emit: Callable[[Any], None], repeats: int = 3,
     """Greedy tokens/s of the ``compiled`` path once compiled ÷ the same model eager
     (``auto``'s path), both with their per-step records, in alternating runs; the first
     compiled run's seconds (the compile) beside it."""
-    from workbench.core.generation import SamplingSettings, generate
-    from workbench.core.loader import load_model
-    from workbench.core.threads import adapted_threads
+    from workbench.core.common.threads import adapted_threads
+    from workbench.core.generation.generate import SamplingSettings, generate
+    from workbench.core.models.loader import load_model
 
     emit(Progress("compiled_decode: loading SmolLM2", 0.0))
     loaded = load_model("SmolLM2-135M-Instruct")
@@ -265,9 +265,9 @@ def bench_reduced_precision_perplexity(emit: Callable[[Any], None]) -> dict:
     reduced-precision decoding path ÷ float32's: the figure is the worst path's."""
     import dataclasses
 
-    from workbench.core import decoding
-    from workbench.core.evaluation import perplexity
-    from workbench.core.loader import load_model
+    from workbench.core.evaluation.metrics import perplexity
+    from workbench.core.models import decoding
+    from workbench.core.models.loader import load_model
 
     emit(Progress("reduced_precision_perplexity: loading SmolLM2", 0.0))
     loaded = load_model("SmolLM2-135M-Instruct")
@@ -307,9 +307,9 @@ def bench_busy_decode(emit: Callable[[Any], None], tokens: int = 32) -> dict:
     torch's default threads under the same load are measured beside it."""
     import torch
 
-    from workbench.core.generation import SamplingSettings, generate
-    from workbench.core.loader import load_model
-    from workbench.core.threads import LoadMeter, adapted_threads
+    from workbench.core.common.threads import LoadMeter, adapted_threads
+    from workbench.core.generation.generate import SamplingSettings, generate
+    from workbench.core.models.loader import load_model
 
     emit(Progress("busy_decode: loading SmolLM2", 0.0))
     loaded = load_model("SmolLM2-135M-Instruct")
@@ -352,10 +352,10 @@ def _compare_ratio(emit: Callable[[Any], None], name: str, repeats: int, tokens:
     """Wall time of 4 sampled strategies compared together ÷ one strategy alone, each
     compare run as the app runs a job (threads adapted to the load at its start); with
     ``busy``, under one busy process per core."""
-    from workbench.core.compare import compare
-    from workbench.core.loader import load_model
-    from workbench.core.sampling import parse_strategy
-    from workbench.core.threads import LoadMeter, adapted_threads
+    from workbench.core.common.threads import LoadMeter, adapted_threads
+    from workbench.core.generation.compare import compare
+    from workbench.core.generation.settings import parse_strategy
+    from workbench.core.models.loader import load_model
 
     loaded = load_model("SmolLM2-135M-Instruct")
     specs = ["top_k=40,temperature=0.8", "top_p=0.9", "temperature=1.2", "min_p=0.1"]
@@ -428,8 +428,8 @@ def bench_perplexity_overhead(emit: Callable[[Any], None], repeats: int = 2) -> 
     (``model(input_ids, labels=...)`` per window) on the same text, window and stride."""
     import torch
 
-    from workbench.core.evaluation import perplexity
-    from workbench.core.loader import load_model
+    from workbench.core.evaluation.metrics import perplexity
+    from workbench.core.models.loader import load_model
 
     loaded = load_model("SmolLM2-135M-Instruct")
     corpus = sample_data("corpus.txt")
@@ -474,10 +474,10 @@ def bench_generate_score_batched(emit: Callable[[Any], None], repeats: int = 2,
     ``generate()`` a prompt on the same decoding model, in alternating runs."""
     import torch
 
-    from workbench.core.data_files import read_pairs
-    from workbench.core.generate_score import BATCH_SIZE, generate_and_score
-    from workbench.core.generation import SamplingSettings
-    from workbench.core.loader import load_model
+    from workbench.core.common.data_files import read_pairs
+    from workbench.core.evaluation.generate_score import BATCH_SIZE, generate_and_score
+    from workbench.core.generation.generate import SamplingSettings
+    from workbench.core.models.loader import load_model
 
     emit(Progress("generate_score_batched: loading SmolLM2", 0.0))
     loaded = load_model("SmolLM2-135M-Instruct")
@@ -528,9 +528,9 @@ def bench_logit_lens_first_view(emit: Callable[[Any], None], repeats: int = 2,
     and position, as the app computed it before): ≤ 0.5."""
     import torch
 
-    from workbench.core.attention import LensColumns, LogitLensJob
-    from workbench.core.jobs import CancelToken, run_job
-    from workbench.core.loader import load_model
+    from workbench.core.common.jobs import CancelToken, run_job
+    from workbench.core.interpret.attention import LensColumns, LogitLensJob
+    from workbench.core.models.loader import load_model
 
     emit(Progress("logit_lens_first_view: loading SmolLM2", 0.0))
     loaded = load_model("SmolLM2-135M-Instruct")

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from workbench.benchmarks.model_figures import BENCH_PROMPT, figure
-from workbench.core.jobs import Progress
+from workbench.core.common.jobs import Progress
 
 
 def bench_sweep_batched(emit: Callable[[Any], None], repeats: int = 2,
@@ -17,10 +17,10 @@ def bench_sweep_batched(emit: Callable[[Any], None], repeats: int = 2,
     """Wall time of a 3 × 3 sweep (temperature × top-p) with n = 4 on SmolLM2 ÷ the nine
     4-row ``generate`` calls of the same settings, made one after another: what the sweep's
     scoring and bookkeeping add to its generation."""
-    from workbench.core.generation import generate
-    from workbench.core.loader import load_model
-    from workbench.core.sampling import SamplingSettings
-    from workbench.core.sweep import cell_settings, parse_axis, sweep
+    from workbench.core.evaluation.sweep import cell_settings, parse_axis, sweep
+    from workbench.core.generation.generate import generate
+    from workbench.core.generation.settings import SamplingSettings
+    from workbench.core.models.loader import load_model
 
     emit(Progress("sweep_batched: loading SmolLM2", 0.0))
     loaded = load_model("SmolLM2-135M-Instruct")

@@ -11,17 +11,17 @@ from pathlib import Path
 from typing import Any
 
 from workbench.benchmarks.model_figures import figure
-from workbench.core.jobs import Progress
-from workbench.core.paths import sample_data
-from workbench.core.runs import write_synthetic_run
+from workbench.core.common.jobs import Progress
+from workbench.core.common.paths import sample_data
+from workbench.core.training.runs import write_synthetic_run
 
 
 def _window_with_model(emit: Callable[[Any], None], model: str = "SmolLM2-135M-Instruct"):
-    from workbench.ui.launch import make_application, prepare_environment, wait_until
+    from workbench.ui.shell.launch import make_application, prepare_environment, wait_until
 
     prepare_environment(offscreen=True)
     app = make_application()
-    from workbench.ui.main_window import MainWindow
+    from workbench.ui.shell.main_window import MainWindow
 
     window = MainWindow(initial_model=model, autoload=True)
     window.persist = False
@@ -75,7 +75,7 @@ def _max_tick_gap(app, seconds: float | None, until: Callable[[], bool] | None =
 def bench_ui_stall(emit: Callable[[Any], None]) -> dict:
     """Longest main-loop stall while 128 tokens stream into the Generate tab (≤ 50 ms);
     the same timer's longest gap with the window idle is the baseline."""
-    from workbench.core.generation import SamplingSettings
+    from workbench.core.generation.generate import SamplingSettings
 
     app, window = _window_with_model(emit)
     try:
@@ -99,7 +99,7 @@ def bench_explorer_redraw(emit: Callable[[Any], None], moves: int = 30) -> dict:
     chart after a slider move (≤ 16 ms); a bare softmax of the same logits is the baseline."""
     import torch
 
-    from workbench.ui.launch import wait_until
+    from workbench.ui.shell.launch import wait_until
 
     app, window = _window_with_model(emit)
     try:
@@ -133,7 +133,7 @@ def bench_attention_view(emit: Callable[[Any], None]) -> dict:
     loaded; ≤ 2 s); a bare forward pass with attentions is the baseline beside it."""
     import torch
 
-    from workbench.ui.launch import wait_until
+    from workbench.ui.shell.launch import wait_until
 
     app, window = _window_with_model(emit, "all-MiniLM-L6-v2")
     try:
@@ -174,8 +174,8 @@ def bench_attention_page_smollm(emit: Callable[[Any], None]) -> dict:
     the renderer's memory (≤ 1 GB); then a 1,024-token heatmap drawn."""
     import psutil
 
-    from workbench.core.attention import DEFAULT_PAGE_TOKENS
-    from workbench.ui.launch import wait_until
+    from workbench.core.interpret.attention import DEFAULT_PAGE_TOKENS
+    from workbench.ui.shell.launch import wait_until
 
     app, window = _window_with_model(emit)
     try:
@@ -231,7 +231,7 @@ def bench_attention_page_smollm(emit: Callable[[Any], None]) -> dict:
 
 def _svg_ready(app, tab, timeout: float = 60) -> bool:
     """Wait until the web view shows the page's token labels."""
-    from workbench.ui.launch import wait_until
+    from workbench.ui.shell.launch import wait_until
 
     # the page draws the first "bertviz tokens" of the analysed ones
     marker = min(len(tab.current.result.tokens), tab.page_tokens.value()) if tab.current else 1
@@ -267,10 +267,10 @@ def bench_finetune_overhead(emit: Callable[[Any], None], steps: int = 24,
     import tempfile
     from dataclasses import replace
 
-    from workbench.core.finetune import FinetuneConfig
-    from workbench.core.runs import read_run
-    from workbench.core.training_process import train_command
-    from workbench.ui.finetune_tab import RESOURCES
+    from workbench.core.training.finetune import FinetuneConfig
+    from workbench.core.training.process import train_command
+    from workbench.core.training.runs import read_run
+    from workbench.ui.training.tab import RESOURCES
 
     with tempfile.TemporaryDirectory(prefix="lmwb-bench-ft-") as tmp:
         config = FinetuneConfig(task="classify", model="all-MiniLM-L6-v2",
@@ -338,11 +338,11 @@ def bench_monitor_large_run(emit: Callable[[Any], None], steps: int = 400_000) -
     thread; pyqtgraph draws them peak-decimated)."""
     import tempfile
 
-    from workbench.ui.launch import make_application, prepare_environment
+    from workbench.ui.shell.launch import make_application, prepare_environment
 
     prepare_environment(offscreen=True)
     app = make_application()
-    from workbench.ui.main_window import MainWindow
+    from workbench.ui.shell.main_window import MainWindow
 
     with tempfile.TemporaryDirectory(prefix="lmwb-bench-large-") as tmp:
         folder = Path(tmp) / "large"
@@ -355,7 +355,7 @@ def bench_monitor_large_run(emit: Callable[[Any], None], steps: int = 400_000) -
         try:
             window.tabs.setCurrentIndex(2)
             tab = window.tab_pages[2]
-            from workbench.ui.launch import wait_until
+            from workbench.ui.shell.launch import wait_until
 
             wait_until(app, lambda: tab.charts is not None, 10)
             name = "large (attached)"

@@ -28,7 +28,7 @@ from workbench.cli import (
 )
 from workbench.cli.common import OneLineParser, TerminalProgress, parse_names, print_json
 from workbench.cli.window import add_window_options, check_window_options
-from workbench.core.errors import Cancelled, WorkbenchError
+from workbench.core.common.errors import Cancelled, WorkbenchError
 
 __all__ = ["COMMANDS", "OneLineParser", "TerminalProgress", "WorkbenchError", "build_parser",
            "check_window_options", "dispatch", "parse_names", "print_json"]
@@ -62,7 +62,7 @@ def dispatch(args: argparse.Namespace,
     line on stderr and a non-zero exit."""
     handler = handler or COMMANDS[(args.command,
                                    getattr(args, f"{args.command}_command", None))]
-    from workbench.core.threads import adapted_threads
+    from workbench.core.common.threads import adapted_threads
 
     try:
         if args.command == "bench":  # the benchmarks set the threads of each measurement

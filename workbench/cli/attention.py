@@ -18,7 +18,7 @@ from workbench.cli.common import (
     print_json,
     text_argument,
 )
-from workbench.core.errors import WorkbenchError
+from workbench.core.common.errors import WorkbenchError
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -59,7 +59,7 @@ def parse_layers(text: str | None) -> list[int] | None:
 
 
 def cmd_attention(args: argparse.Namespace) -> int:
-    from workbench.core.attention import (
+    from workbench.core.interpret.attention import (
         attention_layers,
         bertviz_html,
         compute_attention,

@@ -18,11 +18,11 @@ from workbench.cli.common import (
     print_json,
     text_argument,
 )
-from workbench.core.errors import WorkbenchError
+from workbench.core.common.errors import WorkbenchError
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
-    from workbench.core.attribution import DEFAULT_STEPS, MAX_NEW_TOKENS, METHODS
+    from workbench.core.interpret.attribution import DEFAULT_STEPS, MAX_NEW_TOKENS, METHODS
 
     att = sub.add_parser("attribute", help="attribution of a target or generated tokens to the "
                          "input tokens (captum: integrated gradients, input × gradient, "
@@ -50,7 +50,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_attribute(args: argparse.Namespace) -> int:
-    from workbench.core.attribution import (
+    from workbench.core.common.jobs import JobContext
+    from workbench.core.interpret.attribution import (
         MAX_NEW_TOKENS,
         attribute,
         attribute_classifier,
@@ -58,8 +59,7 @@ def cmd_attribute(args: argparse.Namespace) -> int:
         export_csv,
         export_html,
     )
-    from workbench.core.catalog import CLASSIFIER
-    from workbench.core.jobs import JobContext
+    from workbench.core.models.catalog import CLASSIFIER
 
     check_model_options(args)
     check_options(args.method, args.steps, args.baseline)

@@ -13,9 +13,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from workbench.core.catalog import DEFAULT_MODEL
-from workbench.core.errors import WorkbenchError
-from workbench.core.jobs import LogLine, Progress
+from workbench.core.common.errors import WorkbenchError
+from workbench.core.common.jobs import LogLine, Progress
+from workbench.core.models.catalog import DEFAULT_MODEL
 
 MAX_TEXT_FILE_CHARS = 16 * 2**20  # a prompt or text file: far more than any model's context
 
@@ -98,7 +98,7 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
 
 
 def load_from_args(args: argparse.Namespace, bar: TerminalProgress):
-    from workbench.core.loader import LoadOptions, load_model
+    from workbench.core.models.loader import LoadOptions, load_model
 
     options = LoadOptions(device=args.device, dtype=args.dtype,
                           trust_remote_code=args.trust_remote_code, allow_pickle=args.allow_pickle)
@@ -124,7 +124,7 @@ def check_utf8(value: str, option: str) -> None:
 
 def text_argument(args: argparse.Namespace, name: str) -> str:
     """The text of ``--NAME`` or of ``--NAME-file`` (argparse lets exactly one through)."""
-    from workbench.core.data_files import read_text
+    from workbench.core.common.data_files import read_text
 
     value = getattr(args, name)
     if value is not None:
@@ -145,7 +145,7 @@ def check_whole(value: int | None, option: str, least: int, most: int | None = N
 
 
 def check_device(value: str | None) -> None:
-    from workbench.core.device import DEVICE_CHOICES
+    from workbench.core.models.device import DEVICE_CHOICES
 
     device = (value or "auto").lower()
     if device not in DEVICE_CHOICES and not re.fullmatch(r"cuda:\d+", device):
@@ -155,14 +155,14 @@ def check_device(value: str | None) -> None:
 
 def check_model_options(args: argparse.Namespace, *models: str) -> None:
     """--model (and the other model options named), --device and --dtype."""
-    from workbench.core.device import DTYPE_CHOICES
+    from workbench.core.models.device import DTYPE_CHOICES
 
     for option in ("--model", *models):
         value = getattr(args, option[2:].replace("-", "_"))
         if value is not None and not value.strip():
             raise WorkbenchError(f"{option} is empty: give a built-in name, folder, .gguf file "
                                  "or Hub id.")
-    from workbench.core.decoding import check_decode
+    from workbench.core.models.decoding import check_decode
 
     check_device(args.device)
     if (args.dtype or "auto").lower() not in DTYPE_CHOICES:

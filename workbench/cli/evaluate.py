@@ -18,10 +18,10 @@ from workbench.cli.common import (
     parse_names,
     print_json,
 )
-from workbench.core.choice import TARGET_DELIMITER
-from workbench.core.errors import WorkbenchError
-from workbench.core.generate_score import BATCH_SIZE as GENERATE_BATCH_SIZE
-from workbench.core.sampling import MAX_SEQUENCES, SamplingSettings
+from workbench.core.common.errors import WorkbenchError
+from workbench.core.evaluation.choice import TARGET_DELIMITER
+from workbench.core.evaluation.generate_score import BATCH_SIZE as GENERATE_BATCH_SIZE
+from workbench.core.generation.settings import MAX_SEQUENCES, SamplingSettings
 
 MAX_SAMPLES = 100_000  # paired-test resamples: sacrebleu holds samples × lines indices at once
 
@@ -114,7 +114,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def parse_metrics(text: str) -> tuple[str, ...]:
-    from workbench.core.evaluation import METRIC_NAMES
+    from workbench.core.evaluation.metrics import METRIC_NAMES
 
     return tuple(parse_names(text, "--metrics", METRIC_NAMES))
 
@@ -131,7 +131,7 @@ def check_tokenizer(name: str | None) -> None:
     if name not in BLEU.TOKENIZERS:
         raise WorkbenchError(f"Unknown --tokenize '{name}': use one of "
                              f"{', '.join(BLEU.TOKENIZERS)}.")
-    from workbench.core.evaluation import make_metric
+    from workbench.core.evaluation.metrics import make_metric
 
     logging.disable(logging.CRITICAL)  # sacrebleu logs its own many-line explanation
     try:
@@ -148,23 +148,21 @@ def check_tokenizer(name: str | None) -> None:
 def check_test_memory(samples: int, lines: int, tests: tuple[str, ...]) -> None:
     """sacrebleu draws every resample's line indices at once (samples × lines × 8 bytes) and
     gathers each metric's statistics for them (a few times more): refuse what cannot fit."""
-    import psutil
-
-    from workbench.core.generation import MEMORY_SHARE, _gb
+    from workbench.core.common.memory import MEMORY_SHARE, available_memory, format_bytes
 
     most = max(samples or (10_000 if t == "ar" else 1_000) for t in tests)
     need = most * lines * 8 * 8
-    available = psutil.virtual_memory().available
+    available = available_memory()
     if need > available * MEMORY_SHARE:
         raise WorkbenchError(f"{most:,} resamples of {lines:,} lines would need about "
-                             f"{_gb(need)}, more than {MEMORY_SHARE:.0%} of the {_gb(available)} "
+                             f"{format_bytes(need)}, more than {MEMORY_SHARE:.0%} of the {format_bytes(available)} "
                              "available: give fewer --samples.")
 
 
 def cmd_evaluate_perplexity(args: argparse.Namespace) -> int:
-    from workbench.core.data_files import read_text
-    from workbench.core.evaluation import perplexity
-    from workbench.core.jobs import JobContext
+    from workbench.core.common.data_files import read_text
+    from workbench.core.common.jobs import JobContext
+    from workbench.core.evaluation.metrics import perplexity
 
     check_model_options(args, "--compare-model")
     check_whole(args.max_length, "--max-length", 2)
@@ -214,16 +212,16 @@ def cmd_evaluate_perplexity(args: argparse.Namespace) -> int:
 def cmd_evaluate_generate(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from workbench.core.data_files import read_pairs
-    from workbench.core.evaluation import make_metric
-    from workbench.core.generate_score import (
+    from workbench.core.common.data_files import read_pairs
+    from workbench.core.common.jobs import JobContext
+    from workbench.core.evaluation.generate_score import (
         RowDone,
         generate_and_score,
         output_folder,
         save_result,
     )
-    from workbench.core.jobs import JobContext
-    from workbench.core.sampling import parse_strategy
+    from workbench.core.evaluation.metrics import make_metric
+    from workbench.core.generation.settings import parse_strategy
 
     check_model_options(args)
     check_whole(args.batch_size, "--batch-size", 1, MAX_SEQUENCES)
@@ -276,9 +274,9 @@ def cmd_evaluate_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate_classify(args: argparse.Namespace) -> int:
-    from workbench.core.classification import evaluate_classifier
-    from workbench.core.data_files import read_rows
-    from workbench.core.jobs import JobContext
+    from workbench.core.common.data_files import read_rows
+    from workbench.core.common.jobs import JobContext
+    from workbench.core.evaluation.classification import evaluate_classifier
 
     check_model_options(args)
     for option in ("--text-column", "--label-column"):
@@ -309,9 +307,9 @@ def cmd_evaluate_classify(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate_bleu(args: argparse.Namespace) -> int:
-    from workbench.core.data_files import read_lines
-    from workbench.core.evaluation import score_translation
-    from workbench.core.jobs import JobContext
+    from workbench.core.common.data_files import read_lines
+    from workbench.core.common.jobs import JobContext
+    from workbench.core.evaluation.metrics import score_translation
 
     metrics = parse_metrics(args.metrics)
     check_whole(args.samples, "--samples", 0, MAX_SAMPLES)
@@ -352,8 +350,8 @@ def _plus_minus(value: float, stderr: float | None) -> str:
 
 
 def cmd_evaluate_choice(args: argparse.Namespace) -> int:
-    from workbench.core.choice import read_choice_items, score_choices
-    from workbench.core.jobs import JobContext
+    from workbench.core.common.jobs import JobContext
+    from workbench.core.evaluation.choice import read_choice_items, score_choices
 
     check_model_options(args)
     check_utf8(args.target_delimiter, "--target-delimiter")
@@ -385,8 +383,8 @@ def cmd_evaluate_choice(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate_pairs(args: argparse.Namespace) -> int:
-    from workbench.core.choice import read_sentence_pairs, score_pairs
-    from workbench.core.jobs import JobContext
+    from workbench.core.common.jobs import JobContext
+    from workbench.core.evaluation.choice import read_sentence_pairs, score_pairs
 
     check_model_options(args)
     pairs = read_sentence_pairs(args.file, args.more_column, args.less_column,

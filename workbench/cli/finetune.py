@@ -10,9 +10,9 @@ from types import SimpleNamespace
 from typing import Any
 
 from workbench.cli.common import TerminalProgress, print_json
-from workbench.core.errors import WorkbenchError
-from workbench.core.finetune import FinetuneConfig
-from workbench.core.jobs import LogLine
+from workbench.core.common.errors import WorkbenchError
+from workbench.core.common.jobs import LogLine
+from workbench.core.training.finetune import FinetuneConfig
 
 # The defaults of the run's settings are FinetuneConfig's own (the window starts from them too).
 DEFAULTS = SimpleNamespace(**{f.name: f.default for f in fields(FinetuneConfig)
@@ -77,9 +77,14 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
-    from workbench.core.catalog import MINILM, SMOLLM2
-    from workbench.core.finetune import format_train_log, run_finetune, saved_config, split_names
-    from workbench.core.jobs import JobContext, stop_on_signals
+    from workbench.core.common.jobs import JobContext, stop_on_signals
+    from workbench.core.models.catalog import MINILM, SMOLLM2
+    from workbench.core.training.finetune import (
+        format_train_log,
+        run_finetune,
+        saved_config,
+        split_names,
+    )
 
     model = args.model or (SMOLLM2.name if args.task == "lm" else MINILM.name)
     max_steps, epochs = args.max_steps, args.epochs
@@ -140,8 +145,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 def cmd_monitor(args: argparse.Namespace) -> int:
     import math
 
-    from workbench.core.runs import read_run
-    from workbench.core.training_curves import summary
+    from workbench.core.training.curves import summary
+    from workbench.core.training.runs import read_run
 
     if not 0 <= args.smoothing < 1:
         raise WorkbenchError(f"--smoothing takes a weight in [0, 1), not {args.smoothing}.")

@@ -19,9 +19,9 @@ from workbench.cli.common import (
     print_json,
     text_argument,
 )
-from workbench.core.decoding import LABELS
-from workbench.core.errors import WorkbenchError
-from workbench.core.sampling import STAGES, SamplingSettings
+from workbench.core.common.errors import WorkbenchError
+from workbench.core.generation.settings import STAGES, SamplingSettings
+from workbench.core.models.decoding import LABELS
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -123,8 +123,8 @@ def _settings_from_args(args: argparse.Namespace) -> SamplingSettings:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from workbench.core.generation import TokenEvent, generate
-    from workbench.core.jobs import JobContext
+    from workbench.core.common.jobs import JobContext
+    from workbench.core.generation.generate import TokenEvent, generate
 
     check_model_options(args)
     settings = _settings_from_args(args)
@@ -160,7 +160,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def _export_config(settings: SamplingSettings, path: str) -> None:
-    from workbench.core.files import write_atomically
+    from workbench.core.common.files import write_atomically
 
     check_utf8(path, "--export-config")
     try:
@@ -175,8 +175,8 @@ def _export_config(settings: SamplingSettings, path: str) -> None:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from workbench.core.compare import compare, strategy_runs
-    from workbench.core.sampling import parse_strategy
+    from workbench.core.generation.compare import compare, strategy_runs
+    from workbench.core.generation.settings import parse_strategy
 
     check_model_options(args)
     if not 2 <= len(args.strategy) <= 6:

@@ -22,7 +22,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 def _memory(parameters: int | None) -> dict[str, int] | None:
     """The weights' bytes in each dtype (what the picker shows; loading adds an overhead)."""
-    from workbench.core.model_memory import BYTES_PER_ELEMENT, MemoryEstimate
+    from workbench.core.models.memory import BYTES_PER_ELEMENT, MemoryEstimate
 
     if parameters is None:
         return None
@@ -31,22 +31,23 @@ def _memory(parameters: int | None) -> dict[str, int] | None:
 
 
 def _row(r) -> str:
-    from workbench.core.model_memory import MemoryEstimate, gigabytes
+    from workbench.core.common.memory import format_bytes
+    from workbench.core.models.memory import MemoryEstimate
 
     params = f"{r.parameters / 1e9:.2f}B" if r.parameters is not None else "?"
     memory = ""
     if r.parameters is not None:
         estimate = MemoryEstimate(r.parameters)
-        memory = (f"{gigabytes(estimate.weights_bytes('float32'))} fp32 / "
-                  f"{gigabytes(estimate.weights_bytes('bfloat16'))} bf16")
+        memory = (f"{format_bytes(estimate.weights_bytes('float32'))} fp32 / "
+                  f"{format_bytes(estimate.weights_bytes('bfloat16'))} bf16")
     quant = r.quantization or ""
     line = f"  {r.name:58} {params:>7} {quant:8} {memory:22}"
     return line + (f" ({r.note})" if r.note else "")
 
 
 def cmd_models_list(args: argparse.Namespace) -> int:
-    from workbench.core.catalog import list_models, local_listing
-    from workbench.core.local_models import discover
+    from workbench.core.models.catalog import list_models, local_listing
+    from workbench.core.models.local_models import discover
 
     rows = list_models()
     scans = discover()
@@ -85,8 +86,8 @@ def cmd_models_list(args: argparse.Namespace) -> int:
 
 
 def cmd_models_fetch(args: argparse.Namespace) -> int:
-    from workbench.core import catalog
-    from workbench.core.jobs import JobContext
+    from workbench.core.common.jobs import JobContext
+    from workbench.core.models import catalog
 
     bar = TerminalProgress(quiet=args.json)
     source = catalog.resolve(args.name, JobContext(emit=bar))

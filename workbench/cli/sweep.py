@@ -17,7 +17,7 @@ from workbench.cli.common import (
     print_json,
     text_argument,
 )
-from workbench.core.sampling import MAX_SEQUENCES, SamplingSettings
+from workbench.core.generation.settings import MAX_SEQUENCES, SamplingSettings
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -45,10 +45,16 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from workbench.core.jobs import JobContext
-    from workbench.core.loader import LoadOptions, load_model
-    from workbench.core.sampling import parse_strategy
-    from workbench.core.sweep import METRIC_LABELS, METRICS, cell_settings, parse_axis, sweep
+    from workbench.core.common.jobs import JobContext
+    from workbench.core.evaluation.sweep import (
+        METRIC_LABELS,
+        METRICS,
+        cell_settings,
+        parse_axis,
+        sweep,
+    )
+    from workbench.core.generation.settings import parse_strategy
+    from workbench.core.models.loader import LoadOptions, load_model
 
     check_model_options(args, *(("--reference-model",) if args.reference_model is not None
                                 else ()))
@@ -64,7 +70,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     check_whole(args.max_new_tokens, "--max-new-tokens", 1)
     x, y = parse_axis(args.x, base), parse_axis(args.y, base)
     if x.name == y.name:
-        from workbench.core.errors import WorkbenchError
+        from workbench.core.common.errors import WorkbenchError
 
         raise WorkbenchError(f"--x and --y both vary {x.name}: give two different settings.")
     for i in range(len(y.values)):  # every cell's settings, before loading

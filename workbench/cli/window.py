@@ -6,10 +6,10 @@ import argparse
 from pathlib import Path
 
 from workbench.cli.common import check_device, check_utf8
-from workbench.core.errors import WorkbenchError
+from workbench.core.common.errors import WorkbenchError
 
 # The views ``--screenshot`` takes (each into NAME.png): the four tabs (a number) and views
-# inside them (a number and a letter). workbench.ui.launch knows what each one needs.
+# inside them (a number and a letter). workbench.ui.shell.launch knows what each one needs.
 SCREENSHOT_VIEWS = (
     "1-generate", "1b-compare", "1c-sampler-stages", "1d-why-this-token", "2-attention",
     "3-finetune", "3b-attached-run", "4-evaluate", "4b-multiple-choice", "4c-bleu",

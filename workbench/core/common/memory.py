@@ -1,0 +1,33 @@
+"""Memory free now, the share of it a job may take, and how a number of bytes reads."""
+
+from __future__ import annotations
+
+MEMORY_SHARE = 0.8  # of the memory available now: the rest is left to the system
+
+
+def available_memory(device: str = "cpu") -> int:
+    """Bytes free now on ``device``: its GPU's free memory for CUDA, else the RAM available
+    to a new allocation without swapping (psutil's ``available``)."""
+    import psutil
+
+    if str(device).startswith("cuda"):
+        import torch
+
+        try:
+            return int(torch.cuda.mem_get_info(torch.device(device))[0])
+        except (RuntimeError, ValueError, AssertionError):
+            pass
+    return int(psutil.virtual_memory().available)
+
+
+def format_bytes(n: float) -> str:
+    """A size as people read it, in decimal units: "28 GB", "9.1 GB", "120.5 MB", "96.0 KB"."""
+    if n >= 10e9:
+        return f"{n / 1e9:,.0f} GB"
+    if n >= 1e9:
+        return f"{n / 1e9:.1f} GB"
+    if n >= 1e6:
+        return f"{n / 1e6:.1f} MB"
+    if n >= 1e3:
+        return f"{n / 1e3:.1f} KB"
+    return f"{n:.0f} bytes"

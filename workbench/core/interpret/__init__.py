@@ -1,0 +1,1 @@
+"""Interpretability: attention, the logit lens and input attribution."""

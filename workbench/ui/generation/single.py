@@ -1,0 +1,709 @@
+"""The Generate tab's single run: the output streamed in and coloured by probability, the
+candidates of a step, per-step curves, the distribution explorer, the sampler-stage
+inspector, branches and sessions. The view owns the jobs it starts: the generation, the
+explorer's logits, a step's sampler stages, a branch, a session being saved."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+
+from PySide6.QtCore import Qt, QTimer, Signal
+from PySide6.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QFileDialog,
+    QHBoxLayout,
+    QPlainTextEdit,
+    QPushButton,
+    QSplitter,
+    QStackedWidget,
+    QVBoxLayout,
+    QWidget,
+)
+
+from workbench.core.common.errors import WorkbenchError
+from workbench.core.generation.generate import (
+    Branch,
+    GenerationResult,
+    StepRecord,
+    TokenEvent,
+    branch,
+    explore_distribution,
+    generate,
+    next_token_logits,
+)
+from workbench.core.generation.settings import SamplingSettings
+from workbench.ui.common.stale import mark_stale
+from workbench.ui.common.widgets import StatusLine, TokenView, visible_token
+from workbench.ui.common.worker import JobHandle, ModelWorker, WorkerContext, own_job
+from workbench.ui.generation.controls import DecodingControls
+from workbench.ui.interpret.attribution_view import AttributionDialog
+
+TOP_N = 10
+OUTPUT_SQUEEZED = 80  # the output's height while the sampler stages fill rows below it
+
+
+def token_tooltip(step: StepRecord) -> str:
+    raw = "" if math.isnan(step.raw_probability) else f", model p = {step.raw_probability:.3f}"
+    return (f"step {step.index}: {step.text!r} (id {step.token_id}), "
+            f"p = {step.probability:.3f}{raw}")
+
+
+def with_texts(loaded, logits, breakers: str = "") -> tuple:
+    """``logits`` and the text of the tokens the explorer can show (the top candidates by
+    raw probability do not depend on the settings), decoded here on the worker thread, and
+    DRY's sequence ``breakers`` as token ids ({text: ids}, empty when the text does not read)."""
+    import torch
+
+    from workbench.core.generation.samplers import breaker_token_ids
+    from workbench.core.generation.settings import parse_sequence_breakers
+
+    top = torch.topk(logits.reshape(-1).float(), min(TOP_N, logits.numel())).indices.tolist()
+    try:
+        ids = {breakers: breaker_token_ids(loaded.tokenizer, parse_sequence_breakers(breakers))}
+    except WorkbenchError:
+        ids = {}
+    return logits, {i: loaded.tokenizer.decode([i]) for i in top}, ids
+
+
+class SingleRunView(QWidget):
+    """The "Generate" page of the tab. ``run_ended`` follows the end of a generation, however
+    it ended; ``inspect_attention`` carries the prompt and the shown sequence."""
+
+    run_ended = Signal()
+    inspect_attention = Signal(str)
+
+    def __init__(self, worker: ModelWorker, prompt: QPlainTextEdit, controls: DecodingControls,
+                 show_error: Callable[[str, str], object], parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.worker, self.prompt, self.controls = worker, prompt, controls
+        self.show_error = show_error
+        self.job: JobHandle | None = None
+        self.explore_job: JobHandle | None = None
+        self.branch_job: JobHandle | None = None
+        self.session_job: JobHandle | None = None
+        self.stage_job: JobHandle | None = None
+        self.stage_request = 0  # the latest stages asked for; an earlier job's answer is late
+        self.stage_inspector = None  # made with the charts (build_deferred)
+        self.logged: list[tuple[str, str]] = []  # lines for the log (see log)
+        self.pending: list[TokenEvent] = []
+        self.result: GenerationResult | None = None
+        self.branches: list[Branch] = []
+        # what a generation that fails or is cancelled shows again (greyed): the run before
+        # it, its branches and the sequence that was shown
+        self.previous: tuple[GenerationResult | None, list[Branch], int] = (None, [], 0)
+        self.steps: dict[int, list[StepRecord]] = {}
+        self.selected_step: int | None = None
+        self.explore_logits = None
+        self.explore_texts: dict[int, str] = {}  # token id -> text, decoded on the worker
+        self.explore_prefix: list[int] = []
+        self.explore_breakers: dict[str, frozenset[int]] = {}  # DRY's, found on the worker
+        self.candidate_chart = self.step_curves = None
+        self.flush_timer = QTimer(self)  # tokens arrive faster than a repaint should happen
+        self.flush_timer.setInterval(40)
+        self.flush_timer.timeout.connect(self.flush_tokens)
+        self.curves_drawn = 0.0  # when the step curves were last redrawn while streaming
+
+        top = QHBoxLayout()
+        self.sequence_picker = QComboBox()
+        self.sequence_picker.setToolTip("Which returned sequence to show")
+        self.sequence_picker.currentIndexChanged.connect(self.show_sequence)
+        self.sequence_picker.setVisible(False)
+        self.stats = StatusLine("generation-stats")
+        self.stats.setText("Press Generate: the text streams in below, each token coloured by "
+                           "its probability.")
+        self.save_session_button = QPushButton("Save session…")
+        self.save_session_button.setToolTip("Save prompt, settings, model hash, outputs and "
+                                            "branches")
+        self.save_session_button.clicked.connect(lambda: self.save_session())
+        self.save_session_button.setEnabled(False)
+        self.open_session_button = QPushButton("Open session…")
+        self.open_session_button.clicked.connect(lambda: self.open_session())
+        top.addWidget(self.stats, 1)
+        top.addWidget(self.sequence_picker)
+        self.inspect_button = QPushButton("Inspect attention")
+        self.inspect_button.setToolTip("Open the prompt and this output in the Attention tab")
+        self.inspect_button.setEnabled(False)
+        self.inspect_button.clicked.connect(
+            lambda: self.inspect_attention.emit(self.prompt.toPlainText() + self.output.toPlainText()))
+        top.addWidget(self.inspect_button)
+        self.why_button = QPushButton("Why this token?")
+        self.why_button.setObjectName("why-this-token")
+        self.why_button.setToolTip("Input attribution of the clicked token (captum): which "
+                                   "tokens before it made the model choose it")
+        self.why_button.setEnabled(False)
+        self.why_button.clicked.connect(self.why_this_token)
+        top.addWidget(self.why_button)
+        self.stages_button = QPushButton("Sampler stages")
+        self.stages_button.setObjectName("sampler-stages")
+        self.stages_button.setCheckable(True)
+        self.stages_button.setToolTip("The clicked token's step after each processor of the "
+                                      "sampler chain, in the order generation applies them "
+                                      "(one forward pass of the text before it)")
+        self.stages_button.setEnabled(False)
+        self.stages_button.toggled.connect(self._stages_toggled)
+        top.addWidget(self.stages_button)
+        self.attribution: AttributionDialog | None = None  # made on first use
+        top.addWidget(self.open_session_button)
+        top.addWidget(self.save_session_button)
+        self.output = TokenView("output", "Generated text appears here, token by token. Each "
+                                "token's background shows the probability the sampler gave it "
+                                "(red: unlikely, green: near certain); click a token to see "
+                                "its candidates.")
+        self.output.token_clicked.connect(self.select_step)
+        # no object name: a view, not a setting to restore (restored on, it asked for logits
+        # at launch, before any model was loaded, and said it failed)
+        self.explore = QCheckBox("Explore: reshape this step with the sliders")
+        self.explore.setToolTip("Moving the sampling sliders reshapes the chart from the stored "
+                                "logits, without running the model again")
+        self.explore.toggled.connect(self._explore_toggled)
+        self.chart_holder = QWidget()
+        self.chart_holder.setMinimumHeight(220)
+        QVBoxLayout(self.chart_holder).setContentsMargins(0, 0, 0, 0)
+        self.curves_holder = QWidget()
+        QVBoxLayout(self.curves_holder).setContentsMargins(0, 0, 0, 0)
+        lower = QSplitter(Qt.Orientation.Horizontal)
+        chart_side = QWidget()
+        chart_layout = QVBoxLayout(chart_side)
+        chart_layout.setContentsMargins(0, 0, 0, 0)
+        chart_layout.addWidget(self.chart_holder, 1)
+        chart_layout.addWidget(self.explore)
+        lower.addWidget(chart_side)
+        lower.addWidget(self.curves_holder)
+        lower.setSizes([560, 400])
+        # the candidates and curves, or the sampler stages in their place (Sampler stages)
+        self.lower_stack = QStackedWidget()
+        self.lower_stack.addWidget(lower)
+        self.stages_holder = QWidget()
+        QVBoxLayout(self.stages_holder).setContentsMargins(0, 0, 0, 0)
+        self.lower_stack.addWidget(self.stages_holder)
+        self.results_view = QSplitter(Qt.Orientation.Vertical)  # greyed out when stale
+        self.results_view.addWidget(self.output)
+        self.results_view.addWidget(self.lower_stack)
+        self.results_view.setSizes([150, 330])
+        layout = QVBoxLayout(self)
+        layout.addLayout(top)
+        layout.addWidget(self.results_view, 1)
+
+    def build_deferred(self) -> None:
+        """Create the pyqtgraph charts (after the window is shown: they cost start-up time)."""
+        if self.candidate_chart is not None:
+            return
+        from workbench.ui.common.charts import CandidateChart, StepCurves
+
+        self.candidate_chart = CandidateChart()
+        self.candidate_chart.candidate_clicked.connect(self.branch_from)
+        self.chart_holder.layout().addWidget(self.candidate_chart)
+        self.step_curves = StepCurves()
+        self.curves_holder.layout().addWidget(self.step_curves)
+        from workbench.ui.generation.stage_inspector import StageInspector
+
+        self.stage_inspector = StageInspector()
+        self.stages_holder.layout().addWidget(self.stage_inspector)
+
+    # --- a generation ------------------------------------------------------------------------
+    def start(self, prompt: str, settings: SamplingSettings) -> None:
+        """Generate with ``settings`` (already checked); the earlier run is shown again,
+        greyed, if this one fails or is cancelled."""
+        self.previous = (self.result, list(self.branches), self.sequence_picker.currentIndex())
+        self.results_view.setEnabled(True)
+        self.output.clear_tokens()
+        self.pending.clear()
+        self.steps = {}
+        self.result = None
+        self.branches = []
+        self.save_session_button.setEnabled(False)
+        self.selected_step = None
+        self.explore.setChecked(False)
+        self._stages_stale()
+        self.stats.setText("Generating…")
+        self._fill_picker([f"Sequence {i + 1}" for i in range(settings.num_return_sequences)])
+
+        def job(ctx: WorkerContext) -> GenerationResult:
+            return generate(ctx.model(), prompt, settings, ctx, top_n=TOP_N)
+
+        self.job = own_job(self, self.worker, "Generate", job,
+                           event=self._generation_event, finished=self._generation_done,
+                           failed=lambda error, details: self._generation_ended(f"Failed: {error}"),
+                           cancelled=lambda: self._generation_ended("Cancelled."))
+        self._update_curves()  # the charts' frames now, before the tokens stream in
+        self.flush_timer.start()
+
+    def stop(self) -> None:
+        if self.job is not None:
+            self.job.cancel()
+
+    def _generation_event(self, event: object) -> None:
+        if isinstance(event, TokenEvent):
+            self.pending.append(event)
+
+    def _generation_done(self, result: object) -> None:
+        if isinstance(result, GenerationResult):
+            self.flush_tokens(curves=False)  # they are drawn once, at the end (in _ended)
+            self.result = result
+            self.previous = (None, [], 0)
+            self.steps = {i: s.steps for i, s in enumerate(result.sequences)}
+            self.save_session_button.setEnabled(True)
+            self.inspect_button.setEnabled(True)
+            note = " (stopped)" if result.stopped else ""
+            # the decoding path, when it is not the loaded model (the status bar names it)
+            path = "" if result.decoding == "exact" else f" ({result.decoding})"
+            used = SamplingSettings(**result.settings).describe()
+            self.stats.setText(" ".join(
+                [f"{result.new_tokens} tokens in {result.seconds:.1f} s, "
+                 f"{result.tokens_per_second:.1f} tokens/s{path}{note} · {used} · click a "
+                 "token to inspect it."] + [f"<b>Note:</b> {n}" for n in result.notices]))
+            if result.settings.get("num_beams", 1) > 1:
+                self.show_sequence(self.sequence_picker.currentIndex())
+        self._ended()
+
+    def _generation_ended(self, message: str) -> None:
+        """The generation failed or was cancelled: what it streamed is dropped, and the run
+        before it (if any) is shown again, greyed out and said to be the previous one."""
+        self.pending.clear()
+        result, branches, shown = self.previous
+        if result is not None:
+            self._show_result(result, branches, shown)
+            message = mark_stale(self.results_view, message)
+        else:
+            self.output.clear_tokens()
+            self.steps = {}
+            self._fill_picker([])
+            self.inspect_button.setEnabled(False)
+        self.stats.setText(message)
+        self._ended()
+
+    def _ended(self) -> None:
+        self.job = None
+        self._sync_stages_button()
+        self.flush_tokens(final=True)  # after the job is cleared: x to the steps there are
+        self.flush_timer.stop()
+        self.run_ended.emit()
+
+    def flush_tokens(self, final: bool = False, curves: bool = True) -> None:
+        """Show the tokens that arrived. The text follows every 40 ms; the curves, whose
+        repaint costs more, every 300 ms while streaming (``curves``) and once more at the
+        end (``final``)."""
+        shown = max(self.sequence_picker.currentIndex(), 0)
+        for event in self.pending:
+            if event.step is not None:
+                self.steps.setdefault(event.sequence, []).append(event.step)
+            if event.sequence == shown and event.step is not None:
+                self.output.append_token(event.text, event.probability, token_tooltip(event.step))
+        if self.pending:
+            self.output.ensureCursorVisible()
+        if final or (curves and self.pending and time.monotonic() - self.curves_drawn > 0.3):
+            self._update_curves()
+            self.curves_drawn = time.monotonic()
+        self.pending.clear()
+
+    # --- what is shown -----------------------------------------------------------------------
+    def _fill_picker(self, names: list[str], current: int = 0) -> None:
+        self.sequence_picker.blockSignals(True)
+        self.sequence_picker.clear()
+        self.sequence_picker.addItems(names)
+        self.sequence_picker.setCurrentIndex(min(max(current, 0), len(names) - 1))
+        self.sequence_picker.blockSignals(False)
+        self.sequence_picker.setVisible(len(names) > 1)
+
+    def _show_result(self, result: GenerationResult, branches: Sequence[Branch] = (),
+                     shown: int = 0) -> None:
+        """Show a whole run (a session's, or the one before a failed generation) and its
+        sequence ``shown``."""
+        self.result = result
+        self.branches = list(branches)
+        self.steps = {i: s.steps for i, s in enumerate(result.sequences)}
+        names = [f"Sequence {i + 1}" for i in range(len(result.sequences))]
+        for n, b in enumerate(self.branches):
+            self.steps[len(result.sequences) + n] = b.sequence.steps
+            names.append(f"Branch {n + 1}: {b.label}")
+        self._fill_picker(names, shown)
+        self.save_session_button.setEnabled(True)
+        self.inspect_button.setEnabled(True)
+        self.show_sequence(self.sequence_picker.currentIndex())
+
+    def show_sequence(self, index: int) -> None:
+        self.output.clear_tokens()
+        for step in self.steps.get(max(index, 0), []):
+            self.output.append_token(step.text, step.probability, token_tooltip(step))
+        self.selected_step = None
+        self.why_button.setEnabled(False)
+        self._stages_stale()
+        self._update_curves()
+
+    def current_steps(self) -> list[StepRecord]:
+        return self.steps.get(max(self.sequence_picker.currentIndex(), 0), [])
+
+    def _update_curves(self) -> None:
+        if self.step_curves is None:
+            return
+        steps = self.current_steps()
+        streaming = self.controls.settings().max_new_tokens if self.job is not None else None
+        self.step_curves.set_steps([s.entropy for s in steps], [s.surprisal for s in steps],
+                                   [s.kept_count for s in steps], streaming)
+        self.step_curves.mark(self.selected_step)
+
+    def select_step(self, index: int) -> None:
+        steps = self.current_steps()
+        if not 0 <= index < len(steps):
+            return
+        self.selected_step = index
+        self.why_button.setEnabled(self.job is None)
+        self._sync_stages_button()
+        if self.stages_button.isChecked():
+            self.request_stages()
+        self._update_curves()
+        if self.explore.isChecked():
+            self._request_logits()
+        else:
+            self._show_recorded(steps[index])
+
+    def why_this_token(self) -> None:
+        """Open the attribution window on the clicked token of the sequence shown."""
+        steps = self.current_steps()
+        if self.result is None or self.selected_step is None or self.selected_step >= len(steps):
+            return
+        if self.attribution is None:
+            self.attribution = AttributionDialog(self.worker, self, self.show_error)
+        prompt, prompt_ids = self.result.prompt, list(self.result.prompt_token_ids)
+        ids, texts = [s.token_id for s in steps], [s.text for s in steps]
+        index = self.selected_step
+        self.attribution.open_on(lambda view: view.set_generated(
+            prompt, ids, index, prompt_ids=prompt_ids, output_texts=texts))
+
+    def _selected_record(self) -> StepRecord | None:
+        steps = self.current_steps()
+        if self.selected_step is not None and self.selected_step < len(steps):
+            return steps[self.selected_step]
+        return None
+
+    def _show_recorded(self, step: StepRecord) -> None:
+        if self.candidate_chart is None or not step.candidates:
+            return
+        chosen = next((i for i, c in enumerate(step.candidates) if c.token_id == step.token_id),
+                      None)
+        title = (f"Step {step.index}: chose {step.text!r} (p = {step.probability:.3f})<br>kept "
+                 f"{step.kept_count} tokens, {step.kept_mass:.1%} of the model's mass · "
+                 "click a candidate to branch")
+        self.candidate_chart.show_candidates(
+            title, [c.text for c in step.candidates], [c.raw_probability for c in step.candidates],
+            [c.probability for c in step.candidates], [c.kept for c in step.candidates], chosen)
+
+    # --- the explorer ------------------------------------------------------------------------
+    def _explore_toggled(self, on: bool) -> None:
+        if on:
+            self._request_logits()
+        else:
+            step = self._selected_record()
+            if step is not None:
+                self._show_recorded(step)
+
+    def _prefix(self) -> list[int] | None:
+        """Token ids before the selected step (the prompt alone when none is selected)."""
+        if self.result is None:
+            return None
+        ids = list(self.result.prompt_token_ids)
+        if self.selected_step is not None:
+            ids += [s.token_id for s in self.current_steps()[: self.selected_step]]
+        return ids
+
+    def _request_logits(self) -> None:
+        prefix = self._prefix()
+        breakers = self.controls.settings().dry_sequence_breakers
+        if prefix is None:
+            settings = self.controls.settings()
+            prompt, chat, max_new = self.prompt.toPlainText(), settings.chat, settings.max_new_tokens
+
+            def job(ctx: WorkerContext):
+                from workbench.core.generation.generate import prepare_prompt
+
+                loaded = ctx.model()
+                ids = prepare_prompt(loaded, prompt, chat, max_new)[0][0].tolist()
+                return ids, *with_texts(loaded, next_token_logits(loaded, ids), breakers)
+        else:
+            def job(ctx: WorkerContext):
+                loaded = ctx.model()
+                return prefix, *with_texts(loaded, next_token_logits(loaded, prefix), breakers)
+
+        self.explore_job = own_job(
+            self, self.worker, "Next-token distribution", job, finished=self._explore_done,
+            failed=lambda error, details: self._explore_ended(f"Failed: {error}"),
+            cancelled=lambda: self._explore_ended("Cancelled."))
+
+    def settings_changed(self) -> None:
+        if self.explore.isChecked() and self.explore_logits is not None:
+            self.redraw_explorer()
+
+    def redraw_explorer(self) -> None:
+        if self.candidate_chart is None or self.explore_logits is None:
+            return
+        settings = self.controls.settings()
+        try:
+            dist = explore_distribution(
+                self.explore_logits, settings, TOP_N, self.explore_prefix,
+                breaker_ids=self.explore_breakers.get(settings.dry_sequence_breakers))
+        except Exception as exc:  # a value mid-edit, e.g. top-p at its limit
+            self.candidate_chart.plot.setTitle(f"Cannot apply these settings: {exc}", size="9pt")
+            return
+        # the top candidates by raw probability, decoded on the worker: its tokenizer is
+        # not for this thread (a fast tokenizer used by two threads says "Already borrowed")
+        texts = [self.explore_texts.get(t, str(t)) for t in dist.token_ids]
+        where = "after the prompt" if self.selected_step is None else f"at step {self.selected_step}"
+        title = (f"Explorer {where}: {settings.describe()}<br>kept {dist.kept_count} tokens, "
+                 f"{dist.kept_mass:.1%} of the mass, entropy {dist.entropy:.2f} bits")
+        self.candidate_chart.show_candidates(title, texts, dist.raw, dist.processed, dist.kept,
+                                             None)
+
+    def _explore_done(self, result: object) -> None:
+        self.explore_job = None
+        (self.explore_prefix, self.explore_logits, self.explore_texts,  # type: ignore[misc]
+         self.explore_breakers) = result
+        if self.explore.isChecked():
+            self.redraw_explorer()
+
+    def _explore_ended(self, message: str) -> None:
+        """The explorer's logits did not come: the ones it holds are of another prefix by
+        now, so they go, and the chart shows the selected step as generated, or nothing."""
+        self.explore_job = None
+        self.explore_logits, self.explore_texts, self.explore_prefix = None, {}, []
+        self.explore_breakers = {}
+        self.explore.blockSignals(True)
+        self.explore.setChecked(False)
+        self.explore.blockSignals(False)
+        if self.candidate_chart is not None:
+            self.candidate_chart.show_candidates(f"Explorer: {message}", [], [], [], [], None)
+        step = self._selected_record()
+        if step is not None:
+            self._show_recorded(step)
+
+    # --- the sampler-stage inspector ----------------------------------------------------------
+    def _sync_stages_button(self) -> None:
+        """On while a generated token is selected and no generation runs; a button that is
+        down can always be raised again."""
+        self.stages_button.setEnabled(self.stages_button.isChecked() or (
+            self.result is not None and self.job is None
+            and self._selected_record() is not None))
+
+    def _stages_toggled(self, on: bool) -> None:
+        self.lower_stack.setCurrentIndex(1 if on else 0)
+        if on:
+            self.request_stages()
+        self._sync_stages_button()
+
+    def _stages_stale(self) -> None:
+        """The run or the sequence shown changed: the stages shown are of another one."""
+        self.stage_request += 1  # an answer still on its way is of the old run
+        if self.stage_job is not None:
+            self.stage_job.cancel()
+            self.stage_job = None
+        inspector = self.stage_inspector
+        if inspector is not None and inspector.inspection is not None and inspector.isEnabled():
+            inspector.header.setText(mark_stale(
+                inspector, f"Step {inspector.inspection.step} of an earlier sequence: click "
+                "a token to see its stages."))
+        self._sync_stages_button()
+
+    def _stage_settings(self) -> tuple[SamplingSettings, str, int, list[str]]:
+        """The settings the selected step was generated with (the run's recorded ones, else
+        the controls' current ones), in words, the sequence's row, and notes."""
+        shown = max(self.sequence_picker.currentIndex(), 0)
+        assert self.result is not None and self.selected_step is not None
+        sequences, notes, row = len(self.result.sequences), [], shown
+        if shown >= sequences:  # a branch: its steps before the branch point are its parent's
+            b = self.branches[shown - sequences]
+            row = b.parent
+            if self.selected_step == b.step:
+                notes.append("this token was picked for the branch, not sampled.")
+            if self.selected_step > b.step:
+                return (self.controls.settings(), "the controls' current settings: a branch's "
+                        "are not recorded", 0, notes)
+        try:
+            recorded = SamplingSettings(**self.result.settings)
+            recorded.validate()
+        except (TypeError, WorkbenchError):  # a run that kept none (or other ones)
+            return self.controls.settings(), "the controls' current settings", row, notes
+        return recorded, "the run's settings", row, notes
+
+    def request_stages(self) -> None:
+        """Compute the selected step's sampler stages on the worker and show them."""
+        if self.stage_inspector is None:
+            return
+        step = self._selected_record()
+        if self.result is None or step is None or self.job is not None:
+            self._stages_stale()
+            if self.stage_inspector.inspection is None:
+                self.stage_inspector.show_message(self.stage_inspector.HINT)
+            return
+        if self.stage_job is not None:
+            self.stage_job.cancel()
+        self.stage_request += 1
+        request = self.stage_request
+        prefix = self._prefix() or []
+        settings, source, row, notes = self._stage_settings()
+        chosen, index = step.token_id, step.index
+
+        def job(ctx: WorkerContext):
+            from workbench.ui.generation.stage_inspector import inspect_step
+
+            return inspect_step(ctx.model(), prefix, chosen, index, settings, source, row,
+                                notes)
+
+        self.stage_inspector.setEnabled(True)
+        if self.stage_inspector.inspection is None:
+            self.stage_inspector.show_message(f"Computing the sampler stages of step {index}…")
+        else:
+            self.stage_inspector.header.setText(f"Computing the sampler stages of step {index}…")
+        self.stage_job = own_job(
+            self, self.worker, "Sampler stages", job,
+            finished=lambda result: self._stages_done(request, result),
+            failed=lambda error, details: self._stages_ended(request, f"Failed: {error}"),
+            cancelled=lambda: self._stages_ended(request, "Cancelled."))
+
+    def _stages_done(self, request: int, result: object) -> None:
+        from workbench.ui.generation.stage_inspector import StageInspection
+
+        if request != self.stage_request or self.stage_inspector is None:
+            return  # an earlier request's answer
+        self.stage_job = None
+        if isinstance(result, StageInspection):
+            self.stage_inspector.setEnabled(True)
+            self.stage_inspector.show_inspection(result)
+            above, below = self.results_view.sizes()
+            if self.stage_inspector.row_count() > 1 and above > OUTPUT_SQUEEZED:
+                # charts in rows need the height: the output keeps a few lines to click in
+                self.results_view.setSizes([OUTPUT_SQUEEZED, above + below - OUTPUT_SQUEEZED])
+
+    def _stages_ended(self, request: int, message: str) -> None:
+        if request != self.stage_request or self.stage_inspector is None:
+            return
+        self.stage_job = None
+        self.stage_inspector.show_message(f"Sampler stages: {message}")
+
+    # --- branches ----------------------------------------------------------------------------
+    def branch_from(self, candidate: int) -> None:
+        """Continue generation from the selected step with candidate ``candidate`` instead."""
+        if (self.result is None or self.selected_step is None or self.explore.isChecked()
+                or self.branch_job is not None or self.job is not None):
+            return
+        shown = max(self.sequence_picker.currentIndex(), 0)
+        steps = self.current_steps()
+        if candidate >= len(steps[self.selected_step].candidates):
+            return
+        token = steps[self.selected_step].candidates[candidate].token_id
+        if token == steps[self.selected_step].token_id:  # a branch to itself: the same text
+            self.stats.setText(f"{visible_token(steps[self.selected_step].text)} is the token "
+                               f"chosen at step {self.selected_step}: click another candidate "
+                               "to branch.")
+            return
+        base = self.result if shown < len(self.result.sequences) else GenerationResult(
+            self.result.prompt, [self.branches[shown - len(self.result.sequences)].sequence],
+            0.0, False, prompt_token_ids=self.result.prompt_token_ids)
+        parent = shown if shown < len(self.result.sequences) else 0
+        step, settings = self.selected_step, self.controls.settings()
+
+        def job(ctx: WorkerContext) -> Branch:
+            return branch(ctx.model(), base, parent, step, token, settings, ctx, top_n=TOP_N)
+
+        self.branch_job = own_job(self, self.worker, "Branch", job,
+                                  finished=self._branch_done, failed=self._branch_failed,
+                                  cancelled=self._branch_cancelled)
+        self.stats.setText(f"Branching at step {step}…")
+
+    def _add_branch(self, b: Branch) -> None:
+        self.branches.append(b)
+        index = len(self.result.sequences) + len(self.branches) - 1 if self.result else 0
+        self.steps[index] = b.sequence.steps
+        self.sequence_picker.addItem(f"Branch {len(self.branches)}: {b.label}")
+        self.sequence_picker.setVisible(True)
+        self.sequence_picker.setCurrentIndex(index)
+        self.stats.setText(f"Branch {len(self.branches)}: {b.label}. The list beside holds "
+                           "every sequence and branch.")
+
+    def _branch_done(self, result: object) -> None:
+        self.branch_job = None
+        if isinstance(result, Branch):
+            self._add_branch(result)
+
+    def _branch_failed(self, error: object, details: str) -> None:
+        self.branch_job = None
+        self.stats.setText(f"Failed: {error}")
+
+    def _branch_cancelled(self) -> None:
+        self.branch_job = None
+        self.stats.setText("Branch cancelled.")
+
+    # --- sessions ----------------------------------------------------------------------------
+    def save_session(self, path: str | None = None) -> None:
+        if self.result is None:
+            return
+        if path is None:
+            path, _ = QFileDialog.getSaveFileName(self, "Save session", "session.json",
+                                                  "LM Workbench session (*.json)")
+        if not path:
+            return
+        prompt, settings, result = self.prompt.toPlainText(), self.controls.settings(), self.result
+        branches = list(self.branches)
+
+        def job(ctx: WorkerContext) -> str:
+            from workbench.core.generation.session import model_fingerprint, save_session
+
+            ctx.progress("Hashing the model files…", None)
+            return str(save_session(path, prompt, settings, result, model_fingerprint(ctx.model()),
+                                    branches))
+
+        self.session_job = own_job(self, self.worker, "Save session", job,
+                                   finished=self._session_saved, failed=self._session_failed,
+                                   cancelled=self._session_cancelled)
+
+    def _session_saved(self, result: object) -> None:
+        self.session_job = None
+        self.stats.setText(f"Session saved to {result}.")
+
+    def _session_failed(self, error: object, details: str) -> None:
+        self.session_job = None
+        self.stats.setText(f"Failed: {error}")
+
+    def _session_cancelled(self) -> None:
+        self.session_job = None
+
+    def open_session(self, path: str | None = None) -> None:
+        from workbench.core.generation.session import load_session
+
+        if path is None:
+            path, _ = QFileDialog.getOpenFileName(self, "Open session", "",
+                                                  "LM Workbench session (*.json);;All files (*)")
+        if not path:
+            return
+        try:
+            session = load_session(path)
+            self.controls.check_fits(session.settings, f"The session {path}")
+        except WorkbenchError as exc:
+            self.show_error("Cannot open the session", str(exc))
+            return
+        self.prompt.setPlainText(session.prompt)
+        self.controls.set_settings(session.settings)
+        self.results_view.setEnabled(True)
+        if session.result is not None:
+            self._show_result(session.result, session.branches)
+        else:
+            self.branches = []
+        for note in session.notes:
+            self.log(f"{note} in {path}; the rest of the session is shown.", "warning")
+        model = session.model.get("name", "an unknown model")
+        digest = (session.model.get("files") or [{}])[0].get("sha256", "")[:12]
+        shown = len(session.branches)
+        self.stats.setText(f"Session from {session.created[:19]} with {model}"
+                           + (f" (weights sha256 {digest}…)" if digest else "")
+                           + (f", {shown} branch{'es' if shown != 1 else ''}" if shown else "")
+                           + "." + (f" {len(session.notes)} damaged part(s) left out: see "
+                                    "the log." if session.notes else ""))
+
+    def log(self, message: str, level: str = "info") -> None:
+        """A line for the window's log dock (as ``show_error`` reaches its dialogs); a view
+        outside a window has no log, and the line stays in ``logged``."""
+        self.logged.append((message, level))
+        log = getattr(self.window(), "log", None)
+        if log is not None and hasattr(log, "append"):
+            log.append(message, level)

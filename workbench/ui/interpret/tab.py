@@ -1,0 +1,648 @@
+"""Attention tab: bertviz head and model views (offline, script-safe), a heatmap of one
+head, a layers × heads grid of head statistics, and the logit lens of decoders."""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass
+
+from PySide6.QtCore import Qt
+from PySide6.QtGui import QColor
+from PySide6.QtWidgets import (
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QSpinBox,
+    QSplitter,
+    QStyle,
+    QTableWidget,
+    QTableWidgetItem,
+    QTabWidget,
+    QVBoxLayout,
+    QWidget,
+)
+
+from workbench.core.common.errors import WorkbenchError
+from workbench.core.common.files import cannot_write, write_atomically
+from workbench.core.interpret.attention import (
+    DEFAULT_MAX_TOKENS,
+    DEFAULT_PAGE_TOKENS,
+    STATISTICS,
+    AttentionResult,
+    LensColumns,
+    LensStarted,
+    LogitLens,
+    LogitLensJob,
+    PositionEmbeddings,
+    attention_layers,
+    bertviz_html,
+    compute_attention,
+    head_statistics,
+    position_embeddings,
+)
+from workbench.core.models.catalog import CLASSIFIER
+from workbench.ui.common.skeleton import combo, line, spin, text_box
+from workbench.ui.common.stale import mark_stale
+from workbench.ui.common.tab_base import WorkbenchTab
+from workbench.ui.common.widgets import fit_columns, visible_token
+from workbench.ui.common.worker import JobHandle, ModelWorker, WorkerContext, own_job
+from workbench.ui.interpret.attribution_view import AttributionDialog
+
+
+@dataclass
+class AttentionView:
+    """What one run produces for this tab."""
+
+    result: AttentionResult
+    page: str
+    notices: list[str]
+    lens: LogitLens | None
+    positions: PositionEmbeddings | None = None
+
+
+def parse_layers(text: str, count: int | None = None) -> list[int] | None:
+    """The layers of the layer list (None: the default choice), refused when they are not
+    numbers or, with the model's layer ``count``, not layers of the model."""
+    text = text.strip()
+    if not text or text.lower() == "all":
+        return None
+    try:
+        layers = [int(x) for x in text.replace(" ", "").split(",") if x]
+    except ValueError:
+        raise WorkbenchError(f"Layers are numbers separated by commas (e.g. 0,5), not "
+                             f"'{text}'.") from None
+    if not layers:
+        raise WorkbenchError(f"Layers are numbers separated by commas (e.g. 0,5), not "
+                             f"'{text}'.")
+    bad = [layer for layer in layers if count is not None and not 0 <= layer < count]
+    if bad:  # said as bertviz_html says it, before the model runs
+        raise WorkbenchError(f"Layer(s) {bad} do not exist: the model has {count} layers "
+                             f"(0–{count - 1}).")
+    return layers
+
+
+class LensTable(QTableWidget):
+    """The logit lens grid: a layer a row, a position a column. It is filled a chunk of
+    columns at a time, and each change refits the columns (:class:`ColumnFit`), which
+    asked Qt for every column's width of contents: 0.2-0.4 s for 400 columns, at each
+    chunk. The widths of the cells' texts are kept as they are set instead."""
+
+    def __init__(self) -> None:
+        super().__init__(0, 0)
+        self.text_widths: list[int] = []  # per column, of its widest cell; [] = ask Qt
+
+    def set_column_texts(self, column: int, texts: list[str]) -> None:
+        """Note the texts now in ``column`` (as an item delegate draws them: with its
+        margins and the grid line)."""
+        metrics, style = self.fontMetrics(), self.style()
+        margin = 2 * (style.pixelMetric(QStyle.PixelMetric.PM_FocusFrameHMargin, None,
+                                        self) + 1) + 2
+        self.text_widths[column] = max((metrics.horizontalAdvance(t) for t in texts),
+                                       default=0) + margin
+
+    def sizeHintForColumn(self, column: int) -> int:  # noqa: N802 (Qt API)
+        if 0 <= column < len(self.text_widths):
+            return self.text_widths[column]
+        return super().sizeHintForColumn(column)
+
+
+class AttentionTab(WorkbenchTab):
+    title = "Attention"
+    needs_text = "a model with attention layers"
+
+    def __init__(self, worker: ModelWorker, parent: QWidget | None = None) -> None:
+        super().__init__(worker, parent)
+        self.job_id: JobHandle | None = None
+        self.lens_job: JobHandle | None = None  # the logit lens runs after the page is drawn
+        self.lens_wanted = False  # a lens for the current view is still to be computed
+        self.lens_plan: LogitLensJob | None = None  # the current view's lens
+        self.lens_tokens: list[str] = []  # the columns of the lens table
+        self.lens_filled: list[bool] = []  # which of them hold their lens already
+        self.current: AttentionView | None = None
+        self.stats: dict | None = None
+        self.web = None
+        self.heat_plot = None
+        self.text = text_box("text", "Sentence A: the text whose attention you want to see",
+                             "The cat sat on the mat because it was tired.")
+        self.text.setMaximumHeight(80)
+        self.text_b = text_box("text-b", "Sentence B (optional, encoders only)")
+        self.text_b.setMaximumHeight(50)
+        self.view = combo("view", ["head view", "model view"])
+        self.max_tokens = spin("max-tokens", 2, 1024, DEFAULT_MAX_TOKENS)
+        self.max_tokens.setToolTip("Tokens analysed: heatmap, head statistics, logit lens")
+        self.page_tokens = spin("page-tokens", 2, 1024, DEFAULT_PAGE_TOKENS)
+        self.page_tokens.setToolTip("Tokens drawn by bertviz (its page grows with tokens²: "
+                                    "a few hundred tokens take minutes and gigabytes)")
+        self.layers = line("layers", "", "all, or e.g. 0,5,11")
+        self.run_button = QPushButton("Show attention")
+        self.run_button.setProperty("primary", True)  # Run ▸ Run: Ctrl+Return
+        self.run_button.setObjectName("run-button")
+        self.run_button.clicked.connect(self.start)
+        form = QFormLayout()
+        form.addRow("Text", self.text)
+        form.addRow("Sentence B", self.text_b)
+        form.addRow("bertviz view", self.view)
+        form.addRow("Max tokens", self.max_tokens)
+        form.addRow("bertviz tokens", self.page_tokens)
+        form.addRow("Layers (page)", self.layers)
+        form.addRow(self.run_button)
+        self.attribution_button = QPushButton("Attribution…")
+        self.attribution_button.setObjectName("attribution-button")
+        self.attribution_button.setToolTip("Which tokens of the text drive the model: a "
+                                           "classifier's label, or a decoder's last word")
+        self.attribution_button.clicked.connect(self.open_attribution)
+        form.addRow(self.attribution_button)
+        self.attribution: AttributionDialog | None = None  # made on first use
+        self.export_html_button = QPushButton("Export page…")
+        self.export_html_button.clicked.connect(lambda: self.export_html())
+        self.export_png_button = QPushButton("Export PNG…")
+        self.export_png_button.clicked.connect(lambda: self.export_png())
+        self.export_csv_button = QPushButton("Export CSV…")
+        self.export_csv_button.clicked.connect(lambda: self.export_csv())
+        exports = QHBoxLayout()
+        for b in (self.export_html_button, self.export_png_button, self.export_csv_button):
+            b.setEnabled(False)
+            exports.addWidget(b)
+        form.addRow(exports)
+        self.notice = QLabel("")
+        self.notice.setObjectName("attention-notice")
+        self.notice.setWordWrap(True)
+        form.addRow(self.notice)
+        inputs = QWidget()
+        inputs.setLayout(form)
+
+        self.results = QTabWidget()
+        self.results.setObjectName("attention-views")
+        self.web_holder = QWidget()
+        QVBoxLayout(self.web_holder).setContentsMargins(0, 0, 0, 0)
+        self.web_placeholder = QLabel("Run to see bertviz's view here (rendered offline).")
+        self.web_placeholder.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.web_holder.layout().addWidget(self.web_placeholder)
+        self.results.addTab(self.web_holder, "bertviz")
+        self.results.addTab(self._build_heatmap_page(), "Heatmap")
+        self.results.addTab(self._build_stats_page(), "Head statistics")
+        self.lens_table = LensTable()
+        self.lens_table.setObjectName("logit-lens")
+        self.lens_table.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
+        # a column a token: a few fill the width; many narrow to 56 px, then scroll sideways
+        fit_columns(self.lens_table, min_width=56)
+        # the columns in view are computed first, as they move too
+        self.lens_table.horizontalScrollBar().valueChanged.connect(self._prefer_visible)
+        self.lens_table.horizontalHeader().sectionResized.connect(self._prefer_visible)
+        self.results.addTab(self.lens_table, "Logit lens")
+        self.results.currentChanged.connect(
+            lambda _: self.results.currentWidget() is self.lens_table and self.start_lens())
+        positions_page = QWidget()
+        self.positions_note = QLabel("Run to see how this model encodes positions.")
+        self.positions_note.setObjectName("positions-note")
+        self.positions_note.setWordWrap(True)
+        self.positions_holder = QWidget()
+        QHBoxLayout(self.positions_holder).setContentsMargins(0, 0, 0, 0)
+        pl = QVBoxLayout(positions_page)
+        pl.addWidget(self.positions_note)
+        pl.addWidget(self.positions_holder, 1)
+        self.results.addTab(positions_page, "Positions")
+        split = QSplitter(Qt.Orientation.Horizontal)
+        split.addWidget(inputs)
+        split.addWidget(self.results)
+        split.setSizes([360, 900])
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.model_label)
+        layout.addWidget(split, 1)
+
+    def _build_heatmap_page(self) -> QWidget:
+        page = QWidget()
+        self.heat_layer = QSpinBox()
+        self.heat_layer.setObjectName("heat-layer")
+        self.heat_head = QComboBox()
+        self.heat_head.setObjectName("heat-head")
+        self.heat_layer.valueChanged.connect(self.draw_heatmap)
+        self.heat_head.currentIndexChanged.connect(self.draw_heatmap)
+        self.hover = QLabel("")
+        self.hover.setObjectName("heat-hover")
+        row = QHBoxLayout()
+        row.addWidget(QLabel("Layer"))
+        row.addWidget(self.heat_layer)
+        row.addWidget(QLabel("Head"))
+        row.addWidget(self.heat_head)
+        row.addWidget(self.hover, 1)
+        self.heat_holder = QWidget()
+        QVBoxLayout(self.heat_holder).setContentsMargins(0, 0, 0, 0)
+        layout = QVBoxLayout(page)
+        layout.addLayout(row)
+        layout.addWidget(self.heat_holder, 1)
+        return page
+
+    def _build_stats_page(self) -> QWidget:
+        page = QWidget()
+        self.statistic = QComboBox()
+        self.statistic.setObjectName("statistic")
+        self.statistic.addItems(list(STATISTICS))
+        self.statistic.currentIndexChanged.connect(self.draw_stats)
+        row = QHBoxLayout()
+        row.addWidget(QLabel("Statistic"))
+        row.addWidget(self.statistic)
+        row.addWidget(QLabel("Click a cell to open that head."), 1)
+        self.stats_holder = QWidget()
+        QVBoxLayout(self.stats_holder).setContentsMargins(0, 0, 0, 0)
+        layout = QVBoxLayout(page)
+        layout.addLayout(row)
+        layout.addWidget(self.stats_holder, 1)
+        return page
+
+    def build_deferred(self) -> None:
+        if self.heat_plot is not None:
+            return
+        import pyqtgraph as pg
+
+        self.heat_plot = pg.PlotWidget()
+        self.heat_plot.setObjectName("attention-heatmap")
+        self.heat_plot.invertY(True)
+        self.heat_plot.setAspectLocked(False)
+        self.heat_image = pg.ImageItem()
+        self.heat_plot.addItem(self.heat_image)
+        self.heat_plot.setLabel("left", "query (attends from)")
+        self.heat_plot.setLabel("bottom", "key (attends to)")
+        self.heat_bar = pg.ColorBarItem(values=(0, 1), colorMap=pg.colormap.get("viridis"))
+        self.heat_bar.setImageItem(self.heat_image, insert_in=self.heat_plot.getPlotItem())
+        self.heat_plot.scene().sigMouseMoved.connect(self._hovered)
+        self.heat_holder.layout().addWidget(self.heat_plot)
+        self.stats_plot = pg.PlotWidget()
+        self.stats_plot.setObjectName("head-statistics")
+        self.stats_plot.invertY(True)
+        self.stats_plot.setLabel("left", "layer")
+        self.stats_plot.setLabel("bottom", "head")
+        self.stats_image = pg.ImageItem()
+        self.stats_plot.addItem(self.stats_image)
+        self.stats_bar = pg.ColorBarItem(colorMap=pg.colormap.get("magma"))
+        self.stats_bar.setImageItem(self.stats_image, insert_in=self.stats_plot.getPlotItem())
+        self.stats_plot.scene().sigMouseClicked.connect(self._stats_clicked)
+        self.stats_holder.layout().addWidget(self.stats_plot)
+        self.position_plots = {}
+        for key, title in (("learned", "learned positions: cosine similarity"),
+                           ("sinusoidal", "sinusoidal encoding: cosine similarity")):
+            plot = pg.PlotWidget(title=title)
+            plot.setObjectName(f"positions-{key}")
+            plot.invertY(True)
+            plot.setLabel("left", "position")
+            plot.setLabel("bottom", "position")
+            image = pg.ImageItem()
+            image.setColorMap(pg.colormap.get("viridis"))
+            plot.addItem(image)
+            self.position_plots[key] = (plot, image)
+            self.positions_holder.layout().addWidget(plot)
+
+    def open_attribution(self) -> None:
+        """Input attribution of this text: a classifier's predicted label, or for a decoder
+        the last word as the target of the words before it."""
+        text = self.text.toPlainText()
+        if self.attribution is None:
+            self.attribution = AttributionDialog(self.worker, self, self.show_error)
+        if self.loaded is not None and self.loaded.task == CLASSIFIER:
+            self.attribution.open_on(lambda view: view.set_classification(text))
+            return
+        head, space, last = text.rstrip().rpartition(" ")
+        prompt, target = (head, space + last) if head.strip() else (text, "")
+        self.attribution.open_on(lambda view: view.set_continuation(prompt, target))
+
+    # --- running ---------------------------------------------------------------------------------
+    def start(self) -> None:
+        if self.job_id is not None:
+            return
+        text, text_b = self.text.toPlainText(), self.text_b.toPlainText()
+        view = "head" if self.view.currentIndex() == 0 else "model"
+        max_tokens, page_tokens = self.max_tokens.value(), self.page_tokens.value()
+        try:
+            if not text.strip():
+                raise WorkbenchError("The text is empty.")
+            layers = parse_layers(self.layers.text(), None if self.loaded is None
+                                  else attention_layers(self.loaded.model))
+        except WorkbenchError as exc:
+            self.show_error("Cannot show attention", str(exc))
+            return
+
+        def job(ctx: WorkerContext) -> AttentionView:
+            loaded = ctx.model()  # the attention job switches it to eager for itself
+            result = compute_attention(loaded, text, text_b, max_tokens, ctx)
+            ctx.progress("Building the bertviz page…", None)
+            page, notices = bertviz_html(result, view, layers, max_tokens=page_tokens)
+            return AttentionView(result, page, result.notices + notices, None,
+                                 position_embeddings(loaded))
+
+        # The lens of the view shown now is no longer wanted: a new view is coming.
+        self.lens_wanted = False
+        if self.lens_job is not None:
+            self.lens_job.cancel()
+        plan = LogitLensJob(text, max_tokens)  # the lens of this view, run after it
+        self.job_id = own_job(self, self.worker, "Attention", job,
+                              finished=lambda outcome: self._view_done(outcome, plan),
+                              failed=self._view_failed, cancelled=self._view_failed)
+        self.run_button.setEnabled(False)
+        self.notice.setText("Running…")
+
+    def _lens_event(self, event: object) -> None:
+        if isinstance(event, LensStarted):
+            if event.tokens != self.lens_tokens or event.layers != self.lens_table.rowCount():
+                self.lens_grid(event.tokens, event.layers)  # not the view's tokens: its own
+        elif isinstance(event, LensColumns):
+            self.fill_lens_columns(event.start, event.top_tokens, event.top_probs)
+
+    def _lens_done(self, outcome: object) -> None:
+        self.lens_job = None
+        if isinstance(outcome, LogitLens) and self.current is not None:
+            self.current.lens = outcome
+            if outcome.tokens != self.lens_tokens:
+                self.fill_lens(outcome)
+            elif not all(self.lens_filled):  # the chunks filled all of it, normally
+                self.fill_lens_columns(0, outcome.top_tokens, outcome.top_probs)
+
+    def _lens_failed(self, *failure) -> None:
+        self.lens_job = None
+        message = "Failed: " + str(failure[0]) if failure else "Cancelled."
+        if not any(self.lens_filled):
+            self.fill_lens(None, message)
+            return
+        # the columns computed stay; the others say why they are empty
+        t = self.lens_table
+        for col, filled in enumerate(self.lens_filled):
+            if not filled:
+                for row in range(t.rowCount()):
+                    item = t.item(row, col)
+                    if item is not None:
+                        item.setText("")
+                        item.setToolTip(f"Not computed: {message}")
+
+    def _view_done(self, outcome: object, plan: LogitLensJob | None = None) -> None:
+        self.job_id = None
+        self.run_button.setEnabled(True)
+        if not isinstance(outcome, AttentionView):
+            return
+        self.lens_wanted = outcome.result.is_decoder and plan is not None
+        self.lens_plan = plan
+        self.show_view(outcome)
+        if self.results.currentWidget() is self.lens_table or self.web is None:
+            self.start_lens()
+
+    def start_lens(self, *_args) -> None:
+        """Compute the logit lens of the current view, once: after the bertviz page has
+        loaded (its drawing and the lens would share the CPU) or when the lens is opened.
+        The columns in view come first, then the rest, a chunk at a time."""
+        plan = self.lens_plan
+        if self.lens_wanted and self.lens_job is None and plan is not None:
+            self.lens_wanted = False
+            self.lens_table.column_fit.fit()  # the widths it is about to get (a 0 ms timer)
+            plan.prefer(*self.visible_lens_columns())
+
+            def lens_job(ctx: WorkerContext):
+                return plan.run(ctx.model())  # a generator: the worker drives its events
+
+            self.lens_job = own_job(self, self.worker, "Logit lens", lens_job,
+                                    event=self._lens_event, finished=self._lens_done,
+                                    failed=self._lens_failed, cancelled=self._lens_failed)
+
+    def visible_lens_columns(self) -> tuple[int, int]:
+        """The columns of the lens table in view: ``(first, last + 1)``."""
+        t = self.lens_table
+        count = t.columnCount()
+        if not count:
+            return 0, 0
+        first, last = t.columnAt(0), t.columnAt(t.viewport().width() - 1)
+        return max(first, 0), (count if last < 0 else last + 1)
+
+    def _prefer_visible(self, *_args) -> None:
+        """The table scrolled or its columns changed width while the lens runs: the
+        columns now in view come next."""
+        if self.lens_job is not None and self.lens_plan is not None and \
+                not all(self.lens_filled):
+            self.lens_plan.prefer(*self.visible_lens_columns())
+
+    def _view_failed(self, *failure) -> None:
+        """The attention job failed (the exception and its traceback) or was cancelled."""
+        self.job_id = None
+        self.run_button.setEnabled(True)
+        message = "Failed: " + str(failure[0]) if failure else "Cancelled."
+        if self.current is not None:  # the views keep the earlier text's: say so, greyed
+            message = mark_stale(self.results, message)
+        self.notice.setText(message)
+
+    def ensure_web(self):
+        if self.web is None:
+            from workbench.ui.common.web_view import OfflineWebView
+
+            self.web = OfflineWebView()
+            self.web.loaded.connect(self.start_lens)
+            self.web_placeholder.hide()
+            self.web_holder.layout().addWidget(self.web)
+        return self.web
+
+    def show_view(self, view: AttentionView) -> None:
+        self.current = view
+        self.results.setEnabled(True)
+        r = view.result
+        self.notice.setText(" ".join(view.notices) or
+                            f"{len(r.tokens)} tokens · {r.layers} layers × {r.heads} heads")
+        self.ensure_web().show_html(view.page)
+        self.heat_layer.blockSignals(True)
+        self.heat_layer.setRange(0, r.layers - 1)
+        self.heat_layer.blockSignals(False)
+        self.heat_head.blockSignals(True)
+        self.heat_head.clear()
+        self.heat_head.addItems(["mean over heads"] + [str(h) for h in range(r.heads)])
+        self.heat_head.blockSignals(False)
+        self.stats = head_statistics(r)
+        self.draw_heatmap()
+        self.draw_stats()
+        if r.is_decoder and view.lens is None:  # "…" until each column is computed
+            self.lens_grid(r.tokens, r.layers)
+        else:
+            self.fill_lens(view.lens)
+        self.show_positions(view.positions)
+        for b in (self.export_html_button, self.export_png_button, self.export_csv_button):
+            b.setEnabled(True)
+
+    # --- native views -------------------------------------------------------------------------
+    def selected_head(self) -> tuple[int, int | None]:
+        head = self.heat_head.currentIndex() - 1
+        return self.heat_layer.value(), (None if head < 0 else head)
+
+    def draw_heatmap(self) -> None:
+        if self.current is None or self.heat_plot is None:
+            return
+        r = self.current.result
+        layer, head = self.selected_head()
+        matrix = r.head(layer, head)
+        # ImageItem's first axis is x: transpose so rows are queries and columns keys
+        self.heat_image.setImage(matrix.T, autoLevels=False, levels=(0, float(matrix.max())))
+        self.heat_bar.setLevels((0, float(matrix.max())))
+        labels = [(i + 0.5, visible_token(t)[:12]) for i, t in enumerate(r.tokens)]
+        step = max(1, len(labels) // 40)  # keep labels readable on long inputs
+        ticks = [labels[::step]]
+        self.heat_plot.getAxis("left").setTicks(ticks)
+        self.heat_plot.getAxis("bottom").setTicks(ticks)
+        name = "mean over heads" if head is None else f"head {head}"
+        self.heat_plot.setTitle(f"Layer {layer}, {name}", size="9pt")
+
+    def _hovered(self, pos) -> None:
+        if self.current is None or self.heat_plot is None:
+            return
+        point = self.heat_plot.getViewBox().mapSceneToView(pos)
+        key, query = int(point.x()), int(point.y())
+        tokens = self.current.result.tokens
+        if 0 <= key < len(tokens) and 0 <= query < len(tokens):
+            layer, head = self.selected_head()
+            weight = float(self.current.result.head(layer, head)[query, key])
+            self.hover.setText(f"{tokens[query]!r} → {tokens[key]!r}: {weight:.3f}")
+
+    def draw_stats(self) -> None:
+        if self.stats is None or self.heat_plot is None:
+            return
+        values = self.stats[self.statistic.currentText()]
+        self.stats_image.setImage(values.T, autoLevels=True)
+        layers, heads = values.shape
+        self.stats_plot.getAxis("left").setTicks([[(i + 0.5, str(i)) for i in range(layers)]])
+        self.stats_plot.getAxis("bottom").setTicks([[(i + 0.5, str(i)) for i in range(heads)]])
+        self.stats_bar.setLevels((float(values.min()), float(values.max()) or 1.0))
+        self.stats_plot.setTitle(f"{self.statistic.currentText()} per head", size="9pt")
+
+    def _stats_clicked(self, event) -> None:
+        if self.stats is None:
+            return
+        view = self.stats_plot.getViewBox()
+        if not view.sceneBoundingRect().contains(event.scenePos()):
+            return
+        point = view.mapSceneToView(event.scenePos())
+        self.open_head(int(point.y()), int(point.x()))
+
+    def open_head(self, layer: int, head: int) -> None:
+        r = self.current.result if self.current else None
+        if r is None or not (0 <= layer < r.layers and 0 <= head < r.heads):
+            return
+        self.heat_layer.setValue(layer)
+        self.heat_head.setCurrentIndex(head + 1)
+        self.results.setCurrentIndex(1)
+        self.draw_heatmap()
+
+    def show_positions(self, positions: PositionEmbeddings | None) -> None:
+        if positions is None or self.heat_plot is None:
+            return
+        self.positions_note.setText(positions.description)
+        learned_plot, learned_image = self.position_plots["learned"]
+        learned_plot.setVisible(positions.learned_similarity is not None)
+        if positions.learned_similarity is not None:
+            learned_image.setImage(positions.learned_similarity.T, levels=(-1, 1))
+        self.position_plots["sinusoidal"][1].setImage(positions.sinusoidal_similarity.T,
+                                                      levels=(-1, 1))
+
+    def fill_lens(self, lens: LogitLens | None, message: str = "") -> None:
+        t = self.lens_table
+        if lens is None:
+            self.lens_tokens, self.lens_filled = [], []
+            t.text_widths = []
+            t.setRowCount(1)
+            t.setColumnCount(1)
+            t.setHorizontalHeaderLabels([""])
+            t.setItem(0, 0, QTableWidgetItem(message or "The logit lens needs a decoder model."))
+            return
+        self.lens_grid(lens.tokens, len(lens.top_tokens))
+        self.fill_lens_columns(0, lens.top_tokens, lens.top_probs)
+
+    def lens_grid(self, tokens: list[str], layers: int) -> None:
+        """Lay the lens table out for ``tokens`` (columns) and ``layers`` (rows), every
+        cell "…" until its column is computed. The sideways scroll position stays: a new
+        run shows the same part of the text, and computes it first."""
+        t = self.lens_table
+        self.lens_tokens, self.lens_filled = list(tokens), [False] * len(tokens)
+        t.setRowCount(layers)
+        t.setColumnCount(len(tokens))
+        t.setHorizontalHeaderLabels([visible_token(tok) for tok in tokens])
+        t.setVerticalHeaderLabels([f"layer {i + 1}" for i in range(layers)])
+        t.text_widths = [0] * len(tokens)
+        for col in range(len(tokens)):
+            for row in range(layers):
+                item = QTableWidgetItem("…")
+                item.setForeground(QColor("gray"))
+                item.setToolTip("Computing…")
+                t.setItem(row, col, item)
+            t.set_column_texts(col, ["…"])
+
+    def fill_lens_columns(self, start: int, top_tokens: list[list[str]],
+                          top_probs: list[list[float]]) -> None:
+        """Show the lens of the columns from ``start`` on (``[layer][column - start]``)."""
+        t = self.lens_table
+        for row, (toks, probs) in enumerate(zip(top_tokens, top_probs, strict=True)):
+            for col, (tok, p) in enumerate(zip(toks, probs, strict=True), start=start):
+                item = QTableWidgetItem(visible_token(tok))
+                # white to a mid blue: black text stays readable on every shade (on a
+                # saturated blue it was not)
+                item.setBackground(QColor.fromHsvF(0.6, 0.6 * max(0.0, min(1.0, p)), 1.0))
+                item.setForeground(QColor("black"))
+                item.setToolTip(f"{tok!r}: p = {p:.3f}")
+                t.setItem(row, col, item)
+        width = len(top_tokens[0]) if top_tokens else 0
+        for i in range(width):
+            t.set_column_texts(start + i, [visible_token(toks[i]) for toks in top_tokens])
+        self.lens_filled[start:start + width] = [True] * width
+
+    # --- exports --------------------------------------------------------------------------------
+    def export_html(self, path: str | None = None) -> None:
+        if self.current is None:
+            return
+        if path is None:
+            path, _ = QFileDialog.getSaveFileName(self, "Export the bertviz page",
+                                                  "attention.html", "HTML (*.html)")
+        if path:
+            try:  # whole or not at all: a failed write leaves no half page
+                write_atomically(path, self.current.page)
+            except OSError as exc:
+                self.show_error("Cannot export the page", cannot_write(path, exc))
+
+    def export_png(self, path: str | None = None) -> None:
+        if self.current is None or self.heat_plot is None:
+            return
+        if path is None:
+            path, _ = QFileDialog.getSaveFileName(self, "Export the view", "attention.png",
+                                                  "PNG (*.png)")
+        if path:
+            from workbench.ui.common.charts import save_png
+
+            plot = self.stats_plot if self.results.currentIndex() == 2 else self.heat_plot
+            try:
+                save_png(plot.getPlotItem(), path)
+            except OSError as exc:
+                self.show_error("Cannot export the view", cannot_write(path, exc))
+
+    def export_csv(self, path: str | None = None) -> None:
+        if self.current is None or self.stats is None:
+            return
+        if path is None:
+            path, _ = QFileDialog.getSaveFileName(self, "Export numbers", "attention.csv",
+                                                  "CSV (*.csv)")
+        if not path:
+            return
+        r = self.current.result
+        f = io.StringIO(newline="")
+        writer = csv.writer(f)
+        if self.results.currentIndex() == 2:
+            writer.writerow(["layer", "head", *STATISTICS])
+            for layer in range(r.layers):
+                for head in range(r.heads):
+                    writer.writerow([layer, head, *(round(float(self.stats[s][layer, head]),
+                                                          6) for s in STATISTICS)])
+        else:
+            layer, head = self.selected_head()
+            matrix = r.head(layer, head)
+            writer.writerow(["query \\ key", *r.tokens])
+            for token, row in zip(r.tokens, matrix, strict=True):
+                writer.writerow([token, *(round(float(x), 6) for x in row)])
+        try:  # whole or not at all: a failed write leaves no half table
+            write_atomically(path, f.getvalue())
+        except OSError as exc:
+            self.show_error("Cannot export the numbers", cannot_write(path, exc))
+
+    def shutdown(self) -> None:
+        if self.web is not None:
+            self.web.shutdown()
