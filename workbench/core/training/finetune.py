@@ -868,7 +868,7 @@ def _agree(flag: bool, device: Any) -> bool:
     stop stops them all at the same step, or they would wait for each other forever)."""
     import torch.distributed as dist
 
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_worldformat_bytes() == 1:
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return flag
     import torch
 
@@ -1030,8 +1030,8 @@ def check_free_space(folder: Path, model: Any, checkpoints: int, lora: bool,
     """Refuse to start when the disk of ``folder`` cannot even hold the trained model;
     warn when it cannot hold every checkpoint and the final model (the run will stop
     with a clear message when the disk fills, and can be resumed)."""
-    weights = sum(p.numel() * p.elementformat_bytes() for p in model.parameters())
-    trainable = sum(p.numel() * p.elementformat_bytes() for p in model.parameters()
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    trainable = sum(p.numel() * p.element_size() for p in model.parameters()
                     if p.requires_grad)
     # A checkpoint: the weights that train (all of them, or the adapter) and AdamW's two
     # moments of each; the final model: every weight.
