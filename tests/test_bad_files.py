@@ -18,13 +18,15 @@ import pytest
 import torch
 from cli_runner import run_in_process
 
+from workbench.core.common.data_files import read_rows, read_texts
 from workbench.core.common.errors import Cancelled, WorkbenchError
 from workbench.core.common.jobs import CancelToken, JobContext, LogLine, Progress
 from workbench.core.evaluation.generate_score import RowDone, generate_and_score, output_folder
 from workbench.core.evaluation.metrics import perplexity, read_lines, read_text
 from workbench.core.generation.generate import SamplingSettings
 from workbench.core.models.loader import load_model, load_report_to_log, set_pad_token
-from workbench.core.training.finetune import FinetuneConfig, prepare_data, read_rows, read_texts
+from workbench.core.training.config import FinetuneConfig
+from workbench.core.training.data import prepare_data
 
 ROOT = Path(__file__).resolve().parents[1]
 SACREBLEU = Path(sys.executable).with_name("sacrebleu")

@@ -323,7 +323,7 @@ def test_finetune_with_lora_from_the_command_line(tiny, tmp_path):
 def test_train_entry_point_runs_an_exported_config(tiny, tmp_path):
     # python -m workbench.train, as the Fine-tune tab and accelerate launch start it (in its
     # own process in tests/test_training_process.py)
-    from workbench.core.training.finetune import FinetuneConfig
+    from workbench.core.training.config import FinetuneConfig
     from workbench.train import main
 
     corpus = tmp_path / "c.txt"

@@ -13,13 +13,10 @@ from transformers import AutoConfig
 from workbench.core.common.errors import WorkbenchError
 from workbench.core.common.jobs import CancelToken, JobContext, LogLine
 from workbench.core.models.loader import load_model
-from workbench.core.training.finetune import (
-    FinetuneConfig,
-    ProbeText,
-    TrainLog,
-    latest_checkpoint,
-    run_finetune,
-)
+from workbench.core.training.config import FinetuneConfig
+from workbench.core.training.events import ProbeText, TrainLog
+from workbench.core.training.finetune import run_finetune
+from workbench.core.training.process import latest_checkpoint
 from workbench.core.training.runs import read_run
 
 WORDS = "the cat sat on mat dog sea is blue and green hello world".split()
@@ -165,7 +162,7 @@ def test_the_schedules_are_the_trainers_own():
     transformers' own, and a name that is not known is refused with transformers' list."""
     from transformers.trainer_utils import SchedulerType
 
-    from workbench.core.training.finetune import SCHEDULERS
+    from workbench.core.training.config import SCHEDULERS
 
     assert list(SCHEDULERS) == [kind.value for kind in SchedulerType]
     base = dict(task="classify", model="m", train_file="t", output_dir="o")
@@ -487,7 +484,7 @@ def test_a_model_handed_over_in_bfloat16_is_trained_in_float32(tmp_path, tiny):
 def test_on_a_gpu_a_run_trains_under_autocast(monkeypatch):
     import torch
 
-    from workbench.core.training.finetune import mixed_precision
+    from workbench.core.training.trainer import mixed_precision
 
     assert mixed_precision("cpu") is None and mixed_precision("mps") is None
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)

@@ -14,9 +14,10 @@ from cli_runner import run_in_process
 from test_finetune import config, sentiment_csv
 
 from workbench.core.common.errors import WorkbenchError
-from workbench.core.training.finetune import latest_checkpoint, run_finetune
+from workbench.core.training.finetune import run_finetune
 from workbench.core.training.process import (
     STATUS_FILE,
+    latest_checkpoint,
     read_status,
     request_stop,
     run_state,
@@ -208,7 +209,7 @@ def test_nonfinite_checkpoints_are_set_aside_and_the_last_finite_one_named(tmp_p
     import torch
     from safetensors.torch import save_file
 
-    from workbench.core.training.finetune import _set_aside_nonfinite
+    from workbench.core.training.run_folder import set_aside_nonfinite
 
     for step, value in ((2, 1.0), (4, 2.0), (6, float("nan")), (8, float("inf"))):
         checkpoint = tmp_path / f"checkpoint-{step}"
@@ -216,7 +217,7 @@ def test_nonfinite_checkpoints_are_set_aside_and_the_last_finite_one_named(tmp_p
         save_file({"w": torch.full((3,), value), "steps": torch.tensor([step])},
                   str(checkpoint / "model.safetensors"))
         (checkpoint / "trainer_state.json").write_text(json.dumps({"global_step": step}))
-    moved, finite = _set_aside_nonfinite(tmp_path)
+    moved, finite = set_aside_nonfinite(tmp_path)
     assert moved == ["nonfinite-checkpoint-8", "nonfinite-checkpoint-6"]
     assert finite.name == "checkpoint-4" and latest_checkpoint(tmp_path).name == "checkpoint-4"
 

@@ -20,7 +20,9 @@ import sys
 from workbench.core.common.errors import WorkbenchError
 from workbench.core.common.jobs import JobContext, LogLine, stop_on_signals
 from workbench.core.common.threads import finish_process
-from workbench.core.training.finetune import FinetuneConfig, format_train_log, run_finetune
+from workbench.core.training.config import FinetuneConfig
+from workbench.core.training.events import format_train_log
+from workbench.core.training.finetune import run_finetune
 
 #: Packages that transformers and accelerate import only because they are installed, and
 #: that a run never uses: ``datasets`` (with pandas and pyarrow; the Trainer only asks

@@ -267,7 +267,7 @@ def bench_finetune_overhead(emit: Callable[[Any], None], steps: int = 24,
     import tempfile
     from dataclasses import replace
 
-    from workbench.core.training.finetune import FinetuneConfig
+    from workbench.core.training.config import FinetuneConfig
     from workbench.core.training.process import train_command
     from workbench.core.training.runs import read_run
     from workbench.ui.training.tab import RESOURCES

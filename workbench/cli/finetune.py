@@ -12,7 +12,7 @@ from typing import Any
 from workbench.cli.common import TerminalProgress, print_json
 from workbench.core.common.errors import WorkbenchError
 from workbench.core.common.jobs import LogLine
-from workbench.core.training.finetune import FinetuneConfig
+from workbench.core.training.config import FinetuneConfig
 
 # The defaults of the run's settings are FinetuneConfig's own (the window starts from them too).
 DEFAULTS = SimpleNamespace(**{f.name: f.default for f in fields(FinetuneConfig)
@@ -79,12 +79,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 def cmd_finetune(args: argparse.Namespace) -> int:
     from workbench.core.common.jobs import JobContext, stop_on_signals
     from workbench.core.models.catalog import MINILM, SMOLLM2
-    from workbench.core.training.finetune import (
-        format_train_log,
-        run_finetune,
-        saved_config,
-        split_names,
-    )
+    from workbench.core.training.config import split_names
+    from workbench.core.training.events import format_train_log
+    from workbench.core.training.finetune import run_finetune
+    from workbench.core.training.run_folder import saved_config
 
     model = args.model or (SMOLLM2.name if args.task == "lm" else MINILM.name)
     max_steps, epochs = args.max_steps, args.epochs

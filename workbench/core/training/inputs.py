@@ -3,8 +3,8 @@ writes nothing: the data files (read and checked whole, as the run reads them) a
 the loaded model can take the run (its kind, its context length, the LoRA target modules).
 
 The window makes them before it launches a run's process; the run checks the same again as
-it reads the data (``finetune.read_data``, before it loads the model) and builds the model
-(``finetune._model_for``, ``finetune._with_lora``), with the same messages, so the command
+it reads the data (``data.read_data``, before it loads the model) and builds the model
+(``model._model_for``, ``lora.with_lora``), with the same messages, so the command
 line and a run launched elsewhere say the same.
 """
 

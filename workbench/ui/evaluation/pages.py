@@ -27,6 +27,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from workbench.core.common.data_files import read_rows
 from workbench.core.common.errors import WorkbenchError
 from workbench.core.common.paths import sample_data
 from workbench.core.evaluation.classification import ClassificationResult, evaluate_classifier
@@ -40,7 +41,6 @@ from workbench.core.evaluation.generate_score import (
 )
 from workbench.core.generation.settings import PRESETS, SamplingSettings
 from workbench.core.models.catalog import CAUSAL_LM, CLASSIFIER
-from workbench.core.training.finetune import read_rows
 from workbench.ui.common.skeleton import combo, fill, line, metric_checkboxes, spin, table
 from workbench.ui.common.stale import mark_stale
 from workbench.ui.common.state import preset_names, read_preset
