@@ -270,7 +270,7 @@ def bench_finetune_overhead(emit: Callable[[Any], None], steps: int = 24,
     from workbench.core.training.config import FinetuneConfig
     from workbench.core.training.process import train_command
     from workbench.core.training.runs import read_run
-    from workbench.ui.training.tab import RESOURCES
+    from workbench.ui.training.form import RESOURCES
 
     with tempfile.TemporaryDirectory(prefix="lmwb-bench-ft-") as tmp:
         config = FinetuneConfig(task="classify", model="all-MiniLM-L6-v2",
