@@ -24,14 +24,9 @@ from workbench.cli import dispatch
 from workbench.cli.common import OneLineParser
 from workbench.core.common.errors import Cancelled, WorkbenchError
 from workbench.core.common.jobs import CancelToken, JobContext, Progress
-from workbench.core.interpret.attribution import (
-    attribute,
-    attribute_classifier,
-    csv_text,
-    export_csv,
-    export_html,
-    html_text,
-)
+from workbench.core.interpret.attribution import attribute
+from workbench.core.interpret.attribution_classifier import attribute_classifier
+from workbench.core.interpret.attribution_export import csv_text, export_csv, export_html, html_text
 from workbench.core.models.loader import load_model
 
 PROMPT = "the cat sat on the"

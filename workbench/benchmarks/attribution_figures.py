@@ -32,7 +32,9 @@ def bench_attribution_overhead(emit: Callable[[Any], None], repeats: int = 2,
     views, not cost. The scores of both are compared too (``max_difference``)."""
     from captum.attr import LayerIntegratedGradients, LLMGradientAttribution, TextTokenInput
 
-    from workbench.core.interpret.attribution import DEFAULT_STEPS, attribute, steps_per_batch
+    from workbench.core.interpret.attribution import attribute
+    from workbench.core.interpret.attribution_options import DEFAULT_STEPS
+    from workbench.core.interpret.attribution_runtime import steps_per_batch
     from workbench.core.models.loader import load_model
 
     steps = steps or DEFAULT_STEPS

@@ -22,7 +22,9 @@ from workbench.core.common.errors import WorkbenchError
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
-    from workbench.core.interpret.attribution import DEFAULT_STEPS, MAX_NEW_TOKENS, METHODS
+    from workbench.core.interpret.attribution import MAX_NEW_TOKENS
+    from workbench.core.interpret.attribution_options import DEFAULT_STEPS
+    from workbench.core.interpret.attribution_result import METHODS
 
     att = sub.add_parser("attribute", help="attribution of a target or generated tokens to the "
                          "input tokens (captum: integrated gradients, input × gradient, "
@@ -51,14 +53,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 def cmd_attribute(args: argparse.Namespace) -> int:
     from workbench.core.common.jobs import JobContext
-    from workbench.core.interpret.attribution import (
-        MAX_NEW_TOKENS,
-        attribute,
-        attribute_classifier,
-        check_options,
-        export_csv,
-        export_html,
-    )
+    from workbench.core.interpret.attribution import MAX_NEW_TOKENS, attribute
+    from workbench.core.interpret.attribution_classifier import attribute_classifier
+    from workbench.core.interpret.attribution_export import export_csv, export_html
+    from workbench.core.interpret.attribution_options import check_options
     from workbench.core.models.catalog import CLASSIFIER
 
     check_model_options(args)

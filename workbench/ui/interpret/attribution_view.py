@@ -38,21 +38,21 @@ from PySide6.QtWidgets import (
 
 from workbench.core.common.errors import WorkbenchError
 from workbench.core.common.jobs import Progress
-from workbench.core.interpret.attribution import (
-    CLASSIFICATION,
-    CONTINUATION,
-    DEFAULT_STEPS,
-    GENERATED,
-    MAX_STEPS,
-    METHODS,
-    AttributionResult,
-    attribute,
-    attribute_classifier,
-    check_options,
+from workbench.core.interpret.attribution import attribute
+from workbench.core.interpret.attribution_classifier import attribute_classifier
+from workbench.core.interpret.attribution_export import (
     diverging_colour,
     export_csv,
     export_html,
     scale_of,
+)
+from workbench.core.interpret.attribution_options import DEFAULT_STEPS, MAX_STEPS, check_options
+from workbench.core.interpret.attribution_result import (
+    CLASSIFICATION,
+    CONTINUATION,
+    GENERATED,
+    METHODS,
+    AttributionResult,
 )
 from workbench.ui.common.skeleton import combo, spin, table
 from workbench.ui.common.stale import mark_stale

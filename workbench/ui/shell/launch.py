@@ -99,7 +99,7 @@ def _shoot(window, folder: Path, app, demo: bool, timeout_s: float, run_root: Pa
            views: tuple[str, ...]) -> list[Path]:
     from workbench.core.common.paths import sample_data
     from workbench.core.generation.generate import SamplingSettings
-    from workbench.core.interpret.attribution import METHODS
+    from workbench.core.interpret.attribution_result import METHODS
     from workbench.core.training.runs import write_synthetic_run
 
     needs = {step for name in views for step in VIEW_NEEDS[name]}

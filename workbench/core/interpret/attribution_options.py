@@ -1,0 +1,98 @@
+"""An attribution's options checked: the method, integrated gradients' steps, the baseline."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from workbench.core.common.errors import WorkbenchError
+from workbench.core.interpret.attribution_result import METHODS, ZERO_EMBEDDING
+
+BASELINES = ("pad", "eos", "zero")
+USES_BASELINE = ("ig", "ablation")
+DEFAULT_METHOD = "ig"
+DEFAULT_BASELINE = "pad"
+DEFAULT_STEPS = 50  # captum's own default n_steps
+MAX_STEPS = 1000
+
+
+def check_method(method: Any) -> str:
+    if not isinstance(method, str) or method.strip().lower() not in METHODS:
+        raise WorkbenchError(f"Unknown attribution method {method!r}: use "
+                             f"{', '.join(METHODS)}.")
+    return method.strip().lower()
+
+
+def check_steps(steps: Any) -> int:
+    """The number of integrated-gradients steps: None is captum's default (50)."""
+    if steps is None:
+        return DEFAULT_STEPS
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= MAX_STEPS:
+        raise WorkbenchError(f"The number of steps must be a whole number from 1 to "
+                             f"{MAX_STEPS}, not {steps!r}.")
+    return steps
+
+
+def parse_baseline(baseline: Any) -> str | int:
+    """``pad``, ``eos``, ``zero`` or a token id (a whole number, or its digits)."""
+    if baseline is None:
+        return DEFAULT_BASELINE
+    if isinstance(baseline, int) and not isinstance(baseline, bool):
+        value: str | int = baseline
+    elif isinstance(baseline, str) and baseline.strip().lower() in BASELINES:
+        return baseline.strip().lower()
+    elif isinstance(baseline, str) and baseline.strip().isdigit():
+        value = int(baseline.strip())
+    else:
+        raise WorkbenchError(f"Unknown baseline {baseline!r}: use pad, eos, zero or a token id "
+                             "(a whole number).")
+    if isinstance(value, int) and value < 0:
+        raise WorkbenchError(f"A baseline token id is 0 or more, not {value}.")
+    return value
+
+
+def check_options(method: Any, steps: Any = None, baseline: Any = None) -> list[str]:
+    """Check the options without a model (the command line does it before loading one);
+    returns notices about options the method does not use."""
+    method = check_method(method)
+    check_steps(steps)
+    parse_baseline(baseline)
+    notices = []
+    if steps is not None and method != "ig":
+        notices.append(f"{METHODS[method].capitalize()} takes no steps: the number of steps "
+                       "is for integrated gradients only.")
+    if baseline is not None and method not in USES_BASELINE:
+        notices.append(f"{METHODS[method].capitalize()} uses no baseline: the baseline is "
+                       "for integrated gradients and feature ablation only.")
+    return notices
+
+
+def resolve_baseline(loaded: Any, baseline: Any) -> tuple[str, int]:
+    """The baseline's name ("pad", "eos", "zero" or the id's digits) and the id given to
+    captum (-1: the zero embedding)."""
+    choice = parse_baseline(baseline)
+    tokenizer = loaded.tokenizer
+    if choice == "zero":
+        return "zero", ZERO_EMBEDDING
+    if choice in ("pad", "eos"):
+        token_id = tokenizer.pad_token_id if choice == "pad" else tokenizer.eos_token_id
+        if token_id is None:
+            raise WorkbenchError(f"{loaded.name} has no {'pad' if choice == 'pad' else 'end-of-text'}"
+                                 " token: choose another baseline (pad, eos, zero or a token id).")
+        return str(choice), int(token_id)
+    rows = loaded.model.get_input_embeddings().num_embeddings
+    if not 0 <= int(choice) < rows:
+        raise WorkbenchError(f"The baseline token id {choice} does not exist: {loaded.name} has "
+                             f"{rows:,} token ids (0–{rows - 1:,}).")
+    return str(choice), int(choice)
+
+
+def prepare_options(loaded: Any, method: Any, steps: Any, baseline: Any
+                    ) -> tuple[str, int | None, str | None, int | None, list[str]]:
+    """The method, steps, baseline label and id actually used, and notices."""
+    notices = check_options(method, steps, baseline)
+    method = check_method(method)
+    used_steps = check_steps(steps) if method == "ig" else None
+    label, baseline_id = None, None
+    if method in USES_BASELINE:
+        label, baseline_id = resolve_baseline(loaded, baseline)
+    return method, used_steps, label, baseline_id, notices
