@@ -180,10 +180,10 @@ def test_the_logit_lens_fills_its_width_or_scrolls_when_it_cannot(qtbot):
     w.tabs.setCurrentIndex(1)
     tab.results.setCurrentWidget(tab.lens_table)
     few = ["the", " cat", " sat"]
-    tab.fill_lens(LogitLens(few, [few, few], [[0.5] * 3, [0.9] * 3]))
+    tab.lens_table.fill_lens(LogitLens(few, [few, few], [[0.5] * 3, [0.9] * 3]))
     assert_fits(qtbot, tab.lens_table, rows=2)
     many = [f" t{i}" for i in range(60)]  # 60 columns of at least 56 px: wider than the tab
-    tab.fill_lens(LogitLens(many, [many, many], [[0.5] * 60, [0.9] * 60]))
+    tab.lens_table.fill_lens(LogitLens(many, [many, many], [[0.5] * 60, [0.9] * 60]))
     qtbot.waitUntil(lambda: tab.lens_table.horizontalScrollBar().maximum() > 0, timeout=3000)
     assert all(tab.lens_table.columnWidth(c) >= 56 for c in range(60))
 

@@ -8,7 +8,6 @@ import io
 from dataclasses import dataclass
 
 from PySide6.QtCore import Qt
-from PySide6.QtGui import QColor
 from PySide6.QtWidgets import (
     QComboBox,
     QFileDialog,
@@ -18,9 +17,7 @@ from PySide6.QtWidgets import (
     QPushButton,
     QSpinBox,
     QSplitter,
-    QStyle,
     QTableWidget,
-    QTableWidgetItem,
     QTabWidget,
     QVBoxLayout,
     QWidget,
@@ -51,6 +48,7 @@ from workbench.ui.common.tab_base import WorkbenchTab
 from workbench.ui.common.widgets import fit_columns, visible_token
 from workbench.ui.common.worker import JobHandle, ModelWorker, WorkerContext, own_job
 from workbench.ui.interpret.attribution_view import AttributionDialog
+from workbench.ui.interpret.lens import LensTable
 
 
 @dataclass
@@ -85,31 +83,6 @@ def parse_layers(text: str, count: int | None = None) -> list[int] | None:
     return layers
 
 
-class LensTable(QTableWidget):
-    """The logit lens grid: a layer a row, a position a column. It is filled a chunk of
-    columns at a time, and each change refits the columns (:class:`ColumnFit`), which
-    asked Qt for every column's width of contents: 0.2-0.4 s for 400 columns, at each
-    chunk. The widths of the cells' texts are kept as they are set instead."""
-
-    def __init__(self) -> None:
-        super().__init__(0, 0)
-        self.text_widths: list[int] = []  # per column, of its widest cell; [] = ask Qt
-
-    def set_column_texts(self, column: int, texts: list[str]) -> None:
-        """Note the texts now in ``column`` (as an item delegate draws them: with its
-        margins and the grid line)."""
-        metrics, style = self.fontMetrics(), self.style()
-        margin = 2 * (style.pixelMetric(QStyle.PixelMetric.PM_FocusFrameHMargin, None,
-                                        self) + 1) + 2
-        self.text_widths[column] = max((metrics.horizontalAdvance(t) for t in texts),
-                                       default=0) + margin
-
-    def sizeHintForColumn(self, column: int) -> int:  # noqa: N802 (Qt API)
-        if 0 <= column < len(self.text_widths):
-            return self.text_widths[column]
-        return super().sizeHintForColumn(column)
-
-
 class AttentionTab(WorkbenchTab):
     title = "Attention"
     needs_text = "a model with attention layers"
@@ -120,12 +93,22 @@ class AttentionTab(WorkbenchTab):
         self.lens_job: JobHandle | None = None  # the logit lens runs after the page is drawn
         self.lens_wanted = False  # a lens for the current view is still to be computed
         self.lens_plan: LogitLensJob | None = None  # the current view's lens
-        self.lens_tokens: list[str] = []  # the columns of the lens table
-        self.lens_filled: list[bool] = []  # which of them hold their lens already
         self.current: AttentionView | None = None
         self.stats: dict | None = None
         self.web = None
         self.heat_plot = None
+        self.attribution: AttributionDialog | None = None  # made on first use
+        inputs, results = self._build_inputs(), self._build_results()
+        split = QSplitter(Qt.Orientation.Horizontal)
+        split.addWidget(inputs)
+        split.addWidget(results)
+        split.setSizes([360, 900])
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.model_label)
+        layout.addWidget(split, 1)
+
+    def _build_inputs(self) -> QWidget:
+        """The form: the texts, what to draw, Show attention, Attribution…, the exports."""
         self.text = text_box("text", "Sentence A: the text whose attention you want to see",
                              "The cat sat on the mat because it was tired.")
         self.text.setMaximumHeight(80)
@@ -156,7 +139,6 @@ class AttentionTab(WorkbenchTab):
                                            "classifier's label, or a decoder's last word")
         self.attribution_button.clicked.connect(self.open_attribution)
         form.addRow(self.attribution_button)
-        self.attribution: AttributionDialog | None = None  # made on first use
         self.export_html_button = QPushButton("Export page…")
         self.export_html_button.clicked.connect(lambda: self.export_html())
         self.export_png_button = QPushButton("Export PNG…")
@@ -174,7 +156,11 @@ class AttentionTab(WorkbenchTab):
         form.addRow(self.notice)
         inputs = QWidget()
         inputs.setLayout(form)
+        return inputs
 
+    def _build_results(self) -> QTabWidget:
+        """The views of a run, a page each: bertviz, the heatmap, the head statistics, the
+        logit lens and the positions."""
         self.results = QTabWidget()
         self.results.setObjectName("attention-views")
         self.web_holder = QWidget()
@@ -185,6 +171,13 @@ class AttentionTab(WorkbenchTab):
         self.results.addTab(self.web_holder, "bertviz")
         self.results.addTab(self._build_heatmap_page(), "Heatmap")
         self.results.addTab(self._build_stats_page(), "Head statistics")
+        self.results.addTab(self._build_lens_page(), "Logit lens")
+        self.results.currentChanged.connect(
+            lambda _: self.results.currentWidget() is self.lens_table and self.start_lens())
+        self.results.addTab(self._build_positions_page(), "Positions")
+        return self.results
+
+    def _build_lens_page(self) -> LensTable:
         self.lens_table = LensTable()
         self.lens_table.setObjectName("logit-lens")
         self.lens_table.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
@@ -193,9 +186,9 @@ class AttentionTab(WorkbenchTab):
         # the columns in view are computed first, as they move too
         self.lens_table.horizontalScrollBar().valueChanged.connect(self._prefer_visible)
         self.lens_table.horizontalHeader().sectionResized.connect(self._prefer_visible)
-        self.results.addTab(self.lens_table, "Logit lens")
-        self.results.currentChanged.connect(
-            lambda _: self.results.currentWidget() is self.lens_table and self.start_lens())
+        return self.lens_table
+
+    def _build_positions_page(self) -> QWidget:
         positions_page = QWidget()
         self.positions_note = QLabel("Run to see how this model encodes positions.")
         self.positions_note.setObjectName("positions-note")
@@ -205,14 +198,7 @@ class AttentionTab(WorkbenchTab):
         pl = QVBoxLayout(positions_page)
         pl.addWidget(self.positions_note)
         pl.addWidget(self.positions_holder, 1)
-        self.results.addTab(positions_page, "Positions")
-        split = QSplitter(Qt.Orientation.Horizontal)
-        split.addWidget(inputs)
-        split.addWidget(self.results)
-        split.setSizes([360, 900])
-        layout = QVBoxLayout(self)
-        layout.addWidget(self.model_label)
-        layout.addWidget(split, 1)
+        return positions_page
 
     def _build_heatmap_page(self) -> QWidget:
         page = QWidget()
@@ -346,35 +332,29 @@ class AttentionTab(WorkbenchTab):
 
     def _lens_event(self, event: object) -> None:
         if isinstance(event, LensStarted):
-            if event.tokens != self.lens_tokens or event.layers != self.lens_table.rowCount():
-                self.lens_grid(event.tokens, event.layers)  # not the view's tokens: its own
+            if event.tokens != self.lens_table.tokens or \
+                    event.layers != self.lens_table.rowCount():
+                # not the view's tokens: its own
+                self.lens_table.lens_grid(event.tokens, event.layers)
         elif isinstance(event, LensColumns):
-            self.fill_lens_columns(event.start, event.top_tokens, event.top_probs)
+            self.lens_table.fill_lens_columns(event.start, event.top_tokens, event.top_probs)
 
     def _lens_done(self, outcome: object) -> None:
         self.lens_job = None
         if isinstance(outcome, LogitLens) and self.current is not None:
             self.current.lens = outcome
-            if outcome.tokens != self.lens_tokens:
-                self.fill_lens(outcome)
-            elif not all(self.lens_filled):  # the chunks filled all of it, normally
-                self.fill_lens_columns(0, outcome.top_tokens, outcome.top_probs)
+            if outcome.tokens != self.lens_table.tokens:
+                self.lens_table.fill_lens(outcome)
+            elif not all(self.lens_table.filled):  # the chunks filled all of it, normally
+                self.lens_table.fill_lens_columns(0, outcome.top_tokens, outcome.top_probs)
 
     def _lens_failed(self, *failure) -> None:
         self.lens_job = None
         message = "Failed: " + str(failure[0]) if failure else "Cancelled."
-        if not any(self.lens_filled):
-            self.fill_lens(None, message)
+        if not any(self.lens_table.filled):
+            self.lens_table.fill_lens(None, message)
             return
-        # the columns computed stay; the others say why they are empty
-        t = self.lens_table
-        for col, filled in enumerate(self.lens_filled):
-            if not filled:
-                for row in range(t.rowCount()):
-                    item = t.item(row, col)
-                    if item is not None:
-                        item.setText("")
-                        item.setToolTip(f"Not computed: {message}")
+        self.lens_table.not_computed(message)
 
     def _view_done(self, outcome: object, plan: LogitLensJob | None = None) -> None:
         self.job_id = None
@@ -395,7 +375,7 @@ class AttentionTab(WorkbenchTab):
         if self.lens_wanted and self.lens_job is None and plan is not None:
             self.lens_wanted = False
             self.lens_table.column_fit.fit()  # the widths it is about to get (a 0 ms timer)
-            plan.prefer(*self.visible_lens_columns())
+            plan.prefer(*self.lens_table.visible_columns())
 
             def lens_job(ctx: WorkerContext):
                 return plan.run(ctx.model())  # a generator: the worker drives its events
@@ -404,21 +384,12 @@ class AttentionTab(WorkbenchTab):
                                     event=self._lens_event, finished=self._lens_done,
                                     failed=self._lens_failed, cancelled=self._lens_failed)
 
-    def visible_lens_columns(self) -> tuple[int, int]:
-        """The columns of the lens table in view: ``(first, last + 1)``."""
-        t = self.lens_table
-        count = t.columnCount()
-        if not count:
-            return 0, 0
-        first, last = t.columnAt(0), t.columnAt(t.viewport().width() - 1)
-        return max(first, 0), (count if last < 0 else last + 1)
-
     def _prefer_visible(self, *_args) -> None:
         """The table scrolled or its columns changed width while the lens runs: the
         columns now in view come next."""
         if self.lens_job is not None and self.lens_plan is not None and \
-                not all(self.lens_filled):
-            self.lens_plan.prefer(*self.visible_lens_columns())
+                not all(self.lens_table.filled):
+            self.lens_plan.prefer(*self.lens_table.visible_columns())
 
     def _view_failed(self, *failure) -> None:
         """The attention job failed (the exception and its traceback) or was cancelled."""
@@ -457,9 +428,9 @@ class AttentionTab(WorkbenchTab):
         self.draw_heatmap()
         self.draw_stats()
         if r.is_decoder and view.lens is None:  # "…" until each column is computed
-            self.lens_grid(r.tokens, r.layers)
+            self.lens_table.lens_grid(r.tokens, r.layers)
         else:
-            self.fill_lens(view.lens)
+            self.lens_table.fill_lens(view.lens)
         self.show_positions(view.positions)
         for b in (self.export_html_button, self.export_png_button, self.export_csv_button):
             b.setEnabled(True)
@@ -536,56 +507,6 @@ class AttentionTab(WorkbenchTab):
             learned_image.setImage(positions.learned_similarity.T, levels=(-1, 1))
         self.position_plots["sinusoidal"][1].setImage(positions.sinusoidal_similarity.T,
                                                       levels=(-1, 1))
-
-    def fill_lens(self, lens: LogitLens | None, message: str = "") -> None:
-        t = self.lens_table
-        if lens is None:
-            self.lens_tokens, self.lens_filled = [], []
-            t.text_widths = []
-            t.setRowCount(1)
-            t.setColumnCount(1)
-            t.setHorizontalHeaderLabels([""])
-            t.setItem(0, 0, QTableWidgetItem(message or "The logit lens needs a decoder model."))
-            return
-        self.lens_grid(lens.tokens, len(lens.top_tokens))
-        self.fill_lens_columns(0, lens.top_tokens, lens.top_probs)
-
-    def lens_grid(self, tokens: list[str], layers: int) -> None:
-        """Lay the lens table out for ``tokens`` (columns) and ``layers`` (rows), every
-        cell "…" until its column is computed. The sideways scroll position stays: a new
-        run shows the same part of the text, and computes it first."""
-        t = self.lens_table
-        self.lens_tokens, self.lens_filled = list(tokens), [False] * len(tokens)
-        t.setRowCount(layers)
-        t.setColumnCount(len(tokens))
-        t.setHorizontalHeaderLabels([visible_token(tok) for tok in tokens])
-        t.setVerticalHeaderLabels([f"layer {i + 1}" for i in range(layers)])
-        t.text_widths = [0] * len(tokens)
-        for col in range(len(tokens)):
-            for row in range(layers):
-                item = QTableWidgetItem("…")
-                item.setForeground(QColor("gray"))
-                item.setToolTip("Computing…")
-                t.setItem(row, col, item)
-            t.set_column_texts(col, ["…"])
-
-    def fill_lens_columns(self, start: int, top_tokens: list[list[str]],
-                          top_probs: list[list[float]]) -> None:
-        """Show the lens of the columns from ``start`` on (``[layer][column - start]``)."""
-        t = self.lens_table
-        for row, (toks, probs) in enumerate(zip(top_tokens, top_probs, strict=True)):
-            for col, (tok, p) in enumerate(zip(toks, probs, strict=True), start=start):
-                item = QTableWidgetItem(visible_token(tok))
-                # white to a mid blue: black text stays readable on every shade (on a
-                # saturated blue it was not)
-                item.setBackground(QColor.fromHsvF(0.6, 0.6 * max(0.0, min(1.0, p)), 1.0))
-                item.setForeground(QColor("black"))
-                item.setToolTip(f"{tok!r}: p = {p:.3f}")
-                t.setItem(row, col, item)
-        width = len(top_tokens[0]) if top_tokens else 0
-        for i in range(width):
-            t.set_column_texts(start + i, [visible_token(toks[i]) for toks in top_tokens])
-        self.lens_filled[start:start + width] = [True] * width
 
     # --- exports --------------------------------------------------------------------------------
     def export_html(self, path: str | None = None) -> None:
