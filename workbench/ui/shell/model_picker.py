@@ -71,6 +71,18 @@ class ModelPicker(QWidget):
         layout = QHBoxLayout(self)
         layout.setContentsMargins(4, 2, 4, 2)
         layout.addWidget(QLabel("Model:"))
+        self._add_model_choice(layout)
+        self._add_load_choices(layout)
+        self.groups: dict[str, list[str]] = {}  # group title -> the names listed under it
+        self.discovery_seconds: float | None = None
+        self.last_dialog: QMessageBox | None = None
+        self._estimates: dict[str, object] = {}  # reference -> MemoryEstimate
+        self._estimating: tuple[str, Future] | None = None
+        self._discovery: Future | None = None
+        self._start_helpers()
+
+    def _add_model_choice(self, layout: QHBoxLayout) -> None:
+        """The model's name (a list of the known ones, editable) and the Open buttons."""
         self.combo = QComboBox()
         self.combo.setObjectName("model")
         self.combo.setModel(QStandardItemModel(self.combo))
@@ -93,6 +105,9 @@ class ModelPicker(QWidget):
         self.open_gguf_button = QPushButton("Open GGUF…")
         self.open_gguf_button.clicked.connect(self.open_gguf)
         layout.addWidget(self.open_gguf_button)
+
+    def _add_load_choices(self, layout: QHBoxLayout) -> None:
+        """Device, dtype and decoding path, the memory estimate, and Load."""
         layout.addWidget(QLabel("Device:"))
         self.device = QComboBox()
         self.device.setObjectName("device")
@@ -131,12 +146,9 @@ class ModelPicker(QWidget):
         self.load_button.clicked.connect(self.request_load)
         layout.addWidget(self.load_button)
 
-        self.groups: dict[str, list[str]] = {}  # group title -> the names listed under it
-        self.discovery_seconds: float | None = None
-        self.last_dialog: QMessageBox | None = None
-        self._estimates: dict[str, object] = {}  # reference -> MemoryEstimate
-        self._estimating: tuple[str, Future] | None = None
-        self._discovery: Future | None = None
+    def _start_helpers(self) -> None:
+        """The file system's thread and the timers that pick up its results and start
+        the memory estimate."""
         # One thread for the file system; results are picked up by a timer on the GUI
         # thread (no signal is emitted from the thread, so a closed window is never called).
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model-discovery")
