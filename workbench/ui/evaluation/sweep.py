@@ -119,6 +119,18 @@ class SweepPage(JobPage):
         self.plot = None  # the heatmap's items, made on first use
         self.cell_texts: list = []
         self.run_button.setObjectName("sweep-button")
+        inputs = self._build_form()
+        self.numbers_label("sweep-numbers", "Load a causal language model, choose two settings "
+                           f"and their values, and press {self.job_title}.")
+        chart, detail = self._build_chart(), self._build_detail()
+        results = QSplitter(Qt.Orientation.Horizontal)
+        results.addWidget(chart)
+        results.addWidget(detail)
+        results.setSizes([440, 430])
+        self.lay_out(inputs, results, (340, 900))
+
+    def _build_form(self) -> QWidget:
+        """The prompt, the two axes, the samples and the other settings of every cell."""
         self.prompt = text_box("sweep-prompt", "The prompt every cell samples from", PROMPT)
         self.prompt.setMaximumHeight(4 * self.prompt.fontMetrics().lineSpacing() + 14)
         self.x_axis = AxisRow("x", "temperature")
@@ -135,7 +147,7 @@ class SweepPage(JobPage):
         self.from_generate.setObjectName("sweep-from-generate")
         self.from_generate.setToolTip("The other settings of every cell: the Generate tab's, "
                                       "or (unticked) every filter off at temperature 1")
-        self.from_generate.setVisible(current_settings is not None)
+        self.from_generate.setVisible(self.current_settings is not None)
         self.reference = line("sweep-reference", "", "empty: the loaded model")
         self.reference.setToolTip("The model the perplexity is computed under (a built-in "
                                   "name, a folder or a Hub id); it is loaded for the run")
@@ -149,11 +161,12 @@ class SweepPage(JobPage):
         form.addRow("", self.chat)
         form.addRow("", self.from_generate)
         form.addRow("Perplexity under", self.reference)
-        inputs = self.form_widget(form, "sweep-cancel",
-                                  "Each cell samples its n sequences in one batch with the "
-                                  "same seed: cells differ by their two settings only.")
-        self.numbers_label("sweep-numbers", "Load a causal language model, choose two settings "
-                           f"and their values, and press {self.job_title}.")
+        return self.form_widget(form, "sweep-cancel",
+                                "Each cell samples its n sequences in one batch with the "
+                                "same seed: cells differ by their two settings only.")
+
+    def _build_chart(self) -> QWidget:
+        """The metric that colours the heatmap, Save JSON…, and the heatmap's place."""
         self.metric = QComboBox()
         self.metric.setObjectName("sweep-metric")
         for name in METRICS:
@@ -177,7 +190,10 @@ class SweepPage(JobPage):
         top.addWidget(self.export_button)
         cl.addLayout(top)
         cl.addWidget(self.chart_holder, 1)
+        return chart
 
+    def _build_detail(self) -> QWidget:
+        """The cell shown: its numbers and its samples."""
         self.cell = QComboBox()
         self.cell.setObjectName("sweep-cell")
         self.cell.setToolTip("The cell whose samples are shown (or click it on the heatmap)")
@@ -203,11 +219,7 @@ class SweepPage(JobPage):
         dl.addLayout(row)
         dl.addWidget(self.cell_numbers)
         dl.addWidget(self.sample_table, 1)
-        results = QSplitter(Qt.Orientation.Horizontal)
-        results.addWidget(chart)
-        results.addWidget(detail)
-        results.setSizes([440, 430])
-        self.lay_out(inputs, results, (340, 900))
+        return detail
 
     # --- the form ---------------------------------------------------------------------------
     def model_changed(self, loaded) -> None:
