@@ -95,143 +95,182 @@ def take_screenshots(window, folder: Path, app, demo: bool = True,
         shutil.rmtree(run_root, ignore_errors=True)
 
 
+# a view inside a tab: (file name, tab, show it and return what to grab (None: the window),
+# ready, put it back)
+InnerView = tuple[str, int, Callable[[], object], Callable[[], bool], Callable[[], object]]
+
+
 def _shoot(window, folder: Path, app, demo: bool, timeout_s: float, run_root: Path,
            views: tuple[str, ...]) -> list[Path]:
-    from workbench.core.common.paths import sample_data
-    from workbench.core.generation.generate import SamplingSettings
-    from workbench.core.interpret.attribution_result import METHODS
-    from workbench.core.training.runs import write_synthetic_run
-
     needs = {step for name in views for step in VIEW_NEEDS[name]}
-    # views inside a tab: (file name, tab, show it and return what to grab (None: the
-    # window), ready, put it back)
-    extra: list[tuple[str, int, Callable[[], object], Callable[[], bool],
-                      Callable[[], object]]] = []
+    extra: list[InnerView] = []
     if demo:
         wait_until(app, lambda: window.loading, 5)  # the autoload is queued after show
         wait_until(app, lambda: not window.loading, timeout_s)
         generate = window.tab_pages[0]
         if window.loaded is not None and generate.compatible(window.loaded):
-            if "generate" in needs:
-                generate.set_settings(SamplingSettings(max_new_tokens=48, seed=1))
-                generate.start()
-                wait_until(app, lambda: generate.job_id is None, timeout_s)
-                steps = generate.current_steps()
-                if len(steps) > 2:  # show the candidates of an interesting (uncertain) step
-                    generate.select_step(max(range(len(steps)),
-                                             key=lambda i: steps[i].entropy))
-            if needs & {"generate", "compare"}:  # the tab's picture shows these settings
-                generate.set_settings(SamplingSettings(max_new_tokens=24, seed=1))
-            if "compare" in needs:  # six strategies side by side, sampled ones in one batch
-                generate.compare.strategies.setPlainText(
-                    "greedy\ntop-k 40\nnucleus 0.9\nmin-p 0.1\ntemperature=1.3,top_p=0.95\n"
-                    "temperature=0.8,dry_multiplier=0.8")
-                generate.start_compare()
-                wait_until(app, lambda: not generate.running(), timeout_s)
-                generate.modes.setCurrentIndex(0)  # the tab's own picture: the single run
-            extra.append(("1b-compare", 0, lambda: generate.modes.setCurrentIndex(1),
-                          lambda: True, lambda: generate.modes.setCurrentIndex(0)))
-            single = generate.single
-            if single.selected_step is not None:
-                extra.append(("1c-sampler-stages", 0,
-                              lambda: single.stages_button.setChecked(True),
-                              lambda: single.stage_job is None,
-                              lambda: single.stages_button.setChecked(False)))
+            extra += _generate_demo(window, app, needs, timeout_s)
+            _attention_demo(window, app, needs, timeout_s)
+            _finetune_demo(window, app, needs, timeout_s, run_root)
+            extra += _evaluate_demo(window, app, needs, timeout_s, run_root)
+    return _grab_views(window, folder, app, views, extra, timeout_s)
 
-                def why():  # input × gradient: one backward pass (the demo stays short)
-                    single.why_this_token()
-                    view = single.attribution.view
-                    view.method.setCurrentIndex(list(METHODS).index("ixg"))
-                    view.run()
-                    return single.attribution
 
-                extra.append(("1d-why-this-token", 0, why,
-                              lambda: single.attribution.view.job is None,
-                              lambda: single.attribution.close()))
-            attention = window.tab_pages[1]
-            if "attention" in needs:
-                attention.start()
-                wait_until(app, lambda: attention.job_id is None, timeout_s)
-                if attention.web is not None:
-                    loaded: list[bool] = []
-                    attention.web.loaded.connect(loaded.append)
-                    wait_until(app, lambda: bool(loaded), 60)
-                    wait_until(app, lambda: False, 1.5)  # let the page draw its SVG
-            finetune = window.tab_pages[2]  # a short causal-LM run on the bundled corpus
-            if "finetune" in needs:
-                finetune.task.setCurrentIndex(1)
-                finetune.max_steps.setValue(12)
-                _demo_run_settings(finetune)
-                finetune.learning_rate.setValue(1e-4)
-                finetune.batch_size.setValue(4)
-                finetune.max_length.setValue(64)
-                finetune.output_dir.setText(str(run_root / "demo-run"))
-                finetune.start()
-                wait_until(app, lambda: not finetune.running, timeout_s)
-            evaluate = window.tab_pages[3]  # the base model against the fine-tuned one
-            if "perplexity" in needs:
-                evaluate.compare_model.setCurrentText(finetune.final_model or "")
-                evaluate.start_perplexity()
-                wait_until(app, lambda: evaluate.ppl_job is None, timeout_s)
-                if evaluate.colour_by.count() == 3:  # where fine-tuning changed the surprisal
-                    evaluate.colour_by.setCurrentIndex(2)
-                    evaluate.colour_by.activated.emit(2)
-            if "bleu" in needs:
-                # BLEU, chrF and TER of a hypothesis against its reference (the shipped
-                # corpus, and the same lines with words dropped and swapped)
-                reference = [line for line in sample_data("corpus.txt").read_text(
-                    encoding="utf-8").splitlines() if line.strip()][:40]
-                hypothesis = [" ".join(w for i, w in enumerate(line.split()) if i % 5 != 3)
-                              for line in reference]
-                (run_root / "ref.txt").write_text("\n".join(reference) + "\n",
-                                                  encoding="utf-8")
-                (run_root / "hyp.txt").write_text("\n".join(hypothesis) + "\n",
-                                                  encoding="utf-8")
-                evaluate.hyp_file.setText(str(run_root / "hyp.txt"))
-                evaluate.ref_files.setText(str(run_root / "ref.txt"))
-                for box in evaluate.metric_boxes.values():
-                    box.setChecked(True)
-                evaluate.start_bleu()
-                wait_until(app, lambda: evaluate.bleu_job is None, timeout_s)
-            bleu_page = evaluate.modes.widget(1)
-            extra.append(("4c-bleu", 3, lambda: evaluate.modes.setCurrentWidget(bleu_page),
-                          lambda: True, lambda: evaluate.modes.setCurrentIndex(0)))
-            if "long-run" in needs:  # a long run followed beside the demo run: 100,000 steps
-                long_run = run_root / "long-run"
-                write_synthetic_run(long_run, 100_000)
-                finetune.attach(str(long_run), remember=False)
+def _generate_demo(window, app, needs: set[str], timeout_s: float) -> list[InnerView]:
+    """A generation (the candidates of its most uncertain step selected) and a comparison
+    of six strategies; the Generate tab's views inside it."""
+    from workbench.core.generation.generate import SamplingSettings
+    from workbench.core.interpret.attribution_result import METHODS
 
-            def long_run_drawn() -> bool:
-                curves = finetune.runs.get("long-run (attached)")
-                return curves is not None and len(curves.drawn) >= 4
-            extra.append(("3b-attached-run", 2, lambda: None, long_run_drawn, lambda: None))
-            choice = evaluate.choice_page  # the shipped common-sense items
-            if "choice" in needs:
-                choice.start()
-                wait_until(app, lambda: choice.job is None, timeout_s)
-            extra.append(("4b-multiple-choice", 3,
-                          lambda: evaluate.modes.setCurrentWidget(choice), lambda: True,
-                          lambda: evaluate.modes.setCurrentIndex(0)))
-            sweep = evaluate.sweep_page  # temperature × top-p, 4 samples a cell
-            if "sweep" in needs:
-                sweep.x_axis.setting.setCurrentText("temperature")
-                sweep.x_axis.values.setText("0.5:1.5:3")
-                sweep.y_axis.setting.setCurrentText("top_p")
-                sweep.y_axis.values.setText("0.5,0.9,1.0")
-                sweep.samples.setValue(4)
-                sweep.max_new.setValue(24)
-                sweep.start()
-                wait_until(app, lambda: sweep.job is None, timeout_s)
-                if sweep.result is not None:
-                    sweep.select_cell(1, 1)  # the middle cell's samples
-            extra.append(("4e-sampling-sweep", 3,
-                          lambda: evaluate.modes.setCurrentWidget(sweep), lambda: True,
-                          lambda: evaluate.modes.setCurrentIndex(0)))
-            # last: it changes the window's model (and runs only when its view is taken)
-            extra.append(("4d-classification", 3,
-                          lambda: _classification_demo(window, app, run_root, timeout_s),
-                          lambda: evaluate.classify_page.job is None,
-                          lambda: evaluate.modes.setCurrentIndex(0)))
+    extra: list[InnerView] = []
+    generate = window.tab_pages[0]
+    if "generate" in needs:
+        generate.set_settings(SamplingSettings(max_new_tokens=48, seed=1))
+        generate.start()
+        wait_until(app, lambda: generate.job_id is None, timeout_s)
+        steps = generate.current_steps()
+        if len(steps) > 2:  # show the candidates of an interesting (uncertain) step
+            generate.select_step(max(range(len(steps)),
+                                     key=lambda i: steps[i].entropy))
+    if needs & {"generate", "compare"}:  # the tab's picture shows these settings
+        generate.set_settings(SamplingSettings(max_new_tokens=24, seed=1))
+    if "compare" in needs:  # six strategies side by side, sampled ones in one batch
+        generate.compare.strategies.setPlainText(
+            "greedy\ntop-k 40\nnucleus 0.9\nmin-p 0.1\ntemperature=1.3,top_p=0.95\n"
+            "temperature=0.8,dry_multiplier=0.8")
+        generate.start_compare()
+        wait_until(app, lambda: not generate.running(), timeout_s)
+        generate.modes.setCurrentIndex(0)  # the tab's own picture: the single run
+    extra.append(("1b-compare", 0, lambda: generate.modes.setCurrentIndex(1),
+                  lambda: True, lambda: generate.modes.setCurrentIndex(0)))
+    single = generate.single
+    if single.selected_step is not None:
+        extra.append(("1c-sampler-stages", 0,
+                      lambda: single.stages_button.setChecked(True),
+                      lambda: single.stage_job is None,
+                      lambda: single.stages_button.setChecked(False)))
+
+        def why():  # input × gradient: one backward pass (the demo stays short)
+            single.why_this_token()
+            view = single.attribution.view
+            view.method.setCurrentIndex(list(METHODS).index("ixg"))
+            view.run()
+            return single.attribution
+
+        extra.append(("1d-why-this-token", 0, why,
+                      lambda: single.attribution.view.job is None,
+                      lambda: single.attribution.close()))
+    return extra
+
+
+def _attention_demo(window, app, needs: set[str], timeout_s: float) -> None:
+    """The attention of the default text, its bertviz page drawn."""
+    attention = window.tab_pages[1]
+    if "attention" in needs:
+        attention.start()
+        wait_until(app, lambda: attention.job_id is None, timeout_s)
+        if attention.web is not None:
+            loaded: list[bool] = []
+            attention.web.loaded.connect(loaded.append)
+            wait_until(app, lambda: bool(loaded), 60)
+            wait_until(app, lambda: False, 1.5)  # let the page draw its SVG
+
+
+def _finetune_demo(window, app, needs: set[str], timeout_s: float, run_root: Path) -> None:
+    """A short causal-LM run on the bundled corpus."""
+    finetune = window.tab_pages[2]
+    if "finetune" in needs:
+        finetune.task.setCurrentIndex(1)
+        finetune.max_steps.setValue(12)
+        _demo_run_settings(finetune)
+        finetune.learning_rate.setValue(1e-4)
+        finetune.batch_size.setValue(4)
+        finetune.max_length.setValue(64)
+        finetune.output_dir.setText(str(run_root / "demo-run"))
+        finetune.start()
+        wait_until(app, lambda: not finetune.running, timeout_s)
+
+
+def _evaluate_demo(window, app, needs: set[str], timeout_s: float, run_root: Path
+                   ) -> list[InnerView]:
+    """Perplexity of the base model against the fine-tuned one, BLEU, a long attached run,
+    multiple choice and a sampling sweep; the Evaluate tab's views inside it (and the
+    Fine-tune tab's attached run)."""
+    from workbench.core.common.paths import sample_data
+    from workbench.core.training.runs import write_synthetic_run
+
+    extra: list[InnerView] = []
+    finetune = window.tab_pages[2]
+    evaluate = window.tab_pages[3]  # the base model against the fine-tuned one
+    if "perplexity" in needs:
+        evaluate.compare_model.setCurrentText(finetune.final_model or "")
+        evaluate.start_perplexity()
+        wait_until(app, lambda: evaluate.ppl_job is None, timeout_s)
+        if evaluate.colour_by.count() == 3:  # where fine-tuning changed the surprisal
+            evaluate.colour_by.setCurrentIndex(2)
+            evaluate.colour_by.activated.emit(2)
+    if "bleu" in needs:
+        # BLEU, chrF and TER of a hypothesis against its reference (the shipped
+        # corpus, and the same lines with words dropped and swapped)
+        reference = [line for line in sample_data("corpus.txt").read_text(
+            encoding="utf-8").splitlines() if line.strip()][:40]
+        hypothesis = [" ".join(w for i, w in enumerate(line.split()) if i % 5 != 3)
+                      for line in reference]
+        (run_root / "ref.txt").write_text("\n".join(reference) + "\n",
+                                          encoding="utf-8")
+        (run_root / "hyp.txt").write_text("\n".join(hypothesis) + "\n",
+                                          encoding="utf-8")
+        evaluate.hyp_file.setText(str(run_root / "hyp.txt"))
+        evaluate.ref_files.setText(str(run_root / "ref.txt"))
+        for box in evaluate.metric_boxes.values():
+            box.setChecked(True)
+        evaluate.start_bleu()
+        wait_until(app, lambda: evaluate.bleu_job is None, timeout_s)
+    bleu_page = evaluate.modes.widget(1)
+    extra.append(("4c-bleu", 3, lambda: evaluate.modes.setCurrentWidget(bleu_page),
+                  lambda: True, lambda: evaluate.modes.setCurrentIndex(0)))
+    if "long-run" in needs:  # a long run followed beside the demo run: 100,000 steps
+        long_run = run_root / "long-run"
+        write_synthetic_run(long_run, 100_000)
+        finetune.attach(str(long_run), remember=False)
+
+    def long_run_drawn() -> bool:
+        curves = finetune.runs.get("long-run (attached)")
+        return curves is not None and len(curves.drawn) >= 4
+    extra.append(("3b-attached-run", 2, lambda: None, long_run_drawn, lambda: None))
+    choice = evaluate.choice_page  # the shipped common-sense items
+    if "choice" in needs:
+        choice.start()
+        wait_until(app, lambda: choice.job is None, timeout_s)
+    extra.append(("4b-multiple-choice", 3,
+                  lambda: evaluate.modes.setCurrentWidget(choice), lambda: True,
+                  lambda: evaluate.modes.setCurrentIndex(0)))
+    sweep = evaluate.sweep_page  # temperature × top-p, 4 samples a cell
+    if "sweep" in needs:
+        sweep.x_axis.setting.setCurrentText("temperature")
+        sweep.x_axis.values.setText("0.5:1.5:3")
+        sweep.y_axis.setting.setCurrentText("top_p")
+        sweep.y_axis.values.setText("0.5,0.9,1.0")
+        sweep.samples.setValue(4)
+        sweep.max_new.setValue(24)
+        sweep.start()
+        wait_until(app, lambda: sweep.job is None, timeout_s)
+        if sweep.result is not None:
+            sweep.select_cell(1, 1)  # the middle cell's samples
+    extra.append(("4e-sampling-sweep", 3,
+                  lambda: evaluate.modes.setCurrentWidget(sweep), lambda: True,
+                  lambda: evaluate.modes.setCurrentIndex(0)))
+    # last: it changes the window's model (and runs only when its view is taken)
+    extra.append(("4d-classification", 3,
+                  lambda: _classification_demo(window, app, run_root, timeout_s),
+                  lambda: evaluate.classify_page.job is None,
+                  lambda: evaluate.modes.setCurrentIndex(0)))
+    return extra
+
+
+def _grab_views(window, folder: Path, app, views: tuple[str, ...], extra: list[InnerView],
+                timeout_s: float) -> list[Path]:
+    """Save the tabs named in ``views``, then the views inside tabs."""
     saved = []
     for index, page in enumerate(window.tab_pages):
         name = f"{index + 1}-{page.title.lower().replace('-', '')}"
