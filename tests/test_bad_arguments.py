@@ -124,14 +124,14 @@ CHEAP = [
     ((*GEN, "--no-repeat-ngram-size", "-2"), "No-repeat n-gram size"),
     ((*GEN, "--num-beams", "0"), "beams must be at least 1"),
     ((*GEN, "--num-return-sequences", "0"), "sequences must be at least 1"),
-    ((*GEN, "--num-return-sequences", "100000"), "At most 10,000 sequences"),
+    ((*GEN, "--num-return-sequences", "100000"), "The number of sequences can be at most 10,000"),
     ((*GEN, "--greedy", "--num-beams", "20000", "--num-return-sequences", "2"),
-     "At most 10,000 beams"),
+     "The number of beams can be at most 10,000"),
     ((*GEN, "--greedy", "--num-return-sequences", "3"), "Greedy decoding gives one sequence"),
     ((*GEN, "--top-n", "-1"), "--top-n must be at least 0"),
     ((*CMP, "--strategy", "greedy", "--strategy", "top-k 40", "--top-n", "-5"), "--top-n"),
     # compare strategies
-    ((*CMP, "--strategy", "n=20000", "--strategy", "greedy"), "At most 10,000 sequences"),
+    ((*CMP, "--strategy", "n=20000", "--strategy", "greedy"), "The number of sequences can be at most 10,000"),
     ((*CMP, "--strategy", "n=5000", "--strategy", "n=5000", "--strategy", "n=5000"),
      "15,000 sequences"),
     ((*CMP, "--strategy", "temperature=inf", "--strategy", "greedy"), "Temperature must be a finite"),
@@ -367,7 +367,7 @@ def test_memory_estimate_formula():
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from workbench.core.generation.generate import (
+    from workbench.core.generation.memory import (
         SCORE_COPIES,
         STEP_RECORD_BYTES,
         generation_memory,

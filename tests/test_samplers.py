@@ -349,7 +349,7 @@ def test_sampler_stages_replay_xtc_as_the_run_drew_it():
 
 # --- settings ------------------------------------------------------------------------------------
 @pytest.mark.parametrize("change, message", [
-    (dict(top_h=1.5), "Top-h must be 0 \\(off\\) or in \\(0, 1\\]"),
+    (dict(top_h=1.5), "Top-h must be in \\[0, 1\\] \\(0 is off\\)"),
     (dict(epsilon_cutoff=1.0), "Epsilon cutoff must be in \\[0, 1\\)"),
     (dict(eta_cutoff=-0.1), "Eta cutoff must be in \\[0, 1\\)"),
     (dict(top_n_sigma=-1.0), "Top-nσ must be 0 \\(off\\) or above"),

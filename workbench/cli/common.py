@@ -78,6 +78,29 @@ def add_text_options(parser: argparse.ArgumentParser, name: str, what: str) -> N
                        help=f"read {what} from a UTF-8 file (any length)")
 
 
+def add_setting_options(parser: Any, cls: type, names: Sequence[str], defaults: Any = None
+                        ) -> None:
+    """One option for each of dataclass ``cls``'s settings ``names`` (``--top-k`` for
+    ``top_k``), made from the setting's description (:mod:`workbench.core.common.settings`):
+    its type, its default (``defaults``' value, else the field's), and a help that names its
+    range. A true/false setting is a ``--name`` / ``--no-name`` pair."""
+    from workbench.core.common.settings import described, kind, option_help
+
+    fields = {f.name: (f, meta) for f, meta in described(cls)}
+    for name in names:
+        f, meta = fields[name]
+        default = getattr(defaults, name) if defaults is not None else f.default
+        option = "--" + name.replace("_", "-")
+        numeric = kind(f)
+        if numeric is bool:
+            parser.add_argument(option, action=argparse.BooleanOptionalAction, default=default,
+                                help=f"{meta.help} (default: {'on' if default else 'off'})")
+        else:
+            parser.add_argument(option, type=numeric, default=default,
+                                metavar={str: "TEXT", int: "N"}.get(numeric, "X"),
+                                help=option_help(f, meta))
+
+
 def add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=DEFAULT_MODEL,
                         help=f"built-in name, folder, .gguf file or Hub id (default {DEFAULT_MODEL})")

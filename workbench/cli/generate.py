@@ -11,6 +11,7 @@ from typing import Any
 from workbench.cli.common import (
     TerminalProgress,
     add_model_options,
+    add_setting_options,
     add_text_options,
     check_model_options,
     check_utf8,
@@ -23,31 +24,28 @@ from workbench.core.common.errors import WorkbenchError
 from workbench.core.generation.settings import STAGES, SamplingSettings
 from workbench.core.models.decoding import LABELS
 
+CLASSIC = ("max_new_tokens", "temperature", "top_k", "top_p", "min_p", "typical_p",
+           "repetition_penalty", "no_repeat_ngram_size", "num_beams", "num_return_sequences",
+           "seed", "chat")
+MORE = ("top_h", "epsilon_cutoff", "eta_cutoff", "top_n_sigma", "dynamic_temperature",
+        "dynatemp_low", "dynatemp_high", "dynatemp_exponent", "smoothing_factor",
+        "smoothing_curve", "xtc_threshold", "xtc_probability", "mirostat_mode", "mirostat_tau",
+        "mirostat_eta", "dry_multiplier", "dry_base", "dry_allowed_length",
+        "dry_sequence_breakers", "sampler_order")
+
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
-    defaults = SamplingSettings()
     gen = sub.add_parser("generate", help="generate text with the sampling options")
     add_model_options(gen)
     add_text_options(gen, "prompt", "the prompt text")
-    gen.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens)
-    gen.add_argument("--temperature", type=float, default=defaults.temperature)
-    gen.add_argument("--top-k", type=int, default=defaults.top_k, help="0 turns top-k off")
-    gen.add_argument("--top-p", type=float, default=defaults.top_p)
-    gen.add_argument("--repetition-penalty", type=float, default=defaults.repetition_penalty)
-    gen.add_argument("--seed", type=int, default=defaults.seed)
+    add_setting_options(gen, SamplingSettings, CLASSIC)
     gen.add_argument("--greedy", action="store_true", help="greedy decoding (no sampling)")
-    gen.add_argument("--chat", action=argparse.BooleanOptionalAction, default=defaults.chat,
-                     help="wrap the prompt in the model's chat template (default: on)")
     gen.add_argument("--json", action="store_true", help="print one JSON document")
-
-    gen.add_argument("--min-p", type=float, default=defaults.min_p, help="0 turns min-p off")
-    gen.add_argument("--typical-p", type=float, default=defaults.typical_p)
-    gen.add_argument("--no-repeat-ngram-size", type=int, default=defaults.no_repeat_ngram_size)
-    gen.add_argument("--num-beams", type=int, default=defaults.num_beams)
-    gen.add_argument("--num-return-sequences", type=int, default=defaults.num_return_sequences)
     gen.add_argument("--top-n", type=int, default=0,
                      help="with --json: each step's top-N candidates, raw and processed")
-    add_sampler_options(gen, defaults)
+    group = gen.add_argument_group("more samplers", "off by default; see also --sampler-order "
+                                   f"(stages: {', '.join(STAGES)})")
+    add_setting_options(group, SamplingSettings, MORE)
     gen.add_argument("--export-config", metavar="FILE",
                      help="also write the settings as a transformers GenerationConfig JSON "
                           "(what it has no field for is named on stderr)")
@@ -60,58 +58,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                           'creative, min-p 0.1) or "top_k=40,temperature=0.8,n=3" (any '
                           'setting of generate, e.g. "xtc_probability=0.5,dry_multiplier=0.8,'
                           'sampler_order=min_p>temperature")')
-    cmp.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens)
-    cmp.add_argument("--seed", type=int, default=defaults.seed)
-    cmp.add_argument("--chat", action=argparse.BooleanOptionalAction, default=defaults.chat)
+    add_setting_options(cmp, SamplingSettings, ("max_new_tokens", "seed", "chat",
+                                                "sampler_order", "dry_sequence_breakers"))
     cmp.add_argument("--top-n", type=int, default=0, help="with --json: per-step candidates")
     cmp.add_argument("--json", action="store_true", help="print one JSON document")
-    cmp.add_argument("--sampler-order", default=defaults.sampler_order, metavar="STAGES",
-                     help="the order of the stages for every strategy (a strategy's "
-                          "sampler_order=a>b overrides it); see generate --help")
-    cmp.add_argument("--dry-sequence-breakers", default=defaults.dry_sequence_breakers,
-                     metavar="TEXTS", help="DRY's sequence breakers for every strategy")
-
-
-def add_sampler_options(parser: argparse.ArgumentParser, defaults: SamplingSettings) -> None:
-    """The samplers beyond transformers' classic ones, named as SamplingSettings names them."""
-    group = parser.add_argument_group(
-        "more samplers", "off by default; see also --sampler-order")
-    group.add_argument("--top-h", type=float, default=defaults.top_h,
-                       help="transformers' top-h in (0, 1] (0: off)")
-    group.add_argument("--epsilon-cutoff", type=float, default=defaults.epsilon_cutoff,
-                       help="drop tokens below this probability (0: off)")
-    group.add_argument("--eta-cutoff", type=float, default=defaults.eta_cutoff,
-                       help="eta sampling (0: off)")
-    group.add_argument("--top-n-sigma", type=float, default=defaults.top_n_sigma,
-                       help="keep logits within n standard deviations of the top one (0: off)")
-    group.add_argument("--dynamic-temperature", action="store_true",
-                       help="entropy-scaled temperature between --dynatemp-low and -high "
-                            "(replaces --temperature)")
-    group.add_argument("--dynatemp-low", type=float, default=defaults.dynatemp_low)
-    group.add_argument("--dynatemp-high", type=float, default=defaults.dynatemp_high)
-    group.add_argument("--dynatemp-exponent", type=float, default=defaults.dynatemp_exponent)
-    group.add_argument("--smoothing-factor", type=float, default=defaults.smoothing_factor,
-                       help="quadratic smoothing (0: off)")
-    group.add_argument("--smoothing-curve", type=float, default=defaults.smoothing_curve,
-                       help="1 (quadratic) to 3 (cubic)")
-    group.add_argument("--xtc-threshold", type=float, default=defaults.xtc_threshold)
-    group.add_argument("--xtc-probability", type=float, default=defaults.xtc_probability,
-                       help="XTC: how often the top choices are excluded (0: off)")
-    group.add_argument("--mirostat-mode", type=int, default=defaults.mirostat_mode,
-                       help="2: Mirostat 2.0 (0: off)")
-    group.add_argument("--mirostat-tau", type=float, default=defaults.mirostat_tau)
-    group.add_argument("--mirostat-eta", type=float, default=defaults.mirostat_eta)
-    group.add_argument("--dry-multiplier", type=float, default=defaults.dry_multiplier,
-                       help="DRY repetition penalty (0: off)")
-    group.add_argument("--dry-base", type=float, default=defaults.dry_base)
-    group.add_argument("--dry-allowed-length", type=int, default=defaults.dry_allowed_length)
-    group.add_argument("--dry-sequence-breakers", default=defaults.dry_sequence_breakers,
-                       metavar="TEXTS", help="quoted texts separated by commas (default: "
-                                             "%(default)s)")
-    group.add_argument("--sampler-order", default=defaults.sampler_order, metavar="STAGES",
-                       help="stages separated by commas, e.g. min_p,temperature: the stages "
-                            "named take that order, the others keep theirs (stages: "
-                            f"{', '.join(STAGES)})")
 
 
 def _settings_from_args(args: argparse.Namespace) -> SamplingSettings:

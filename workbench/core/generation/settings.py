@@ -13,36 +13,18 @@ the same processors switched off, so what is sampled from is exactly the chain s
 from __future__ import annotations
 
 import json
-import math
 import re
 from dataclasses import asdict, dataclass, fields, replace
-from numbers import Integral, Real
 from typing import Any
 
 from workbench.core.common.errors import WorkbenchError
+from workbench.core.common.settings import check_fields, setting
 from workbench.core.common.units import LN2
 
 SEED_LIMIT = 2**32  # numpy's and torch's seeds: 0 to 2**32 - 1
 MAX_SEQUENCES = 10_000  # rows of one generate() batch, whatever the memory says
 MAX_NEW_TOKENS = 1_000_000  # longer than any context this app runs; memory caps it sooner
-_LABELS = {"max_new_tokens": "Max new tokens", "do_sample": "Sampling", "temperature":
-           "Temperature", "top_k": "Top-k", "top_p": "Top-p", "min_p": "Min-p",
-           "typical_p": "Typical-p", "repetition_penalty": "Repetition penalty",
-           "no_repeat_ngram_size": "No-repeat n-gram size", "num_beams": "The number of beams",
-           "num_return_sequences": "The number of sequences", "seed": "The seed",
-           "chat": "Chat", "top_h": "Top-h", "epsilon_cutoff": "Epsilon cutoff",
-           "eta_cutoff": "Eta cutoff", "top_n_sigma": "Top-nσ",
-           "dynamic_temperature": "Dynamic temperature",
-           "dynatemp_low": "The lowest dynamic temperature",
-           "dynatemp_high": "The highest dynamic temperature",
-           "dynatemp_exponent": "The dynamic temperature exponent",
-           "smoothing_factor": "The smoothing factor", "smoothing_curve": "The smoothing curve",
-           "xtc_threshold": "The XTC threshold", "xtc_probability": "The XTC probability",
-           "mirostat_mode": "The Mirostat mode", "mirostat_tau": "Mirostat's tau",
-           "mirostat_eta": "Mirostat's eta", "dry_multiplier": "The DRY multiplier",
-           "dry_base": "The DRY base", "dry_allowed_length": "DRY's allowed length",
-           "dry_sequence_breakers": "DRY's sequence breakers",
-           "sampler_order": "The sampler order"}
+_ROW_NOTE = "each is a row of the batch, with its own cache and scores"
 
 # The stages of the chain, in the order generate() applies transformers' own (repetition
 # penalty, no-repeat n-gram, temperature, top-h, top-k, top-p, min-p, typical-p, epsilon,
@@ -115,122 +97,93 @@ class SamplingSettings:
     default, transformers' order for its own).
     """
 
-    max_new_tokens: int = 64
-    do_sample: bool = True
-    temperature: float = 0.7
-    top_k: int = 50
-    top_p: float = 0.9
-    min_p: float = 0.0
-    typical_p: float = 1.0
-    repetition_penalty: float = 1.0
-    no_repeat_ngram_size: int = 0
-    num_beams: int = 1
-    num_return_sequences: int = 1
-    seed: int = 0
-    chat: bool = True  # wrap the prompt in the tokenizer's chat template, if it has one
-    top_h: float = 0.0
-    epsilon_cutoff: float = 0.0
-    eta_cutoff: float = 0.0
-    top_n_sigma: float = 0.0
-    dynamic_temperature: bool = False
-    dynatemp_low: float = 0.5
-    dynatemp_high: float = 1.5
-    dynatemp_exponent: float = 1.0
-    smoothing_factor: float = 0.0
-    smoothing_curve: float = 1.0
-    xtc_threshold: float = 0.1
-    xtc_probability: float = 0.0
-    mirostat_mode: int = 0  # 0 off, 2 Mirostat 2.0
-    mirostat_tau: float = 5.0
-    mirostat_eta: float = 0.1
-    dry_multiplier: float = 0.0
-    dry_base: float = 1.75
-    dry_allowed_length: int = 2
-    dry_sequence_breakers: str = '"\\n", ":", "\\"", "*"'
-    sampler_order: str = ""
+    max_new_tokens: int = setting(
+        64, "Max new tokens", low=1, high=MAX_NEW_TOKENS, unit="tokens",
+        high_note="every step is recorded and streamed", help="how many tokens to generate at most")
+    do_sample: bool = setting(True, "Sampling", help="sample (off: greedy or beam search)")
+    temperature: float = setting(
+        0.7, "Temperature", low=0, high=100, off="greedy", typical=(0, 5),
+        help="divides the logits: below 1 sharper, above 1 flatter")
+    top_k: int = setting(50, "Top-k", low=0, high=1_000_000, off="off", typical=(0, 1000),
+                         help="keep the k most likely tokens")
+    top_p: float = setting(0.9, "Top-p", low=0, high=1, low_open=True, style="interval",
+                           help="keep the most likely tokens up to this probability mass")
+    min_p: float = setting(0.0, "Min-p", low=0, high=1, high_open=True, style="interval",
+                           help="drop tokens below min-p times the top probability")
+    typical_p: float = setting(1.0, "Typical-p", low=0, high=1, low_open=True,
+                               style="interval", help="locally typical sampling")
+    repetition_penalty: float = setting(
+        1.0, "Repetition penalty", low=0, high=100, low_open=True, note="1 is off",
+        typical=(0.5, 3), help="divides the logits of tokens already seen")
+    no_repeat_ngram_size: int = setting(0, "No-repeat n-gram size", low=0, high=1_000_000,
+                                        off="off", help="no n-gram of this size twice")
+    num_beams: int = setting(1, "The number of beams", low=1, high=MAX_SEQUENCES,
+                             high_note=_ROW_NOTE, help="beam search with this many beams")
+    num_return_sequences: int = setting(1, "The number of sequences", low=1,
+                                        high=MAX_SEQUENCES, high_note=_ROW_NOTE,
+                                        help="sequences to return")
+    seed: int = setting(0, "The seed", low=0, high=SEED_LIMIT - 1, style="between",
+                        note="2**32 - 1", help="the random seed")
+    chat: bool = setting(True, "Chat", help="wrap the prompt in the model's chat template")
+    top_h: float = setting(0.0, "Top-h", low=0, high=1, style="interval", note="0 is off",
+                           help="transformers' top-h")
+    epsilon_cutoff: float = setting(0.0, "Epsilon cutoff", low=0, high=1, high_open=True,
+                                    style="interval", note="0 is off", decimals=5,
+                                    step=0.0001, help="drop tokens below this probability")
+    eta_cutoff: float = setting(0.0, "Eta cutoff", low=0, high=1, high_open=True,
+                                style="interval", note="0 is off", decimals=5, step=0.0001,
+                                help="eta sampling")
+    top_n_sigma: float = setting(0.0, "Top-nσ", low=0, high=100, off="off", step=0.1,
+                                 help="keep logits within n standard deviations of the top")
+    dynamic_temperature: bool = setting(False, "Dynamic temperature",
+                                        help="entropy-scaled temperature between low and "
+                                             "high (replaces the temperature)")
+    dynatemp_low: float = setting(0.5, "The lowest dynamic temperature", low=0, high=100,
+                                  low_open=True)
+    dynatemp_high: float = setting(1.5, "The highest dynamic temperature", low=0, high=100,
+                                   low_open=True)
+    dynatemp_exponent: float = setting(1.0, "The dynamic temperature exponent", low=0,
+                                       high=100, low_open=True, step=0.1)
+    smoothing_factor: float = setting(0.0, "The smoothing factor", low=0, high=100,
+                                      off="off", help="quadratic smoothing")
+    smoothing_curve: float = setting(1.0, "The smoothing curve", low=1, high=3,
+                                     style="interval", note="1 is quadratic", step=0.1,
+                                     help="1 (quadratic) to 3 (cubic)")
+    xtc_threshold: float = setting(0.1, "The XTC threshold", low=0, high=0.5, low_open=True,
+                                   style="interval", step=0.01,
+                                   note="above 0.5 no two tokens reach it")
+    xtc_probability: float = setting(0.0, "The XTC probability", low=0, high=1,
+                                     style="interval", note="0 is off",
+                                     help="how often XTC excludes the top choices")
+    mirostat_mode: int = setting(0, "The Mirostat mode", choices=((0, "off"), (2, "Mirostat 2.0")))
+    mirostat_tau: float = setting(5.0, "Mirostat's tau", low=0, high=100, unit="bits",
+                                  step=0.5, help="the target surprise")
+    mirostat_eta: float = setting(0.1, "Mirostat's eta", low=0, high=1, low_open=True,
+                                  style="interval", step=0.01, help="Mirostat's learning rate")
+    dry_multiplier: float = setting(0.0, "The DRY multiplier", low=0, high=100, off="off",
+                                    help="DRY repetition penalty")
+    dry_base: float = setting(1.75, "The DRY base", low=1, high=100)
+    dry_allowed_length: int = setting(2, "DRY's allowed length", low=1, high=1_000_000,
+                                      unit="tokens")
+    dry_sequence_breakers: str = setting('"\\n", ":", "\\"", "*"', "DRY's sequence breakers",
+                                         help="quoted texts separated by commas")
+    sampler_order: str = setting("", "The sampler order",
+                                 help="stages separated by commas, e.g. min_p,temperature: "
+                                      "the stages named take that order, the others keep "
+                                      "theirs")
 
     def validate(self) -> None:
         """Refuse settings that cannot run or would give a silently wrong result: each
-        number must have its type, be finite and lie in its range (the GUI and the command
-        line share these checks)."""
-        for f in fields(self):
-            value, label = getattr(self, f.name), _LABELS.get(f.name, f.name)
-            if f.type in ("bool", bool):
-                ok, kind = isinstance(value, bool), "true or false"
-            elif f.type in ("int", int):
-                ok, kind = isinstance(value, Integral) and not isinstance(value, bool), \
-                    "a whole number"
-            elif f.type in ("str", str):
-                ok, kind = isinstance(value, str), "text"
-            else:
-                ok = isinstance(value, Real) and not isinstance(value, bool) and \
-                    math.isfinite(value)
-                kind = "a finite number"
-            if not ok:
-                raise WorkbenchError(f"{label} must be {kind}, not {value!r}.")
+        value must have its type and lie in its range (one description of each, which the
+        GUI and the command line share), and the settings must agree with each other."""
+        check_fields(self)
         checks = [
-            (self.max_new_tokens >= 1, f"Max new tokens must be at least 1, not "
-             f"{self.max_new_tokens}."),
-            (self.max_new_tokens <= MAX_NEW_TOKENS, f"Max new tokens can be at most "
-             f"{MAX_NEW_TOKENS:,} (every step is recorded and streamed), not "
-             f"{self.max_new_tokens:,}."),
-            (self.temperature >= 0, f"Temperature must be 0 (greedy) or above, not "
-             f"{self.temperature:g}."),
-            (0 < self.top_p <= 1, f"Top-p must be in (0, 1], not {self.top_p:g}."),
-            (self.top_k >= 0, f"Top-k must be 0 (off) or more, not {self.top_k}."),
-            (0 <= self.min_p < 1, f"Min-p must be in [0, 1), not {self.min_p:g}."),
-            (0 < self.typical_p <= 1, f"Typical-p must be in (0, 1], not {self.typical_p:g}."),
-            (self.repetition_penalty > 0, f"Repetition penalty must be above 0 (1 is off), "
-             f"not {self.repetition_penalty:g}."),
-            (self.no_repeat_ngram_size >= 0, f"No-repeat n-gram size must be 0 (off) or more, "
-             f"not {self.no_repeat_ngram_size}."),
-            (self.num_beams >= 1, f"The number of beams must be at least 1, not "
-             f"{self.num_beams}."),
-            (self.num_return_sequences >= 1, f"The number of sequences must be at least 1, not "
-             f"{self.num_return_sequences}."),
-            (self.num_beams <= MAX_SEQUENCES, f"At most {MAX_SEQUENCES:,} beams (each is a row "
-             f"of the batch, with its own cache and scores), not {self.num_beams:,}."),
-            (self.num_return_sequences <= MAX_SEQUENCES, f"At most {MAX_SEQUENCES:,} sequences "
-             f"at once (each is a row of the batch, with its own cache and scores), not "
-             f"{self.num_return_sequences:,}."),
-            (0 <= self.seed < SEED_LIMIT, f"The seed must be between 0 and {SEED_LIMIT - 1} "
-             f"(2**32 - 1), not {self.seed}."),
             (self.num_beams == 1 or self.num_return_sequences <= self.num_beams,
              "Beam search returns at most as many sequences as it has beams."),
             (self.do_sample or self.num_beams > 1 or self.num_return_sequences == 1,
              "Greedy decoding gives one sequence: sample, or use beams, for more."),
-            (0 <= self.top_h <= 1, f"Top-h must be 0 (off) or in (0, 1], not {self.top_h:g}."),
-            (0 <= self.epsilon_cutoff < 1, f"Epsilon cutoff must be in [0, 1) (0 is off), not "
-             f"{self.epsilon_cutoff:g}."),
-            (0 <= self.eta_cutoff < 1, f"Eta cutoff must be in [0, 1) (0 is off), not "
-             f"{self.eta_cutoff:g}."),
-            (self.top_n_sigma >= 0, f"Top-nσ must be 0 (off) or above, not "
-             f"{self.top_n_sigma:g}."),
-            (self.dynatemp_low > 0, f"The lowest dynamic temperature must be above 0, not "
-             f"{self.dynatemp_low:g}."),
             (self.dynatemp_high >= self.dynatemp_low, f"The highest dynamic temperature "
              f"({self.dynatemp_high:g}) must be at least the lowest ({self.dynatemp_low:g})."),
-            (self.dynatemp_exponent > 0, f"The dynamic temperature exponent must be above 0, "
-             f"not {self.dynatemp_exponent:g}."),
-            (self.smoothing_factor >= 0, f"The smoothing factor must be 0 (off) or above, not "
-             f"{self.smoothing_factor:g}."),
-            (1 <= self.smoothing_curve <= 3, f"The smoothing curve must be in [1, 3] (1 is "
-             f"quadratic), not {self.smoothing_curve:g}."),
-            (0 < self.xtc_threshold <= 0.5, f"The XTC threshold must be in (0, 0.5] (above 0.5 "
-             f"no two tokens reach it), not {self.xtc_threshold:g}."),
-            (0 <= self.xtc_probability <= 1, f"The XTC probability must be in [0, 1] (0 is "
-             f"off), not {self.xtc_probability:g}."),
-            (self.mirostat_mode in (0, 2), f"The Mirostat mode must be 0 (off) or 2 (Mirostat "
-             f"2.0), not {self.mirostat_mode}."),
-            (self.mirostat_tau >= 0, f"Mirostat's tau must be 0 or above, not "
-             f"{self.mirostat_tau:g}."),
-            (0 < self.mirostat_eta <= 1, f"Mirostat's eta must be in (0, 1], not "
-             f"{self.mirostat_eta:g}."),
-            (self.dry_multiplier >= 0, f"The DRY multiplier must be 0 (off) or above, not "
-             f"{self.dry_multiplier:g}."),
-            (self.dry_base >= 1, f"The DRY base must be at least 1, not {self.dry_base:g}."),
-            (self.dry_allowed_length >= 1, f"DRY's allowed length must be at least 1, not "
-             f"{self.dry_allowed_length}."),
         ]
         for ok, message in checks:
             if not ok:

@@ -319,6 +319,8 @@ def shown(value: object) -> str:
 
 
 def _bound(number: float) -> str:
+    if isinstance(number, float) and number.is_integer():
+        return str(int(number))  # 4294967295, not 4.29497e+09
     return f"{number:g}" if isinstance(number, float) else str(number)
 
 
@@ -428,8 +430,8 @@ def _acceptable(w: QLineEdit | QComboBox, text: str) -> None:
 
 def _restore(w: QWidget, value: object) -> None:
     """Set one control from its saved value, or raise ValueError and leave it as it is."""
-    if isinstance(w, QDoubleSpinBox):
-        w.setValue(as_number(value, w.minimum(), w.maximum()))
+    if isinstance(w, QDoubleSpinBox):  # no decimals: a whole number wider than a C int
+        w.setValue(as_number(value, w.minimum(), w.maximum(), integer=w.decimals() == 0))
     elif isinstance(w, (QSpinBox, QAbstractSlider)):
         w.setValue(as_number(value, w.minimum(), w.maximum(), integer=True))
     elif isinstance(w, QComboBox):

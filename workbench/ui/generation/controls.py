@@ -32,41 +32,21 @@ from PySide6.QtWidgets import (
 )
 
 from workbench.core.common.errors import WorkbenchError
+from workbench.core.common.settings import description
 from workbench.core.generation.settings import PRESETS, STAGES, SamplingSettings, sampler_order
-from workbench.ui.common.skeleton import dspin, spin
+from workbench.ui.common.setting_widgets import box_value, setting_box
 from workbench.ui.common.state import preset_names, read_preset, write_preset
 
 SAMPLING_ONLY = ("Temperature", "Top-k", "Top-p", "Min-p", "Typical-p")
-# the "More samplers" boxes, by SamplingSettings field: (object name, low, high, decimals, step)
-MORE_NUMBERS = {
-    "top_h": ("top-h", 0.0, 1.0, 2, 0.05),
-    "epsilon_cutoff": ("epsilon-cutoff", 0.0, 0.99, 5, 0.0001),
-    "eta_cutoff": ("eta-cutoff", 0.0, 0.99, 5, 0.0001),
-    "top_n_sigma": ("top-n-sigma", 0.0, 10.0, 2, 0.1),
-    "dynatemp_low": ("dynatemp-low", 0.01, 5.0, 2, 0.05),
-    "dynatemp_high": ("dynatemp-high", 0.01, 5.0, 2, 0.05),
-    "dynatemp_exponent": ("dynatemp-exponent", 0.01, 10.0, 2, 0.1),
-    "smoothing_factor": ("smoothing-factor", 0.0, 10.0, 2, 0.05),
-    "smoothing_curve": ("smoothing-curve", 1.0, 3.0, 2, 0.1),
-    "xtc_threshold": ("xtc-threshold", 0.01, 0.5, 2, 0.01),
-    "xtc_probability": ("xtc-probability", 0.0, 1.0, 2, 0.05),
-    "mirostat_tau": ("mirostat-tau", 0.0, 20.0, 2, 0.5),
-    "mirostat_eta": ("mirostat-eta", 0.01, 1.0, 2, 0.01),
-    "dry_multiplier": ("dry-multiplier", 0.0, 5.0, 2, 0.05),
-    "dry_base": ("dry-base", 1.0, 4.0, 2, 0.05),
-}
+# the "More samplers" boxes, by SamplingSettings field
+MORE_NUMBERS = ("top_h", "epsilon_cutoff", "eta_cutoff", "top_n_sigma", "dynatemp_low",
+                "dynatemp_high", "dynatemp_exponent", "smoothing_factor", "smoothing_curve",
+                "xtc_threshold", "xtc_probability", "mirostat_tau", "mirostat_eta",
+                "dry_multiplier", "dry_base")
 MORE_SAMPLING_ONLY = ("top_h", "epsilon_cutoff", "eta_cutoff", "top_n_sigma", "dynatemp_low",
                       "dynatemp_high", "dynatemp_exponent", "smoothing_factor",
                       "smoothing_curve", "xtc_threshold", "xtc_probability", "mirostat_tau",
                       "mirostat_eta")
-
-
-def shown_number(value: float) -> str:
-    """A number for a message: a whole number of any size stays one short line."""
-    text = f"{value:g}" if isinstance(value, float) else str(value)
-    return text if len(text) <= 20 else f"a {len(text.lstrip('-'))}-digit number"
-
-
 class DecodingControls(QWidget):
     """The settings panel: the settings scroll when the window is short, the Generate and
     Stop buttons stay in view below them. ``changed`` says a setting that shapes the
@@ -99,30 +79,30 @@ class DecodingControls(QWidget):
         self.chat = QCheckBox("Use the chat template")
         self.chat.setObjectName("chat")
         self.chat.setChecked(True)
-        self.temperature = dspin("temperature", 0.0, 5.0, 0.7)
-        self.top_k = spin("top-k", 0, 1000, 50)
-        self.top_p = dspin("top-p", 0.01, 1.0, 0.9)
-        self.min_p = dspin("min-p", 0.0, 0.99, 0.0)
-        self.typical_p = dspin("typical-p", 0.01, 1.0, 1.0)
-        self.repetition = dspin("repetition-penalty", 0.5, 3.0, 1.0)
-        self.no_repeat = spin("no-repeat-ngram-size", 0, 10, 0)
-        self.max_new = spin("max-new-tokens", 1, 4096, 64)
-        self.seed = spin("seed", 0, 2**31 - 1, 0)
-        self.sequences = spin("num-return-sequences", 1, 16, 1)
-        self.beams = spin("num-beams", 1, 16, 1)
+        self.temperature = setting_box(SamplingSettings, "temperature")
+        self.top_k = setting_box(SamplingSettings, "top_k")
+        self.top_p = setting_box(SamplingSettings, "top_p")
+        self.min_p = setting_box(SamplingSettings, "min_p")
+        self.typical_p = setting_box(SamplingSettings, "typical_p")
+        self.repetition = setting_box(SamplingSettings, "repetition_penalty")
+        self.no_repeat = setting_box(SamplingSettings, "no_repeat_ngram_size")
+        self.max_new = setting_box(SamplingSettings, "max_new_tokens")
+        self.seed = setting_box(SamplingSettings, "seed")
+        self.sequences = setting_box(SamplingSettings, "num_return_sequences")
+        self.beams = setting_box(SamplingSettings, "num_beams")
         self.sliders: dict[str, QSlider] = {}
         sampling = QGroupBox("Sampling")
         sampling_layout = QVBoxLayout(sampling)
-        for label, widget, scale in [("Temperature", self.temperature, 100),
-                                     ("Top-k", self.top_k, 1), ("Top-p", self.top_p, 100),
-                                     ("Min-p", self.min_p, 100), ("Typical-p", self.typical_p, 100)]:
-            sampling_layout.addLayout(self._linked(label, widget, scale))
+        for label, name, scale in [("Temperature", "temperature", 100), ("Top-k", "top_k", 1),
+                                   ("Top-p", "top_p", 100), ("Min-p", "min_p", 100),
+                                   ("Typical-p", "typical_p", 100)]:
+            sampling_layout.addLayout(self._linked(label, name, scale))
         sampling_layout.addWidget(self.sample)
         grid.addWidget(sampling)
         self._add_more_samplers(grid)
         other = QGroupBox("All strategies")
         form = QFormLayout(other)
-        form.addRow(self._linked("Repetition penalty", self.repetition, 100))
+        form.addRow(self._linked("Repetition penalty", "repetition_penalty", 100))
         form.addRow("No-repeat n-gram", self.no_repeat)
         form.addRow("Max new tokens", self.max_new)
         form.addRow("Seed", self.seed)
@@ -196,9 +176,9 @@ class DecodingControls(QWidget):
         self.more_toggle.toggled.connect(self._more_toggled)
         defaults = SamplingSettings()
         self.more: dict[str, QDoubleSpinBox | QSpinBox] = {}
-        for field, (name, low, high, decimals, step) in MORE_NUMBERS.items():
-            self.more[field] = dspin(name, low, high, getattr(defaults, field), decimals, step)
-        self.dry_allowed = spin("dry-allowed-length", 1, 20, defaults.dry_allowed_length)
+        for name in MORE_NUMBERS:
+            self.more[name] = setting_box(SamplingSettings, name)
+        self.dry_allowed = setting_box(SamplingSettings, "dry_allowed_length")
         self.more["dry_allowed_length"] = self.dry_allowed
         self.dynamic_temperature = QCheckBox("Dyn. temp.")
         self.dynamic_temperature.setObjectName("dynamic-temperature")
@@ -316,13 +296,24 @@ class DecodingControls(QWidget):
         self.order_text.setText("" if tuple(order) == STAGES else ",".join(order))
         self.order_list.setCurrentRow(row + step)
 
-    def _linked(self, label: str, box, scale: float) -> QHBoxLayout:
-        """A slider and a spin box that always show the same value."""
+    def _linked(self, label: str, name: str, scale: float) -> QHBoxLayout:
+        """A slider over the setting's typical values beside its spin box (the whole range):
+        the slider moves the box, and follows it within its reach."""
+        box = getattr(self, {"repetition_penalty": "repetition"}.get(name, name))
+        low, high = description(SamplingSettings, name).typical or (box.minimum(),
+                                                                    box.maximum())
         slider = QSlider(Qt.Orientation.Horizontal)
-        slider.setRange(int(box.minimum() * scale), int(box.maximum() * scale))
+        slider.setRange(int(round(max(low, box.minimum()) * scale)),
+                        int(round(min(high, box.maximum()) * scale)))
         slider.setValue(int(round(box.value() * scale)))
         slider.valueChanged.connect(lambda v: box.setValue(v / scale if scale != 1 else v))
-        box.valueChanged.connect(lambda v: slider.setValue(int(round(v * scale))))
+
+        def follow(value: float) -> None:
+            slider.blockSignals(True)  # a value past the slider's reach stays in the box
+            slider.setValue(int(round(value * scale)))
+            slider.blockSignals(False)
+
+        box.valueChanged.connect(follow)
         self.sliders[label] = slider
         row = QHBoxLayout()
         name = QLabel(label)
@@ -342,37 +333,31 @@ class DecodingControls(QWidget):
             self.sliders[name].setEnabled(sampling)
 
     # --- the settings ------------------------------------------------------------------------
+    def boxes(self) -> dict[str, QSpinBox | QDoubleSpinBox]:
+        """The spin box of each number setting, by SamplingSettings field."""
+        return {"temperature": self.temperature, "top_k": self.top_k, "top_p": self.top_p,
+                "min_p": self.min_p, "typical_p": self.typical_p,
+                "repetition_penalty": self.repetition, "no_repeat_ngram_size": self.no_repeat,
+                "max_new_tokens": self.max_new, "seed": self.seed,
+                "num_return_sequences": self.sequences, "num_beams": self.beams, **self.more}
+
     def settings(self) -> SamplingSettings:
         return SamplingSettings(
-            max_new_tokens=self.max_new.value(), do_sample=self.sample.isChecked(),
-            temperature=self.temperature.value(), top_k=self.top_k.value(),
-            top_p=self.top_p.value(), min_p=self.min_p.value(),
-            typical_p=self.typical_p.value(), repetition_penalty=self.repetition.value(),
-            no_repeat_ngram_size=self.no_repeat.value(), num_beams=self.beams.value(),
-            num_return_sequences=self.sequences.value(), seed=self.seed.value(),
-            chat=self.chat.isChecked(), dynamic_temperature=self.dynamic_temperature.isChecked(),
+            do_sample=self.sample.isChecked(), chat=self.chat.isChecked(),
+            dynamic_temperature=self.dynamic_temperature.isChecked(),
             mirostat_mode=2 if self.mirostat.isChecked() else 0,
             dry_sequence_breakers=self.dry_breakers.text(),
             sampler_order=self.order_text.text().strip(),
-            **{name: box.value() for name, box in self.more.items()})
+            **{name: box_value(SamplingSettings, name, box)
+               for name, box in self.boxes().items()})
 
     def set_settings(self, s: SamplingSettings) -> None:
-        """Show ``s``; every value must fit its control (see :meth:`check_fits`)."""
+        """Show ``s``, which must be valid (``validate``): the controls offer exactly the
+        settings' ranges, so every valid value fits its control."""
         self.sample.setChecked(s.do_sample)
-        self.temperature.setValue(s.temperature)
-        self.top_k.setValue(s.top_k)
-        self.top_p.setValue(s.top_p)
-        self.min_p.setValue(s.min_p)
-        self.typical_p.setValue(s.typical_p)
-        self.repetition.setValue(s.repetition_penalty)
-        self.no_repeat.setValue(s.no_repeat_ngram_size)
-        self.max_new.setValue(s.max_new_tokens)
-        self.seed.setValue(s.seed)
-        self.sequences.setValue(s.num_return_sequences)
-        self.beams.setValue(s.num_beams)
-        self.chat.setChecked(s.chat)
-        for name, box in self.more.items():
+        for name, box in self.boxes().items():
             box.setValue(getattr(s, name))
+        self.chat.setChecked(s.chat)
         self.dynamic_temperature.setChecked(s.dynamic_temperature)
         self.mirostat.setChecked(s.mirostat_mode == 2)
         self.dry_breakers.setText(s.dry_sequence_breakers)
@@ -384,26 +369,6 @@ class DecodingControls(QWidget):
             more = True
         if more:
             self.more_toggle.setChecked(True)  # show the samplers these settings use
-
-    def check_fits(self, settings: SamplingSettings, source: str) -> None:
-        """Raise WorkbenchError unless every value fits its control: a control would clamp
-        it silently (or, past a 32-bit integer, refuse it with an exception), and the
-        settings shown would not be the ones read."""
-        boxes = {"temperature": self.temperature, "top_k": self.top_k, "top_p": self.top_p,
-                 "min_p": self.min_p, "typical_p": self.typical_p,
-                 "repetition_penalty": self.repetition, "no_repeat_ngram_size": self.no_repeat,
-                 "max_new_tokens": self.max_new, "seed": self.seed,
-                 "num_return_sequences": self.sequences, "num_beams": self.beams, **self.more}
-        if settings.mirostat_mode not in (0, 2):
-            raise WorkbenchError(f"{source}: Mirostat mode {shown_number(settings.mirostat_mode)}"
-                                 " is not one this tab offers (0 or 2); nothing was applied.")
-        for name, box in boxes.items():
-            value = getattr(settings, name)
-            if not box.minimum() <= value <= box.maximum():
-                raise WorkbenchError(
-                    f"{source}: {name.replace('_', ' ')} {shown_number(value)} is outside the "
-                    f"{shown_number(box.minimum())}–{shown_number(box.maximum())} this tab "
-                    "allows; nothing was applied.")
 
     # --- presets ---------------------------------------------------------------------------
     def reload_presets(self) -> None:
@@ -424,7 +389,7 @@ class DecodingControls(QWidget):
             return
         try:  # checked whole first: a damaged preset changes nothing
             settings = read_preset(name)
-            self.check_fits(settings, f"The preset '{name}'")
+            settings.validate()
         except WorkbenchError as exc:
             self.show_error("Cannot apply preset", str(exc))
             return
@@ -455,7 +420,6 @@ class DecodingControls(QWidget):
                 raise ValueError("not a JSON object")
             settings = SamplingSettings.from_generation_config(data, base=self.settings())
             settings.validate()
-            self.check_fits(settings, "This config")
         except RecursionError:
             self.show_error("Cannot import the generation config",
                             f"{path}: it is nested too deeply.")

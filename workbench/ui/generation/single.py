@@ -24,16 +24,14 @@ from PySide6.QtWidgets import (
 )
 
 from workbench.core.common.errors import WorkbenchError
-from workbench.core.generation.generate import (
+from workbench.core.generation.explore import (
     Branch,
-    GenerationResult,
-    StepRecord,
-    TokenEvent,
     branch,
     explore_distribution,
-    generate,
     next_token_logits,
 )
+from workbench.core.generation.generate import generate
+from workbench.core.generation.records import GenerationResult, StepRecord, TokenEvent
 from workbench.core.generation.settings import SamplingSettings
 from workbench.ui.common.stale import mark_stale
 from workbench.ui.common.widgets import StatusLine, TokenView, visible_token
@@ -545,7 +543,7 @@ class SingleRunView(QWidget):
         chosen, index = step.token_id, step.index
 
         def job(ctx: WorkerContext):
-            from workbench.ui.generation.stage_inspector import inspect_step
+            from workbench.core.generation.step_inspection import inspect_step
 
             return inspect_step(ctx.model(), prefix, chosen, index, settings, source, row,
                                 notes)
@@ -562,7 +560,7 @@ class SingleRunView(QWidget):
             cancelled=lambda: self._stages_ended(request, "Cancelled."))
 
     def _stages_done(self, request: int, result: object) -> None:
-        from workbench.ui.generation.stage_inspector import StageInspection
+        from workbench.core.generation.step_inspection import StageInspection
 
         if request != self.stage_request or self.stage_inspector is None:
             return  # an earlier request's answer
@@ -678,7 +676,6 @@ class SingleRunView(QWidget):
             return
         try:
             session = load_session(path)
-            self.controls.check_fits(session.settings, f"The session {path}")
         except WorkbenchError as exc:
             self.show_error("Cannot open the session", str(exc))
             return

@@ -1,0 +1,114 @@
+"""One description of every setting: for each number setting of the decoding settings, the
+command line, the Generate tab's form and the core accept and refuse the same values, at
+and just past each end of the range the description gives."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from workbench.cli import build_parser
+from workbench.cli.generate import _settings_from_args
+from workbench.core.common.errors import WorkbenchError
+from workbench.core.common.settings import described, kind
+from workbench.core.generation.settings import SamplingSettings
+
+NUMBERS = [(f, meta) for f, meta in described(SamplingSettings)
+           if kind(f) in (int, float) and not meta.choices]
+# Settings checked against each other: a probe of one sets its partner so that only the
+# probed value can be refused.
+PARTNERS = {"dynatemp_low": {"dynatemp_high": 100.0}, "dynatemp_high": {"dynatemp_low": 0.01},
+            "num_return_sequences": {"do_sample": True}}
+
+
+def probes(f: dataclasses.Field, meta) -> list[float]:
+    """Values at each end of the range, one step of the form's precision inside and outside
+    it, and the default (the step: 1 for whole numbers, else 10**-decimals)."""
+    step = 1 if kind(f) is int else 10.0 ** -meta.decimals
+    values = {f.default}
+    for end in (meta.low, meta.high):
+        values |= {end - step, end, end + step}
+    values = {round(v, meta.decimals) if kind(f) is float else int(v) for v in values}
+    return sorted(values)
+
+
+def in_range(meta, value: float) -> bool:
+    """The range as the description states it, computed here from low/high and openness."""
+    above = value > meta.low if meta.low_open else value >= meta.low
+    below = value < meta.high if meta.high_open else value <= meta.high
+    return above and below
+
+
+def core_accepts(name: str, value: float) -> bool:
+    try:
+        SamplingSettings(**{name: value, **PARTNERS.get(name, {})}).validate()
+    except WorkbenchError:
+        return False
+    return True
+
+
+def cli_accepts(name: str, value: float) -> bool:
+    argv = ["generate", "--prompt", "x", f"--{name.replace('_', '-')}={value}"]
+    for partner, partner_value in PARTNERS.get(name, {}).items():
+        if partner != "do_sample":
+            argv.append(f"--{partner.replace('_', '-')}={partner_value}")
+    args = build_parser().parse_args(argv)
+    try:
+        _settings_from_args(args).validate()
+    except WorkbenchError:
+        return False
+    return True
+
+
+@pytest.fixture
+def controls(qtbot):
+    from workbench.ui.generation.controls import DecodingControls
+
+    widget = DecodingControls(lambda title, text: None)
+    qtbot.addWidget(widget)
+    return widget
+
+
+@pytest.mark.parametrize("f, meta", NUMBERS, ids=[f.name for f, _ in NUMBERS])
+def test_the_command_line_the_form_and_the_core_accept_the_same_values(f, meta, controls):
+    box = controls.boxes()[f.name]
+    for value in probes(f, meta):
+        expected = in_range(meta, value)
+        assert core_accepts(f.name, value) == expected, (f.name, value)
+        assert cli_accepts(f.name, value) == expected, (f.name, value)
+        box.setValue(value)  # a spin box clamps what its range refuses
+        shown = box.value()
+        assert (abs(shown - value) < 1e-9) == expected, (f.name, value, shown)
+
+
+def test_every_number_setting_of_the_core_has_a_control_and_an_option(controls):
+    options = {a.dest for a in build_parser()._subparsers._group_actions[0]
+               .choices["generate"]._actions}
+    names = {f.name for f, _ in NUMBERS}
+    assert names <= set(controls.boxes())
+    assert names <= options
+
+
+def test_the_mirostat_mode_offers_its_two_values_everywhere(controls):
+    for value, expected in ((0, True), (1, False), (2, True), (3, False)):
+        assert core_accepts("mirostat_mode", value) == expected
+        assert cli_accepts("mirostat_mode", value) == expected
+    controls.mirostat.setChecked(True)
+    assert controls.settings().mirostat_mode == 2
+    controls.mirostat.setChecked(False)
+    assert controls.settings().mirostat_mode == 0
+
+
+def test_a_seed_past_a_32_bit_integer_is_shown_and_read_back(controls):
+    """The core's seeds reach 2**32 - 1; a Qt spin box holds a C int (2**31 - 1)."""
+    settings = SamplingSettings(seed=2**32 - 1)
+    controls.set_settings(settings)
+    assert controls.settings().seed == 2**32 - 1
+    assert isinstance(controls.settings().seed, int)
+
+
+def test_a_slider_does_not_pull_a_value_past_its_reach_back(controls):
+    """Temperature's slider spans 0-5; a temperature of 50 stays 50 in the box."""
+    controls.set_settings(SamplingSettings(temperature=50.0))
+    assert controls.settings().temperature == 50.0

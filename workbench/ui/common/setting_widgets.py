@@ -1,0 +1,37 @@
+"""The window's controls of settings, made from the settings' one description
+(:mod:`workbench.core.common.settings`): a spin box offers exactly the setting's range, so
+the form accepts what the core accepts, and nothing else."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from PySide6.QtWidgets import QDoubleSpinBox, QSpinBox
+
+from workbench.core.common.settings import described, form_range, kind
+
+INT_MAX = 2**31 - 1  # QSpinBox holds a C int: a wider whole number takes a double spin box
+
+
+def setting_box(cls: type, name: str) -> QSpinBox | QDoubleSpinBox:
+    """A spin box for setting ``name`` of dataclass ``cls``: its object name (``top-k``),
+    range, precision, step, tooltip and default from the setting's description."""
+    f, meta = next((f, meta) for f, meta in described(cls) if f.name == name)
+    low, high = form_range(f, meta)
+    if kind(f) is int and -INT_MAX <= low and high <= INT_MAX:
+        box: QSpinBox | QDoubleSpinBox = QSpinBox()
+    else:
+        box = QDoubleSpinBox()
+        box.setDecimals(0 if kind(f) is int else meta.decimals)
+        box.setSingleStep(1 if kind(f) is int else meta.step)
+    box.setObjectName(name.replace("_", "-"))
+    box.setRange(low, high)
+    box.setValue(f.default)
+    box.setToolTip(f"{meta.label}: {meta.help}" if meta.help else meta.label)
+    return box
+
+
+def box_value(cls: type, name: str, box: QSpinBox | QDoubleSpinBox) -> Any:
+    """The box's value in the setting's type (a whole number from a double spin box)."""
+    f = next(f for f, _ in described(cls) if f.name == name)
+    return int(round(box.value())) if kind(f) is int else box.value()
