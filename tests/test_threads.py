@@ -77,7 +77,7 @@ def test_a_thread_count_the_user_set_is_kept(monkeypatch):
 def test_a_command_starts_torch_with_the_free_cores(tmp_path):
     """In a fresh process, the count is set before torch starts its thread pool, and the
     OpenMP threads spin only briefly while they wait."""
-    code = ("import os; from workbench.core import threads; threads.prepare_process();\n"
+    code = ("import os; from workbench.core.common import threads; threads.prepare_process();\n"
             "threads.threads_for_job = lambda leave=0, meter=None: 1\n"
             "with threads.adapted_threads():\n"
             "    import torch; print(torch.get_num_threads(), os.environ['GOMP_SPINCOUNT'])\n")
