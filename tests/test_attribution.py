@@ -443,7 +443,7 @@ def test_the_view_runs_on_the_worker_and_shows_the_table(qtbot, tiny, llama):
         view.method.setCurrentIndex(3)  # feature ablation
         view.run()
         qtbot.waitUntil(lambda: view.job is None, timeout=60000)
-        assert view.views.isTabEnabled(1) and view.matrix_image.image.shape == (7, 3)
+        assert view.views.isTabEnabled(1) and view.matrix_view.image.image.shape == (7, 3)
         assert view.table.rowCount() == 7 and not math.isnan(view.table.item(0, 2).data(0))
     finally:
         assert worker.shutdown(10000)

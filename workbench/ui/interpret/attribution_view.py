@@ -11,7 +11,6 @@ exports the results as CSV or a self-contained HTML page.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -58,6 +57,7 @@ from workbench.ui.common.skeleton import combo, spin, table
 from workbench.ui.common.stale import mark_stale
 from workbench.ui.common.widgets import ProgressThrottle, StatusLine, visible_token
 from workbench.ui.common.worker import JobHandle, ModelWorker, WorkerContext, own_job
+from workbench.ui.interpret.attribution_matrix import AttributionMatrix
 
 BASELINE_CHOICES = (("pad", "pad token"), ("eos", "end-of-text token"),
                     ("zero", "zero embedding"), ("id", "token id…"))
@@ -101,8 +101,25 @@ class AttributionView(QWidget):
         self.job: JobHandle | None = None
         self.results: list[AttributionResult] = []
         self.throttle = ProgressThrottle()
-        self.matrix_plot = self.matrix_image = self.matrix_bar = None
+        self._build_subject()
+        controls = self._build_controls()
+        self._build_results()
+        layout = QVBoxLayout(self)
+        layout.addWidget(QLabel("Prompt"))
+        layout.addWidget(self.prompt)
+        target_row = QHBoxLayout()
+        target_row.addWidget(self.target_label)
+        target_row.addWidget(self.target, 1)
+        layout.addLayout(target_row)
+        layout.addWidget(self.matrix_box)
+        layout.addLayout(controls)
+        layout.addWidget(self.status)
+        layout.addWidget(self.result_view, 1)
+        self._sync_controls()
+        self._sync_exports()
 
+    def _build_subject(self) -> None:
+        """The prompt and the target (editable for a continuation and a classification)."""
         self.prompt = QPlainTextEdit()
         self.prompt.setObjectName("attribution-prompt")
         self.prompt.setPlaceholderText("The prompt (or the classifier's text)")
@@ -116,6 +133,9 @@ class AttributionView(QWidget):
                                    "generated token, each over the tokens before it")
         self.matrix_box.setVisible(False)
 
+    def _build_controls(self) -> QHBoxLayout:
+        """Method, steps and baseline, the progress, Run and Cancel (their row returned), and
+        the status line."""
         self.method = combo("attribution-method", [name.capitalize() for name in METHODS.values()])
         self.method.setToolTip("captum's integrated gradients, input × gradient, saliency or "
                                "feature ablation")
@@ -155,7 +175,11 @@ class AttributionView(QWidget):
         controls.addWidget(self.progress)
         controls.addWidget(self.run_button)
         controls.addWidget(self.cancel_button)
+        return controls
 
+    def _build_results(self) -> None:
+        """``result_view``: the row shown and the exports above the coloured text, the table
+        and the matrix."""
         self.row_choice = combo("attribution-row", [])
         self.row_choice.setToolTip("Which target token's attribution colours the text and "
                                    "fills the table")
@@ -166,14 +190,13 @@ class AttributionView(QWidget):
         self.text.setPlaceholderText("The input appears here, each token tinted by its score: "
                                      "blue raised the target's log-probability, red lowered it.")
         self.table = table(["position", "token"], "attribution-table")
-        self.matrix_holder = QWidget()
-        QVBoxLayout(self.matrix_holder).setContentsMargins(0, 0, 0, 0)
-        self.matrix_hover = QLabel("")
-        self.matrix_holder.layout().addWidget(self.matrix_hover)
+        self.matrix_view = AttributionMatrix()
+        self.matrix_view.row_clicked.connect(
+            lambda row: self.row_choice.setCurrentIndex(row + 1))  # after "the whole target"
         self.views = QTabWidget()
         self.views.setObjectName("attribution-views")
         self.views.addTab(self.table, "Table")
-        self.views.addTab(self.matrix_holder, "Matrix")
+        self.views.addTab(self.matrix_view, "Matrix")
         self.views.setTabEnabled(1, False)
         self.export_csv_button = QPushButton("Export CSV…")
         self.export_csv_button.clicked.connect(lambda: self.export("csv"))
@@ -193,20 +216,6 @@ class AttributionView(QWidget):
         split.addWidget(self.views)
         split.setSizes([160, 320])
         rl.addWidget(split, 1)
-
-        layout = QVBoxLayout(self)
-        layout.addWidget(QLabel("Prompt"))
-        layout.addWidget(self.prompt)
-        target_row = QHBoxLayout()
-        target_row.addWidget(self.target_label)
-        target_row.addWidget(self.target, 1)
-        layout.addLayout(target_row)
-        layout.addWidget(self.matrix_box)
-        layout.addLayout(controls)
-        layout.addWidget(self.status)
-        layout.addWidget(self.result_view, 1)
-        self._sync_controls()
-        self._sync_exports()
 
     # --- the subject ------------------------------------------------------------------------
     def set_continuation(self, prompt: str, target: str) -> None:
@@ -243,6 +252,7 @@ class AttributionView(QWidget):
     def _set_subject(self, subject: Subject, target_label: str) -> None:
         self.subject = subject
         self.results = []
+        self.matrix_view.result = None
         fixed = subject.kind == GENERATED  # the ids are what the model saw: not editable
         self.prompt.setReadOnly(fixed)
         self.target.setReadOnly(fixed)
@@ -430,7 +440,8 @@ class AttributionView(QWidget):
         self._draw_text(latest, self.values(latest))
         self._draw_table()
         if latest.kind == GENERATED and len(latest.rows) > 1:
-            self._draw_matrix(latest)
+            self.matrix_view.draw(latest)
+            self.views.setTabEnabled(1, True)
         else:
             self.views.setTabEnabled(1, False)
 
@@ -493,76 +504,6 @@ class AttributionView(QWidget):
                 t.setItem(i, c, item)
         t.horizontalHeader().setSortIndicator(-1, Qt.SortOrder.AscendingOrder)
         t.setSortingEnabled(True)
-
-    def _build_matrix(self) -> None:
-        import numpy as np
-        import pyqtgraph as pg
-
-        self.matrix_plot = pg.PlotWidget()
-        self.matrix_plot.setObjectName("attribution-matrix")
-        self.matrix_plot.invertY(True)
-        self.matrix_plot.setLabel("left", "generated token")
-        self.matrix_plot.getAxis("left").setWidth(90)  # token labels, not numbers
-        self.matrix_plot.setLabel("bottom", "input token (the prompt, then generated tokens)")
-        self.matrix_image = pg.ImageItem()
-        self.matrix_plot.addItem(self.matrix_image)
-        ends = [diverging_colour(-1.0, 1.0), (255, 255, 255), diverging_colour(1.0, 1.0)]
-        colours = pg.ColorMap(np.array([0.0, 0.5, 1.0]), np.array(ends, dtype=np.ubyte))
-        self.matrix_bar = pg.ColorBarItem(values=(-1, 1), colorMap=colours)
-        self.matrix_bar.setImageItem(self.matrix_image, insert_in=self.matrix_plot.getPlotItem())
-        self.matrix_plot.scene().sigMouseMoved.connect(self._matrix_hovered)
-        self.matrix_plot.scene().sigMouseClicked.connect(self._matrix_clicked)
-        self.matrix_holder.layout().insertWidget(0, self.matrix_plot, 1)
-
-    def matrix(self, result: AttributionResult):
-        """rows × columns; 0 where a column is not before its row (drawn white)."""
-        import numpy as np
-
-        return np.array([[0.0 if v is None else v for v in row] for row in result.rows])
-
-    def _draw_matrix(self, result: AttributionResult) -> None:
-        if self.matrix_plot is None:
-            self._build_matrix()
-        data = self.matrix(result)
-        scale = float(abs(data).max()) or 1.0
-        # ImageItem's first axis is x: transpose so rows are generated tokens
-        self.matrix_image.setImage(data.T, autoLevels=False, levels=(-scale, scale))
-        self.matrix_bar.setLevels((-scale, scale))
-        step_x = max(1, len(result.tokens) // 40)
-        step_y = max(1, len(result.outputs) // 30)
-        self.matrix_plot.getAxis("bottom").setTicks(
-            [[(j + 0.5, visible_token(t)[:10]) for j, t in enumerate(result.tokens)][::step_x]])
-        self.matrix_plot.getAxis("left").setTicks(
-            [[(i + 0.5, visible_token(t)[:10]) for i, t in enumerate(result.outputs)][::step_y]])
-        self.matrix_plot.setTitle(f"{result.describe()}: each generated token (row) over the "
-                                  "tokens before it", size="9pt")
-        self.views.setTabEnabled(1, True)
-
-    def _matrix_cell(self, pos) -> tuple[int, int] | None:
-        if self.matrix_plot is None or not self.results:
-            return None
-        point = self.matrix_plot.getViewBox().mapSceneToView(pos)
-        column, row = math.floor(point.x()), math.floor(point.y())
-        result = self.results[-1]
-        if 0 <= row < len(result.rows) and 0 <= column < len(result.tokens):
-            return row, column
-        return None
-
-    def _matrix_hovered(self, pos) -> None:
-        cell = self._matrix_cell(pos)
-        if cell is None:
-            return
-        row, column = cell
-        result = self.results[-1]
-        value = result.rows[row][column]
-        shown = "not before it" if value is None else f"{value:+.5g}"
-        self.matrix_hover.setText(f"{visible_token(result.outputs[row])} ← "
-                                  f"{visible_token(result.tokens[column])}: {shown}")
-
-    def _matrix_clicked(self, event) -> None:
-        cell = self._matrix_cell(event.scenePos())
-        if cell is not None:
-            self.row_choice.setCurrentIndex(cell[0] + 1)  # after "the whole target"
 
     # --- export ---------------------------------------------------------------------------------
     def export(self, kind: str, path: str | None = None) -> None:
