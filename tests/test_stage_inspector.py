@@ -171,7 +171,8 @@ def test_tokens_that_look_like_markup_are_shown_as_text(qtbot):
     from PySide6.QtCore import Qt
 
     from workbench.core.generation.settings import Stage
-    from workbench.ui.generation.stage_inspector import StageInspection, StageInspector
+    from workbench.core.generation.step_inspection import StageInspection
+    from workbench.ui.generation.stage_inspector import StageInspector
 
     inspector = StageInspector()
     qtbot.addWidget(inspector)

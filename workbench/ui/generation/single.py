@@ -33,13 +33,13 @@ from workbench.core.generation.explore import (
 from workbench.core.generation.generate import generate
 from workbench.core.generation.records import GenerationResult, StepRecord, TokenEvent
 from workbench.core.generation.settings import SamplingSettings
+from workbench.core.generation.step_inspection import TOP_N, with_texts
 from workbench.ui.common.stale import mark_stale
 from workbench.ui.common.widgets import StatusLine, TokenView, visible_token
 from workbench.ui.common.worker import JobHandle, ModelWorker, WorkerContext, own_job
 from workbench.ui.generation.controls import DecodingControls
 from workbench.ui.interpret.attribution_view import AttributionDialog
 
-TOP_N = 10
 OUTPUT_SQUEEZED = 80  # the output's height while the sampler stages fill rows below it
 
 
@@ -47,23 +47,6 @@ def token_tooltip(step: StepRecord) -> str:
     raw = "" if math.isnan(step.raw_probability) else f", model p = {step.raw_probability:.3f}"
     return (f"step {step.index}: {step.text!r} (id {step.token_id}), "
             f"p = {step.probability:.3f}{raw}")
-
-
-def with_texts(loaded, logits, breakers: str = "") -> tuple:
-    """``logits`` and the text of the tokens the explorer can show (the top candidates by
-    raw probability do not depend on the settings), decoded here on the worker thread, and
-    DRY's sequence ``breakers`` as token ids ({text: ids}, empty when the text does not read)."""
-    import torch
-
-    from workbench.core.generation.samplers import breaker_token_ids
-    from workbench.core.generation.settings import parse_sequence_breakers
-
-    top = torch.topk(logits.reshape(-1).float(), min(TOP_N, logits.numel())).indices.tolist()
-    try:
-        ids = {breakers: breaker_token_ids(loaded.tokenizer, parse_sequence_breakers(breakers))}
-    except WorkbenchError:
-        ids = {}
-    return logits, {i: loaded.tokenizer.decode([i]) for i in top}, ids
 
 
 class SingleRunView(QWidget):

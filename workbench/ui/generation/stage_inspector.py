@@ -4,27 +4,25 @@ distribution after each processor of the chain, in the order generation applies 
 stage of the same candidates, with the stage's kept count, kept mass, entropy and the
 chosen token's rank and probability.
 
-``inspect_step`` runs on the worker thread (a forward pass of the prefix, the tokenizer);
-``StageInspector`` only draws what it returns. Imported after the window is shown, like
-:mod:`workbench.ui.common.charts` (pyqtgraph costs start-up time)."""
+:func:`~workbench.core.generation.step_inspection.inspect_step` computes them on the
+worker thread; ``StageInspector`` only draws what it returns. Imported after the window
+is shown, like :mod:`workbench.ui.common.charts` (pyqtgraph costs start-up time)."""
 
 from __future__ import annotations
 
 import html
 import math
-from dataclasses import dataclass, field
-from typing import Any
 
 import pyqtgraph as pg
 from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtGui import QFontMetrics
 from PySide6.QtWidgets import QGridLayout, QLabel, QSizePolicy, QVBoxLayout, QWidget
 
-from workbench.core.generation.settings import SamplingSettings, Stage
+from workbench.core.generation.settings import Stage
+from workbench.core.generation.step_inspection import TOP_N, StageInspection
 from workbench.ui.common.charts import CUT_BRUSH, KEPT_BRUSH, RAW_BRUSH, Placeholder
 from workbench.ui.common.widgets import visible_token
 
-TOP_N = 10  # candidates per chart, where the chart has the room
 LABEL_WIDTH = 76  # the token labels' axis, in the first chart of each row
 ROW_PIXELS = 12  # the least height of one candidate's bar and label
 SMALL_POINTS = 8  # the charts' titles and labels: several charts share a small area
@@ -48,72 +46,6 @@ def stage_numbers(stage: Stage) -> str:
               f"chosen #{stage.chosen_rank}, p {stage.chosen_probability:.3f}")
     return (f"kept {stage.kept_count:,} ({stage.kept_mass:.1%}) · {stage.entropy:.2f} bits"
             f"\n{chosen}")
-
-
-@dataclass(frozen=True)
-class StageInspection:
-    """What the inspector shows for one step: each stage's numbers, and the probability
-    after each stage of the same candidates (the most likely by raw probability, and the
-    chosen token)."""
-
-    step: int
-    chosen_id: int
-    chosen_text: str
-    stages: list[Stage]
-    token_ids: list[int]  # the candidates, most likely (raw) first; the chosen one included
-    texts: list[str]
-    probabilities: list[list[float]]  # per stage, of each candidate
-    settings: SamplingSettings
-    source: str  # whose settings these are, in words
-    notes: list[str] = field(default_factory=list)
-
-
-def inspect_step(loaded: Any, prefix: list[int], chosen: int, step: int,
-                 settings: SamplingSettings, source: str, row: int = 0,
-                 notes: list[str] | None = None, top_n: int = TOP_N) -> StageInspection:
-    """The stages of ``settings``' chain at the step after ``prefix`` (which chose
-    ``chosen``), for sequence ``row``: one forward pass for the logits, then
-    :func:`~workbench.core.generation.settings.sampler_stages`. Runs on the worker thread (the model
-    and the tokenizer)."""
-    import torch
-
-    from workbench.core.generation.generate import next_token_logits
-    from workbench.core.generation.samplers import breaker_token_ids
-    from workbench.core.generation.settings import (
-        parse_sequence_breakers,
-        sampler_chain,
-        sampler_stages,
-    )
-
-    logits = next_token_logits(loaded, prefix)
-    breakers = None
-    if settings.dry_multiplier > 0:
-        breakers = breaker_token_ids(loaded.tokenizer,
-                                     parse_sequence_breakers(settings.dry_sequence_breakers))
-    stages = sampler_stages(settings, prefix, logits, chosen, row=row, breaker_ids=breakers)
-    # the same chain again, to keep each stage's probabilities of the candidates shown
-    ids = torch.tensor([prefix], dtype=torch.long)
-    scores = logits.reshape(1, -1).float()
-    top = torch.topk(scores[0], min(top_n, scores.shape[-1])).indices.tolist()
-    candidates = top if chosen in top else [*top, chosen]
-    probabilities = [torch.softmax(scores[0], -1)[candidates].tolist()]
-    effective, _ = settings.effective()
-    for _, processor in sampler_chain(effective, greedy_argmax=False, breaker_ids=breakers,
-                                      row=row):
-        scores = processor(ids, scores.clone())
-        probabilities.append(torch.softmax(scores[0], -1)[candidates].tolist())
-    notes = list(notes or [])
-    active = effective.active_stages()
-    if "mirostat" in active:
-        notes.append("Mirostat is shown from its first step's mu (2 · tau): at later steps "
-                     "its mu depends on the tokens before.")
-    if not effective.do_sample:
-        notes.append("beam search picks tokens by the beams' total scores, not from these "
-                     "distributions." if effective.num_beams > 1 else
-                     "greedy decoding takes the most likely token of the last stage.")
-    texts = [loaded.tokenizer.decode([i]) for i in candidates]
-    return StageInspection(step, chosen, loaded.tokenizer.decode([chosen]), stages, candidates,
-                           texts, probabilities, settings, source, notes)
 
 
 def numbers_table(stages: list[Stage]) -> str:
