@@ -9,7 +9,8 @@ from sacrebleu.metrics import BLEU
 from workbench.core.common.errors import WorkbenchError
 from workbench.core.common.jobs import JobContext
 from workbench.core.generation.compare import compare, distinct_n, self_bleu
-from workbench.core.generation.generate import TokenEvent, generate
+from workbench.core.generation.generate import generate
+from workbench.core.generation.records import TokenEvent
 from workbench.core.generation.settings import SamplingSettings, parse_strategy
 from workbench.core.models.loader import load_model
 

@@ -6,7 +6,8 @@ import math
 import pytest
 
 from workbench.core.common.errors import WorkbenchError
-from workbench.core.generation.generate import SamplingSettings, branch, generate
+from workbench.core.generation.explore import branch
+from workbench.core.generation.generate import SamplingSettings, generate
 from workbench.core.generation.session import (
     file_sha256,
     load_session,

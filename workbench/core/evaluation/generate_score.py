@@ -29,15 +29,15 @@ from workbench.core.common.errors import Cancelled, WorkbenchError
 from workbench.core.common.jobs import JobContext
 from workbench.core.evaluation.metrics import TranslationScores, make_metric, score_translation
 from workbench.core.generation.generate import (
-    GeneratedSequence,
-    SamplingSettings,
-    _eos_ids,
     chain_processors,
-    check_generation_memory,
+    eos_ids,
     generate,
     prepare_prompt,
     run_generation,
 )
+from workbench.core.generation.memory import check_generation_memory
+from workbench.core.generation.records import GeneratedSequence
+from workbench.core.generation.settings import SamplingSettings
 
 OUTPUT_FILES = ("outputs.tsv", "result.json")
 BATCH_SIZE = 8  # prompts a generate() call: more rows a step for little more time a step
@@ -233,7 +233,7 @@ def generate_batch(loaded: Any, prompts: list[str], settings: SamplingSettings,
         notices.append(run.note)
     sequences = run.sequences
     if ctx.cancel.cancelled:  # a row that had neither ended nor reached its length is cut
-        eos = _eos_ids(loaded.model, loaded.tokenizer)
+        eos = eos_ids(loaded.model, loaded.tokenizer)
         ended = [len(s.token_ids) >= settings.max_new_tokens
                  or bool(s.token_ids and s.token_ids[-1] in eos) for s in sequences]
         sequences = sequences[:ended.index(False) if False in ended else len(ended)]

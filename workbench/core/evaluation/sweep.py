@@ -21,7 +21,8 @@ from typing import Any
 from workbench.core.common.errors import WorkbenchError
 from workbench.core.common.jobs import JobContext
 from workbench.core.generation.compare import StrategyResult, summarise
-from workbench.core.generation.generate import GeneratedSequence, generate, prepare_prompt
+from workbench.core.generation.generate import generate, prepare_prompt
+from workbench.core.generation.records import GeneratedSequence
 from workbench.core.generation.settings import (
     MAX_SEQUENCES,
     SAMPLING_ONLY,

@@ -17,14 +17,9 @@ from typing import Any
 
 from workbench.core.common.errors import WorkbenchError
 from workbench.core.common.jobs import JobContext
-from workbench.core.generation.generate import (
-    GeneratedSequence,
-    TokenEvent,
-    chain_processors,
-    check_generation_memory,
-    prepare_prompt,
-    run_generation,
-)
+from workbench.core.generation.generate import chain_processors, prepare_prompt, run_generation
+from workbench.core.generation.memory import check_generation_memory
+from workbench.core.generation.records import GeneratedSequence, TokenEvent
 from workbench.core.generation.settings import (
     MAX_SEQUENCES,
     SamplingSettings,

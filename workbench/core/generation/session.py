@@ -19,14 +19,14 @@ from typing import Any
 from workbench.core.common.environment import library_versions
 from workbench.core.common.errors import WorkbenchError
 from workbench.core.common.files import write_atomically
-from workbench.core.generation.generate import (
-    Branch,
+from workbench.core.generation.explore import Branch
+from workbench.core.generation.records import (
     Candidate,
     GeneratedSequence,
     GenerationResult,
-    SamplingSettings,
     StepRecord,
 )
+from workbench.core.generation.settings import SamplingSettings
 
 FORMAT = "lm-workbench-session"
 VERSION = 1

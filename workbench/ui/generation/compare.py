@@ -24,7 +24,7 @@ from PySide6.QtWidgets import (
 
 from workbench.core.common.errors import WorkbenchError
 from workbench.core.generation.compare import CompareResult, batch_owners, compare, owner_of
-from workbench.core.generation.generate import TokenEvent
+from workbench.core.generation.records import TokenEvent
 from workbench.core.generation.settings import SamplingSettings, parse_strategy
 from workbench.ui.common.skeleton import text_box
 from workbench.ui.common.stale import mark_stale

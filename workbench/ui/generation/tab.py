@@ -13,7 +13,7 @@ from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import QLabel, QSplitter, QTabWidget, QVBoxLayout, QWidget
 
 from workbench.core.common.errors import WorkbenchError
-from workbench.core.generation.generate import GenerationResult, StepRecord
+from workbench.core.generation.records import GenerationResult, StepRecord
 from workbench.core.generation.settings import SamplingSettings
 from workbench.core.models.catalog import CAUSAL_LM
 from workbench.ui.common.skeleton import text_box
