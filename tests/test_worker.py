@@ -122,15 +122,15 @@ def test_shutdown_cancels_running_and_queued_jobs(qtbot):
 def test_garbage_is_collected_on_the_gui_thread_only(qtbot):
     import gc
 
-    from workbench.ui.common import worker
+    from workbench.ui.common import collection
     from workbench.ui.shell.main_window import MainWindow
 
     window = MainWindow(autoload=False)
     qtbot.addWidget(window)
     window.show()
-    qtbot.waitUntil(lambda: worker._collector is not None, timeout=10000)  # after showing
+    qtbot.waitUntil(lambda: collection._collector is not None, timeout=10000)  # after showing
     assert not gc.isenabled()  # no automatic collection in whichever thread allocates
-    assert worker._collector is not None and worker._collector.timer.isActive()
+    assert collection._collector is not None and collection._collector.timer.isActive()
 
 
 class Node:
@@ -206,3 +206,49 @@ def test_a_queued_job_cancelled_by_its_handle_never_runs(qtbot, worker):
     first.cancel()
     qtbot.waitUntil(lambda: ended == ["cancelled"], timeout=10000)
     assert ran == []
+
+
+def test_a_job_slot_is_cleared_before_the_pages_end_handler_runs(qtbot, worker):
+    from PySide6.QtCore import QObject
+
+    from workbench.ui.common.worker import JobSlot
+
+    page = QObject()
+    slot = JobSlot(page, worker)
+    seen = []
+    handle = slot.start("fine", lambda ctx: 1, finished=lambda r: seen.append(slot.handle))
+    assert slot.running and slot.handle is handle and handle.parent() is page
+    qtbot.waitUntil(lambda: seen == [None], timeout=5000)
+    assert not slot.running
+    slot.start("fails", lambda ctx: 1 / 0, failed=lambda e, d: seen.append(slot.running))
+    qtbot.waitUntil(lambda: len(seen) == 2, timeout=5000)
+    slot.start("cancelled", slow_job(), cancelled=lambda: seen.append(slot.running))
+    slot.cancel()
+    qtbot.waitUntil(lambda: len(seen) == 3, timeout=5000)
+    assert seen == [None, False, False]
+
+
+def test_a_job_thread_whose_owner_is_destroyed_never_calls_back(qtbot):
+    from PySide6.QtCore import QObject
+    from shiboken6 import delete
+
+    from workbench.ui.common.job_thread import JobSlot, JobThread
+
+    owner = QObject()
+    thread = JobThread("owned", owner)
+    called, started = [], threading.Event()
+
+    def job(ctx):
+        started.set()
+        time.sleep(0.3)  # the owner goes meanwhile
+        return "late"
+
+    JobSlot(owner, thread).start("slow", job, finished=called.append,
+                                 failed=lambda e, d: called.append(e),
+                                 cancelled=lambda: called.append("cancelled"),
+                                 event=called.append)
+    assert started.wait(5)
+    delete(owner)
+    qtbot.waitUntil(thread.isFinished, timeout=5000)  # the thread stops with its owner
+    qtbot.wait(100)
+    assert called == []
