@@ -456,7 +456,7 @@ def quiet(window) -> bool:
     return (not window.worker.busy and not window.loading and not window.job_titles
             and window.progress.isHidden()
             and not picker.discovering
-            and picker._estimating is None and not picker._estimate_soon.isActive())
+            and not picker.estimating.running and not picker._estimate_soon.isActive())
 
 
 def passed(item) -> bool:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import html
 import sys
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
 
 from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtGui import QFont, QStandardItem, QStandardItemModel
@@ -25,6 +24,7 @@ from PySide6.QtWidgets import (
 from workbench.core.models.catalog import BUILTIN_MODELS, DEFAULT_MODEL
 from workbench.core.models.decoding import DECODE_CHOICES
 from workbench.core.models.device import DEVICE_CHOICES, DTYPE_CHOICES
+from workbench.ui.common.job_thread import JobSlot, JobThread
 
 REFERENCE_ROLE = Qt.ItemDataRole.UserRole  # what an item loads: a Hub id, a path, ollama:NAME
 GROUP_ROLE = Qt.ItemDataRole.UserRole + 1  # the group an item belongs to ("header" for titles)
@@ -77,8 +77,6 @@ class ModelPicker(QWidget):
         self.discovery_seconds: float | None = None
         self.last_dialog: QMessageBox | None = None
         self._estimates: dict[str, object] = {}  # reference -> MemoryEstimate
-        self._estimating: tuple[str, Future] | None = None
-        self._discovery: Future | None = None
         self._start_helpers()
 
     def _add_model_choice(self, layout: QHBoxLayout) -> None:
@@ -147,16 +145,13 @@ class ModelPicker(QWidget):
         layout.addWidget(self.load_button)
 
     def _start_helpers(self) -> None:
-        """The file system's thread and the timers that pick up its results and start
-        the memory estimate."""
-        # One thread for the file system; results are picked up by a timer on the GUI
-        # thread (no signal is emitted from the thread, so a closed window is never called).
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model-discovery")
-        self.destroyed.connect(lambda *_, pool=self._pool: pool.shutdown(
-            wait=False, cancel_futures=True))
-        self._poll = QTimer(self)
-        self._poll.setInterval(30)
-        self._poll.timeout.connect(self._take_results)
+        """The file system's thread, its jobs, and the timer that starts the memory
+        estimate."""
+        # One thread for the file system, the picker's own (a discovery never waits behind
+        # a generation); it stops when the picker goes, and its jobs' handles go with it.
+        self.files = JobThread("model-discovery", self)
+        self.discovery = JobSlot(self, self.files)
+        self.estimating = JobSlot(self, self.files)
         self._estimate_soon = QTimer(self)
         self._estimate_soon.setSingleShot(True)
         self._estimate_soon.setInterval(150)
@@ -196,13 +191,14 @@ class ModelPicker(QWidget):
     def start_discovery(self) -> None:
         """List the models already on this machine, off the GUI thread; the groups appear
         when it is done (``discovery_finished`` then carries the lines for the log)."""
-        if self._discovery is None:
-            self._discovery = self._pool.submit(discover_models)
-            self._poll.start()
+        if not self.discovery.running:
+            self.discovery.start("Look for local models", lambda _ctx: discover_models(),
+                                 finished=self._take_discovery,
+                                 failed=self._discovery_failed)
 
     @property
     def discovering(self) -> bool:
-        return self._discovery is not None
+        return self.discovery.running
 
     def add_cached_models(self, names: list[str]) -> None:
         """Add models found in the Hugging Face cache (loaded by their Hub id)."""
@@ -246,16 +242,15 @@ class ModelPicker(QWidget):
         else:
             self.combo.setCurrentText(current)
 
-    def _take_discovery(self, future: Future) -> None:
+    def _discovery_failed(self, error: object, _details: str) -> None:
+        # never the window's end; said in the log
+        self.discovery_finished.emit([f"Looking for local models failed: {error}"])
+
+    def _take_discovery(self, found: tuple[list, list, float]) -> None:
         from workbench.core.common.memory import format_bytes
         from workbench.core.models.memory import MemoryEstimate
 
-        self._discovery = None
-        try:
-            rows, scans, seconds = future.result()
-        except Exception as exc:  # never the window's end; said in the log
-            self.discovery_finished.emit([f"Looking for local models failed: {exc}"])
-            return
+        rows, scans, seconds = found
         self.discovery_seconds = seconds
         self._add_group(HF_GROUP[0], HF_GROUP[1],
                         [(r.name, r.reference or r.name, f"Hugging Face cache\n{r.location}")
@@ -292,34 +287,23 @@ class ModelPicker(QWidget):
         if not reference or reference in self._estimates:
             self.update_memory_label()
             return
-        if self._estimating is not None:  # one at a time; the latest is asked for next
+        if self.estimating.running:  # one at a time; the latest is asked for next
             return
         from workbench.core.models.memory import estimate_reference
 
-        self._estimating = (reference, self._pool.submit(estimate_reference, reference))
-        self._poll.start()
+        self.estimating.start(
+            "Memory estimate", lambda _ctx: estimate_reference(reference),
+            finished=lambda estimate: self._take_estimate(reference, estimate),
+            failed=lambda _error, _details: self._take_estimate(reference, None))
         self.update_memory_label()
 
-    def _take_estimate(self, reference: str, future: Future) -> None:
-        self._estimating = None
-        try:
-            estimate = future.result()
-        except Exception:
-            estimate = None
+    def _take_estimate(self, reference: str, estimate: object) -> None:
         if estimate is not None:
             self._estimates[reference] = estimate
         if reference != self.reference():
             self._start_estimate()  # the choice changed meanwhile
         else:
             self.update_memory_label()
-
-    def _take_results(self) -> None:
-        if self._discovery is not None and self._discovery.done():
-            self._take_discovery(self._discovery)
-        if self._estimating is not None and self._estimating[1].done():
-            self._take_estimate(*self._estimating)
-        if self._discovery is None and self._estimating is None:
-            self._poll.stop()
 
     def estimate(self):
         """The memory estimate of the chosen model, once known (else None)."""
