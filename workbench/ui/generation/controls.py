@@ -60,6 +60,28 @@ class DecodingControls(QWidget):
         self.show_error = show_error
         box = QWidget()
         grid = QVBoxLayout(box)
+        self._add_presets(grid)
+        self._make_boxes()
+        self._add_sampling(grid)
+        self._add_more_samplers(grid)
+        self._add_all_strategies(grid)
+        self._add_config_files(grid)
+        buttons = self._make_run_buttons()
+        grid.addStretch(1)
+        self._connect_changes()
+        self.scroll = QScrollArea()
+        self.scroll.setWidgetResizable(True)
+        self.scroll.setWidget(box)
+        self.scroll.setFrameShape(QScrollArea.Shape.NoFrame)
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        outer.addWidget(self.scroll, 1)
+        outer.addLayout(buttons)
+        self.setMinimumWidth(300)
+        self._sync_enabled()
+        self._show_order()
+
+    def _add_presets(self, grid: QVBoxLayout) -> None:
         presets = QHBoxLayout()
         self.preset = QComboBox()
         self.preset.setToolTip("Apply a preset of decoding settings")
@@ -73,6 +95,8 @@ class DecodingControls(QWidget):
         presets.addWidget(save)
         grid.addLayout(presets)
 
+    def _make_boxes(self) -> None:
+        """The controls of the classic settings, each made from its description."""
         self.sample = QCheckBox("Sample (off: greedy or beam search)")
         self.sample.setObjectName("do-sample")
         self.sample.setChecked(True)
@@ -91,6 +115,8 @@ class DecodingControls(QWidget):
         self.sequences = setting_box(SamplingSettings, "num_return_sequences")
         self.beams = setting_box(SamplingSettings, "num_beams")
         self.sliders: dict[str, QSlider] = {}
+
+    def _add_sampling(self, grid: QVBoxLayout) -> None:
         sampling = QGroupBox("Sampling")
         sampling_layout = QVBoxLayout(sampling)
         for label, name, scale in [("Temperature", "temperature", 100), ("Top-k", "top_k", 1),
@@ -99,7 +125,8 @@ class DecodingControls(QWidget):
             sampling_layout.addLayout(self._linked(label, name, scale))
         sampling_layout.addWidget(self.sample)
         grid.addWidget(sampling)
-        self._add_more_samplers(grid)
+
+    def _add_all_strategies(self, grid: QVBoxLayout) -> None:
         other = QGroupBox("All strategies")
         form = QFormLayout(other)
         form.addRow(self._linked("Repetition penalty", "repetition_penalty", 100))
@@ -110,6 +137,9 @@ class DecodingControls(QWidget):
         form.addRow("Beams", self.beams)
         form.addRow(self.chat)
         grid.addWidget(other)
+
+    def _add_config_files(self, grid: QVBoxLayout) -> None:
+        """Import and export of a transformers GenerationConfig, and what an export left out."""
         io = QHBoxLayout()
         self.import_button = QPushButton("Import config…")
         self.import_button.setToolTip("Load a transformers GenerationConfig JSON")
@@ -124,6 +154,8 @@ class DecodingControls(QWidget):
         self.config_note.setWordWrap(True)
         self.config_note.hide()
         grid.addWidget(self.config_note)
+
+    def _make_run_buttons(self) -> QHBoxLayout:
         self.generate_button = QPushButton("Generate")
         self.generate_button.setObjectName("generate-button")
         self.generate_button.setDefault(True)
@@ -135,7 +167,10 @@ class DecodingControls(QWidget):
         buttons = QHBoxLayout()
         buttons.addWidget(self.stop_button)
         buttons.addWidget(self.generate_button)
-        grid.addStretch(1)
+        return buttons
+
+    def _connect_changes(self) -> None:
+        """``changed`` follows every setting that shapes the next-token distribution."""
         self.sample.toggled.connect(self._sync_enabled)
         for widget in (self.temperature, self.top_k, self.top_p, self.min_p, self.typical_p,
                        self.repetition, self.no_repeat):
@@ -148,17 +183,6 @@ class DecodingControls(QWidget):
         for line in (self.dry_breakers, self.order_text):
             line.textChanged.connect(self.changed)
         self.changed.connect(self._show_order)
-        self.scroll = QScrollArea()
-        self.scroll.setWidgetResizable(True)
-        self.scroll.setWidget(box)
-        self.scroll.setFrameShape(QScrollArea.Shape.NoFrame)
-        outer = QVBoxLayout(self)
-        outer.setContentsMargins(0, 0, 0, 0)
-        outer.addWidget(self.scroll, 1)
-        outer.addLayout(buttons)
-        self.setMinimumWidth(300)
-        self._sync_enabled()
-        self._show_order()
 
     def _add_more_samplers(self, grid: QVBoxLayout) -> None:
         """A collapsible group: DRY, XTC, Mirostat 2.0, dynamic temperature, top-nσ,
@@ -174,6 +198,17 @@ class DecodingControls(QWidget):
         self.more_group = QGroupBox()
         self.more_group.setVisible(False)
         self.more_toggle.toggled.connect(self._more_toggled)
+        self._make_more_boxes()
+        form = QFormLayout(self.more_group)
+        form.setContentsMargins(2, 4, 2, 4)
+        form.setHorizontalSpacing(4)
+        self._add_more_rows(form)
+        form.addRow("Order", self._make_order())
+        form.addRow("", self.order_text)
+        grid.addWidget(self.more_toggle)
+        grid.addWidget(self.more_group)
+
+    def _make_more_boxes(self) -> None:
         defaults = SamplingSettings()
         self.more: dict[str, QDoubleSpinBox | QSpinBox] = {}
         for name in MORE_NUMBERS:
@@ -191,10 +226,8 @@ class DecodingControls(QWidget):
         self.dry_breakers.setObjectName("dry-sequence-breakers")
         self.dry_breakers.setToolTip('DRY\'s sequence breakers: quoted texts separated by '
                                      'commas, e.g. "\\n", ":"')
-        form = QFormLayout(self.more_group)
-        form.setContentsMargins(2, 4, 2, 4)
-        form.setHorizontalSpacing(4)
 
+    def _add_more_rows(self, form: QFormLayout) -> None:
         def row(*widgets: QWidget, tips: tuple[str, ...] = ()) -> QHBoxLayout:
             line = QHBoxLayout()
             line.setSpacing(4)
@@ -222,6 +255,10 @@ class DecodingControls(QWidget):
         form.addRow("DRY", row(m["dry_multiplier"], m["dry_base"], self.dry_allowed, tips=(
             "multiplier (0: off)", "base", "allowed length")))
         form.addRow("Breakers", self.dry_breakers)
+
+    def _make_order(self) -> QHBoxLayout:
+        """The chain's order: a list with the stages that are on in bold, buttons that move
+        the selected stage, and the order as text."""
         self.order_list = QListWidget()
         self.order_list.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
         self.order_list.setToolTip("The order of the chain; the stages that are on are in bold")
@@ -247,10 +284,7 @@ class DecodingControls(QWidget):
         order = QHBoxLayout()
         order.addWidget(self.order_list, 1)
         order.addLayout(buttons)
-        form.addRow("Order", order)
-        form.addRow("", self.order_text)
-        grid.addWidget(self.more_toggle)
-        grid.addWidget(self.more_group)
+        return order
 
     def _more_toggled(self, shown: bool) -> None:
         self.more_group.setVisible(shown)
