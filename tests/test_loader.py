@@ -180,7 +180,7 @@ def test_a_head_of_another_size_is_still_an_error_and_the_log_says_why(tiny, tmp
 def test_load_report_lines_for_each_kind_of_row():
     from transformers.utils.loading_report import LoadStateDictInfo
 
-    from workbench.core.models.loader import summarise_load_report
+    from workbench.core.models.load_report import summarise_load_report
 
     info = LoadStateDictInfo(missing_keys={"score.weight"},
                              unexpected_keys={"lm_head.weight", "model.norm.extra"},

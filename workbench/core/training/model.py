@@ -17,7 +17,8 @@ def model_to_train(config: FinetuneConfig, loaded: Any, data: PreparedData,
     and the LoRA adapter when ``config`` asks for one. A fresh copy of the loaded model,
     unless the run ``own``s it (loaded for it alone) and it is the language model to train:
     then the weights are not read twice (twice the memory for a while)."""
-    from workbench.core.models.loader import load_report_to_log, set_pad_token
+    from workbench.core.models.load_report import load_report_to_log
+    from workbench.core.models.loader import set_pad_token
 
     tokenizer = loaded.tokenizer
     with load_report_to_log(ctx):  # transformers' LOAD REPORT table to the log, one note
