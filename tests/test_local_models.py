@@ -17,10 +17,11 @@ from gguf import GGMLQuantizationType, GGUFReader, GGUFWriter, LlamaFileType
 from gguf.quants import quantize
 
 from workbench.core.common.errors import WorkbenchError
-from workbench.core.models import catalog, local_models
+from workbench.core.models import catalog, local_models, model_headers
 from workbench.core.models import memory as model_memory
-from workbench.core.models.local_models import UnreadableModel, discover, read_gguf_header
+from workbench.core.models.local_models import discover
 from workbench.core.models.memory import MemoryEstimate, refusal
+from workbench.core.models.model_headers import UnreadableModel, read_gguf_header
 
 ROOT = Path(__file__).resolve().parent.parent
 TOOLS = ("LMSTUDIO", "OLLAMA", "GPT4ALL", "LLAMACPP")
@@ -359,7 +360,7 @@ def test_two_hundred_models_are_found_in_well_under_a_second(tools):
     for i in range(50):
         ollama_model(tools["ollama"], "registry.ollama.ai", "library", f"m{i}", "latest",
                      blob_source=blob_source)
-    local_models._HEADER_CACHE.clear()
+    model_headers._HEADER_CACHE.clear()
     start = time.perf_counter()
     found = discover()
     first = time.perf_counter() - start

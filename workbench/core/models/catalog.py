@@ -23,7 +23,7 @@ from pathlib import Path
 from workbench.core.common import offline, paths
 from workbench.core.common.errors import Cancelled, WorkbenchError
 from workbench.core.common.jobs import JobContext
-from workbench.core.models import local_models
+from workbench.core.models import local_models, model_headers
 
 CAUSAL_LM = "causal-lm"
 ENCODER = "encoder"
@@ -326,11 +326,11 @@ def _parameters(path: Path) -> tuple[int | None, str | None, str | None]:
     """(parameters, architecture, quantization) from a GGUF's or a folder's headers."""
     try:
         if path.is_dir():
-            found = local_models.folder_parameters(path)
+            found = model_headers.folder_parameters(path)
             return (found[0], None, None) if found else (None, None, None)
-        header = local_models.gguf_header(path)
+        header = model_headers.gguf_header(path)
         return header.parameters, header.architecture, header.quantization
-    except (local_models.UnreadableModel, OSError):
+    except (model_headers.UnreadableModel, OSError):
         return None, None, None
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from workbench.core.common.errors import WorkbenchError
 from workbench.core.common.memory import available_memory, format_bytes
-from workbench.core.models import catalog, local_models
+from workbench.core.models import catalog, model_headers
 
 BYTES_PER_ELEMENT = {"float32": 4, "bfloat16": 2, "float16": 2}
 OVERHEAD_PERCENT = 10
@@ -82,10 +82,10 @@ def estimate_path(path: Path) -> MemoryEstimate | None:
     told from headers (no safetensors, an unreadable file)."""
     try:
         if path.is_dir():
-            found = local_models.folder_parameters(path)
+            found = model_headers.folder_parameters(path)
             return None if found is None else MemoryEstimate(found[0], found[1])
-        header = local_models.gguf_header(path)
-    except (local_models.UnreadableModel, OSError):
+        header = model_headers.gguf_header(path)
+    except (model_headers.UnreadableModel, OSError):
         return None
     from workbench.core.models.gguf_convert import cached_conversion
 
