@@ -27,12 +27,21 @@ MAX_SAMPLES = 100_000  # paired-test resamples: sacrebleu holds samples × lines
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
-    defaults = SamplingSettings()
     ev = sub.add_parser("evaluate", help="perplexity, BLEU / chrF / TER with sacrebleu, "
                         "generate-then-score, classifier metrics, multiple choice, sentence "
                         "pairs")
     ev_sub = ev.add_subparsers(dest="evaluate_command", metavar="METRIC", required=True,
                                parser_class=OneLineParser)
+    _add_perplexity(ev_sub)
+    _add_bleu(ev_sub)
+    _add_generate(ev_sub)
+    _add_classify(ev_sub)
+    _add_choice(ev_sub)
+    _add_pairs(ev_sub)
+
+
+def _add_perplexity(ev_sub: argparse._SubParsersAction) -> None:
+    """``evaluate perplexity``: a model's perplexity on a text file."""
     ppl = ev_sub.add_parser("perplexity", help="perplexity of a model on a text file")
     add_model_options(ppl)
     ppl.add_argument("--file", required=True, help="a UTF-8 text file")
@@ -43,6 +52,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     ppl.add_argument("--compare-model", metavar="M2",
                      help="a second model scored on the same text and settings, side by side")
     ppl.add_argument("--json", action="store_true", help="print one JSON document")
+
+
+def _add_bleu(ev_sub: argparse._SubParsersAction) -> None:
+    """``evaluate bleu``: BLEU, chrF and TER of a hypothesis file."""
     bleu = ev_sub.add_parser("bleu", help="BLEU, chrF and TER of a hypothesis file")
     bleu.add_argument("--hyp", required=True, help="hypotheses, one segment a line")
     bleu.add_argument("--ref", action="append", required=True, help="a reference file (repeat)")
@@ -59,6 +72,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                       "sacrebleu's, 1000 for bs and 10000 for ar)")
     bleu.add_argument("--json", action="store_true", help="print one JSON document")
 
+
+def _add_generate(ev_sub: argparse._SubParsersAction) -> None:
+    """``evaluate generate``: generate-then-score on a TSV of prompts and references."""
+    defaults = SamplingSettings()
     gs = ev_sub.add_parser("generate", help="generate-then-score: the model writes an output "
                            "for each prompt of a TSV, scored against its references")
     add_model_options(gs)
@@ -80,6 +97,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     gs.add_argument("--output", metavar="DIR", help="folder for outputs.tsv and result.json "
                     "(default: a new folder in the app's data folder)")
     gs.add_argument("--json", action="store_true", help="print one JSON document")
+
+
+def _add_classify(ev_sub: argparse._SubParsersAction) -> None:
+    """``evaluate classify``: a classifier's metrics on a labelled file."""
     cl = ev_sub.add_parser("classify", help="accuracy, macro-F1 and confusion matrix of a "
                            "classifier on a labelled file")
     add_model_options(cl)
@@ -87,6 +108,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     cl.add_argument("--text-column", default="text")
     cl.add_argument("--label-column", default="label")
     cl.add_argument("--json", action="store_true", help="print one JSON document")
+
+
+def _add_choice(ev_sub: argparse._SubParsersAction) -> None:
+    """``evaluate choice``: multiple-choice accuracy."""
     mc = ev_sub.add_parser("choice", help="multiple-choice accuracy (acc, acc_norm) by the "
                            "log-likelihood of each choice, as lm-evaluation-harness computes it")
     add_model_options(mc)
@@ -100,6 +125,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                     help="put between the context and each choice (default: one space, as "
                          "in the harness)")
     mc.add_argument("--json", action="store_true", help="print one JSON document")
+
+
+def _add_pairs(ev_sub: argparse._SubParsersAction) -> None:
+    """``evaluate pairs``: sentence pairs (bias)."""
     sp = ev_sub.add_parser("pairs", help="sentence pairs (bias): how often the model finds "
                            "the first sentence likelier, as lm-evaluation-harness's crows_pairs")
     add_model_options(sp)
