@@ -212,3 +212,13 @@ class QuadraticSmoothingLogitsWarper(LogitsProcessor):
         k, s = (3 - self.curve) / 2, (self.curve - 1) / 2
         smoothed = top - k * self.factor * d ** 2 + s * self.factor * d ** 3
         return torch.where(finite, smoothed, scores)
+
+
+class ArgmaxOnly(LogitsProcessor):
+    """Greedy inside a sampling batch: only the most likely token stays possible."""
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor
+                 ) -> torch.FloatTensor:
+        keep = scores.argmax(dim=-1, keepdim=True)
+        out = torch.full_like(scores, -float("inf"))
+        return out.scatter(-1, keep, scores.gather(-1, keep))

@@ -436,11 +436,9 @@ def sampler_chain(settings: SamplingSettings, tokenizer: Any = None, *,
     ``tokenizer`` (or ``breaker_ids``) for its sequence breakers. ``row`` is the first
     row's number for XTC's draws; ``mirostat_mu`` starts Mirostat's ``mu`` elsewhere than
     at ``2 · tau``."""
-    import torch
     from transformers import (
         EpsilonLogitsWarper,
         EtaLogitsWarper,
-        LogitsProcessor,
         MinPLogitsWarper,
         NoRepeatNGramLogitsProcessor,
         RepetitionPenaltyLogitsProcessor,
@@ -455,23 +453,11 @@ def sampler_chain(settings: SamplingSettings, tokenizer: Any = None, *,
 
     keep = max(int(min_tokens_to_keep), 1)
     s = settings
-
-    def dry() -> Any:
-        ids = breaker_ids
-        if ids is None:
-            if tokenizer is None:
-                raise WorkbenchError("DRY needs the model's tokenizer to find its sequence "
-                                     "breakers.")
-            ids = samplers.breaker_token_ids(tokenizer,
-                                             parse_sequence_breakers(s.dry_sequence_breakers))
-        return samplers.DryLogitsProcessor(s.dry_multiplier, s.dry_base, s.dry_allowed_length,
-                                           ids)
-
     makers = {
         "repetition_penalty": lambda: RepetitionPenaltyLogitsProcessor(
             float(s.repetition_penalty)),
         "no_repeat_ngram": lambda: NoRepeatNGramLogitsProcessor(s.no_repeat_ngram_size),
-        "dry": dry,
+        "dry": lambda: _dry(s, tokenizer, breaker_ids),
         "temperature": lambda: TemperatureLogitsWarper(float(s.temperature)),
         "dynamic_temperature": lambda: samplers.DynamicTemperatureLogitsWarper(
             s.dynatemp_low, s.dynatemp_high, s.dynatemp_exponent),
@@ -495,16 +481,22 @@ def sampler_chain(settings: SamplingSettings, tokenizer: Any = None, *,
     }
     chain = [(name, makers[name]()) for name in s.active_stages()]
     if not s.do_sample and greedy_argmax:
-        class ArgmaxOnly(LogitsProcessor):
-            """Greedy inside a sampling batch: only the most likely token stays possible."""
-
-            def __call__(self, ids: torch.LongTensor, scores: torch.FloatTensor):
-                keep = scores.argmax(dim=-1, keepdim=True)
-                out = torch.full_like(scores, -float("inf"))
-                return out.scatter(-1, keep, scores.gather(-1, keep))
-
-        chain.append(("greedy", ArgmaxOnly()))
+        chain.append(("greedy", samplers.ArgmaxOnly()))
     return chain
+
+
+def _dry(s: SamplingSettings, tokenizer: Any, breaker_ids: frozenset[int] | None) -> Any:
+    """DRY's processor; its sequence breakers are token ids found with the tokenizer."""
+    from workbench.core.generation import samplers
+
+    ids = breaker_ids
+    if ids is None:
+        if tokenizer is None:
+            raise WorkbenchError("DRY needs the model's tokenizer to find its sequence "
+                                 "breakers.")
+        ids = samplers.breaker_token_ids(tokenizer,
+                                         parse_sequence_breakers(s.dry_sequence_breakers))
+    return samplers.DryLogitsProcessor(s.dry_multiplier, s.dry_base, s.dry_allowed_length, ids)
 
 
 def row_chain(settings: SamplingSettings, tokenizer: Any = None, **options: Any):
