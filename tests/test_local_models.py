@@ -16,6 +16,7 @@ import pytest
 from gguf import GGMLQuantizationType, GGUFReader, GGUFWriter, LlamaFileType
 from gguf.quants import quantize
 
+from workbench.core.common import memory as common_memory
 from workbench.core.common.errors import WorkbenchError
 from workbench.core.models import catalog, local_models, model_headers
 from workbench.core.models import memory as model_memory
@@ -429,7 +430,7 @@ def test_the_load_refuses_a_model_that_does_not_fit(tiny, monkeypatch):
     folder = tiny("llama")
     estimate = model_memory.estimate_path(folder)
     # free memory between what bfloat16 and float32 need
-    monkeypatch.setattr(model_memory, "free_memory",
+    monkeypatch.setattr(common_memory, "available_memory",
                         lambda: estimate.load_bytes("bfloat16") + 1)
     with pytest.raises(WorkbenchError, match="does not fit in memory: in float32 .* Choose "
                                              "bfloat16 in Dtype"):
@@ -514,7 +515,7 @@ def test_the_picker_lists_the_groups_and_refuses_what_does_not_fit(qtbot, tools,
     # as if converted already, so that the load, not the conversion, is what counts
     estimate = MemoryEstimate(PARAMETERS, "GGUF Q8_0")
     picker._estimates[str(lm)] = estimate
-    monkeypatch.setattr(model_memory, "free_memory",
+    monkeypatch.setattr(common_memory, "available_memory",
                         lambda: estimate.load_bytes("bfloat16") + 1)
     requested = []
     picker.load_requested.connect(lambda *args: requested.append(args))
@@ -550,7 +551,7 @@ def test_the_window_lists_local_models_and_refuses_what_does_not_fit(qtbot, tool
     assert "NOTE: GPT4All: skipped cut.gguf: it is truncated" in window.log.text()
     assert window.picker.combo.findText("tiny:latest") > 0
     # a load the model bar could not judge (auto dtype) is refused by the load itself
-    monkeypatch.setattr(model_memory, "free_memory", lambda: 1000)
+    monkeypatch.setattr(common_memory, "available_memory", lambda: 1000)
     window.load_model(str(tiny("llama")))
     qtbot.waitUntil(lambda: not window.loading, timeout=60000)
     dialog = window.last_dialog

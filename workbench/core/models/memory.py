@@ -19,8 +19,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from workbench.core.common import memory as common_memory
 from workbench.core.common.errors import WorkbenchError
-from workbench.core.common.memory import available_memory, format_bytes
+from workbench.core.common.memory import format_bytes
 from workbench.core.models import catalog, model_headers
 
 BYTES_PER_ELEMENT = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -168,10 +169,10 @@ def check_memory(source: catalog.ModelSource, device: str, dtype: str,
     if name and os.path.exists(os.path.expanduser(name)):  # a path: its last part is enough
         name = Path(os.path.expanduser(name)).name
     name = name or source.path.name or str(source.path)
-    message = refusal(estimate, chosen, available_memory(), name, "memory")
+    message = refusal(estimate, chosen, common_memory.available_memory(), name, "memory")
     if message is None and device.startswith("cuda"):
 
-        free_gpu = available_memory(device)
+        free_gpu = common_memory.available_memory(device)
         message = refusal(MemoryEstimate(estimate.parameters, estimate.stored_as), chosen,
                           int(free_gpu), name, "GPU memory")
     if message is not None:
