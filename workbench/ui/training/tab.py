@@ -7,7 +7,6 @@ import os
 import shlex
 import signal
 import subprocess
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -50,6 +49,7 @@ from workbench.core.training.process import (
 )
 from workbench.core.training.run_folder import check_output_dir, save_config, saved_config
 from workbench.core.training.runs import RunMonitor, check_run_folder
+from workbench.ui.common.job_thread import JobSlot, JobThread
 from workbench.ui.common.state import remembered_folders
 from workbench.ui.common.tab_base import WorkbenchTab
 from workbench.ui.common.widgets import ProgressThrottle
@@ -74,7 +74,6 @@ class FinetuneTab(RunForm, RunCharts, WorkbenchTab):
     use_model = Signal(str)  # a trained model folder for the other tabs
 
     log_line = Signal(str, str)  # a line for the log dock, its level
-    read_done = Signal()  # (from the reader thread) a poll of the run folders has finished
 
     def __init__(self, worker: ModelWorker, parent: QWidget | None = None) -> None:
         super().__init__(worker, parent)
@@ -83,8 +82,9 @@ class FinetuneTab(RunForm, RunCharts, WorkbenchTab):
         self.active: FollowedRun | None = None  # the run this tab started or found going
         self.stopping = False
         self.remember_runs = True  # found again at the next start (not the screenshots' demo)
-        self.reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="run-reader")
-        self.pending: Future | None = None
+        # the run folders are read on the tab's own thread, one read at a time
+        self.reader = JobThread("run-reader", self)
+        self.read = JobSlot(self, self.reader)
         self.charts: dict | None = None
         self.runs: dict[str, RunCurves] = {}
         self.rows: dict[str, list[dict]] = {}
@@ -103,12 +103,11 @@ class FinetuneTab(RunForm, RunCharts, WorkbenchTab):
         self._make_redraw_turns()
         self.run_max_steps = 0
         self.progress_ticks = ProgressThrottle()
-        # Run folders are read on a reader thread; each tick applies what it read and
-        # asks for the next read.
+        # Run folders are read on the reader thread; a read is applied when it ends, and
+        # each tick asks for the next read.
         self.poll = QTimer(self)
         self.poll.setInterval(500)
         self.poll.timeout.connect(self._poll_tick)
-        self.read_done.connect(self._take_result)  # queued: it comes from the reader thread
         self.task.currentIndexChanged.connect(self._task_changed)
         self._task_changed()
 
@@ -398,36 +397,25 @@ class FinetuneTab(RunForm, RunCharts, WorkbenchTab):
 
     def poll_attached(self) -> None:
         """Read what every followed folder added, off the GUI thread; the result is applied
-        as soon as it is ready (see :meth:`_take_result`), the next read starts at the next
-        tick of the poll timer."""
-        if self.pending is None and self.followed:
+        as soon as it is ready (see :meth:`_apply`), the next read starts at the next tick
+        of the poll timer."""
+        if not self.read.running and self.followed:
             runs = list(self.followed.values())
             from workbench.core.training.curves import speed_unit
 
-            self.pending = self.reader.submit(read_runs, runs, self.smoothing.value() / 100,
-                                              speed_unit(list(self.rows.values())))
-            self.pending.add_done_callback(self._signal_read_done)
+            smoothing = self.smoothing.value() / 100
+            unit = speed_unit(list(self.rows.values()))
+            self.read.start("Read the run folders",
+                            lambda _ctx: read_runs(runs, smoothing, unit),
+                            finished=self._apply, failed=self._read_failed)
 
-    def _signal_read_done(self, _future: Future) -> None:
-        try:
-            self.read_done.emit()
-        except RuntimeError:  # the tab is gone (the window closed while a read went)
-            pass
-
-    def _take_result(self) -> None:
-        """Apply the finished read's results, if it has finished."""
-        if self.pending is not None and self.pending.done():
-            future, self.pending = self.pending, None
-            try:
-                results = future.result()
-            except Exception as exc:  # never the window's end; said once in the log
-                self.log_line.emit(f"Reading the run folders failed: {exc}", "warning")
-                results = []
-            self._apply(results)
+    def _read_failed(self, error: object, _details: str) -> None:
+        # never the window's end; said once in the log
+        self.log_line.emit(f"Reading the run folders failed: {error}", "warning")
+        self._apply([])
 
     def _poll_tick(self) -> None:
-        self._take_result()
-        if self.pending is None:
+        if not self.read.running:
             if not self.followed:
                 self.poll.stop()
                 return
@@ -550,4 +538,4 @@ class FinetuneTab(RunForm, RunCharts, WorkbenchTab):
         """The window closes: stop reading run folders (the runs themselves go on)."""
         self.poll.stop()
         self.redraw_timer.stop()
-        self.reader.shutdown(wait=False, cancel_futures=True)
+        self.reader.stop()  # after the read under way, which no one hears of
