@@ -23,7 +23,7 @@ from workbench.core.common.errors import Cancelled, WorkbenchError
 from workbench.core.common.jobs import CancelToken, JobContext, LogLine, Progress
 from workbench.core.evaluation.generate_score import RowDone, generate_and_score, output_folder
 from workbench.core.evaluation.metrics import perplexity, read_lines, read_text
-from workbench.core.generation.generate import SamplingSettings
+from workbench.core.generation.settings import SamplingSettings
 from workbench.core.models.load_report import load_report_to_log
 from workbench.core.models.loader import load_model, set_pad_token
 from workbench.core.training.config import FinetuneConfig

@@ -8,7 +8,8 @@ import torch
 
 from tests.cli_runner import run_in_process
 from workbench.core.generation.explore import next_token_logits
-from workbench.core.generation.generate import SamplingSettings, generate
+from workbench.core.generation.generate import generate
+from workbench.core.generation.settings import SamplingSettings
 from workbench.core.models import compiling, decoding
 from workbench.core.models.loader import load_model
 

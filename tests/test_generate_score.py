@@ -17,7 +17,8 @@ from workbench.core.evaluation.generate_score import (
     read_pairs,
     save_result,
 )
-from workbench.core.generation.generate import SamplingSettings, generate
+from workbench.core.generation.generate import generate
+from workbench.core.generation.settings import SamplingSettings
 from workbench.core.models.loader import load_model
 
 PAIRS = ("prompt\treference\n"

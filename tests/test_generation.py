@@ -7,8 +7,9 @@ import torch
 
 from workbench.core.common.errors import WorkbenchError
 from workbench.core.common.jobs import CancelToken, JobContext
-from workbench.core.generation.generate import SamplingSettings, generate
+from workbench.core.generation.generate import generate
 from workbench.core.generation.records import TokenEvent
+from workbench.core.generation.settings import SamplingSettings
 from workbench.core.models.loader import load_model
 
 VOCAB = 80  # the tiny models' vocabulary: top_n=VOCAB records every candidate

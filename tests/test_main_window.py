@@ -8,7 +8,8 @@ from PySide6.QtCore import QSettings, Qt
 from PySide6.QtWidgets import QMessageBox
 
 from workbench.core.common.jobs import Progress
-from workbench.core.generation.generate import SamplingSettings, generate
+from workbench.core.generation.generate import generate
+from workbench.core.generation.settings import SamplingSettings
 from workbench.core.models.loader import load_model
 from workbench.ui.shell.main_window import MainWindow
 

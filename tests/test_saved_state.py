@@ -16,8 +16,8 @@ from PySide6.QtCore import QByteArray, QDateTime, QSettings
 
 from workbench.core.common.errors import WorkbenchError
 from workbench.core.evaluation.history import HistoryEntry, add_entry, load_history, save_history
-from workbench.core.generation.generate import SamplingSettings
 from workbench.core.generation.session import FORMAT, VERSION, load_session, settings_from_data
+from workbench.core.generation.settings import SamplingSettings
 from workbench.core.models.catalog import DEFAULT_MODEL
 from workbench.ui.common.state import clean_settings_file, stored_objects
 from workbench.ui.shell.launch import make_application, use_fresh_state

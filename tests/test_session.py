@@ -7,13 +7,14 @@ import pytest
 
 from workbench.core.common.errors import WorkbenchError
 from workbench.core.generation.explore import branch
-from workbench.core.generation.generate import SamplingSettings, generate
+from workbench.core.generation.generate import generate
 from workbench.core.generation.session import (
     file_sha256,
     load_session,
     model_fingerprint,
     save_session,
 )
+from workbench.core.generation.settings import SamplingSettings
 from workbench.core.models.loader import load_model
 
 

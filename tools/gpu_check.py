@@ -97,7 +97,8 @@ def rates(loaded: Any, tokens: int, repeats: int = 3) -> dict:
     """Greedy tokens/s: bare transformers generate vs the app's generate with records."""
     import torch
 
-    from workbench.core.generation.generate import SamplingSettings, generate
+    from workbench.core.generation.generate import generate
+    from workbench.core.generation.settings import SamplingSettings
 
     settings = SamplingSettings(max_new_tokens=tokens, do_sample=False, chat=False)
     ids = loaded.tokenizer(STORY, return_tensors="pt")["input_ids"].to(loaded.device)
@@ -136,7 +137,8 @@ def rates(loaded: Any, tokens: int, repeats: int = 3) -> dict:
 
 
 def greedy_ids(loaded: Any, tokens: int) -> list[int]:
-    from workbench.core.generation.generate import SamplingSettings, generate
+    from workbench.core.generation.generate import generate
+    from workbench.core.generation.settings import SamplingSettings
 
     settings = SamplingSettings(max_new_tokens=tokens, do_sample=False, chat=True)
     return list(generate(loaded, PROMPT, settings).token_ids)
@@ -228,7 +230,8 @@ def static_cache(device: str, tokens: int) -> dict:
     first = time.perf_counter() - start
     static = statistics.median(rate(cache_implementation="static") for _ in range(3))
     # the app's compiled path: the same, with its records, through the core
-    from workbench.core.generation.generate import SamplingSettings, generate
+    from workbench.core.generation.generate import generate
+    from workbench.core.generation.settings import SamplingSettings
 
     settings = SamplingSettings(max_new_tokens=tokens, do_sample=False, chat=False)
     loaded.decode = "exact"

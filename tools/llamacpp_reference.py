@@ -51,7 +51,8 @@ def main() -> int:
 
     from workbench.benchmarks.model_figures import BENCH_PROMPT
     from workbench.core.common.threads import LoadMeter, adapted_threads
-    from workbench.core.generation.generate import SamplingSettings, generate
+    from workbench.core.generation.generate import generate
+    from workbench.core.generation.settings import SamplingSettings
     from workbench.core.models.loader import load_model
 
     n = args.tokens

@@ -135,7 +135,8 @@ def bench_generate_overhead(emit: Callable[[Any], None], repeats: int = 3,
     on the same decoding path (the model copy the app's default path runs on)."""
     import torch
 
-    from workbench.core.generation.generate import SamplingSettings, generate
+    from workbench.core.generation.generate import generate
+    from workbench.core.generation.settings import SamplingSettings
     from workbench.core.models.loader import load_model
 
     emit(Progress("generate_overhead: loading SmolLM2", 0.0))
@@ -180,7 +181,8 @@ def bench_decode_speedup(emit: Callable[[Any], None], repeats: int = 3,
     import torch
 
     from workbench.core.common.threads import adapted_threads
-    from workbench.core.generation.generate import SamplingSettings, generate
+    from workbench.core.generation.generate import generate
+    from workbench.core.generation.settings import SamplingSettings
     from workbench.core.models.loader import load_model
 
     emit(Progress("decode_speedup: loading SmolLM2", 0.0))
@@ -226,7 +228,8 @@ def bench_compiled_decode(emit: Callable[[Any], None], repeats: int = 3,
     (``auto``'s path), both with their per-step records, in alternating runs; the first
     compiled run's seconds (the compile) beside it."""
     from workbench.core.common.threads import adapted_threads
-    from workbench.core.generation.generate import SamplingSettings, generate
+    from workbench.core.generation.generate import generate
+    from workbench.core.generation.settings import SamplingSettings
     from workbench.core.models.loader import load_model
 
     emit(Progress("compiled_decode: loading SmolLM2", 0.0))
@@ -308,7 +311,8 @@ def bench_busy_decode(emit: Callable[[Any], None], tokens: int = 32) -> dict:
     import torch
 
     from workbench.core.common.threads import LoadMeter, adapted_threads
-    from workbench.core.generation.generate import SamplingSettings, generate
+    from workbench.core.generation.generate import generate
+    from workbench.core.generation.settings import SamplingSettings
     from workbench.core.models.loader import load_model
 
     emit(Progress("busy_decode: loading SmolLM2", 0.0))
@@ -476,7 +480,7 @@ def bench_generate_score_batched(emit: Callable[[Any], None], repeats: int = 2,
 
     from workbench.core.common.data_files import read_pairs
     from workbench.core.evaluation.generate_score import BATCH_SIZE, generate_and_score
-    from workbench.core.generation.generate import SamplingSettings
+    from workbench.core.generation.settings import SamplingSettings
     from workbench.core.models.loader import load_model
 
     emit(Progress("generate_score_batched: loading SmolLM2", 0.0))

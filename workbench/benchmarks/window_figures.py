@@ -75,7 +75,7 @@ def _max_tick_gap(app, seconds: float | None, until: Callable[[], bool] | None =
 def bench_ui_stall(emit: Callable[[Any], None]) -> dict:
     """Longest main-loop stall while 128 tokens stream into the Generate tab (≤ 50 ms);
     the same timer's longest gap with the window idle is the baseline."""
-    from workbench.core.generation.generate import SamplingSettings
+    from workbench.core.generation.settings import SamplingSettings
 
     app, window = _window_with_model(emit)
     try:

@@ -74,7 +74,8 @@ def _settings_from_args(args: argparse.Namespace) -> SamplingSettings:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     from workbench.core.common.jobs import JobContext
-    from workbench.core.generation.generate import TokenEvent, generate
+    from workbench.core.generation.generate import generate
+    from workbench.core.generation.records import TokenEvent
 
     check_model_options(args)
     settings = _settings_from_args(args)

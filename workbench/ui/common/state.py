@@ -42,8 +42,8 @@ from PySide6.QtWidgets import (
 )
 
 from workbench.core.common.errors import WorkbenchError
-from workbench.core.generation.generate import SamplingSettings
 from workbench.core.generation.session import settings_from_data
+from workbench.core.generation.settings import SamplingSettings
 
 _TYPES = (QSpinBox, QDoubleSpinBox, QComboBox, QLineEdit, QPlainTextEdit, QAbstractSlider,
           QAbstractButton)

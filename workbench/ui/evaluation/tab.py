@@ -46,7 +46,7 @@ from workbench.core.evaluation.metrics import (
     read_text,
     score_translation,
 )
-from workbench.core.generation.generate import SamplingSettings
+from workbench.core.generation.settings import SamplingSettings
 from workbench.core.models.catalog import BUILTIN_MODELS, CAUSAL_LM
 from workbench.core.models.loader import load_model_job
 from workbench.ui.common.skeleton import combo, fill, line, metric_checkboxes, spin, table, text_box

@@ -119,7 +119,7 @@ def _shoot(window, folder: Path, app, demo: bool, timeout_s: float, run_root: Pa
 def _generate_demo(window, app, needs: set[str], timeout_s: float) -> list[InnerView]:
     """A generation (the candidates of its most uncertain step selected) and a comparison
     of six strategies; the Generate tab's views inside it."""
-    from workbench.core.generation.generate import SamplingSettings
+    from workbench.core.generation.settings import SamplingSettings
     from workbench.core.interpret.attribution_result import METHODS
 
     extra: list[InnerView] = []
