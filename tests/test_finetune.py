@@ -418,7 +418,7 @@ def test_a_full_disk_while_saving_the_final_model(tmp_path, tiny, monkeypatch):
 
 def test_too_little_free_space_refuses_to_start(tmp_path, tiny, monkeypatch):
     real = shutil.disk_usage
-    free = {"bytes": 1000}
+    free = {"bytes": 900}
 
     def fake(path):
         usage = real(path)
@@ -426,7 +426,7 @@ def test_too_little_free_space_refuses_to_start(tmp_path, tiny, monkeypatch):
             else usage
 
     monkeypatch.setattr(shutil, "disk_usage", fake)
-    with pytest.raises(WorkbenchError, match="Only 1000 bytes is free on the disk of .*: the "
+    with pytest.raises(WorkbenchError, match="Only 900 bytes is free on the disk of .*: the "
                        "trained model alone needs about .* KB. Free space or choose"):
         run_finetune(config(tmp_path / "a", tiny))
     assert not (tmp_path / "a" / "run" / "run.json").exists()  # nothing started
