@@ -45,7 +45,7 @@ from workbench.ui.common.skeleton import combo, fill, line, metric_checkboxes, s
 from workbench.ui.common.stale import mark_stale
 from workbench.ui.common.state import preset_names, read_preset
 from workbench.ui.common.widgets import fit_columns, rows_height, show_rows, two_line_labels
-from workbench.ui.common.worker import JobHandle, ModelWorker, WorkerContext, own_job
+from workbench.ui.common.worker import JobSlot, ModelWorker, WorkerContext, slot_handle
 from workbench.ui.interpret.attribution_view import AttributionDialog
 
 GENERATE_TAB = "Generate tab's settings"
@@ -79,11 +79,12 @@ class JobPage(QWidget):
     """A page with one run button whose job runs on the worker."""
 
     job_title = ""
+    job = slot_handle("run_slot")  # the page's job while it runs
 
     def __init__(self, worker: ModelWorker, record: Record, show_error) -> None:
         super().__init__()
         self.worker, self.record, self.show_error = worker, record, show_error
-        self.job: JobHandle | None = None
+        self.run_slot = JobSlot(self, worker)
         self.run_button = QPushButton(self.job_title)
         self.run_button.setProperty("primary", True)  # Run ▸ Run: Ctrl+Return
         self.run_button.clicked.connect(self.start)
@@ -97,7 +98,7 @@ class JobPage(QWidget):
         """The run button and a Cancel button for this page's job, side by side."""
         cancel = QPushButton("Cancel")
         cancel.setObjectName(cancel_name)
-        cancel.clicked.connect(lambda: self.job is not None and self.job.cancel())
+        cancel.clicked.connect(lambda: self.run_slot.cancel())
         row = QHBoxLayout()
         row.addWidget(self.run_button, 1)
         row.addWidget(cancel)
@@ -124,9 +125,9 @@ class JobPage(QWidget):
         return self.numbers
 
     def submit(self, function, event=None) -> None:
-        self.job = own_job(self, self.worker, self.job_title, function,
-                           finished=self._finished, failed=self._failed,
-                           cancelled=lambda: self._ended("Cancelled."), event=event)
+        self.run_slot.start(self.job_title, function, finished=self._finished,
+                            failed=self._failed, cancelled=lambda: self._ended("Cancelled."),
+                            event=event)
         self.run_button.setEnabled(False)
         self.status.setText("Running… (Esc cancels)")
 
@@ -136,7 +137,6 @@ class JobPage(QWidget):
     def _ended(self, message: str) -> None:
         """The page's job ended; ``message`` says how when it failed or was cancelled, and
         then results from an earlier run are greyed out and said to be stale."""
-        self.job = None
         self.run_button.setEnabled(True)
         if message and self.has_result and self.result_view is not None:
             message = mark_stale(self.result_view, message)
@@ -196,7 +196,7 @@ class GenerateScorePage(JobPage):
         self.first_line.setChecked(True)
         metrics, self.metric_boxes = metric_checkboxes("score-metric-", ("bleu", "chrf"))
         stop = QPushButton("Stop")
-        stop.clicked.connect(lambda: self.job is not None and self.job.cancel())
+        stop.clicked.connect(lambda: self.run_slot.cancel())
         buttons = QHBoxLayout()
         buttons.addWidget(self.run_button, 1)
         buttons.addWidget(stop)
