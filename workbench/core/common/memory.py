@@ -21,13 +21,10 @@ def available_memory(device: str = "cpu") -> int:
 
 
 def format_bytes(n: float) -> str:
-    """A size as people read it, in decimal units: "28 GB", "9.1 GB", "120.5 MB", "96.0 KB"."""
-    if n >= 10e9:
-        return f"{n / 1e9:,.0f} GB"
-    if n >= 1e9:
-        return f"{n / 1e9:.1f} GB"
-    if n >= 1e6:
-        return f"{n / 1e6:.1f} MB"
-    if n >= 1e3:
-        return f"{n / 1e3:.1f} KB"
+    """A size as people read it, in decimal units and three figures at most: "28 GB",
+    "9.1 GB", "538 MB", "54 MB", "96 KB", "900 bytes"."""
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if n >= size:
+            value = n / size
+            return f"{value:,.0f} {unit}" if value >= 10 else f"{value:.1f} {unit}"
     return f"{n:.0f} bytes"
