@@ -56,7 +56,7 @@ from workbench.core.interpret.attribution_result import (
 from workbench.ui.common.skeleton import combo, spin, table
 from workbench.ui.common.stale import mark_stale
 from workbench.ui.common.widgets import ProgressThrottle, StatusLine, visible_token
-from workbench.ui.common.worker import JobHandle, ModelWorker, WorkerContext, own_job
+from workbench.ui.common.worker import JobSlot, ModelWorker, WorkerContext, slot_handle
 from workbench.ui.interpret.attribution_matrix import AttributionMatrix
 
 BASELINE_CHOICES = (("pad", "pad token"), ("eos", "end-of-text token"),
@@ -90,6 +90,8 @@ class AttributionView(QWidget):
     table, the matrix; CSV and HTML export. One subject at a time: a new one clears the
     results; each run on the same subject adds (or replaces) its method's column."""
 
+    job = slot_handle("run_slot")  # the attribution while it runs
+
     def __init__(self, worker: ModelWorker,
                  show_error: Callable[[str, str], object] | None = None,
                  parent: QWidget | None = None) -> None:
@@ -98,7 +100,7 @@ class AttributionView(QWidget):
         self.worker = worker
         self._show_error = show_error
         self.subject: Subject | None = None
-        self.job: JobHandle | None = None
+        self.run_slot = JobSlot(self, worker)
         self.results: list[AttributionResult] = []
         self.throttle = ProgressThrottle()
         self._build_subject()
@@ -338,17 +340,16 @@ class AttributionView(QWidget):
             return attribute(loaded, subject.prompt, subject.target, None, method, steps,
                              baseline, ctx)
 
-        self.job = own_job(self, self.worker, f"Attribution: {METHODS[method]}", job,
-                           finished=self._finished, failed=self._failed,
-                           cancelled=lambda: self._ended("Cancelled."), event=self._event)
+        self.run_slot.start(f"Attribution: {METHODS[method]}", job, finished=self._finished,
+                            failed=self._failed, cancelled=lambda: self._ended("Cancelled."),
+                            event=self._event)
         self.run_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
         self.progress.setValue(0)
         self.status.setText(f"Running {METHODS[method]}… (Esc cancels)")
 
     def cancel(self) -> None:
-        if self.job is not None:
-            self.job.cancel()
+        self.run_slot.cancel()
 
     def _event(self, event: object) -> None:
         if not isinstance(event, Progress):
@@ -367,7 +368,6 @@ class AttributionView(QWidget):
         self._ended(f"Failed: {error}")
 
     def _ended(self, message: str) -> None:
-        self.job = None
         self.run_button.setEnabled(True)
         self.cancel_button.setEnabled(False)
         self.progress.setRange(0, 1000)

@@ -46,7 +46,7 @@ from workbench.ui.common.skeleton import combo, line, spin, text_box
 from workbench.ui.common.stale import mark_stale
 from workbench.ui.common.tab_base import WorkbenchTab
 from workbench.ui.common.widgets import fit_columns, visible_token
-from workbench.ui.common.worker import JobHandle, ModelWorker, WorkerContext, own_job
+from workbench.ui.common.worker import JobSlot, ModelWorker, WorkerContext, slot_handle
 from workbench.ui.interpret.attribution_view import AttributionDialog
 from workbench.ui.interpret.lens import LensTable
 
@@ -86,11 +86,13 @@ def parse_layers(text: str, count: int | None = None) -> list[int] | None:
 class AttentionTab(WorkbenchTab):
     title = "Attention"
     needs_text = "a model with attention layers"
+    job_id = slot_handle("view_slot")  # the attention view's job while it runs
+    lens_job = slot_handle("lens_slot")  # the logit lens runs after the page is drawn
 
     def __init__(self, worker: ModelWorker, parent: QWidget | None = None) -> None:
         super().__init__(worker, parent)
-        self.job_id: JobHandle | None = None
-        self.lens_job: JobHandle | None = None  # the logit lens runs after the page is drawn
+        self.view_slot = JobSlot(self, worker)
+        self.lens_slot = JobSlot(self, worker)
         self.lens_wanted = False  # a lens for the current view is still to be computed
         self.lens_plan: LogitLensJob | None = None  # the current view's lens
         self.current: AttentionView | None = None
@@ -321,12 +323,11 @@ class AttentionTab(WorkbenchTab):
 
         # The lens of the view shown now is no longer wanted: a new view is coming.
         self.lens_wanted = False
-        if self.lens_job is not None:
-            self.lens_job.cancel()
+        self.lens_slot.cancel()
         plan = LogitLensJob(text, max_tokens)  # the lens of this view, run after it
-        self.job_id = own_job(self, self.worker, "Attention", job,
-                              finished=lambda outcome: self._view_done(outcome, plan),
-                              failed=self._view_failed, cancelled=self._view_failed)
+        self.view_slot.start("Attention", job,
+                             finished=lambda outcome: self._view_done(outcome, plan),
+                             failed=self._view_failed, cancelled=self._view_failed)
         self.run_button.setEnabled(False)
         self.notice.setText("Running…")
 
@@ -340,7 +341,6 @@ class AttentionTab(WorkbenchTab):
             self.lens_table.fill_lens_columns(event.start, event.top_tokens, event.top_probs)
 
     def _lens_done(self, outcome: object) -> None:
-        self.lens_job = None
         if isinstance(outcome, LogitLens) and self.current is not None:
             self.current.lens = outcome
             if outcome.tokens != self.lens_table.tokens:
@@ -349,7 +349,6 @@ class AttentionTab(WorkbenchTab):
                 self.lens_table.fill_lens_columns(0, outcome.top_tokens, outcome.top_probs)
 
     def _lens_failed(self, *failure) -> None:
-        self.lens_job = None
         message = "Failed: " + str(failure[0]) if failure else "Cancelled."
         if not any(self.lens_table.filled):
             self.lens_table.fill_lens(None, message)
@@ -357,7 +356,6 @@ class AttentionTab(WorkbenchTab):
         self.lens_table.not_computed(message)
 
     def _view_done(self, outcome: object, plan: LogitLensJob | None = None) -> None:
-        self.job_id = None
         self.run_button.setEnabled(True)
         if not isinstance(outcome, AttentionView):
             return
@@ -380,9 +378,9 @@ class AttentionTab(WorkbenchTab):
             def lens_job(ctx: WorkerContext):
                 return plan.run(ctx.model())  # a generator: the worker drives its events
 
-            self.lens_job = own_job(self, self.worker, "Logit lens", lens_job,
-                                    event=self._lens_event, finished=self._lens_done,
-                                    failed=self._lens_failed, cancelled=self._lens_failed)
+            self.lens_slot.start("Logit lens", lens_job, event=self._lens_event,
+                                 finished=self._lens_done, failed=self._lens_failed,
+                                 cancelled=self._lens_failed)
 
     def _prefer_visible(self, *_args) -> None:
         """The table scrolled or its columns changed width while the lens runs: the
@@ -393,7 +391,6 @@ class AttentionTab(WorkbenchTab):
 
     def _view_failed(self, *failure) -> None:
         """The attention job failed (the exception and its traceback) or was cancelled."""
-        self.job_id = None
         self.run_button.setEnabled(True)
         message = "Failed: " + str(failure[0]) if failure else "Cancelled."
         if self.current is not None:  # the views keep the earlier text's: say so, greyed
