@@ -53,7 +53,7 @@ from workbench.ui.common.skeleton import combo, fill, line, metric_checkboxes, s
 from workbench.ui.common.stale import mark_stale
 from workbench.ui.common.tab_base import WorkbenchTab
 from workbench.ui.common.widgets import TokenView, fit_columns, rows_height
-from workbench.ui.common.worker import JobHandle, ModelWorker, WorkerContext, own_job
+from workbench.ui.common.worker import JobSlot, ModelWorker, WorkerContext, slot_handle
 from workbench.ui.evaluation.choice import ChoicePage, PairsPage
 from workbench.ui.evaluation.pages import ClassifyPage, GenerateScorePage
 from workbench.ui.evaluation.sweep import SweepPage
@@ -82,13 +82,15 @@ def word_diff(hypothesis: str, reference: str) -> str:
 class EvaluateTab(WorkbenchTab):
     title = "Evaluate"
     log_line = Signal(str, str)  # a line for the log dock, its level
+    ppl_job = slot_handle("ppl_slot")  # the perplexity while it runs
+    bleu_job = slot_handle("bleu_slot")  # the translation scores while they run
 
     def __init__(self, worker: ModelWorker, parent: QWidget | None = None,
                  current_settings: Callable[[], SamplingSettings] | None = None) -> None:
         super().__init__(worker, parent)
         self.history_notes: list[str] = []  # what was wrong with the saved history
-        self.ppl_job: JobHandle | None = None
-        self.bleu_job: JobHandle | None = None
+        self.ppl_slot = JobSlot(self, worker)
+        self.bleu_slot = JobSlot(self, worker)
         self.ppl_results: list[PerplexityResult] = []
         self.bleu_result: TranslationScores | None = None
         self.surprisal_plot = None
@@ -271,11 +273,10 @@ class EvaluateTab(WorkbenchTab):
 
         self.ppl_inputs = {"source": source or "pasted text", "characters": len(text),
                            "max_length": max_length, "stride": stride, "compare_model": other}
-        self.ppl_job = own_job(self, self.worker, "Perplexity", job,
-                               finished=self._perplexity_done,
-                               failed=lambda error, details: self._perplexity_ended(
-                                   f"Failed: {error}"),
-                               cancelled=lambda: self._perplexity_ended("Cancelled."))
+        self.ppl_slot.start("Perplexity", job, finished=self._perplexity_done,
+                            failed=lambda error, details: self._perplexity_ended(
+                                f"Failed: {error}"),
+                            cancelled=lambda: self._perplexity_ended("Cancelled."))
         self.ppl_button.setEnabled(False)
         self.ppl_numbers.setText("Computing…")
 
@@ -469,9 +470,8 @@ class EvaluateTab(WorkbenchTab):
         self.bleu_inputs = {"hypothesis": self.hyp_file.text(), "references": self.ref_files.text(),
                             "second_system": self.sys2_file.text(), "metrics": list(metrics),
                             "tokenize": tokenize, "lowercase": lowercase, "tests": list(tests)}
-        self.bleu_job = own_job(self, self.worker, "BLEU / chrF / TER", job,
-                                finished=self._bleu_done, failed=self._bleu_ended,
-                                cancelled=self._bleu_ended)
+        self.bleu_slot.start("BLEU / chrF / TER", job, finished=self._bleu_done,
+                             failed=self._bleu_ended, cancelled=self._bleu_ended)
         self.bleu_button.setEnabled(False)
 
     def show_bleu(self, r: TranslationScores) -> None:
@@ -555,7 +555,6 @@ class EvaluateTab(WorkbenchTab):
         self.sweep_page.model_changed(loaded)
 
     def _perplexity_done(self, result: object) -> None:
-        self.ppl_job = None
         self.ppl_button.setEnabled(True)
         if isinstance(result, list) and result:
             self.show_perplexity(result)
@@ -563,7 +562,6 @@ class EvaluateTab(WorkbenchTab):
     def _perplexity_ended(self, message: str) -> None:
         """The perplexity job failed or was cancelled: results of an earlier run stay,
         greyed out and said to be stale."""
-        self.ppl_job = None
         self.ppl_button.setEnabled(True)
         if self.ppl_results:
             message = mark_stale(self.ppl_view, message)
@@ -575,5 +573,4 @@ class EvaluateTab(WorkbenchTab):
             self.show_bleu(result)
 
     def _bleu_ended(self, *failure) -> None:
-        self.bleu_job = None
         self.bleu_button.setEnabled(True)
