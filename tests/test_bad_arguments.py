@@ -197,8 +197,7 @@ CHEAP = [
     ((*PPL, "--stride", "-1e3"), "argument --stride: invalid int value: '-1e3'"),
     (("monitor", "{folder}", "--smoothing", "-inf"), "--smoothing takes a weight in [0, 1), not -inf"),
     (("finetune", "--task", "lm", "--train", "{good}", "--output", "{out}", "--learning-rate",
-      "-inf"), "Learning rate, epochs, weight decay, validation split and LoRA alpha and dropout "
-               "must be finite numbers"),
+      "-inf"), "The learning rate must be a finite number, not -inf"),
     # the window's own options: refused before any window opens
     (("--device", "tpu"), "Unknown device 'tpu'"),
     (("--model", ""), "--model is empty"),

@@ -9,10 +9,12 @@ import dataclasses
 import pytest
 
 from workbench.cli import build_parser
+from workbench.cli.finetune import config_from_args
 from workbench.cli.generate import _settings_from_args
 from workbench.core.common.errors import WorkbenchError
 from workbench.core.common.settings import described, kind
 from workbench.core.generation.settings import SamplingSettings
+from workbench.core.training.config import SCHEDULERS, FinetuneConfig
 
 NUMBERS = [(f, meta) for f, meta in described(SamplingSettings)
            if kind(f) in (int, float) and not meta.choices]
@@ -112,3 +114,103 @@ def test_a_slider_does_not_pull_a_value_past_its_reach_back(controls):
     """Temperature's slider spans 0-5; a temperature of 50 stays 50 in the box."""
     controls.set_settings(SamplingSettings(temperature=50.0))
     assert controls.settings().temperature == 50.0
+
+
+# The fine-tuning run's settings: the Fine-tune form, ``finetune``'s options and the core.
+
+FT_BASE = dict(task="lm", model="m", train_file="t.txt", output_dir="o")
+FT_ARGV = ["finetune", "--task", "lm", "--model", "m", "--train", "t.txt", "--output", "o"]
+# the number settings with a spin box of exactly their range and an option of their name
+FT_NUMBERS = [(f, meta) for f, meta in described(FinetuneConfig)
+              if kind(f) in (int, float) and not meta.choices
+              and f.name not in ("validation_split", "max_steps")]
+# an epoch count of 0 is a run only with a step limit
+FT_PARTNERS = {"epochs": {"max_steps": 10}}
+
+
+def ft_core_accepts(name: str, value: float) -> bool:
+    try:
+        FinetuneConfig(**FT_BASE, **{name: value, **FT_PARTNERS.get(name, {})}).validate()
+    except WorkbenchError:
+        return False
+    return True
+
+
+def ft_cli_accepts(name: str, value: float) -> bool:
+    """As ``finetune`` checks its options before a run starts (nothing is run here)."""
+    argv = [*FT_ARGV, f"--{name.replace('_', '-')}={value}"]
+    for partner, partner_value in FT_PARTNERS.get(name, {}).items():
+        argv.append(f"--{partner.replace('_', '-')}={partner_value}")
+    try:
+        config_from_args(build_parser().parse_args(argv)).validate()
+    except WorkbenchError:
+        return False
+    return True
+
+
+@pytest.fixture
+def run_form(qtbot):
+    from workbench.ui.training.form import RunForm
+
+    class Form(RunForm):  # the tab's form part alone: its buttons are not pressed here
+        loaded = None
+
+        def __init__(self) -> None:
+            self._build_form()
+
+        def stop(self) -> None:
+            pass
+
+    form = Form()
+    qtbot.addWidget(form.form_panel)
+    return form
+
+
+@pytest.mark.parametrize("f, meta", FT_NUMBERS, ids=[f.name for f, _ in FT_NUMBERS])
+def test_the_finetune_options_form_and_core_accept_the_same_values(f, meta, run_form):
+    box = run_form.setting_boxes()[f.name]
+    for value in probes(f, meta):
+        expected = in_range(meta, value)
+        assert ft_core_accepts(f.name, value) == expected, (f.name, value)
+        assert ft_cli_accepts(f.name, value) == expected, (f.name, value)
+        box.setValue(value)  # a spin box clamps what its range refuses
+        shown = box.value()
+        assert (abs(shown - value) < 1e-9) == expected, (f.name, value, shown)
+
+
+def test_the_max_steps_are_by_epochs_below_1_everywhere(run_form):
+    """The core's and the option's -1 is the form's 0 ("by epochs"); the top is the same."""
+    meta = dict((f.name, m) for f, m in described(FinetuneConfig))["max_steps"]
+    top = int(meta.high)
+    for value, expected in ((-2, False), (-1, True), (0, True), (1, True), (top, True),
+                            (top + 1, False)):
+        assert ft_core_accepts("max_steps", value) == expected, value
+        assert ft_cli_accepts("max_steps", value) == expected, value
+    box = run_form.max_steps
+    for value, shown in ((-1, 0), (0, 0), (1, 1), (top, top), (top + 1, top)):
+        box.setValue(value)
+        assert box.value() == shown, value
+    box.setValue(0)
+    assert box.text() == "by epochs" and run_form.config().max_steps == -1
+
+
+def test_every_finetune_number_setting_has_a_control_and_an_option(run_form):
+    options = {a.dest for a in build_parser()._subparsers._group_actions[0]
+               .choices["finetune"]._actions}
+    names = {f.name for f, _ in FT_NUMBERS} | {"max_steps"}
+    assert names <= set(run_form.setting_boxes())
+    assert names <= options
+    for name, box in run_form.setting_boxes().items():  # the key of its saved value
+        assert box.objectName() == ("train-seed" if name == "seed" else name.replace("_", "-"))
+
+
+def test_the_form_offers_the_cores_schedules(run_form):
+    combo = run_form.scheduler
+    assert [combo.itemText(i) for i in range(combo.count())] == list(SCHEDULERS)
+    assert combo.currentText() == FinetuneConfig.__dataclass_fields__["lr_scheduler"].default
+
+
+def test_the_forms_defaults_make_a_valid_run(run_form):
+    config = run_form.config()
+    config.validate()
+    assert isinstance(config.seed, int) and config.seed == 42

@@ -9,10 +9,10 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from workbench.cli.common import TerminalProgress, print_json
+from workbench.cli.common import TerminalProgress, add_setting_options, print_json
 from workbench.core.common.errors import WorkbenchError
 from workbench.core.common.jobs import LogLine
-from workbench.core.training.config import FinetuneConfig
+from workbench.core.training.config import SCHEDULERS, FinetuneConfig
 
 # The defaults of the run's settings are FinetuneConfig's own (the window starts from them too).
 DEFAULTS = SimpleNamespace(**{f.name: f.default for f in fields(FinetuneConfig)
@@ -35,35 +35,21 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     ft.add_argument("--epochs", type=float, default=None,
                     help=f"default {DEFAULTS.epochs:g}; with --resume, a new limit (default: "
                     "the run's own)")
-    ft.add_argument("--learning-rate", type=float, default=DEFAULTS.learning_rate)
-    ft.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size)
-    ft.add_argument("--gradient-accumulation", type=int, default=DEFAULTS.gradient_accumulation)
-    ft.add_argument("--max-length", type=int, default=DEFAULTS.max_length)
-    ft.add_argument("--weight-decay", type=float, default=DEFAULTS.weight_decay)
-    ft.add_argument("--warmup-steps", type=int, default=DEFAULTS.warmup_steps)
+    add_setting_options(ft, FinetuneConfig, ["learning_rate", "batch_size",
+                                              "gradient_accumulation", "max_length",
+                                              "weight_decay", "warmup_steps"], DEFAULTS)
     ft.add_argument("--scheduler", default=DEFAULTS.lr_scheduler,
-                    help="linear, cosine, constant, ...")
-    ft.add_argument("--seed", type=int, default=DEFAULTS.seed)
-    ft.add_argument("--logging-steps", type=int, default=DEFAULTS.logging_steps)
-    ft.add_argument("--eval-steps", type=int, default=DEFAULTS.eval_steps)
-    ft.add_argument("--save-steps", type=int, default=DEFAULTS.save_steps)
+                    help=f"the learning-rate schedule: {', '.join(SCHEDULERS)}; default: "
+                    "%(default)s")
+    add_setting_options(ft, FinetuneConfig, ["seed", "logging_steps", "eval_steps",
+                                              "save_steps"], DEFAULTS)
     ft.add_argument("--probe", action="append", default=[], help="a probe prompt (lm; repeat)")
-    ft.add_argument("--probe-every", type=int, default=DEFAULTS.probe_every)
-    ft.add_argument("--lora", action="store_true",
-                    help="train a LoRA adapter (peft) instead of every weight (lm only); the "
-                    "final model has it merged in, the run's adapter/ keeps it")
-    ft.add_argument("--lora-r", type=int, default=DEFAULTS.lora_r, help="LoRA rank")
-    ft.add_argument("--lora-alpha", type=int, default=DEFAULTS.lora_alpha,
-                    help="LoRA scaling alpha")
-    ft.add_argument("--lora-dropout", type=float, default=DEFAULTS.lora_dropout)
+    add_setting_options(ft, FinetuneConfig, ["probe_every", "lora", "lora_r", "lora_alpha",
+                                              "lora_dropout"], DEFAULTS)
     ft.add_argument("--lora-target-modules", default="", metavar="A,B",
                     help="module names to adapt, e.g. q_proj,v_proj (default: peft's choice "
                     "for the architecture)")
-    ft.add_argument("--trust-remote-code", action="store_true",
-                    help="allow Python code shipped with this model to run (only if you "
-                         "trust its author); kept in the run's run.json")
-    ft.add_argument("--allow-pickle", action="store_true",
-                    help="allow pickle checkpoints (.bin/.pt), which can run code")
+    add_setting_options(ft, FinetuneConfig, ["trust_remote_code", "allow_pickle"], DEFAULTS)
     ft.add_argument("--resume", action="store_true",
                     help="continue the run in --output from its last checkpoint")
     ft.add_argument("--json", action="store_true", help="print one JSON document at the end")
@@ -76,12 +62,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     mon.add_argument("--json", action="store_true", help="print one JSON document")
 
 
-def cmd_finetune(args: argparse.Namespace) -> int:
-    from workbench.core.common.jobs import JobContext, stop_on_signals
+def config_from_args(args: argparse.Namespace) -> FinetuneConfig:
+    """The run's configuration from ``finetune``'s options (not yet checked); with
+    ``--resume`` and no new limit, the run's own limits from its run folder."""
     from workbench.core.models.catalog import MINILM, SMOLLM2
     from workbench.core.training.config import split_names
-    from workbench.core.training.events import format_train_log
-    from workbench.core.training.finetune import run_finetune
     from workbench.core.training.run_folder import saved_config
 
     model = args.model or (SMOLLM2.name if args.task == "lm" else MINILM.name)
@@ -93,7 +78,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         max_steps = -1  # an epoch limit
     limits = {name: value for name, value in (("max_steps", max_steps), ("epochs", epochs))
               if value is not None}  # a limit not given: FinetuneConfig's default
-    config = FinetuneConfig(
+    return FinetuneConfig(
         task=args.task, model=model, train_file=args.train, output_dir=args.output,
         validation_file=args.validation, text_column=args.text_column,
         label_column=args.label_column, learning_rate=args.learning_rate,
@@ -106,6 +91,14 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
         lora_target_modules=split_names(args.lora_target_modules),
         trust_remote_code=args.trust_remote_code, allow_pickle=args.allow_pickle)
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from workbench.core.common.jobs import JobContext, stop_on_signals
+    from workbench.core.training.events import format_train_log
+    from workbench.core.training.finetune import run_finetune
+
+    config = config_from_args(args)
     config.validate()
     bar = TerminalProgress(quiet=args.json)
 

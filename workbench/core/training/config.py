@@ -3,73 +3,97 @@
 from __future__ import annotations
 
 import json
-import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 
 from workbench.core.common.errors import WorkbenchError
+from workbench.core.common.settings import check_fields, setting
+
+_STEPS = 10_000_000  # optimizer steps: far more than any run here takes
+_COUNT = 1_000_000  # intervals, warmup, lengths: far past any use, a finite form's range
 
 
 @dataclass
 class FinetuneConfig:
-    """Everything a run needs; saved as ``run.json`` in the run folder."""
+    """Everything a run needs; saved as ``run.json`` in the run folder.
 
-    task: str  # "lm" or "classify"
+    Each number, true/false and choice setting carries its one description (label, range,
+    unit, help: :mod:`workbench.core.common.settings`), from which the checks, the
+    ``finetune`` command's options and the Fine-tune form's spin boxes are made."""
+
+    task: str = setting(MISSING, "The task", choices=(
+        ("lm", "causal language modelling"), ("classify", "sequence classification")),
+        help="lm: predict each next token; classify: a label for each text")
     model: str
     train_file: str
     output_dir: str
     validation_file: str | None = None
     text_column: str = "text"
     label_column: str = "label"
-    validation_split: float = 0.1  # used when there is no validation file
-    learning_rate: float = 2e-5
-    lr_scheduler: str = "linear"
-    warmup_steps: int = 0
-    epochs: float = 3.0
-    max_steps: int = -1  # > 0 overrides epochs
-    batch_size: int = 8
-    gradient_accumulation: int = 1
-    max_length: int = 128
-    weight_decay: float = 0.0
-    seed: int = 42
-    logging_steps: int = 5
-    eval_steps: int = 50
-    save_steps: int = 50
+    validation_split: float = setting(
+        0.1, "The validation split", low=0, high=1, high_open=True, style="interval",
+        help="the share of the training file held out when there is no validation file")
+    learning_rate: float = setting(
+        2e-5, "The learning rate", low=0, high=1e12, low_open=True, decimals=7, step=1e-5,
+        help="the optimizer's learning rate after warmup (a huge one makes the loss NaN: "
+             "the run stops and says so)")
+    lr_scheduler: str = setting("linear", "The learning-rate schedule",
+                                help="one of transformers' Trainer schedules (SCHEDULERS)")
+    warmup_steps: int = setting(0, "The warmup steps", low=0, high=_COUNT, unit="steps",
+                                help="steps of linear warmup to the learning rate")
+    epochs: float = setting(3.0, "The number of epochs", low=0, high=10_000, decimals=2,
+                            step=1, help="passes over the training data")
+    max_steps: int = setting(
+        -1, "Max steps", low=-1, high=_STEPS, off="by epochs", unit="steps",
+        help="stop after this many optimizer steps (above 0: overrides the epochs)")
+    batch_size: int = setting(8, "The batch size", low=1, high=65_536, unit="examples",
+                              help="examples per device and step")
+    gradient_accumulation: int = setting(1, "Gradient accumulation", low=1, high=65_536,
+                                         unit="batches",
+                                         help="batches summed into one optimizer step")
+    max_length: int = setting(128, "The maximum length in tokens", low=8, high=_COUNT,
+                              unit="tokens", help="longer texts are cut to this many tokens")
+    weight_decay: float = setting(0.0, "The weight decay", low=0, high=10, decimals=4,
+                                  step=0.01, help="AdamW's decoupled weight decay")
+    seed: int = setting(42, "The seed", low=0, high=2**32 - 1, style="between",
+                        note="2**32 - 1", help="the random seed of the run")
+    logging_steps: int = setting(5, "The logging interval", low=1, high=_COUNT,
+                                 unit="steps", help="log the loss every this many steps")
+    eval_steps: int = setting(50, "The evaluation interval", low=1, high=_COUNT,
+                              unit="steps", help="evaluate every this many steps")
+    save_steps: int = setting(50, "The save interval", low=1, high=_COUNT, unit="steps",
+                              help="save a checkpoint every this many steps")
     probe_prompts: list[str] = field(default_factory=list)
-    probe_every: int = 0  # steps; 0: no probes
-    lora: bool = False  # train a LoRA adapter (peft) instead of every weight; lm only
-    lora_r: int = 8
-    lora_alpha: int = 16
-    lora_dropout: float = 0.05
+    probe_every: int = setting(0, "The probe interval", low=0, high=_COUNT, off="off",
+                               unit="steps",
+                               help="generate from the probe prompts every this many steps "
+                                    "(lm)")
+    lora: bool = setting(False, "LoRA",
+                         help="train a LoRA adapter (peft) instead of every weight (lm only); "
+                              "the final model has it merged in, the run's adapter/ keeps it")
+    lora_r: int = setting(8, "The LoRA rank r", low=1, high=65_536, help="LoRA rank")
+    lora_alpha: int = setting(16, "The LoRA alpha", low=0, high=_COUNT, low_open=True,
+                              help="LoRA scaling alpha")
+    lora_dropout: float = setting(0.05, "The LoRA dropout", low=0, high=1, high_open=True,
+                                  style="interval", help="dropout on the LoRA layers' input")
     lora_target_modules: list[str] = field(default_factory=list)  # empty: peft's default
     # the model's own code and pickle checkpoints, allowed for this run's model only
-    trust_remote_code: bool = False
-    allow_pickle: bool = False
+    trust_remote_code: bool = setting(
+        False, "Trust remote code", help="allow Python code shipped with this model to run "
+        "(only if you trust its author); kept in the run's run.json")
+    allow_pickle: bool = setting(False, "Allow pickle",
+                                 help="allow pickle checkpoints (.bin/.pt), which can run code")
 
     def __post_init__(self) -> None:
         if isinstance(self.lora_target_modules, str):  # "q_proj, v_proj" in a hand-written file
             self.lora_target_modules = split_names(self.lora_target_modules)
 
     def validate(self) -> None:
-        """Raise a WorkbenchError naming the first setting that cannot work."""
-        numbers = (self.learning_rate, self.epochs, self.weight_decay, self.validation_split,
-                   self.lora_dropout, self.lora_alpha)
-        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-                   for v in numbers):
-            raise WorkbenchError("Learning rate, epochs, weight decay, validation split and "
-                                 "LoRA alpha and dropout must be finite numbers.")
-        if not all(isinstance(v, int) and not isinstance(v, bool) for v in (
-                self.warmup_steps, self.max_steps, self.batch_size, self.gradient_accumulation,
-                self.max_length, self.seed, self.logging_steps, self.eval_steps, self.save_steps,
-                self.probe_every, self.lora_r)):
-            raise WorkbenchError("Step counts, sizes, intervals and the seed must be whole "
-                                 "numbers.")
-        if not all(isinstance(v, bool) for v in (self.lora, self.trust_remote_code,
-                                                 self.allow_pickle)):
-            raise WorkbenchError("LoRA, trust-remote-code and allow-pickle must be true or "
-                                 "false.")
-        if not all(isinstance(v, str) for v in (self.task, self.model, self.train_file,
-                                                 self.output_dir, self.lr_scheduler)):
-            raise WorkbenchError("The task, model, files and schedule must be text.")
+        """Raise a WorkbenchError naming the first setting that cannot work: each described
+        value must have its type and lie in its range (one description of each, which the
+        window and the command line share), then the settings must agree."""
+        check_fields(self)
+        if not all(isinstance(v, str) for v in (self.model, self.train_file, self.output_dir)):
+            raise WorkbenchError("The model and the files must be text.")
         if not (self.validation_file is None or isinstance(self.validation_file, str)) or \
                 not all(isinstance(v, list) and all(isinstance(x, str) for x in v)
                         for v in (self.probe_prompts, self.lora_target_modules)):
@@ -79,26 +103,10 @@ class FinetuneConfig:
         checks = [
             (self.task in ("lm", "classify"), f"Unknown task '{self.task}': use lm or classify."),
             (unknown_schedule is None, unknown_schedule or ""),
-            (self.learning_rate > 0, "The learning rate must be above 0."),
-            (self.warmup_steps >= 0, "The warmup steps cannot be negative."),
-            (0 <= self.seed < 2**32, "The seed must be in [0, 2³²)."),
-            (self.weight_decay >= 0, "The weight decay cannot be negative."),
-            (self.batch_size >= 1, "The batch size must be at least 1."),
-            (self.gradient_accumulation >= 1, "Gradient accumulation must be at least 1."),
             (self.max_steps > 0 or self.epochs > 0, "Give a positive number of epochs or steps."),
-            (self.max_length >= 8, "The maximum length must be at least 8 tokens."),
-            (0 <= self.validation_split < 1, "The validation split must be in [0, 1)."),
-            (self.logging_steps >= 1 and self.eval_steps >= 1 and self.save_steps >= 1,
-             "Logging, evaluation and save intervals must be at least 1 step."),
+            (not self.lora or self.task == "lm", "LoRA is for causal-LM fine-tuning (task lm) "
+             "only: turn LoRA off to fine-tune a classifier."),
         ]
-        if self.lora:
-            checks += [
-                (self.task == "lm", "LoRA is for causal-LM fine-tuning (task lm) only: turn "
-                 "LoRA off to fine-tune a classifier."),
-                (self.lora_r >= 1, "The LoRA rank r must be at least 1."),
-                (self.lora_alpha > 0, "The LoRA alpha must be above 0."),
-                (0 <= self.lora_dropout < 1, "The LoRA dropout must be in [0, 1)."),
-            ]
         for ok, message in checks:
             if not ok:
                 raise WorkbenchError(message)

@@ -13,9 +13,11 @@ from workbench.core.common.settings import described, form_range, kind
 INT_MAX = 2**31 - 1  # QSpinBox holds a C int: a wider whole number takes a double spin box
 
 
-def setting_box(cls: type, name: str) -> QSpinBox | QDoubleSpinBox:
-    """A spin box for setting ``name`` of dataclass ``cls``: its object name (``top-k``),
-    range, precision, step, tooltip and default from the setting's description."""
+def setting_box(cls: type, name: str, object_name: str | None = None
+                ) -> QSpinBox | QDoubleSpinBox:
+    """A spin box for setting ``name`` of dataclass ``cls``: its object name (``top-k``,
+    unless ``object_name`` names it otherwise: the key of its saved value), range,
+    precision, step, tooltip and default from the setting's description."""
     f, meta = next((f, meta) for f, meta in described(cls) if f.name == name)
     low, high = form_range(f, meta)
     if kind(f) is int and -INT_MAX <= low and high <= INT_MAX:
@@ -24,7 +26,7 @@ def setting_box(cls: type, name: str) -> QSpinBox | QDoubleSpinBox:
         box = QDoubleSpinBox()
         box.setDecimals(0 if kind(f) is int else meta.decimals)
         box.setSingleStep(1 if kind(f) is int else meta.step)
-    box.setObjectName(name.replace("_", "-"))
+    box.setObjectName(object_name or name.replace("_", "-"))
     box.setRange(low, high)
     box.setValue(f.default)
     box.setToolTip(f"{meta.label}: {meta.help}" if meta.help else meta.label)

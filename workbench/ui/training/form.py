@@ -19,8 +19,9 @@ from PySide6.QtWidgets import (
 
 from workbench.core.common import paths
 from workbench.core.models.catalog import MINILM, SMOLLM2
-from workbench.core.training.config import FinetuneConfig, split_names
-from workbench.ui.common.skeleton import combo, dspin, line, spin, text_box
+from workbench.core.training.config import SCHEDULERS, FinetuneConfig, split_names
+from workbench.ui.common.setting_widgets import box_value, setting_box
+from workbench.ui.common.skeleton import combo, line, spin, text_box
 from workbench.ui.common.widgets import Section
 
 RESOURCES = paths.sample_data()
@@ -47,28 +48,30 @@ class RunForm:
         self.validation_file = line("validation-file", "", "optional (default: 10% split)")
         self.text_column = line("text-column", "text")
         self.label_column = line("label-column", "label")
-        self.learning_rate = dspin("learning-rate", 1e-7, 1.0, 2e-5, decimals=7, step=1e-5)
-        self.epochs = dspin("epochs", 0.01, 1000, 3.0, decimals=2, step=1)
-        self.max_steps = spin("max-steps", 0, 10_000_000, 0)
+        self.learning_rate = setting_box(FinetuneConfig, "learning_rate")
+        self.epochs = setting_box(FinetuneConfig, "epochs")
+        self.max_steps = setting_box(FinetuneConfig, "max_steps")
+        self.max_steps.setMinimum(0)  # 0 here is the core's -1: by epochs
+        self.max_steps.setValue(0)
         self.max_steps.setSpecialValueText("by epochs")
-        self.batch_size = spin("batch-size", 1, 4096, 8)
-        self.grad_accum = spin("gradient-accumulation", 1, 1024, 1)
-        self.max_length = spin("max-length", 8, 8192, 128)
-        self.weight_decay = dspin("weight-decay", 0.0, 1.0, 0.0, decimals=4, step=0.01)
-        self.warmup = spin("warmup-steps", 0, 1_000_000, 0)
-        self.scheduler = combo("scheduler", ["linear", "cosine", "constant",
-                                             "constant_with_warmup", "polynomial"])
-        self.seed = spin("train-seed", 0, 2**31 - 1, 42)
-        self.logging_steps = spin("logging-steps", 1, 100000, 5)
-        self.eval_steps = spin("eval-steps", 1, 1_000_000, 50)
-        self.save_steps = spin("save-steps", 1, 1_000_000, 50)
+        self.batch_size = setting_box(FinetuneConfig, "batch_size")
+        self.grad_accum = setting_box(FinetuneConfig, "gradient_accumulation")
+        self.max_length = setting_box(FinetuneConfig, "max_length")
+        self.weight_decay = setting_box(FinetuneConfig, "weight_decay")
+        self.warmup = setting_box(FinetuneConfig, "warmup_steps")
+        self.scheduler = combo("scheduler", list(SCHEDULERS))
+        self.seed = setting_box(FinetuneConfig, "seed", "train-seed")
+        self.logging_steps = setting_box(FinetuneConfig, "logging_steps")
+        self.eval_steps = setting_box(FinetuneConfig, "eval_steps")
+        self.save_steps = setting_box(FinetuneConfig, "save_steps")
         self.output_dir = line("output-dir", "", "default: a new one in the app's data")
         self.output_dir.setToolTip("A new folder for this run (default: one in the app's "
                                    "data folder)")
         self.probe_prompts = text_box("probe-prompts", "Probe prompts, one a line (lm)",
                                       "The lighthouse keeper")
         self.probe_prompts.setMaximumHeight(50)
-        self.probe_every = spin("probe-every", 0, 100000, 10)
+        self.probe_every = setting_box(FinetuneConfig, "probe_every")
+        self.probe_every.setValue(10)  # the form's own default: probes are shown
 
     def _make_lora_fields(self) -> None:
         self.lora = QCheckBox("Train a LoRA adapter (peft)")
@@ -76,9 +79,9 @@ class RunForm:
         self.lora.setToolTip("Causal LM only: train small low-rank adapters instead of every "
                              "weight. The final model has the adapter merged in; the run's "
                              "adapter/ folder keeps it on its own.")
-        self.lora_r = spin("lora-r", 1, 4096, 8)
-        self.lora_alpha = spin("lora-alpha", 1, 65536, 16)
-        self.lora_dropout = dspin("lora-dropout", 0.0, 0.99, 0.05, decimals=2, step=0.05)
+        self.lora_r = setting_box(FinetuneConfig, "lora_r")
+        self.lora_alpha = setting_box(FinetuneConfig, "lora_alpha")
+        self.lora_dropout = setting_box(FinetuneConfig, "lora_dropout")
         self.lora_targets = line("lora-target-modules", "", "default for the architecture "
                                  "(e.g. q_proj,v_proj)")
         self.lora.toggled.connect(self._task_changed)
@@ -206,18 +209,30 @@ class RunForm:
             validation_file=self.validation_file.text().strip() or None,
             text_column=self.text_column.text().strip() or "text",
             label_column=self.label_column.text().strip() or "label",
-            learning_rate=self.learning_rate.value(), lr_scheduler=self.scheduler.currentText(),
-            warmup_steps=self.warmup.value(), epochs=self.epochs.value(),
-            max_steps=self.max_steps.value() or -1, batch_size=self.batch_size.value(),
-            gradient_accumulation=self.grad_accum.value(), max_length=self.max_length.value(),
-            weight_decay=self.weight_decay.value(), seed=self.seed.value(),
-            logging_steps=self.logging_steps.value(), eval_steps=self.eval_steps.value(),
-            save_steps=self.save_steps.value(),
+            lr_scheduler=self.scheduler.currentText(), **self._numbers(),
+            max_steps=self.max_steps.value() or -1,
             probe_prompts=[p for p in self.probe_prompts.toPlainText().splitlines() if p.strip()]
             if lm else [], probe_every=self.probe_every.value() if lm else 0,
-            lora=lm and self.lora.isChecked(), lora_r=self.lora_r.value(),
-            lora_alpha=self.lora_alpha.value(), lora_dropout=self.lora_dropout.value(),
+            lora=lm and self.lora.isChecked(),
             lora_target_modules=split_names(self.lora_targets.text()),
             # what the user allowed for the loaded model holds for its training run
             trust_remote_code=bool(self.loaded and self.loaded.options.trust_remote_code),
             allow_pickle=bool(self.loaded and self.loaded.options.allow_pickle))
+
+    def setting_boxes(self) -> dict:
+        """The spin box of each number setting of the run, by the setting's name."""
+        return {"learning_rate": self.learning_rate, "epochs": self.epochs,
+                "max_steps": self.max_steps, "batch_size": self.batch_size,
+                "gradient_accumulation": self.grad_accum, "max_length": self.max_length,
+                "weight_decay": self.weight_decay, "warmup_steps": self.warmup,
+                "seed": self.seed, "logging_steps": self.logging_steps,
+                "eval_steps": self.eval_steps, "save_steps": self.save_steps,
+                "probe_every": self.probe_every, "lora_r": self.lora_r,
+                "lora_alpha": self.lora_alpha, "lora_dropout": self.lora_dropout}
+
+    def _numbers(self) -> dict:
+        """The run's number settings that the form's spin boxes hold as they are (the max
+        steps and the probe interval have their own cases)."""
+        return {name: box_value(FinetuneConfig, name, box)
+                for name, box in self.setting_boxes().items()
+                if name not in ("max_steps", "probe_every")}
