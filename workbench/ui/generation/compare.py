@@ -29,7 +29,7 @@ from workbench.core.generation.settings import SamplingSettings, parse_strategy
 from workbench.ui.common.skeleton import text_box
 from workbench.ui.common.stale import mark_stale
 from workbench.ui.common.widgets import TokenView, fit_columns, two_line_labels
-from workbench.ui.common.worker import JobHandle, ModelWorker, WorkerContext, own_job
+from workbench.ui.common.worker import JobSlot, ModelWorker, WorkerContext, slot_handle
 from workbench.ui.generation.single import token_tooltip
 
 SUMMARY_COLUMNS = ["strategy", "mean log-prob", "perplexity", "distinct-1", "distinct-2",
@@ -51,12 +51,13 @@ class CompareView(QWidget):
     comparison, however it ended."""
 
     run_ended = Signal()
+    job = slot_handle("run_slot")  # the comparison while it runs
 
     def __init__(self, worker: ModelWorker, prompt: QPlainTextEdit,
                  show_error: Callable[[str, str], object], parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.worker, self.prompt, self.show_error = worker, prompt, show_error
-        self.job: JobHandle | None = None
+        self.run_slot = JobSlot(self, worker)
         self.result: CompareResult | None = None
         self.previous: CompareResult | None = None  # shown again, greyed, if a run fails
         self.owners: list[int] = []
@@ -152,16 +153,14 @@ class CompareView(QWidget):
             return compare(ctx.model(), prompt, strategies, seed=seed, max_new_tokens=max_new,
                            chat=chat, ctx=ctx, top_n=0)
 
-        self.job = own_job(self, self.worker, "Compare strategies", job,
-                           event=self._event, finished=self._done,
-                           failed=lambda error, details: self._ended(f"Failed: {error}"),
-                           cancelled=lambda: self._ended("Cancelled."))
+        self.run_slot.start("Compare strategies", job, event=self._event, finished=self._done,
+                            failed=lambda error, details: self._ended(f"Failed: {error}"),
+                            cancelled=lambda: self._ended("Cancelled."))
         self.flush_timer.start()
         return True
 
     def stop(self) -> None:
-        if self.job is not None:
-            self.job.cancel()
+        self.run_slot.cancel()
 
     def _event(self, event: object) -> None:
         if isinstance(event, TokenEvent):
@@ -191,7 +190,6 @@ class CompareView(QWidget):
         self.run_ended.emit()
 
     def _finish(self) -> None:
-        self.job = None
         self.flush_timer.stop()
         self.flush()
 

@@ -32,7 +32,7 @@ from workbench.core.generation.settings import SamplingSettings
 from workbench.core.generation.step_inspection import TOP_N
 from workbench.ui.common.stale import mark_stale
 from workbench.ui.common.widgets import StatusLine, TokenView, visible_token
-from workbench.ui.common.worker import JobHandle, ModelWorker, WorkerContext, own_job
+from workbench.ui.common.worker import JobSlot, ModelWorker, WorkerContext, slot_handle
 from workbench.ui.generation.controls import DecodingControls
 from workbench.ui.generation.step_views import StepViews
 from workbench.ui.interpret.attribution_view import AttributionDialog
@@ -50,17 +50,21 @@ class SingleRunView(StepViews, QWidget):
 
     run_ended = Signal()
     inspect_attention = Signal(str)
+    job = slot_handle("run_slot")  # the generation while it runs
+    branch_job = slot_handle("branch_slot")  # a branch while it is generated
+    session_job = slot_handle("session_slot")  # a session while it is saved
 
     def __init__(self, worker: ModelWorker, prompt: QPlainTextEdit, controls: DecodingControls,
                  show_error: Callable[[str, str], object], parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.worker, self.prompt, self.controls = worker, prompt, controls
         self.show_error = show_error
-        self.job: JobHandle | None = None
-        self.explore_job: JobHandle | None = None
-        self.branch_job: JobHandle | None = None
-        self.session_job: JobHandle | None = None
-        self.stage_job: JobHandle | None = None
+        # the view's jobs, one slot for each kind (job, explore_job, ... read their handles)
+        self.run_slot = JobSlot(self, worker)
+        self.explore_slot = JobSlot(self, worker)
+        self.branch_slot = JobSlot(self, worker)
+        self.session_slot = JobSlot(self, worker)
+        self.stage_slot = JobSlot(self, worker)
         self.stage_request = 0  # the latest stages asked for; an earlier job's answer is late
         self.stage_inspector = None  # made with the charts (build_deferred)
         self.logged: list[tuple[str, str]] = []  # lines for the log (see log)
@@ -210,16 +214,16 @@ class SingleRunView(StepViews, QWidget):
         def job(ctx: WorkerContext) -> GenerationResult:
             return generate(ctx.model(), prompt, settings, ctx, top_n=TOP_N)
 
-        self.job = own_job(self, self.worker, "Generate", job,
-                           event=self._generation_event, finished=self._generation_done,
-                           failed=lambda error, details: self._generation_ended(f"Failed: {error}"),
-                           cancelled=lambda: self._generation_ended("Cancelled."))
+        self.run_slot.start("Generate", job,
+                            event=self._generation_event, finished=self._generation_done,
+                            failed=lambda error, details: self._generation_ended(
+                                f"Failed: {error}"),
+                            cancelled=lambda: self._generation_ended("Cancelled."))
         self._update_curves()  # the charts' frames now, before the tokens stream in
         self.flush_timer.start()
 
     def stop(self) -> None:
-        if self.job is not None:
-            self.job.cancel()
+        self.run_slot.cancel()
 
     def _generation_event(self, event: object) -> None:
         if isinstance(event, TokenEvent):
@@ -262,9 +266,8 @@ class SingleRunView(StepViews, QWidget):
         self._ended()
 
     def _ended(self) -> None:
-        self.job = None
         self._sync_stages_button()
-        self.flush_tokens(final=True)  # after the job is cleared: x to the steps there are
+        self.flush_tokens(final=True)  # the job is cleared by now: x to the steps there are
         self.flush_timer.stop()
         self.run_ended.emit()
 
@@ -402,9 +405,8 @@ class SingleRunView(StepViews, QWidget):
         def job(ctx: WorkerContext) -> Branch:
             return branch(ctx.model(), base, parent, step, token, settings, ctx, top_n=TOP_N)
 
-        self.branch_job = own_job(self, self.worker, "Branch", job,
-                                  finished=self._branch_done, failed=self._branch_failed,
-                                  cancelled=self._branch_cancelled)
+        self.branch_slot.start("Branch", job, finished=self._branch_done,
+                               failed=self._branch_failed, cancelled=self._branch_cancelled)
         self.stats.setText(f"Branching at step {step}…")
 
     def _add_branch(self, b: Branch) -> None:
@@ -418,16 +420,13 @@ class SingleRunView(StepViews, QWidget):
                            "every sequence and branch.")
 
     def _branch_done(self, result: object) -> None:
-        self.branch_job = None
         if isinstance(result, Branch):
             self._add_branch(result)
 
     def _branch_failed(self, error: object, details: str) -> None:
-        self.branch_job = None
         self.stats.setText(f"Failed: {error}")
 
     def _branch_cancelled(self) -> None:
-        self.branch_job = None
         self.stats.setText("Branch cancelled.")
 
     # --- sessions ----------------------------------------------------------------------------
@@ -449,20 +448,17 @@ class SingleRunView(StepViews, QWidget):
             return str(save_session(path, prompt, settings, result, model_fingerprint(ctx.model()),
                                     branches))
 
-        self.session_job = own_job(self, self.worker, "Save session", job,
-                                   finished=self._session_saved, failed=self._session_failed,
-                                   cancelled=self._session_cancelled)
+        self.session_slot.start("Save session", job, finished=self._session_saved,
+                                failed=self._session_failed, cancelled=self._session_cancelled)
 
     def _session_saved(self, result: object) -> None:
-        self.session_job = None
         self.stats.setText(f"Session saved to {result}.")
 
     def _session_failed(self, error: object, details: str) -> None:
-        self.session_job = None
         self.stats.setText(f"Failed: {error}")
 
     def _session_cancelled(self) -> None:
-        self.session_job = None
+        pass  # nothing to say: the slot has let go of the job
 
     def open_session(self, path: str | None = None) -> None:
         from workbench.core.generation.session import load_session

@@ -9,14 +9,18 @@ from workbench.core.generation.explore import explore_distribution, next_token_l
 from workbench.core.generation.settings import SamplingSettings
 from workbench.core.generation.step_inspection import TOP_N, with_texts
 from workbench.ui.common.stale import mark_stale
-from workbench.ui.common.worker import WorkerContext, own_job
+from workbench.ui.common.worker import WorkerContext, slot_handle
 
 OUTPUT_SQUEEZED = 80  # the output's height while the sampler stages fill rows below it
 
 
 class StepViews:
     """The step views' part of :class:`~workbench.ui.generation.single.SingleRunView` (a
-    mixin: it reads the view's run, its selected step and its controls)."""
+    mixin: it reads the view's run, its selected step and its controls; the view makes
+    the two slots, ``explore_slot`` and ``stage_slot``)."""
+
+    explore_job = slot_handle("explore_slot")  # the explorer's logits while they come
+    stage_job = slot_handle("stage_slot")  # the selected step's sampler stages, likewise
 
     # --- the explorer ------------------------------------------------------------------------
     def _explore_toggled(self, on: bool) -> None:
@@ -54,8 +58,8 @@ class StepViews:
                 loaded = ctx.model()
                 return prefix, *with_texts(loaded, next_token_logits(loaded, prefix), breakers)
 
-        self.explore_job = own_job(
-            self, self.worker, "Next-token distribution", job, finished=self._explore_done,
+        self.explore_slot.start(
+            "Next-token distribution", job, finished=self._explore_done,
             failed=lambda error, details: self._explore_ended(f"Failed: {error}"),
             cancelled=lambda: self._explore_ended("Cancelled."))
 
@@ -84,7 +88,6 @@ class StepViews:
                                              None)
 
     def _explore_done(self, result: object) -> None:
-        self.explore_job = None
         (self.explore_prefix, self.explore_logits, self.explore_texts,  # type: ignore[misc]
          self.explore_breakers) = result
         if self.explore.isChecked():
@@ -93,7 +96,6 @@ class StepViews:
     def _explore_ended(self, message: str) -> None:
         """The explorer's logits did not come: the ones it holds are of another prefix by
         now, so they go, and the chart shows the selected step as generated, or nothing."""
-        self.explore_job = None
         self.explore_logits, self.explore_texts, self.explore_prefix = None, {}, []
         self.explore_breakers = {}
         self.explore.blockSignals(True)
@@ -122,9 +124,7 @@ class StepViews:
     def _stages_stale(self) -> None:
         """The run or the sequence shown changed: the stages shown are of another one."""
         self.stage_request += 1  # an answer still on its way is of the old run
-        if self.stage_job is not None:
-            self.stage_job.cancel()
-            self.stage_job = None
+        self.stage_slot.drop()
         inspector = self.stage_inspector
         if inspector is not None and inspector.inspection is not None and inspector.isEnabled():
             inspector.header.setText(mark_stale(
@@ -163,8 +163,7 @@ class StepViews:
             if self.stage_inspector.inspection is None:
                 self.stage_inspector.show_message(self.stage_inspector.HINT)
             return
-        if self.stage_job is not None:
-            self.stage_job.cancel()
+        self.stage_slot.cancel()  # the new job takes its place in the slot
         self.stage_request += 1
         request = self.stage_request
         prefix = self._prefix() or []
@@ -182,8 +181,8 @@ class StepViews:
             self.stage_inspector.show_message(f"Computing the sampler stages of step {index}…")
         else:
             self.stage_inspector.header.setText(f"Computing the sampler stages of step {index}…")
-        self.stage_job = own_job(
-            self, self.worker, "Sampler stages", job,
+        self.stage_slot.start(
+            "Sampler stages", job,
             finished=lambda result: self._stages_done(request, result),
             failed=lambda error, details: self._stages_ended(request, f"Failed: {error}"),
             cancelled=lambda: self._stages_ended(request, "Cancelled."))
@@ -193,7 +192,6 @@ class StepViews:
 
         if request != self.stage_request or self.stage_inspector is None:
             return  # an earlier request's answer
-        self.stage_job = None
         if isinstance(result, StageInspection):
             self.stage_inspector.setEnabled(True)
             self.stage_inspector.show_inspection(result)
@@ -205,5 +203,4 @@ class StepViews:
     def _stages_ended(self, request: int, message: str) -> None:
         if request != self.stage_request or self.stage_inspector is None:
             return
-        self.stage_job = None
         self.stage_inspector.show_message(f"Sampler stages: {message}")
