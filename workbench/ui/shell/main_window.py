@@ -36,7 +36,13 @@ from workbench.ui.common.state import (
 )
 from workbench.ui.common.tab_base import WorkbenchTab
 from workbench.ui.common.widgets import ProgressThrottle
-from workbench.ui.common.worker import JobHandle, ModelWorker, gui_thread_garbage_collection
+from workbench.ui.common.worker import (
+    JobHandle,
+    JobSlot,
+    ModelWorker,
+    gui_thread_garbage_collection,
+    slot_handle,
+)
 from workbench.ui.evaluation.tab import EvaluateTab
 from workbench.ui.generation.tab import GenerateTab
 from workbench.ui.interpret.tab import AttentionTab
@@ -69,6 +75,8 @@ def initial_theme(explicit: str | None) -> tuple[str, str]:
 
 
 class MainWindow(QMainWindow):
+    load_job = slot_handle("load_slot")  # the model load while it runs
+
     def __init__(self, initial_model: str | None = None, device: str | None = None,
                  autoload: bool = True, parent: QWidget | None = None,
                  theme_choice: str | None = None) -> None:
@@ -84,7 +92,8 @@ class MainWindow(QMainWindow):
         self.resize(1280, 820)
         self.worker = ModelWorker(self)
         self.loaded: LoadedModel | None = None
-        self.load_job: JobHandle | None = None
+        self.load_slot = JobSlot(self, self.worker)
+        self.permission_asked: set[int] = set()  # failed loads answered by a permission dialog
         self.job_titles: dict[int, str] = {}  # a failed job's dialog is titled after it
         self.last_dialog: QMessageBox | None = None
         self._requested: tuple[str, LoadOptions] | None = None
@@ -290,8 +299,17 @@ class MainWindow(QMainWindow):
         options = self.load_options(reference, device, dtype)
         self._requested = (reference, options)
         self.log.append(f"Loading {reference} (device {device}, dtype {dtype})")
-        self.load_job = self.worker.submit_load(reference, options)
-        return self.load_job
+        handle = self.worker.submit_load(reference, options)
+        job_id = handle.id
+        return self.load_slot.hold(
+            handle, failed=lambda error, _details: self._load_failed(job_id, error))
+
+    def _load_failed(self, job_id: int, error: object) -> None:
+        """A load failed (before the window hears of it, in :meth:`_job_failed`): a model
+        that needs a permission asks for it instead of an error dialog."""
+        if isinstance(error, (NeedsRemoteCode, NeedsPickle)):
+            self.permission_asked.add(job_id)
+            self._offer_permission(error)
 
     def inspect_attention(self, text: str) -> None:
         """Show the attention of a generated sequence in the Attention tab."""
@@ -363,11 +381,7 @@ class MainWindow(QMainWindow):
     @property
     def loading(self) -> bool:
         """True from a load request until its result (or error) reached the window."""
-        return self.load_job is not None
-
-    def _load_ended(self, job_id: int) -> None:
-        if self.load_job is not None and job_id == self.load_job.id:
-            self.load_job = None
+        return self.load_slot.running
 
     def _job_started(self, job_id: int, title: str) -> None:
         self.job_titles[job_id] = title
@@ -394,7 +408,6 @@ class MainWindow(QMainWindow):
 
     def _job_finished(self, job_id: int, result: object) -> None:
         self.job_titles.pop(job_id, None)
-        self._load_ended(job_id)
         if isinstance(result, LoadedModel):
             self.log.append(f"Loaded {result.describe()} from {result.source.origin} "
                             f"in {result.load_seconds:.1f} s")
@@ -403,16 +416,13 @@ class MainWindow(QMainWindow):
 
     def _job_cancelled(self, job_id: int) -> None:
         self.job_titles.pop(job_id, None)
-        self._load_ended(job_id)
         self.log.append("Cancelled.")
 
     def _job_failed(self, job_id: int, error: object, details: str) -> None:
-        was_load = self.load_job is not None and job_id == self.load_job.id
-        self._load_ended(job_id)
-        if was_load and isinstance(error, (NeedsRemoteCode, NeedsPickle)):
-            self._offer_permission(error)
-            return
         title = self.job_titles.pop(job_id, "The job")
+        if job_id in self.permission_asked:  # see _load_failed
+            self.permission_asked.discard(job_id)
+            return
         message = str(error).strip() or type(error).__name__
         if not isinstance(error, WorkbenchError):  # unexpected: say what kind of error
             message = f"{type(error).__name__}: {message.splitlines()[0]}"
