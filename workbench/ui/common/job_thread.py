@@ -143,7 +143,8 @@ _running: set[JobThread] = set()  # started threads: never deleted before they s
 @atexit.register
 def _stop_running_threads() -> None:
     for thread in list(_running):
-        thread.shutdown(5000)
+        if isValid(thread):  # (a worker's parent may have deleted it, stopped, already)
+            thread.shutdown(5000)
 
 
 class JobThread(QThread):
