@@ -254,9 +254,10 @@ class JobThread(QThread):
         """Cancel everything, stop the thread, and wait; True if it stopped in time."""
         self.cancel(all_jobs=True)
         self._queue.put(None)
-        if not self.isRunning():
-            return True
-        return self.wait(timeout_ms)
+        stopped = not self.isRunning() or self.wait(timeout_ms)
+        if stopped:
+            _running.discard(self)
+        return stopped
 
     def _forget(self) -> None:
         """The thread has ended: it may be deleted once its last step is done."""
