@@ -18,11 +18,11 @@ import pytest
 import torch
 from cli_runner import run_in_process
 
-from workbench.core.common.data_files import read_rows, read_texts
+from workbench.core.common.data_files import read_lines, read_rows, read_text, read_texts
 from workbench.core.common.errors import Cancelled, WorkbenchError
 from workbench.core.common.jobs import CancelToken, JobContext, LogLine, Progress
 from workbench.core.evaluation.generate_score import RowDone, generate_and_score, output_folder
-from workbench.core.evaluation.metrics import perplexity, read_lines, read_text
+from workbench.core.evaluation.metrics import perplexity
 from workbench.core.generation.settings import SamplingSettings
 from workbench.core.models.load_report import load_report_to_log
 from workbench.core.models.loader import load_model, set_pad_token

@@ -6,8 +6,9 @@ import pytest
 import sacrebleu
 import torch
 
+from workbench.core.common.data_files import read_lines, read_text
 from workbench.core.common.errors import WorkbenchError
-from workbench.core.evaluation.metrics import perplexity, read_lines, read_text, score_translation
+from workbench.core.evaluation.metrics import perplexity, score_translation
 from workbench.core.models.loader import load_model
 
 TEXT = ("the cat sat on the mat because it was tired and the dog sat on the mat too . " * 12)

@@ -8,13 +8,13 @@ import sacrebleu
 import torch
 from cli_runner import run_in_process
 
+from workbench.core.common.data_files import read_pairs
 from workbench.core.common.errors import Cancelled, WorkbenchError
 from workbench.core.common.jobs import CancelToken, JobContext, Progress
 from workbench.core.evaluation.generate_score import (
     RowDone,
     clean_output,
     generate_and_score,
-    read_pairs,
     save_result,
 )
 from workbench.core.generation.generate import generate

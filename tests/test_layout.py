@@ -136,7 +136,7 @@ def test_the_evaluate_tables_fit_and_show_their_rows(qtbot, size, llama, tmp_pat
     # generate then score: every metric's row, and the outputs with their long prompts
     pairs = tmp_path / "pairs.tsv"
     pairs.write_text("".join(f"{LONG}{i}\tune phrase {i}\n" for i in range(6)), encoding="utf-8")
-    from workbench.core.evaluation.generate_score import read_pairs
+    from workbench.core.common.data_files import read_pairs
 
     prompts, references = read_pairs(str(pairs))
     generated = generate_and_score(llama, prompts, references,

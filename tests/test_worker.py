@@ -145,7 +145,7 @@ def test_gc_collect_elsewhere_waits_for_the_gui_thread_and_an_idle_worker(
     import gc
     import weakref
 
-    from workbench.ui.common.worker import gui_thread_garbage_collection
+    from workbench.ui.common.collection import gui_thread_garbage_collection
 
     collector = gui_thread_garbage_collection()
     # only the full collection is under test: the collector's young-generation passes
@@ -177,7 +177,7 @@ def test_gc_collect_elsewhere_waits_for_the_gui_thread_and_an_idle_worker(
 def test_each_job_reports_to_its_own_handle_and_owner(qtbot, worker):
     from PySide6.QtCore import QObject
 
-    from workbench.ui.common.worker import own_job
+    from workbench.ui.common.job_thread import own_job
 
     explore_page, branch_page = QObject(), QObject()
     seen = {"explore": [], "branch": []}
@@ -211,7 +211,7 @@ def test_a_queued_job_cancelled_by_its_handle_never_runs(qtbot, worker):
 def test_a_job_slot_is_cleared_before_the_pages_end_handler_runs(qtbot, worker):
     from PySide6.QtCore import QObject
 
-    from workbench.ui.common.worker import JobSlot
+    from workbench.ui.common.job_thread import JobSlot
 
     page = QObject()
     slot = JobSlot(page, worker)

@@ -24,7 +24,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from workbench.core.common.data_files import read_pairs as read_pairs  # the TSV reader, still here
 from workbench.core.common.errors import Cancelled, WorkbenchError
 from workbench.core.common.jobs import JobContext
 from workbench.core.evaluation.metrics import TranslationScores, make_metric, score_translation

@@ -17,8 +17,6 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 # the file readers live in data_files; these two names stay importable from here
-from workbench.core.common.data_files import read_lines as read_lines
-from workbench.core.common.data_files import read_text as read_text
 from workbench.core.common.errors import WorkbenchError
 from workbench.core.common.jobs import JobContext
 from workbench.core.common.units import LN2

@@ -19,16 +19,8 @@ from workbench.core.common.jobs import JobContext, drive
 from workbench.core.common.threads import adapted_threads
 from workbench.core.models.loader import LoadedModel, LoadOptions, load_model_job
 from workbench.ui.common import collection
-from workbench.ui.common.collection import bulk_reading as bulk_reading
-from workbench.ui.common.collection import (
-    gui_thread_garbage_collection as gui_thread_garbage_collection,
-)
 from workbench.ui.common.collection import request_full_collection
-from workbench.ui.common.job_thread import Job, JobThread
-from workbench.ui.common.job_thread import JobHandle as JobHandle
-from workbench.ui.common.job_thread import JobSlot as JobSlot
-from workbench.ui.common.job_thread import own_job as own_job
-from workbench.ui.common.job_thread import slot_handle as slot_handle
+from workbench.ui.common.job_thread import Job, JobHandle, JobThread
 
 
 @dataclass

@@ -27,7 +27,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from workbench.core.common.data_files import read_rows
+from workbench.core.common.data_files import read_pairs, read_rows
 from workbench.core.common.errors import WorkbenchError
 from workbench.core.common.paths import sample_data
 from workbench.core.evaluation.classification import ClassificationResult, evaluate_classifier
@@ -36,16 +36,16 @@ from workbench.core.evaluation.generate_score import (
     RowDone,
     generate_and_score,
     output_folder,
-    read_pairs,
     save_result,
 )
 from workbench.core.generation.settings import PRESETS, SamplingSettings
 from workbench.core.models.catalog import CAUSAL_LM, CLASSIFIER
+from workbench.ui.common.job_thread import JobSlot, slot_handle
 from workbench.ui.common.skeleton import combo, fill, line, metric_checkboxes, spin, table
 from workbench.ui.common.stale import mark_stale
 from workbench.ui.common.state import preset_names, read_preset
 from workbench.ui.common.widgets import fit_columns, rows_height, show_rows, two_line_labels
-from workbench.ui.common.worker import JobSlot, ModelWorker, WorkerContext, slot_handle
+from workbench.ui.common.worker import ModelWorker, WorkerContext
 from workbench.ui.interpret.attribution_view import AttributionDialog
 
 GENERATE_TAB = "Generate tab's settings"

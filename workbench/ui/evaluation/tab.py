@@ -26,6 +26,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from workbench.core.common.data_files import read_lines, read_text
 from workbench.core.common.errors import WorkbenchError
 from workbench.core.common.files import cannot_write
 from workbench.core.common.jobs import drive
@@ -42,18 +43,17 @@ from workbench.core.evaluation.metrics import (
     TranslationScores,
     check_parallel,
     perplexity,
-    read_lines,
-    read_text,
     score_translation,
 )
 from workbench.core.generation.settings import SamplingSettings
 from workbench.core.models.catalog import BUILTIN_MODELS, CAUSAL_LM
 from workbench.core.models.loader import load_model_job
+from workbench.ui.common.job_thread import JobSlot, slot_handle
 from workbench.ui.common.skeleton import combo, fill, line, metric_checkboxes, spin, table, text_box
 from workbench.ui.common.stale import mark_stale
 from workbench.ui.common.tab_base import WorkbenchTab
 from workbench.ui.common.widgets import TokenView, fit_columns, rows_height
-from workbench.ui.common.worker import JobSlot, ModelWorker, WorkerContext, slot_handle
+from workbench.ui.common.worker import ModelWorker, WorkerContext
 from workbench.ui.evaluation.choice import ChoicePage, PairsPage
 from workbench.ui.evaluation.pages import ClassifyPage, GenerateScorePage
 from workbench.ui.evaluation.sweep import SweepPage

@@ -26,10 +26,11 @@ from workbench.core.common.errors import WorkbenchError
 from workbench.core.generation.compare import CompareResult, batch_owners, compare, owner_of
 from workbench.core.generation.records import TokenEvent
 from workbench.core.generation.settings import SamplingSettings, parse_strategy
+from workbench.ui.common.job_thread import JobSlot, slot_handle
 from workbench.ui.common.skeleton import text_box
 from workbench.ui.common.stale import mark_stale
 from workbench.ui.common.widgets import TokenView, fit_columns, two_line_labels
-from workbench.ui.common.worker import JobSlot, ModelWorker, WorkerContext, slot_handle
+from workbench.ui.common.worker import ModelWorker, WorkerContext
 from workbench.ui.generation.single import token_tooltip
 
 SUMMARY_COLUMNS = ["strategy", "mean log-prob", "perplexity", "distinct-1", "distinct-2",

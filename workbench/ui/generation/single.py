@@ -30,9 +30,10 @@ from workbench.core.generation.generate import generate
 from workbench.core.generation.records import GenerationResult, StepRecord, TokenEvent
 from workbench.core.generation.settings import SamplingSettings
 from workbench.core.generation.step_inspection import TOP_N
+from workbench.ui.common.job_thread import JobSlot, slot_handle
 from workbench.ui.common.stale import mark_stale
 from workbench.ui.common.widgets import StatusLine, TokenView, visible_token
-from workbench.ui.common.worker import JobSlot, ModelWorker, WorkerContext, slot_handle
+from workbench.ui.common.worker import ModelWorker, WorkerContext
 from workbench.ui.generation.controls import DecodingControls
 from workbench.ui.generation.step_views import StepViews
 from workbench.ui.interpret.attribution_view import AttributionDialog

@@ -8,8 +8,9 @@ from workbench.core.common.errors import WorkbenchError
 from workbench.core.generation.explore import explore_distribution, next_token_logits
 from workbench.core.generation.settings import SamplingSettings
 from workbench.core.generation.step_inspection import TOP_N, with_texts
+from workbench.ui.common.job_thread import slot_handle
 from workbench.ui.common.stale import mark_stale
-from workbench.ui.common.worker import WorkerContext, slot_handle
+from workbench.ui.common.worker import WorkerContext
 
 OUTPUT_SQUEEZED = 80  # the output's height while the sampler stages fill rows below it
 

@@ -16,9 +16,10 @@ from workbench.core.common.errors import WorkbenchError
 from workbench.core.generation.records import GenerationResult, StepRecord
 from workbench.core.generation.settings import SamplingSettings
 from workbench.core.models.catalog import CAUSAL_LM
+from workbench.ui.common.job_thread import JobHandle
 from workbench.ui.common.skeleton import text_box
 from workbench.ui.common.tab_base import WorkbenchTab
-from workbench.ui.common.worker import JobHandle, ModelWorker
+from workbench.ui.common.worker import ModelWorker
 from workbench.ui.generation.compare import CompareView
 from workbench.ui.generation.controls import DecodingControls
 from workbench.ui.generation.single import SingleRunView

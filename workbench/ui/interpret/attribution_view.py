@@ -53,10 +53,11 @@ from workbench.core.interpret.attribution_result import (
     METHODS,
     AttributionResult,
 )
+from workbench.ui.common.job_thread import JobSlot, slot_handle
 from workbench.ui.common.skeleton import combo, spin, table
 from workbench.ui.common.stale import mark_stale
 from workbench.ui.common.widgets import ProgressThrottle, StatusLine, visible_token
-from workbench.ui.common.worker import JobSlot, ModelWorker, WorkerContext, slot_handle
+from workbench.ui.common.worker import ModelWorker, WorkerContext
 from workbench.ui.interpret.attribution_matrix import AttributionMatrix
 
 BASELINE_CHOICES = (("pad", "pad token"), ("eos", "end-of-text token"),

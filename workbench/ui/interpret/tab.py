@@ -42,11 +42,12 @@ from workbench.core.interpret.attention import (
     position_embeddings,
 )
 from workbench.core.models.catalog import CLASSIFIER
+from workbench.ui.common.job_thread import JobSlot, slot_handle
 from workbench.ui.common.skeleton import combo, line, spin, text_box
 from workbench.ui.common.stale import mark_stale
 from workbench.ui.common.tab_base import WorkbenchTab
 from workbench.ui.common.widgets import fit_columns, visible_token
-from workbench.ui.common.worker import JobSlot, ModelWorker, WorkerContext, slot_handle
+from workbench.ui.common.worker import ModelWorker, WorkerContext
 from workbench.ui.interpret.attribution_view import AttributionDialog
 from workbench.ui.interpret.lens import LensTable
 

@@ -22,6 +22,8 @@ from workbench.core.common.jobs import LogLine, Progress
 from workbench.core.models.catalog import CAUSAL_LM, DEFAULT_MODEL
 from workbench.core.models.loader import LoadedModel, LoadOptions
 from workbench.ui.common import theme
+from workbench.ui.common.collection import gui_thread_garbage_collection
+from workbench.ui.common.job_thread import JobHandle, JobSlot, slot_handle
 from workbench.ui.common.state import (
     as_bytes,
     as_number,
@@ -36,13 +38,7 @@ from workbench.ui.common.state import (
 )
 from workbench.ui.common.tab_base import WorkbenchTab
 from workbench.ui.common.widgets import ProgressThrottle
-from workbench.ui.common.worker import (
-    JobHandle,
-    JobSlot,
-    ModelWorker,
-    gui_thread_garbage_collection,
-    slot_handle,
-)
+from workbench.ui.common.worker import ModelWorker
 from workbench.ui.evaluation.tab import EvaluateTab
 from workbench.ui.generation.tab import GenerateTab
 from workbench.ui.interpret.tab import AttentionTab

@@ -49,11 +49,12 @@ from workbench.core.training.process import (
 )
 from workbench.core.training.run_folder import check_output_dir, save_config, saved_config
 from workbench.core.training.runs import RunMonitor, check_run_folder
+from workbench.ui.common.collection import bulk_reading
 from workbench.ui.common.job_thread import JobSlot, JobThread
 from workbench.ui.common.state import remembered_folders
 from workbench.ui.common.tab_base import WorkbenchTab
 from workbench.ui.common.widgets import ProgressThrottle
-from workbench.ui.common.worker import ModelWorker, bulk_reading
+from workbench.ui.common.worker import ModelWorker
 from workbench.ui.training.charts import CHART_NAMES, RunCharts, RunCurves
 from workbench.ui.training.form import RunForm
 
