@@ -8,7 +8,7 @@ from typing import Any
 
 from workbench.core.common.errors import WorkbenchError
 from workbench.core.common.jobs import JobContext
-from workbench.core.common.units import LN2
+from workbench.core.common.units import LN2, entropy
 from workbench.core.generation.generate import chain_processors, eos_ids, run_generation
 from workbench.core.generation.records import GeneratedSequence, GenerationResult
 from workbench.core.generation.settings import SamplingSettings, row_chain
@@ -59,11 +59,10 @@ def explore_distribution(logits: Any, settings: SamplingSettings, top_n: int = 2
     proc_p = proc_logp.exp()
     kept = proc_p > 0
     top = torch.topk(raw_p, min(top_n, raw_p.shape[-1])).indices
-    terms = torch.where(proc_p > 0, proc_p * proc_logp, torch.zeros_like(proc_p))
     return Distribution(token_ids=top.tolist(), raw=raw_p[top].tolist(),
                         processed=proc_p[top].tolist(), kept=kept[top].tolist(),
                         kept_count=int(kept.sum()), kept_mass=float(raw_p[kept].sum()),
-                        entropy=float(-terms.sum()) / LN2)
+                        entropy=float(entropy(proc_p, proc_logp)) / LN2)
 
 
 @dataclass

@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from workbench.core.common.errors import WorkbenchError
-from workbench.core.common.units import LN2
+from workbench.core.common.units import LN2, entropy
 
 
 @dataclass(frozen=True)
@@ -197,9 +197,8 @@ class StepInspector:
         self.stats = {
             "kept_count": kept.sum(-1).tolist(),
             "kept_mass": torch.where(kept, raw_p, zero).sum(-1).tolist(),
-            "entropy": (-torch.where(kept, proc_p * proc_logp, zero).sum(-1) / LN2).tolist(),
-            "raw_entropy": (-torch.where(raw_p > 0, raw_p * raw_logp, zero).sum(-1)
-                            / LN2).tolist(),
+            "entropy": (entropy(proc_p, proc_logp) / LN2).tolist(),
+            "raw_entropy": (entropy(raw_p, raw_logp) / LN2).tolist(),
         }
         if self.top_n:
             top = torch.topk(raw_logp, min(self.top_n, raw_logp.shape[-1]), dim=-1).indices

@@ -19,7 +19,7 @@ from typing import Any
 
 from workbench.core.common.errors import WorkbenchError
 from workbench.core.common.settings import check_fields, setting
-from workbench.core.common.units import LN2
+from workbench.core.common.units import LN2, entropy
 
 SEED_LIMIT = 2**32  # numpy's and torch's seeds: 0 to 2**32 - 1
 MAX_SEQUENCES = 10_000  # rows of one generate() batch, whatever the memory says
@@ -555,7 +555,7 @@ def _stage(name: str, scores: Any, raw_p: Any, chosen: int) -> Stage:
     logp = torch.log_softmax(scores.float(), -1)
     p = logp.exp()
     kept = p > 0
-    entropy = float(-torch.where(kept, p * logp, torch.zeros_like(p)).sum()) / LN2
+    bits = float(entropy(p, logp)) / LN2
     chosen_p = float(p[chosen])
     rank = int((p > p[chosen]).sum()) + 1 if chosen_p > 0 else None
-    return Stage(name, int(kept.sum()), float(raw_p[kept].sum()), entropy, rank, chosen_p)
+    return Stage(name, int(kept.sum()), float(raw_p[kept].sum()), bits, rank, chosen_p)
