@@ -275,7 +275,7 @@ FINETUNE_BAD = [
     (["--learning-rate", "0"], "learning rate"),
     (["--scheduler", "bogus"], "Unknown learning-rate schedule"),
     (["--batch-size", "0"], "batch size"),
-    (["--logging-steps", "0"], "intervals"),
+    (["--logging-steps", "0"], "logging interval must be at least 1"),
     (["--max-steps", "abc"], "invalid int value"),
     (["--max-length", "100000"], "positions"),
     (["--lora", "--lora-dropout", "1.5"], "LoRA"),
