@@ -214,3 +214,27 @@ def test_the_forms_defaults_make_a_valid_run(run_form):
     config = run_form.config()
     config.validate()
     assert isinstance(config.seed, int) and config.seed == 42
+
+
+def test_a_setting_left_to_the_app_is_none_everywhere(qtbot):
+    """``auto``: None is the app's choice; the form shows it one step below the range."""
+    from dataclasses import dataclass
+
+    from workbench.core.common.settings import check_fields, setting
+    from workbench.ui.common.setting_widgets import box_value, setting_box
+
+    @dataclass
+    class Window:
+        size: int | None = setting(None, "The window", low=2, high=4096, auto="model context")
+
+    check_fields(Window())  # None: the app's choice
+    check_fields(Window(size=2))
+    with pytest.raises(WorkbenchError, match="The window must be at least 2, not 1"):
+        check_fields(Window(size=1))
+    box = setting_box(Window, "size")
+    qtbot.addWidget(box)
+    assert box.text() == "model context" and box_value(Window, "size", box) is None
+    box.setValue(64)
+    assert box_value(Window, "size", box) == 64
+    box.setValue(0)  # below the range: clamped to the automatic value, not to 2
+    assert box_value(Window, "size", box) is None

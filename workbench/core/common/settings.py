@@ -28,7 +28,9 @@ class Setting:
     interval ("in (0, 1]"), ``"between"`` both ends ("between 0 and 4294967295").
     ``off``: the word for ``low`` where the low end turns the setting off ("off",
     "greedy"); ``note``: why the range, said after it; ``choices``: the only values, with a
-    word each; ``high_note``: why the high end, in the ``"sides"`` style. ``decimals``, ``step`` and ``typical`` (a slider's range) shape the form."""
+    word each; ``high_note``: why the high end, in the ``"sides"`` style; ``auto``: what
+    ``None`` stands for, where the setting may be left to the app ("the model's context"),
+    shown by a form as one step below the range. ``decimals``, ``step`` and ``typical`` (a slider's range) shape the form."""
 
     label: str
     help: str = ""
@@ -45,6 +47,7 @@ class Setting:
     decimals: int = 2
     step: float = 0.05
     typical: tuple[float, float] | None = None
+    auto: str = ""
 
 
 def setting(default: Any, label: str, **meta: Any) -> Any:
@@ -66,6 +69,7 @@ def description(cls: type, name: str) -> Setting:
 def kind(f: dataclasses.Field) -> type:
     """The field's Python type (bool, int, float or str), read from its annotation."""
     name = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "")
+    name = name.removesuffix(" | None")  # an optional setting: None is its automatic value
     return {"bool": bool, "int": int, "str": str}.get(name, float)
 
 
@@ -134,6 +138,8 @@ def refusal(meta: Setting, numeric: type, value: Any) -> str | None:
 def check_value(f: dataclasses.Field, meta: Setting, value: Any) -> None:
     """Raise WorkbenchError unless ``value`` has the field's type and lies in its range."""
     numeric = kind(f)
+    if value is None and meta.auto:
+        return
     if numeric is bool:
         ok, what = isinstance(value, bool), "true or false"
     elif numeric is int:
@@ -183,5 +189,6 @@ def option_help(f: dataclasses.Field, meta: Setting) -> str:
                      + (f" {meta.unit}" if meta.unit else ""))
     elif meta.choices:
         parts.append(" or ".join(f"{choice} ({word})" for choice, word in meta.choices))
-    parts.append("default: %(default)s")
+    parts.append(f"default: {meta.auto}" if meta.auto and f.default is None
+                 else "default: %(default)s")
     return "; ".join(parts)

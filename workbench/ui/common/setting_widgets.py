@@ -27,13 +27,18 @@ def setting_box(cls: type, name: str, object_name: str | None = None
         box.setDecimals(0 if kind(f) is int else meta.decimals)
         box.setSingleStep(1 if kind(f) is int else meta.step)
     box.setObjectName(object_name or name.replace("_", "-"))
+    if meta.auto:  # one step below the range stands for None: the app chooses
+        low -= 1 if kind(f) is int else 10.0 ** -meta.decimals
+        box.setSpecialValueText(meta.auto)
     box.setRange(low, high)
-    box.setValue(f.default)
+    box.setValue(low if f.default is None else f.default)
     box.setToolTip(f"{meta.label}: {meta.help}" if meta.help else meta.label)
     return box
 
 
 def box_value(cls: type, name: str, box: QSpinBox | QDoubleSpinBox) -> Any:
     """The box's value in the setting's type (a whole number from a double spin box)."""
-    f = next(f for f, _ in described(cls) if f.name == name)
+    f, meta = next((f, meta) for f, meta in described(cls) if f.name == name)
+    if meta.auto and box.value() == box.minimum():
+        return None
     return int(round(box.value())) if kind(f) is int else box.value()
