@@ -300,14 +300,14 @@ def test_cancel_takes_effect_at_the_next_model_call(llama):
 # --- bad input: one clear error ------------------------------------------------------------------------
 @pytest.mark.parametrize("kwargs, message", [
     (dict(prompt="  "), "The prompt is empty."),
-    (dict(steps=0), "from 1 to 1000"),
-    (dict(steps=1001), "from 1 to 1000"),
+    (dict(steps=0), "The number of steps must be between 1 and 1000, not 0."),
+    (dict(steps=1001), "The number of steps must be between 1 and 1000, not 1001."),
     (dict(method="shap"), "Unknown attribution method 'shap'"),
     (dict(baseline="unk"), "Unknown baseline 'unk'"),
     (dict(baseline=80), "does not exist"),
     (dict(target=""), "The target is empty"),
     (dict(max_new_tokens=2), "not both or neither"),
-    (dict(target=None, max_new_tokens=0), "from 1 to 256"),
+    (dict(target=None, max_new_tokens=0), "Max new tokens must be at least 1, not 0."),
 ])
 def test_bad_input_is_one_clear_error(llama, kwargs, message):
     args = dict(prompt=PROMPT, target=TARGET, method="ig", steps=4) | kwargs
@@ -363,7 +363,7 @@ def test_cli_prints_tokens_scores_delta_and_what_was_used(llama, tiny, tmp_path,
     (["--target", "x", "--steps", "0"], "error: The number of steps must be"),
     (["--target", "x", "--baseline", "-3"], "error: Unknown baseline '-3'"),
     (["--target", "x", "--max-new-tokens", "3"], "error: argument --max-new-tokens: not allowed"),
-    (["--max-new-tokens", "999"], "error: --max-new-tokens can be at most 256"),
+    (["--max-new-tokens", "999"], "error: Max new tokens can be at most 256"),
     (["--target", "x", "--csv", "/no/such/folder/a.csv"], "the folder /no/such/folder does not"),
     (["--label", "positive"], "error: --label is for classifiers"),
     ([], "error: Give --target TEXT"),

@@ -238,3 +238,93 @@ def test_a_setting_left_to_the_app_is_none_everywhere(qtbot):
     assert box_value(Window, "size", box) == 64
     box.setValue(0)  # below the range: clamped to the automatic value, not to 2
     assert box_value(Window, "size", box) is None
+
+
+# The attribution's settings: the attribution view's boxes, ``attribute``'s options and the core.
+
+def attribution_numbers() -> list:
+    from workbench.core.interpret.attribution_options import AttributionOptions
+
+    return [(f, meta) for f, meta in described(AttributionOptions)
+            if kind(f) in (int, float) and not meta.choices]
+
+
+ATTR_NUMBERS = attribution_numbers()
+# the view's box of each setting, by its object name: the view attributes a continuation or a
+# sequence generated elsewhere, so it offers no number of tokens to generate
+ATTR_BOXES = {"steps": "attribution-steps"}
+
+
+def attr_probes(f: dataclasses.Field, meta) -> list[int]:
+    """Each end of the range and one past it (these settings are whole numbers, None by
+    default: the app's own choice)."""
+    return sorted({int(v) for end in (meta.low, meta.high) for v in (end - 1, end, end + 1)})
+
+
+def attr_core_accepts(name: str, value: int | None) -> bool:
+    from workbench.core.interpret.attribution_options import AttributionOptions
+
+    try:
+        AttributionOptions(**{name: value}).validate()
+    except WorkbenchError:
+        return False
+    return True
+
+
+def attr_cli_accepts(name: str, value: int | None) -> bool:
+    """As ``attribute`` checks its options before it loads a model (nothing is loaded here)."""
+    from workbench.cli.attribute import options_from_args
+
+    argv = ["attribute", "--model", "m", "--prompt", "x"]
+    if value is not None:
+        argv.append(f"--{name.replace('_', '-')}={value}")
+    try:
+        options_from_args(build_parser().parse_args(argv)).validate()
+    except WorkbenchError:
+        return False
+    return True
+
+
+@pytest.fixture
+def attribution_view(qtbot):
+    from workbench.ui.interpret.attribution_view import AttributionView
+
+    view = AttributionView(object())  # the worker is not asked for anything here
+    qtbot.addWidget(view)
+    return view
+
+
+@pytest.mark.parametrize("f, meta", ATTR_NUMBERS, ids=[f.name for f, _ in ATTR_NUMBERS])
+def test_the_attribution_options_view_and_core_accept_the_same_values(f, meta,
+                                                                       attribution_view):
+    from PySide6.QtWidgets import QAbstractSpinBox
+
+    from workbench.core.interpret.attribution_options import AttributionOptions
+    from workbench.ui.common.setting_widgets import box_value
+
+    box = attribution_view.findChild(QAbstractSpinBox, ATTR_BOXES.get(f.name, "-"))
+    assert (box is None) == (f.name not in ATTR_BOXES)
+    for value in attr_probes(f, meta):
+        expected = in_range(meta, value)
+        assert attr_core_accepts(f.name, value) == expected, (f.name, value)
+        assert attr_cli_accepts(f.name, value) == expected, (f.name, value)
+        if box is not None:
+            box.setValue(value)  # a spin box clamps what its range refuses
+            assert (box_value(AttributionOptions, f.name, box) == value) == expected, \
+                (f.name, value, box.value())
+    assert attr_core_accepts(f.name, None) and attr_cli_accepts(f.name, None)  # the default
+
+
+def test_every_attribution_number_setting_has_an_option_and_the_view_its_box(
+        attribution_view):
+    from workbench.core.interpret.attribution_options import DEFAULT_STEPS
+
+    options = {a.dest for a in build_parser()._subparsers._group_actions[0]
+               .choices["attribute"]._actions}
+    assert {f.name for f, _ in ATTR_NUMBERS} == {"steps", "max_new_tokens"}
+    assert {f.name for f, _ in ATTR_NUMBERS} <= options
+    assert attribution_view.steps.objectName() == "attribution-steps"
+    assert attribution_view.steps.value() == DEFAULT_STEPS  # shown as today
+    attribution_view.steps.setValue(0)  # below the range: captum's own default, None
+    assert attribution_view.steps.text() == f"{DEFAULT_STEPS} (captum's default)"
+

@@ -9,21 +9,20 @@ import sys
 from workbench.cli.common import (
     TerminalProgress,
     add_model_options,
+    add_setting_options,
     add_text_options,
     check_model_options,
     check_output_file,
     check_utf8,
-    check_whole,
     load_from_args,
     print_json,
     text_argument,
 )
 from workbench.core.common.errors import WorkbenchError
+from workbench.core.interpret.attribution_options import AttributionOptions
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
-    from workbench.core.interpret.attribution import MAX_NEW_TOKENS
-    from workbench.core.interpret.attribution_options import DEFAULT_STEPS
     from workbench.core.interpret.attribution_result import METHODS
 
     att = sub.add_parser("attribute", help="attribution of a target or generated tokens to the "
@@ -34,14 +33,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     what = att.add_mutually_exclusive_group()
     what.add_argument("--target", help="a continuation of the prompt, attributed as it is "
                       "tokenized (a leading space usually belongs to it)")
-    what.add_argument("--max-new-tokens", type=int, metavar="N",
-                      help=f"generate N tokens greedily (1-{MAX_NEW_TOKENS}) and attribute each "
-                      "to the prompt and the tokens before it (the tokens × tokens matrix)")
+    add_setting_options(what, AttributionOptions, ["max_new_tokens"])
     what.add_argument("--label", help="a classifier's label to attribute, by name or index "
                       "(default: the label it predicts)")
     att.add_argument("--method", default="ig", help=f"{', '.join(METHODS)} (default ig)")
-    att.add_argument("--steps", type=int, default=None,
-                     help=f"integrated-gradients steps (default {DEFAULT_STEPS})")
+    add_setting_options(att, AttributionOptions, ["steps"])
     att.add_argument("--baseline", default=None,
                      help="what a token is compared with (integrated gradients, ablation): pad "
                           "(default), eos, zero (a zero embedding) or a token id")
@@ -51,17 +47,21 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     att.add_argument("--json", action="store_true", help="print one JSON document")
 
 
+def options_from_args(args: argparse.Namespace) -> AttributionOptions:
+    """The attribution's options as ``attribute`` gives them (checked by ``validate()``)."""
+    return AttributionOptions(method=args.method, steps=args.steps, baseline=args.baseline,
+                              max_new_tokens=args.max_new_tokens)
+
+
 def cmd_attribute(args: argparse.Namespace) -> int:
     from workbench.core.common.jobs import JobContext
-    from workbench.core.interpret.attribution import MAX_NEW_TOKENS, attribute
+    from workbench.core.interpret.attribution import attribute
     from workbench.core.interpret.attribution_classifier import attribute_classifier
     from workbench.core.interpret.attribution_export import export_csv, export_html
-    from workbench.core.interpret.attribution_options import check_options
     from workbench.core.models.catalog import CLASSIFIER
 
     check_model_options(args)
-    check_options(args.method, args.steps, args.baseline)
-    check_whole(args.max_new_tokens, "--max-new-tokens", 1, MAX_NEW_TOKENS)
+    options_from_args(args).validate()
     for option, value in (("--target", args.target), ("--label", args.label),
                           ("--baseline", args.baseline), ("--method", args.method)):
         if value is not None:

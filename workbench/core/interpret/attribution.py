@@ -65,6 +65,7 @@ from workbench.core.common.jobs import JobContext
 from workbench.core.interpret.attribution_options import (
     DEFAULT_METHOD,
     DEFAULT_STEPS,
+    check_new_tokens,
     prepare_options,
 )
 from workbench.core.interpret.attribution_result import (
@@ -84,8 +85,6 @@ from workbench.core.interpret.attribution_runtime import (
     steps_per_batch,
     token_input,
 )
-
-MAX_NEW_TOKENS = 256  # each generated token costs one attribution of its own
 
 
 def _check_ids(ids: Any, what: str, vocabulary: int) -> list[int]:
@@ -144,10 +143,7 @@ def _target_ids(target: str | Sequence[int] | None, max_new_tokens: int | None,
         return outputs, CONTINUATION
     if target is not None:
         return _check_ids(target, "generated sequence", vocabulary), GENERATED
-    if (isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int)
-            or not 1 <= max_new_tokens <= MAX_NEW_TOKENS):
-        raise WorkbenchError(f"The number of new tokens must be a whole number from 1 to "
-                             f"{MAX_NEW_TOKENS}, not {max_new_tokens!r}.")
+    check_new_tokens(max_new_tokens)
     return [], GENERATED
 
 

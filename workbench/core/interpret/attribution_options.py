@@ -1,10 +1,16 @@
-"""An attribution's options checked: the method, integrated gradients' steps, the baseline."""
+"""An attribution's options checked: the method, integrated gradients' steps, the baseline
+and the number of tokens to generate. The number settings are described once, in
+:class:`AttributionOptions`' fields (:mod:`workbench.core.common.settings`): the checks
+here, the ``attribute`` command's options and the attribution view's boxes are made from
+it."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from workbench.core.common.errors import WorkbenchError
+from workbench.core.common.settings import check_fields, check_value, described, setting
 from workbench.core.interpret.attribution_result import METHODS, ZERO_EMBEDDING
 
 BASELINES = ("pad", "eos", "zero")
@@ -13,6 +19,7 @@ DEFAULT_METHOD = "ig"
 DEFAULT_BASELINE = "pad"
 DEFAULT_STEPS = 50  # captum's own default n_steps
 MAX_STEPS = 1000
+MAX_NEW_TOKENS = 256  # each generated token costs one attribution of its own
 
 
 def check_method(method: Any) -> str:
@@ -22,14 +29,58 @@ def check_method(method: Any) -> str:
     return method.strip().lower()
 
 
+@dataclass
+class AttributionOptions:
+    """What an attribution is asked for, before a model is loaded: its ``validate()`` checks
+    each number setting against its description, then the options across each other."""
+
+    method: str = DEFAULT_METHOD
+    steps: int | None = setting(
+        None, "The number of steps", low=1, high=MAX_STEPS, style="between",
+        auto=f"{DEFAULT_STEPS} (captum's default)",
+        help="integrated-gradients steps: points on the path from the baseline (the "
+             "convergence delta says whether they are enough)")
+    baseline: str | int | None = None
+    max_new_tokens: int | None = setting(
+        None, "Max new tokens", low=1, high=MAX_NEW_TOKENS,
+        high_note="each generated token is attributed on its own",
+        auto="none (attribute the target given)",
+        help="generate N tokens greedily and attribute each to the prompt and the tokens "
+             "before it (the tokens × tokens matrix)")
+
+    def validate(self) -> list[str]:
+        """Raise WorkbenchError on a wrong option; returns notices about options the method
+        does not use."""
+        method = check_method(self.method)
+        check_fields(self)
+        parse_baseline(self.baseline)
+        notices = []
+        if self.steps is not None and method != "ig":
+            notices.append(f"{METHODS[method].capitalize()} takes no steps: the number of "
+                           "steps is for integrated gradients only.")
+        if self.baseline is not None and method not in USES_BASELINE:
+            notices.append(f"{METHODS[method].capitalize()} uses no baseline: the baseline is "
+                           "for integrated gradients and feature ablation only.")
+        return notices
+
+
+def _check(name: str, value: Any) -> None:
+    f, meta = next((f, meta) for f, meta in described(AttributionOptions) if f.name == name)
+    check_value(f, meta, value)
+
+
 def check_steps(steps: Any) -> int:
     """The number of integrated-gradients steps: None is captum's default (50)."""
-    if steps is None:
-        return DEFAULT_STEPS
-    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= MAX_STEPS:
-        raise WorkbenchError(f"The number of steps must be a whole number from 1 to "
-                             f"{MAX_STEPS}, not {steps!r}.")
-    return steps
+    _check("steps", steps)
+    return DEFAULT_STEPS if steps is None else steps
+
+
+def check_new_tokens(max_new_tokens: Any) -> int:
+    """The number of tokens to generate and attribute (1 to 256)."""
+    if max_new_tokens is None:
+        raise WorkbenchError("Max new tokens must be a whole number, not None.")
+    _check("max_new_tokens", max_new_tokens)
+    return max_new_tokens
 
 
 def parse_baseline(baseline: Any) -> str | int:
@@ -53,17 +104,7 @@ def parse_baseline(baseline: Any) -> str | int:
 def check_options(method: Any, steps: Any = None, baseline: Any = None) -> list[str]:
     """Check the options without a model (the command line does it before loading one);
     returns notices about options the method does not use."""
-    method = check_method(method)
-    check_steps(steps)
-    parse_baseline(baseline)
-    notices = []
-    if steps is not None and method != "ig":
-        notices.append(f"{METHODS[method].capitalize()} takes no steps: the number of steps "
-                       "is for integrated gradients only.")
-    if baseline is not None and method not in USES_BASELINE:
-        notices.append(f"{METHODS[method].capitalize()} uses no baseline: the baseline is "
-                       "for integrated gradients and feature ablation only.")
-    return notices
+    return AttributionOptions(method, steps, baseline).validate()
 
 
 def resolve_baseline(loaded: Any, baseline: Any) -> tuple[str, int]:

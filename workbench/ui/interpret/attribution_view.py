@@ -45,7 +45,11 @@ from workbench.core.interpret.attribution_export import (
     export_html,
     scale_of,
 )
-from workbench.core.interpret.attribution_options import DEFAULT_STEPS, MAX_STEPS, check_options
+from workbench.core.interpret.attribution_options import (
+    DEFAULT_STEPS,
+    AttributionOptions,
+    check_options,
+)
 from workbench.core.interpret.attribution_result import (
     CLASSIFICATION,
     CONTINUATION,
@@ -54,6 +58,7 @@ from workbench.core.interpret.attribution_result import (
     AttributionResult,
 )
 from workbench.ui.common.job_thread import JobSlot, slot_handle
+from workbench.ui.common.setting_widgets import box_value, setting_box
 from workbench.ui.common.skeleton import combo, spin, table
 from workbench.ui.common.stale import mark_stale
 from workbench.ui.common.widgets import ProgressThrottle, StatusLine, visible_token
@@ -142,9 +147,8 @@ class AttributionView(QWidget):
         self.method = combo("attribution-method", [name.capitalize() for name in METHODS.values()])
         self.method.setToolTip("captum's integrated gradients, input × gradient, saliency or "
                                "feature ablation")
-        self.steps = spin("attribution-steps", 1, MAX_STEPS, DEFAULT_STEPS)
-        self.steps.setToolTip("Integrated gradients: points on the path from the baseline "
-                              "(the convergence delta says whether they are enough)")
+        self.steps = setting_box(AttributionOptions, "steps", "attribution-steps")
+        self.steps.setValue(DEFAULT_STEPS)  # shown as a number; below 1: captum's default
         self.baseline = combo("attribution-baseline", [label for _, label in BASELINE_CHOICES])
         self.baseline.setToolTip("What each token is replaced with (integrated gradients, "
                                  "feature ablation)")
@@ -305,7 +309,7 @@ class AttributionView(QWidget):
         if self.job is not None:
             return
         method = self.method_key()
-        steps = self.steps.value() if method == "ig" else None
+        steps = box_value(AttributionOptions, "steps", self.steps) if method == "ig" else None
         baseline = self.baseline_value() if method in ("ig", "ablation") else None
         subject = self.subject or Subject(CONTINUATION, "")
         prompt, target = self.prompt.toPlainText(), self.target.text()
