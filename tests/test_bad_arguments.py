@@ -153,7 +153,7 @@ CHEAP = [
     ((*PPL, "--stride", "-4"), "--stride must be at least 1"),
     ((*PPL, "--max-length", "0"), "--max-length must be at least 2, not 0"),
     ((*PPL, "--max-length", "1"), "--max-length must be at least 2"),
-    ((*PPL, "--max-length", "8", "--stride", "16"), "--stride (16) is larger than --max-length (8)"),
+    ((*PPL, "--max-length", "8", "--stride", "16"), "The stride (16) is larger than the window (8)"),
     ((*PPL, "--compare-model", " "), "--compare-model is empty"),
     # metrics and the paired test
     ((*BLEU, "--metrics", ","), "--metrics names nothing"),

@@ -64,7 +64,7 @@ def test_overlapping_windows_score_every_token_after_the_first(gpt2):
 @pytest.mark.parametrize("kwargs, message", [
     (dict(max_length=64, stride=65), "larger than the window"),
     (dict(max_length=64, stride=-1), "at least 1"),
-    (dict(max_length=1), "at least 2 tokens"),
+    (dict(max_length=1), "The window must be at least 2, not 1"),
     (dict(max_length=4096), "longer than the model's context"),
 ])
 def test_bad_windows(gpt2, kwargs, message):

@@ -11,6 +11,7 @@ from workbench.cli.common import (
     OneLineParser,
     TerminalProgress,
     add_model_options,
+    add_setting_options,
     check_model_options,
     check_utf8,
     check_whole,
@@ -21,6 +22,7 @@ from workbench.cli.common import (
 from workbench.core.common.errors import WorkbenchError
 from workbench.core.evaluation.choice import TARGET_DELIMITER
 from workbench.core.evaluation.generate_score import BATCH_SIZE as GENERATE_BATCH_SIZE
+from workbench.core.evaluation.metrics import PerplexitySettings
 from workbench.core.generation.settings import MAX_SEQUENCES, SamplingSettings
 
 MAX_SAMPLES = 100_000  # paired-test resamples: sacrebleu holds samples × lines indices at once
@@ -45,9 +47,7 @@ def _add_perplexity(ev_sub: argparse._SubParsersAction) -> None:
     ppl = ev_sub.add_parser("perplexity", help="perplexity of a model on a text file")
     add_model_options(ppl)
     ppl.add_argument("--file", required=True, help="a UTF-8 text file")
-    ppl.add_argument("--max-length", type=int, default=None,
-                     help="window in tokens (default: the model's context)")
-    ppl.add_argument("--stride", type=int, default=None, help="default: half the window")
+    add_setting_options(ppl, PerplexitySettings, ["max_length", "stride"])
     ppl.add_argument("--per-token", action="store_true", help="with --json: every token's NLL")
     ppl.add_argument("--compare-model", metavar="M2",
                      help="a second model scored on the same text and settings, side by side")
@@ -188,17 +188,34 @@ def check_test_memory(samples: int, lines: int, tests: tuple[str, ...]) -> None:
                              "available: give fewer --samples.")
 
 
+def check_options(settings: Any) -> None:
+    """Each described setting of ``settings`` in its range, named by its option
+    (``--max-length``) as this command's checks name them."""
+    from dataclasses import replace
+
+    from workbench.core.common.settings import check_value, described
+
+    for f, meta in described(type(settings)):
+        option = "--" + f.name.replace("_", "-")
+        check_value(f, replace(meta, label=option), getattr(settings, f.name))
+
+
+def perplexity_settings(args: argparse.Namespace) -> PerplexitySettings:
+    """The window and stride as ``evaluate perplexity`` gives them, checked (each by its
+    option's name, then the stride against the window by the settings' own check)."""
+    settings = PerplexitySettings(max_length=args.max_length, stride=args.stride)
+    check_options(settings)
+    settings.validate()
+    return settings
+
+
 def cmd_evaluate_perplexity(args: argparse.Namespace) -> int:
     from workbench.core.common.data_files import read_text
     from workbench.core.common.jobs import JobContext
     from workbench.core.evaluation.metrics import perplexity
 
     check_model_options(args, "--compare-model")
-    check_whole(args.max_length, "--max-length", 2)
-    check_whole(args.stride, "--stride", 1)
-    if args.max_length is not None and args.stride is not None and args.stride > args.max_length:
-        raise WorkbenchError(f"--stride ({args.stride}) is larger than --max-length "
-                             f"({args.max_length}): tokens between windows would never be scored.")
+    perplexity_settings(args)
     text = read_text(args.file)
     bar = TerminalProgress(quiet=args.json)
     loaded = load_from_args(args, bar)

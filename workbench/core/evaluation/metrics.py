@@ -19,7 +19,37 @@ from typing import Any
 # the file readers live in data_files; these two names stay importable from here
 from workbench.core.common.errors import WorkbenchError
 from workbench.core.common.jobs import JobContext
+from workbench.core.common.settings import check_fields, setting
 from workbench.core.common.units import LN2
+
+MAX_WINDOW = 131072  # tokens: the longest window offered (a model's context limits it too)
+
+
+@dataclass
+class PerplexitySettings:
+    """The sliding window of :func:`perplexity`, described once (its checks, the
+    ``evaluate perplexity`` options and the Evaluate tab's boxes are made from it); None
+    leaves a setting to the app."""
+
+    max_length: int | None = setting(
+        None, "The window", low=2, high=MAX_WINDOW, unit="tokens", auto="model context",
+        help="tokens a window holds")
+    stride: int | None = setting(
+        None, "The stride", low=1, high=MAX_WINDOW, unit="tokens", auto="half the window",
+        help="tokens each window moves on from the one before")
+
+    def validate(self) -> None:
+        """Raise WorkbenchError unless each setting lies in its range and the stride fits
+        in the window."""
+        check_fields(self)
+        check_stride(self.max_length, self.stride)
+
+
+def check_stride(max_length: int | None, stride: int | None) -> None:
+    """A stride longer than the window would leave tokens between windows unscored."""
+    if max_length is not None and stride is not None and stride > max_length:
+        raise WorkbenchError(f"The stride ({stride}) is larger than the window ({max_length}):"
+                             " tokens between windows would never be scored.")
 
 
 @dataclass
@@ -70,7 +100,9 @@ class PerplexityResult:
 
 def perplexity(loaded: Any, text: str, max_length: int | None = None, stride: int | None = None,
                ctx: JobContext | None = None) -> PerplexityResult:
-    """Perplexity of ``loaded`` (a causal LM) on ``text`` (see the module docstring)."""
+    """Perplexity of ``loaded`` (a causal LM) on ``text`` (see the module docstring), with
+    the window and stride of :class:`PerplexitySettings` (None: the model's context, half
+    the window)."""
     import torch
 
     from workbench.core.models.catalog import CAUSAL_LM
@@ -78,19 +110,14 @@ def perplexity(loaded: Any, text: str, max_length: int | None = None, stride: in
 
     ctx = ctx or JobContext()
     loaded.require(CAUSAL_LM, "perplexity")
+    PerplexitySettings(max_length, stride).validate()
     context = context_length(loaded.model) or 1024
-    max_length = max_length or context
-    if max_length < 2:
-        raise WorkbenchError("The window must hold at least 2 tokens.")
+    max_length = context if max_length is None else max_length
     if max_length > context:
         raise WorkbenchError(f"The window ({max_length}) is longer than the model's context "
                              f"({context} tokens).")
-    stride = stride or max(1, max_length // 2)
-    if stride <= 0:
-        raise WorkbenchError("The stride must be at least 1.")
-    if stride > max_length:
-        raise WorkbenchError(f"The stride ({stride}) is larger than the window ({max_length}):"
-                             " tokens between windows would never be scored.")
+    stride = max(1, max_length // 2) if stride is None else stride
+    check_stride(max_length, stride)
     tokenizer, model = loaded.tokenizer, loaded.model
     ctx.progress("Perplexity: tokenizing…", 0.0)
     # verbose=False: a long text is longer than the model's context on purpose (windows)

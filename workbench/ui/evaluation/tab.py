@@ -40,6 +40,7 @@ from workbench.core.evaluation.history import (
 )
 from workbench.core.evaluation.metrics import (
     PerplexityResult,
+    PerplexitySettings,
     TranslationScores,
     check_parallel,
     perplexity,
@@ -49,7 +50,8 @@ from workbench.core.generation.settings import SamplingSettings
 from workbench.core.models.catalog import BUILTIN_MODELS, CAUSAL_LM
 from workbench.core.models.loader import load_model_job
 from workbench.ui.common.job_thread import JobSlot, slot_handle
-from workbench.ui.common.skeleton import combo, fill, line, metric_checkboxes, spin, table, text_box
+from workbench.ui.common.setting_widgets import box_value, setting_box
+from workbench.ui.common.skeleton import combo, fill, line, metric_checkboxes, table, text_box
 from workbench.ui.common.stale import mark_stale
 from workbench.ui.common.tab_base import WorkbenchTab
 from workbench.ui.common.widgets import TokenView, fit_columns, rows_height
@@ -148,10 +150,9 @@ class EvaluateTab(WorkbenchTab):
         file_row = QHBoxLayout()
         file_row.addWidget(self.ppl_file, 1)
         file_row.addWidget(browse)
-        self.window_size = spin("max-length", 0, 131072, 0)
-        self.window_size.setSpecialValueText("model context")
-        self.stride = spin("stride", 0, 131072, 0)
-        self.stride.setSpecialValueText("half the window")
+        # one step below the range: "model context" and "half the window" (None)
+        self.window_size = setting_box(PerplexitySettings, "max_length")
+        self.stride = setting_box(PerplexitySettings, "stride")
         self.compare_model = QComboBox()
         self.compare_model.setObjectName("compare-model")
         self.compare_model.setEditable(True)
@@ -251,10 +252,12 @@ class EvaluateTab(WorkbenchTab):
             text = read_text(source) if source else self.ppl_text.toPlainText()
             if not text.strip():
                 raise WorkbenchError("The text is empty.")
+            settings = self.perplexity_settings()
+            settings.validate()
         except WorkbenchError as exc:
             self.show_error("Cannot compute perplexity", str(exc))
             return
-        max_length, stride = self.window_size.value() or None, self.stride.value() or None
+        max_length, stride = settings.max_length, settings.stride
         other = self.compare_model.currentText().strip()
 
         def job(ctx: WorkerContext) -> list[PerplexityResult]:
@@ -279,6 +282,11 @@ class EvaluateTab(WorkbenchTab):
                             cancelled=lambda: self._perplexity_ended("Cancelled."))
         self.ppl_button.setEnabled(False)
         self.ppl_numbers.setText("Computing…")
+
+    def perplexity_settings(self) -> PerplexitySettings:
+        """The window and stride the form shows (None: the app's choice), not yet checked."""
+        return PerplexitySettings(box_value(PerplexitySettings, "max_length", self.window_size),
+                                  box_value(PerplexitySettings, "stride", self.stride))
 
     def show_perplexity(self, results: list[PerplexityResult]) -> None:
         self.ppl_results = results
