@@ -178,7 +178,7 @@ def test_lens_bad_input(llama, bert):
         logit_lens(llama, "  ")
     with pytest.raises(WorkbenchError):
         logit_lens(bert, "the cat")
-    with pytest.raises(WorkbenchError, match="whole number"):
+    with pytest.raises(WorkbenchError, match="The number of tokens analysed must be at least 1, not 0"):
         LogitLensJob("the cat", max_tokens=0)
 
 

@@ -328,3 +328,123 @@ def test_every_attribution_number_setting_has_an_option_and_the_view_its_box(
     attribution_view.steps.setValue(0)  # below the range: captum's own default, None
     assert attribution_view.steps.text() == f"{DEFAULT_STEPS} (captum's default)"
 
+
+# Perplexity's window and the attention's numbers of tokens: the Evaluate and Attention tabs'
+# boxes, the ``evaluate perplexity`` and ``attention`` options and the core.
+
+def window_numbers() -> list:
+    from workbench.core.evaluation.metrics import PerplexitySettings
+    from workbench.core.interpret.attention import AttentionSettings
+
+    return [(cls, f, meta) for cls in (PerplexitySettings, AttentionSettings)
+            for f, meta in described(cls)]
+
+
+WINDOW_NUMBERS = window_numbers()
+# a probe of the stride sets the widest window, so that only the probed value can be refused
+WINDOW_PARTNERS = {"stride": {"max_length": 131072}}
+WINDOW_ARGV = {"PerplexitySettings": ["evaluate", "perplexity", "--file", "t.txt"],
+               "AttentionSettings": ["attention", "--text", "x"]}
+
+
+def whole_probes(meta) -> list[int]:
+    """Each end of a whole-number range and one past it."""
+    return sorted({int(v) for end in (meta.low, meta.high) for v in (end - 1, end, end + 1)})
+
+
+def window_core_accepts(cls: type, name: str, value: int) -> bool:
+    try:
+        cls(**{name: value, **WINDOW_PARTNERS.get(name, {})}).validate()
+    except WorkbenchError:
+        return False
+    return True
+
+
+def window_cli_accepts(cls: type, name: str, value: int) -> bool:
+    """As ``evaluate perplexity`` and ``attention`` check their options before they load a
+    model (nothing is loaded here)."""
+    from workbench.cli.attention import attention_settings
+    from workbench.cli.evaluate import perplexity_settings
+
+    argv = [*WINDOW_ARGV[cls.__name__], f"--{name.replace('_', '-')}={value}"]
+    for partner, partner_value in WINDOW_PARTNERS.get(name, {}).items():
+        argv.append(f"--{partner.replace('_', '-')}={partner_value}")
+    check = perplexity_settings if cls.__name__ == "PerplexitySettings" else attention_settings
+    try:
+        check(build_parser().parse_args(argv))
+    except WorkbenchError:
+        return False
+    return True
+
+
+@pytest.fixture
+def window_tabs(qtbot):
+    from workbench.ui.common.worker import ModelWorker
+    from workbench.ui.evaluation.tab import EvaluateTab
+    from workbench.ui.interpret.tab import AttentionTab
+
+    worker = ModelWorker()
+    evaluate, attention = EvaluateTab(worker), AttentionTab(worker)
+    qtbot.addWidget(evaluate)
+    qtbot.addWidget(attention)
+    yield {"PerplexitySettings": (evaluate, {"max_length": evaluate.window_size,
+                                             "stride": evaluate.stride}),
+           "AttentionSettings": (attention, {"max_tokens": attention.max_tokens,
+                                             "page_tokens": attention.page_tokens})}
+    assert worker.shutdown(5000)
+
+
+@pytest.mark.parametrize("cls, f, meta", WINDOW_NUMBERS,
+                         ids=[f.name for _, f, _ in WINDOW_NUMBERS])
+def test_the_window_options_forms_and_core_accept_the_same_values(cls, f, meta, window_tabs):
+    from workbench.ui.common.setting_widgets import box_value
+
+    _, boxes = window_tabs[cls.__name__]
+    box = boxes[f.name]
+    assert box.objectName() == f.name.replace("_", "-")  # the key of its saved value
+    for value in whole_probes(meta):
+        expected = in_range(meta, value)
+        assert window_core_accepts(cls, f.name, value) == expected, (f.name, value)
+        assert window_cli_accepts(cls, f.name, value) == expected, (f.name, value)
+        box.setValue(value)  # a spin box clamps what its range refuses
+        shown = box_value(cls, f.name, box)
+        assert (shown == value) == expected, (f.name, value, shown)
+        if meta.auto and value < meta.low:  # below the range: the app's own choice
+            assert shown is None and box.text() == meta.auto, (f.name, value, box.text())
+
+
+def test_the_perplexity_form_says_the_automatic_values_and_reads_them_as_none(window_tabs):
+    tab, _ = window_tabs["PerplexitySettings"]
+    assert tab.window_size.text() == "model context"
+    assert tab.stride.text() == "half the window"
+    assert tab.perplexity_settings() == type(tab.perplexity_settings())(None, None)
+    tab.window_size.setValue(1)  # a window of one token is no window: the model's context
+    assert tab.window_size.text() == "model context"
+    assert tab.perplexity_settings().max_length is None
+
+
+def test_a_stride_beyond_the_window_is_refused_by_the_form_the_option_and_the_core(
+        window_tabs):
+    from workbench.cli.evaluate import perplexity_settings
+    from workbench.core.evaluation.metrics import PerplexitySettings
+
+    message = "The stride (16) is larger than the window (8)"
+    with pytest.raises(WorkbenchError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        PerplexitySettings(max_length=8, stride=16).validate()
+    args = build_parser().parse_args([*WINDOW_ARGV["PerplexitySettings"], "--max-length", "8",
+                                      "--stride", "16"])
+    with pytest.raises(WorkbenchError, match=r"The stride \(16\) is larger"):
+        perplexity_settings(args)
+    tab, _ = window_tabs["PerplexitySettings"]
+    tab.window_size.setValue(8)
+    tab.stride.setValue(16)
+    with pytest.raises(WorkbenchError, match=r"The stride \(16\) is larger"):
+        tab.perplexity_settings().validate()
+
+
+def test_the_attention_forms_defaults_are_the_cores(window_tabs):
+    from workbench.core.interpret.attention import AttentionSettings
+
+    tab, _ = window_tabs["AttentionSettings"]
+    assert tab.attention_settings() == AttentionSettings()
+    AttentionSettings().validate()

@@ -9,16 +9,17 @@ from pathlib import Path
 from workbench.cli.common import (
     TerminalProgress,
     add_model_options,
+    add_setting_options,
     add_text_options,
     check_model_options,
     check_output_file,
     check_utf8,
-    check_whole,
     load_from_args,
     print_json,
     text_argument,
 )
 from workbench.core.common.errors import WorkbenchError
+from workbench.core.interpret.attention import AttentionSettings
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -29,10 +30,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     att.add_argument("--text-b", help="sentence B, for encoders")
     att.add_argument("--view", choices=["head", "model"], default="head")
     att.add_argument("--html", metavar="FILE", help="write the bertviz page (works offline)")
-    att.add_argument("--max-tokens", type=int, default=64,
-                     help="tokens analysed (head statistics); longer texts are cut, with a notice")
-    att.add_argument("--page-tokens", type=int, default=64,
-                     help="tokens drawn in the bertviz page (it grows with tokens²)")
+    add_setting_options(att, AttentionSettings, ["max_tokens", "page_tokens"])
     att.add_argument("--layers", help="comma-separated layer indices for the page "
                      "(default: all, or 6 spread over deeper models)")
     att.add_argument("--json", action="store_true", help="print one JSON document")
@@ -58,6 +56,21 @@ def parse_layers(text: str | None) -> list[int] | None:
     return layers
 
 
+def attention_settings(args: argparse.Namespace) -> AttentionSettings:
+    """The numbers of tokens as ``attention`` gives them, checked, each named by its option
+    (``--max-tokens``) as this command's checks name them."""
+    from dataclasses import replace
+
+    from workbench.core.common.settings import check_value, described
+
+    settings = AttentionSettings(max_tokens=args.max_tokens, page_tokens=args.page_tokens)
+    for f, meta in described(AttentionSettings):
+        option = "--" + f.name.replace("_", "-")
+        check_value(f, replace(meta, label=option), getattr(settings, f.name))
+    settings.validate()
+    return settings
+
+
 def cmd_attention(args: argparse.Namespace) -> int:
     from workbench.core.interpret.attention import (
         attention_layers,
@@ -67,8 +80,7 @@ def cmd_attention(args: argparse.Namespace) -> int:
     )
 
     check_model_options(args)
-    check_whole(args.max_tokens, "--max-tokens", 1)
-    check_whole(args.page_tokens, "--page-tokens", 2)
+    attention_settings(args)
     layers = parse_layers(args.layers)
     if args.html is not None:
         check_output_file(args.html, "--html")

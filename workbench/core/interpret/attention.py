@@ -20,9 +20,37 @@ from typing import Any
 
 from workbench.core.common.errors import WorkbenchError
 from workbench.core.common.jobs import JobContext, Progress, run_job
+from workbench.core.common.settings import check_fields, check_value, described, setting
 
 DEFAULT_MAX_TOKENS = 64  # tokens analysed (heatmaps, statistics, logit lens)
 DEFAULT_PAGE_TOKENS = 64  # tokens drawn by bertviz: its page grows with tokens²
+MAX_TOKENS = 1024  # the most tokens analysed or drawn: the weights grow with tokens²
+
+
+@dataclass
+class AttentionSettings:
+    """How many tokens an attention view analyses and draws, described once (the checks
+    here, the ``attention`` options and the Attention tab's boxes are made from it)."""
+
+    max_tokens: int = setting(
+        DEFAULT_MAX_TOKENS, "The number of tokens analysed", low=1, high=MAX_TOKENS,
+        unit="tokens", help="tokens analysed (heatmap, head statistics, logit lens); longer "
+                            "texts are cut, with a notice")
+    page_tokens: int = setting(
+        DEFAULT_PAGE_TOKENS, "The number of tokens drawn by bertviz", low=2, high=MAX_TOKENS,
+        unit="tokens", help="tokens drawn in the bertviz page (it grows with tokens²)")
+
+    def validate(self) -> None:
+        """Raise WorkbenchError unless each setting lies in its range."""
+        check_fields(self)
+
+
+def check_setting(name: str, value: Any) -> None:
+    """One of :class:`AttentionSettings`' settings given to a function of this module: None
+    (the function's own choice) or a value in the setting's range."""
+    if value is not None:
+        f, meta = next((f, meta) for f, meta in described(AttentionSettings) if f.name == name)
+        check_value(f, meta, value)
 
 
 @dataclass
@@ -61,7 +89,7 @@ def compute_attention(loaded: Any, text: str, text_b: str | None = None,
     from workbench.core.models.info import context_length
 
     ctx = ctx or JobContext()
-    check_token_cap(max_tokens, "The number of tokens analysed", 1)
+    check_setting("max_tokens", max_tokens)
     if not text.strip():
         raise WorkbenchError("The text is empty.")
     decoder = loaded.task == CAUSAL_LM
@@ -269,7 +297,7 @@ class LogitLensJob:
 
     def __init__(self, text: str, max_tokens: int | None = DEFAULT_MAX_TOKENS,
                  first: tuple[int, int] = (0, 0), chunk: int = LENS_CHUNK) -> None:
-        check_token_cap(max_tokens, "The number of tokens analysed", 1)
+        check_setting("max_tokens", max_tokens)
         check_token_cap(chunk, "The logit lens chunk", 1)
         self.text, self.max_tokens, self.chunk = text, max_tokens, chunk
         self.preferred = first
@@ -409,7 +437,7 @@ def bertviz_html(result: AttentionResult, view: str = "head", layers: list[int] 
     import torch
     from bertviz import head_view, model_view
 
-    check_token_cap(max_tokens, "The number of tokens drawn by bertviz", 2)
+    check_setting("page_tokens", max_tokens)
     if view not in ("head", "model"):
         raise WorkbenchError(f"Unknown view '{view}': use head or model.")
     notices = []

@@ -26,10 +26,9 @@ from PySide6.QtWidgets import (
 from workbench.core.common.errors import WorkbenchError
 from workbench.core.common.files import cannot_write, write_atomically
 from workbench.core.interpret.attention import (
-    DEFAULT_MAX_TOKENS,
-    DEFAULT_PAGE_TOKENS,
     STATISTICS,
     AttentionResult,
+    AttentionSettings,
     LensColumns,
     LensStarted,
     LogitLens,
@@ -43,7 +42,8 @@ from workbench.core.interpret.attention import (
 )
 from workbench.core.models.catalog import CLASSIFIER
 from workbench.ui.common.job_thread import JobSlot, slot_handle
-from workbench.ui.common.skeleton import combo, line, spin, text_box
+from workbench.ui.common.setting_widgets import box_value, setting_box
+from workbench.ui.common.skeleton import combo, line, text_box
 from workbench.ui.common.stale import mark_stale
 from workbench.ui.common.tab_base import WorkbenchTab
 from workbench.ui.common.widgets import fit_columns, visible_token
@@ -118,9 +118,9 @@ class AttentionTab(WorkbenchTab):
         self.text_b = text_box("text-b", "Sentence B (optional, encoders only)")
         self.text_b.setMaximumHeight(50)
         self.view = combo("view", ["head view", "model view"])
-        self.max_tokens = spin("max-tokens", 2, 1024, DEFAULT_MAX_TOKENS)
+        self.max_tokens = setting_box(AttentionSettings, "max_tokens")
         self.max_tokens.setToolTip("Tokens analysed: heatmap, head statistics, logit lens")
-        self.page_tokens = spin("page-tokens", 2, 1024, DEFAULT_PAGE_TOKENS)
+        self.page_tokens = setting_box(AttentionSettings, "page_tokens")
         self.page_tokens.setToolTip("Tokens drawn by bertviz (its page grows with tokens²: "
                                     "a few hundred tokens take minutes and gigabytes)")
         self.layers = line("layers", "", "all, or e.g. 0,5,11")
@@ -299,15 +299,22 @@ class AttentionTab(WorkbenchTab):
         self.attribution.open_on(lambda view: view.set_continuation(prompt, target))
 
     # --- running ---------------------------------------------------------------------------------
+    def attention_settings(self) -> AttentionSettings:
+        """The numbers of tokens the form shows, not yet checked."""
+        return AttentionSettings(box_value(AttentionSettings, "max_tokens", self.max_tokens),
+                                 box_value(AttentionSettings, "page_tokens", self.page_tokens))
+
     def start(self) -> None:
         if self.job_id is not None:
             return
         text, text_b = self.text.toPlainText(), self.text_b.toPlainText()
         view = "head" if self.view.currentIndex() == 0 else "model"
-        max_tokens, page_tokens = self.max_tokens.value(), self.page_tokens.value()
+        settings = self.attention_settings()
+        max_tokens, page_tokens = settings.max_tokens, settings.page_tokens
         try:
             if not text.strip():
                 raise WorkbenchError("The text is empty.")
+            settings.validate()
             layers = parse_layers(self.layers.text(), None if self.loaded is None
                                   else attention_layers(self.loaded.model))
         except WorkbenchError as exc:
