@@ -12,6 +12,7 @@ from workbench.cli.common import (
     add_setting_options,
     add_text_options,
     check_model_options,
+    check_options,
     check_output_file,
     check_utf8,
     load_from_args,
@@ -59,14 +60,8 @@ def parse_layers(text: str | None) -> list[int] | None:
 def attention_settings(args: argparse.Namespace) -> AttentionSettings:
     """The numbers of tokens as ``attention`` gives them, checked, each named by its option
     (``--max-tokens``) as this command's checks name them."""
-    from dataclasses import replace
-
-    from workbench.core.common.settings import check_value, described
-
     settings = AttentionSettings(max_tokens=args.max_tokens, page_tokens=args.page_tokens)
-    for f, meta in described(AttentionSettings):
-        option = "--" + f.name.replace("_", "-")
-        check_value(f, replace(meta, label=option), getattr(settings, f.name))
+    check_options(settings)
     settings.validate()
     return settings
 

@@ -101,6 +101,18 @@ def add_setting_options(parser: Any, cls: type, names: Sequence[str], defaults: 
                                 help=option_help(f, meta))
 
 
+def check_options(settings: Any) -> None:
+    """Each described setting of dataclass instance ``settings`` in its range, named by its
+    option (``--max-length``), as the commands' own checks name them."""
+    from dataclasses import replace
+
+    from workbench.core.common.settings import check_value, described
+
+    for f, meta in described(type(settings)):
+        option = "--" + f.name.replace("_", "-")
+        check_value(f, replace(meta, label=option), getattr(settings, f.name))
+
+
 def add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=DEFAULT_MODEL,
                         help=f"built-in name, folder, .gguf file or Hub id (default {DEFAULT_MODEL})")

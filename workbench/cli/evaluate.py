@@ -13,6 +13,7 @@ from workbench.cli.common import (
     add_model_options,
     add_setting_options,
     check_model_options,
+    check_options,
     check_utf8,
     check_whole,
     load_from_args,
@@ -186,18 +187,6 @@ def check_test_memory(samples: int, lines: int, tests: tuple[str, ...]) -> None:
         raise WorkbenchError(f"{most:,} resamples of {lines:,} lines would need about "
                              f"{format_bytes(need)}, more than {MEMORY_SHARE:.0%} of the {format_bytes(available)} "
                              "available: give fewer --samples.")
-
-
-def check_options(settings: Any) -> None:
-    """Each described setting of ``settings`` in its range, named by its option
-    (``--max-length``) as this command's checks name them."""
-    from dataclasses import replace
-
-    from workbench.core.common.settings import check_value, described
-
-    for f, meta in described(type(settings)):
-        option = "--" + f.name.replace("_", "-")
-        check_value(f, replace(meta, label=option), getattr(settings, f.name))
 
 
 def perplexity_settings(args: argparse.Namespace) -> PerplexitySettings:
