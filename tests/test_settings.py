@@ -42,6 +42,20 @@ def in_range(meta, value: float) -> bool:
     return above and below
 
 
+def assert_agree(name: str, meta, values, core, cli, box=None, read=None) -> None:
+    """At each value, the core and the command line (and the form's ``box``, read back by
+    ``read``) accept it exactly when the description's range holds it."""
+    for value in values:
+        expected = in_range(meta, value)
+        assert core(value) == expected, (name, value)
+        assert cli(value) == expected, (name, value)
+        if box is not None:
+            box.setValue(value)  # a spin box clamps what its range refuses
+            shown = read(box)
+            assert (shown is not None and abs(shown - value) < 1e-9) == expected, \
+                (name, value, shown)
+
+
 def core_accepts(name: str, value: float) -> bool:
     try:
         SamplingSettings(**{name: value, **PARTNERS.get(name, {})}).validate()
@@ -74,14 +88,9 @@ def controls(qtbot):
 
 @pytest.mark.parametrize("f, meta", NUMBERS, ids=[f.name for f, _ in NUMBERS])
 def test_the_command_line_the_form_and_the_core_accept_the_same_values(f, meta, controls):
-    box = controls.boxes()[f.name]
-    for value in probes(f, meta):
-        expected = in_range(meta, value)
-        assert core_accepts(f.name, value) == expected, (f.name, value)
-        assert cli_accepts(f.name, value) == expected, (f.name, value)
-        box.setValue(value)  # a spin box clamps what its range refuses
-        shown = box.value()
-        assert (abs(shown - value) < 1e-9) == expected, (f.name, value, shown)
+    assert_agree(f.name, meta, probes(f, meta), lambda v: core_accepts(f.name, v),
+                 lambda v: cli_accepts(f.name, v), controls.boxes()[f.name],
+                 lambda box: box.value())
 
 
 def test_every_number_setting_of_the_core_has_a_control_and_an_option(controls):
@@ -168,14 +177,9 @@ def run_form(qtbot):
 
 @pytest.mark.parametrize("f, meta", FT_NUMBERS, ids=[f.name for f, _ in FT_NUMBERS])
 def test_the_finetune_options_form_and_core_accept_the_same_values(f, meta, run_form):
-    box = run_form.setting_boxes()[f.name]
-    for value in probes(f, meta):
-        expected = in_range(meta, value)
-        assert ft_core_accepts(f.name, value) == expected, (f.name, value)
-        assert ft_cli_accepts(f.name, value) == expected, (f.name, value)
-        box.setValue(value)  # a spin box clamps what its range refuses
-        shown = box.value()
-        assert (abs(shown - value) < 1e-9) == expected, (f.name, value, shown)
+    assert_agree(f.name, meta, probes(f, meta), lambda v: ft_core_accepts(f.name, v),
+                 lambda v: ft_cli_accepts(f.name, v), run_form.setting_boxes()[f.name],
+                 lambda box: box.value())
 
 
 def test_the_max_steps_are_by_epochs_below_1_everywhere(run_form):
@@ -304,14 +308,9 @@ def test_the_attribution_options_view_and_core_accept_the_same_values(f, meta,
 
     box = attribution_view.findChild(QAbstractSpinBox, ATTR_BOXES.get(f.name, "-"))
     assert (box is None) == (f.name not in ATTR_BOXES)
-    for value in attr_probes(f, meta):
-        expected = in_range(meta, value)
-        assert attr_core_accepts(f.name, value) == expected, (f.name, value)
-        assert attr_cli_accepts(f.name, value) == expected, (f.name, value)
-        if box is not None:
-            box.setValue(value)  # a spin box clamps what its range refuses
-            assert (box_value(AttributionOptions, f.name, box) == value) == expected, \
-                (f.name, value, box.value())
+    assert_agree(f.name, meta, attr_probes(f, meta), lambda v: attr_core_accepts(f.name, v),
+                 lambda v: attr_cli_accepts(f.name, v), box,
+                 lambda box: box_value(AttributionOptions, f.name, box))
     assert attr_core_accepts(f.name, None) and attr_cli_accepts(f.name, None)  # the default
 
 
@@ -402,15 +401,12 @@ def test_the_window_options_forms_and_core_accept_the_same_values(cls, f, meta, 
     _, boxes = window_tabs[cls.__name__]
     box = boxes[f.name]
     assert box.objectName() == f.name.replace("_", "-")  # the key of its saved value
-    for value in whole_probes(meta):
-        expected = in_range(meta, value)
-        assert window_core_accepts(cls, f.name, value) == expected, (f.name, value)
-        assert window_cli_accepts(cls, f.name, value) == expected, (f.name, value)
-        box.setValue(value)  # a spin box clamps what its range refuses
-        shown = box_value(cls, f.name, box)
-        assert (shown == value) == expected, (f.name, value, shown)
-        if meta.auto and value < meta.low:  # below the range: the app's own choice
-            assert shown is None and box.text() == meta.auto, (f.name, value, box.text())
+    assert_agree(f.name, meta, whole_probes(meta), lambda v: window_core_accepts(cls, f.name, v),
+                 lambda v: window_cli_accepts(cls, f.name, v), box,
+                 lambda box: box_value(cls, f.name, box))
+    if meta.auto:  # below the range: the app's own choice
+        box.setValue(int(meta.low) - 1)
+        assert box_value(cls, f.name, box) is None and box.text() == meta.auto
 
 
 def test_the_perplexity_form_says_the_automatic_values_and_reads_them_as_none(window_tabs):
