@@ -108,8 +108,9 @@ def test_generates_first_step_does_not_copy_the_output_weight_per_row(tiny, rows
     model.requires_grad_(False)  # as in the decoding copies (matmul folds for weights that
     #                              require gradients, whatever the strides)
     ids = torch.randint(0, 80, (rows, 7), generator=torch.Generator().manual_seed(rows))
-    expected, copied_before = _weight_copied_per_row(model, ids)
-    assert copied_before  # the cost this avoids is there without it
+    # Without the hook, torch 2.13 copies the weight once per row; newer releases may not
+    # (torch 2.14.1 does not). What the app relies on is checked whatever torch does.
+    expected, _ = _weight_copied_per_row(model, ids)
     assert contiguous_output_input(model)
     got, copied = _weight_copied_per_row(model, ids)
     assert not copied
