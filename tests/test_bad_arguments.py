@@ -108,7 +108,7 @@ CHEAP = [
     ((*GEN, "--max-new-tokens", "10000000"), "at most 1,000,000"),
     ((*CMP, "--strategy", "greedy", "--strategy", "top-k 40", "--max-new-tokens", "-1"),
      "Max new tokens"),
-    ((*EGEN, "--max-new-tokens", "0"), "Max new tokens"),
+    ((*EGEN, "--max-new-tokens", "0"), "--max-new-tokens must be at least 1, not 0"),
     # sampling numbers: finite and in range
     ((*GEN, "--temperature", "inf"), "Temperature must be a finite number, not inf"),
     ((*GEN, "--temperature", "nan"), "Temperature must be a finite number"),

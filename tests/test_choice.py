@@ -487,7 +487,7 @@ def test_choice_page_shows_the_harness_numbers_and_records_them(qtbot, worker, f
         pass
     page.data_file.setText(str(files["items"]))
     page.start()
-    qtbot.waitUntil(lambda: page.job is None, timeout=30000)
+    qtbot.waitUntil(lambda: page.run_slot.handle is None, timeout=30000)
     assert errors == []
     acc = f"{reference['acc,none']:.4f} ± {reference['acc_stderr,none']:.4f}"
     acc_norm = f"{reference['acc_norm,none']:.4f} ± {reference['acc_norm_stderr,none']:.4f}"
@@ -515,4 +515,4 @@ def test_pairs_page_bad_file_is_a_dialog_and_nothing_runs(qtbot, worker, tmp_pat
     bad.write_text("more,less\nthe cat,\n", encoding="utf-8")
     page.data_file.setText(str(bad))
     page.start()
-    assert page.job is None and errors == ["p.csv line 2: 'less' is empty."]
+    assert page.run_slot.handle is None and errors == ["p.csv line 2: 'less' is empty."]

@@ -82,8 +82,8 @@ def test_the_heatmap_is_the_cores_grid_and_a_click_shows_the_cells_samples(
     assert tab.modes.tabText(tab.modes.indexOf(page) - 1) == "Sentence pairs"
     fill_form(page)
     page.start()
-    assert page.job is not None
-    qtbot.waitUntil(lambda: page.job is None, timeout=60000)
+    assert page.run_slot.handle is not None
+    qtbot.waitUntil(lambda: page.run_slot.handle is None, timeout=60000)
     x, y = parse_axis("temperature=0.5,1.5", BASE), parse_axis("top_p=0.5,1.0", BASE)
     expected = sweep(load_model(str(tiny("gpt2"))), PROMPT, x, y, 2, BASE, 4, 3)
 
@@ -164,7 +164,7 @@ def test_bad_input_is_one_dialog_and_nothing_runs(qtbot, worker, x, y, message):
     qtbot.addWidget(page)
     fill_form(page, x, y)
     page.start()
-    assert page.job is None and len(errors) == 1 and message in errors[0]
+    assert page.run_slot.handle is None and len(errors) == 1 and message in errors[0]
 
 
 def test_no_model_is_one_dialog(qtbot, worker):
@@ -174,7 +174,7 @@ def test_no_model_is_one_dialog(qtbot, worker):
     page = SweepPage(worker, lambda *entry: None, lambda title, text: errors.append(text))
     qtbot.addWidget(page)
     page.start()  # the defaults: a sound form
-    assert page.job is None and errors == ["No model is loaded: pick one in the model bar "
+    assert not page.run_slot.running and errors == ["No model is loaded: pick one in the model bar "
                                            "and press Load."]
 
 
@@ -201,12 +201,12 @@ def test_cancel_stops_the_sweep_and_records_nothing(qtbot, tab, monkeypatch):
     def first_cell_then_cancel(*args, **kwargs):  # on the worker: Esc during the first cell
         calls.append(1)
         out = generate(*args, **kwargs)
-        page.job.cancel()
+        page.run_slot.handle.cancel()
         return out
 
     monkeypatch.setattr(core, "generate", first_cell_then_cancel)
     page.start()
-    qtbot.waitUntil(lambda: page.job is None, timeout=60000)
+    qtbot.waitUntil(lambda: page.run_slot.handle is None, timeout=60000)
     assert calls == [1] and page.status.text().startswith("Cancelled.")
     assert page.result is None and load_history() == [] and page.run_button.isEnabled()
 
@@ -216,7 +216,7 @@ def test_the_perplexity_is_under_the_reference_model_when_one_is_named(qtbot, ta
     fill_form(page, "temperature=1", "top_p=0.5,1.0")
     page.reference.setText(str(tiny("llama")))  # loaded on the worker, for this run
     page.start()
-    qtbot.waitUntil(lambda: page.job is None, timeout=60000)
+    qtbot.waitUntil(lambda: page.run_slot.handle is None, timeout=60000)
     x, y = parse_axis("temperature=1", BASE), parse_axis("top_p=0.5,1.0", BASE)
     expected = sweep(load_model(str(tiny("gpt2"))), PROMPT, x, y, 2, BASE, 4, 3,
                      reference=load_model(str(tiny("llama"))))

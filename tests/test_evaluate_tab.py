@@ -35,7 +35,7 @@ def test_perplexity_of_pasted_text(qtbot, tab, tiny):
     tab.window_size.setValue(32)
     tab.stride.setValue(8)
     tab.start_perplexity()
-    qtbot.waitUntil(lambda: tab.ppl_job is None, timeout=30000)
+    qtbot.waitUntil(lambda: tab.ppl_slot.handle is None, timeout=30000)
     expected = perplexity(load_model(str(tiny("gpt2"))), text, 32, 8)
     assert tab.ppl_result.perplexity == pytest.approx(expected.perplexity, rel=1e-6)
     assert f"Perplexity {expected.perplexity:.3f}" in tab.ppl_numbers.text()
@@ -50,14 +50,14 @@ def test_perplexity_of_pasted_text(qtbot, tab, tiny):
 def test_empty_text_is_a_dialog(tab, window):
     tab.ppl_text.setPlainText("  ")
     tab.start_perplexity()
-    assert window.last_dialog.text() == "The text is empty." and tab.ppl_job is None
+    assert window.last_dialog.text() == "The text is empty." and tab.ppl_slot.handle is None
 
 
 def test_perplexity_needs_a_language_model(qtbot, window, tab, tiny):
     window.load_model(str(tiny("bert")))
     qtbot.waitUntil(lambda: not window.loading, timeout=30000)
     tab.start_perplexity()
-    qtbot.waitUntil(lambda: tab.ppl_job is None, timeout=30000)
+    qtbot.waitUntil(lambda: tab.ppl_slot.handle is None, timeout=30000)
     qtbot.waitUntil(lambda: window.last_dialog is not None, timeout=10000)  # its own event
     assert "language-modelling head" in window.last_dialog.text()
     assert tab.ppl_numbers.text().startswith("Failed:")
@@ -76,7 +76,7 @@ def test_bleu_with_significance_and_history(qtbot, tab, tmp_path):
     tab.ref_files.setText(write(tmp_path / "r.txt", refs))
     tab.sys2_file.setText(write(tmp_path / "o.txt", other))
     tab.start_bleu()
-    qtbot.waitUntil(lambda: tab.bleu_job is None, timeout=60000)
+    qtbot.waitUntil(lambda: tab.bleu_slot.handle is None, timeout=60000)
     assert tab.corpus_table.item(0, 0).text() == "bleu"
     assert float(tab.corpus_table.item(0, 1).text()) == pytest.approx(
         sacrebleu.corpus_bleu(hyps, [refs]).score, abs=0.01)
@@ -95,7 +95,7 @@ def test_bleu_line_count_mismatch_is_a_dialog(qtbot, window, tab, tmp_path):
     tab.hyp_file.setText(write(tmp_path / "h.txt", ["a", "b"]))
     tab.ref_files.setText(write(tmp_path / "r.txt", ["a"]))
     tab.start_bleu()
-    qtbot.waitUntil(lambda: tab.bleu_job is None, timeout=30000)
+    qtbot.waitUntil(lambda: tab.bleu_slot.handle is None, timeout=30000)
     qtbot.waitUntil(lambda: window.last_dialog is not None, timeout=10000)  # its own event
     assert "2 lines but reference 1 has 1" in window.last_dialog.text()
 
@@ -103,7 +103,7 @@ def test_bleu_line_count_mismatch_is_a_dialog(qtbot, window, tab, tmp_path):
 def test_history_persists(qtbot, tab, tiny):
     tab.ppl_text.setPlainText("the cat sat on the mat . " * 4)
     tab.start_perplexity()
-    qtbot.waitUntil(lambda: tab.ppl_job is None, timeout=30000)
+    qtbot.waitUntil(lambda: tab.ppl_slot.handle is None, timeout=30000)
     again = MainWindow(autoload=False)
     qtbot.addWidget(again)
     assert again.tab_pages[3].history.rowCount() == tab.history.rowCount() >= 1
@@ -115,7 +115,7 @@ def test_perplexity_of_two_models_side_by_side(qtbot, tab, tiny):
     tab.window_size.setValue(32)
     tab.compare_model.setCurrentText(str(tiny("llama")))
     tab.start_perplexity()
-    qtbot.waitUntil(lambda: tab.ppl_job is None, timeout=60000)
+    qtbot.waitUntil(lambda: tab.ppl_slot.handle is None, timeout=60000)
     first = perplexity(load_model(str(tiny("gpt2"))), text, 32)
     second = perplexity(load_model(str(tiny("llama"))), text, 32)
     numbers = tab.ppl_numbers.text()
@@ -169,7 +169,7 @@ def test_generate_then_score(qtbot, window, tab, tiny, tmp_path):
                          page.outputs.item(event.row - 1, 3).text()))
     page._row_done = row_done
     page.start()
-    qtbot.waitUntil(lambda: page.job is None, timeout=60000)
+    qtbot.waitUntil(lambda: page.run_slot.handle is None, timeout=60000)
     result = page.result
     assert seen == [(1, result.hypotheses[0], "the cat"), (2, result.hypotheses[1], "the sea")]
     refs = [["the cat sat", "the sea is blue"]]
@@ -195,7 +195,7 @@ def test_generate_then_score_bad_file_is_a_dialog(qtbot, window, tab, tmp_path):
     tab.generate_page.pairs_file.setText(str(pairs))
     tab.generate_page.start()
     assert "has no tab" in window.last_dialog.text()
-    assert tab.generate_page.job is None
+    assert tab.generate_page.run_slot.handle is None
 
 
 def test_classifier_metrics_and_confusion_matrix(qtbot, window, tab, tiny, tmp_path):
@@ -207,7 +207,7 @@ def test_classifier_metrics_and_confusion_matrix(qtbot, window, tab, tiny, tmp_p
     page = tab.classify_page
     page.data_file.setText(str(data))
     page.start()
-    qtbot.waitUntil(lambda: page.job is None, timeout=30000)
+    qtbot.waitUntil(lambda: page.run_slot.handle is None, timeout=30000)
     r = page.result
     from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
 
@@ -229,7 +229,7 @@ def test_classifier_on_a_language_model_is_a_dialog(qtbot, window, tab, tmp_path
     data.write_text("text,label\nthe cat,a\nthe dog,b\n", encoding="utf-8")
     tab.classify_page.data_file.setText(str(data))
     tab.classify_page.start()
-    qtbot.waitUntil(lambda: tab.classify_page.job is None, timeout=30000)
+    qtbot.waitUntil(lambda: tab.classify_page.run_slot.handle is None, timeout=30000)
     qtbot.waitUntil(lambda: window.last_dialog is not None, timeout=10000)
     assert "not a classifier" in window.last_dialog.text()
 
@@ -239,18 +239,18 @@ def test_a_failed_run_marks_the_earlier_results_stale(qtbot, window, tab, tmp_pa
     tab.window_size.setValue(32)
     tab.stride.setValue(8)
     tab.start_perplexity()
-    qtbot.waitUntil(lambda: tab.ppl_job is None, timeout=30000)
+    qtbot.waitUntil(lambda: tab.ppl_slot.handle is None, timeout=30000)
     assert tab.ppl_view.isEnabled()
     tab.compare_model.setCurrentText(str(tmp_path / "no-such-model"))  # this run fails
     tab.start_perplexity()
-    qtbot.waitUntil(lambda: tab.ppl_job is None, timeout=30000)
+    qtbot.waitUntil(lambda: tab.ppl_slot.handle is None, timeout=30000)
     assert tab.ppl_numbers.text().startswith("Failed:")
     assert "from the previous run" in tab.ppl_numbers.text()
     assert not tab.ppl_view.isEnabled()  # greyed out: not this run's numbers
     assert window.last_dialog.windowTitle() == "Perplexity failed"
     tab.compare_model.setCurrentText("")
     tab.start_perplexity()
-    qtbot.waitUntil(lambda: tab.ppl_job is None, timeout=30000)
+    qtbot.waitUntil(lambda: tab.ppl_slot.handle is None, timeout=30000)
     assert tab.ppl_view.isEnabled() and "Perplexity" in tab.ppl_numbers.text()
 
 
@@ -262,7 +262,7 @@ def test_a_failed_page_job_marks_its_earlier_results_stale(qtbot, window, tab):
         raise RuntimeError("the model went away")
 
     page.submit(broken)
-    qtbot.waitUntil(lambda: page.job is None, timeout=10000)
+    qtbot.waitUntil(lambda: page.run_slot.handle is None, timeout=10000)
     assert page.status.text().startswith("Failed: the model went away")
     assert "from the previous run" in page.status.text()
     assert not page.result_view.isEnabled()

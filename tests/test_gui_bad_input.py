@@ -293,17 +293,20 @@ def test_perplexity(case, dialogs, name):
     c.tab.ppl_text.setPlainText(" ".join(WORDS * 3))
     fill, title, fragments = PERPLEXITY[name]
     fill(c)
-    run_case(c, dialogs, c.tab.start_perplexity, lambda: c.tab.ppl_job is None, title,
+    run_case(c, dialogs, c.tab.start_perplexity, lambda: not c.tab.ppl_slot.running, title,
              fragments)
     assert c.tab.ppl_button.isEnabled()
     assert bool(c.tab.ppl_results) == (title == HISTORY)  # a result is shown, never lost
 
 
 NO_MODEL = {  # the tab, its start, whether it is idle, the job's title
-    "perplexity": (3, lambda t: t.start_perplexity, lambda t: t.ppl_job is None, PPL_JOB),
+    "perplexity": (3, lambda t: t.start_perplexity, lambda t: not t.ppl_slot.running,
+                   PPL_JOB),
     "generate then score": (3, lambda t: t.generate_page.start,
-                            lambda t: t.generate_page.job is None, "Generate and score failed"),
-    "classification": (3, lambda t: t.classify_page.start, lambda t: t.classify_page.job is None,
+                            lambda t: not t.generate_page.run_slot.running,
+                            "Generate and score failed"),
+    "classification": (3, lambda t: t.classify_page.start,
+                       lambda t: not t.classify_page.run_slot.running,
                        "Evaluate classifier failed"),
     "attention": (1, lambda t: t.start, lambda t: t.job_id is None, "Attention failed"),
 }
@@ -373,7 +376,8 @@ def test_bleu(case, dialogs, name):
     good_bleu(c)
     fill, title, fragments = BLEU[name]
     fill(c)
-    run_case(c, dialogs, c.tab.start_bleu, lambda: c.tab.bleu_job is None, title, fragments)
+    run_case(c, dialogs, c.tab.start_bleu, lambda: not c.tab.bleu_slot.running, title,
+             fragments)
     assert c.tab.bleu_button.isEnabled()
     assert (c.tab.bleu_result is not None) == (title == HISTORY)  # shown, never lost
 
@@ -433,7 +437,7 @@ def test_generate_then_score(case, dialogs, name):
     page.chat.setChecked(False)
     fill, title, fragments = GENERATE[name]
     fill(c)
-    run_case(c, dialogs, page.start, lambda: page.job is None, title, fragments)
+    run_case(c, dialogs, page.start, lambda: page.run_slot.handle is None, title, fragments)
     assert page.run_button.isEnabled()
 
 
@@ -479,7 +483,7 @@ def test_classification(case, dialogs, name):
                                                   "the dog,LABEL_1\n"))
     fill, title, fragments = CLASSIFY[name]
     fill(c)
-    run_case(c, dialogs, page.start, lambda: page.job is None, title, fragments)
+    run_case(c, dialogs, page.start, lambda: page.run_slot.handle is None, title, fragments)
     assert page.run_button.isEnabled()
 
 

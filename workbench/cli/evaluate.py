@@ -21,10 +21,11 @@ from workbench.cli.common import (
     print_json,
 )
 from workbench.core.common.errors import WorkbenchError
-from workbench.core.evaluation.choice import TARGET_DELIMITER
-from workbench.core.evaluation.generate_score import BATCH_SIZE as GENERATE_BATCH_SIZE
+from workbench.core.evaluation.choice import TARGET_DELIMITER, ChoiceSettings
+from workbench.core.evaluation.classification import ClassifierSettings
+from workbench.core.evaluation.generate_score import GenerateScoreSettings
 from workbench.core.evaluation.metrics import PerplexitySettings
-from workbench.core.generation.settings import MAX_SEQUENCES, SamplingSettings
+from workbench.core.generation.settings import SamplingSettings
 
 MAX_SAMPLES = 100_000  # paired-test resamples: sacrebleu holds samples × lines indices at once
 
@@ -85,11 +86,7 @@ def _add_generate(ev_sub: argparse._SubParsersAction) -> None:
     gs.add_argument("--strategy", default="greedy",
                     help='"greedy", a preset (top-k 40, nucleus 0.9, creative, min-p 0.1) or '
                          '"top_k=40,temperature=0.8" (as for compare)')
-    gs.add_argument("--max-new-tokens", type=int, default=48)
-    gs.add_argument("--batch-size", type=int, default=GENERATE_BATCH_SIZE,
-                    help="prompts generated together in one batch (default: "
-                         f"{GENERATE_BATCH_SIZE}; beam search goes one at a time)")
-    gs.add_argument("--seed", type=int, default=defaults.seed)
+    add_setting_options(gs, GenerateScoreSettings, ["max_new_tokens", "batch_size", "seed"])
     gs.add_argument("--chat", action=argparse.BooleanOptionalAction, default=defaults.chat)
     gs.add_argument("--all-lines", action="store_true",
                     help="score the whole output joined on one line (default: its first line)")
@@ -108,6 +105,7 @@ def _add_classify(ev_sub: argparse._SubParsersAction) -> None:
     cl.add_argument("--file", required=True, help="a labelled .csv, .tsv or .jsonl file")
     cl.add_argument("--text-column", default="text")
     cl.add_argument("--label-column", default="label")
+    add_setting_options(cl, ClassifierSettings, ["batch_size", "max_length"])
     cl.add_argument("--json", action="store_true", help="print one JSON document")
 
 
@@ -125,6 +123,7 @@ def _add_choice(ev_sub: argparse._SubParsersAction) -> None:
     mc.add_argument("--target-delimiter", default=TARGET_DELIMITER, metavar="TEXT",
                     help="put between the context and each choice (default: one space, as "
                          "in the harness)")
+    add_setting_options(mc, ChoiceSettings, ["batch_size", "max_length"])
     mc.add_argument("--json", action="store_true", help="print one JSON document")
 
 
@@ -198,6 +197,29 @@ def perplexity_settings(args: argparse.Namespace) -> PerplexitySettings:
     return settings
 
 
+def generate_settings(args: argparse.Namespace) -> GenerateScoreSettings:
+    """The new tokens, batch size and seed as ``evaluate generate`` gives them, checked, each
+    named by its option (``--batch-size must be at least 1``)."""
+    settings = GenerateScoreSettings(max_new_tokens=args.max_new_tokens,
+                                     batch_size=args.batch_size, seed=args.seed)
+    check_options(settings)
+    return settings
+
+
+def classifier_settings(args: argparse.Namespace) -> ClassifierSettings:
+    """The batch size and length as ``evaluate classify`` gives them, checked by option."""
+    settings = ClassifierSettings(batch_size=args.batch_size, max_length=args.max_length)
+    check_options(settings)
+    return settings
+
+
+def choice_settings(args: argparse.Namespace) -> ChoiceSettings:
+    """The batch size and context as ``evaluate choice`` gives them, checked by option."""
+    settings = ChoiceSettings(batch_size=args.batch_size, max_length=args.max_length)
+    check_options(settings)
+    return settings
+
+
 def cmd_evaluate_perplexity(args: argparse.Namespace) -> int:
     from workbench.core.common.data_files import read_text
     from workbench.core.common.jobs import JobContext
@@ -259,7 +281,7 @@ def cmd_evaluate_generate(args: argparse.Namespace) -> int:
     from workbench.core.generation.settings import parse_strategy
 
     check_model_options(args)
-    check_whole(args.batch_size, "--batch-size", 1, MAX_SEQUENCES)
+    generate_settings(args)
     metrics = parse_metrics(args.metrics)
     for name in metrics:
         make_metric(name)  # an unknown metric fails before loading
@@ -317,10 +339,12 @@ def cmd_evaluate_classify(args: argparse.Namespace) -> int:
     for option in ("--text-column", "--label-column"):
         if not getattr(args, option[2:].replace("-", "_")).strip():
             raise WorkbenchError(f"{option} is empty: give the name of a column.")
+    settings = classifier_settings(args)
     read_rows(args.file, args.text_column, args.label_column)  # bad files fail before loading
     bar = TerminalProgress(quiet=args.json)
     loaded = load_from_args(args, bar)
     result = evaluate_classifier(loaded, args.file, args.text_column, args.label_column,
+                                 settings.batch_size, settings.max_length,
                                  ctx=JobContext(emit=bar))
     bar.finish()
     if args.json:
@@ -390,11 +414,13 @@ def cmd_evaluate_choice(args: argparse.Namespace) -> int:
 
     check_model_options(args)
     check_utf8(args.target_delimiter, "--target-delimiter")
+    settings = choice_settings(args)
     items = read_choice_items(args.file, args.context_column, args.choices_column,
                               args.answer_column)  # bad files fail before loading
     bar = TerminalProgress(quiet=args.json)
     loaded = load_from_args(args, bar)
-    result = score_choices(loaded, items, args.target_delimiter, JobContext(emit=bar))
+    result = score_choices(loaded, items, args.target_delimiter, JobContext(emit=bar),
+                           settings)
     bar.finish()
     if args.json:
         data = result.to_dict()

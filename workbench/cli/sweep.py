@@ -9,15 +9,17 @@ import sys
 from workbench.cli.common import (
     TerminalProgress,
     add_model_options,
+    add_setting_options,
     add_text_options,
     check_model_options,
+    check_options,
     check_utf8,
-    check_whole,
     load_from_args,
     print_json,
     text_argument,
 )
-from workbench.core.generation.settings import MAX_SEQUENCES, SamplingSettings
+from workbench.core.evaluation.sweep import SweepSettings
+from workbench.core.generation.settings import SamplingSettings
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -30,9 +32,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                          "temperature=0.3:1.5:5)")
     sw.add_argument("--y", required=True, metavar="NAME=A:B:K|NAME=V1,V2,...",
                     help="the rows (e.g. top_p=0.5,0.9,1.0)")
-    sw.add_argument("--n", type=int, default=4, help="samples per cell (default %(default)s)")
-    sw.add_argument("--max-new-tokens", type=int, default=32)
-    sw.add_argument("--seed", type=int, default=0, help="the same seed for every cell")
+    add_setting_options(sw, SweepSettings, ["n", "max_new_tokens", "seed"])
     sw.add_argument("--no-chat", action="store_true",
                     help="do not wrap the prompt in the model's chat template")
     sw.add_argument("--base", metavar="SETTINGS",
@@ -42,6 +42,14 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     sw.add_argument("--reference-model", metavar="MODEL",
                     help="score the perplexity under this model (default: the sampling one)")
     sw.add_argument("--json", action="store_true", help="print one JSON document")
+
+
+def sweep_settings(args: argparse.Namespace) -> SweepSettings:
+    """The samples per cell, new tokens and seed as ``sweep`` gives them, checked, each named
+    by its option (``--n must be at least 1``)."""
+    settings = SweepSettings(n=args.n, max_new_tokens=args.max_new_tokens, seed=args.seed)
+    check_options(settings)
+    return settings
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
@@ -66,8 +74,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if args.base is not None:
         base = parse_strategy(args.base, base).settings
         base.chat = chat
-    check_whole(args.n, "--n", 1, MAX_SEQUENCES)
-    check_whole(args.max_new_tokens, "--max-new-tokens", 1)
+    sweep_settings(args)
     x, y = parse_axis(args.x, base), parse_axis(args.y, base)
     if x.name == y.name:
         from workbench.core.common.errors import WorkbenchError

@@ -25,9 +25,10 @@ What the harness does, and this module with it:
   ``|ll(more) − ll(less)|`` and ``pct_stereotype`` is 1 when ``ll(more) > ll(less)``, both
   averaged with their standard errors, overall and per category.
 
-The choices of one item (the two sentences of a pair) are scored together in one batch,
-right-padded: with causal attention no real token sees the padding, so each score equals
-the unbatched one (the tests check it within 1e-5). Only the positions that score a
+The choices of one item (the two sentences of a pair) are scored together in one batch
+(the choices of ``batch_size`` items: :class:`ChoiceSettings`), right-padded: with causal
+attention no real token sees the padding, so each score equals the unbatched one (the
+tests check it within 1e-5). Only the positions that score a
 continuation go through the output layer (``logits_to_keep``).
 
 Files: ``.jsonl`` (one object a line), ``.csv`` or ``.tsv`` with a header, read with the
@@ -49,12 +50,34 @@ from typing import Any
 from workbench.core.common.data_files import json_kind, read_records
 from workbench.core.common.errors import WorkbenchError
 from workbench.core.common.jobs import JobContext
+from workbench.core.common.settings import check_fields, setting
+from workbench.core.evaluation.metrics import MAX_WINDOW
 
 TARGET_DELIMITER = " "  # the harness's default target_delimiter for multiple choice
 # lm_eval.models.utils: the harness's context when neither config nor tokenizer gives one
 HARNESS_DEFAULT_MAX_LENGTH = 2048
 TOKENIZER_INFINITY = 1000000000000000019884624838656  # transformers' "no limit"
 PROGRESS_EVERY = 0.1  # seconds between progress events: a long file floods no one
+MAX_ITEMS = 65_536  # items a forward pass, as a fine-tuning run's batch
+
+
+@dataclass
+class ChoiceSettings:
+    """How :func:`score_choices` runs the model, described once (its check, the ``evaluate
+    choice`` options and the Multiple choice page's boxes are made from it); None leaves
+    the context to the harness's rule (the model's)."""
+
+    batch_size: int = setting(1, "The batch size", low=1, high=MAX_ITEMS, unit="items",
+                              help="items whose choices are scored together in one forward "
+                                   "pass")
+    max_length: int | None = setting(
+        None, "The context", low=2, high=MAX_WINDOW, unit="tokens", auto="model context",
+        help="tokens a choice is scored in, with its context; longer ones lose tokens "
+             "from the start, as in the harness")
+
+    def validate(self) -> None:
+        """Raise WorkbenchError unless each setting lies in its range."""
+        check_fields(self)
 
 
 # --- statistics, as lm_eval.api.metrics defines them ----------------------------------------------
@@ -271,16 +294,20 @@ class BatchScorer:
         self.truncated = 0  # requests cut from the left to fit the context
         self.keeps_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
 
+    def check(self, context_ids: list[int], continuation_ids: list[int]) -> None:
+        """Raise WorkbenchError unless the request can be scored in the context."""
+        if not context_ids or not continuation_ids:
+            raise WorkbenchError("A choice gives no tokens to score after its context.")
+        if len(continuation_ids) > self.max_length:
+            raise WorkbenchError(f"A choice of {len(continuation_ids)} tokens is longer "
+                                 f"than the model's context ({self.max_length} tokens).")
+
     def score(self, requests: list[tuple[list[int], list[int]]]) -> list[float]:
         import torch
 
         rows, spans = [], []
         for context_ids, continuation_ids in requests:
-            if not context_ids or not continuation_ids:
-                raise WorkbenchError("A choice gives no tokens to score after its context.")
-            if len(continuation_ids) > self.max_length:
-                raise WorkbenchError(f"A choice of {len(continuation_ids)} tokens is longer "
-                                     f"than the model's context ({self.max_length} tokens).")
+            self.check(context_ids, continuation_ids)
             whole = context_ids + continuation_ids
             if len(whole) > self.max_length + 1:
                 self.truncated += 1
@@ -394,33 +421,48 @@ def _stderr_text(value: float | None) -> str:
 
 
 def score_choices(loaded: Any, items: list[ChoiceItem], target_delimiter: str = TARGET_DELIMITER,
-                  ctx: JobContext | None = None) -> ChoiceResult:
+                  ctx: JobContext | None = None, settings: ChoiceSettings | None = None
+                  ) -> ChoiceResult:
     """acc and acc_norm of ``loaded`` (a causal LM) on ``items``, with each choice's
-    log-likelihood (see the module docstring); one forward pass per item."""
+    log-likelihood (see the module docstring); one forward pass per ``settings.batch_size``
+    items (by default one), in a context of ``settings.max_length`` tokens (by default the
+    harness's: the model's)."""
     from workbench.core.models.catalog import CAUSAL_LM
 
     ctx = ctx or JobContext()
+    settings = settings or ChoiceSettings()
+    settings.validate()
     loaded.require(CAUSAL_LM, "multiple-choice scoring")
     if not items:
         raise WorkbenchError("There are no items to score.")
     encoder = HarnessEncoder(loaded.tokenizer)
-    scorer = BatchScorer(loaded.model, harness_max_length(loaded.model, loaded.tokenizer))
+    scorer = BatchScorer(loaded.model, settings.max_length
+                         or harness_max_length(loaded.model, loaded.tokenizer))
     progress = _Throttle(ctx, "Multiple choice", len(items))
     progress(0)
     scored = []
     start = time.perf_counter()
-    for number, item in enumerate(items, start=1):
+    for begin in range(0, len(items), settings.batch_size):
         ctx.cancel.raise_if_cancelled()  # at most one forward pass after a cancel
-        try:
-            requests = [encoder.pair(item.context, f"{target_delimiter}{choice}")
-                        for choice in item.choices]
-            lls = scorer.score(requests)
-        except WorkbenchError as exc:
-            raise WorkbenchError(f"Item on line {item.line}: {exc}") from None
-        normalised = [ll / len(choice) for ll, choice in zip(lls, item.choices, strict=True)]
-        scored.append(ScoredItem(item.line, item.context, item.choices, item.answer, lls,
-                                 _argmax(lls), _argmax(normalised)))
-        progress(number)
+        group = items[begin:begin + settings.batch_size]
+        requests = []
+        for item in group:
+            try:
+                pairs = [encoder.pair(item.context, f"{target_delimiter}{choice}")
+                         for choice in item.choices]
+                for pair in pairs:
+                    scorer.check(*pair)
+            except WorkbenchError as exc:
+                raise WorkbenchError(f"Item on line {item.line}: {exc}") from None
+            requests += pairs
+        scores = scorer.score(requests)
+        for item in group:
+            lls, scores = scores[:len(item.choices)], scores[len(item.choices):]
+            normalised = [ll / len(choice) for ll, choice in zip(lls, item.choices,
+                                                                 strict=True)]
+            scored.append(ScoredItem(item.line, item.context, item.choices, item.answer, lls,
+                                     _argmax(lls), _argmax(normalised)))
+        progress(begin + len(group))
     seconds = time.perf_counter() - start
     acc = [1.0 if s.correct else 0.0 for s in scored]
     acc_norm = [1.0 if s.correct_norm else 0.0 for s in scored]

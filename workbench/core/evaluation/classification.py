@@ -16,7 +16,30 @@ from typing import Any
 
 from workbench.core.common.errors import WorkbenchError
 from workbench.core.common.jobs import JobContext
+from workbench.core.common.settings import check_fields, setting
 from workbench.core.models.info import model_labels
+
+BATCH_SIZE = 32  # texts a forward pass
+MAX_LENGTH = 512  # tokens of a text; longer texts are cut (the model's own limit cuts sooner)
+MAX_BATCH = 65_536  # as a fine-tuning run's batch
+MAX_TOKENS = 1_000_000  # as a fine-tuning run's length: far past any model's
+
+
+@dataclass
+class ClassifierSettings:
+    """How :func:`evaluate_classifier` runs the classifier, described once (its check, the
+    ``evaluate classify`` options and the Classification page's boxes are made from it)."""
+
+    batch_size: int = setting(BATCH_SIZE, "The batch size", low=1, high=MAX_BATCH,
+                              unit="texts", help="texts classified together in one batch")
+    max_length: int = setting(MAX_LENGTH, "The maximum length in tokens", low=8,
+                              high=MAX_TOKENS, unit="tokens",
+                              help="longer texts are cut to this many tokens (or the "
+                                   "model's own limit, when lower)")
+
+    def validate(self) -> None:
+        """Raise WorkbenchError unless each setting lies in its range."""
+        check_fields(self)
 
 
 @dataclass
@@ -86,16 +109,19 @@ def scores(true: list[str], predicted: list[str], model_labels: list[str] | None
 
 
 def evaluate_classifier(loaded: Any, path: str | Path, text_column: str = "text",
-                        label_column: str = "label", batch_size: int = 32,
-                        max_length: int = 512, ctx: JobContext | None = None
+                        label_column: str = "label", batch_size: int = BATCH_SIZE,
+                        max_length: int = MAX_LENGTH, ctx: JobContext | None = None
                         ) -> ClassificationResult:
-    """Run ``loaded`` (a sequence classifier) over a labelled file and score it."""
+    """Run ``loaded`` (a sequence classifier) over a labelled file, ``batch_size`` texts a
+    forward pass, each cut to ``max_length`` tokens (see :class:`ClassifierSettings`), and
+    score it."""
     import torch
 
     from workbench.core.common.data_files import read_rows
     from workbench.core.models.catalog import CLASSIFIER
 
     ctx = ctx or JobContext()
+    ClassifierSettings(batch_size, max_length).validate()
     loaded.require(CLASSIFIER, "classifier evaluation")
     rows = read_rows(path, text_column, label_column)
     known = model_labels(loaded)

@@ -26,7 +26,9 @@ from typing import Any
 
 from workbench.core.common.errors import Cancelled, WorkbenchError
 from workbench.core.common.jobs import JobContext
+from workbench.core.common.settings import check_fields, check_value, described, setting
 from workbench.core.evaluation.metrics import TranslationScores, make_metric, score_translation
+from workbench.core.evaluation.sweep import sampling_setting
 from workbench.core.generation.generate import (
     chain_processors,
     eos_ids,
@@ -36,10 +38,31 @@ from workbench.core.generation.generate import (
 )
 from workbench.core.generation.memory import check_generation_memory
 from workbench.core.generation.records import GeneratedSequence
-from workbench.core.generation.settings import SamplingSettings
+from workbench.core.generation.settings import MAX_SEQUENCES, SamplingSettings
 
 OUTPUT_FILES = ("outputs.tsv", "result.json")
 BATCH_SIZE = 8  # prompts a generate() call: more rows a step for little more time a step
+MAX_NEW_TOKENS = 48  # a short answer to score
+
+
+@dataclass
+class GenerateScoreSettings:
+    """Generate-then-score's own numbers, described once (the check of
+    :func:`generate_and_score`, the ``evaluate generate`` options and its page's boxes are
+    made from it); the number of new tokens and the seed are the decoding settings' own,
+    with their range, and go into the :class:`SamplingSettings` of the run."""
+
+    max_new_tokens: int = sampling_setting(MAX_NEW_TOKENS, "max_new_tokens",
+                                           help="how many tokens each output has at most")
+    batch_size: int = setting(
+        BATCH_SIZE, "The batch size", low=1, high=MAX_SEQUENCES, unit="prompts",
+        high_note="each is a row of the batch", help="prompts generated together in one "
+                                                     "batch (beam search goes one at a time)")
+    seed: int = sampling_setting(0, "seed", help="the random seed, the same for every prompt")
+
+    def validate(self) -> None:
+        """Raise WorkbenchError unless each setting lies in its range."""
+        check_fields(self)
 
 
 @dataclass(frozen=True)
@@ -142,8 +165,8 @@ def generate_and_score(loaded: Any, prompts: list[str], references: list[list[st
     when it ends.
     """
     ctx = ctx or JobContext()
-    if batch_size < 1:
-        raise WorkbenchError(f"The batch size must be at least 1, not {batch_size}.")
+    f, meta = next((f, m) for f, m in described(GenerateScoreSettings) if f.name == "batch_size")
+    check_value(f, meta, batch_size)
     settings = SamplingSettings(**{**asdict(settings), "num_return_sequences": 1})
     settings.validate()
     for name in metrics:

@@ -20,6 +20,7 @@ from typing import Any
 
 from workbench.core.common.errors import WorkbenchError
 from workbench.core.common.jobs import JobContext
+from workbench.core.common.settings import KEY, check_fields, description, setting
 from workbench.core.generation.compare import StrategyResult, summarise
 from workbench.core.generation.generate import generate, prepare_prompt
 from workbench.core.generation.records import GeneratedSequence
@@ -40,6 +41,30 @@ METRIC_LABELS = {"mean_logprob": "mean log-prob", "perplexity": "perplexity",
                  "distinct_1": "distinct-1", "distinct_2": "distinct-2",
                  "self_bleu": "self-BLEU", "mean_length": "mean length (tokens)"}
 _TYPES = {f.name: f.type for f in fields(SamplingSettings)}
+
+
+def sampling_setting(default: Any, name: str, **changes: Any) -> Any:
+    """A dataclass field described as :class:`SamplingSettings`' setting ``name`` is (its
+    label and range), with its own ``default`` and ``changes`` (a help of its own)."""
+    return field(default=default,
+                 metadata={KEY: replace(description(SamplingSettings, name), **changes)})
+
+
+@dataclass
+class SweepSettings:
+    """The sweep's own numbers, described once (the checks of :func:`sweep`, the ``sweep``
+    options and the Sampling sweep page's boxes are made from it); the number of new tokens
+    and the seed are the decoding settings' own, with their range."""
+
+    n: int = setting(4, "The number of samples per cell", low=1, high=MAX_SEQUENCES,
+                     unit="samples", help="samples per cell, drawn in one batch")
+    max_new_tokens: int = sampling_setting(32, "max_new_tokens")
+    seed: int = sampling_setting(
+        0, "seed", help="the same seed for every cell: cells differ by their settings only")
+
+    def validate(self) -> None:
+        """Raise WorkbenchError unless each setting lies in its range."""
+        check_fields(self)
 
 
 @dataclass(frozen=True)
@@ -239,9 +264,7 @@ def sweep(loaded: Any, prompt: str, x_axis: Axis, y_axis: Axis, n: int = 4,
     if x_axis.name == y_axis.name:
         raise WorkbenchError(f"The two axes both vary {x_axis.name}: give two different "
                              "settings.")
-    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_SEQUENCES:
-        raise WorkbenchError(f"The number of samples per cell must be a whole number from 1 "
-                             f"to {MAX_SEQUENCES:,}, not {n!r}.")
+    SweepSettings(n, max_new_tokens, seed).validate()
     base = base_settings or SamplingSettings(temperature=1.0, top_k=0, top_p=1.0)
     grid = [[cell_settings(base, x_axis, y_axis, i, j, n, max_new_tokens, seed)
              for j in range(len(x_axis.values))] for i in range(len(y_axis.values))]

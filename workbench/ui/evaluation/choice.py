@@ -24,6 +24,7 @@ from workbench.core.common.errors import WorkbenchError
 from workbench.core.evaluation.choice import (
     TARGET_DELIMITER,
     ChoiceResult,
+    ChoiceSettings,
     PairsResult,
     read_choice_items,
     read_sentence_pairs,
@@ -31,6 +32,7 @@ from workbench.core.evaluation.choice import (
     score_pairs,
 )
 from workbench.core.models.catalog import CAUSAL_LM
+from workbench.ui.common.setting_widgets import box_value, setting_box
 from workbench.ui.common.skeleton import fill, line, table
 from workbench.ui.common.worker import ModelWorker, WorkerContext
 from workbench.ui.evaluation.pages import JobPage, Record, file_row, sample
@@ -72,12 +74,16 @@ class ChoicePage(JobPage):
         self.choices_column = line("choice-choices-column", "choices",
                                    "a list (in CSV/TSV a JSON list such as [\"a\", \"b\"])")
         self.answer_column = line("choice-answer-column", "answer", "the right choice, from 0")
+        self.batch_size = setting_box(ChoiceSettings, "batch_size", "choice-batch-size")
+        self.max_length = setting_box(ChoiceSettings, "max_length", "choice-max-length")
         form = QFormLayout()
         form.addRow("Items", file_row(self.data_file, "Open multiple-choice items",
                                       DATA_FILTER))
         form.addRow("Context column", self.context_column)
         form.addRow("Choices column", self.choices_column)
         form.addRow("Answer column", self.answer_column)
+        form.addRow("Batch size", self.batch_size)
+        form.addRow("Context", self.max_length)
         inputs = self.form_widget(
             form, "choice-cancel",
             "Each choice is scored by its log-likelihood after the context (with a space "
@@ -102,13 +108,20 @@ class ChoicePage(JobPage):
         tables.setSizes([360, 110])
         self.lay_out(inputs, tables, (360, 880))
 
+    def choice_settings(self) -> ChoiceSettings:
+        """The batch size and context as the form gives them (None: the model's context)."""
+        return ChoiceSettings(box_value(ChoiceSettings, "batch_size", self.batch_size),
+                              box_value(ChoiceSettings, "max_length", self.max_length))
+
     def start(self) -> None:
-        if self.job is not None:
+        if self.run_slot.running:
             return
         path = self.data_file.text().strip()
         columns = (self.context_column.text().strip(), self.choices_column.text().strip(),
                    self.answer_column.text().strip())
+        settings = self.choice_settings()
         try:
+            settings.validate()
             if not path:
                 raise WorkbenchError("Choose a file of multiple-choice items.")
             items = read_choice_items(path, *columns)
@@ -117,11 +130,13 @@ class ChoicePage(JobPage):
             return
 
         def job(ctx: WorkerContext) -> ChoiceResult:
-            return score_choices(ctx.model(), items, TARGET_DELIMITER, ctx=ctx)
+            return score_choices(ctx.model(), items, TARGET_DELIMITER, ctx=ctx,
+                                 settings=settings)
 
         self.inputs = {"file": path, "context_column": columns[0],
                        "choices_column": columns[1], "answer_column": columns[2],
-                       "target_delimiter": TARGET_DELIMITER}
+                       "target_delimiter": TARGET_DELIMITER,
+                       "batch_size": settings.batch_size, "max_length": settings.max_length}
         self.submit(job)
 
     def model_changed(self, loaded) -> None:
@@ -241,7 +256,7 @@ class PairsPage(JobPage):
         self.lay_out(inputs, tables, (360, 880))
 
     def start(self) -> None:
-        if self.job is not None:
+        if self.run_slot.running:
             return
         path = self.data_file.text().strip()
         more, less = self.more_column.text().strip(), self.less_column.text().strip()

@@ -30,9 +30,14 @@ from PySide6.QtWidgets import (
 from workbench.core.common.data_files import read_pairs, read_rows
 from workbench.core.common.errors import WorkbenchError
 from workbench.core.common.paths import sample_data
-from workbench.core.evaluation.classification import ClassificationResult, evaluate_classifier
+from workbench.core.evaluation.classification import (
+    ClassificationResult,
+    ClassifierSettings,
+    evaluate_classifier,
+)
 from workbench.core.evaluation.generate_score import (
     GenerateScoreResult,
+    GenerateScoreSettings,
     RowDone,
     generate_and_score,
     output_folder,
@@ -40,8 +45,9 @@ from workbench.core.evaluation.generate_score import (
 )
 from workbench.core.generation.settings import PRESETS, SamplingSettings
 from workbench.core.models.catalog import CAUSAL_LM, CLASSIFIER
-from workbench.ui.common.job_thread import JobSlot, slot_handle
-from workbench.ui.common.skeleton import combo, fill, line, metric_checkboxes, spin, table
+from workbench.ui.common.job_thread import JobSlot
+from workbench.ui.common.setting_widgets import box_value, setting_box
+from workbench.ui.common.skeleton import combo, fill, line, metric_checkboxes, table
 from workbench.ui.common.stale import mark_stale
 from workbench.ui.common.state import preset_names, read_preset
 from workbench.ui.common.widgets import fit_columns, rows_height, show_rows, two_line_labels
@@ -79,12 +85,11 @@ class JobPage(QWidget):
     """A page with one run button whose job runs on the worker."""
 
     job_title = ""
-    job = slot_handle("run_slot")  # the page's job while it runs
 
     def __init__(self, worker: ModelWorker, record: Record, show_error) -> None:
         super().__init__()
         self.worker, self.record, self.show_error = worker, record, show_error
-        self.run_slot = JobSlot(self, worker)
+        self.run_slot = JobSlot(self, worker)  # the page's job: its handle while it runs
         self.run_button = QPushButton(self.job_title)
         self.run_button.setProperty("primary", True)  # Run ▸ Run: Ctrl+Return
         self.run_button.clicked.connect(self.start)
@@ -187,7 +192,10 @@ class GenerateScorePage(JobPage):
                                "TSV: prompt<TAB>reference a line")
         self.strategy = combo("score-strategy", [])
         self.reload_strategies()
-        self.max_new = spin("score-max-new-tokens", 1, 1024, 48)
+        self.max_new = setting_box(GenerateScoreSettings, "max_new_tokens",
+                                   "score-max-new-tokens")
+        self.batch_size = setting_box(GenerateScoreSettings, "batch_size", "score-batch-size")
+        self.seed = setting_box(GenerateScoreSettings, "seed", "score-seed")
         self.chat = QCheckBox("Chat template (instruct models)")
         self.chat.setObjectName("score-chat")
         self.chat.setChecked(True)
@@ -205,6 +213,8 @@ class GenerateScorePage(JobPage):
                                                       "TSV (*.tsv *.txt);;All files (*)"))
         form.addRow("Decoding", self.strategy)
         form.addRow("Max new tokens", self.max_new)
+        form.addRow("Batch size", self.batch_size)
+        form.addRow("Seed", self.seed)
         form.addRow("", self.chat)
         form.addRow("", self.first_line)
         form.addRow("Metrics", metrics)
@@ -247,8 +257,15 @@ class GenerateScorePage(JobPage):
         if current in names:
             self.strategy.setCurrentText(current)
 
+    def score_settings(self) -> GenerateScoreSettings:
+        """The new tokens, batch size and seed as the form gives them."""
+        return GenerateScoreSettings(*(box_value(GenerateScoreSettings, name, box)
+                                       for name, box in (("max_new_tokens", self.max_new),
+                                                         ("batch_size", self.batch_size),
+                                                         ("seed", self.seed))))
+
     def settings(self) -> SamplingSettings:
-        """The chosen decoding settings with this page's length and chat choice."""
+        """The chosen decoding settings with this page's length, seed and chat choice."""
         name = self.strategy.currentText()
         if name == GENERATE_TAB and self.current_settings is not None:
             base = self.current_settings()
@@ -256,11 +273,12 @@ class GenerateScorePage(JobPage):
             base = SamplingSettings.from_generation_config(PRESETS[name])
         else:
             base = read_preset(name)  # checked whole; a damaged one raises WorkbenchError
-        return replace(base, max_new_tokens=self.max_new.value(), chat=self.chat.isChecked(),
-                       num_return_sequences=1)
+        numbers = self.score_settings()
+        return replace(base, max_new_tokens=numbers.max_new_tokens, seed=numbers.seed,
+                       chat=self.chat.isChecked(), num_return_sequences=1)
 
     def start(self) -> None:
-        if self.job is not None:
+        if self.run_slot.running:
             return
         metrics = tuple(n for n, box in self.metric_boxes.items() if box.isChecked())
         try:
@@ -269,6 +287,8 @@ class GenerateScorePage(JobPage):
             if not self.pairs_file.text().strip():
                 raise WorkbenchError("Choose a TSV file of prompts and references.")
             prompts, refs = read_pairs(self.pairs_file.text().strip())
+            numbers = self.score_settings()
+            numbers.validate()
             settings = self.settings()
             settings.validate()
             folder = output_folder()  # where the outputs go: checked before anything runs
@@ -285,7 +305,7 @@ class GenerateScorePage(JobPage):
                 raise WorkbenchError(f"{loaded.name} is a {loaded.task} model: generating needs "
                                      "a causal language model such as SmolLM2.")
             result = generate_and_score(loaded, prompts, refs, settings, strategy, metrics,
-                                        first_line, ctx=ctx)
+                                        first_line, ctx=ctx, batch_size=numbers.batch_size)
             try:  # the scores are shown whether or not they could be saved
                 save_result(result, folder)
             except (OSError, WorkbenchError) as exc:
@@ -293,7 +313,9 @@ class GenerateScorePage(JobPage):
             return result
 
         self.inputs = {"file": self.pairs_file.text().strip(), "strategy": strategy,
-                       "max_new_tokens": settings.max_new_tokens, "chat": settings.chat,
+                       "max_new_tokens": settings.max_new_tokens,
+                       "batch_size": numbers.batch_size, "seed": settings.seed,
+                       "chat": settings.chat,
                        "first_line": first_line, "metrics": list(metrics)}
         self.pending_rows = (prompts, refs[0] if refs else [""] * len(prompts))
         self.submit(job, event=self._row_done)
@@ -365,11 +387,15 @@ class ClassifyPage(JobPage):
         self.data_file = line("classify-file", sample("sentiment-test.csv"), "a labelled .csv, .tsv or .jsonl file")
         self.text_column = line("classify-text-column", "text")
         self.label_column = line("classify-label-column", "label")
+        self.batch_size = setting_box(ClassifierSettings, "batch_size", "classify-batch-size")
+        self.max_length = setting_box(ClassifierSettings, "max_length", "classify-max-length")
         form = QFormLayout()
         form.addRow("Labelled file", file_row(self.data_file, "Open labelled data",
                                               "Labelled data (*.csv *.tsv *.jsonl);;All files (*)"))
         form.addRow("Text column", self.text_column)
         form.addRow("Label column", self.label_column)
+        form.addRow("Batch size", self.batch_size)
+        form.addRow("Max length", self.max_length)
         form.addRow(self.run_button)
         form.addRow(self.status)
         inputs = QWidget()
@@ -405,12 +431,19 @@ class ClassifyPage(JobPage):
         right.setSizes([200, 300])
         self.lay_out(inputs, right, (380, 860))
 
+    def classifier_settings(self) -> ClassifierSettings:
+        """The batch size and length as the form gives them."""
+        return ClassifierSettings(box_value(ClassifierSettings, "batch_size", self.batch_size),
+                                  box_value(ClassifierSettings, "max_length", self.max_length))
+
     def start(self) -> None:
-        if self.job is not None:
+        if self.run_slot.running:
             return
         path = self.data_file.text().strip()
         text_column, label_column = self.text_column.text().strip(), self.label_column.text().strip()
+        settings = self.classifier_settings()
         try:
+            settings.validate()
             if not path:
                 raise WorkbenchError("Choose a labelled file.")
             read_rows(path, text_column, label_column)
@@ -419,9 +452,11 @@ class ClassifyPage(JobPage):
             return
 
         def job(ctx: WorkerContext) -> ClassificationResult:
-            return evaluate_classifier(ctx.model(), path, text_column, label_column, ctx=ctx)
+            return evaluate_classifier(ctx.model(), path, text_column, label_column,
+                                       settings.batch_size, settings.max_length, ctx=ctx)
 
-        self.inputs = {"file": path, "text_column": text_column, "label_column": label_column}
+        self.inputs = {"file": path, "text_column": text_column, "label_column": label_column,
+                       "batch_size": settings.batch_size, "max_length": settings.max_length}
         self.submit(job)
 
     def why_this_label(self, row: int, column: int) -> None:

@@ -38,14 +38,16 @@ from workbench.core.evaluation.sweep import (
     METRICS,
     SWEEPABLE,
     SweepResult,
+    SweepSettings,
     cell_settings,
     parse_axis,
     sweep,
 )
-from workbench.core.generation.settings import MAX_SEQUENCES, SamplingSettings
+from workbench.core.generation.settings import SamplingSettings
 from workbench.core.models.catalog import CAUSAL_LM
 from workbench.core.models.loader import check_model_file, load_model_job
-from workbench.ui.common.skeleton import combo, fill, line, spin, table, text_box
+from workbench.ui.common.setting_widgets import box_value, setting_box
+from workbench.ui.common.skeleton import combo, fill, line, table, text_box
 from workbench.ui.common.widgets import fit_columns
 from workbench.ui.common.worker import ModelWorker, WorkerContext
 from workbench.ui.evaluation.pages import JobPage, Record
@@ -135,11 +137,9 @@ class SweepPage(JobPage):
         self.prompt.setMaximumHeight(4 * self.prompt.fontMetrics().lineSpacing() + 14)
         self.x_axis = AxisRow("x", "temperature")
         self.y_axis = AxisRow("y", "top_p")
-        self.samples = spin("sweep-samples", 1, MAX_SEQUENCES, 4)
-        self.samples.setToolTip("Samples per cell, drawn in one batch")
-        self.max_new = spin("sweep-max-new-tokens", 1, 1024, 32)
-        self.seed = spin("sweep-seed", 0, 2**31 - 1, 0)
-        self.seed.setToolTip("The same seed for every cell: cells differ by their settings only")
+        self.samples = setting_box(SweepSettings, "n", "sweep-samples")
+        self.max_new = setting_box(SweepSettings, "max_new_tokens", "sweep-max-new-tokens")
+        self.seed = setting_box(SweepSettings, "seed", "sweep-seed")
         self.chat = QCheckBox("Chat template (instruct models)")
         self.chat.setObjectName("sweep-chat")
         self.chat.setChecked(True)
@@ -235,15 +235,23 @@ class SweepPage(JobPage):
             base = SamplingSettings(temperature=1.0, top_k=0, top_p=1.0)
         return replace(base, chat=self.chat.isChecked())
 
+    def sweep_settings(self) -> SweepSettings:
+        """The samples per cell, new tokens and seed as the form gives them."""
+        return SweepSettings(*(box_value(SweepSettings, name, box) for name, box in
+                               (("n", self.samples), ("max_new_tokens", self.max_new),
+                                ("seed", self.seed))))
+
     def start(self) -> None:
-        if self.job is not None:
+        if self.run_slot.running:
             return
-        n, max_new, seed = self.samples.value(), self.max_new.value(), self.seed.value()
+        numbers = self.sweep_settings()
+        n, max_new, seed = numbers.n, numbers.max_new_tokens, numbers.seed
         prompt = self.prompt.toPlainText()
         other = self.reference.text().strip()
         try:  # the form, then the model: every mistake is one dialog before anything runs
             if not prompt.strip():
                 raise WorkbenchError("The prompt is empty.")
+            numbers.validate()
             base = self.base_settings()
             x = parse_axis(self.x_axis.spec(), base)
             y = parse_axis(self.y_axis.spec(), base)
@@ -285,7 +293,7 @@ class SweepPage(JobPage):
         self.submit(job, event=self._progress)
 
     def _progress(self, event: object) -> None:
-        if isinstance(event, Progress) and self.job is not None:
+        if isinstance(event, Progress) and self.run_slot.running:
             self.status.setText(f"{event.message} (Esc cancels)")
 
     # --- the result -------------------------------------------------------------------------

@@ -49,7 +49,7 @@ from workbench.core.evaluation.metrics import (
 from workbench.core.generation.settings import SamplingSettings
 from workbench.core.models.catalog import BUILTIN_MODELS, CAUSAL_LM
 from workbench.core.models.loader import load_model_job
-from workbench.ui.common.job_thread import JobSlot, slot_handle
+from workbench.ui.common.job_thread import JobSlot
 from workbench.ui.common.setting_widgets import box_value, setting_box
 from workbench.ui.common.skeleton import combo, fill, line, metric_checkboxes, table, text_box
 from workbench.ui.common.stale import mark_stale
@@ -84,8 +84,6 @@ def word_diff(hypothesis: str, reference: str) -> str:
 class EvaluateTab(WorkbenchTab):
     title = "Evaluate"
     log_line = Signal(str, str)  # a line for the log dock, its level
-    ppl_job = slot_handle("ppl_slot")  # the perplexity while it runs
-    bleu_job = slot_handle("bleu_slot")  # the translation scores while they run
 
     def __init__(self, worker: ModelWorker, parent: QWidget | None = None,
                  current_settings: Callable[[], SamplingSettings] | None = None) -> None:
@@ -245,7 +243,7 @@ class EvaluateTab(WorkbenchTab):
             self.ppl_file.setText(path)
 
     def start_perplexity(self) -> None:
-        if self.ppl_job is not None:
+        if self.ppl_slot.running:
             return
         try:
             source = self.ppl_file.text().strip()
@@ -447,7 +445,7 @@ class EvaluateTab(WorkbenchTab):
             widget.setText(";".join(paths))
 
     def start_bleu(self) -> None:
-        if self.bleu_job is not None:
+        if self.bleu_slot.running:
             return
         metrics = tuple(n for n, box in self.metric_boxes.items() if box.isChecked())
         try:

@@ -205,7 +205,7 @@ def _evaluate_demo(window, app, needs: set[str], timeout_s: float, run_root: Pat
     if "perplexity" in needs:
         evaluate.compare_model.setCurrentText(finetune.final_model or "")
         evaluate.start_perplexity()
-        wait_until(app, lambda: evaluate.ppl_job is None, timeout_s)
+        wait_until(app, lambda: not evaluate.ppl_slot.running, timeout_s)
         if evaluate.colour_by.count() == 3:  # where fine-tuning changed the surprisal
             evaluate.colour_by.setCurrentIndex(2)
             evaluate.colour_by.activated.emit(2)
@@ -225,7 +225,7 @@ def _evaluate_demo(window, app, needs: set[str], timeout_s: float, run_root: Pat
         for box in evaluate.metric_boxes.values():
             box.setChecked(True)
         evaluate.start_bleu()
-        wait_until(app, lambda: evaluate.bleu_job is None, timeout_s)
+        wait_until(app, lambda: not evaluate.bleu_slot.running, timeout_s)
     bleu_page = evaluate.modes.widget(1)
     extra.append(("4c-bleu", 3, lambda: evaluate.modes.setCurrentWidget(bleu_page),
                   lambda: True, lambda: evaluate.modes.setCurrentIndex(0)))
@@ -241,7 +241,7 @@ def _evaluate_demo(window, app, needs: set[str], timeout_s: float, run_root: Pat
     choice = evaluate.choice_page  # the shipped common-sense items
     if "choice" in needs:
         choice.start()
-        wait_until(app, lambda: choice.job is None, timeout_s)
+        wait_until(app, lambda: not choice.run_slot.running, timeout_s)
     extra.append(("4b-multiple-choice", 3,
                   lambda: evaluate.modes.setCurrentWidget(choice), lambda: True,
                   lambda: evaluate.modes.setCurrentIndex(0)))
@@ -254,7 +254,7 @@ def _evaluate_demo(window, app, needs: set[str], timeout_s: float, run_root: Pat
         sweep.samples.setValue(4)
         sweep.max_new.setValue(24)
         sweep.start()
-        wait_until(app, lambda: sweep.job is None, timeout_s)
+        wait_until(app, lambda: not sweep.run_slot.running, timeout_s)
         if sweep.result is not None:
             sweep.select_cell(1, 1)  # the middle cell's samples
     extra.append(("4e-sampling-sweep", 3,
@@ -263,7 +263,7 @@ def _evaluate_demo(window, app, needs: set[str], timeout_s: float, run_root: Pat
     # last: it changes the window's model (and runs only when its view is taken)
     extra.append(("4d-classification", 3,
                   lambda: _classification_demo(window, app, run_root, timeout_s),
-                  lambda: evaluate.classify_page.job is None,
+                  lambda: not evaluate.classify_page.run_slot.running,
                   lambda: evaluate.modes.setCurrentIndex(0)))
     return extra
 
