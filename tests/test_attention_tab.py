@@ -47,7 +47,7 @@ def test_run_on_an_encoder_pair(qtbot, window, tiny, tmp_path):
     tab.text.setPlainText("the cat sat on the mat")
     tab.text_b.setPlainText("it was tired")
     tab.start()
-    qtbot.waitUntil(lambda: tab.job_id is None, timeout=60000)
+    qtbot.waitUntil(lambda: not tab.view_slot.running, timeout=60000)
     r = tab.current.result
     expected = compute_attention(load_model(str(tiny("bert"))), "the cat sat on the mat",
                                  "it was tired")
@@ -95,12 +95,12 @@ def test_decoder_gets_a_logit_lens(qtbot, window, tiny):
     tab.text.setPlainText("the cat sat on the")
     tab.text_b.clear()
     tab.start()
-    qtbot.waitUntil(lambda: tab.job_id is None, timeout=60000)
+    qtbot.waitUntil(lambda: not tab.view_slot.running, timeout=60000)
     # the page comes first; the lens follows once the page has loaded: until then its
     # table has the tokens and layers, and "…" in every cell
     assert tab.lens_table.item(0, 0).text() == "…" and tab.lens_table.columnCount() == 5
     assert tab.lens_table.horizontalHeaderItem(1).text() == "cat"
-    qtbot.waitUntil(lambda: not tab.lens_wanted and tab.lens_job is None, timeout=60000)
+    qtbot.waitUntil(lambda: not tab.lens_wanted and not tab.lens_slot.running, timeout=60000)
     assert tab.lens_table.rowCount() == 2 and tab.lens_table.columnCount() == 5
     assert tab.lens_table.horizontalHeaderItem(1).text() == "cat"
     lens = tab.current.lens
@@ -118,7 +118,7 @@ def test_decoder_gets_a_logit_lens(qtbot, window, tiny):
     assert not tab.position_plots["learned"][0].isVisible()
     tab.text_b.setPlainText("another sentence")  # a pair on a decoder: this run fails
     tab.start()
-    qtbot.waitUntil(lambda: tab.job_id is None, timeout=30000)
+    qtbot.waitUntil(lambda: not tab.view_slot.running, timeout=30000)
     assert tab.notice.text().startswith("Failed:")
     assert "from the previous run" in tab.notice.text() and not tab.results.isEnabled()
 
@@ -128,7 +128,7 @@ def test_pair_on_a_decoder_is_a_dialog(qtbot, window, tiny):
     tab = window.tab_pages[1]
     tab.text_b.setPlainText("another sentence")
     tab.start()
-    qtbot.waitUntil(lambda: tab.job_id is None, timeout=30000)
+    qtbot.waitUntil(lambda: not tab.view_slot.running, timeout=30000)
     qtbot.waitUntil(lambda: window.last_dialog is not None, timeout=10000)  # its own event
     assert "Sentence pairs are for encoders" in window.last_dialog.text()
 
@@ -163,7 +163,7 @@ def test_the_lens_fills_the_columns_in_view_first(qtbot, window, tiny):
     tab.text.setPlainText(text)  # 104 tokens: far wider than the table
     tab.max_tokens.setValue(120)
     tab.start()
-    qtbot.waitUntil(lambda: tab.job_id is None and tab.lens_job is None, timeout=60000)
+    qtbot.waitUntil(lambda: not tab.view_slot.running and not tab.lens_slot.running, timeout=60000)
     table = tab.lens_table
     assert table.columnCount() == 104
     qtbot.waitUntil(lambda: table.horizontalScrollBar().maximum() > 0, timeout=5000)
@@ -187,7 +187,7 @@ def test_the_lens_fills_the_columns_in_view_first(qtbot, window, tiny):
 
     window.worker.job_event.connect(on_event)  # after the tab's own: it has drawn the chunk
     tab.start()  # the same text again, the table scrolled to its right part
-    qtbot.waitUntil(lambda: tab.job_id is None and tab.lens_job is None, timeout=60000)
+    qtbot.waitUntil(lambda: not tab.view_slot.running and not tab.lens_slot.running, timeout=60000)
     window.worker.job_event.disconnect(on_event)
     (start, stop), visible, filled = arrivals[0]
     assert visible[0] > 20 and stop - start < 104  # a right part, not the whole text

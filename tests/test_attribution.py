@@ -423,8 +423,8 @@ def test_the_view_runs_on_the_worker_and_shows_the_table(qtbot, tiny, llama):
         view.method.setCurrentIndex(0)  # integrated gradients
         view.steps.setValue(STEPS)
         qtbot.mouseClick(view.run_button, Qt.MouseButton.LeftButton)
-        assert view.job is not None and not view.run_button.isEnabled()
-        qtbot.waitUntil(lambda: view.job is None, timeout=60000)
+        assert view.run_slot.running and not view.run_button.isEnabled()
+        qtbot.waitUntil(lambda: not view.run_slot.running, timeout=60000)
         model, tok = llama.model, llama.tokenizer
         reference = LLMGradientAttribution(
             LayerIntegratedGradients(model, model.get_input_embeddings()), tok).attribute(
@@ -442,7 +442,7 @@ def test_the_view_runs_on_the_worker_and_shows_the_table(qtbot, tiny, llama):
         view.matrix_box.setChecked(True)
         view.method.setCurrentIndex(3)  # feature ablation
         view.run()
-        qtbot.waitUntil(lambda: view.job is None, timeout=60000)
+        qtbot.waitUntil(lambda: not view.run_slot.running, timeout=60000)
         assert view.views.isTabEnabled(1) and view.matrix_view.image.image.shape == (7, 3)
         assert view.table.rowCount() == 7 and not math.isnan(view.table.item(0, 2).data(0))
     finally:

@@ -37,7 +37,7 @@ def tab(window):
 
 def run_generation(qtbot, tab):
     tab.start()
-    qtbot.waitUntil(lambda: tab.single.job is None, timeout=30000)
+    qtbot.waitUntil(lambda: not tab.single.run_slot.running, timeout=30000)
 
 
 def test_charts_say_what_they_will_show_until_they_have_data(qtbot, tab):
@@ -145,7 +145,7 @@ def test_explorer_at_a_step_reshapes_that_step(qtbot, tab, tiny):
     controls.repetition.setValue(1.5)  # depends on the tokens before the step
     single.select_step(3)
     single.explore.setChecked(True)
-    qtbot.waitUntil(lambda: single.explore_job is None and single.explore_logits is not None,
+    qtbot.waitUntil(lambda: not single.explore_slot.running and single.explore_logits is not None,
                     timeout=30000)
     assert single.explore_prefix == prompt_ids + generated[:3]
     assert_chart_shows(single.candidate_chart, tiny("llama"), single.explore_prefix,
@@ -166,7 +166,7 @@ def test_compare_fills_columns_table_and_plot(qtbot, window, tab, tiny, tmp_path
     tab.compare.strategies.setPlainText("greedy\ntemperature=1.5,n=2\nbeams=2")
     tab.modes.setCurrentIndex(1)
     tab.start_compare()
-    qtbot.waitUntil(lambda: tab.compare.job is None, timeout=60000)
+    qtbot.waitUntil(lambda: not tab.compare.run_slot.running, timeout=60000)
     result = tab.compare.result
     expected = compare(load_model(str(tiny("llama"))), "the cat sat on",
                        [parse_strategy(s, tab.controls.settings()) for s in
@@ -197,7 +197,7 @@ def test_bad_strategy_list_gives_a_dialog(qtbot, window, tab):
     tab.compare.strategies.setPlainText("greedy\nwarp=9")
     tab.start_compare()
     assert "warp=9" in window.last_dialog.text()
-    assert tab.compare.job is None
+    assert not tab.compare.run_slot.running
 
 
 def test_generation_config_export_and_import(qtbot, tab, tmp_path):
@@ -268,10 +268,10 @@ def test_clicking_a_candidate_branches(qtbot, tab):
     assert step.candidates[0].token_id == step.token_id  # greedy: the first candidate
     click_candidate(qtbot, tab.single.candidate_chart, 0)  # the chosen one: no branch to itself
     qtbot.wait(200)
-    assert tab.single.branch_job is None and tab.single.branches == []
+    assert not tab.single.branch_slot.running and tab.single.branches == []
     assert "is the token chosen at step 2" in tab.single.stats.text()
     click_candidate(qtbot, tab.single.candidate_chart, 1)
-    qtbot.waitUntil(lambda: tab.single.branch_job is None and len(tab.single.branches) == 1,
+    qtbot.waitUntil(lambda: not tab.single.branch_slot.running and len(tab.single.branches) == 1,
                     timeout=30000)
     b = tab.single.branches[0]
     assert b.step == 2 and b.sequence.token_ids[2] == step.candidates[1].token_id
@@ -287,7 +287,7 @@ def test_save_and_open_a_session(qtbot, tab, tmp_path, window):
     text = tab.single.output.toPlainText()
     path = tmp_path / "session.json"
     tab.single.save_session(str(path))
-    qtbot.waitUntil(lambda: tab.single.session_job is None, timeout=30000)
+    qtbot.waitUntil(lambda: not tab.single.session_slot.running, timeout=30000)
     assert path.is_file()
     tab.prompt.setPlainText("something else")
     tab.controls.temperature.setValue(0.2)
@@ -308,15 +308,15 @@ def test_a_reopened_session_keeps_its_branches(qtbot, tab, tmp_path, window):
     run_generation(qtbot, tab)
     tab.single.select_step(2)
     click_candidate(qtbot, tab.single.candidate_chart, 1)
-    qtbot.waitUntil(lambda: tab.single.branch_job is None and len(tab.single.branches) == 1,
+    qtbot.waitUntil(lambda: not tab.single.branch_slot.running and len(tab.single.branches) == 1,
                     timeout=30000)
     branch_text = tab.single.output.toPlainText()
     label = tab.single.sequence_picker.currentText()
     path = tmp_path / "session.json"
     tab.single.save_session(str(path))
-    qtbot.waitUntil(lambda: tab.single.session_job is None, timeout=30000)
+    qtbot.waitUntil(lambda: not tab.single.session_slot.running, timeout=30000)
     tab.start()  # a new run: its own result, no branches
-    qtbot.waitUntil(lambda: tab.single.job is None, timeout=30000)
+    qtbot.waitUntil(lambda: not tab.single.run_slot.running, timeout=30000)
     assert tab.single.branches == []
     tab.single.open_session(str(path))
     picker = tab.single.sequence_picker
@@ -342,7 +342,7 @@ def test_inspect_attention_opens_the_generated_text(qtbot, window, tab):
     attention = window.tab_pages[1]
     assert window.tabs.currentIndex() == 1
     assert attention.text.toPlainText() == "the cat sat on" + tab.single.output.toPlainText()
-    qtbot.waitUntil(lambda: attention.job_id is None, timeout=60000)
+    qtbot.waitUntil(lambda: not attention.view_slot.running, timeout=60000)
     assert attention.current is not None and attention.current.result.is_decoder
 
 
@@ -407,7 +407,7 @@ def test_a_cancelled_generation_shows_the_previous_run_greyed(qtbot, window, tab
     assert single.output.toPlainText() == "" and tab.controls.stop_button.isEnabled()
     tab.controls.stop_button.click()
     release.set()
-    qtbot.waitUntil(lambda: single.job is None and not window.worker.busy, timeout=30000)
+    qtbot.waitUntil(lambda: not single.run_slot.running and not window.worker.busy, timeout=30000)
     assert single.result is previous and single.output.toPlainText() == text
     assert not single.results_view.isEnabled()
     assert single.stats.text() == "Cancelled. The results shown are from the previous run."
@@ -418,14 +418,14 @@ def test_a_failed_comparison_shows_the_previous_one_greyed(qtbot, window, tab):
     compare = tab.compare
     compare.strategies.setPlainText("greedy\nbeams=2")
     tab.start_compare()
-    qtbot.waitUntil(lambda: compare.job is None, timeout=60000)
+    qtbot.waitUntil(lambda: not compare.run_slot.running, timeout=60000)
     previous = compare.result
     texts = [view.toPlainText() for view in compare.views]
     compare.strategies.setPlainText("greedy\ntop-k 40\nnucleus 0.9")
     tab.controls.max_new.setValue(4096)
     tab.start_compare()
     assert len(compare.views) == 3  # the new run's columns, while it runs
-    qtbot.waitUntil(lambda: compare.job is None, timeout=60000)
+    qtbot.waitUntil(lambda: not compare.run_slot.running, timeout=60000)
     dialog = wait_for_dialog(qtbot, window)
     assert dialog.windowTitle() == "Compare strategies failed"
     assert compare.result is previous and [v.toPlainText() for v in compare.views] == texts
@@ -443,7 +443,7 @@ def test_a_failed_explorer_drops_its_logits(qtbot, window, tab):
     single.explore.setChecked(False)
     controls.max_new.setValue(4096)  # the prompt and 4096 new tokens do not fit the context
     single.explore.setChecked(True)
-    qtbot.waitUntil(lambda: single.explore_job is None, timeout=30000)
+    qtbot.waitUntil(lambda: not single.explore_slot.running, timeout=30000)
     dialog = wait_for_dialog(qtbot, window)
     assert dialog.windowTitle() == "Next-token distribution failed"
     assert not single.explore.isChecked() and single.explore_logits is None

@@ -61,7 +61,7 @@ class Case:
 
     def wait_idle(self) -> None:
         single = self.tab.single
-        self.qtbot.waitUntil(lambda: not self.tab.running() and single.session_job is None
+        self.qtbot.waitUntil(lambda: not self.tab.running() and not single.session_slot.running
                              and not self.window.worker.busy and not self.window.loading,
                              timeout=60000)
 
@@ -113,7 +113,7 @@ def case(request, qtbot, tiny, tmp_path, dialogs, window_pool):
 
     def settle(window: MainWindow) -> None:
         qtbot.waitUntil(lambda: quiet(window) and not window.tab_pages[0].running()
-                        and window.tab_pages[0].single.session_job is None, timeout=60000)
+                        and not window.tab_pages[0].single.session_slot.running, timeout=60000)
 
     def prepare(window: MainWindow, compared: bool) -> None:
         tab = window.tab_pages[0]

@@ -308,7 +308,7 @@ NO_MODEL = {  # the tab, its start, whether it is idle, the job's title
     "classification": (3, lambda t: t.classify_page.start,
                        lambda t: not t.classify_page.run_slot.running,
                        "Evaluate classifier failed"),
-    "attention": (1, lambda t: t.start, lambda t: t.job_id is None, "Attention failed"),
+    "attention": (1, lambda t: t.start, lambda t: not t.view_slot.running, "Attention failed"),
 }
 
 
@@ -539,7 +539,7 @@ def test_attention(case, dialogs, name):
     c.tab.text.setPlainText("the cat sat on the mat")
     fill, title, fragments = ATTENTION[name]
     fill(c)
-    run_case(c, dialogs, c.tab.start, lambda: c.tab.job_id is None, title, fragments)
+    run_case(c, dialogs, c.tab.start, lambda: not c.tab.view_slot.running, title, fragments)
     assert c.tab.run_button.isEnabled()
 
 

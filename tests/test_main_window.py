@@ -109,7 +109,7 @@ def test_generate_streams_the_same_text_as_the_core(qtbot, window, tiny):
     tab.max_new.setValue(10)
     qtbot.mouseClick(tab.generate_button, Qt.MouseButton.LeftButton)
     assert tab.stop_button.isEnabled()
-    qtbot.waitUntil(lambda: tab.job_id is None, timeout=30000)
+    qtbot.waitUntil(lambda: not tab.running(), timeout=30000)
     expected = generate(load_model(str(tiny("llama"))), "the cat sat on",
                         SamplingSettings(max_new_tokens=10, do_sample=False, chat=False))
     assert tab.output.toPlainText() == expected.text

@@ -37,7 +37,7 @@ def tab(window):
 
 def run_generation(qtbot, tab):
     tab.start()
-    qtbot.waitUntil(lambda: tab.single.job is None, timeout=30000)
+    qtbot.waitUntil(lambda: not tab.single.run_slot.running, timeout=30000)
 
 
 def reference_stages(folder, prefix, settings):
@@ -76,7 +76,7 @@ def test_stages_of_a_step_match_transformers_warpers(qtbot, tab, tiny):
         assert single.stages_button.isEnabled()
         single.stages_button.click()
         assert single.lower_stack.currentWidget() is single.stages_holder
-        qtbot.waitUntil(lambda: single.stage_job is None and inspector.inspection is not None,
+        qtbot.waitUntil(lambda: not single.stage_slot.running and inspector.inspection is not None,
                         timeout=30000)
     assert not exceptions
 
@@ -126,7 +126,7 @@ def test_stages_are_marked_stale_when_the_run_changes(qtbot, tab):
         run_generation(qtbot, tab)
         single.select_step(1)
         single.stages_button.setChecked(True)
-        qtbot.waitUntil(lambda: inspector.inspection is not None and single.stage_job is None,
+        qtbot.waitUntil(lambda: inspector.inspection is not None and not single.stage_slot.running,
                         timeout=30000)
         assert inspector.isEnabled()
         first = inspector.rows()
@@ -139,7 +139,7 @@ def test_stages_are_marked_stale_when_the_run_changes(qtbot, tab):
         assert single.stages_button.isEnabled()  # still down: it can be raised
         # a click on a token of the new run shows its stages, no longer greyed
         single.select_step(2)
-        qtbot.waitUntil(lambda: single.stage_job is None and inspector.isEnabled()
+        qtbot.waitUntil(lambda: not single.stage_slot.running and inspector.isEnabled()
                         and inspector.inspection.step == 2, timeout=30000)
         assert "Step 2" in inspector.header.text()
         single.stages_button.setChecked(False)
@@ -156,11 +156,11 @@ def test_a_branch_step_after_the_branch_point_uses_the_controls(qtbot, tab):
         other = next(i for i, c in enumerate(candidates)
                      if c.token_id != single.current_steps()[1].token_id)
         single.branch_from(other)
-        qtbot.waitUntil(lambda: single.branch_job is None, timeout=30000)
+        qtbot.waitUntil(lambda: not single.branch_slot.running, timeout=30000)
         assert single.sequence_picker.currentIndex() == 1  # the branch is shown
         single.select_step(3)
         single.stages_button.setChecked(True)
-        qtbot.waitUntil(lambda: single.stage_job is None
+        qtbot.waitUntil(lambda: not single.stage_slot.running
                         and single.stage_inspector.inspection is not None, timeout=30000)
     assert not exceptions
     assert "controls' current settings" in single.stage_inspector.header.text()

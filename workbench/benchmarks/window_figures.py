@@ -85,7 +85,7 @@ def bench_ui_stall(emit: Callable[[Any], None]) -> dict:
         idle = _max_tick_gap(app, 1.0)
         emit(Progress("ui_stall: streaming 128 tokens", 0.5))
         tab.start()
-        busy = _max_tick_gap(app, None, lambda: tab.job_id is None)
+        busy = _max_tick_gap(app, None, lambda: not tab.running())
         tokens = len(tab.result.token_ids) if tab.result else 0
     finally:
         window.close()
@@ -143,14 +143,14 @@ def bench_attention_view(emit: Callable[[Any], None]) -> dict:
         tab.max_tokens.setValue(64)
         tab.text_b.clear()
         tab.start()  # a first run starts the web engine; the figure is a later run
-        wait_until(app, lambda: tab.job_id is None, 120)
+        wait_until(app, lambda: not tab.view_slot.running, 120)
         drawn = _svg_ready(app, tab)
         emit(Progress("attention_view: timing", 0.5))
         loads: list[bool] = []
         tab.web.loaded.connect(loads.append)
         start = time.perf_counter()
         tab.start()
-        wait_until(app, lambda: tab.job_id is None, 120)
+        wait_until(app, lambda: not tab.view_slot.running, 120)
         wait_until(app, lambda: bool(loads), 60)  # the new page, not the previous one
         drawn = _svg_ready(app, tab)
         seconds = time.perf_counter() - start
@@ -188,18 +188,18 @@ def bench_attention_page_smollm(emit: Callable[[Any], None]) -> dict:
         tab.max_tokens.setValue(256)
         tab.page_tokens.setValue(DEFAULT_PAGE_TOKENS)
         tab.start()  # start the web engine once
-        wait_until(app, lambda: tab.job_id is None, 300)
+        wait_until(app, lambda: not tab.view_slot.running, 300)
         _svg_ready(app, tab)
         loads: list[bool] = []
         tab.web.loaded.connect(loads.append)
         emit(Progress("attention_page_smollm: timing 256 tokens", 0.3))
         start = time.perf_counter()
         tab.start()
-        wait_until(app, lambda: tab.job_id is None, 300)
+        wait_until(app, lambda: not tab.view_slot.running, 300)
         wait_until(app, lambda: bool(loads), 120)
         drawn = _svg_ready(app, tab, 120)
         seconds = time.perf_counter() - start
-        wait_until(app, lambda: tab.lens_job is None, 300)
+        wait_until(app, lambda: not tab.lens_slot.running, 300)
         lens_seconds = time.perf_counter() - start
         analysed = len(tab.current.result.tokens)
         renderer = sum(p.memory_info().rss for p in psutil.Process().children(recursive=True)
@@ -209,7 +209,7 @@ def bench_attention_page_smollm(emit: Callable[[Any], None]) -> dict:
         tab.max_tokens.setValue(1024)
         tab.text.setPlainText(text * 3)
         tab.start()
-        wait_until(app, lambda: tab.job_id is None and tab.lens_job is None, 600)
+        wait_until(app, lambda: not tab.view_slot.running and not tab.lens_slot.running, 600)
         tokens_1024 = len(tab.current.result.tokens)
         start = time.perf_counter()
         tab.draw_heatmap()

@@ -26,7 +26,7 @@ from workbench.core.common.errors import WorkbenchError
 from workbench.core.generation.compare import CompareResult, batch_owners, compare, owner_of
 from workbench.core.generation.records import TokenEvent
 from workbench.core.generation.settings import SamplingSettings, parse_strategy
-from workbench.ui.common.job_thread import JobSlot, slot_handle
+from workbench.ui.common.job_thread import JobSlot
 from workbench.ui.common.skeleton import text_box
 from workbench.ui.common.stale import mark_stale
 from workbench.ui.common.widgets import TokenView, fit_columns, two_line_labels
@@ -52,13 +52,12 @@ class CompareView(QWidget):
     comparison, however it ended."""
 
     run_ended = Signal()
-    job = slot_handle("run_slot")  # the comparison while it runs
 
     def __init__(self, worker: ModelWorker, prompt: QPlainTextEdit,
                  show_error: Callable[[str, str], object], parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.worker, self.prompt, self.show_error = worker, prompt, show_error
-        self.run_slot = JobSlot(self, worker)
+        self.run_slot = JobSlot(self, worker)  # the comparison
         self.result: CompareResult | None = None
         self.previous: CompareResult | None = None  # shown again, greyed, if a run fails
         self.owners: list[int] = []

@@ -30,7 +30,7 @@ from workbench.core.generation.generate import generate
 from workbench.core.generation.records import GenerationResult, StepRecord, TokenEvent
 from workbench.core.generation.settings import SamplingSettings
 from workbench.core.generation.step_inspection import TOP_N
-from workbench.ui.common.job_thread import JobSlot, slot_handle
+from workbench.ui.common.job_thread import JobSlot
 from workbench.ui.common.stale import mark_stale
 from workbench.ui.common.widgets import StatusLine, TokenView, visible_token
 from workbench.ui.common.worker import ModelWorker, WorkerContext
@@ -51,21 +51,18 @@ class SingleRunView(StepViews, QWidget):
 
     run_ended = Signal()
     inspect_attention = Signal(str)
-    job = slot_handle("run_slot")  # the generation while it runs
-    branch_job = slot_handle("branch_slot")  # a branch while it is generated
-    session_job = slot_handle("session_slot")  # a session while it is saved
 
     def __init__(self, worker: ModelWorker, prompt: QPlainTextEdit, controls: DecodingControls,
                  show_error: Callable[[str, str], object], parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.worker, self.prompt, self.controls = worker, prompt, controls
         self.show_error = show_error
-        # the view's jobs, one slot for each kind (job, explore_job, ... read their handles)
-        self.run_slot = JobSlot(self, worker)
-        self.explore_slot = JobSlot(self, worker)
-        self.branch_slot = JobSlot(self, worker)
-        self.session_slot = JobSlot(self, worker)
-        self.stage_slot = JobSlot(self, worker)
+        # the view's jobs, one slot for each kind (a slot's ``running``: whether its job runs)
+        self.run_slot = JobSlot(self, worker)  # the generation
+        self.explore_slot = JobSlot(self, worker)  # the explorer's logits
+        self.branch_slot = JobSlot(self, worker)  # a branch while it is generated
+        self.session_slot = JobSlot(self, worker)  # a session while it is saved
+        self.stage_slot = JobSlot(self, worker)  # the selected step's sampler stages
         self.stage_request = 0  # the latest stages asked for; an earlier job's answer is late
         self.stage_inspector = None  # made with the charts (build_deferred)
         self.logged: list[tuple[str, str]] = []  # lines for the log (see log)
@@ -330,7 +327,7 @@ class SingleRunView(StepViews, QWidget):
         if self.step_curves is None:
             return
         steps = self.current_steps()
-        streaming = self.controls.settings().max_new_tokens if self.job is not None else None
+        streaming = self.controls.settings().max_new_tokens if self.run_slot.running else None
         self.step_curves.set_steps([s.entropy for s in steps], [s.surprisal for s in steps],
                                    [s.kept_count for s in steps], streaming)
         self.step_curves.mark(self.selected_step)
@@ -340,7 +337,7 @@ class SingleRunView(StepViews, QWidget):
         if not 0 <= index < len(steps):
             return
         self.selected_step = index
-        self.why_button.setEnabled(self.job is None)
+        self.why_button.setEnabled(not self.run_slot.running)
         self._sync_stages_button()
         if self.stages_button.isChecked():
             self.request_stages()
@@ -385,7 +382,7 @@ class SingleRunView(StepViews, QWidget):
     def branch_from(self, candidate: int) -> None:
         """Continue generation from the selected step with candidate ``candidate`` instead."""
         if (self.result is None or self.selected_step is None or self.explore.isChecked()
-                or self.branch_job is not None or self.job is not None):
+                or self.branch_slot.running or self.run_slot.running):
             return
         shown = max(self.sequence_picker.currentIndex(), 0)
         steps = self.current_steps()

@@ -8,7 +8,6 @@ from workbench.core.common.errors import WorkbenchError
 from workbench.core.generation.explore import explore_distribution, next_token_logits
 from workbench.core.generation.settings import SamplingSettings
 from workbench.core.generation.step_inspection import TOP_N, with_texts
-from workbench.ui.common.job_thread import slot_handle
 from workbench.ui.common.stale import mark_stale
 from workbench.ui.common.worker import WorkerContext
 
@@ -18,10 +17,8 @@ OUTPUT_SQUEEZED = 80  # the output's height while the sampler stages fill rows b
 class StepViews:
     """The step views' part of :class:`~workbench.ui.generation.single.SingleRunView` (a
     mixin: it reads the view's run, its selected step and its controls; the view makes
-    the two slots, ``explore_slot`` and ``stage_slot``)."""
-
-    explore_job = slot_handle("explore_slot")  # the explorer's logits while they come
-    stage_job = slot_handle("stage_slot")  # the selected step's sampler stages, likewise
+    the two slots, ``explore_slot`` for the explorer's logits and ``stage_slot`` for the
+    selected step's sampler stages)."""
 
     # --- the explorer ------------------------------------------------------------------------
     def _explore_toggled(self, on: bool) -> None:
@@ -113,7 +110,7 @@ class StepViews:
         """On while a generated token is selected and no generation runs; a button that is
         down can always be raised again."""
         self.stages_button.setEnabled(self.stages_button.isChecked() or (
-            self.result is not None and self.job is None
+            self.result is not None and not self.run_slot.running
             and self._selected_record() is not None))
 
     def _stages_toggled(self, on: bool) -> None:
@@ -159,7 +156,7 @@ class StepViews:
         if self.stage_inspector is None:
             return
         step = self._selected_record()
-        if self.result is None or step is None or self.job is not None:
+        if self.result is None or step is None or self.run_slot.running:
             self._stages_stale()
             if self.stage_inspector.inspection is None:
                 self.stage_inspector.show_message(self.stage_inspector.HINT)

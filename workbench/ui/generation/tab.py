@@ -16,7 +16,6 @@ from workbench.core.common.errors import WorkbenchError
 from workbench.core.generation.records import GenerationResult, StepRecord
 from workbench.core.generation.settings import SamplingSettings
 from workbench.core.models.catalog import CAUSAL_LM
-from workbench.ui.common.job_thread import JobHandle
 from workbench.ui.common.skeleton import text_box
 from workbench.ui.common.tab_base import WorkbenchTab
 from workbench.ui.common.worker import ModelWorker
@@ -84,7 +83,7 @@ class GenerateTab(WorkbenchTab):
     # --- dispatch ----------------------------------------------------------------------------
     def running(self) -> bool:
         """Whether a generation or a comparison of this tab runs (or waits to)."""
-        return self.single.job is not None or self.compare.job is not None
+        return self.single.run_slot.running or self.compare.run_slot.running
 
     def start(self) -> None:
         """Generate with the settings shown, or say in one dialog why they cannot run."""
@@ -128,11 +127,6 @@ class GenerateTab(WorkbenchTab):
         self.compare.flush_timer.stop()
 
     # --- the parts' state and actions, by the names other modules use -------------------------
-    @property
-    def job_id(self) -> JobHandle | None:
-        """The running generation's job."""
-        return self.single.job
-
     @property
     def result(self) -> GenerationResult | None:
         return self.single.result

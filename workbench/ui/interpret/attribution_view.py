@@ -57,7 +57,7 @@ from workbench.core.interpret.attribution_result import (
     METHODS,
     AttributionResult,
 )
-from workbench.ui.common.job_thread import JobSlot, slot_handle
+from workbench.ui.common.job_thread import JobSlot
 from workbench.ui.common.setting_widgets import box_value, setting_box
 from workbench.ui.common.skeleton import combo, spin, table
 from workbench.ui.common.stale import mark_stale
@@ -95,8 +95,6 @@ class AttributionView(QWidget):
     """Method, steps and baseline; Run / Cancel on the worker; the coloured text, the
     table, the matrix; CSV and HTML export. One subject at a time: a new one clears the
     results; each run on the same subject adds (or replaces) its method's column."""
-
-    job = slot_handle("run_slot")  # the attribution while it runs
 
     def __init__(self, worker: ModelWorker,
                  show_error: Callable[[str, str], object] | None = None,
@@ -306,7 +304,7 @@ class AttributionView(QWidget):
 
     def run(self) -> None:
         """Check the inputs (a dialog if they are wrong) and submit the attribution."""
-        if self.job is not None:
+        if self.run_slot.running:
             return
         method = self.method_key()
         steps = box_value(AttributionOptions, "steps", self.steps) if method == "ig" else None

@@ -41,7 +41,7 @@ from workbench.core.interpret.attention import (
     position_embeddings,
 )
 from workbench.core.models.catalog import CLASSIFIER
-from workbench.ui.common.job_thread import JobSlot, slot_handle
+from workbench.ui.common.job_thread import JobSlot
 from workbench.ui.common.setting_widgets import box_value, setting_box
 from workbench.ui.common.skeleton import combo, line, text_box
 from workbench.ui.common.stale import mark_stale
@@ -87,13 +87,11 @@ def parse_layers(text: str, count: int | None = None) -> list[int] | None:
 class AttentionTab(WorkbenchTab):
     title = "Attention"
     needs_text = "a model with attention layers"
-    job_id = slot_handle("view_slot")  # the attention view's job while it runs
-    lens_job = slot_handle("lens_slot")  # the logit lens runs after the page is drawn
 
     def __init__(self, worker: ModelWorker, parent: QWidget | None = None) -> None:
         super().__init__(worker, parent)
-        self.view_slot = JobSlot(self, worker)
-        self.lens_slot = JobSlot(self, worker)
+        self.view_slot = JobSlot(self, worker)  # the attention view's job
+        self.lens_slot = JobSlot(self, worker)  # the logit lens: after the page is drawn
         self.lens_wanted = False  # a lens for the current view is still to be computed
         self.lens_plan: LogitLensJob | None = None  # the current view's lens
         self.current: AttentionView | None = None
@@ -305,7 +303,7 @@ class AttentionTab(WorkbenchTab):
                                  box_value(AttentionSettings, "page_tokens", self.page_tokens))
 
     def start(self) -> None:
-        if self.job_id is not None:
+        if self.view_slot.running:
             return
         text, text_b = self.text.toPlainText(), self.text_b.toPlainText()
         view = "head" if self.view.currentIndex() == 0 else "model"
@@ -378,7 +376,7 @@ class AttentionTab(WorkbenchTab):
         loaded (its drawing and the lens would share the CPU) or when the lens is opened.
         The columns in view come first, then the rest, a chunk at a time."""
         plan = self.lens_plan
-        if self.lens_wanted and self.lens_job is None and plan is not None:
+        if self.lens_wanted and not self.lens_slot.running and plan is not None:
             self.lens_wanted = False
             self.lens_table.column_fit.fit()  # the widths it is about to get (a 0 ms timer)
             plan.prefer(*self.lens_table.visible_columns())
@@ -393,7 +391,7 @@ class AttentionTab(WorkbenchTab):
     def _prefer_visible(self, *_args) -> None:
         """The table scrolled or its columns changed width while the lens runs: the
         columns now in view come next."""
-        if self.lens_job is not None and self.lens_plan is not None and \
+        if self.lens_slot.running and self.lens_plan is not None and \
                 not all(self.lens_table.filled):
             self.lens_plan.prefer(*self.lens_table.visible_columns())
 

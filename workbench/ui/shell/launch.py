@@ -127,7 +127,7 @@ def _generate_demo(window, app, needs: set[str], timeout_s: float) -> list[Inner
     if "generate" in needs:
         generate.set_settings(SamplingSettings(max_new_tokens=48, seed=1))
         generate.start()
-        wait_until(app, lambda: generate.job_id is None, timeout_s)
+        wait_until(app, lambda: not generate.running(), timeout_s)
         steps = generate.current_steps()
         if len(steps) > 2:  # show the candidates of an interesting (uncertain) step
             generate.select_step(max(range(len(steps)),
@@ -147,7 +147,7 @@ def _generate_demo(window, app, needs: set[str], timeout_s: float) -> list[Inner
     if single.selected_step is not None:
         extra.append(("1c-sampler-stages", 0,
                       lambda: single.stages_button.setChecked(True),
-                      lambda: single.stage_job is None,
+                      lambda: not single.stage_slot.running,
                       lambda: single.stages_button.setChecked(False)))
 
         def why():  # input × gradient: one backward pass (the demo stays short)
@@ -158,7 +158,7 @@ def _generate_demo(window, app, needs: set[str], timeout_s: float) -> list[Inner
             return single.attribution
 
         extra.append(("1d-why-this-token", 0, why,
-                      lambda: single.attribution.view.job is None,
+                      lambda: not single.attribution.view.run_slot.running,
                       lambda: single.attribution.close()))
     return extra
 
@@ -168,7 +168,7 @@ def _attention_demo(window, app, needs: set[str], timeout_s: float) -> None:
     attention = window.tab_pages[1]
     if "attention" in needs:
         attention.start()
-        wait_until(app, lambda: attention.job_id is None, timeout_s)
+        wait_until(app, lambda: not attention.view_slot.running, timeout_s)
         if attention.web is not None:
             loaded: list[bool] = []
             attention.web.loaded.connect(loaded.append)

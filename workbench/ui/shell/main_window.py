@@ -23,7 +23,7 @@ from workbench.core.models.catalog import CAUSAL_LM, DEFAULT_MODEL
 from workbench.core.models.loader import LoadedModel, LoadOptions
 from workbench.ui.common import theme
 from workbench.ui.common.collection import gui_thread_garbage_collection
-from workbench.ui.common.job_thread import JobHandle, JobSlot, slot_handle
+from workbench.ui.common.job_thread import JobHandle, JobSlot
 from workbench.ui.common.state import (
     as_bytes,
     as_number,
@@ -71,8 +71,6 @@ def initial_theme(explicit: str | None) -> tuple[str, str]:
 
 
 class MainWindow(QMainWindow):
-    load_job = slot_handle("load_slot")  # the model load while it runs
-
     def __init__(self, initial_model: str | None = None, device: str | None = None,
                  autoload: bool = True, parent: QWidget | None = None,
                  theme_choice: str | None = None) -> None:
@@ -88,7 +86,7 @@ class MainWindow(QMainWindow):
         self.resize(1280, 820)
         self.worker = ModelWorker(self)
         self.loaded: LoadedModel | None = None
-        self.load_slot = JobSlot(self, self.worker)
+        self.load_slot = JobSlot(self, self.worker)  # the model load while it runs
         self.permission_asked: set[int] = set()  # failed loads answered by a permission dialog
         self.job_titles: dict[int, str] = {}  # a failed job's dialog is titled after it
         self.last_dialog: QMessageBox | None = None
