@@ -132,7 +132,7 @@ FT_ARGV = ["finetune", "--task", "lm", "--model", "m", "--train", "t.txt", "--ou
 # the number settings with a spin box of exactly their range and an option of their name
 FT_NUMBERS = [(f, meta) for f, meta in described(FinetuneConfig)
               if kind(f) in (int, float) and not meta.choices
-              and f.name not in ("validation_split", "max_steps")]
+              and f.name != "max_steps"]
 # an epoch count of 0 is a run only with a step limit
 FT_PARTNERS = {"epochs": {"max_steps": 10}}
 
@@ -206,6 +206,19 @@ def test_every_finetune_number_setting_has_a_control_and_an_option(run_form):
     assert names <= options
     for name, box in run_form.setting_boxes().items():  # the key of its saved value
         assert box.objectName() == ("train-seed" if name == "seed" else name.replace("_", "-"))
+
+
+def test_the_validation_split_goes_from_the_form_and_the_option_into_the_run(run_form):
+    assert run_form.validation_split.value() == pytest.approx(0.1)  # the core's default
+    run_form.validation_split.setValue(0.25)
+    assert run_form.config().validation_split == pytest.approx(0.25)
+    run_form.validation_file.setText("v.txt")  # a validation file: nothing is held out
+    assert not run_form.validation_split.isEnabled()
+    run_form.validation_file.clear()
+    assert run_form.validation_split.isEnabled()
+    args = build_parser().parse_args([*FT_ARGV, "--validation-split", "0.3"])
+    assert config_from_args(args).validation_split == pytest.approx(0.3)
+    assert config_from_args(build_parser().parse_args(FT_ARGV)).validation_split == 0.1
 
 
 def test_the_form_offers_the_cores_schedules(run_form):

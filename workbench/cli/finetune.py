@@ -24,7 +24,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     ft.add_argument("--task", choices=["lm", "classify"], required=True)
     ft.add_argument("--model", default=None, help="default: SmolLM2 for lm, MiniLM for classify")
     ft.add_argument("--train", required=True, help=".txt/.jsonl (lm) or .csv/.tsv/.jsonl")
-    ft.add_argument("--validation", help="a validation file (default: a split of --train)")
+    ft.add_argument("--validation", help="a validation file (default: a split of --train, "
+                    "--validation-split)")
+    add_setting_options(ft, FinetuneConfig, ["validation_split"], DEFAULTS)
     ft.add_argument("--text-column", default=DEFAULTS.text_column)
     ft.add_argument("--label-column", default=DEFAULTS.label_column)
     ft.add_argument("--output", required=True, help="the run folder")
@@ -80,7 +82,8 @@ def config_from_args(args: argparse.Namespace) -> FinetuneConfig:
               if value is not None}  # a limit not given: FinetuneConfig's default
     return FinetuneConfig(
         task=args.task, model=model, train_file=args.train, output_dir=args.output,
-        validation_file=args.validation, text_column=args.text_column,
+        validation_file=args.validation, validation_split=args.validation_split,
+        text_column=args.text_column,
         label_column=args.label_column, learning_rate=args.learning_rate,
         lr_scheduler=args.scheduler, warmup_steps=args.warmup_steps, **limits,
         batch_size=args.batch_size,

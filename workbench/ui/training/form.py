@@ -45,7 +45,13 @@ class RunForm:
         self.task.setToolTip("classify: sequence classification (a label for each text); "
                              "lm: causal language modelling (predict each next token)")
         self.train_file = line("train-file", "", ".txt, .jsonl, .csv or .tsv")
-        self.validation_file = line("validation-file", "", "optional (default: 10% split)")
+        self.validation_file = line("validation-file", "", "optional (default: a held-out split)")
+        self.validation_file.setToolTip("Optional: without it, the validation split (in "
+                                        "Schedule, evaluation, checkpoints) is held out of the "
+                                        "training file")
+        self.validation_split = setting_box(FinetuneConfig, "validation_split")
+        self.validation_file.textChanged.connect(  # a validation file: nothing is held out
+            lambda text: self.validation_split.setEnabled(not text.strip()))
         self.text_column = line("text-column", "text")
         self.label_column = line("label-column", "label")
         self.learning_rate = setting_box(FinetuneConfig, "learning_rate")
@@ -134,11 +140,12 @@ class RunForm:
     def _make_sections(self) -> list[Section]:
         self.sections: list[Section] = []
         for title, name, rows in [
-                ("Schedule, logging, checkpoints", "finetune-section-schedule", [
+                ("Schedule, evaluation, checkpoints", "finetune-section-schedule", [
                     ("Schedule", self.scheduler), ("Warmup steps", self.warmup),
                     ("Gradient accumulation", self.grad_accum),
                     ("Weight decay", self.weight_decay), ("Seed", self.seed),
                     ("Log every", self.logging_steps), ("Evaluate every", self.eval_steps),
+                    ("Validation split", self.validation_split),
                     ("Save every", self.save_steps)]),
                 ("LoRA adapter (causal LM)", "finetune-section-lora", [
                     ("LoRA", self.lora), ("Rank r", self.lora_r), ("Alpha", self.lora_alpha),
@@ -221,7 +228,8 @@ class RunForm:
 
     def setting_boxes(self) -> dict:
         """The spin box of each number setting of the run, by the setting's name."""
-        return {"learning_rate": self.learning_rate, "epochs": self.epochs,
+        return {"validation_split": self.validation_split,
+                "learning_rate": self.learning_rate, "epochs": self.epochs,
                 "max_steps": self.max_steps, "batch_size": self.batch_size,
                 "gradient_accumulation": self.grad_accum, "max_length": self.max_length,
                 "weight_decay": self.weight_decay, "warmup_steps": self.warmup,
