@@ -118,6 +118,12 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
                         help=f"built-in name, folder, .gguf file or Hub id (default {DEFAULT_MODEL})")
     parser.add_argument("--device", default="auto", help="auto (CUDA, MPS, CPU), cpu, cuda, mps")
     parser.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16")
+    parser.add_argument("--weights", default="auto", metavar="HOW",
+                        help="how a .gguf model's weights are held: auto (kept quantized for "
+                             "a model of 250 million parameters and more, else converted to "
+                             "float32 once), quantized (4-bit types as int4 with a scale per "
+                             "32 values, the others as int8 rows; float32 activations), "
+                             "float32 (converted once, the reference numbers)")
     parser.add_argument("--decode", default="auto", metavar="PATH",
                         help="the decoding path of generation: auto (int8 weights with "
                              "bfloat16 on a CPU with native bfloat16, for models too big for "
@@ -136,6 +142,7 @@ def load_from_args(args: argparse.Namespace, bar: TerminalProgress):
     from workbench.core.models.loader import LoadOptions, load_model
 
     options = LoadOptions(device=args.device, dtype=args.dtype,
+                          weights=getattr(args, "weights", "auto"),
                           trust_remote_code=args.trust_remote_code, allow_pickle=args.allow_pickle)
     loaded = load_model(args.model, options, on_event=bar)
     loaded.decode = getattr(args, "decode", "auto")
@@ -206,6 +213,11 @@ def check_model_options(args: argparse.Namespace, *models: str) -> None:
     if hasattr(args, "decode"):
         check_utf8(args.decode, "--decode")
         args.decode = check_decode(args.decode)
+    if hasattr(args, "weights"):
+        from workbench.core.models.loader import check_weights
+
+        check_utf8(args.weights, "--weights")
+        args.weights = check_weights(args.weights)
 
 
 def check_output_file(path: str, option: str) -> None:

@@ -43,13 +43,13 @@ from workbench.core.common.errors import WorkbenchError
 
 DECODE_CHOICES = ("auto", "exact", "int8", "bf16", "compiled")
 AUTO_MIN_BYTES = 64 * 2**20  # float32 linear weights below this stay in the caches
-INT8_PACKED_ROWS = 48  # above this many rows (a long prompt), dequantise and multiply in bfloat16
 
 LABELS = {
     "exact": "exact (float32)",
     "int8": "int8 weights · bfloat16 (reduced precision)",
     "bf16": "bfloat16 (reduced precision)",
     "compiled": "compiled (torch.compile, static cache)",
+    "quantized": "the model's quantized weights · float32 activations (reduced precision)",
 }
 
 
@@ -57,7 +57,7 @@ LABELS = {
 class DecodePath:
     """The path a generation runs on: its name, what the status bar says, the model."""
 
-    name: str  # exact, int8, bf16 or compiled
+    name: str  # exact, int8, bf16, compiled, or quantized (a model loaded on a GGUF's weights)
     model: Any
     note: str = ""  # why auto chose it, or why a requested path fell back
     base: str = ""  # for compiled: the path whose model is compiled
@@ -71,6 +71,11 @@ class DecodePath:
     @property
     def reduced(self) -> bool:
         return (self.base or self.name) != "exact"
+
+
+def storage_of(model: Any) -> str:
+    """How a model loaded on a GGUF's quantized weights holds them ("" for any other)."""
+    return getattr(model, "workbench_storage", "") or ""
 
 
 def check_decode(requested: str) -> str:
@@ -150,6 +155,8 @@ def plan(requested: str, model: Any, built: str | None = None, probe: bool = Fal
     name, note = choose("auto" if compiled else requested, model, built)
     if not compiled:
         return name, "", note
+    if storage_of(model):
+        return name, "", "compiled off (the model is loaded on its quantized weights)"
     from workbench.core.models.compiling import compile_unavailable
 
     why_not = compile_unavailable(model, probe)
@@ -163,6 +170,11 @@ def choose(requested: str, model: Any, built: str | None = None) -> tuple[str, s
     ``compiled`` goes through :func:`plan`) and a note: why ``auto`` chose it, or why a
     requested path falls back to ``exact``. ``built`` names the path whose copy exists
     already."""
+    if storage_of(model):  # one model: it decodes on the weights it was loaded with
+        if requested in ("exact", "auto"):
+            return "quantized", ""
+        return "quantized", (f"{LABELS[requested]} is not used: the model is loaded on its "
+                         f"quantized weights ({storage_of(model)})")
     if requested == "exact":
         return "exact", ""
     if requested == "auto":
@@ -178,42 +190,17 @@ def choose(requested: str, model: Any, built: str | None = None) -> tuple[str, s
     return "exact", f"{LABELS[requested]} is not available ({why_not}); decoding exactly"
 
 
-class Int8Linear:
-    """Marker base of the int8 layers (:func:`_int8_linear_class` builds their class on
-    ``nn.Module`` when first needed, so this module imports without torch)."""
-
-
-def _int8_linear_class() -> type:
+def _int8_layer(linear: Any) -> Any:
+    """The int8 layer of a float linear layer: one scale per output row, symmetric, round to
+    nearest (:class:`~workbench.core.models.quant_linear.Int8RowLinear`)."""
     import torch
-    from torch import nn
 
-    class Int8WeightLinear(nn.Module, Int8Linear):
-        """``y = x · (q · s)ᵀ + b`` with int8 ``q`` and one bfloat16 scale per output row."""
+    from workbench.core.models.quant_linear import int8_linear
 
-        def __init__(self, linear: nn.Linear) -> None:
-            super().__init__()
-            w = linear.weight.detach().float()
-            scale = w.abs().amax(dim=1).clamp(min=torch.finfo(torch.float32).tiny) / 127.0
-            self.in_features, self.out_features = linear.in_features, linear.out_features
-            self.register_buffer("qweight", torch.round(w / scale[:, None]).clamp(-127, 127)
-                                 .to(torch.int8).contiguous())
-            self.register_buffer("scale", scale.to(torch.bfloat16))
-            self.register_buffer("bias", None if linear.bias is None
-                                 else linear.bias.detach().to(torch.bfloat16))
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            shape = x.shape
-            flat = x.reshape(-1, shape[-1]).to(torch.bfloat16)
-            if flat.shape[0] <= INT8_PACKED_ROWS:
-                out = torch.ops.aten._weight_int8pack_mm(flat, self.qweight, self.scale)
-            else:  # a prompt: one matrix product in bfloat16 beats many packed ones
-                weight = self.qweight.to(torch.bfloat16) * self.scale[:, None]
-                out = torch.nn.functional.linear(flat, weight)
-            if self.bias is not None:
-                out = out + self.bias
-            return out.reshape(*shape[:-1], self.out_features)
-
-    return Int8WeightLinear
+    w = linear.weight.detach().float()
+    scale = w.abs().amax(dim=1).clamp(min=torch.finfo(torch.float32).tiny) / 127.0
+    codes = torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8)
+    return int8_linear(codes, scale, None if linear.bias is None else linear.bias.detach())
 
 
 def _output_layer(model: Any) -> Any:
@@ -261,11 +248,9 @@ def build(name: str, model: Any) -> Any:
         data = torch.empty(0) if id(p) in replaced else p.detach().to(torch.bfloat16)
         memo[id(p)] = torch.nn.Parameter(data, requires_grad=False)
     decoder = copy.deepcopy(model, memo)
-    if quantised:
-        cls = _int8_linear_class()
-        for full, original in quantised:
-            parent_name, _, child_name = full.rpartition(".")
-            parent = decoder.get_submodule(parent_name) if parent_name else decoder
-            setattr(parent, child_name, cls(original))  # from the float32 weights
+    for full, original in quantised:
+        parent_name, _, child_name = full.rpartition(".")
+        parent = decoder.get_submodule(parent_name) if parent_name else decoder
+        setattr(parent, child_name, _int8_layer(original))  # from the float32 weights
     decoder.eval()
     return decoder

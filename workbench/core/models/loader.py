@@ -31,6 +31,8 @@ from workbench.core.models.catalog import (
 from workbench.core.models.load_report import load_report_to_log
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+WEIGHTS_CHOICES = ("auto", "quantized", "float32")  # how a GGUF's weights are held
+QUANTIZED_AUTO_BYTES = 1_000_000_000  # auto keeps a GGUF quantized from this float32 size
 
 # For LoadedModel.require: what a model of another kind lacks, and what the job needs.
 _REQUIRED = {
@@ -52,6 +54,7 @@ class LoadOptions:
     allow_pickle: bool = False
     allow_network: bool = True
     training: bool = False  # for a fine-tuning run: the model as saved, no decoding helpers
+    weights: str = "auto"  # a GGUF's weights: auto, quantized or float32 (see gguf_choice)
 
 
 @dataclass
@@ -72,6 +75,7 @@ class LoadedModel:
     converted_now: bool = False
     config: dict = field(default_factory=dict, repr=False)
     decode: str = "auto"  # the decoding path asked for (workbench.core.models.decoding)
+    storage: str = ""  # a GGUF loaded quantized: "Q4_K → int4 g32 · Q6_K → int8 rows"
     _decoder: tuple[str, Any] | None = field(default=None, repr=False, compare=False)
     # (model copy, rows, cache length) the compiled path has compiled this session
     compiled_shapes: set = field(default_factory=set, repr=False, compare=False)
@@ -91,7 +95,7 @@ class LoadedModel:
                                          None if self._decoder is None else self._decoder[0],
                                          probe=True)
         name = base or path  # the model that runs: compiled compiles auto's
-        if name == "exact":
+        if name in ("exact", "quantized"):  # the loaded model itself
             self._decoder = None  # a copy no longer used gives its memory back
             model = self.model
         else:
@@ -356,10 +360,16 @@ def load_model_job(reference: str, options: LoadOptions | None = None):
         yield Progress(f"Found {reference} in {source.origin}", 0.1)
         from workbench.core.models.memory import check_memory
 
-        check_memory(source, options.device, options.dtype, reference)  # before any weight
+        quantized, why = gguf_choice(source.path, options) if source.is_gguf else (False, "")
+        if why:
+            ctx.log(why)
+        check_memory(source, options.device, options.dtype, reference,  # before any weight
+                     quantized)
         converted_now = False
         folder = source.path
         if source.is_gguf:
+            if quantized:
+                return (yield from _quantized_job(reference, source, options, ctx, start))
             converted_now = cached_conversion(source.path) is None
             folder = convert_gguf(source.path, ctx)
         yield Progress("Checking the model files…", 0.5)
@@ -390,6 +400,67 @@ def load_model_job(reference: str, options: LoadOptions | None = None):
             converted_now=converted_now, config=raw_config)
 
     return job
+
+
+def _quantized_job(reference: str, source: ModelSource, options: LoadOptions, ctx: JobContext,
+                   start: float) -> Generator[Any, None, LoadedModel]:
+    """The rest of a load that keeps a GGUF's weights quantized (gguf_model)."""
+    from workbench.core.models.gguf_model import load_quantized
+
+    yield Progress("Reading the quantized weights…", 0.5)
+    load = load_quantized(source.path, ctx, options.attentions)
+    note = set_pad_token(load.tokenizer)
+    if note:
+        ctx.log(note)
+    name = _display_name(reference, source)
+    seconds = time.perf_counter() - start
+    yield Progress(f"Loaded {name} ({load.storage}) in {seconds:.1f} s", 1.0)
+    return LoadedModel(
+        reference=reference, name=name, source=source, folder=source.path.parent,
+        model=load.model, tokenizer=load.tokenizer, task=CAUSAL_LM, device="cpu",
+        dtype="float32", options=options, load_seconds=seconds, storage=load.storage,
+        config=load.model.config.to_dict())
+
+
+def gguf_choice(path: Path, options: LoadOptions) -> tuple[bool, str]:
+    """Whether the GGUF ``path`` loads on its quantized weights, and a note for the log.
+
+    ``auto`` keeps the weights quantized when their float32 form would pass
+    :data:`QUANTIZED_AUTO_BYTES` (a model of about 250 million parameters and more: the
+    models people bring), and converts smaller ones to float32 once (the numbers of the
+    reference implementations, at little memory). ``float32`` always converts, and so does a
+    fine-tuning run's load. ``quantized`` keeps them wherever it can; where it cannot (an
+    architecture not yet placed, a GPU, a dtype asked for) the load converts and says why."""
+    from workbench.core.models.gguf_model import unsupported
+    from workbench.core.models.model_headers import UnreadableModel, gguf_header
+
+    choice = check_weights(options.weights)
+    if choice == "float32" or options.training:
+        return False, ""
+    try:
+        parameters = gguf_header(path).parameters
+    except UnreadableModel:
+        return False, ""
+    if choice == "auto" and parameters * 4 < QUANTIZED_AUTO_BYTES:
+        return False, ""
+    from workbench.core.models.device import pick_device
+
+    why_not = unsupported(path)
+    if why_not is None and pick_device(options.device) != "cpu":
+        why_not = "its kernels run on the CPU only so far"
+    if why_not is None and (options.dtype or "auto").lower() not in ("auto", "float32"):
+        why_not = f"--dtype {options.dtype} asks for a converted copy"
+    if why_not:
+        return False, f"{path.name} is converted to float32: {why_not}."
+    return True, ""
+
+
+def check_weights(value: str) -> str:
+    choice = (value or "auto").strip().lower()
+    if choice not in WEIGHTS_CHOICES:
+        raise WorkbenchError(f"Unknown weights '{value}': use one of "
+                             f"{', '.join(WEIGHTS_CHOICES)}.")
+    return choice
 
 
 def _read_config(folder: Path, options: LoadOptions) -> Any:

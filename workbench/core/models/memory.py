@@ -15,6 +15,7 @@ also have them free. ``LMWB_SKIP_MEMORY_CHECK=1`` loads without the check.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,7 @@ class MemoryEstimate:
     parameters: int
     stored_as: str = ""  # "GGUF Q4_K_M", "safetensors bfloat16"
     converts_first: bool = False  # a GGUF not converted yet: de-quantized to float32 first
+    quantized_bytes: int = 0  # a GGUF's weights as the quantized load holds them
 
     def weights_bytes(self, dtype: str) -> int:
         """The weights alone in ``dtype`` (``float32``, ``bfloat16``, ``float16``)."""
@@ -55,6 +57,10 @@ class MemoryEstimate:
     def needed_bytes(self, dtype: str) -> int:
         """What this load needs at its peak: the conversion when one is due, the load."""
         return max(self.load_bytes(dtype), self.conversion_bytes())
+
+    def quantized_load_bytes(self) -> int:
+        """Loading a GGUF on its quantized weights (no conversion): those plus the overhead."""
+        return self.quantized_bytes * (100 + OVERHEAD_PERCENT) // 100 + OVERHEAD_BYTES
 
     def describe(self, free_bytes: int | None = None) -> str:
         """One line for people: "needs about 28 GB in float32 · 14 GB in bfloat16; 9.1 GB
@@ -95,7 +101,31 @@ def estimate_path(path: Path) -> MemoryEstimate | None:
     except OSError:
         converted = False
     stored = f"GGUF {header.quantization}" if header.quantization else "GGUF"
-    return MemoryEstimate(header.parameters, stored, converts_first=not converted)
+    return MemoryEstimate(header.parameters, stored, converts_first=not converted,
+                          quantized_bytes=quantized_bytes(path))
+
+
+def quantized_bytes(path: Path) -> int:
+    """The bytes the quantized load holds for the GGUF ``path`` (gguf_layouts): 4-bit types
+    0.625 a value (codes and a 16-bit scale and offset per 32), the embeddings and other
+    matrices 1 (int8 rows), vectors 4 (float32); 0 when the table cannot be read."""
+    from workbench.core.models.gguf_layouts import INT4_BLOCK_BYTES
+
+    try:
+        _start, table = model_headers.read_tensor_table(path)
+    except model_headers.UnreadableModel:
+        return 0
+    total = 0.0
+    for entry in table:
+        elements = math.prod(entry.shape)
+        kind = model_headers.ggml_type_name(entry.kind)
+        if len(entry.shape) < 2:
+            total += 4 * elements
+        elif kind in INT4_BLOCK_BYTES and entry.name != "token_embd.weight":
+            total += 0.625 * elements
+        else:
+            total += elements
+    return int(total)
 
 
 def estimate_reference(reference: str) -> MemoryEstimate | None:
@@ -151,14 +181,23 @@ def refusal(estimate: MemoryEstimate, dtype: str, free_bytes: int, name: str = "
 
 
 def check_memory(source: catalog.ModelSource, device: str, dtype: str,
-                 name: str | None = None) -> None:
+                 name: str | None = None, quantized: bool = False) -> None:
     """Refuse (WorkbenchError) to load ``source`` (called ``name``) on ``device`` in ``dtype``
-    when it will not fit in free RAM (and, for CUDA, free GPU memory). What cannot be
-    estimated loads unchecked."""
+    when it will not fit in free RAM (and, for CUDA, free GPU memory); ``quantized``: a GGUF
+    kept on its quantized weights. What cannot be estimated loads unchecked."""
     if os.environ.get("LMWB_SKIP_MEMORY_CHECK", "").lower() in {"1", "true", "yes", "on"}:
         return
     estimate = estimate_path(source.path)
     if estimate is None:
+        return
+    if quantized and estimate.quantized_bytes:
+        needed, free = estimate.quantized_load_bytes(), common_memory.available_memory()
+        if needed > free:
+            raise WorkbenchError(
+                f"{name or source.path.name} does not fit in memory: on its quantized weights "
+                f"it needs about {format_bytes(needed)} and {format_bytes(free)} is free. "
+                "Choose a smaller model or a smaller quantization, or close programs that "
+                "hold memory.")
         return
     from workbench.core.models.device import pick_device, pick_dtype
 

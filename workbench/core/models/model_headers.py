@@ -59,6 +59,12 @@ def _ggml_tables() -> dict[int, tuple[int, int]]:
     return _GGML_SIZES
 
 
+def ggml_type_name(kind: int) -> str:
+    """The name of GGML tensor type number ``kind`` ("Q4_K"), "" when unknown."""
+    _ggml_tables()
+    return _GGML_NAMES.get(kind, "")
+
+
 def _skip_value(mm: mmap.mmap, pos: int, kind: int, size: int) -> int:
     """The position after a metadata value of type ``kind`` that starts at ``pos``."""
     if kind in _SCALAR_SIZES:
@@ -114,7 +120,8 @@ def read_gguf_header(path: Path) -> GGUFHeader:
         raise UnreadableModel("it is truncated (the file ends inside its header)") from None
 
 
-def _parse_header(mm: mmap.mmap, size: int) -> GGUFHeader:
+def _parse_header(mm: mmap.mmap, size: int, table: list | None = None) -> GGUFHeader:
+    """The header; ``table``, when given, receives the data start and each TensorEntry."""
     version = _U32(mm, 4)[0]
     if version not in (2, 3):
         raise UnreadableModel(f"GGUF version {version} is not supported (2 and 3 are)")
@@ -141,14 +148,18 @@ def _parse_header(mm: mmap.mmap, size: int) -> GGUFHeader:
     parameters = 0
     data_end = 0
     by_type: Counter[int] = Counter()
+    entries = []
     for _ in range(n_tensors):
-        pos += 8 + _U64(mm, pos)[0]  # the name
+        name_end = pos + 8 + _U64(mm, pos)[0]
+        name, pos = bytes(mm[pos + 8:name_end]) if table is not None else b"", name_end
         dims = _U32(mm, pos)[0]
         if dims > 8:
             raise UnreadableModel(f"its header is damaged (a tensor with {dims} dimensions)")
         shape = struct.unpack_from(f"<{dims}Q", mm, pos + 4)
         kind, offset = struct.unpack_from("<IQ", mm, pos + 4 + 8 * dims)
         pos += 4 + 8 * dims + 12
+        if table is not None:
+            entries.append(TensorEntry(name.decode("utf-8", "replace"), shape, kind, offset))
         elements = math.prod(shape)
         parameters += elements
         by_type[kind] += elements
@@ -161,6 +172,8 @@ def _parse_header(mm: mmap.mmap, size: int) -> GGUFHeader:
     if data_start + data_end > size:
         raise UnreadableModel(f"it is truncated ({format_bytes(size)} of the "
                               f"{format_bytes(data_start + data_end)} its tensor table describes)")
+    if table is not None:
+        table += [data_start, *entries]
     file_type = meta.get(b"general.file_type")
     quantization = _FILE_TYPES.get(file_type) if isinstance(file_type, int) else None
     if quantization is None and by_type:
@@ -173,6 +186,30 @@ def _parse_header(mm: mmap.mmap, size: int) -> GGUFHeader:
     return GGUFHeader(parameters=parameters, tensors=n_tensors,
                       architecture=text(b"general.architecture"), name=text(b"general.name"),
                       quantization=quantization, data_bytes=data_start + data_end)
+
+
+@dataclass(frozen=True)
+class TensorEntry:
+    """One row of a GGUF tensor table: where a tensor's bytes are, from the data start."""
+
+    name: str
+    shape: tuple[int, ...]  # GGML's order: the row length first
+    kind: int  # the GGML type's number
+    offset: int
+
+
+def read_tensor_table(path: Path) -> tuple[int, list[TensorEntry]]:
+    """(where the tensor data starts in the file, the tensor table) of the GGUF ``path``;
+    raises :class:`UnreadableModel` as :func:`read_gguf_header` does."""
+    table: list = []
+    try:
+        with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            _parse_header(mm, os.fstat(f.fileno()).st_size, table)
+    except OSError as exc:
+        raise UnreadableModel(f"it cannot be read ({exc.strerror or exc})") from None
+    except (struct.error, IndexError, OverflowError, ValueError):
+        raise UnreadableModel("it is truncated (the file ends inside its header)") from None
+    return table[0], table[1:]
 
 
 _HEADER_CACHE: dict[tuple[str, int, int], GGUFHeader | str] = {}

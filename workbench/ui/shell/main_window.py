@@ -346,6 +346,8 @@ class MainWindow(QMainWindow):
         if loaded is None:
             return
         text = f"Device: {loaded.device} ({loaded.dtype})"
+        if loaded.storage:
+            text = f"Device: {loaded.device} ({loaded.storage} · float32 activations)"
         note = ""
         if loaded.task == CAUSAL_LM:
             name, base, note = plan(check_decode(self.picker.decode.currentText()),
