@@ -269,7 +269,7 @@ def attribution_numbers() -> list:
 ATTR_NUMBERS = attribution_numbers()
 # the view's box of each setting, by its object name: the view attributes a continuation or a
 # sequence generated elsewhere, so it offers no number of tokens to generate
-ATTR_BOXES = {"steps": "attribution-steps"}
+ATTR_BOXES = {"steps": "attribution-steps", "baseline_id": "attribution-baseline-id"}
 
 
 def attr_probes(f: dataclasses.Field, meta) -> list[int]:
@@ -333,12 +333,58 @@ def test_every_attribution_number_setting_has_an_option_and_the_view_its_box(
 
     options = {a.dest for a in build_parser()._subparsers._group_actions[0]
                .choices["attribute"]._actions}
-    assert {f.name for f, _ in ATTR_NUMBERS} == {"steps", "max_new_tokens"}
+    assert {f.name for f, _ in ATTR_NUMBERS} == {"steps", "baseline_id", "max_new_tokens"}
     assert {f.name for f, _ in ATTR_NUMBERS} <= options
     assert attribution_view.steps.objectName() == "attribution-steps"
     assert attribution_view.steps.value() == DEFAULT_STEPS  # shown as today
     attribution_view.steps.setValue(0)  # below the range: captum's own default, None
     assert attribution_view.steps.text() == f"{DEFAULT_STEPS} (captum's default)"
+    assert attribution_view.baseline_id.value() == 0  # "token id…" starts at the first id
+
+
+def test_a_baseline_token_id_is_one_setting_in_the_view_the_option_and_the_core(
+        attribution_view):
+    """The id's range ends at MAX_TOKEN_ID everywhere; the model's own number of ids is
+    checked once it is loaded. ``--baseline 17`` is the id 17, checked as ``--baseline-id``."""
+    from workbench.cli.attribute import options_from_args
+    from workbench.core.interpret.attribution_options import MAX_TOKEN_ID, AttributionOptions
+
+    view = attribution_view
+    view.baseline.setCurrentIndex(3)  # token id…
+    view.baseline_id.setValue(17)
+    assert view.options() == AttributionOptions("ig", 50, None, 17)
+    assert view.options().chosen_baseline() == 17
+    view.baseline.setCurrentIndex(1)  # end-of-text: the id box is not read
+    assert view.options().chosen_baseline() == "eos"
+    view.method.setCurrentIndex(1)  # input × gradient: no baseline, no steps
+    assert view.options() == AttributionOptions("ixg")
+    for baseline in ("17", 17):
+        assert attr_core_accepts("baseline", baseline)
+    for baseline in (str(MAX_TOKEN_ID + 1), -1):
+        assert not attr_core_accepts("baseline", baseline)
+    with pytest.raises(WorkbenchError, match="The baseline token id must be 0 or more, not -1"):
+        AttributionOptions(baseline=-1).validate()
+    with pytest.raises(WorkbenchError, match="not both"):
+        AttributionOptions(baseline="eos", baseline_id=3).validate()
+    with pytest.raises(SystemExit):  # argparse: one or the other
+        build_parser().parse_args(["attribute", "--model", "m", "--prompt", "x",
+                                   "--baseline", "eos", "--baseline-id", "3"])
+    args = build_parser().parse_args(["attribute", "--model", "m", "--prompt", "x",
+                                      "--baseline-id", "3"])
+    assert options_from_args(args).chosen_baseline() == 3
+
+
+def test_the_view_asks_for_a_token_id_when_its_box_is_below_the_range(attribution_view):
+    view, errors = attribution_view, []
+    view._show_error = lambda title, text: errors.append(text)
+    view.set_continuation("the cat", " sat")
+    view.baseline.setCurrentIndex(3)  # token id…
+    view.baseline_id.setValue(-1)  # one step below 0: the box's "none"
+    assert view.baseline_id.text() == "none (pad, eos or zero)"
+    view.run()
+    assert errors == ["Choose the baseline token id (0 or more), or a pad, end-of-text or "
+                      "zero baseline."]
+    assert not view.run_slot.running
 
 
 # Perplexity's window and the attention's numbers of tokens: the Evaluate and Attention tabs'

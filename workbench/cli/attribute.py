@@ -38,9 +38,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                       "(default: the label it predicts)")
     att.add_argument("--method", default="ig", help=f"{', '.join(METHODS)} (default ig)")
     add_setting_options(att, AttributionOptions, ["steps"])
-    att.add_argument("--baseline", default=None,
-                     help="what a token is compared with (integrated gradients, ablation): pad "
-                          "(default), eos, zero (a zero embedding) or a token id")
+    base = att.add_mutually_exclusive_group()
+    base.add_argument("--baseline", default=None,
+                      help="what a token is compared with (integrated gradients, ablation): "
+                           "pad (default), eos, zero (a zero embedding), or a token id (as "
+                           "--baseline-id)")
+    add_setting_options(base, AttributionOptions, ["baseline_id"])
     att.add_argument("--csv", metavar="FILE", help="write the tokens and their scores")
     att.add_argument("--html", metavar="FILE", help="write a self-contained page: the text "
                      "coloured by score, the table and the matrix")
@@ -50,7 +53,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 def options_from_args(args: argparse.Namespace) -> AttributionOptions:
     """The attribution's options as ``attribute`` gives them (checked by ``validate()``)."""
     return AttributionOptions(method=args.method, steps=args.steps, baseline=args.baseline,
-                              max_new_tokens=args.max_new_tokens)
+                              baseline_id=args.baseline_id, max_new_tokens=args.max_new_tokens)
 
 
 def cmd_attribute(args: argparse.Namespace) -> int:
@@ -61,7 +64,9 @@ def cmd_attribute(args: argparse.Namespace) -> int:
     from workbench.core.models.catalog import CLASSIFIER
 
     check_model_options(args)
-    options_from_args(args).validate()
+    options = options_from_args(args)
+    options.validate()
+    baseline = options.chosen_baseline()
     for option, value in (("--target", args.target), ("--label", args.label),
                           ("--baseline", args.baseline), ("--method", args.method)):
         if value is not None:
@@ -83,7 +88,7 @@ def cmd_attribute(args: argparse.Namespace) -> int:
             raise WorkbenchError(f"{loaded.name} is a classifier: give --label (or nothing, for "
                                  "the label it predicts), not --target or --max-new-tokens.")
         result = attribute_classifier(loaded, prompt, args.label, args.method, args.steps,
-                                      args.baseline, ctx)
+                                      baseline, ctx)
     else:
         if args.label is not None:
             raise WorkbenchError(f"--label is for classifiers; {loaded.name} is a {loaded.task} "
@@ -92,7 +97,7 @@ def cmd_attribute(args: argparse.Namespace) -> int:
             raise WorkbenchError("Give --target TEXT (a continuation to attribute) or "
                                  "--max-new-tokens N (a sequence to generate and attribute).")
         result = attribute(loaded, prompt, args.target, args.max_new_tokens, args.method,
-                           args.steps, args.baseline, ctx)
+                           args.steps, baseline, ctx)
     bar.finish()
     if args.csv:
         export_csv([result], args.csv)

@@ -1,8 +1,9 @@
 """An attribution's options checked: the method, integrated gradients' steps, the baseline
-and the number of tokens to generate. The number settings are described once, in
-:class:`AttributionOptions`' fields (:mod:`workbench.core.common.settings`): the checks
-here, the ``attribute`` command's options and the attribution view's boxes are made from
-it."""
+(named, or a token id) and the number of tokens to generate. The number settings are
+described once, in :class:`AttributionOptions`' fields (:mod:`workbench.core.common.settings`):
+the checks here, the ``attribute`` command's options and the attribution view's boxes are
+made from it. A baseline token id's upper end is the model's own number of token ids, known
+once it is loaded (:func:`resolve_baseline`)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,9 @@ DEFAULT_BASELINE = "pad"
 DEFAULT_STEPS = 50  # captum's own default n_steps
 MAX_STEPS = 1000
 MAX_NEW_TOKENS = 256  # each generated token costs one attribution of its own
+# The highest baseline token id any model is asked for: the model's own number of token ids
+# is known only once it is loaded, and checked then (resolve_baseline).
+MAX_TOKEN_ID = 10_000_000
 
 
 def check_method(method: Any) -> str:
@@ -40,7 +44,13 @@ class AttributionOptions:
         auto=f"{DEFAULT_STEPS} (captum's default)",
         help="integrated-gradients steps: points on the path from the baseline (the "
              "convergence delta says whether they are enough)")
-    baseline: str | int | None = None
+    baseline: str | int | None = None  # pad, eos or zero (or a token id's digits, as given)
+    baseline_id: int | None = setting(
+        None, "The baseline token id", low=0, high=MAX_TOKEN_ID,
+        high_note="the model's own number of token ids is checked once it is loaded",
+        auto="none (pad, eos or zero)",
+        help="a token whose embedding is the baseline (integrated gradients, ablation); it "
+             "must also be below the model's number of token ids, checked once it is loaded")
     max_new_tokens: int | None = setting(
         None, "Max new tokens", low=1, high=MAX_NEW_TOKENS,
         high_note="each generated token is attributed on its own",
@@ -53,15 +63,23 @@ class AttributionOptions:
         does not use."""
         method = check_method(self.method)
         check_fields(self)
-        parse_baseline(self.baseline)
+        if self.baseline is not None and self.baseline_id is not None:
+            raise WorkbenchError(f"Give a baseline ({self.baseline!r}) or a baseline token id "
+                                 f"({self.baseline_id}), not both.")
+        parse_baseline(self.chosen_baseline())
         notices = []
         if self.steps is not None and method != "ig":
             notices.append(f"{METHODS[method].capitalize()} takes no steps: the number of "
                            "steps is for integrated gradients only.")
-        if self.baseline is not None and method not in USES_BASELINE:
+        if self.chosen_baseline() is not None and method not in USES_BASELINE:
             notices.append(f"{METHODS[method].capitalize()} uses no baseline: the baseline is "
                            "for integrated gradients and feature ablation only.")
         return notices
+
+    def chosen_baseline(self) -> str | int | None:
+        """The baseline as the core's functions take it: the token id, else the named one
+        (None: the default, pad)."""
+        return self.baseline if self.baseline_id is None else self.baseline_id
 
 
 def _check(name: str, value: Any) -> None:
@@ -84,11 +102,12 @@ def check_new_tokens(max_new_tokens: Any) -> int:
 
 
 def parse_baseline(baseline: Any) -> str | int:
-    """``pad``, ``eos``, ``zero`` or a token id (a whole number, or its digits)."""
+    """``pad``, ``eos``, ``zero`` or a token id (a whole number, or its digits) in the range
+    of :class:`AttributionOptions`' ``baseline_id``."""
     if baseline is None:
         return DEFAULT_BASELINE
     if isinstance(baseline, int) and not isinstance(baseline, bool):
-        value: str | int = baseline
+        value: int = baseline
     elif isinstance(baseline, str) and baseline.strip().lower() in BASELINES:
         return baseline.strip().lower()
     elif isinstance(baseline, str) and baseline.strip().isdigit():
@@ -96,8 +115,7 @@ def parse_baseline(baseline: Any) -> str | int:
     else:
         raise WorkbenchError(f"Unknown baseline {baseline!r}: use pad, eos, zero or a token id "
                              "(a whole number).")
-    if isinstance(value, int) and value < 0:
-        raise WorkbenchError(f"A baseline token id is 0 or more, not {value}.")
+    _check("baseline_id", value)
     return value
 
 

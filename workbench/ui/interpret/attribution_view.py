@@ -47,8 +47,8 @@ from workbench.core.interpret.attribution_export import (
 )
 from workbench.core.interpret.attribution_options import (
     DEFAULT_STEPS,
+    USES_BASELINE,
     AttributionOptions,
-    check_options,
 )
 from workbench.core.interpret.attribution_result import (
     CLASSIFICATION,
@@ -59,7 +59,7 @@ from workbench.core.interpret.attribution_result import (
 )
 from workbench.ui.common.job_thread import JobSlot
 from workbench.ui.common.setting_widgets import box_value, setting_box
-from workbench.ui.common.skeleton import combo, spin, table
+from workbench.ui.common.skeleton import combo, table
 from workbench.ui.common.stale import mark_stale
 from workbench.ui.common.widgets import ProgressThrottle, StatusLine, visible_token
 from workbench.ui.common.worker import ModelWorker, WorkerContext
@@ -150,7 +150,9 @@ class AttributionView(QWidget):
         self.baseline = combo("attribution-baseline", [label for _, label in BASELINE_CHOICES])
         self.baseline.setToolTip("What each token is replaced with (integrated gradients, "
                                  "feature ablation)")
-        self.baseline_id = spin("attribution-baseline-id", 0, 10_000_000, 0)
+        self.baseline_id = setting_box(AttributionOptions, "baseline_id",
+                                       "attribution-baseline-id")
+        self.baseline_id.setValue(0)  # "token id…" starts at the first id
         self.method.currentIndexChanged.connect(self._sync_controls)
         self.baseline.currentIndexChanged.connect(self._sync_controls)
         self.run_button = QPushButton("Run")
@@ -277,14 +279,22 @@ class AttributionView(QWidget):
     def method_key(self) -> str:
         return list(METHODS)[self.method.currentIndex()]
 
-    def baseline_value(self) -> str | int:
+    def options(self) -> AttributionOptions:
+        """The options the controls give (not yet checked): the steps for integrated
+        gradients, the baseline (named, or the token id) for the methods that use one."""
+        method = self.method_key()
         key = BASELINE_CHOICES[self.baseline.currentIndex()][0]
-        return self.baseline_id.value() if key == "id" else key
+        uses_baseline = method in USES_BASELINE
+        return AttributionOptions(
+            method, box_value(AttributionOptions, "steps", self.steps) if method == "ig" else None,
+            baseline=key if uses_baseline and key != "id" else None,
+            baseline_id=box_value(AttributionOptions, "baseline_id", self.baseline_id)
+            if uses_baseline and key == "id" else None)
 
     def _sync_controls(self) -> None:
         method = self.method_key()
         self.steps.setEnabled(method == "ig")
-        uses_baseline = method in ("ig", "ablation")
+        uses_baseline = method in USES_BASELINE
         self.baseline.setEnabled(uses_baseline)
         self.baseline_id.setEnabled(uses_baseline and
                                     BASELINE_CHOICES[self.baseline.currentIndex()][0] == "id")
@@ -306,13 +316,16 @@ class AttributionView(QWidget):
         """Check the inputs (a dialog if they are wrong) and submit the attribution."""
         if self.run_slot.running:
             return
-        method = self.method_key()
-        steps = box_value(AttributionOptions, "steps", self.steps) if method == "ig" else None
-        baseline = self.baseline_value() if method in ("ig", "ablation") else None
+        options = self.options()
+        method, steps, baseline = options.method, options.steps, options.chosen_baseline()
         subject = self.subject or Subject(CONTINUATION, "")
         prompt, target = self.prompt.toPlainText(), self.target.text()
         try:
-            check_options(method, steps, baseline)
+            options.validate()
+            if baseline is None and method in USES_BASELINE and \
+                    BASELINE_CHOICES[self.baseline.currentIndex()][0] == "id":
+                raise WorkbenchError("Choose the baseline token id (0 or more), or a pad, "
+                                     "end-of-text or zero baseline.")
             if subject.kind != GENERATED and not prompt.strip():
                 raise WorkbenchError("The prompt is empty." if subject.kind == CONTINUATION
                                      else "The text is empty.")
