@@ -130,13 +130,6 @@ class JobSlot:
             self.handle = None
 
 
-def slot_handle(name: str) -> property:
-    """A page's read-only attribute: the handle of its :class:`JobSlot` ``name`` (None when
-    that slot's job is not running)."""
-    return property(lambda page: getattr(page, name).handle,
-                    doc=f"The running job of the page's ``{name}`` slot, or None.")
-
-
 _running: set[JobThread] = set()  # started threads: never deleted before they stop
 
 
