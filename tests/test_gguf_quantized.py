@@ -4,6 +4,7 @@ model against transformers' float32 conversion of the same file."""
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 
@@ -179,6 +180,16 @@ def test_the_memory_estimate_counts_the_quantized_weights(both, monkeypatch):
     monkeypatch.setattr(common_memory, "available_memory", lambda *a: 100_000_000)
     with pytest.raises(WorkbenchError, match="on its quantized weights it needs about"):
         memory.check_memory(both[0].source, "cpu", "auto", "m", quantized=True)
+    # the model bar's rule is the loader's: 135M stays float32 on auto, a 7B would not
+    assert not memory.stays_quantized(estimate, "auto", "cpu", "auto")
+    assert memory.stays_quantized(estimate, "quantized", "cpu", "auto")
+    assert not memory.stays_quantized(estimate, "quantized", "cpu", "bfloat16")
+    big = dataclasses.replace(estimate, parameters=7_000_000_000)
+    assert memory.stays_quantized(big, "auto", "cpu", "auto")
+    assert not memory.stays_quantized(big, "auto", "cuda", "auto")
+    assert memory.refusal(big, "float32", 6_000_000_000) is not None  # 28 GB of float32
+    assert memory.refusal(dataclasses.replace(big, quantized_bytes=4_000_000_000), "float32",
+                          6_000_000_000, quantized=True) is None  # fits on 4 GB of weights
 
 
 def test_the_command_line_refuses_an_unknown_weights_choice():

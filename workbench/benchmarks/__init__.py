@@ -15,6 +15,7 @@ from typing import Any
 from workbench.benchmarks import (
     attribution_figures,
     choice_figures,
+    gguf_figures,
     model_figures,
     sweep_figures,
     window_figures,
@@ -44,6 +45,9 @@ FIGURES: dict[str, Figure] = {
     "finetune_overhead": window_figures.bench_finetune_overhead,
     "monitor_large_run": window_figures.bench_monitor_large_run,
     "logit_lens_first_view": model_figures.bench_logit_lens_first_view,
+    "gguf_load_memory": gguf_figures.bench_gguf_load_memory,
+    "quantized_decode": gguf_figures.bench_quantized_decode,
+    "quantized_perplexity": gguf_figures.bench_quantized_perplexity,
 }
 
 

@@ -210,9 +210,11 @@ def load_quantized(path: Path, ctx: JobContext | None = None,
     import transformers
     from accelerate import init_empty_weights
 
+    from workbench.core.common.memory import map_large_blocks
     from workbench.core.models.model_headers import gguf_header
 
     ctx = ctx or JobContext()
+    map_large_blocks()  # each tensor's transient arrays go back to the system when freed
     why_not = unsupported(path)
     if why_not:
         raise WorkbenchError(f"Cannot load {path.name} quantized: {why_not}.")

@@ -32,7 +32,6 @@ from workbench.core.models.load_report import load_report_to_log
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 WEIGHTS_CHOICES = ("auto", "quantized", "float32")  # how a GGUF's weights are held
-QUANTIZED_AUTO_BYTES = 1_000_000_000  # auto keeps a GGUF quantized from this float32 size
 
 # For LoadedModel.require: what a model of another kind lacks, and what the job needs.
 _REQUIRED = {
@@ -426,12 +425,13 @@ def gguf_choice(path: Path, options: LoadOptions) -> tuple[bool, str]:
     """Whether the GGUF ``path`` loads on its quantized weights, and a note for the log.
 
     ``auto`` keeps the weights quantized when their float32 form would pass
-    :data:`QUANTIZED_AUTO_BYTES` (a model of about 250 million parameters and more: the
+    :data:`~workbench.core.models.memory.QUANTIZED_AUTO_BYTES` (a model of about 250 million parameters and more: the
     models people bring), and converts smaller ones to float32 once (the numbers of the
     reference implementations, at little memory). ``float32`` always converts, and so does a
     fine-tuning run's load. ``quantized`` keeps them wherever it can; where it cannot (an
     architecture not yet placed, a GPU, a dtype asked for) the load converts and says why."""
     from workbench.core.models.gguf_model import unsupported
+    from workbench.core.models.memory import QUANTIZED_AUTO_BYTES
     from workbench.core.models.model_headers import UnreadableModel, gguf_header
 
     choice = check_weights(options.weights)

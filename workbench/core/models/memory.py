@@ -29,6 +29,7 @@ BYTES_PER_ELEMENT = {"float32": 4, "bfloat16": 2, "float16": 2}
 OVERHEAD_PERCENT = 10
 OVERHEAD_BYTES = 500_000_000
 CONVERSION_FACTOR = 2  # peak of a GGUF's conversion, in float32 weights
+QUANTIZED_AUTO_BYTES = 1_000_000_000  # weights auto keeps a GGUF quantized from this float32 size
 
 
 @dataclass(frozen=True)
@@ -101,8 +102,22 @@ def estimate_path(path: Path) -> MemoryEstimate | None:
     except OSError:
         converted = False
     stored = f"GGUF {header.quantization}" if header.quantization else "GGUF"
+    from workbench.core.models.gguf_model import ARCHITECTURES
+
+    kept = quantized_bytes(path) if header.architecture in ARCHITECTURES else 0
     return MemoryEstimate(header.parameters, stored, converts_first=not converted,
-                          quantized_bytes=quantized_bytes(path))
+                          quantized_bytes=kept)
+
+
+def stays_quantized(estimate: MemoryEstimate, weights: str, device: str, dtype: str) -> bool:
+    """Whether a load with these choices keeps a GGUF on its quantized weights (the rule of
+    :func:`workbench.core.models.loader.gguf_choice`, for an estimate)."""
+    weights, dtype = (weights or "auto").lower(), (dtype or "auto").lower()
+    if not estimate.quantized_bytes or weights == "float32" or device not in ("cpu", "auto"):
+        return False
+    if weights == "auto" and estimate.weights_bytes("float32") < QUANTIZED_AUTO_BYTES:
+        return False
+    return dtype in ("auto", "float32")
 
 
 def quantized_bytes(path: Path) -> int:
@@ -153,9 +168,17 @@ def effective_dtype(dtype: str, device: str) -> str | None:
 
 
 def refusal(estimate: MemoryEstimate, dtype: str, free_bytes: int, name: str = "The model",
-            where: str = "memory") -> str | None:
-    """The message refusing a load of ``estimate`` in ``dtype`` with ``free_bytes`` free, or
-    None when it fits. It suggests bfloat16 when that fits, else a smaller model."""
+            where: str = "memory", quantized: bool = False) -> str | None:
+    """The message refusing a load of ``estimate`` in ``dtype`` (``quantized``: a GGUF kept
+    on its quantized weights) with ``free_bytes`` free, or None when it fits. It suggests
+    bfloat16 when that fits, else a smaller model."""
+    if quantized:
+        needed = estimate.quantized_load_bytes()
+        if needed <= free_bytes:
+            return None
+        return (f"{name} does not fit in {where}: on its quantized weights it needs about "
+                f"{format_bytes(needed)} and {format_bytes(free_bytes)} is free. Choose a "
+                "smaller model or a smaller quantization, or close programs that hold memory.")
     needed = estimate.needed_bytes(dtype)
     if needed <= free_bytes:
         return None
@@ -191,13 +214,10 @@ def check_memory(source: catalog.ModelSource, device: str, dtype: str,
     if estimate is None:
         return
     if quantized and estimate.quantized_bytes:
-        needed, free = estimate.quantized_load_bytes(), common_memory.available_memory()
-        if needed > free:
-            raise WorkbenchError(
-                f"{name or source.path.name} does not fit in memory: on its quantized weights "
-                f"it needs about {format_bytes(needed)} and {format_bytes(free)} is free. "
-                "Choose a smaller model or a smaller quantization, or close programs that "
-                "hold memory.")
+        message = refusal(estimate, "float32", common_memory.available_memory(),
+                          name or source.path.name, quantized=True)
+        if message is not None:
+            raise WorkbenchError(message)
         return
     from workbench.core.models.device import pick_device, pick_dtype
 

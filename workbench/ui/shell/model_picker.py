@@ -332,7 +332,11 @@ class ModelPicker(QWidget):
             text = f"{format_bytes(estimate.weights_bytes(name))} {short}"
             parts.append(f"<b>{text}</b>" if name == dtype or (
                 dtype == "float16" and name == "bfloat16") else text)
-        message = refusal(estimate, dtype, free) if dtype else None
+        quantized = self.stays_quantized(estimate)
+        if quantized:  # a GGUF kept on its quantized weights
+            parts = [f"<b>{format_bytes(estimate.quantized_bytes)} quantized</b>"]
+        message = refusal(estimate, dtype or "float32", free, quantized=quantized) \
+            if dtype or quantized else None
         text = f"≈ {' · '.join(parts)} · {format_bytes(free)} free"
         self.memory.setText(f"<span style='color:#b00020'>{text}</span>" if message else text)
         tip = [f"{self.reference()} {estimate.describe(free)}.", estimate.details()]
@@ -350,9 +354,18 @@ class ModelPicker(QWidget):
 
         estimate = self.estimate()
         dtype = self.chosen_dtype()
-        if estimate is None or dtype is None:
+        quantized = estimate is not None and self.stays_quantized(estimate)
+        if estimate is None or (dtype is None and not quantized):
             return None
-        return refusal(estimate, dtype, available_memory(), self.combo.currentText().strip())
+        return refusal(estimate, dtype or "float32", available_memory(),
+                       self.combo.currentText().strip(), quantized=quantized)
+
+    def stays_quantized(self, estimate: object) -> bool:
+        """Whether the load will keep the chosen GGUF on its quantized weights."""
+        from workbench.core.models.memory import stays_quantized
+
+        return stays_quantized(estimate, "auto", _device_hint(self.device.currentText()),
+                               self.dtype.currentText())
 
     # --- actions --------------------------------------------------------------------------------
     def request_load(self) -> None:
