@@ -392,7 +392,10 @@ def test_the_estimate_by_hand():
 def test_the_estimate_of_files_and_folders(tmp_path, tiny):
     path = write_gguf(tmp_path / "m.gguf")
     estimate = model_memory.estimate_path(path)
-    assert estimate == MemoryEstimate(PARAMETERS, "GGUF Q8_0", converts_first=True)
+    # kept quantized: the matrices as int8 rows (1 byte a value), the vector in float32
+    quantized = 8 * 64 * 1 + 64 * 4 + 4 * 64 * 1
+    assert estimate == MemoryEstimate(PARAMETERS, "GGUF Q8_0", converts_first=True,
+                                      quantized_bytes=quantized)
     folder = tiny("llama")
     from safetensors import safe_open
 

@@ -118,7 +118,7 @@ def unavailable(name: str, model: Any, built: str | None = None) -> str | None:
     dtype = next(model.parameters()).dtype
     if name == "exact":
         return None
-    if dtype != torch.float32:
+    if dtype != torch.float32 and not (name == "int8" and dtype == torch.bfloat16):
         return f"the model is loaded in {str(dtype).removeprefix('torch.')} already"
     if name == "int8":
         if device != "cpu":
@@ -224,9 +224,12 @@ def copy_bytes(name: str, model: Any) -> int:
     if name == "exact":
         return 0
     quantised = {id(m.weight) for _, m in _quantised(model)} if name == "int8" else set()
+    import torch
+
     total = 0
-    for p in model.parameters():
-        total += p.numel() * (1 if id(p) in quantised else 2)
+    for p in model.parameters():  # a bfloat16 model's other tensors are shared, not copied
+        total += p.numel() * (1 if id(p) in quantised else
+                              0 if p.dtype == torch.bfloat16 else 2)
     return total
 
 

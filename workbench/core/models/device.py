@@ -29,8 +29,10 @@ def pick_device(requested: str = "auto") -> str:
     return requested
 
 
-def pick_dtype(requested: str, device: str):
-    """The torch dtype for ``requested`` on ``device``; ``auto`` is fp32 on the CPU."""
+def pick_dtype(requested: str, device: str, stored: str = ""):
+    """The torch dtype for ``requested`` on ``device``; ``auto`` is float32 on the CPU, but
+    bfloat16 for weights ``stored`` in bfloat16 (a float32 copy would double them for no
+    gain in what they hold)."""
     import torch
 
     from workbench.core.common.errors import WorkbenchError
@@ -41,7 +43,7 @@ def pick_dtype(requested: str, device: str):
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         if device == "mps":
             return torch.float16
-        return torch.float32
+        return torch.bfloat16 if stored == "bfloat16" else torch.float32
     if requested not in DTYPE_CHOICES:
         raise WorkbenchError(f"Unknown dtype '{requested}': use one of {', '.join(DTYPE_CHOICES)}.")
     return getattr(torch, requested)

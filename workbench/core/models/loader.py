@@ -380,7 +380,7 @@ def load_model_job(reference: str, options: LoadOptions | None = None):
 
         transformers.logging.disable_progress_bar()  # the app reports progress itself
         device = pick_device(options.device)
-        dtype = pick_dtype(options.dtype, device)
+        dtype = pick_dtype(options.dtype, device, "" if options.training else stored_dtype(folder))
         task = task_of(_read_config(folder, options))
         yield Progress("Loading the tokenizer…", 0.6)
         tokenizer = _read_tokenizer(folder, options)
@@ -399,6 +399,19 @@ def load_model_job(reference: str, options: LoadOptions | None = None):
             converted_now=converted_now, config=raw_config)
 
     return job
+
+
+def stored_dtype(folder: Path) -> str:
+    """The dtype most of ``folder``'s safetensors weights are stored in ("bfloat16"), "" when
+    it cannot be told from their headers."""
+    from workbench.core.models.memory import MemoryEstimate
+    from workbench.core.models.model_headers import UnreadableModel, folder_parameters
+
+    try:
+        found = folder_parameters(folder)
+    except (UnreadableModel, OSError):
+        return ""
+    return "" if found is None else MemoryEstimate(*found).stored_dtype
 
 
 def _quantized_job(reference: str, source: ModelSource, options: LoadOptions, ctx: JobContext,

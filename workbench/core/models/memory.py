@@ -59,6 +59,12 @@ class MemoryEstimate:
         """What this load needs at its peak: the conversion when one is due, the load."""
         return max(self.load_bytes(dtype), self.conversion_bytes())
 
+    @property
+    def stored_dtype(self) -> str:
+        """The dtype of a folder's safetensors ("bfloat16"), "" for a GGUF or unknown."""
+        return self.stored_as.removeprefix("safetensors ") if \
+            self.stored_as.startswith("safetensors ") else ""
+
     def quantized_load_bytes(self) -> int:
         """Loading a GGUF on its quantized weights (no conversion): those plus the overhead."""
         return self.quantized_bytes * (100 + OVERHEAD_PERCENT) // 100 + OVERHEAD_BYTES
@@ -222,7 +228,7 @@ def check_memory(source: catalog.ModelSource, device: str, dtype: str,
     from workbench.core.models.device import pick_device, pick_dtype
 
     device = pick_device(device)
-    chosen = str(pick_dtype(dtype, device)).removeprefix("torch.")
+    chosen = str(pick_dtype(dtype, device, estimate.stored_dtype)).removeprefix("torch.")
     if chosen not in BYTES_PER_ELEMENT:
         return
     if name and os.path.exists(os.path.expanduser(name)):  # a path: its last part is enough
