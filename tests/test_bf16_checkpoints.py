@@ -52,3 +52,12 @@ def test_the_int8_copy_of_a_bfloat16_model_shares_what_it_does_not_quantise(
     assert (ours.argmax(-1) == theirs.argmax(-1)).float().mean() >= 0.8
     shared = model.get_input_embeddings().weight.data_ptr()
     assert copy.get_input_embeddings().weight.data_ptr() == shared
+
+
+def test_the_model_bar_counts_a_bfloat16_checkpoint_in_bfloat16(bf16_folder):
+    from workbench.core.models.memory import effective_dtype
+
+    stored = estimate_path(bf16_folder).stored_dtype
+    assert effective_dtype("auto", "cpu", stored) == "bfloat16"
+    assert effective_dtype("auto", "cpu", "") == "float32"
+    assert effective_dtype("float32", "cpu", stored) == "float32"

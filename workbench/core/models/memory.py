@@ -159,15 +159,16 @@ def estimate_reference(reference: str) -> MemoryEstimate | None:
     return estimate_path(source.path)
 
 
-def effective_dtype(dtype: str, device: str) -> str | None:
+def effective_dtype(dtype: str, device: str, stored: str = "") -> str | None:
     """The dtype a load with these choices will use, without importing torch; None when
-    only torch can tell (``auto`` on ``auto``: float32 on the CPU, 16 bits on a GPU)."""
+    only torch can tell (``auto`` on ``auto``: float32 on the CPU, 16 bits on a GPU).
+    ``stored``: the dtype of the weights (bfloat16 ones stay bfloat16 on the CPU)."""
     dtype = (dtype or "auto").lower()
     if dtype in BYTES_PER_ELEMENT:
         return dtype
     device = (device or "auto").lower()
     if device == "cpu":
-        return "float32"
+        return "bfloat16" if stored == "bfloat16" else "float32"
     if device == "mps":
         return "float16"
     return None  # cuda: bfloat16 where the GPU supports it, else float16; auto: either

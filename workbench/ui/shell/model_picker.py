@@ -313,8 +313,9 @@ class ModelPicker(QWidget):
         """The dtype the load will use, when the picker can tell without torch."""
         from workbench.core.models.memory import effective_dtype
 
-        return effective_dtype(self.dtype.currentText(),
-                               _device_hint(self.device.currentText()))
+        estimate = self.estimate()
+        return effective_dtype(self.dtype.currentText(), _device_hint(self.device.currentText()),
+                               estimate.stored_dtype if estimate is not None else "")
 
     def update_memory_label(self) -> None:
         from workbench.core.common.memory import available_memory, format_bytes
