@@ -192,6 +192,19 @@ def test_the_memory_estimate_counts_the_quantized_weights(both, monkeypatch):
                           6_000_000_000, quantized=True) is None  # fits on 4 GB of weights
 
 
+@pytest.mark.bundled
+def test_the_same_file_under_another_name_is_not_converted_again(both, tmp_path):
+    """A path and Ollama's blob of one model made two float32 copies before."""
+    import shutil
+
+    from workbench.core.models.gguf_convert import cached_conversion
+
+    original = both[1].source.path
+    blob = tmp_path / "sha256-0123abcd"
+    shutil.copyfile(original, blob)
+    assert cached_conversion(blob) == cached_conversion(original) == both[1].folder
+
+
 def test_the_command_line_refuses_an_unknown_weights_choice():
     done = subprocess.run([sys.executable, "main.py", "generate", "--weights", "int3",
                            "--prompt", "x"], capture_output=True, text=True, timeout=120)

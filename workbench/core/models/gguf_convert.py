@@ -21,10 +21,11 @@ _COMPLETE = ".complete"
 
 
 def conversion_key(gguf: Path) -> str:
-    """A key that changes when the file does: size plus hashes of its head and tail."""
+    """A key that changes when the file does: size plus hashes of its head and tail. Not its
+    name: the same file under two names (a path and Ollama's blob) is converted once."""
     digest = hashlib.sha256()
     size = gguf.stat().st_size
-    digest.update(f"{gguf.name}:{size}".encode())
+    digest.update(f"{size}".encode())
     with open(gguf, "rb") as f:
         digest.update(f.read(1 << 22))
         f.seek(max(0, size - (1 << 22)))
@@ -33,7 +34,15 @@ def conversion_key(gguf: Path) -> str:
 
 
 def converted_dir(gguf: Path) -> Path:
-    return paths.cache_dir() / "converted" / f"{gguf.stem}-{conversion_key(gguf)}"
+    """Where ``gguf``'s conversion is (or goes): a finished one of the same file under
+    another name when there is one, else ``<stem>-<key>``."""
+    key = conversion_key(gguf)
+    root = paths.cache_dir() / "converted"
+    try:
+        done = sorted(p for p in root.glob(f"*-{key}") if (p / _COMPLETE).is_file())
+    except OSError:
+        done = []
+    return done[0] if done else root / f"{gguf.stem}-{key}"
 
 
 def cached_conversion(gguf: Path) -> Path | None:

@@ -178,7 +178,7 @@ def _metadata_folder(path: Path, ctx: JobContext) -> Path:
     from workbench.core.common import paths
     from workbench.core.models.gguf_convert import conversion_key
 
-    folder = paths.cache_dir() / "gguf-metadata" / f"{path.stem}-{conversion_key(path)}"
+    folder = paths.cache_dir() / "gguf-metadata" / conversion_key(path)  # not by name
     if (folder / ".complete").is_file():
         return folder
     ctx.progress(f"Reading the configuration and tokenizer of {path.name} (first load only)…",
