@@ -211,3 +211,17 @@ def test_the_command_line_refuses_an_unknown_weights_choice():
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
         "error: Unknown weights 'int3': use one of auto, quantized, float32."]
+
+
+def test_a_conversion_made_by_an_earlier_version_is_still_found(tmp_path, monkeypatch):
+    from workbench.core.models import gguf_convert
+
+    monkeypatch.setenv("LMWB_CACHE_DIR", str(tmp_path / "cache"))
+    gguf = tmp_path / "model.gguf"
+    gguf.write_bytes(b"GGUF" + bytes(1000))
+    assert gguf_convert.cached_conversion(gguf) is None
+    earlier = (tmp_path / "cache" / "converted"
+               / f"model-{gguf_convert.conversion_key(gguf, named=True)}")
+    earlier.mkdir(parents=True)
+    (earlier / ".complete").write_text("ok\n")
+    assert gguf_convert.cached_conversion(gguf) == earlier

@@ -48,6 +48,7 @@ FIGURES: dict[str, Figure] = {
     "gguf_load_memory": gguf_figures.bench_gguf_load_memory,
     "quantized_decode": gguf_figures.bench_quantized_decode,
     "quantized_perplexity": gguf_figures.bench_quantized_perplexity,
+    "first_token": gguf_figures.bench_first_token,
 }
 
 

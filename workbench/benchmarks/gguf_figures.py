@@ -276,3 +276,30 @@ def bench_quantized_perplexity(emit: Callable[[Any], None]) -> dict:
                       for name, r in ratios.items()),
                   float32_perplexity=round(exact, 4),
                   ratios={n: round(r, 5) for n, r in ratios.items()})
+
+
+def _first_token_seconds(path: Path, weights: str) -> tuple[float, str]:
+    """Seconds from Generate to the first token on a freshly loaded model (its decoding
+    path's copy, if any, built on the way), and the path's label."""
+    from workbench.core.generation.generate import generate
+    from workbench.core.generation.settings import SamplingSettings
+    from workbench.core.models.loader import LoadOptions, load_model
+
+    loaded = load_model(str(path), LoadOptions(weights=weights))
+    settings = SamplingSettings(do_sample=False, max_new_tokens=1, chat=False)
+    start = time.perf_counter()
+    generate(loaded, BENCH_PROMPT, settings)
+    return time.perf_counter() - start, loaded.decoding().label
+
+
+def bench_first_token(emit: Callable[[Any], None]) -> dict:
+    """Seconds to the first token on the freshly loaded 1B Q8_0 model kept quantized ÷ the
+    same on its float32 conversion (``exact``): ≤ 1.2."""
+    path = synthetic_gguf(SHAPE_1B, "Q8_0", _bench_folder())
+    emit(Progress("first_token: kept quantized", 0.1))
+    quantized, label = _first_token_seconds(path, "quantized")
+    emit(Progress("first_token: float32", 0.5))
+    exact, exact_label = _first_token_seconds(path, "float32")
+    return figure(quantized / exact, 1.2, "lower",
+                  f"{quantized:.2f} s on {label} vs {exact:.2f} s on {exact_label}",
+                  quantized_seconds=round(quantized, 3), exact_seconds=round(exact, 3))

@@ -20,12 +20,14 @@ from workbench.core.common.jobs import JobContext
 _COMPLETE = ".complete"
 
 
-def conversion_key(gguf: Path) -> str:
+def conversion_key(gguf: Path, named: bool = False) -> str:
     """A key that changes when the file does: size plus hashes of its head and tail. Not its
-    name: the same file under two names (a path and Ollama's blob) is converted once."""
+    name: the same file under two names (a path and Ollama's blob) is converted once.
+    ``named``: the key of earlier versions, which began with the name (their conversions
+    are still found)."""
     digest = hashlib.sha256()
     size = gguf.stat().st_size
-    digest.update(f"{size}".encode())
+    digest.update(f"{gguf.name}:{size}".encode() if named else f"{size}".encode())
     with open(gguf, "rb") as f:
         digest.update(f.read(1 << 22))
         f.seek(max(0, size - (1 << 22)))
@@ -38,8 +40,10 @@ def converted_dir(gguf: Path) -> Path:
     another name when there is one, else ``<stem>-<key>``."""
     key = conversion_key(gguf)
     root = paths.cache_dir() / "converted"
+    earlier = root / f"{gguf.stem}-{conversion_key(gguf, named=True)}"
     try:
-        done = sorted(p for p in root.glob(f"*-{key}") if (p / _COMPLETE).is_file())
+        done = sorted(p for p in [*root.glob(f"*-{key}"), earlier]
+                      if (p / _COMPLETE).is_file())
     except OSError:
         done = []
     return done[0] if done else root / f"{gguf.stem}-{key}"
