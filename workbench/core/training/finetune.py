@@ -96,6 +96,7 @@ def run_finetune(config: FinetuneConfig, ctx: JobContext | None = None, resume: 
     config, folder, checkpoint = checked_config(config, resume)
     ctx.progress("Reading the data…", None)
     read = read_data(config)  # bad data is refused before torch and the model are loaded
+    memory_note = _check_memory(config, loaded)  # before the model is loaded
     ctx.progress("Loading the model…", None)
     loaded, own = _loaded_for_run(config, loaded, ctx)
     tokenizer = loaded.tokenizer
@@ -103,6 +104,8 @@ def run_finetune(config: FinetuneConfig, ctx: JobContext | None = None, resume: 
         tokenizer.pad_token = tokenizer.eos_token
     data = prepare_data(config, tokenizer, read)
     ctx.log(data.summary)
+    if memory_note:
+        ctx.log(memory_note)
     amp = mixed_precision(loaded.device)
     ctx.log(f"Training on {loaded.device} in float32"
             + (f" under {'bfloat16' if amp == 'bf16' else 'float16'} autocast" if amp else ""))
@@ -168,6 +171,18 @@ def _loaded_for_run(config: FinetuneConfig, loaded: Any, ctx: JobContext) -> tup
             dtype="float32", trust_remote_code=config.trust_remote_code,
             allow_pickle=config.allow_pickle, training=True), ctx.emit)
     return loaded, own
+
+
+def _check_memory(config: FinetuneConfig, loaded: Any) -> str | None:
+    """The run's memory check (:mod:`~workbench.core.training.memory`) on the device it will
+    train on; the line for its log when it fits. A run given a model already loaded in
+    float32 (``loaded``) trains on that model's device, with its weights already held."""
+    from workbench.core.models.device import pick_device
+    from workbench.core.training.memory import check_run_memory
+
+    if loaded is not None and loaded.reference == config.model:
+        return None  # the weights are held already: what is free does not count them
+    return check_run_memory(config, pick_device("auto"))
 
 
 def _lora_note(final: Path, adapter: Path | None, ctx: JobContext) -> str:

@@ -30,6 +30,7 @@ from workbench.core.common.files import write_atomically
 from workbench.core.common.threads import sharing_the_gil
 from workbench.core.training.config import FinetuneConfig
 from workbench.core.training.inputs import check_data, check_model
+from workbench.core.training.memory import check_run_memory
 from workbench.core.training.monitor import (
     FollowedRun,
     PollResult,
@@ -231,12 +232,15 @@ class FinetuneTab(RunForm, RunCharts, WorkbenchTab):
         self._became_active(run, "Starting: loading the model and the data…")
 
     def check_inputs(self, config: FinetuneConfig) -> None:
-        """The run's data files, read as the run will read them, and the loaded model when
-        the run starts from it: bad input is refused here, before its folder is made and
-        its process started (WorkbenchError)."""
+        """The run's data files, read as the run will read them, the loaded model when the
+        run starts from it, and whether the run fits in memory: bad input is refused here,
+        before its folder is made and its process started (WorkbenchError). The memory
+        check reads headers only (milliseconds, no torch): it counts on the loaded model's
+        device, the CPU when none is loaded; the run's process checks again on its own."""
         check_data(config)
         if self.loaded is not None and self.loaded.reference == config.model:
             check_model(config, self.loaded)
+        check_run_memory(config, self.loaded.device if self.loaded is not None else "cpu")
 
     def _became_active(self, run: FollowedRun, message: str) -> None:
         self.active = run
