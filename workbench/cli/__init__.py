@@ -3,9 +3,9 @@
 One module per command group, each with the function that adds its arguments next to the
 functions that run it (``add_parsers`` and ``COMMANDS``): ``models``, ``generate``
 (generate, compare), ``sweep``, ``attention``, ``attribute``, ``finetune`` (finetune, monitor),
-``evaluate`` and ``bench`` (its arguments; the command is ``workbench.benchmarks.command``).
-``common`` holds what they share, ``window`` the options of ``python main.py`` without a
-command.
+``evaluate``, ``tradeoffs`` and ``bench`` (its arguments; the command is
+``workbench.benchmarks.command``). ``common`` holds what they share, ``window`` the options of
+``python main.py`` without a command.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from workbench.cli import (
     generate,
     models,
     sweep,
+    tradeoffs,
 )
 from workbench.cli.common import OneLineParser, TerminalProgress, parse_names, print_json
 from workbench.cli.window import add_window_options, check_window_options
@@ -33,7 +34,8 @@ from workbench.core.common.errors import Cancelled, WorkbenchError
 __all__ = ["COMMANDS", "OneLineParser", "TerminalProgress", "WorkbenchError", "build_parser",
            "check_window_options", "dispatch", "parse_names", "print_json"]
 
-GROUPS = (models, generate, sweep, attention, attribute, finetune, evaluate, bench)  # --help order
+GROUPS = (models, generate, sweep, attention, attribute, finetune, evaluate, tradeoffs,
+          bench)  # --help order
 
 COMMANDS: dict[tuple[str, str | None], Callable[[argparse.Namespace], int]] = {
     key: handler for group in GROUPS for key, handler in getattr(group, "COMMANDS", {}).items()}

@@ -59,6 +59,7 @@ from workbench.ui.common.worker import ModelWorker, WorkerContext
 from workbench.ui.evaluation.choice import ChoicePage, PairsPage
 from workbench.ui.evaluation.pages import ClassifyPage, GenerateScorePage
 from workbench.ui.evaluation.sweep import SweepPage
+from workbench.ui.evaluation.tradeoffs import TradeoffsPage
 
 SAMPLE_TEXT = ("The lighthouse stood at the end of the long stone pier. Every night the keeper "
                "climbed the spiral stairs, lit the great lamp and watched the ships pass safely "
@@ -109,6 +110,8 @@ class EvaluateTab(WorkbenchTab):
         self.modes.addTab(self.pairs_page, "Sentence pairs")
         self.sweep_page = SweepPage(worker, self._record, self.show_error, current_settings)
         self.modes.addTab(self.sweep_page, "Sampling sweep")
+        self.tradeoffs_page = TradeoffsPage(worker, self._record, self.show_error)
+        self.modes.addTab(self.tradeoffs_page, "Trade-offs")
         self.history = fit_columns(table(["time", "kind", "result", "inputs"], "history-table"),
                                    stretch=(2, 3), rows=2)
         export = QPushButton("Export history…")
@@ -559,6 +562,7 @@ class EvaluateTab(WorkbenchTab):
         self.choice_page.model_changed(loaded)
         self.pairs_page.model_changed(loaded)
         self.sweep_page.model_changed(loaded)
+        self.tradeoffs_page.model_changed(loaded)
 
     def _perplexity_done(self, result: object) -> None:
         self.ppl_button.setEnabled(True)
