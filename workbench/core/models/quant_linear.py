@@ -11,6 +11,7 @@ embeddings through the quantized layers.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
@@ -18,6 +19,67 @@ from torch import nn
 
 PACKED_ROWS = 48  # int8: above this many rows (a long prompt) de-quantize and multiply once
 PACK_ROW_STEP = 16  # the int4 packing works on rows in steps of 16
+
+
+PACK_CHUNK = 1024  # rows packed at a time (the packed layer is these chunks end to end)
+
+
+def _pack_int4(codes: torch.Tensor) -> torch.Tensor:
+    return torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes, 1)
+
+
+def _nibbles(rows: int, columns: int) -> torch.Tensor:
+    """Where ATen's CPU packing puts each value of a ``rows × columns`` weight: the nibble
+    (2 × byte + high half) of each, found by packing the values' own positions, four bits
+    at a time (the layout is the kernel's and differs between AVX2 and AVX-512)."""
+    index = torch.arange(rows * columns, dtype=torch.int64).reshape(rows, columns)
+    found = torch.zeros(rows * columns, dtype=torch.int64)
+    for digit in range(max(1, ((rows * columns - 1).bit_length() + 3) // 4)):
+        packed = _pack_int4(((index >> (4 * digit)) & 15).to(torch.int32)).reshape(-1)
+        nibbles = torch.stack([packed & 15, packed >> 4], dim=-1).reshape(-1).to(torch.int64)
+        found |= nibbles << (4 * digit)
+    where = torch.empty_like(found)
+    where[found] = torch.arange(found.numel())
+    return where.reshape(rows, columns)
+
+
+@functools.lru_cache(maxsize=16)
+def nibble_rule(rows: int) -> tuple[torch.Tensor, ...] | None:
+    """``(base, slot, stride, half)`` per row of a packed chunk of ``rows`` rows: value
+    ``(n, k)`` of a ``rows × K`` weight is in byte ``base[n]·K + slot[n] + k·stride[n]``,
+    low nibble if ``half[n]`` is 0. Found on 32 and 64 columns and checked on both
+    (None when the packing follows no such rule)."""
+    p32, p64 = _nibbles(rows, 32), _nibbles(rows, 64)
+    half = p32[:, 0] % 2
+    stride = p32[:, 1] // 2 - p32[:, 0] // 2
+    base = (p64[:, 0] // 2 - p32[:, 0] // 2) // 32
+    slot = p32[:, 0] // 2 - base * 32
+    for columns, positions in ((32, p32), (64, p64)):
+        k = torch.arange(columns)
+        byte = base[:, None] * columns + slot[:, None] + k[None] * stride[:, None]
+        if not torch.equal(2 * byte + half[:, None], positions):
+            return None
+    return base, slot, stride, half
+
+
+def _unpack_chunk(packed: torch.Tensor, rows: int, columns: int) -> torch.Tensor | None:
+    """The int4 codes (``rows × columns``, uint8) of one packed chunk, a block of rows
+    sharing bytes at a time (their bytes are ``columns × stride``: per column, the block's
+    values in :func:`nibble_rule`'s slots)."""
+    rule = nibble_rule(rows)
+    if rule is None:
+        return None
+    base, slot, stride, half = rule
+    flat = packed.reshape(-1)
+    codes = torch.empty(rows, columns, dtype=torch.uint8)
+    for block in torch.unique(base).tolist():
+        members = (base == block).nonzero().flatten()
+        width = int(stride[members[0]])
+        start = block * columns
+        raw = flat[start:start + columns * width].view(columns, width)
+        nibbles = torch.stack([raw & 15, raw >> 4], dim=-1).view(columns, 2 * width)
+        codes[members] = nibbles[:, 2 * slot[members] + half[members]].t()
+    return codes
 
 
 def int4_packable(rows: int, columns: int) -> bool:
@@ -95,9 +157,8 @@ class Int4GroupLinear(QuantizedLayer):
                  bias: torch.Tensor | None = None) -> None:
         super().__init__()
         self.out_features, self.in_features = codes.shape
-        packed = [torch.ops.aten._convert_weight_to_int4pack_for_cpu(
-            codes[start:start + 1024].to(torch.int32), 1)
-            for start in range(0, codes.shape[0], 1024)]  # bounded int32 transient
+        packed = [_pack_int4(codes[start:start + PACK_CHUNK].to(torch.int32))
+                  for start in range(0, codes.shape[0], PACK_CHUNK)]  # bounded int32 transient
         self.register_buffer("packed", torch.cat(packed))
         self.register_buffer("scales_zeros", torch.stack(
             [scales.t(), zeros.t()], dim=-1).to(torch.bfloat16).contiguous())
@@ -108,7 +169,41 @@ class Int4GroupLinear(QuantizedLayer):
                                                           self.scales_zeros)
 
     def dequantized(self) -> torch.Tensor:
-        """The weight, by the kernel itself on the identity (columns at a time)."""
+        """The weight in bfloat16: the packed codes read back by :func:`nibble_rule` (the
+        first use of each layer checked against the kernel's own product on the identity's
+        first 32 rows), else the kernel on the whole identity (``in_features`` rows
+        through the kernel: a 1B model's backward pass took minutes that way)."""
+        weight = self._unpacked()
+        if weight is not None and not self._unpack_checked:
+            probe = torch.eye(self.in_features, dtype=torch.bfloat16)[:32]
+            expected = self.kernel(probe).t().float()  # equal but for bfloat16 rounding
+            error = (expected - weight[:, :32].float()).abs().max()
+            self._unpack_checked = bool(error <= expected.abs().max() / 128)
+            if not self._unpack_checked:
+                self._unpack_failed = True
+                weight = None
+        return weight if weight is not None else self._by_kernel()
+
+    _unpack_checked = False
+    _unpack_failed = False
+
+    def _unpacked(self) -> torch.Tensor | None:
+        if self._unpack_failed:
+            return None
+        parts = []
+        for start in range(0, self.out_features, PACK_CHUNK):
+            rows = min(PACK_CHUNK, self.out_features - start)
+            codes = _unpack_chunk(self.packed[start:start + rows], rows, self.in_features)
+            if codes is None:
+                self._unpack_failed = True
+                return None
+            groups = self.scales_zeros[:, start:start + rows].float()  # [K/32, rows, 2]
+            scale, zero = groups[..., 0].t()[..., None], groups[..., 1].t()[..., None]
+            values = (codes.view(rows, -1, 32).float() - 8) * scale + zero
+            parts.append(values.reshape(rows, -1).to(torch.bfloat16))
+        return torch.cat(parts)
+
+    def _by_kernel(self) -> torch.Tensor:
         eye = torch.eye(self.in_features, dtype=torch.bfloat16)
         parts = [self.kernel(eye[start:start + 256])
                  for start in range(0, self.in_features, 256)]
