@@ -30,7 +30,7 @@ def test_the_parts_of_a_tiny_llama_by_hand(tiny, tmp_path):
     folder = tiny("llama")  # hidden 32, 2 layers, intermediate 64, vocabulary 80
     params = folder_parameters(folder)[0]
     full = memory.estimate_run(lm_config(folder, tmp_path, batch_size=4, max_length=64))
-    assert full.shape == memory.Shape(32, 2, 64, 80, 4, False)
+    assert full.shape == memory.Shape(32, 2, 64, 80, 4, False, positions=128)
     assert (full.weights, full.gradients, full.optimizer) == (4 * params, 4 * params, 8 * params)
     per_layer = 64 * 32 + 16 * 64 + 4 * 64  # hidden, intermediate, the mask's positions
     assert full.activations == 4 * 64 * (2 * per_layer + 12 * 80)
@@ -166,3 +166,13 @@ def test_a_real_run_peaks_within_its_estimate(tiny, tmp_path):
     peak = usage.ru_maxrss * 1024  # kilobytes on Linux
     assert peak <= estimate.ram, (peak, estimate.ram)
     assert Path(tmp_path / "run" / "final").is_dir()
+
+
+def test_a_length_past_the_models_positions_is_left_to_its_own_message(tiny):
+    """The run's check says "at most 128 positions"; the memory check must not speak first
+    (nor suggest a length the model cannot take)."""
+    from workbench.core.training.config import FinetuneConfig
+
+    config = FinetuneConfig(task="lm", model=str(tiny("llama")), train_file="x.txt",
+                            output_dir="out", max_length=100_000)
+    assert memory.estimate_run(config) is None

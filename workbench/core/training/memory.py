@@ -71,6 +71,7 @@ class Shape:
     vocab: int
     heads: int = 0
     attention_dropout: bool = False
+    positions: int = 0  # the longest input the model takes (0: not said)
 
 
 @dataclass(frozen=True)
@@ -170,7 +171,7 @@ def folder_shape(folder: Path) -> Shape | None:
     return Shape(hidden, layers, _int(config, "intermediate_size", "n_inner", "d_inner",
                                       "ffn_dim") or 4 * hidden,
                  _int(config, "vocab_size"), _int(config, "num_attention_heads", "n_head"),
-                 dropout)
+                 dropout, _int(config, "max_position_embeddings", "n_positions"))
 
 
 def gguf_shape(path: Path) -> Shape | None:
@@ -207,6 +208,8 @@ def estimate_run(config: Any, device: str = "cpu") -> TrainingEstimate | None:
     model, shape = estimate_path(source.path), model_shape(source.path)
     if model is None or shape is None:
         return None
+    if shape.positions and config.max_length > shape.positions:
+        return None  # longer than the model takes: the run's own check says so, precisely
     return TrainingEstimate(model, shape, config.task, bool(config.lora), config.lora_r,
                             config.batch_size, config.max_length, str(device).startswith("cuda"))
 
