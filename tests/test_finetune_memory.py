@@ -171,8 +171,6 @@ def test_a_real_run_peaks_within_its_estimate(tiny, tmp_path):
 def test_a_length_past_the_models_positions_is_left_to_its_own_message(tiny):
     """The run's check says "at most 128 positions"; the memory check must not speak first
     (nor suggest a length the model cannot take)."""
-    from workbench.core.training.config import FinetuneConfig
-
     config = FinetuneConfig(task="lm", model=str(tiny("llama")), train_file="x.txt",
                             output_dir="out", max_length=100_000)
     assert memory.estimate_run(config) is None
