@@ -108,3 +108,23 @@ def test_perplexity_is_within_a_few_percent_of_the_float32_model(models):
     quantized, exact = (perplexity(m, text, max_length=64, stride=32) for m in models)
     assert quantized.tokens == exact.tokens
     assert abs(quantized.perplexity / exact.perplexity - 1) < 0.05
+
+
+def test_head_statistics_layer_by_layer_are_the_whole_stack_formulas():
+    from workbench.core.interpret.attention import AttentionResult, head_statistics
+
+    rng = np.random.default_rng(0)
+    raw = rng.random((3, 4, 7, 7)).astype(np.float32) * np.tril(np.ones((7, 7)))
+    raw[0, 0, 3, :2] = 0  # zero weights: no log of zero
+    weights = (raw / raw.sum(-1, keepdims=True)).astype(np.float32)
+    stats = head_statistics(AttentionResult("m", ["t"] * 7, weights, None, True, []))
+    w = weights.astype(np.float64)
+    positions = np.arange(7)
+    logs = np.log2(np.where(w > 0, w, 1.0))
+    expected = {"entropy": -(w * logs).sum(-1).mean(-1),
+                "previous token": w[..., positions[1:], positions[:-1]].mean(-1),
+                "first token": w[..., :, 0].mean(-1),
+                "mean distance": (w * np.abs(positions[:, None] - positions[None])).sum(-1)
+                .mean(-1)}
+    for name, values in expected.items():
+        np.testing.assert_allclose(stats[name], values, rtol=1e-12, err_msg=name)
