@@ -41,10 +41,11 @@ def _bundled_gguf() -> Path:
     return path
 
 
-def _copy_metadata(writer: Any, reader: Any) -> None:
-    """The bundled file's metadata (its tokenizer above all) but the architecture's sizes."""
+def _copy_metadata(writer: Any, reader: Any, sizes: bool = False) -> None:
+    """A file's metadata (its tokenizer above all) but what the writer sets itself, and
+    (unless ``sizes``) the architecture's sizes."""
     for key, field in reader.fields.items():
-        if key in _SKIPPED or any(key == f"llama.{size}" for size in _SIZE_KEYS):
+        if key in _SKIPPED or not sizes and any(key == f"llama.{size}" for size in _SIZE_KEYS):
             continue
         sub = field.types[-1] if len(field.types) > 1 else None
         writer.add_key_value(key, field.contents(), field.types[0], sub)
@@ -227,11 +228,7 @@ def requantized_gguf(source: Path, type_: str, folder: Path) -> Path:
     reader = gguf.GGUFReader(source)
     partial = path.with_suffix(".partial")
     writer = gguf.GGUFWriter(partial, str(reader.fields["general.architecture"].contents()))
-    for key, field in reader.fields.items():
-        if key.startswith("GGUF.") or key in ("general.architecture", "general.file_type"):
-            continue
-        writer.add_key_value(key, field.contents(), field.types[0],
-                             field.types[-1] if len(field.types) > 1 else None)
+    _copy_metadata(writer, reader, sizes=True)
     qtype = gguf.GGMLQuantizationType[type_]
     for tensor in reader.tensors:
         values = dequantize(tensor.data, tensor.tensor_type).astype(np.float32)

@@ -113,7 +113,8 @@ def check_options(settings: Any) -> None:
         check_value(f, replace(meta, label=option), getattr(settings, f.name))
 
 
-def add_model_options(parser: argparse.ArgumentParser) -> None:
+def add_model_options(parser: argparse.ArgumentParser, decode: bool = True) -> None:
+    """--model, --device, --dtype, --weights, (``decode``:) --decode and the safety switches."""
     parser.add_argument("--model", default=DEFAULT_MODEL,
                         help=f"built-in name, folder, .gguf file or Hub id (default {DEFAULT_MODEL})")
     parser.add_argument("--device", default="auto", help="auto (CUDA, MPS, CPU), cpu, cuda, mps")
@@ -124,6 +125,16 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
                              "float32 once), quantized (4-bit types as int4 with a scale per "
                              "32 values, the others as int8 rows; float32 activations), "
                              "float32 (converted once, the reference numbers)")
+    if decode:
+        _add_decode_option(parser)
+    parser.add_argument("--trust-remote-code", action="store_true",
+                        help="allow Python code shipped with this model to run (only if you "
+                             "trust its author)")
+    parser.add_argument("--allow-pickle", action="store_true",
+                        help="allow pickle checkpoints (.bin/.pt), which can run code")
+
+
+def _add_decode_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--decode", default="auto", metavar="PATH",
                         help="the decoding path of generation: auto (int8 weights with "
                              "bfloat16 on a CPU with native bfloat16, for models too big for "
@@ -131,11 +142,6 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
                              "the CPU), int8 or bf16 (reduced precision), compiled (auto's "
                              "model compiled by torch.compile with a static cache; the first "
                              "run of each shape compiles, 10-60 s)")
-    parser.add_argument("--trust-remote-code", action="store_true",
-                        help="allow Python code shipped with this model to run (only if you "
-                             "trust its author)")
-    parser.add_argument("--allow-pickle", action="store_true",
-                        help="allow pickle checkpoints (.bin/.pt), which can run code")
 
 
 def load_from_args(args: argparse.Namespace, bar: TerminalProgress):

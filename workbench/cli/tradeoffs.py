@@ -8,6 +8,7 @@ import sys
 
 from workbench.cli.common import (
     TerminalProgress,
+    add_model_options,
     add_setting_options,
     check_model_options,
     check_options,
@@ -15,7 +16,6 @@ from workbench.cli.common import (
     print_json,
 )
 from workbench.core.evaluation.tradeoffs import TradeoffResult, TradeoffRow, TradeoffSettings
-from workbench.core.models.catalog import DEFAULT_MODEL
 
 COLUMNS = ("path", "storage", "decode tok/s", "CPU÷wall", "prompt tok/s", "CPU÷wall",
            "weights", "peak +{kind}", "perplexity", "× ref", "agreement", "lead")
@@ -25,18 +25,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     tr = sub.add_parser("tradeoffs", help="performance against efficiency: tokens/s, prompt "
                                           "tokens/s, memory, perplexity and agreement of each "
                                           "decoding path and storage of the model")
-    tr.add_argument("--model", default=DEFAULT_MODEL,
-                    help=f"built-in name, folder, .gguf file or Hub id (default {DEFAULT_MODEL})")
-    tr.add_argument("--device", default="auto", help="auto (CUDA, MPS, CPU), cpu, cuda, mps")
-    tr.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16")
-    tr.add_argument("--weights", default="auto", metavar="HOW",
-                    help="how a .gguf model's weights are held for its first rows: auto, "
-                         "quantized or float32 (the other storage's rows follow)")
-    tr.add_argument("--trust-remote-code", action="store_true",
-                    help="allow Python code shipped with this model to run (only if you trust "
-                         "its author)")
-    tr.add_argument("--allow-pickle", action="store_true",
-                    help="allow pickle checkpoints (.bin/.pt), which can run code")
+    add_model_options(tr, decode=False)  # every path is measured
     add_setting_options(tr, TradeoffSettings, ["new_tokens", "prompt_tokens", "text_tokens"])
     tr.add_argument("--compiled", action="store_true",
                     help="also the compiled path (torch.compile; compiles for 10-60 s)")
