@@ -128,7 +128,7 @@ CHEAP = [
     ((*GEN, "--greedy", "--num-beams", "20000", "--num-return-sequences", "2"),
      "The number of beams can be at most 10,000"),
     ((*GEN, "--greedy", "--num-return-sequences", "3"), "Greedy decoding gives one sequence"),
-    ((*GEN, "--top-n", "-1"), "--top-n must be at least 0"),
+    ((*GEN, "--top-n", "-1"), "--top-n must be 0 (none) or more, not -1"),
     ((*CMP, "--strategy", "greedy", "--strategy", "top-k 40", "--top-n", "-5"), "--top-n"),
     # compare strategies
     ((*CMP, "--strategy", "n=20000", "--strategy", "greedy"), "The number of sequences can be at most 10,000"),
@@ -161,7 +161,7 @@ CHEAP = [
     ((*BLEU, "--metrics", "bleu,rouge"), "unknown 'rouge'"),
     ((*EGEN, "--metrics", " , "), "--metrics names nothing"),
     ((*EGEN, "--metrics", "meteor"), "unknown 'meteor'"),
-    ((*BLEU, "--samples", "-1"), "--samples must be at least 0"),
+    ((*BLEU, "--samples", "-1"), "--samples must be 0 (sacrebleu's default) or more, not -1"),
     ((*BLEU, "--samples", "100"), "give a second system with --compare"),
     ((*BLEU, "--compare", "{good}", "--samples", "100000000"), "--samples can be at most 100,000"),
     ((*BLEU, "--tokenize", "bogus"), "Unknown --tokenize 'bogus'"),
@@ -195,7 +195,7 @@ CHEAP = [
     ((*GEN, "--max-new-tokens", "-1e3"), "argument --max-new-tokens: invalid int value: '-1e3'"),
     ((*GEN, "--temperature", "--json"), "argument --temperature: expected one argument"),
     ((*PPL, "--stride", "-1e3"), "argument --stride: invalid int value: '-1e3'"),
-    (("monitor", "{folder}", "--smoothing", "-inf"), "--smoothing takes a weight in [0, 1), not -inf"),
+    (("monitor", "{folder}", "--smoothing", "-inf"), "--smoothing must be a finite number, not -inf"),
     (("finetune", "--task", "lm", "--train", "{good}", "--output", "{out}", "--learning-rate",
       "-inf"), "The learning rate must be a finite number, not -inf"),
     # the window's own options: refused before any window opens

@@ -459,8 +459,9 @@ def test_monitor_json_carries_smoothing_and_alarms(tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (("monitor", "{tmp}"), "is not a training run"),
-    (("monitor", "{tmp}/run", "--smoothing", "1"), "--smoothing takes a weight in [0, 1)"),
-    (("monitor", "{tmp}/run", "--smoothing", "-0.1"), "--smoothing takes a weight in [0, 1)"),
+    (("monitor", "{tmp}/run", "--smoothing", "1"), "--smoothing must be in [0, 1), not 1."),
+    (("monitor", "{tmp}/run", "--smoothing", "-0.1"),
+     "--smoothing must be in [0, 1), not -0.1."),
 ])
 def test_monitor_errors_are_one_line_and_exit_2(tmp_path, args, message):
     (tmp_path / "run").mkdir()

@@ -78,12 +78,14 @@ def add_text_options(parser: argparse.ArgumentParser, name: str, what: str) -> N
                        help=f"read {what} from a UTF-8 file (any length)")
 
 
-def add_setting_options(parser: Any, cls: type, names: Sequence[str], defaults: Any = None
-                        ) -> None:
+def add_setting_options(parser: Any, cls: type, names: Sequence[str], defaults: Any = None,
+                        said: dict[str, str] | None = None) -> None:
     """One option for each of dataclass ``cls``'s settings ``names`` (``--top-k`` for
     ``top_k``), made from the setting's description (:mod:`workbench.core.common.settings`):
     its type, its default (``defaults``' value, else the field's), and a help that names its
-    range. A true/false setting is a ``--name`` / ``--no-name`` pair."""
+    range and its default (as ``said`` words it, where the command gives the option's
+    default a meaning of its own). A true/false setting is a ``--name`` / ``--no-name``
+    pair."""
     from workbench.core.common.settings import described, kind, option_help
 
     fields = {f.name: (f, meta) for f, meta in described(cls)}
@@ -98,7 +100,7 @@ def add_setting_options(parser: Any, cls: type, names: Sequence[str], defaults: 
         else:
             parser.add_argument(option, type=numeric, default=default,
                                 metavar={str: "TEXT", int: "N"}.get(numeric, "X"),
-                                help=option_help(f, meta))
+                                help=option_help(f, meta, (said or {}).get(name)))
 
 
 def check_options(settings: Any) -> None:
@@ -180,16 +182,6 @@ def text_argument(args: argparse.Namespace, name: str) -> str:
         return value
     return read_text(getattr(args, f"{name}_file"), f"--{name.replace('_', '-')}-file",
                      max_chars=MAX_TEXT_FILE_CHARS, empty_ok=True)
-
-
-def check_whole(value: int | None, option: str, least: int, most: int | None = None) -> None:
-    """A whole-number option: None (its default) or in [least, most]."""
-    if value is None:
-        return
-    if value < least:
-        raise WorkbenchError(f"{option} must be at least {least}, not {value}.")
-    if most is not None and value > most:
-        raise WorkbenchError(f"{option} can be at most {most:,}, not {value:,}.")
 
 
 def check_device(value: str | None) -> None:

@@ -15,7 +15,6 @@ from workbench.cli.common import (
     check_model_options,
     check_options,
     check_utf8,
-    check_whole,
     load_from_args,
     parse_names,
     print_json,
@@ -24,10 +23,8 @@ from workbench.core.common.errors import WorkbenchError
 from workbench.core.evaluation.choice import TARGET_DELIMITER, ChoiceSettings
 from workbench.core.evaluation.classification import ClassifierSettings
 from workbench.core.evaluation.generate_score import GenerateScoreSettings
-from workbench.core.evaluation.metrics import PerplexitySettings
+from workbench.core.evaluation.metrics import PerplexitySettings, SignificanceSettings
 from workbench.core.generation.settings import SamplingSettings
-
-MAX_SAMPLES = 100_000  # paired-test resamples: sacrebleu holds samples × lines indices at once
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -70,8 +67,7 @@ def _add_bleu(ev_sub: argparse._SubParsersAction) -> None:
                       "tests against the first")
     bleu.add_argument("--test", default="bs", choices=["bs", "ar", "both"],
                       help="paired bootstrap (bs), approximate randomization (ar), or both")
-    bleu.add_argument("--samples", type=int, default=0, help="resamples / trials (default: "
-                      "sacrebleu's, 1000 for bs and 10000 for ar)")
+    add_setting_options(bleu, SignificanceSettings, ["samples"])
     bleu.add_argument("--json", action="store_true", help="print one JSON document")
 
 
@@ -371,7 +367,7 @@ def cmd_evaluate_bleu(args: argparse.Namespace) -> int:
     from workbench.core.evaluation.metrics import score_translation
 
     metrics = parse_metrics(args.metrics)
-    check_whole(args.samples, "--samples", 0, MAX_SAMPLES)
+    check_options(SignificanceSettings(samples=args.samples))
     if args.samples and args.compare is None:
         raise WorkbenchError("--samples sets the resamples of the paired test: give a second "
                              "system with --compare HYP2 as well.")

@@ -9,10 +9,10 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from workbench.cli.common import TerminalProgress, add_setting_options, print_json
-from workbench.core.common.errors import WorkbenchError
+from workbench.cli.common import TerminalProgress, add_setting_options, check_options, print_json
 from workbench.core.common.jobs import LogLine
 from workbench.core.training.config import SCHEDULERS, FinetuneConfig
+from workbench.core.training.monitor import CurveSettings
 
 # The defaults of the run's settings are FinetuneConfig's own (the window starts from them too).
 DEFAULTS = SimpleNamespace(**{f.name: f.default for f in fields(FinetuneConfig)
@@ -31,12 +31,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     ft.add_argument("--label-column", default=DEFAULTS.label_column)
     ft.add_argument("--output", required=True, help="the run folder")
     # None: the run's own limit on --resume, else FinetuneConfig's
-    ft.add_argument("--max-steps", type=int, default=None,
-                    help="stop after this many optimizer steps (overrides --epochs); with "
-                    "--resume, a new limit (default: the run's own)")
-    ft.add_argument("--epochs", type=float, default=None,
-                    help=f"default {DEFAULTS.epochs:g}; with --resume, a new limit (default: "
-                    "the run's own)")
+    resumed = "the run's own with --resume"
+    add_setting_options(ft, FinetuneConfig, ["max_steps", "epochs"],
+                        SimpleNamespace(max_steps=None, epochs=None),
+                        {"max_steps": f"{DEFAULTS.max_steps} (by epochs), {resumed}",
+                         "epochs": f"{DEFAULTS.epochs:g}, {resumed}"})
     add_setting_options(ft, FinetuneConfig, ["learning_rate", "batch_size",
                                               "gradient_accumulation", "max_length",
                                               "weight_decay", "warmup_steps"], DEFAULTS)
@@ -58,9 +57,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     mon = sub.add_parser("monitor", help="progress of a run folder (this app's, any HF "
                          "Trainer output, or TensorBoard events)")
     mon.add_argument("run_dir")
-    mon.add_argument("--smoothing", type=float, default=0.6, metavar="W",
-                     help="weight of the smoothed training loss (TensorBoard's debiased "
-                     "moving average), in [0, 1); default 0.6")
+    add_setting_options(mon, CurveSettings, ["smoothing"])
     mon.add_argument("--json", action="store_true", help="print one JSON document")
 
 
@@ -142,8 +139,7 @@ def cmd_monitor(args: argparse.Namespace) -> int:
     from workbench.core.training.curves import summary
     from workbench.core.training.runs import read_run
 
-    if not 0 <= args.smoothing < 1:
-        raise WorkbenchError(f"--smoothing takes a weight in [0, 1), not {args.smoothing}.")
+    check_options(CurveSettings(smoothing=args.smoothing))
     snap = read_run(args.run_dir)
     d = snap.to_dict()
     d.update(summary(snap.rows, args.smoothing))

@@ -14,13 +14,14 @@ from workbench.cli.common import (
     add_setting_options,
     add_text_options,
     check_model_options,
+    check_options,
     check_utf8,
-    check_whole,
     load_from_args,
     print_json,
     text_argument,
 )
 from workbench.core.common.errors import WorkbenchError
+from workbench.core.generation.records import CandidateSettings
 from workbench.core.generation.settings import STAGES, SamplingSettings
 from workbench.core.models.decoding import LABELS
 
@@ -41,8 +42,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     add_setting_options(gen, SamplingSettings, CLASSIC)
     gen.add_argument("--greedy", action="store_true", help="greedy decoding (no sampling)")
     gen.add_argument("--json", action="store_true", help="print one JSON document")
-    gen.add_argument("--top-n", type=int, default=0,
-                     help="with --json: each step's top-N candidates, raw and processed")
+    add_setting_options(gen, CandidateSettings, ["top_n"])
     group = gen.add_argument_group("more samplers", "off by default; see also --sampler-order "
                                    f"(stages: {', '.join(STAGES)})")
     add_setting_options(group, SamplingSettings, MORE)
@@ -60,7 +60,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                           'sampler_order=min_p>temperature")')
     add_setting_options(cmp, SamplingSettings, ("max_new_tokens", "seed", "chat",
                                                 "sampler_order", "dry_sequence_breakers"))
-    cmp.add_argument("--top-n", type=int, default=0, help="with --json: per-step candidates")
+    add_setting_options(cmp, CandidateSettings, ["top_n"])
     cmp.add_argument("--json", action="store_true", help="print one JSON document")
 
 
@@ -80,7 +80,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     check_model_options(args)
     settings = _settings_from_args(args)
     settings.validate()  # before spending time on loading
-    check_whole(args.top_n, "--top-n", 0)
+    check_options(CandidateSettings(top_n=args.top_n))
     prompt = text_argument(args, "prompt")
     if args.export_config:
         _export_config(settings, args.export_config)
@@ -142,7 +142,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         check_utf8(spec, "--strategy")
     strategies = [parse_strategy(spec, base) for spec in args.strategy]
     strategy_runs(strategies)  # the number of sequences, before loading
-    check_whole(args.top_n, "--top-n", 0)
+    check_options(CandidateSettings(top_n=args.top_n))
     prompt = text_argument(args, "prompt")
     bar = TerminalProgress(quiet=args.json)
     loaded = load_from_args(args, bar)

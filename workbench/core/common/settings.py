@@ -179,8 +179,9 @@ def form_range(f: dataclasses.Field, meta: Setting) -> tuple[float, float]:
     return (int(low), int(high)) if numeric is int else (float(low), float(high))
 
 
-def option_help(f: dataclasses.Field, meta: Setting) -> str:
-    """The command line's help for the setting: its help, its range and its default."""
+def option_help(f: dataclasses.Field, meta: Setting, default: str | None = None) -> str:
+    """The command line's help for the setting: its help, its range and its default (as
+    ``default`` words it, if given)."""
     parts = [meta.help] if meta.help else []
     numeric = kind(f)
     if numeric in (int, float) and not meta.choices:
@@ -189,6 +190,9 @@ def option_help(f: dataclasses.Field, meta: Setting) -> str:
                      + (f" {meta.unit}" if meta.unit else ""))
     elif meta.choices:
         parts.append(" or ".join(f"{choice} ({word})" for choice, word in meta.choices))
-    parts.append(f"default: {meta.auto}" if meta.auto and f.default is None
-                 else "default: %(default)s")
+    if default is not None:
+        parts.append(f"default: {default}")
+    else:
+        parts.append(f"default: {meta.auto}" if meta.auto and f.default is None
+                     else "default: %(default)s")
     return "; ".join(parts)

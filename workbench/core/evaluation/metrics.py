@@ -22,6 +22,7 @@ from workbench.core.common.jobs import JobContext
 from workbench.core.common.settings import check_fields, setting
 from workbench.core.common.units import LN2
 
+MAX_SAMPLES = 100_000  # paired-test resamples: sacrebleu holds samples × lines indices at once
 MAX_WINDOW = 131072  # tokens: the longest window offered (a model's context limits it too)
 
 
@@ -43,6 +44,22 @@ class PerplexitySettings:
         in the window."""
         check_fields(self)
         check_stride(self.max_length, self.stride)
+
+
+@dataclass
+class SignificanceSettings:
+    """The paired significance tests of :func:`score_translation`, described once (the
+    ``evaluate bleu --samples`` option is made from it)."""
+
+    samples: int = setting(
+        0, "The number of resamples", low=0, high=MAX_SAMPLES, off="sacrebleu's default",
+        high_note="sacrebleu holds every resample's line indices at once",
+        help="resamples / trials of the paired test (0: sacrebleu's default, 1000 for bs and "
+        "10000 for ar)")
+
+    def validate(self) -> None:
+        """Raise WorkbenchError unless the number of resamples lies in its range."""
+        check_fields(self)
 
 
 def check_stride(max_length: int | None, stride: int | None) -> None:
@@ -295,6 +312,7 @@ def score_translation(hyps: list[str], refs: list[list[str]],
     and, with ``compare_hyps``, sacrebleu's paired tests of the second system against the
     first (the baseline)."""
     ctx = ctx or JobContext()
+    SignificanceSettings(samples=n_samples).validate()
     if not refs:
         raise WorkbenchError("Give at least one reference file.")
     check_parallel(hyps, refs)

@@ -9,7 +9,24 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from workbench.core.common.errors import WorkbenchError
+from workbench.core.common.settings import check_fields, setting
 from workbench.core.common.units import LN2, entropy
+
+
+@dataclass
+class CandidateSettings:
+    """How many candidates of each step a result lists, described once (``generate
+    --top-n`` and ``generate compare --top-n`` are made from it; the Generate tab shows a
+    fixed number, ``step_inspection.TOP_N``)."""
+
+    top_n: int = setting(
+        0, "The number of candidates per step", low=0, high=1_000_000, off="none",
+        high_note="more than any vocabulary",
+        help="with --json: each step's top-N candidates, raw and processed")
+
+    def validate(self) -> None:
+        """Raise WorkbenchError unless the number lies in its range."""
+        check_fields(self)
 
 
 @dataclass(frozen=True)

@@ -11,11 +11,28 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from workbench.core.common.errors import WorkbenchError
+from workbench.core.common.settings import check_fields, setting
 from workbench.core.training.process import LOG_FILE, PROBES_FILE, RunState, run_state
 from workbench.core.training.runs import RunMonitor
 
 if TYPE_CHECKING:  # numpy comes with it: loaded when the curves are first computed
     from workbench.core.training.curves import CurveData
+
+
+@dataclass
+class CurveSettings:
+    """The smoothing of the training-loss curve (:func:`~workbench.core.training.curves.smooth`),
+    described once: ``monitor --smoothing`` and the Fine-tune tab's slider are made from it.
+    Here, not beside the curves, so that neither loads numpy to offer it."""
+
+    smoothing: float = setting(
+        0.6, "The smoothing weight", low=0, high=1, high_open=True, style="interval",
+        step=0.01, help="weight of the smoothed training loss (TensorBoard's debiased moving "
+        "average); 0 is no smoothing")
+
+    def validate(self) -> None:
+        """Raise WorkbenchError unless the weight lies in its range."""
+        check_fields(self)
 
 
 def curves_key(rows: list[dict], smoothing: float, unit: str) -> tuple:

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from PySide6.QtWidgets import QDoubleSpinBox, QSpinBox
+from PySide6.QtCore import Qt
+from PySide6.QtWidgets import QDoubleSpinBox, QSlider, QSpinBox
 
 from workbench.core.common.settings import described, form_range, kind
 
@@ -42,3 +43,24 @@ def box_value(cls: type, name: str, box: QSpinBox | QDoubleSpinBox) -> Any:
     if meta.auto and box.value() == box.minimum():
         return None
     return int(round(box.value())) if kind(f) is int else box.value()
+
+
+def setting_slider(cls: type, name: str, object_name: str | None = None) -> QSlider:
+    """A horizontal slider for number setting ``name`` of dataclass ``cls``, in steps of
+    its precision (``decimals``): its range, default and tooltip from the description, read
+    back by :func:`slider_value`."""
+    f, meta = next((f, meta) for f, meta in described(cls) if f.name == name)
+    scale = 10**meta.decimals
+    low, high = form_range(f, meta)
+    slider = QSlider(Qt.Orientation.Horizontal)
+    slider.setObjectName(object_name or name.replace("_", "-"))
+    slider.setRange(round(low * scale), round(high * scale))
+    slider.setValue(round(f.default * scale))
+    slider.setToolTip(f"{meta.label}: {meta.help}" if meta.help else meta.label)
+    return slider
+
+
+def slider_value(cls: type, name: str, slider: QSlider) -> float:
+    """The slider's value in the setting's units."""
+    meta = next(meta for f, meta in described(cls) if f.name == name)
+    return slider.value() / 10**meta.decimals

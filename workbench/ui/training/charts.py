@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING
 from PySide6.QtCore import QSignalBlocker, Qt, QTimer
 from PySide6.QtWidgets import QGraphicsItem
 
-from workbench.core.training.monitor import curves_key
+from workbench.core.training.monitor import CurveSettings, curves_key
+from workbench.ui.common.setting_widgets import slider_value
 
 if TYPE_CHECKING:  # numpy comes with it: loaded after the window is shown, not before
     from workbench.core.training.curves import CurveData
@@ -148,7 +149,7 @@ class RunCharts:
             return
         if any(self.rows.values()) or self.running:
             self.chart_pages.setCurrentWidget(self.chart_widget)
-        smoothing = self.smoothing.value() / 100
+        smoothing = slider_value(CurveSettings, "smoothing", self.smoothing)
         from workbench.core.training.curves import analyse, for_display, speed_unit
 
         unit = speed_unit(list(self.rows.values()))

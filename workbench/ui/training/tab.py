@@ -18,7 +18,6 @@ from PySide6.QtWidgets import (
     QMessageBox,
     QPlainTextEdit,
     QProgressBar,
-    QSlider,
     QSplitter,
     QStackedLayout,
     QVBoxLayout,
@@ -32,6 +31,7 @@ from workbench.core.training.config import FinetuneConfig
 from workbench.core.training.inputs import check_data, check_model
 from workbench.core.training.memory import check_run_memory
 from workbench.core.training.monitor import (
+    CurveSettings,
     FollowedRun,
     PollResult,
     first_step,
@@ -52,6 +52,7 @@ from workbench.core.training.run_folder import check_output_dir, save_config, sa
 from workbench.core.training.runs import RunMonitor, check_run_folder
 from workbench.ui.common.collection import bulk_reading
 from workbench.ui.common.job_thread import JobSlot, JobThread
+from workbench.ui.common.setting_widgets import setting_slider, slider_value
 from workbench.ui.common.state import remembered_folders
 from workbench.ui.common.tab_base import WorkbenchTab
 from workbench.ui.common.widgets import ProgressThrottle
@@ -135,10 +136,7 @@ class FinetuneTab(RunForm, RunCharts, WorkbenchTab):
         self.health.setObjectName("train-health")
         self.health.setStyleSheet("color: #b00000")
         self.health.setWordWrap(True)
-        self.smoothing = QSlider(Qt.Orientation.Horizontal)
-        self.smoothing.setObjectName("smoothing")
-        self.smoothing.setRange(0, 99)
-        self.smoothing.setValue(60)
+        self.smoothing = setting_slider(CurveSettings, "smoothing")
         self.smoothing.valueChanged.connect(lambda _value: self.redraw(("loss",)))
         self.probes = QPlainTextEdit()
         self.probes.setObjectName("probe-texts")
@@ -408,7 +406,7 @@ class FinetuneTab(RunForm, RunCharts, WorkbenchTab):
             runs = list(self.followed.values())
             from workbench.core.training.curves import speed_unit
 
-            smoothing = self.smoothing.value() / 100
+            smoothing = slider_value(CurveSettings, "smoothing", self.smoothing)
             unit = speed_unit(list(self.rows.values()))
             self.read.start("Read the run folders",
                             lambda _ctx: read_runs(runs, smoothing, unit),
