@@ -128,7 +128,8 @@ class TradeoffResult:
         fastest = max(measured, key=lambda r: r.decode_tokens_per_second or 0, default=None)
         if fastest is None:
             return f"no row measured ({self.model})"
-        return (f"{len(measured)} rows; fastest decoding {fastest.key} "
+        rows = f"{len(measured)} row" + ("" if len(measured) == 1 else "s")
+        return (f"{rows}; fastest decoding {fastest.key} "
                 f"{fastest.decode_tokens_per_second:.1f} tokens/s ({self.model})")
 
     def to_dict(self) -> dict:
