@@ -4,10 +4,10 @@ memory check counts bfloat16, and the int8 decoding copy of it shares its other 
 from __future__ import annotations
 
 import pytest
+import tiny_models
 import torch
 import transformers
 
-import tiny_models
 from workbench.core.models import decoding
 from workbench.core.models.loader import LoadOptions, load_model
 from workbench.core.models.memory import estimate_path
