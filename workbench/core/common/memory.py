@@ -30,21 +30,18 @@ def format_bytes(n: float) -> str:
     return f"{n:.0f} bytes"
 
 
-M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
-
-
-def map_large_blocks(threshold: int = 1 << 20) -> bool:
-    """Have glibc map each block of ``threshold`` bytes and more on its own, so it goes back
-    to the system when freed (by default the threshold grows after each large free, and a
-    load that converts tensors one after another keeps every freed block in the heap: 1.7 GB
-    resident for 0.8 GB of weights, measured). True where it took effect (Linux, glibc)."""
+def give_back_freed() -> bool:
+    """Hand the heap's freed pages back to the system (glibc's ``malloc_trim``): a load that
+    converts tensors one after another otherwise keeps every freed block (1.7 GB resident
+    for 0.8 GB of weights, measured). Changing glibc's mmap threshold for the whole process
+    did the same, but made a latent use-after-free in Qt crash the test suite. True where it
+    ran (Linux, glibc)."""
     import ctypes
     import sys
 
     if not sys.platform.startswith("linux"):
         return False
     try:
-        libc = ctypes.CDLL("libc.so.6")
-        return bool(libc.mallopt(M_MMAP_THRESHOLD, threshold))
+        return bool(ctypes.CDLL("libc.so.6").malloc_trim(0))
     except (OSError, AttributeError):  # another C library (musl)
         return False

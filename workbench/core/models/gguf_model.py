@@ -104,6 +104,7 @@ def _place_tensors(model: Any, config: Any, path: Path, arch: str, ctx: JobConte
     import gguf
     import torch
 
+    from workbench.core.common.memory import give_back_freed
     from workbench.core.models import quant_linear
 
     arch_enum = {v: k for k, v in gguf.MODEL_ARCH_NAMES.items()}[arch]
@@ -128,6 +129,7 @@ def _place_tensors(model: Any, config: Any, path: Path, arch: str, ctx: JobConte
             _set(model, name, quant_linear.embedding(torch.from_numpy(w.codes),
                                                      torch.from_numpy(w.scales), torch.float32))
             used[f"{source.type_} → int8 rows"] += 1
+            give_back_freed()
         elif isinstance(module, torch.nn.Linear):
             weight = tensor_for(f"{name}.weight")
             if weight is None:
@@ -137,6 +139,7 @@ def _place_tensors(model: Any, config: Any, path: Path, arch: str, ctx: JobConte
                                    _heads_of(name, config) if ARCHITECTURES[arch] else None)
             _set(model, name, layer)
             used[label] += 1
+            give_back_freed()  # the conversion's transient arrays, before the next matrix
         else:
             for pname, param in list(module.named_parameters(recurse=False)):
                 if param.device.type == "meta":
@@ -210,11 +213,9 @@ def load_quantized(path: Path, ctx: JobContext | None = None,
     import transformers
     from accelerate import init_empty_weights
 
-    from workbench.core.common.memory import map_large_blocks
     from workbench.core.models.model_headers import gguf_header
 
     ctx = ctx or JobContext()
-    map_large_blocks()  # each tensor's transient arrays go back to the system when freed
     why_not = unsupported(path)
     if why_not:
         raise WorkbenchError(f"Cannot load {path.name} quantized: {why_not}.")
