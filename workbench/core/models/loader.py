@@ -448,11 +448,11 @@ def gguf_choice(path: Path, options: LoadOptions) -> tuple[bool, str]:
     from workbench.core.models.model_headers import UnreadableModel, gguf_header
 
     choice = check_weights(options.weights)
-    if choice == "float32" or options.training:
-        return False, ""
-    try:
+    try:  # a damaged file is refused here, by its header, whichever way it would load
         parameters = gguf_header(path).parameters
-    except UnreadableModel:
+    except UnreadableModel as exc:
+        raise WorkbenchError(f"Cannot read GGUF file {path.name}: {exc}.") from None
+    if choice == "float32" or options.training:
         return False, ""
     if choice == "auto" and parameters * 4 < QUANTIZED_AUTO_BYTES:
         return False, ""
