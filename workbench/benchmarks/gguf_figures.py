@@ -65,6 +65,16 @@ def _tensors(shape: dict, vocab: int, rng: np.random.Generator):
     yield "output_norm.weight", np.ones(h, np.float32)
 
 
+def _finish(writer: Any, partial: Path, path: Path) -> Path:
+    """Write the file under its partial name, then give it its own (never half-written)."""
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    partial.rename(path)
+    return path
+
+
 def synthetic_gguf(shape: dict, type_: str, folder: Path) -> Path:
     """A llama-shaped GGUF of ``shape`` with random weights quantized as ``type_`` (norms
     float32, embeddings tied), written once into ``folder``."""
@@ -92,12 +102,7 @@ def synthetic_gguf(shape: dict, type_: str, folder: Path) -> Path:
             writer.add_tensor(tensor_name, values)
         else:
             writer.add_tensor(tensor_name, quantize(values, qtype), raw_dtype=qtype)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    partial.rename(path)
-    return path
+    return _finish(writer, partial, path)
 
 
 _PEAK_PROBE = r"""
@@ -236,12 +241,7 @@ def requantized_gguf(source: Path, type_: str, folder: Path) -> Path:
             writer.add_tensor(tensor.name, values)
         else:
             writer.add_tensor(tensor.name, quantize(values, qtype), raw_dtype=qtype)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    partial.rename(path)
-    return path
+    return _finish(writer, partial, path)
 
 
 def bench_quantized_perplexity(emit: Callable[[Any], None]) -> dict:
