@@ -195,12 +195,12 @@ def _int8_layer(linear: Any) -> Any:
     nearest (:class:`~workbench.core.models.quant_linear.Int8RowLinear`)."""
     import torch
 
+    from workbench.core.models.gguf_layouts import int8_rows
     from workbench.core.models.quant_linear import int8_linear
 
-    w = linear.weight.detach().float()
-    scale = w.abs().amax(dim=1).clamp(min=torch.finfo(torch.float32).tiny) / 127.0
-    codes = torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8)
-    return int8_linear(codes, scale, None if linear.bias is None else linear.bias.detach())
+    rows = int8_rows(linear.weight.detach().float().numpy())  # as a GGUF's matrices are
+    return int8_linear(torch.from_numpy(rows.codes), torch.from_numpy(rows.scales),
+                       None if linear.bias is None else linear.bias.detach())
 
 
 def _output_layer(model: Any) -> Any:
